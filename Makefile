@@ -1,0 +1,28 @@
+# The two quick-start commands are `make demo` and `make test`; both set up .venv first.
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= conf/local.yaml
+MLFLOW_DB := $(CURDIR)/work/mlflow/mlflow.db
+
+.PHONY: setup demo test test-fast package mlflow-ui clean-work
+
+setup:
+	@bash scripts/bootstrap.sh
+
+demo: setup  ## the whole pipeline on generated sample data, local Spark, local MLflow
+	$(BIN)/recsys run --config $(CONFIG)
+
+test: setup  ## the default test suite (everything but GPU tests)
+	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "unit" $(PYTEST_ARGS)
+
+package: setup  ## dist/recsys_spark.zip for spark-submit --py-files
+	$(BIN)/python -m recsys_spark.packaging dist/recsys_spark.zip
+
+mlflow-ui: setup  ## open http://127.0.0.1:5000 on the local store
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(MLFLOW_DB) --host 127.0.0.1 --port 5000
+
+clean-work:
+	rm -rf work dist

@@ -1,0 +1,19 @@
+"""Write a synthetic REES46-style clickstream (CSV or JSON lines) to paths.raw.
+
+Run with spark-submit (build the zip first with `make package`)::
+
+    spark-submit --master local[2] --py-files dist/recsys_spark.zip \
+        jobs/generate.py --config conf/local.yaml [section.key=value ...]
+
+The same stage runs as `recsys generate --config conf/local.yaml`.
+"""
+
+from recsys_spark.cli import run_stage
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("generate", argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,19 @@
+"""Top-K recommendations per user from the registered model, Parquet by run date.
+
+Run with spark-submit (build the zip first with `make package`)::
+
+    spark-submit --master local[2] --py-files dist/recsys_spark.zip \
+        jobs/score.py --config conf/local.yaml [section.key=value ...]
+
+The same stage runs as `recsys score --config conf/local.yaml`.
+"""
+
+from recsys_spark.cli import run_stage
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("score", argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,19 @@
+"""Train the two-tower sequential recommender with Horovod on Spark; register it in MLflow.
+
+Run with spark-submit (build the zip first with `make package`)::
+
+    spark-submit --master local[2] --py-files dist/recsys_spark.zip \
+        jobs/train.py --config conf/local.yaml [section.key=value ...]
+
+The same stage runs as `recsys train --config conf/local.yaml`.
+"""
+
+from recsys_spark.cli import run_stage
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("train", argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

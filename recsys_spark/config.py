@@ -1,0 +1,356 @@
+"""Typed, layered configuration.
+
+Layers, later wins:
+  1. the dataclass defaults below (the built-in defaults; ``conf/base.yaml`` lists them all),
+  2. a YAML profile given with ``--config`` (``extends:`` chains to another file),
+  3. dotted ``key=value`` overrides from the command line.
+
+Unknown keys and values of the wrong type raise :class:`ConfigError` naming the key.
+Secrets never live here: the pseudonymisation key and tracking credentials are read from
+the environment (see ``CleanConfig.pseudonym_key_env``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+
+from recsys_spark.errors import ConfigError
+
+URI_SCHEMES = ("hdfs://", "s3a://", "s3://", "gs://", "abfss://", "wasbs://", "dbfs:/", "file:/")
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    master: str = "local[2]"
+    app_name: str = "recsys_spark"
+    driver_memory: str = "4g"
+    shuffle_partitions: int = 8
+    log_level: str = "WARN"
+    show_progress: bool = True
+    # Any further spark.* settings, passed through verbatim (e.g. executor resources).
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """Storage layout. Relative entries are resolved under ``root``; URIs pass through."""
+
+    root: str = "work"
+    raw: str = "raw"
+    clean: str = "clean"
+    quarantine: str = "quarantine"
+    features: str = "features"
+    checkpoints: str = "checkpoints"
+    recommendations: str = "recommendations"
+    reports: str = "reports"
+
+    def resolve(self, name: str) -> str:
+        value = getattr(self, name)
+        if is_uri(value) or os.path.isabs(value):
+            return value
+        if is_uri(self.root):
+            return self.root.rstrip("/") + "/" + value
+        return str(Path(self.root) / value)
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    # Empty means a local store under paths.root: sqlite:///<root>/mlflow/mlflow.db
+    tracking_uri: str = ""
+    experiment: str = "recsys_spark"
+    registered_model: str = "recsys_two_tower"
+    alias: str = "challenger"
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    n_users: int = 4000
+    n_items: int = 1500
+    n_categories: int = 40
+    n_brands: int = 120
+    start_date: str = "2019-10-01"
+    days: int = 30
+    sessions_per_user: float = 6.0
+    mean_session_length: float = 6.0
+    zipf_exponent: float = 1.1
+    p_same_category: float = 0.6
+    p_complement: float = 0.25
+    p_cart: float = 0.12
+    p_purchase: float = 0.35
+    taste_drift: float = 0.6
+    n_bots: int = 3
+    duplicate_rate: float = 0.01
+    malformed_rate: float = 0.002
+    null_id_rate: float = 0.002
+    unknown_event_rate: float = 0.002
+    missing_session_rate: float = 0.05
+    format: Literal["csv", "json"] = "csv"
+    compression: Literal["none", "gzip"] = "none"
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class CleanConfig:
+    input_format: Literal["csv", "json", "parquet"] = "csv"
+    # Processed window (inclusive dates, ISO); empty means "everything in the input".
+    start_date: str = ""
+    end_date: str = ""
+    max_price: float = 1_000_000.0
+    session_gap_minutes: int = 30
+    # Name of the environment variable that holds the pseudonymisation key (HMAC-SHA256).
+    pseudonym_key_env: str = "RECSYS_PSEUDONYM_KEY"
+    # Only for local demos: fall back to a fixed, publicly known key (with a warning).
+    allow_dev_key: bool = False
+    output_files_per_day: int = 2
+
+
+@dataclass(frozen=True)
+class FeaturizeConfig:
+    max_seq_len: int = 50
+    min_item_count: int = 2
+    validation_days: int = 3
+    test_days: int = 3
+    max_windows_per_user: int = 20
+    price_buckets: int = 10
+    train_files: int = 4
+    row_group_mb: int = 8
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    launcher: Literal["horovod_spark", "local"] = "horovod_spark"
+    num_proc: int = 2
+    threads_per_proc: int = 1
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 0.002
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    embedding_dim: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    dropout: float = 0.1
+    uniform_negatives: int = 256
+    event_weights: dict[str, float] = field(
+        default_factory=lambda: {"view": 1.0, "cart": 2.0, "remove_from_cart": 0.5, "purchase": 3.0}
+    )
+    eval_k: int = 10
+    seed: int = 7
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    ks: list[int] = field(default_factory=lambda: [10, 20])
+    primary_metric: str = "ndcg@10"
+    # Which model version to evaluate: an alias of mlflow.registered_model.
+    model_alias: str = "challenger"
+    block_size: int = 1024
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    top_k: int = 20
+    model_alias: str = "challenger"
+    # A registered version number instead of the alias; 0 means "use the alias".
+    model_version: int = 0
+    exclude_seen: bool = True
+    block_size: int = 1024
+    run_date: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    featurize: FeaturizeConfig = field(default_factory=FeaturizeConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.mlflow.tracking_uri:
+            return self.mlflow.tracking_uri
+        root = Path(self.paths.root).resolve()
+        return f"sqlite:///{root}/mlflow/mlflow.db"
+
+    @property
+    def artifact_location(self) -> str | None:
+        """Artifact root for a newly created experiment, when the store is the local default."""
+        if self.mlflow.tracking_uri:
+            return None
+        return (Path(self.paths.root).resolve() / "mlflow" / "artifacts").as_uri()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted ``section.key -> value`` view, for MLflow params."""
+        out: dict[str, Any] = {}
+        for section, values in self.to_dict().items():
+            for key, value in values.items():
+                out[f"{section}.{key}"] = value
+        return out
+
+
+def is_uri(path: str) -> bool:
+    return path.startswith(URI_SCHEMES)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(config_path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Build a :class:`Config` from defaults, an optional YAML profile and dotted overrides.
+
+    Args:
+        config_path: YAML file; ``extends: other.yaml`` (relative to it) is followed first.
+        overrides: ``["train.epochs=3", "spark.master=local[4]"]``; values are YAML scalars.
+
+    Raises:
+        ConfigError: unknown key, wrong type, bad override syntax, unreadable file.
+    """
+    merged: dict[str, Any] = {}
+    if config_path is not None:
+        merged = _read_layered_yaml(Path(config_path), seen=())
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        parts = key.strip().split(".")
+        if len(parts) != 2:
+            raise ConfigError(f"override key {key!r} must be section.key (e.g. train.epochs)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        merged.setdefault(parts[0], {})
+        if not isinstance(merged[parts[0]], dict):
+            raise ConfigError(f"section {parts[0]!r} must be a mapping")
+        merged[parts[0]][parts[1]] = value
+    return from_dict(merged)
+
+
+def _read_layered_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config file {path} extends itself in a cycle")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML: {first}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    base: dict[str, Any] = {}
+    parent = data.pop("extends", None)
+    if parent:
+        base = _read_layered_yaml(path.parent / str(parent), seen + (path,))
+    for section, values in data.items():
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path.name}: section {section!r} must be a mapping")
+        base.setdefault(section, {})
+        base[section] = {**base[section], **values} if isinstance(base[section], dict) else values
+    return base
+
+
+def from_dict(data: Mapping[str, Any]) -> Config:
+    """Validate a nested mapping against :class:`Config` and build it."""
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    kwargs: dict[str, Any] = {}
+    for section, values in data.items():
+        if section not in sections:
+            raise ConfigError(_unknown(section, sections))
+        section_cls = _resolve(Config, sections[section])
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"section {section!r} must be a mapping, got {type(values).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(section_cls)}
+        section_kwargs = {}
+        for key, value in values.items():
+            if key not in fields:
+                raise ConfigError(_unknown(f"{section}.{key}", {f"{section}.{k}" for k in fields}))
+            hint = _resolve(section_cls, fields[key])
+            section_kwargs[key] = _check(f"{section}.{key}", value, hint)
+        kwargs[section] = section_cls(**section_kwargs)
+    return Config(**kwargs)
+
+
+def _resolve(cls: type, f: dataclasses.Field) -> Any:
+    return typing.get_type_hints(cls)[f.name]
+
+
+def _unknown(key: str, known: Any) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown config key {key!r}{hint}"
+
+
+def _check(key: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check(key, value, inner[0])
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {_describe(value)}")
+        return [_check(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {_describe(value)}")
+        return {
+            _check(f"{key} (a key)", k, args[0]): _check(f"{key}.{k}", v, args[1]) for k, v in value.items()
+        }
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {_describe(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {_describe(value)}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {_describe(value)}")
+        return float(value)
+    if hint is str:
+        # YAML reads `2019-10-01` as a date and `4` as an int; a string key takes their text.
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if hasattr(value, "isoformat"):
+            return value.isoformat()
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {_describe(value)}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {hint!r}")  # a programming error, named anyway
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def defaults_dict() -> dict[str, Any]:
+    return Config().to_dict()

@@ -1,0 +1,200 @@
+"""Column names and Parquet schemas, defined once for every layer.
+
+Layers:
+  raw          the REES46 e-commerce behaviour contract (CSV / JSON lines / Parquet)
+  quarantine   rejected raw rows with a reason code and their original content
+  clean        validated, de-duplicated, sessionised, pseudonymised events, by event_date
+  features     vocabularies, training windows, evaluation rows, latest user histories
+  recommendations  top-K per user, by run_date
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import types as T
+
+# ----------------------------------------------------------------------------- raw contract
+EVENT_TIME = "event_time"
+EVENT_TYPE = "event_type"
+PRODUCT_ID = "product_id"
+CATEGORY_ID = "category_id"
+CATEGORY_CODE = "category_code"
+BRAND = "brand"
+PRICE = "price"
+USER_ID = "user_id"
+USER_SESSION = "user_session"
+
+RAW_COLUMNS = [EVENT_TIME, EVENT_TYPE, PRODUCT_ID, CATEGORY_ID, CATEGORY_CODE, BRAND, PRICE, USER_ID, USER_SESSION]
+
+# Raw text is read as strings so that every bad value can be quarantined with its reason.
+RAW_TEXT_SCHEMA = T.StructType([T.StructField(c, T.StringType(), True) for c in RAW_COLUMNS])
+CORRUPT_RECORD = "_corrupt_record"
+
+# The typed raw contract, as a Parquet source is expected to carry it.
+RAW_TYPED_SCHEMA = T.StructType(
+    [
+        T.StructField(EVENT_TIME, T.StringType(), True),
+        T.StructField(EVENT_TYPE, T.StringType(), True),
+        T.StructField(PRODUCT_ID, T.LongType(), True),
+        T.StructField(CATEGORY_ID, T.LongType(), True),
+        T.StructField(CATEGORY_CODE, T.StringType(), True),
+        T.StructField(BRAND, T.StringType(), True),
+        T.StructField(PRICE, T.DoubleType(), True),
+        T.StructField(USER_ID, T.LongType(), True),
+        T.StructField(USER_SESSION, T.StringType(), True),
+    ]
+)
+
+# Event types, their integer codes in features (0 is padding) and their strength, used when
+# consecutive events on one item collapse into one sequence step.
+EVENT_TYPES = ["view", "cart", "remove_from_cart", "purchase"]
+EVENT_CODE = {"view": 1, "cart": 2, "remove_from_cart": 3, "purchase": 4}
+EVENT_STRENGTH = {"view": 1, "remove_from_cart": 2, "cart": 3, "purchase": 4}
+NUM_EVENT_CODES = 5
+
+# ----------------------------------------------------------------------------- quarantine
+REASON = "reason"
+RAW_RECORD = "raw_record"
+SOURCE_FILE = "source_file"
+
+QUARANTINE_SCHEMA = T.StructType(
+    [
+        T.StructField(REASON, T.StringType(), False),
+        T.StructField(RAW_RECORD, T.StringType(), True),
+        T.StructField(SOURCE_FILE, T.StringType(), True),
+    ]
+)
+
+# Reason codes, in the order rules are applied (a row gets the first that matches).
+REASON_MALFORMED = "malformed_line"
+REASON_BAD_TIME = "bad_event_time"
+REASON_OUT_OF_WINDOW = "out_of_window"
+REASON_NULL_USER = "null_user_id"
+REASON_NULL_PRODUCT = "null_product_id"
+REASON_BAD_ID = "bad_id"
+REASON_UNKNOWN_EVENT = "unknown_event_type"
+REASON_BAD_PRICE = "bad_price"
+REASON_CODES = [
+    REASON_MALFORMED,
+    REASON_BAD_TIME,
+    REASON_OUT_OF_WINDOW,
+    REASON_NULL_USER,
+    REASON_NULL_PRODUCT,
+    REASON_BAD_ID,
+    REASON_UNKNOWN_EVENT,
+    REASON_BAD_PRICE,
+]
+
+# ----------------------------------------------------------------------------- clean events
+SESSION_ID = "session_id"
+EVENT_DATE = "event_date"
+
+CLEAN_SCHEMA = T.StructType(
+    [
+        T.StructField(EVENT_TIME, T.TimestampType(), False),
+        T.StructField(EVENT_TYPE, T.StringType(), False),
+        T.StructField(PRODUCT_ID, T.LongType(), False),
+        T.StructField(CATEGORY_ID, T.LongType(), True),
+        T.StructField(CATEGORY_CODE, T.StringType(), True),
+        T.StructField(BRAND, T.StringType(), True),
+        T.StructField(PRICE, T.DoubleType(), True),
+        T.StructField(USER_ID, T.StringType(), False),  # keyed-hash pseudonym, hex
+        T.StructField(SESSION_ID, T.StringType(), False),
+        T.StructField(EVENT_DATE, T.DateType(), False),  # partition column
+    ]
+)
+
+# ----------------------------------------------------------------------------- features
+# Item indices: 0 is padding, 1 is out-of-vocabulary, real items start at FIRST_ITEM_INDEX.
+PAD_INDEX = 0
+OOV_INDEX = 1
+FIRST_ITEM_INDEX = 2
+
+ITEM_IDX = "item_idx"
+CATEGORY_IDX = "category_idx"
+BRAND_IDX = "brand_idx"
+PRICE_BUCKET = "price_bucket"
+TRAIN_COUNT = "train_count"
+PRETEST_COUNT = "pretest_count"
+
+ITEM_VOCAB_SCHEMA = T.StructType(
+    [
+        T.StructField(ITEM_IDX, T.IntegerType(), False),
+        T.StructField(PRODUCT_ID, T.LongType(), False),
+        T.StructField(CATEGORY_IDX, T.IntegerType(), False),  # 0 = unknown
+        T.StructField(BRAND_IDX, T.IntegerType(), False),  # 0 = unknown / rare
+        T.StructField(PRICE_BUCKET, T.IntegerType(), False),  # 0 = unknown, 1..price_buckets
+        T.StructField(TRAIN_COUNT, T.LongType(), False),  # events before the validation cutoff
+        T.StructField(PRETEST_COUNT, T.LongType(), False),  # events before the test cutoff
+    ]
+)
+
+# One training window: L+1 steps, left-padded with 0; inputs are [:-1], targets are [1:].
+ITEM_SEQ = "item_seq"
+EVENT_SEQ = "event_seq"
+GAP_SEQ = "gap_seq"
+
+TRAIN_SCHEMA = T.StructType(
+    [
+        T.StructField(ITEM_SEQ, T.ArrayType(T.IntegerType(), False), False),
+        T.StructField(EVENT_SEQ, T.ArrayType(T.IntegerType(), False), False),
+        T.StructField(GAP_SEQ, T.ArrayType(T.IntegerType(), False), False),
+    ]
+)
+
+# One evaluation row per user: history before the cutoff (L steps, left-padded), every item
+# seen before the cutoff, and the in-vocabulary items first met in the window after it.
+HIST_ITEMS = "hist_items"
+HIST_EVENTS = "hist_events"
+HIST_GAPS = "hist_gaps"
+SEEN_ITEMS = "seen_items"
+TARGET_ITEMS = "target_items"
+TARGET_EVENTS = "target_events"
+
+HISTORY_FIELDS = [
+    T.StructField(USER_ID, T.StringType(), False),
+    T.StructField(HIST_ITEMS, T.ArrayType(T.IntegerType(), False), False),
+    T.StructField(HIST_EVENTS, T.ArrayType(T.IntegerType(), False), False),
+    T.StructField(HIST_GAPS, T.ArrayType(T.IntegerType(), False), False),
+    T.StructField(SEEN_ITEMS, T.ArrayType(T.IntegerType(), False), False),
+]
+EVAL_SCHEMA = T.StructType(
+    HISTORY_FIELDS
+    + [
+        T.StructField(TARGET_ITEMS, T.ArrayType(T.IntegerType(), False), False),
+        T.StructField(TARGET_EVENTS, T.ArrayType(T.IntegerType(), False), False),
+    ]
+)
+# Latest history of every user up to the end of the data: the input of batch scoring.
+USER_HISTORY_SCHEMA = T.StructType(HISTORY_FIELDS)
+
+# Sub-folders of paths.features.
+FEATURE_TABLES = ("item_vocab", "train", "validation", "test", "user_history")
+FEATURE_METADATA = "metadata.json"
+
+# ----------------------------------------------------------------------------- recommendations
+RANK = "rank"
+ITEM_ID = "item_id"
+SCORE = "score"
+SOURCE = "source"
+MODEL_NAME = "model_name"
+MODEL_VERSION = "model_version"
+RUN_DATE = "run_date"
+
+RECOMMENDATION_SCHEMA = T.StructType(
+    [
+        T.StructField(USER_ID, T.StringType(), False),
+        T.StructField(RANK, T.IntegerType(), False),
+        T.StructField(ITEM_ID, T.LongType(), False),  # the raw product_id
+        T.StructField(SCORE, T.FloatType(), False),
+        T.StructField(SOURCE, T.StringType(), False),  # model | fallback | explore
+        T.StructField(MODEL_NAME, T.StringType(), False),
+        T.StructField(MODEL_VERSION, T.StringType(), False),
+        T.StructField(RUN_DATE, T.DateType(), False),  # partition column
+    ]
+)
+
+# ----------------------------------------------------------------------------- time gaps
+# A step's time gap (seconds since the user's previous step) as a log2 bucket:
+# 0 = padding or the first step, else 1 + min(floor(log2(1 + seconds)), MAX_GAP_LOG2).
+MAX_GAP_LOG2 = 22
+NUM_GAP_BUCKETS = MAX_GAP_LOG2 + 2

@@ -1,0 +1,41 @@
+"""Regenerate conf/base.yaml from the dataclass defaults (run after changing a default)."""
+
+from pathlib import Path
+
+import yaml
+
+from recsys_spark.config import Config
+
+NOTES = {
+    "spark": "Spark session. Under spark-submit, --master and resources given there win.",
+    "paths": "Storage. Relative paths are under `root`; URIs (hdfs://, s3a://, gs://, abfss://) pass through.",
+    "mlflow": "Tracking. Empty tracking_uri = sqlite store + artifact folder under <root>/mlflow.\n"
+    "# Credentials come from the environment (MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN), never from here.",
+    "generate": "Synthetic REES46-style clickstream (the `generate` stage).",
+    "clean": "Validation, de-duplication, sessions, pseudonymisation. The HMAC key is read from the\n"
+    "# environment variable named by pseudonym_key_env; allow_dev_key is for local demos only.",
+    "featurize": "Vocabularies, behaviour sequences, the temporal split and the training file layout.",
+    "train": "The two-tower sequential model and its data-parallel training.",
+    "evaluate": "Full-ranking evaluation against baselines.",
+    "score": "Batch top-K scoring from the registered model.",
+}
+
+
+def main() -> None:
+    lines = [
+        "# Built-in defaults of every key (recsys_spark/config.py). A test keeps this file equal to them:",
+        "# after changing a default, run `python scripts/write_base_conf.py`.",
+        "# Profiles extend it: conf/local.yaml (the quick start), conf/cluster.example.yaml.",
+        "",
+    ]
+    for section, values in Config().to_dict().items():
+        lines.append(f"# {NOTES[section]}")
+        lines.append(yaml.safe_dump({section: values}, sort_keys=False, default_flow_style=False).rstrip())
+        lines.append("")
+    path = Path(__file__).resolve().parent.parent / "conf" / "base.yaml"
+    path.write_text("\n".join(lines))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
