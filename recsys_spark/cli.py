@@ -28,6 +28,17 @@ STAGES: dict[str, tuple[str, str]] = {
     "run": ("recsys_spark.pipeline", "the whole pipeline: generate, clean, featurize, train, evaluate, score"),
 }
 
+# The paths (config keys) each stage reads; local ones are checked before Spark starts.
+STAGE_INPUTS: dict[str, tuple[str, ...]] = {
+    "generate": (),
+    "clean": ("raw",),
+    "featurize": ("clean",),
+    "train": ("features",),
+    "evaluate": ("features",),
+    "score": ("features",),
+    "run": (),
+}
+
 log = logging.getLogger("recsys_spark")
 
 
@@ -69,6 +80,7 @@ def _execute(stage: str, config_path: str | None, overrides: list[str]) -> int:
     spark = None
     try:
         cfg = load_config(config_path, overrides)
+        check_local_inputs(stage, cfg)
         from recsys_spark.spark import get_session
 
         fn = stage_function(stage)
@@ -82,6 +94,17 @@ def _execute(stage: str, config_path: str | None, overrides: list[str]) -> int:
             spark.stop()
     print_summary(stage, summary, time.time() - started)
     return 0
+
+
+def check_local_inputs(stage: str, cfg: Config) -> None:
+    """Fail fast, before a Spark session exists, on a missing local input path."""
+    from recsys_spark import io
+    from recsys_spark.config import is_uri
+
+    for name in STAGE_INPUTS[stage]:
+        path = cfg.paths.resolve(name)
+        if not is_uri(path) or path.startswith("file:"):
+            io.require_input(None, path, f"paths.{name}")
 
 
 def print_summary(stage: str, summary: dict, seconds: float) -> None:

@@ -333,6 +333,11 @@ def _check(key: str, value: Any, hint: Any) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {_describe(value)}")
         return value
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as text
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {_describe(value)}")
         return float(value)

@@ -1,0 +1,3 @@
+from recsys_spark.cli import main
+
+raise SystemExit(main())
