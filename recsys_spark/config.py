@@ -86,6 +86,10 @@ class GenerateConfig:
     p_complement: float = 0.25
     p_cart: float = 0.12
     p_purchase: float = 0.35
+    # A carted item that is not bought is removed from the cart with this probability.
+    p_remove_from_cart: float = 0.3
+    # A session step re-views the item of two steps before (comparison browsing).
+    p_repeat_view: float = 0.08
     taste_drift: float = 0.6
     n_bots: int = 3
     duplicate_rate: float = 0.01
@@ -123,6 +127,8 @@ class FeaturizeConfig:
     price_buckets: int = 10
     train_files: int = 4
     row_group_mb: int = 8
+    # Seeds the order of training windows in the written files.
+    shuffle_seed: int = 17
 
 
 @dataclass(frozen=True)

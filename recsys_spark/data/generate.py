@@ -1,0 +1,731 @@
+"""``recsys generate``: a synthetic e-commerce clickstream in the raw (REES46) contract.
+
+The data has the structure that makes sequential recommendation worth doing, so that a
+SASRec-style model has something to learn beyond popularity and co-occurrence:
+
+* items have Zipf popularity, a category (dotted code, some null), a brand (some null) and a
+  log-normal price around their category's level;
+* every user has a taste over categories that drifts over the period (a mix of two Dirichlet
+  draws whose weight moves with time), so recent history predicts better than old history;
+* inside a session the next item is often one of a fixed, small list of *complements* of the
+  previous item (an order-dependent signal), else from the same category, else a fresh one;
+* views lead to carts and carts to purchases or removals; activity per user is heavy-tailed.
+
+On top come the faults of real logs, each at its configured rate and counted: exact duplicate
+lines, malformed lines, empty ids, unknown event types, missing sessions and a few bots.
+
+Everything is vectorised with numpy across the sessions of a day and generated day by day, so
+memory stays bounded by one day of events; a seed gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import io
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import SparkSession
+
+from recsys_spark import schema as S
+from recsys_spark.config import Config, GenerateConfig, is_uri
+from recsys_spark.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SECONDS_PER_DAY = 86_400
+VIEW, CART, REMOVE, PURCHASE = (S.EVENT_TYPES.index(t) for t in ("view", "cart", "remove_from_cart", "purchase"))
+DIRT_KINDS = ("duplicates", "malformed", "null_ids", "unknown_event_types", "bot_events", "missing_sessions")
+COMPLEMENTS_PER_ITEM = 3
+MAX_SESSION_LENGTH = 200
+# Longer pauses would split one generated session in two under clean's 30-minute rule.
+MAX_VIEW_GAP_S = 20 * 60
+BOT_VIEWS = (150, 450)
+UNKNOWN_EVENT_TYPES = np.array(["wishlist", "VIEW ", "Purchase", "click", "add_to_cart "], dtype=object)
+NULL_CATEGORY_CODE_SHARE = 0.25
+NULL_BRAND_SHARE = 0.15
+# Share of sessions by hour of day (UTC): quiet nights, busy evenings.
+HOUR_WEIGHTS = np.array(
+    [1, 0.6, 0.4, 0.3, 0.3, 0.5, 1, 2, 3, 4, 4.5, 5, 5, 5, 5, 5, 5.5, 6, 7, 7.5, 7, 5.5, 3.5, 2], dtype=float
+)
+CATEGORY_TREE = {
+    "electronics": ["smartphone", "audio.headphone", "video.tv", "clocks", "tablet", "camera.photo", "audio.acoustic"],
+    "appliances": ["kitchen.washer", "kitchen.refrigerators", "environment.vacuum", "iron", "kitchen.microwave"],
+    "computers": ["notebook", "desktop", "peripherals.mouse", "components.videocards", "peripherals.printer"],
+    "apparel": ["shoes", "shoes.keds", "skirt", "jeans", "umbrella", "costume"],
+    "furniture": ["bedroom.bed", "living_room.sofa", "kitchen.table", "bathroom.toilet"],
+    "kids": ["toys", "carriage", "skates"],
+    "sport": ["bicycle", "tennis", "ski", "trainer"],
+    "construction": ["tools.drill", "tools.light", "components.faucet"],
+    "auto": ["accessories.player", "accessories.alarm", "accessories.compressor"],
+    "accessories": ["bag", "wallet", "umbrella"],
+    "country_yard": ["cultivator", "lawn_mower", "furniture.hammok"],
+    "medicine": ["tools.tonometer"],
+    "stationery": ["cartrige", "paper"],
+}
+SYLLABLES = ["sa", "mo", "ri", "ko", "lu", "ne", "ta", "vi", "zo", "ba", "el", "un", "dor", "fi", "ka", "xi"]
+
+
+@dataclass(frozen=True)
+class DirtRates:
+    """Per-row probabilities of each kind of fault (malformed lines are added, not replaced)."""
+
+    duplicate: float
+    malformed: float
+    null_id: float
+    unknown_event: float
+    missing_session: float
+
+    @classmethod
+    def from_config(cls, cfg: GenerateConfig) -> DirtRates:
+        return cls(
+            duplicate=cfg.duplicate_rate,
+            malformed=cfg.malformed_rate,
+            null_id=cfg.null_id_rate,
+            unknown_event=cfg.unknown_event_rate,
+            missing_session=cfg.missing_session_rate,
+        )
+
+
+@dataclass(frozen=True)
+class World:
+    """The fixed catalogue, users and session schedule behind a generated clickstream.
+
+    Item arrays have length ``n_items``, user arrays ``n_users``; sessions are sorted by day.
+    """
+
+    product_id: np.ndarray  # int64 [n_items]
+    item_category: np.ndarray  # int32 [n_items], index into the category arrays
+    brand: np.ndarray  # object [n_items], None where unknown
+    price: np.ndarray  # float64 [n_items], 2 decimals
+    complements: np.ndarray  # int32 [n_items, COMPLEMENTS_PER_ITEM]
+    category_id: np.ndarray  # int64 [n_categories]
+    category_code: np.ndarray  # object [n_categories], None where unknown
+    cat_item_keys: np.ndarray  # float64 [n_items]: category + cumulative popularity inside it
+    cat_item_order: np.ndarray  # int32 [n_items]: item index for each key
+    user_id: np.ndarray  # int64 [n_users]
+    taste_early: np.ndarray  # float64 [n_users * n_categories]: user + cumulative taste
+    taste_late: np.ndarray  # float64 [n_users * n_categories]
+    bot_user_ids: np.ndarray  # int64 [n_bots]
+    session_user: np.ndarray  # int32 [n_sessions]
+    session_day: np.ndarray  # int32 [n_sessions]
+    session_start: np.ndarray  # int64 [n_sessions], seconds into the day
+    bot_day_sessions: np.ndarray  # int32 [n_bot_sessions, 2]: (bot, day)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.product_id)
+
+    @property
+    def n_categories(self) -> int:
+        return len(self.category_id)
+
+    def sample_in_category(self, categories: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Items drawn by popularity inside the given categories (one uniform ``u`` each)."""
+        pos = np.searchsorted(self.cat_item_keys, categories + u, side="right")
+        return self.cat_item_order[np.minimum(pos, self.n_items - 1)]
+
+    def sample_taste(self, users: np.ndarray, late: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Categories drawn from each user's early or late taste (one uniform ``u`` each)."""
+        n_cat = self.n_categories
+        keys = users.astype(np.float64) + u
+        pos = np.where(
+            late,
+            np.searchsorted(self.taste_late, keys, side="right"),
+            np.searchsorted(self.taste_early, keys, side="right"),
+        )
+        return np.clip(pos - users.astype(np.int64) * n_cat, 0, n_cat - 1).astype(np.int32)
+
+
+# ----------------------------------------------------------------------------- world
+
+
+def validate(cfg: GenerateConfig) -> None:
+    """Raise :class:`ConfigError` naming the first ``generate.*`` key out of range."""
+    positive = ("n_users", "n_items", "n_categories", "n_brands", "days", "mean_session_length")
+    for key in positive:
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"generate.{key} must be positive, got {getattr(cfg, key)}")
+    if cfg.n_items < cfg.n_categories:
+        raise ConfigError(f"generate.n_items ({cfg.n_items}) must be >= generate.n_categories ({cfg.n_categories})")
+    for key in ("sessions_per_user", "zipf_exponent", "n_bots"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"generate.{key} must not be negative, got {getattr(cfg, key)}")
+    probabilities = (
+        "p_same_category", "p_complement", "p_cart", "p_purchase", "p_remove_from_cart", "p_repeat_view",
+        "taste_drift", "duplicate_rate", "malformed_rate",
+    )  # fmt: skip
+    for key in probabilities:
+        if not 0.0 <= getattr(cfg, key) <= 1.0:
+            raise ConfigError(f"generate.{key} must be in [0, 1], got {getattr(cfg, key)}")
+    row_faults = cfg.null_id_rate + cfg.unknown_event_rate + cfg.missing_session_rate
+    if min(cfg.null_id_rate, cfg.unknown_event_rate, cfg.missing_session_rate) < 0 or row_faults > 1:
+        raise ConfigError("generate.null_id_rate, unknown_event_rate and missing_session_rate must be >= 0, sum <= 1")
+    try:
+        dt.date.fromisoformat(cfg.start_date)
+    except ValueError:
+        raise ConfigError(f"generate.start_date {cfg.start_date!r} is not an ISO date (YYYY-MM-DD)") from None
+
+
+def build_world(cfg: GenerateConfig) -> World:
+    """Draw the catalogue, the users with their tastes and activity, and the session schedule.
+
+    Args:
+        cfg: the generator's settings; only ``seed`` and the size/shape keys are used here.
+
+    Returns:
+        A :class:`World`, the same for the same config.
+    """
+    validate(cfg)
+    rng = np.random.default_rng([cfg.seed, 0])
+    n_items, n_cat = cfg.n_items, cfg.n_categories
+
+    category_id = 2_053_013_552_226_107_603 + np.sort(rng.choice(10**17, size=n_cat, replace=False)).astype(np.int64)
+    category_code = _category_codes(n_cat, rng)
+    category_price = np.exp(rng.normal(np.log(60.0), 1.0, size=n_cat))
+    related = (np.arange(n_cat) + rng.integers(1, max(n_cat, 2), size=n_cat)) % n_cat
+
+    # Every category holds an item; the rest spread over categories of uneven size.
+    category_share = rng.dirichlet(np.full(n_cat, 2.0))
+    item_category = np.concatenate([np.arange(n_cat), rng.choice(n_cat, size=n_items - n_cat, p=category_share)])
+    item_category = item_category.astype(np.int32)[rng.permutation(n_items)]
+    popularity = (1.0 / np.arange(1, n_items + 1) ** cfg.zipf_exponent)[rng.permutation(n_items)]
+    order, cat_item_keys = _category_sampler(item_category, popularity, n_cat)
+
+    # Complements: a few items of the related category, favouring its popular ones mildly.
+    starts = np.searchsorted(item_category[order], np.arange(n_cat + 1))
+    complements = np.empty((n_items, COMPLEMENTS_PER_ITEM), dtype=np.int32)
+    for c in range(n_cat):
+        members = order[starts[c] : starts[c + 1]]
+        targets = order[starts[related[c]] : starts[related[c] + 1]]
+        weights = np.sqrt(popularity[targets])
+        picks = rng.choice(len(targets), size=(len(members), COMPLEMENTS_PER_ITEM), p=weights / weights.sum())
+        complements[members] = targets[picks]
+
+    # Each category sells a few brands (popular brands in many categories).
+    brand_names = _brand_names(cfg.n_brands, rng)
+    brand_popularity = 1.0 / np.arange(1, cfg.n_brands + 1)
+    brands_per_category = rng.integers(2, 9, size=n_cat)
+    brand_popularity /= brand_popularity.sum()
+    category_brands = rng.choice(cfg.n_brands, size=brands_per_category.sum(), p=brand_popularity)
+    first_brand = np.concatenate([[0], np.cumsum(brands_per_category)[:-1]])
+    pick = first_brand[item_category] + rng.integers(0, brands_per_category[item_category])
+    brand = brand_names[category_brands[pick]].astype(object)
+    brand[rng.random(n_items) < NULL_BRAND_SHARE] = None
+    price = category_price[item_category] * rng.lognormal(0.0, 0.35, size=n_items)
+    product_id = rng.choice(99_000_000, size=n_items, replace=False).astype(np.int64) + 1_000_000
+
+    n_users = cfg.n_users
+    ids = rng.choice(90_000_000, size=n_users + cfg.n_bots, replace=False).astype(np.int64) + 510_000_000
+    # Tastes centre on the popular categories but each user favours a few of them.
+    category_mass = np.bincount(item_category, weights=popularity, minlength=n_cat)
+    alpha = 3.0 * category_mass / category_mass.sum() + 0.05
+    taste_early = _row_keyed_cdf(rng.dirichlet(alpha, size=n_users))
+    taste_late = _row_keyed_cdf(rng.dirichlet(alpha, size=n_users))
+    session_user, session_day, session_start = _schedule(cfg, rng)
+    bot_days = [(bot, day) for bot in range(cfg.n_bots) for day in rng.choice(cfg.days, max(1, cfg.days // 3), False)]
+    return World(
+        product_id=product_id,
+        item_category=item_category,
+        brand=brand,
+        price=np.round(np.maximum(price, 0.5), 2),
+        complements=complements,
+        category_id=category_id,
+        category_code=category_code,
+        cat_item_keys=cat_item_keys,
+        cat_item_order=order,
+        user_id=ids[:n_users],
+        taste_early=taste_early,
+        taste_late=taste_late,
+        bot_user_ids=ids[n_users:],
+        session_user=session_user,
+        session_day=session_day,
+        session_start=session_start,
+        bot_day_sessions=np.array(sorted(bot_days), dtype=np.int32).reshape(-1, 2),
+    )
+
+
+def _category_sampler(item_category: np.ndarray, popularity: np.ndarray, n_cat: int) -> tuple[np.ndarray, np.ndarray]:
+    """Items sorted by category, keyed ``category + CDF of popularity inside it``."""
+    order = np.argsort(item_category, kind="stable").astype(np.int32)
+    sorted_cat = item_category[order]
+    cumulative = np.cumsum(popularity[order])
+    starts = np.searchsorted(sorted_cat, np.arange(n_cat))
+    ends = np.searchsorted(sorted_cat, np.arange(n_cat), side="right")
+    before = np.where(starts > 0, cumulative[np.maximum(starts - 1, 0)], 0.0)
+    cdf = (cumulative - before[sorted_cat]) / (cumulative[ends - 1] - before)[sorted_cat]
+    cdf[ends - 1] = 1.0
+    return order, sorted_cat + cdf
+
+
+def _schedule(cfg: GenerateConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sessions of every user (heavy-tailed activity), sorted by day: user, day, start second."""
+    activity = rng.lognormal(0.0, 1.0, size=cfg.n_users)
+    sessions = rng.poisson(cfg.sessions_per_user * activity / activity.mean())
+    user = np.repeat(np.arange(cfg.n_users, dtype=np.int32), sessions)
+    day = rng.integers(0, cfg.days, size=len(user)).astype(np.int32)
+    hours = rng.choice(24, size=len(user), p=HOUR_WEIGHTS / HOUR_WEIGHTS.sum())
+    start = (hours * 3600 + rng.integers(0, 3600, size=len(user))).astype(np.int64)
+    by_day = np.argsort(day, kind="stable")
+    return user[by_day], day[by_day], start[by_day]
+
+
+def _row_keyed_cdf(probabilities: np.ndarray) -> np.ndarray:
+    """Flatten per-row CDFs as ``row + cdf`` so one searchsorted samples every row at once."""
+    cdf = np.cumsum(probabilities / probabilities.sum(axis=1, keepdims=True), axis=1)
+    cdf[:, -1] = 1.0
+    return (cdf + np.arange(len(cdf))[:, None]).ravel()
+
+
+def _category_codes(n: int, rng: np.random.Generator) -> np.ndarray:
+    tops = list(CATEGORY_TREE)
+    combos = [f"{top}.{sub}" for top in tops for sub in CATEGORY_TREE[top]]
+    picked = [combos[i] for i in rng.choice(len(combos), size=min(n, len(combos)), replace=False)]
+    picked += [f"{tops[i % len(tops)]}.group{i}" for i in range(n - len(picked))]
+    codes = np.array(picked, dtype=object)
+    codes[rng.random(n) < NULL_CATEGORY_CODE_SHARE] = None
+    return codes
+
+
+def _brand_names(n: int, rng: np.random.Generator) -> np.ndarray:
+    names: list[str] = []
+    for i in range(n):
+        name = "".join(rng.choice(SYLLABLES, size=rng.integers(2, 4)))
+        names.append(f"{name}{i}" if name in names else name)
+    return np.array(names, dtype=object)
+
+
+# ----------------------------------------------------------------------------- clean events
+
+
+def generate_events(cfg: GenerateConfig, world: World | None = None) -> Iterator[tuple[dt.date, pd.DataFrame]]:
+    """Yield the clean events of each day, time-ordered, before any dirt is injected.
+
+    Sessions that run past midnight continue in the next day; what runs past the last day is
+    cut off, as at the end of a real export.
+
+    Args:
+        cfg: the generator's settings.
+        world: the result of :func:`build_world` for ``cfg`` (built here when omitted).
+
+    Returns:
+        An iterator of ``(date, events)``, one per day in order. ``events`` has the columns
+        ``schema.RAW_COLUMNS``: event_time (datetime64[ns, UTC]), event_type (str),
+        product_id, category_id, user_id (int64), category_code, brand (str or None),
+        price (float64, 2 decimals), user_session (str, a UUID).
+    """
+    world = world if world is not None else build_world(cfg)
+    start = dt.date.fromisoformat(cfg.start_date)
+    epoch0 = int(pd.Timestamp(start, tz="UTC").timestamp())
+    day_bounds = np.searchsorted(world.session_day, np.arange(cfg.days + 1))
+    carry = _empty_internal()
+    for day in range(cfg.days):
+        rng = np.random.default_rng([cfg.seed, 1, day])
+        sessions = slice(day_bounds[day], day_bounds[day + 1])
+        parts = [
+            carry,
+            _session_events(cfg, world, rng, sessions, day_offset=day * SECONDS_PER_DAY),
+            _bot_events(world, rng, day, day_offset=day * SECONDS_PER_DAY),
+        ]
+        events = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else carry
+        end = (day + 1) * SECONDS_PER_DAY
+        today = events[events["t"] < end]
+        carry = events[events["t"] >= end]
+        today = today.sort_values(["t", "session", "seq"], kind="stable")
+        yield start + dt.timedelta(days=day), _to_typed(today, world, epoch0)
+
+
+def _empty_internal() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "t": np.array([], dtype=np.int64),
+            "seq": np.array([], dtype=np.int64),
+            "etype": np.array([], dtype=np.int8),
+            "item": np.array([], dtype=np.int32),
+            "user_id": np.array([], dtype=np.int64),
+            "session": np.array([], dtype=object),
+        }
+    )
+
+
+def _session_events(
+    cfg: GenerateConfig, world: World, rng: np.random.Generator, sessions: slice, day_offset: int
+) -> pd.DataFrame:
+    """All events of the sessions starting this day; ``t`` is seconds since the first midnight."""
+    users = world.session_user[sessions].astype(np.int64)
+    n = len(users)
+    if n == 0:
+        return _empty_internal()
+    start = world.session_start[sessions] + day_offset
+    late_weight = cfg.taste_drift * (start / (cfg.days * SECONDS_PER_DAY))
+    late = rng.random(n) < late_weight
+    lengths = np.minimum(rng.geometric(1.0 / max(cfg.mean_session_length, 1.0), size=n), MAX_SESSION_LENGTH)
+    session_ids = _uuids(rng, n)
+
+    p_repeat = cfg.p_repeat_view
+    p_comp = p_repeat + (1 - p_repeat) * cfg.p_complement
+    p_same = p_comp + (1 - p_comp) * cfg.p_same_category
+    now = start.copy()
+    prev = np.zeros(n, dtype=np.int32)
+    prev2 = np.zeros(n, dtype=np.int32)
+    steps = []  # (session, step, time, event code, item) per event
+    for k in range(int(lengths.max())):
+        idx = np.flatnonzero(lengths > k)
+        m = len(idx)
+        fresh = world.sample_taste(users[idx], late[idx], rng.random(m))
+        item = world.sample_in_category(fresh, rng.random(m))
+        if k > 0:
+            u = rng.random(m)
+            back = prev2[idx] if k > 1 else prev[idx]
+            complement = world.complements[prev[idx], rng.integers(0, COMPLEMENTS_PER_ITEM, size=m)]
+            same = world.sample_in_category(world.item_category[prev[idx]], rng.random(m))
+            item = np.select([u < p_repeat, u < p_comp, u < p_same], [back, complement, same], item)
+        prev2[idx] = prev[idx]
+        prev[idx] = item
+
+        t_view = now[idx]
+        carted = rng.random(m) < cfg.p_cart
+        cart_delay = rng.integers(3, 40, size=m)
+        gap = np.clip(np.rint(rng.lognormal(np.log(35.0), 0.9, size=m)), 1, MAX_VIEW_GAP_S).astype(np.int64)
+        now[idx] = t_view + gap + np.where(carted, cart_delay, 0)
+        steps.append((idx, np.full(m, 2 * k), t_view, np.full(m, VIEW, np.int8), item))
+        c = np.flatnonzero(carted)
+        cart_code = np.full(len(c), CART, np.int8)
+        steps.append((idx[c], np.full(len(c), 2 * k + 1), t_view[c] + cart_delay[c], cart_code, item[c]))
+
+    session, seq, t, etype, item = (np.concatenate(col) for col in zip(*steps))
+
+    # Checkout at the end of the session: removals first, then purchases, seconds apart.
+    carts = np.flatnonzero(etype == CART)
+    bought = rng.random(len(carts)) < cfg.p_purchase
+    removed = ~bought & (rng.random(len(carts)) < cfg.p_remove_from_cart)
+    tail = np.concatenate([carts[removed], carts[bought]])
+    tail_code = np.concatenate([np.full(removed.sum(), REMOVE, np.int8), np.full(bought.sum(), PURCHASE, np.int8)])
+    tail_session = session[tail]
+    order = np.argsort(tail_session, kind="stable")
+    tail, tail_code, tail_session = tail[order], tail_code[order], tail_session[order]
+    rank = np.arange(len(tail)) - np.searchsorted(tail_session, tail_session)
+    tail_t = now[tail_session] + 10 * (rank + 1) + rng.integers(0, 10, size=len(tail))
+
+    return pd.DataFrame(
+        {
+            "t": np.concatenate([t, tail_t]),
+            "seq": np.concatenate([seq, 2 * MAX_SESSION_LENGTH + rank]),
+            "etype": np.concatenate([etype, tail_code]),
+            "item": np.concatenate([item, item[tail]]),
+            "user_id": world.user_id[users[np.concatenate([session, tail_session])]],
+            "session": session_ids[np.concatenate([session, tail_session])],
+        }
+    )
+
+
+def _bot_events(world: World, rng: np.random.Generator, day: int, day_offset: int) -> pd.DataFrame:
+    """Bursts of hundreds of views of distinct items, a few seconds apart."""
+    todays = world.bot_day_sessions[world.bot_day_sessions[:, 1] == day, 0]
+    if len(todays) == 0:
+        return _empty_internal()
+    frames = []
+    session_ids = _uuids(rng, len(todays))
+    for bot, session_id in zip(todays, session_ids):
+        n = min(int(rng.integers(*BOT_VIEWS)), world.n_items)
+        gaps = rng.integers(1, 5, size=n)
+        begin = int(rng.integers(0, max(1, SECONDS_PER_DAY - int(gaps.sum()))))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "t": day_offset + begin + np.cumsum(gaps) - gaps[0],
+                    "seq": np.arange(n, dtype=np.int64),
+                    "etype": np.full(n, VIEW, np.int8),
+                    "item": rng.choice(world.n_items, size=n, replace=False).astype(np.int32),
+                    "user_id": np.full(n, world.bot_user_ids[bot], dtype=np.int64),
+                    "session": np.full(n, session_id, dtype=object),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def _uuids(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` random version-4 UUID strings from ``rng``."""
+    raw = rng.integers(0, 256, size=(n, 16), dtype=np.uint8)
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
+    text = raw.tobytes().hex()
+    hexes = (text[i : i + 32] for i in range(0, 32 * n, 32))
+    return np.array([f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}" for h in hexes], dtype=object)
+
+
+def _to_typed(events: pd.DataFrame, world: World, epoch0: int) -> pd.DataFrame:
+    item = events["item"].to_numpy()
+    category = world.item_category[item]
+    return pd.DataFrame(
+        {
+            S.EVENT_TIME: pd.to_datetime(events["t"].to_numpy() + epoch0, unit="s", utc=True),
+            S.EVENT_TYPE: np.array(S.EVENT_TYPES, dtype=object)[events["etype"].to_numpy()],
+            S.PRODUCT_ID: world.product_id[item],
+            S.CATEGORY_ID: world.category_id[category],
+            S.CATEGORY_CODE: world.category_code[category],
+            S.BRAND: world.brand[item],
+            S.PRICE: world.price[item],
+            S.USER_ID: events["user_id"].to_numpy(),
+            S.USER_SESSION: events["session"].to_numpy(),
+        }
+    )
+
+
+# ----------------------------------------------------------------------------- text and dirt
+
+_HMS = np.array([f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}" for s in range(SECONDS_PER_DAY)], dtype=object)
+_NUMERIC_COLUMNS = {S.PRODUCT_ID, S.CATEGORY_ID, S.PRICE, S.USER_ID}
+_GARBAGE_ALPHABET = np.array(list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ <>/!?#;:=_-"))
+
+
+def to_raw_text(events: pd.DataFrame) -> pd.DataFrame:
+    """Render typed events as the raw contract's text values.
+
+    Args:
+        events: a frame from :func:`generate_events`.
+
+    Returns:
+        The same rows and columns as text (object dtype, None for null): event_time like
+        ``2019-10-01 00:00:04 UTC``, prices with 2 decimals, ids as integers.
+    """
+    seconds = (events[S.EVENT_TIME] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+    seconds = seconds.to_numpy(dtype=np.int64)
+    days, in_day = np.divmod(seconds, SECONDS_PER_DAY)
+    unique_days, inverse = np.unique(days, return_inverse=True)
+    epoch = dt.date(1970, 1, 1)
+    day_text = np.array([(epoch + dt.timedelta(days=int(d))).isoformat() for d in unique_days], dtype=object)
+    cents = np.rint(events[S.PRICE].to_numpy() * 100).astype(np.int64)
+    text = {
+        S.EVENT_TIME: day_text[inverse] + " " + _HMS[in_day] + " UTC",
+        S.EVENT_TYPE: events[S.EVENT_TYPE].to_numpy(dtype=object),
+        S.PRODUCT_ID: _as_text(events[S.PRODUCT_ID].to_numpy()),
+        S.CATEGORY_ID: _as_text(events[S.CATEGORY_ID].to_numpy()),
+        S.CATEGORY_CODE: events[S.CATEGORY_CODE].to_numpy(dtype=object),
+        S.BRAND: events[S.BRAND].to_numpy(dtype=object),
+        S.PRICE: _as_text(cents, lambda c: f"{c // 100}.{c % 100:02d}"),
+        S.USER_ID: _as_text(events[S.USER_ID].to_numpy()),
+        S.USER_SESSION: events[S.USER_SESSION].to_numpy(dtype=object),
+    }
+    return pd.DataFrame(text, columns=S.RAW_COLUMNS)
+
+
+def _as_text(values: np.ndarray, fmt=str) -> np.ndarray:
+    """Format each distinct value once: ids and prices repeat a lot within a day."""
+    if len(values) == 0:
+        return np.array([], dtype=object)
+    codes, uniques = pd.factorize(values)
+    return np.array([fmt(v) for v in uniques.tolist()], dtype=object)[codes]
+
+
+def render_lines(rows: pd.DataFrame, fmt: str) -> np.ndarray:
+    """One line per row (no newline): CSV with empty fields for null, or a JSON object.
+
+    Values never hold commas, quotes or backslashes, so neither format needs escaping.
+
+    Args:
+        rows: text rows with the columns ``schema.RAW_COLUMNS`` (None for null).
+        fmt: ``"csv"`` or ``"json"``.
+
+    Returns:
+        object array [len(rows)] of str.
+    """
+    if len(rows) == 0:
+        return np.array([], dtype=object)
+    if fmt == "csv":
+        cols = [rows[c].fillna("") for c in S.RAW_COLUMNS]
+        return cols[0].str.cat(cols[1:], sep=",").to_numpy(dtype=object)
+    tokens = []
+    for c in S.RAW_COLUMNS:
+        values = rows[c]
+        rendered = values if c in _NUMERIC_COLUMNS else '"' + values + '"'
+        tokens.append(f'"{c}":' + rendered.where(values.notna(), "null"))
+    return ("{" + tokens[0].str.cat(tokens[1:], sep=",") + "}").to_numpy(dtype=object)
+
+
+def inject_dirt(
+    rows: pd.DataFrame, rates: DirtRates, fmt: str, rng: np.random.Generator, protected: np.ndarray
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Add the faults of real logs to one day of text rows and render them as lines.
+
+    Each clean row gets at most one field fault (an empty user_id or product_id, an unknown
+    event type, an empty user_session), so every count is exact; only rows left untouched are
+    duplicated (the copy right after the original), and malformed lines (truncated, a wrong
+    number of fields, or garbage; for JSON also a CSV line) are added at random places.
+    Protected rows (the bots') get no fault, so they stay countable.
+
+    Args:
+        rows: text rows from :func:`to_raw_text`, time-ordered.
+        rates: the per-row probabilities.
+        fmt: ``"csv"`` or ``"json"``.
+        rng: the random source (one per day, for determinism).
+        protected: bool [len(rows)], rows to leave as they are.
+
+    Returns:
+        (lines, counts): object array of str, and the number of each fault
+        (``duplicates``, ``malformed``, ``null_ids``, ``unknown_event_types``, ``missing_sessions``).
+    """
+    rows = rows.copy()
+    n = len(rows)
+    u = rng.random(n)
+    u[protected] = 2.0
+    # One uniform per row, cut at cumulative rates, keeps the field faults disjoint.
+    cut_null, cut_unknown = rates.null_id, rates.null_id + rates.unknown_event
+    cut_missing = cut_unknown + rates.missing_session
+    null_ids = u < cut_null
+    unknown = (u >= cut_null) & (u < cut_unknown)
+    missing = (u >= cut_unknown) & (u < cut_missing)
+    null_user = null_ids & (rng.random(n) < 0.5)
+    rows.loc[null_user, S.USER_ID] = None
+    rows.loc[null_ids & ~null_user, S.PRODUCT_ID] = None
+    rows.loc[unknown, S.EVENT_TYPE] = rng.choice(UNKNOWN_EVENT_TYPES, size=int(unknown.sum()))
+    rows.loc[missing, S.USER_SESSION] = None
+    untouched = (u >= cut_missing) & ~protected
+
+    lines = render_lines(rows, fmt)
+    duplicated = np.flatnonzero(untouched & (rng.random(n) < rates.duplicate))
+    n_malformed = int(rng.binomial(n, rates.malformed)) if np.any(~protected) else 0
+    sources = rng.choice(np.flatnonzero(~protected), size=n_malformed) if n_malformed else np.array([], dtype=np.int64)
+    malformed = np.array([_malformed(lines[i], rows.iloc[i], fmt, rng) for i in sources], dtype=object)
+
+    # Sort keys place each copy right after its original and each malformed line before a row.
+    before_row = rng.integers(0, n + 1, size=n_malformed) - 0.25
+    keys = np.concatenate([np.arange(n, dtype=np.float64), duplicated + 0.5, before_row])
+    all_lines = np.concatenate([lines, lines[duplicated], malformed])
+    counts = {
+        "duplicates": len(duplicated),
+        "malformed": n_malformed,
+        "null_ids": int(null_ids.sum()),
+        "unknown_event_types": int(unknown.sum()),
+        "missing_sessions": int(missing.sum()),
+    }
+    return all_lines[np.argsort(keys, kind="stable")], counts
+
+
+def _malformed(line: str, row: pd.Series, fmt: str, rng: np.random.Generator) -> str:
+    kind = int(rng.integers(0, 3))
+    if kind == 0:  # cut short, as by a crashed writer: before the last field separator
+        return line[: int(rng.integers(1, line.rindex(",")))]
+    if kind == 1:
+        if fmt == "csv":
+            return line + "," + str(int(rng.integers(0, 1000)))
+        return ",".join("" if v is None else str(v) for v in row)
+    return "".join(rng.choice(_GARBAGE_ALPHABET, size=int(rng.integers(8, 60))))
+
+
+# ----------------------------------------------------------------------------- stage
+
+
+def day_file_name(day: dt.date, fmt: str, compression: str) -> str:
+    """``events-YYYY-MM-DD.csv``, ``.csv.gz``, ``.json`` or ``.json.gz``."""
+    suffix = ".gz" if compression == "gzip" else ""
+    return f"events-{day.isoformat()}.{fmt}{suffix}"
+
+
+def run(spark: SparkSession | None, cfg: Config) -> dict:
+    """Write the synthetic clickstream, one file per day, to ``paths.raw``.
+
+    A day's file replaces the one of an earlier run (written to a temporary name, then
+    renamed; files of the same day in another format are removed). A URI destination is
+    written through the Hadoop file system of the Spark session, with the same layout.
+
+    Args:
+        spark: the session; only used when ``paths.raw`` is a URI (None will do otherwise).
+        cfg: the whole config; ``generate`` and ``paths`` are read.
+
+    Returns:
+        raw_path, files, events (lines written, headers excluded), users and items (distinct,
+        in the clean events), days, and dirt: the count of each injected fault.
+    """
+    gen = cfg.generate
+    world = build_world(gen)
+    raw_path = cfg.paths.resolve("raw")
+    rates = DirtRates.from_config(gen)
+    header = ",".join(S.RAW_COLUMNS) if gen.format == "csv" else None
+    seen_users: set[int] = set()
+    seen_items = np.zeros(world.n_items, dtype=bool)
+    dirt = dict.fromkeys(DIRT_KINDS, 0)
+    files = events_written = 0
+    for day, events in generate_events(gen, world):
+        protected = events[S.USER_ID].isin(world.bot_user_ids).to_numpy()
+        rng = np.random.default_rng([gen.seed, 2, day.toordinal()])
+        lines, counts = inject_dirt(to_raw_text(events), rates, gen.format, rng, protected)
+        for key, value in counts.items():
+            dirt[key] += value
+        dirt["bot_events"] += int(protected.sum())
+        seen_users.update(np.unique(events[S.USER_ID].to_numpy()).tolist())
+        seen_items[np.isin(world.product_id, events[S.PRODUCT_ID].to_numpy())] = True
+        name = day_file_name(day, gen.format, gen.compression)
+        data = _day_bytes(lines, header, gen.compression)
+        if is_uri(raw_path):
+            _write_day_hadoop(spark, raw_path.rstrip("/"), day, name, data)
+        else:
+            _write_day_local(Path(raw_path), day, name, data)
+        files += 1
+        events_written += len(lines)
+    summary = {
+        "raw_path": raw_path,
+        "files": files,
+        "events": events_written,
+        "users": len(seen_users),
+        "items": int(seen_items.sum()),
+        "days": gen.days,
+        "dirt": dirt,
+    }
+    log.info("wrote %d %s file(s), %d lines, to %s; dirt %s", files, gen.format, events_written, raw_path, dirt)
+    return summary
+
+
+def _day_bytes(lines: np.ndarray, header: str | None, compression: str) -> bytes:
+    body = "\n".join(([header] if header else []) + lines.tolist())
+    data = (body + "\n").encode("utf-8") if body else b""
+    if compression != "gzip":
+        return data
+    buffer = io.BytesIO()
+    # mtime=0 and no file name in the header: the same seed gives the same bytes.
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0) as gz:
+        gz.write(data)
+    return buffer.getvalue()
+
+
+def _other_names(day: dt.date, name: str) -> list[str]:
+    """The file names the same day has in the other formats, removed on a re-run."""
+    names = {day_file_name(day, f, c) for f in ("csv", "json") for c in ("none", "gzip")}
+    return sorted(names - {name})
+
+
+def _write_day_local(folder: Path, day: dt.date, name: str, data: bytes) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.tmp"
+    tmp.write_bytes(data)
+    os.replace(tmp, folder / name)
+    for other in _other_names(day, name):
+        (folder / other).unlink(missing_ok=True)
+
+
+def _write_day_hadoop(spark: SparkSession, folder: str, day: dt.date, name: str, data: bytes) -> None:
+    """The same single file per day, through the Hadoop file system of the URI.
+
+    Not ``DataFrame.write``: that makes a folder per day, which a plain ``spark.read.csv``
+    of ``paths.raw`` does not descend into.
+    """
+    jvm = spark.sparkContext._jvm
+    target = jvm.org.apache.hadoop.fs.Path(f"{folder}/{name}")
+    fs = target.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    tmp = jvm.org.apache.hadoop.fs.Path(f"{folder}/.{name}.tmp")
+    out = fs.create(tmp, True)
+    try:
+        out.write(bytearray(data))
+    finally:
+        out.close()
+    fs.delete(target, False)
+    fs.rename(tmp, target)
+    for other in _other_names(day, name):
+        fs.delete(jvm.org.apache.hadoop.fs.Path(f"{folder}/{other}"), False)

@@ -1,0 +1,214 @@
+"""Exact top-K over the whole catalogue, and the rankers that evaluation and scoring share.
+
+Every ranker scores an item as the dot product of a user vector and an item vector, so one
+blocked :func:`top_k` serves them all: the trained two-tower model (its towers' vectors) and
+the popularity baseline (a user vector of 1 against each item's log popularity).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from recsys_spark import schema as S
+from recsys_spark.errors import DataQualityError
+
+EMPTY_SLOT = -1
+NEG_INF = float("-inf")
+
+
+def top_k(
+    user_vecs: Tensor,
+    item_vecs: Tensor,
+    k: int,
+    exclude: Sequence[np.ndarray] | None = None,
+    block_size: int = 1024,
+    allowed: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The K best items of every user by dot product, exact, over every item.
+
+    Users are scored ``block_size`` rows at a time, so memory is bounded by block_size x N,
+    not by the number of users. Pad and OOV rows (item indices 0 and 1), items not in
+    ``allowed`` and each user's excluded items score -inf and are never returned.
+
+    Args:
+        user_vecs: Tensor[B, d].
+        item_vecs: Tensor[N, d], row i is item index i.
+        k: how many items per user.
+        exclude: B int arrays of item indices to leave out for that user (indices outside
+            [0, N) are ignored), or None.
+        block_size: users scored at once.
+        allowed: BoolTensor[N], False for items never to recommend (e.g. absent from the
+            vocabulary), or None.
+
+    Returns:
+        (indices LongTensor[B, k], scores Tensor[B, k]), best first. When fewer than k items
+        are eligible, the remaining slots hold index -1 and score -inf.
+    """
+    if k < 1 or block_size < 1:
+        raise ValueError(f"k ({k}) and block_size ({block_size}) must be positive")
+    num_users, num_items = user_vecs.shape[0], item_vecs.shape[0]
+    if exclude is not None and len(exclude) != num_users:
+        raise ValueError(f"exclude holds {len(exclude)} lists for {num_users} users")
+    if not bool(torch.isfinite(user_vecs).all()) or not bool(torch.isfinite(item_vecs).all()):
+        raise DataQualityError("user or item vectors hold NaN or infinite values")
+    blocked = torch.zeros(num_items, dtype=torch.bool)
+    blocked[: S.FIRST_ITEM_INDEX] = True
+    if allowed is not None:
+        blocked |= ~allowed.to(torch.bool)
+    width = min(k, num_items)
+    indices = torch.full((num_users, k), EMPTY_SLOT, dtype=torch.long)
+    scores = torch.full((num_users, k), NEG_INF, dtype=user_vecs.dtype)
+    with torch.no_grad():
+        for start in range(0, num_users, block_size):
+            end = min(start + block_size, num_users)
+            block = user_vecs[start:end] @ item_vecs.T
+            block[:, blocked] = NEG_INF
+            if exclude is not None:
+                rows, cols = _pairs(exclude[start:end], num_items)
+                block[rows, cols] = NEG_INF
+            values, top = torch.topk(block, width, dim=1)
+            top[values == NEG_INF] = EMPTY_SLOT
+            indices[start:end, :width] = top
+            scores[start:end, :width] = values
+    return indices, scores
+
+
+def _pairs(lists: Sequence[np.ndarray], num_items: int) -> tuple[Tensor, Tensor]:
+    """(row, item) index pairs of every in-range item of every list, for one scatter."""
+    lengths = [len(items) for items in lists]
+    items = np.concatenate([np.asarray(x, dtype=np.int64) for x in lists] + [np.zeros(0, np.int64)])
+    rows = np.repeat(np.arange(len(lists), dtype=np.int64), lengths)
+    keep = (items >= 0) & (items < num_items)
+    return torch.from_numpy(rows[keep]), torch.from_numpy(items[keep])
+
+
+def int_matrix(column: pd.Series) -> np.ndarray:
+    """Args: a column of equal-length int lists (B rows). Returns: int64 array [B, L]."""
+    return np.stack([np.asarray(v, dtype=np.int64) for v in column])
+
+
+def int_arrays(column: pd.Series) -> list[np.ndarray]:
+    """Args: a column of int lists (None as empty). Returns: B int64 arrays."""
+    return [np.asarray(v if v is not None else [], dtype=np.int64) for v in column]
+
+
+class Ranker(ABC):
+    """Scores every item for the users of a pandas batch of history rows (schema.HISTORY_FIELDS).
+
+    Args:
+        item_vecs: Tensor[N, d], row i is item index i.
+        allowed: BoolTensor[N], False for items never to recommend, or None for all.
+    """
+
+    name = "ranker"
+
+    def __init__(self, item_vecs: Tensor, allowed: Tensor | None = None):
+        self.item_vecs = item_vecs
+        self.allowed = allowed
+
+    @property
+    def num_items(self) -> int:
+        return int(self.item_vecs.shape[0])
+
+    @abstractmethod
+    def user_vectors(self, batch: pd.DataFrame) -> Tensor:
+        """Args: batch of B history rows. Returns: Tensor[B, d]."""
+
+    def recommend(
+        self, batch: pd.DataFrame, k: int, exclude_seen: bool = True, block_size: int = 1024
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-K items of every row of ``batch``, ``block_size`` users at a time.
+
+        Args:
+            batch: B rows with hist_items, hist_events, hist_gaps and seen_items.
+            k: items per user.
+            exclude_seen: leave each row's seen_items out.
+            block_size: users scored at once.
+
+        Returns:
+            (item indices int64 [B, k], scores float32 [B, k]); -1 / -inf in empty slots.
+        """
+        parts = [(np.zeros((0, k), np.int64), np.zeros((0, k), np.float32))]
+        for start in range(0, len(batch), block_size):
+            block = batch.iloc[start : start + block_size]
+            exclude = int_arrays(block[S.SEEN_ITEMS]) if exclude_seen else None
+            with torch.no_grad():
+                users = self.user_vectors(block)
+            top, values = top_k(users, self.item_vecs, k, exclude, block_size, self.allowed)
+            parts.append((top.numpy(), values.float().numpy()))
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+class ModelRanker(Ranker):
+    """A two-tower model: anything with ``user_vectors(items, events, gaps)`` and ``item_vectors()``.
+
+    Args:
+        module: the model in eval mode (e.g. ``ModelBundle.build_module()``).
+        item_vecs: Tensor[N, d] computed once elsewhere, or None to compute them here.
+        allowed: BoolTensor[N] or None.
+    """
+
+    name = "model"
+
+    def __init__(self, module: torch.nn.Module, item_vecs: Tensor | None = None, allowed: Tensor | None = None):
+        self.module = module.eval()
+        if item_vecs is None:
+            with torch.no_grad():
+                item_vecs = self.module.item_vectors()
+        super().__init__(item_vecs, allowed)
+
+    @classmethod
+    def from_bundle(cls, bundle, item_vecs: Tensor | None = None) -> "ModelRanker":
+        """Args: bundle, a ModelBundle; item_vecs as in the constructor. Only vocabulary items are allowed."""
+        allowed = torch.from_numpy(bundle.product_ids() >= 0)
+        return cls(bundle.build_module(), item_vecs, allowed)
+
+    def user_vectors(self, batch: pd.DataFrame) -> Tensor:
+        history = (torch.from_numpy(int_matrix(batch[c])) for c in (S.HIST_ITEMS, S.HIST_EVENTS, S.HIST_GAPS))
+        return self.module.user_vectors(*history)
+
+
+class PopularityRanker(Ranker):
+    """The same list for everyone: score = log(1 + pretest_count), events before the test cutoff.
+
+    Args:
+        counts: int array [N], the pretest_count of every item index.
+        allowed: BoolTensor[N] or None.
+    """
+
+    name = "popularity"
+
+    def __init__(self, counts: np.ndarray, allowed: Tensor | None = None):
+        item_vecs = torch.from_numpy(np.log1p(np.asarray(counts, dtype=np.float64)).astype(np.float32))[:, None]
+        super().__init__(item_vecs, allowed)
+
+    @classmethod
+    def from_vocab(cls, item_vocab: pd.DataFrame, num_items: int) -> "PopularityRanker":
+        """Args: item_vocab rows of schema.ITEM_VOCAB_SCHEMA; num_items N. Only its items are allowed."""
+        counts, allowed = vocab_column(item_vocab, S.PRETEST_COUNT, num_items)
+        return cls(counts, torch.from_numpy(allowed))
+
+    def user_vectors(self, batch: pd.DataFrame) -> Tensor:
+        return torch.ones(len(batch), 1)
+
+
+def vocab_column(item_vocab: pd.DataFrame, column: str, num_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """A vocabulary column as a dense array indexed by item_idx.
+
+    Returns:
+        (values int64 [num_items], 0 where absent; present bool [num_items]).
+    """
+    idx = item_vocab[S.ITEM_IDX].to_numpy(dtype=np.int64)
+    if len(idx) and (idx.min() < S.FIRST_ITEM_INDEX or idx.max() >= num_items):
+        raise DataQualityError(f"item_vocab holds item_idx outside [{S.FIRST_ITEM_INDEX}, {num_items})")
+    values = np.zeros(num_items, dtype=np.int64)
+    present = np.zeros(num_items, dtype=bool)
+    values[idx] = item_vocab[column].to_numpy(dtype=np.int64)
+    present[idx] = True
+    return values, present

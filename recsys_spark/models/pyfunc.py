@@ -1,0 +1,147 @@
+"""The trained model as an MLflow pyfunc: histories in, top-K product ids out.
+
+The pyfunc's only artifact is the :class:`~recsys_spark.models.bundle.ModelBundle` file; the
+``recsys_spark`` package must be importable where the model is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import torch
+
+from recsys_spark import schema as S
+from recsys_spark.models.bundle import ModelBundle
+
+BUNDLE_ARTIFACT = "bundle"
+BUNDLE_FILE = "model_bundle.pt"
+ITEM_IDS = "item_ids"
+SCORES = "scores"
+INPUT_COLUMNS = (S.HIST_ITEMS, S.HIST_EVENTS, S.HIST_GAPS, S.SEEN_ITEMS)
+DEFAULT_K = 10
+
+
+class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
+    """``predict(df)`` -> DataFrame with ``item_ids`` (top-K product_ids) and ``scores`` per row.
+
+    Input columns: hist_items, hist_events, hist_gaps (int lists of equal length L, left
+    padded) and seen_items (int list, excluded from the ranking). Param ``k`` (default 10).
+    """
+
+    def load_context(self, context: Any) -> None:
+        self.bundle = ModelBundle.load(context.artifacts[BUNDLE_ARTIFACT])
+        self._prepare()
+
+    def _prepare(self) -> None:
+        self.model = self.bundle.build_module()
+        with torch.no_grad():
+            self.item_vecs = self.model.item_vectors()
+        self.product_ids = self.bundle.product_ids()
+
+    @classmethod
+    def from_bundle(cls, bundle: ModelBundle) -> "RecommenderPyfunc":
+        """The same predictor without MLflow (what ``load_context`` builds)."""
+        obj = cls()
+        obj.bundle = bundle
+        obj._prepare()
+        return obj
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Args:
+            model_input: one row per user with the INPUT_COLUMNS list columns (Spark may hand
+                them over as float arrays; they are cast to int64).
+            params: {"k": int}.
+
+        Returns:
+            DataFrame [rows] with item_ids (list of K product_id) and scores (list of K float),
+            best first; pad, OOV, unknown and seen items are never returned.
+        """
+        k = int((params or {}).get("k", DEFAULT_K))
+        missing = [c for c in INPUT_COLUMNS if c not in model_input.columns]
+        if missing:
+            raise ValueError(f"model input lacks column(s) {', '.join(missing)}")
+        if len(model_input) == 0:
+            return pd.DataFrame({ITEM_IDS: pd.Series([], dtype=object), SCORES: pd.Series([], dtype=object)})
+        hist = [_int_matrix(model_input[c]) for c in (S.HIST_ITEMS, S.HIST_EVENTS, S.HIST_GAPS)]
+        with torch.no_grad():
+            user_vecs = self.model.user_vectors(*(torch.from_numpy(h) for h in hist))
+            scores = user_vecs @ self.item_vecs.T
+        scores[:, torch.from_numpy(self.product_ids < 0)] = float("-inf")
+        for i, seen in enumerate(model_input[S.SEEN_ITEMS]):
+            seen = np.asarray(seen if seen is not None else [], dtype=np.int64)
+            seen = seen[(seen >= 0) & (seen < scores.shape[1])]
+            scores[i, torch.from_numpy(seen)] = float("-inf")
+        k = min(k, int(torch.isfinite(scores).sum(dim=1).min()))
+        top = torch.topk(scores, k, dim=1)
+        return pd.DataFrame(
+            {
+                ITEM_IDS: [self.product_ids[row].tolist() for row in top.indices.numpy()],
+                SCORES: [row.tolist() for row in top.values.numpy()],
+            }
+        )
+
+
+def _int_matrix(column: pd.Series) -> np.ndarray:
+    return np.stack([np.asarray(v, dtype=np.float64).astype(np.int64) for v in column])
+
+
+def example_input(bundle: ModelBundle, rows: int = 2) -> pd.DataFrame:
+    """A small, valid input: short histories of the first vocabulary items, left-padded."""
+    length = bundle.model_args["max_seq_len"]
+    items = bundle.item_vocab[S.ITEM_IDX].to_numpy(dtype=np.int64)[: 2 * rows]
+    out = []
+    for r in range(rows):
+        hist = items[r::rows][:2].tolist() or [S.OOV_INDEX]
+        pad = [S.PAD_INDEX] * (length - len(hist))
+        out.append(
+            {
+                S.HIST_ITEMS: pad + hist,
+                S.HIST_EVENTS: pad + [S.EVENT_CODE["view"]] * len(hist),
+                S.HIST_GAPS: pad + [0] + [5] * (len(hist) - 1),
+                S.SEEN_ITEMS: hist,
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def log_model(bundle: ModelBundle, registered_model: str | None, k: int = DEFAULT_K):
+    """Log the bundle as a pyfunc under the active run (and register it when a name is given).
+
+    Returns:
+        mlflow.models.model.ModelInfo (``registered_model_version`` holds the new version).
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    example = example_input(bundle)
+    output = RecommenderPyfunc.from_bundle(bundle).predict(None, example, {"k": k})
+    signature = infer_signature(example, output, params={"k": k})
+    with tempfile.TemporaryDirectory(prefix="recsys_bundle_") as tmp:
+        path = os.path.join(tmp, BUNDLE_FILE)
+        bundle.save(path)
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=RecommenderPyfunc(),
+            artifacts={BUNDLE_ARTIFACT: path},
+            signature=signature,
+            input_example=example,
+            registered_model_name=registered_model,
+            pip_requirements=_requirements(),
+        )
+
+
+def _requirements() -> list[str]:
+    from importlib import metadata
+
+    out = []
+    for name in ("torch", "numpy", "pandas", "pyarrow", "mlflow"):
+        try:
+            out.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            out.append(name)
+    return out

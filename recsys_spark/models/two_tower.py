@@ -1,0 +1,157 @@
+"""The two-tower sequential recommender: an item tower and a SASRec-style user tower.
+
+Pure ``nn.Module``s: nothing here knows about Horovod, Spark, Petastorm or the loss
+(the training wrapper is :class:`recsys_spark.train.loss.RetrievalTask`). Scores are dot
+products of a user vector and an item vector.
+
+Item index conventions come from :mod:`recsys_spark.schema`: 0 is padding, 1 is
+out-of-vocabulary, real items start at 2. Sequences are left-padded, so the most recent
+step is always the last column.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from recsys_spark import schema as S
+
+
+class ItemTower(nn.Module):
+    """Item id + category + brand + price-bucket embeddings -> MLP -> item vector.
+
+    The side features of every item live in buffers (saved with the state dict), so a
+    vector can be computed from an item index alone.
+    """
+
+    def __init__(self, num_items: int, num_categories: int, num_brands: int, num_price_buckets: int, dim: int,
+                 dropout: float):
+        super().__init__()
+        self.id_embedding = nn.Embedding(num_items, dim, padding_idx=S.PAD_INDEX)
+        self.category_embedding = nn.Embedding(num_categories, dim)
+        self.brand_embedding = nn.Embedding(num_brands, dim)
+        self.price_embedding = nn.Embedding(num_price_buckets, dim)
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim)
+        )
+        self.register_buffer("item_category", torch.zeros(num_items, dtype=torch.long))
+        self.register_buffer("item_brand", torch.zeros(num_items, dtype=torch.long))
+        self.register_buffer("item_price_bucket", torch.zeros(num_items, dtype=torch.long))
+        for emb in (self.id_embedding, self.category_embedding, self.brand_embedding, self.price_embedding):
+            nn.init.normal_(emb.weight, std=0.05)
+        with torch.no_grad():
+            self.id_embedding.weight[S.PAD_INDEX].zero_()
+
+    def forward(self, items: Tensor) -> Tensor:
+        """Args: items LongTensor[...] of item indices. Returns: Tensor[..., dim]."""
+        x = (
+            self.id_embedding(items)
+            + self.category_embedding(self.item_category[items])
+            + self.brand_embedding(self.item_brand[items])
+            + self.price_embedding(self.item_price_bucket[items])
+        )
+        return x + self.mlp(x)
+
+
+class TwoTowerModel(nn.Module):
+    """Shared item tower; user tower = causal self-attention over the behaviour sequence.
+
+    Args:
+        num_items: size of the item vocabulary, pad (0) and OOV (1) included.
+        num_categories, num_brands, num_price_buckets: sizes of the side-feature vocabularies.
+        num_event_codes: event-type codes (0 = pad), ``schema.NUM_EVENT_CODES``.
+        num_gap_buckets: time-gap buckets (0 = pad / first step), ``schema.NUM_GAP_BUCKETS``.
+        max_seq_len: longest sequence L the positional embedding covers.
+        dim: vector size d of both towers.
+        num_layers, num_heads, dropout: the transformer encoder's shape.
+    """
+
+    def __init__(self, num_items: int, num_categories: int, num_brands: int, num_price_buckets: int,
+                 num_event_codes: int, num_gap_buckets: int, max_seq_len: int, dim: int = 64,
+                 num_layers: int = 2, num_heads: int = 2, dropout: float = 0.1):
+        super().__init__()
+        self.num_items = num_items
+        self.max_seq_len = max_seq_len
+        self.num_heads = num_heads
+        self.item_tower = ItemTower(num_items, num_categories, num_brands, num_price_buckets, dim, dropout)
+        self.event_embedding = nn.Embedding(num_event_codes, dim, padding_idx=0)
+        self.gap_embedding = nn.Embedding(num_gap_buckets, dim, padding_idx=0)
+        self.position_embedding = nn.Embedding(max_seq_len, dim)
+        for emb in (self.event_embedding, self.gap_embedding, self.position_embedding):
+            nn.init.normal_(emb.weight, std=0.05)
+        self.input_norm = nn.LayerNorm(dim)
+        self.input_dropout = nn.Dropout(dropout)
+        layer = nn.TransformerEncoderLayer(
+            d_model=dim, nhead=num_heads, dim_feedforward=4 * dim, dropout=dropout,
+            activation="gelu", batch_first=True, norm_first=True,
+        )
+        # enable_nested_tensor is a fast path for key-padding masks, which we fold into `mask`.
+        self.encoder = nn.TransformerEncoder(layer, num_layers=num_layers, enable_nested_tensor=False)
+        self.output_norm = nn.LayerNorm(dim)
+
+    def set_item_features(self, category_idx: Tensor, brand_idx: Tensor, price_bucket: Tensor) -> None:
+        """Copy the side features of every item into the buffers.
+
+        Args:
+            category_idx, brand_idx, price_bucket: LongTensor[num_items], indexed by item_idx.
+        """
+        tower = self.item_tower
+        for name, values, vocab in (
+            ("item_category", category_idx, tower.category_embedding.num_embeddings),
+            ("item_brand", brand_idx, tower.brand_embedding.num_embeddings),
+            ("item_price_bucket", price_bucket, tower.price_embedding.num_embeddings),
+        ):
+            values = torch.as_tensor(values, dtype=torch.long)
+            if values.shape != (self.num_items,):
+                raise ValueError(f"{name}: expected shape ({self.num_items},), got {tuple(values.shape)}")
+            if values.numel() and (int(values.min()) < 0 or int(values.max()) >= vocab):
+                raise ValueError(f"{name}: values must lie in [0, {vocab})")
+            getattr(tower, name).copy_(values)
+
+    def item_vectors(self) -> Tensor:
+        """Returns: Tensor[num_items, d], the vector of every item index (pad and OOV included)."""
+        device = self.position_embedding.weight.device
+        return self.item_tower(torch.arange(self.num_items, device=device))
+
+    def sequence_vectors(self, items: Tensor, events: Tensor, gaps: Tensor) -> Tensor:
+        """User vector after every step of left-padded sequences.
+
+        Args:
+            items, events, gaps: LongTensor[B, L], L <= max_seq_len, 0 = padding.
+
+        Returns:
+            Tensor[B, L, d]; position t sees steps 0..t only. Pad positions carry a finite
+            but meaningless vector.
+        """
+        batch, length = items.shape
+        if length > self.max_seq_len:
+            raise ValueError(f"sequence length {length} exceeds max_seq_len {self.max_seq_len}")
+        # Left padding: the last step always takes the last position, whatever L is.
+        positions = torch.arange(self.max_seq_len - length, self.max_seq_len, device=items.device)
+        x = (
+            self.item_tower(items)
+            + self.event_embedding(events)
+            + self.gap_embedding(gaps)
+            + self.position_embedding(positions)[None]
+        )
+        x = self.input_dropout(self.input_norm(x))
+        mask = self._attention_mask(items)
+        x = self.encoder(x, mask=mask)
+        return self.output_norm(x)
+
+    def user_vectors(self, items: Tensor, events: Tensor, gaps: Tensor) -> Tensor:
+        """Args: items, events, gaps LongTensor[B, L] (left-padded). Returns: Tensor[B, d]."""
+        return self.sequence_vectors(items, events, gaps)[:, -1]
+
+    def _attention_mask(self, items: Tensor) -> Tensor:
+        """Bool mask [B * heads, L, L], True = may not attend: the future and padded keys.
+
+        Every query may attend to itself, so no row is all-masked: an all-pad history gives
+        finite vectors instead of the NaNs of a softmax over nothing.
+        """
+        batch, length = items.shape
+        future = torch.ones(length, length, dtype=torch.bool, device=items.device).triu(1)
+        padded_key = (items == S.PAD_INDEX)[:, None, :]
+        eye = torch.eye(length, dtype=torch.bool, device=items.device)
+        blocked = (future[None] | padded_key) & ~eye[None]
+        return blocked.repeat_interleave(self.num_heads, dim=0)

@@ -1,0 +1,152 @@
+"""Sampled softmax with logQ correction, and the training wrapper that adds it to the model.
+
+Derivation. The full softmax over the catalogue, p(i | u) = exp(u.v_i) / sum_j exp(u.v_j),
+costs a dot product with every item per target. Sampled softmax replaces the sum with a
+small candidate set C. If candidate c enters C with expected count E[n_c], then
+sum_{c in C} exp(u.v_c) / E[n_c] is an unbiased estimate of the full denominator (importance
+sampling), so the corrected logits
+
+    o_c = u.v_c - log E[n_c]
+
+give a softmax over C whose gradient is a consistent estimate of the full softmax's (Bengio &
+Senecal 2008; Yi et al. 2019, "Sampling-bias-corrected neural modeling"). The correction is
+applied to every candidate, the true item included.
+
+Our C is the union of
+  * the in-batch targets: each of the n target positions draws item c with its popularity
+    p_pop(c) (share of training events), so c appears n * p_pop(c) times on average;
+  * M negatives drawn uniformly from the real items 2..N-1: each appears M / (N - 2) times.
+Hence E[n_c] = n * p_pop(c) + M / (N - 2). Without the correction popular items, which are
+over-represented among in-batch negatives, would be pushed down too hard.
+
+Candidates are the unique targets followed by the M negatives; a target's label is the
+position of its item among the unique targets. A negative that happens to equal a row's own
+target is masked out of that row (an "accidental hit" is not a negative). Each target's
+cross-entropy is weighted by the type of the event that produced it, and the loss is the
+weighted mean.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from recsys_spark import schema as S
+from recsys_spark.models.two_tower import TwoTowerModel
+
+
+def popularity(train_count: Tensor) -> Tensor:
+    """Popularity distribution over item indices, zero for pad and OOV.
+
+    Args:
+        train_count: Tensor[num_items] of training event counts, indexed by item_idx.
+
+    Returns:
+        FloatTensor[num_items] summing to 1 over items 2..num_items-1 (uniform if all zero).
+    """
+    counts = torch.as_tensor(train_count, dtype=torch.float64).clone()
+    counts[: S.FIRST_ITEM_INDEX] = 0.0
+    total = counts.sum()
+    if total <= 0:
+        counts[S.FIRST_ITEM_INDEX:] = 1.0
+        total = counts.sum()
+    return (counts / total).float()
+
+
+def event_weight_table(event_weights: dict[str, float]) -> Tensor:
+    """Per-event-code loss weights from ``{event name: weight}``.
+
+    Returns:
+        FloatTensor[NUM_EVENT_CODES]; code 0 (pad) and unnamed events weigh 0.
+    """
+    unknown = sorted(set(event_weights) - set(S.EVENT_CODE))
+    if unknown:
+        raise ValueError(f"train.event_weights: unknown event type(s) {unknown}; known: {S.EVENT_TYPES}")
+    table = torch.zeros(S.NUM_EVENT_CODES)
+    for name, weight in event_weights.items():
+        table[S.EVENT_CODE[name]] = float(weight)
+    return table
+
+
+def sampled_softmax_loss(user_vecs: Tensor, targets: Tensor, weights: Tensor, negatives: Tensor,
+                         item_vecs: Tensor | None, item_tower: nn.Module | None, item_prob: Tensor,
+                         num_items: int) -> Tensor:
+    """Weighted, logQ-corrected sampled softmax over in-batch targets + uniform negatives.
+
+    Args:
+        user_vecs: Tensor[T, d], one user vector per target.
+        targets: LongTensor[T], the true item of each target (all >= 2).
+        weights: Tensor[T], the loss weight of each target.
+        negatives: LongTensor[M], items drawn uniformly from 2..num_items-1.
+        item_vecs: Tensor[num_items, d] to look candidates up in, or None to call ``item_tower``
+            on the candidate indices only (what training does: no full-catalogue pass).
+        item_tower: maps LongTensor[C] -> Tensor[C, d]; used when ``item_vecs`` is None.
+        item_prob: Tensor[num_items], the popularity p_pop of every item.
+        num_items: N, pad and OOV included.
+
+    Returns:
+        scalar Tensor: sum_t w_t * CE_t / sum_t w_t.
+    """
+    unique_targets, labels = torch.unique(targets, return_inverse=True)
+    candidates = torch.cat([unique_targets, negatives])
+    cand_vecs = item_vecs[candidates] if item_vecs is not None else item_tower(candidates)  # type: ignore[misc]
+    n_targets = targets.numel()
+    expected = n_targets * item_prob[candidates] + negatives.numel() / (num_items - S.FIRST_ITEM_INDEX)
+    logits = user_vecs @ cand_vecs.T - torch.log(expected)[None, :]
+    accidental = torch.zeros_like(logits, dtype=torch.bool)
+    accidental[:, unique_targets.numel():] = negatives[None, :] == targets[:, None]
+    logits = logits.masked_fill(accidental, float("-inf"))
+    per_target = F.cross_entropy(logits, labels, reduction="none")
+    return (weights * per_target).sum() / weights.sum().clamp_min(1e-12)
+
+
+class RetrievalTask(nn.Module):
+    """The model plus its training loss, for next-item prediction on windows.
+
+    Args:
+        model: the two-tower model.
+        item_prob: Tensor[num_items], popularity (see :func:`popularity`).
+        event_weights: Tensor[NUM_EVENT_CODES] (see :func:`event_weight_table`).
+        uniform_negatives: M, negatives drawn per batch.
+    """
+
+    def __init__(self, model: TwoTowerModel, item_prob: Tensor, event_weights: Tensor, uniform_negatives: int):
+        super().__init__()
+        self.model = model
+        self.uniform_negatives = uniform_negatives
+        self.register_buffer("item_prob", torch.as_tensor(item_prob, dtype=torch.float32))
+        self.register_buffer("event_weights", torch.as_tensor(event_weights, dtype=torch.float32))
+
+    def forward(self, item_seq: Tensor, event_seq: Tensor, gap_seq: Tensor,
+                generator: torch.Generator | None = None) -> tuple[Tensor, int]:
+        """Loss of one batch of windows.
+
+        Args:
+            item_seq, event_seq, gap_seq: LongTensor[B, L+1], left-padded windows; the inputs
+                are [:, :-1] and the targets [:, 1:].
+            generator: random source of the uniform negatives.
+
+        Returns:
+            (scalar loss, number of targets it covers). A target counts when it is a real item
+            (not pad, not OOV) and its input step is not padding: predicting from an empty
+            history is the popularity fallback's job, not the model's.
+        """
+        inputs = item_seq[:, :-1], event_seq[:, :-1], gap_seq[:, :-1]
+        targets, target_events = item_seq[:, 1:], event_seq[:, 1:]
+        weights = self.event_weights[target_events]
+        valid = (targets >= S.FIRST_ITEM_INDEX) & (inputs[0] != S.PAD_INDEX) & (weights > 0)
+        n_targets = int(valid.sum())
+        if n_targets == 0:
+            # Keep every parameter in the graph so that Horovod's allreduce still matches up.
+            return sum(p.sum() for p in self.parameters()) * 0.0, 0  # type: ignore[return-value]
+        seq_vecs = self.model.sequence_vectors(*inputs)
+        num_items = self.model.num_items
+        negatives = torch.randint(
+            S.FIRST_ITEM_INDEX, num_items, (self.uniform_negatives,), generator=generator, device=item_seq.device
+        )
+        loss = sampled_softmax_loss(
+            seq_vecs[valid], targets[valid], weights[valid], negatives,
+            item_vecs=None, item_tower=self.model.item_tower, item_prob=self.item_prob, num_items=num_items,
+        )
+        return loss, n_targets

@@ -1,0 +1,179 @@
+"""Exact blocked top-K and the rankers built on it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from recsys_spark import schema as S
+from recsys_spark.errors import DataQualityError
+from recsys_spark.evaluation.ranking import ModelRanker, PopularityRanker, top_k, vocab_column
+
+pytestmark = pytest.mark.unit
+
+NEG_INF = float("-inf")
+
+
+def brute_force(user_vecs: np.ndarray, item_vecs: np.ndarray, k: int, exclude: list[list[int]]) -> np.ndarray:
+    scores = user_vecs @ item_vecs.T
+    scores[:, : S.FIRST_ITEM_INDEX] = -np.inf
+    for row, items in enumerate(exclude):
+        scores[row, items] = -np.inf
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+def test_top_k_equals_a_brute_force_argsort_for_any_block_size():
+    rng = np.random.default_rng(3)
+    users, items = rng.normal(size=(7, 4)), rng.normal(size=(15, 4))
+    exclude = [rng.choice(np.arange(15), size=rng.integers(0, 5), replace=False).tolist() for _ in range(7)]
+    expected = brute_force(users, items, 5, exclude)
+    for block_size in (1, 3, 7, 100):
+        indices, scores = top_k(
+            torch.from_numpy(users), torch.from_numpy(items), 5, [np.array(e) for e in exclude], block_size
+        )
+        np.testing.assert_array_equal(indices.numpy(), expected)
+        np.testing.assert_allclose(scores.numpy(), np.take_along_axis(users @ items.T, expected, axis=1))
+
+
+def test_pad_oov_excluded_and_disallowed_items_are_never_returned():
+    # Item vectors along one axis: the user's scores are the items' values, pad/OOV the best.
+    values = torch.tensor([[9.0], [8.0], [1.0], [5.0], [4.0], [3.0], [2.0]])
+    user = torch.ones(1, 1)
+    indices, _ = top_k(user, values, 3)
+    assert indices.tolist() == [[3, 4, 5]]
+    indices, _ = top_k(user, values, 3, exclude=[np.array([3, 99, -4])])  # out-of-range entries ignored
+    assert indices.tolist() == [[4, 5, 6]]
+    allowed = torch.tensor([True, True, True, True, False, True, True])
+    indices, _ = top_k(user, values, 3, exclude=[np.array([3])], allowed=allowed)
+    assert indices.tolist() == [[5, 6, 2]]
+
+
+def test_top_k_leaves_empty_slots_when_the_catalogue_runs_out():
+    values = torch.tensor([[0.0], [0.0], [1.0], [2.0], [3.0]])
+    indices, scores = top_k(torch.ones(2, 1), values, 6, exclude=[np.array([4]), np.array([], dtype=np.int64)])
+    assert indices.tolist() == [[3, 2, -1, -1, -1, -1], [4, 3, 2, -1, -1, -1]]
+    assert scores.tolist() == [[2.0, 1.0] + [NEG_INF] * 4, [3.0, 2.0, 1.0] + [NEG_INF] * 3]
+
+
+def test_top_k_rejects_non_finite_vectors_and_bad_arguments():
+    with pytest.raises(DataQualityError, match="NaN"):
+        top_k(torch.tensor([[float("nan")]]), torch.ones(4, 1), 2)
+    with pytest.raises(ValueError, match="exclude"):
+        top_k(torch.ones(2, 1), torch.ones(4, 1), 2, exclude=[np.array([2])])
+    with pytest.raises(ValueError, match="positive"):
+        top_k(torch.ones(2, 1), torch.ones(4, 1), 0)
+
+
+def history_rows(last_items: list[list[int]], seen: list[list[int]], length: int = 4) -> pd.DataFrame:
+    """History rows (schema.HISTORY_FIELDS) whose hist_items end with ``last_items``, left-padded."""
+    items = [[S.PAD_INDEX] * (length - len(h)) + h for h in last_items]
+    return pd.DataFrame(
+        {
+            S.USER_ID: [f"u{i}" for i in range(len(items))],
+            S.HIST_ITEMS: items,
+            S.HIST_EVENTS: [[1 if i else 0 for i in row] for row in items],
+            S.HIST_GAPS: [[0] * length for _ in items],
+            S.SEEN_ITEMS: seen,
+        }
+    )
+
+
+class LastItemModel(nn.Module):
+    """Stand-in for TwoTowerModel: the user vector is the vector of the last history item."""
+
+    def __init__(self, item_vecs: torch.Tensor):
+        super().__init__()
+        self.vecs = item_vecs
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.vecs
+
+    def user_vectors(self, items, events, gaps) -> torch.Tensor:
+        return self.vecs[items[:, -1]]
+
+
+STAND_IN_VECS = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.2, 0.8]])
+
+
+def test_model_ranker_ranks_by_dot_product_of_the_towers():
+    ranker = ModelRanker(LastItemModel(STAND_IN_VECS))
+    rows = history_rows([[2], [3, 4]], seen=[[2], [4, 5]])
+    # u0 (last item 2): scores 2:1.0 3:0.9 4:0.0 5:0.2 -> seen 2 out -> 3, 5, 4.
+    # u1 (last item 4): scores 2:0.0 3:0.1 4:1.0 5:0.8 -> seen 4, 5 out -> 3, 2, then nothing.
+    for block_size in (1, 2):
+        top, scores = ranker.recommend(rows, 3, exclude_seen=True, block_size=block_size)
+        assert top.tolist() == [[3, 5, 4], [3, 2, -1]]
+        np.testing.assert_allclose(scores, [[0.9, 0.2, 0.0], [0.1, 0.0, NEG_INF]], rtol=1e-6)
+    top, _ = ranker.recommend(rows, 3, exclude_seen=False)
+    assert top.tolist() == [[2, 3, 5], [4, 5, 3]]
+
+
+def test_popularity_ranker_gives_everyone_the_most_popular_unseen_items():
+    vocab = pd.DataFrame({S.ITEM_IDX: [2, 3, 4, 6], S.PRETEST_COUNT: [5, 40, 12, 7]})
+    ranker = PopularityRanker.from_vocab(vocab, num_items=7)  # index 5 is no vocabulary item
+    rows = history_rows([[2], [3]], seen=[[], [3, 4]])
+    top, scores = ranker.recommend(rows, 4, exclude_seen=True)
+    assert top.tolist() == [[3, 4, 6, 2], [6, 2, -1, -1]]
+    np.testing.assert_allclose(scores[0], [math.log(41), math.log(13), math.log(8), math.log(6)], rtol=1e-6)
+
+
+def test_vocab_column_rejects_indices_outside_the_model():
+    vocab = pd.DataFrame({S.ITEM_IDX: [2, 9], S.PRETEST_COUNT: [1, 1]})
+    with pytest.raises(DataQualityError, match="item_idx"):
+        vocab_column(vocab, S.PRETEST_COUNT, num_items=5)
+
+
+# ----------------------------------------------------------------------- with the real model
+
+NUM_ITEMS = 8  # pad, OOV and six real items 2..7
+MAX_SEQ_LEN = 4
+PRETEST_COUNTS = [50, 40, 30, 20, 10, 5]  # items 2..7: popularity order is 2, 3, 4, 5, 6, 7
+
+
+def tiny_bundle(seed: int = 0):
+    """A randomly initialised TwoTowerModel bundle over six items (product_id = 1000 + item_idx)."""
+    from recsys_spark.models.bundle import ModelBundle
+    from recsys_spark.models.two_tower import TwoTowerModel
+
+    torch.manual_seed(seed)
+    args = dict(num_items=NUM_ITEMS, num_categories=3, num_brands=3, num_price_buckets=3,
+                num_event_codes=S.NUM_EVENT_CODES, num_gap_buckets=S.NUM_GAP_BUCKETS, max_seq_len=MAX_SEQ_LEN,
+                dim=8, num_layers=1, num_heads=2, dropout=0.0)
+    model = TwoTowerModel(**args)
+    idx = np.arange(2, NUM_ITEMS)
+    vocab = pd.DataFrame(
+        {
+            S.ITEM_IDX: idx.astype(np.int32),
+            S.PRODUCT_ID: 1000 + idx,
+            S.CATEGORY_IDX: (idx % 3).astype(np.int32),
+            S.BRAND_IDX: (idx % 2).astype(np.int32),
+            S.PRICE_BUCKET: (1 + idx % 2).astype(np.int32),
+            S.TRAIN_COUNT: np.array(PRETEST_COUNTS) - 1,
+            S.PRETEST_COUNT: np.array(PRETEST_COUNTS),
+        }
+    )
+    return ModelBundle(model_args=args, state_dict=model.state_dict(), item_vocab=vocab, config={})
+
+
+def test_model_ranker_on_the_real_model_agrees_with_brute_force_and_the_pyfunc():
+    from recsys_spark.models.pyfunc import RecommenderPyfunc
+
+    bundle = tiny_bundle()
+    rows = history_rows([[2, 3], [1, 4, 5, 6], [7]], seen=[[2, 3], [4, 5, 6], [7]])
+    top, _ = ModelRanker.from_bundle(bundle).recommend(rows, 3, exclude_seen=True, block_size=2)
+
+    module = bundle.build_module()
+    with torch.no_grad():
+        users = module.user_vectors(*(torch.tensor(rows[c].tolist()) for c in (S.HIST_ITEMS, S.HIST_EVENTS,
+                                                                                S.HIST_GAPS)))
+        items = module.item_vectors()
+    expected = brute_force(users.double().numpy(), items.double().numpy(), 3, rows[S.SEEN_ITEMS].tolist())
+    np.testing.assert_array_equal(top, expected)
+
+    predicted = RecommenderPyfunc.from_bundle(bundle).predict(None, rows, {"k": 3})
+    assert predicted["item_ids"].tolist() == (1000 + top).tolist()

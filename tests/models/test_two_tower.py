@@ -1,0 +1,204 @@
+"""The two-tower model's shapes and masking, and the logQ-corrected sampled softmax."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from recsys_spark import schema as S
+from recsys_spark.models.two_tower import TwoTowerModel
+from recsys_spark.train.loss import RetrievalTask, event_weight_table, popularity, sampled_softmax_loss
+
+pytestmark = pytest.mark.unit
+
+NUM_ITEMS, DIM, LENGTH = 12, 8, 5
+
+
+def make_model(dropout: float = 0.0) -> TwoTowerModel:
+    torch.manual_seed(0)
+    model = TwoTowerModel(
+        num_items=NUM_ITEMS, num_categories=3, num_brands=4, num_price_buckets=3,
+        num_event_codes=S.NUM_EVENT_CODES, num_gap_buckets=S.NUM_GAP_BUCKETS, max_seq_len=LENGTH,
+        dim=DIM, num_layers=2, num_heads=2, dropout=dropout,
+    )
+    model.set_item_features(
+        torch.arange(NUM_ITEMS) % 3, torch.arange(NUM_ITEMS) % 4, torch.arange(NUM_ITEMS) % 3
+    )
+    return model.eval()
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    items = torch.tensor([[0, 0, 2, 3, 4], [5, 6, 7, 8, 9], [0, 0, 0, 0, 0]])
+    events = torch.tensor([[0, 0, 1, 2, 4], [1, 1, 1, 1, 3], [0, 0, 0, 0, 0]])
+    gaps = torch.tensor([[0, 0, 0, 3, 5], [0, 2, 2, 9, 1], [0, 0, 0, 0, 0]])
+    return items, events, gaps
+
+
+def test_output_shapes_and_user_vector_is_last_position():
+    model = make_model()
+    items, events, gaps = batch()
+    with torch.no_grad():
+        seq = model.sequence_vectors(items, events, gaps)
+        users = model.user_vectors(items, events, gaps)
+        catalogue = model.item_vectors()
+    assert seq.shape == (3, LENGTH, DIM)
+    assert users.shape == (3, DIM)
+    assert catalogue.shape == (NUM_ITEMS, DIM)
+    torch.testing.assert_close(users, seq[:, -1])
+
+
+def test_shorter_sequences_are_accepted_and_longer_ones_refused():
+    model = make_model()
+    items, events, gaps = batch()
+    with torch.no_grad():
+        assert model.user_vectors(items[:, 2:], events[:, 2:], gaps[:, 2:]).shape == (3, DIM)
+    too_long = torch.zeros(1, LENGTH + 1, dtype=torch.long)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model.sequence_vectors(too_long, too_long, too_long)
+
+
+def test_causal_mask_later_steps_do_not_change_earlier_positions():
+    model = make_model()
+    items, events, gaps = batch()
+    changed = items.clone()
+    changed[:, -1] = 11  # a different last item in every row
+    with torch.no_grad():
+        before = model.sequence_vectors(items, events, gaps)
+        after = model.sequence_vectors(changed, events, gaps)
+    torch.testing.assert_close(before[:2, :-1], after[:2, :-1])
+    assert not torch.allclose(before[:2, -1], after[:2, -1])
+
+
+def test_padded_steps_are_ignored_by_the_user_vector():
+    model = make_model()
+    items, events, gaps = batch()
+    noisy = items.clone()
+    noisy[0, :2] = 0  # already pad; now change what a pad step would carry besides its index
+    noisy_gaps = gaps.clone()
+    noisy_gaps[0, :2] = 7
+    with torch.no_grad():
+        clean = model.user_vectors(items[:1], events[:1], gaps[:1])
+        shifted = model.user_vectors(noisy[:1], events[:1], noisy_gaps[:1])
+    torch.testing.assert_close(clean, shifted)
+
+
+def test_all_pad_history_gives_finite_vectors_in_train_and_eval_mode():
+    model = make_model(dropout=0.1)
+    items, events, gaps = batch()
+    for mode in (True, False):
+        model.train(mode)
+        out = model.sequence_vectors(items, events, gaps)
+        assert torch.isfinite(out).all()
+
+
+def test_item_features_change_item_vectors_and_are_checked():
+    model = make_model()
+    with torch.no_grad():
+        before = model.item_vectors()
+        model.set_item_features(torch.zeros(NUM_ITEMS), torch.arange(NUM_ITEMS) % 4, torch.arange(NUM_ITEMS) % 3)
+        after = model.item_vectors()
+    moved = (before - after).abs().sum(dim=1) > 0
+    # Items whose category was already 0 (indices 0, 3, 6, 9) keep their vectors.
+    assert moved.tolist() == [i % 3 != 0 for i in range(NUM_ITEMS)]
+    with pytest.raises(ValueError, match="item_category"):
+        model.set_item_features(torch.zeros(3), torch.zeros(3), torch.zeros(3))
+    with pytest.raises(ValueError, match="item_brand"):
+        model.set_item_features(torch.zeros(NUM_ITEMS), torch.full((NUM_ITEMS,), 4), torch.zeros(NUM_ITEMS))
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def test_popularity_and_event_weight_tables():
+    torch.testing.assert_close(popularity(torch.tensor([9, 9, 1, 1, 2])), torch.tensor([0.0, 0.0, 0.25, 0.25, 0.5]))
+    torch.testing.assert_close(popularity(torch.zeros(4)), torch.tensor([0.0, 0.0, 0.5, 0.5]))
+    torch.testing.assert_close(
+        event_weight_table({"view": 1.0, "purchase": 3.0, "cart": 2.0}), torch.tensor([0.0, 1.0, 2.0, 0.0, 3.0])
+    )
+    with pytest.raises(ValueError, match="click"):
+        event_weight_table({"click": 1.0})
+
+
+def test_sampled_softmax_with_logq_correction_matches_hand_computation():
+    # Three real items 2, 3, 4 with training counts 1, 1, 2: p_pop = 0.25, 0.25, 0.5.
+    # Two targets (n = 2): item 2 for user u0 = [1], item 3 for user u1 = [2]; one-dimensional
+    # item vectors v2 = 1, v3 = 0, v4 = -1. Negatives (M = 2): items 4 and 3.
+    # Expected counts E = n * p + M / 3: E2 = E3 = 0.5 + 2/3 = 7/6, E4 = 1 + 2/3 = 5/3.
+    # Candidates: unique targets [2, 3], then negatives [4, 3].
+    # u0 (label 0): logits [1 - ln 7/6, 0 - ln 7/6, -1 - ln 5/3, 0 - ln 7/6]
+    #   CE0 = -1 + ln(e^1 + e^0 + e^(-1 - ln(5/3) + ln(7/6)) + e^0) = -1 + ln 4.97571 = 0.604586
+    # u1 (label 1): the negative 3 is its own target (an accidental hit) and is masked:
+    #   logits [2 - ln 7/6, 0 - ln 7/6, -2 - ln 5/3]
+    #   CE1 = ln(e^2 + 1 + e^(-2 - ln(5/3) + ln(7/6))) = ln 8.48379 = 2.138157
+    # Weights 1 and 3: loss = (CE0 + 3 CE1) / 4 = 1.754764
+    item_vecs = torch.tensor([[0.0], [0.0], [1.0], [0.0], [-1.0]])
+    loss = sampled_softmax_loss(
+        user_vecs=torch.tensor([[1.0], [2.0]]),
+        targets=torch.tensor([2, 3]),
+        weights=torch.tensor([1.0, 3.0]),
+        negatives=torch.tensor([4, 3]),
+        item_vecs=item_vecs,
+        item_tower=None,
+        item_prob=popularity(torch.tensor([0, 0, 1, 1, 2])),
+        num_items=5,
+    )
+    ce0 = -1 + math.log(math.e + 1 + math.exp(-1 - math.log(5 / 3) + math.log(7 / 6)) + 1)
+    ce1 = math.log(math.e**2 + 1 + math.exp(-2 - math.log(5 / 3) + math.log(7 / 6)))
+    assert ce0 == pytest.approx(0.604586, abs=1e-6) and ce1 == pytest.approx(2.138157, abs=1e-6)
+    assert float(loss) == pytest.approx((ce0 + 3 * ce1) / 4, abs=1e-6)
+    assert float(loss) == pytest.approx(1.754764, abs=1e-6)
+
+
+def test_item_tower_path_equals_table_lookup():
+    model = make_model()
+    args = dict(user_vecs=torch.randn(4, DIM), targets=torch.tensor([2, 5, 5, 9]), weights=torch.ones(4),
+                negatives=torch.tensor([3, 4, 10]), item_prob=popularity(torch.arange(NUM_ITEMS)), num_items=NUM_ITEMS)
+    with torch.no_grad():
+        via_table = sampled_softmax_loss(item_vecs=model.item_vectors(), item_tower=None, **args)
+        via_tower = sampled_softmax_loss(item_vecs=None, item_tower=model.item_tower, **args)
+    torch.testing.assert_close(via_table, via_tower)
+
+
+def retrieval_loss(event_weights: dict[str, float]) -> tuple[float, int]:
+    model = make_model()
+    task = RetrievalTask(model, popularity(torch.ones(NUM_ITEMS)), event_weight_table(event_weights), 4)
+    # Inputs [0, 0, 5, 1, 6] -> targets [0, 5, 1, 6, 7]. Counted: 6 (a view, after OOV input 1)
+    # and 7 (a purchase). Not counted: pad target 0, target 5 (its input is padding), OOV target 1.
+    items = torch.tensor([[0, 0, 5, 1, 6, 7]])
+    events = torch.tensor([[0, 0, 1, 1, S.EVENT_CODE["view"], S.EVENT_CODE["purchase"]]])
+    gaps = torch.tensor([[0, 0, 0, 2, 2, 2]])
+    with torch.no_grad():
+        loss, n = task(items, events, gaps, generator=torch.Generator().manual_seed(3))
+    return float(loss), n
+
+
+def test_retrieval_task_counts_only_real_targets_and_weights_them_by_event():
+    view_only, n_view = retrieval_loss({"view": 1.0})
+    purchase_only, n_purchase = retrieval_loss({"purchase": 1.0})
+    both, n_both = retrieval_loss({"view": 1.0, "purchase": 3.0})
+    assert (n_view, n_purchase, n_both) == (1, 1, 2)
+    # Same negatives in every call (same seed): the weighted mean of the two targets' losses.
+    # (The logQ term depends on n, so the single-target losses are recomputed with n = 2.)
+    model = make_model()
+    with torch.no_grad():
+        seq = model.sequence_vectors(
+            torch.tensor([[0, 0, 5, 1, 6]]), torch.tensor([[0, 0, 1, 1, 1]]), torch.tensor([[0, 0, 0, 2, 2]])
+        )[0, 3:]
+        negatives = torch.randint(2, NUM_ITEMS, (4,), generator=torch.Generator().manual_seed(3))
+        common = dict(user_vecs=seq, targets=torch.tensor([6, 7]), negatives=negatives, item_vecs=model.item_vectors(),
+                      item_tower=None, item_prob=popularity(torch.ones(NUM_ITEMS)), num_items=NUM_ITEMS)
+        ce_view = float(sampled_softmax_loss(weights=torch.tensor([1.0, 0.0]), **common))
+        ce_purchase = float(sampled_softmax_loss(weights=torch.tensor([0.0, 1.0]), **common))
+    assert both == pytest.approx((ce_view + 3 * ce_purchase) / 4, abs=1e-5)
+    assert view_only != pytest.approx(purchase_only)
+
+
+def test_retrieval_task_without_targets_gives_zero_loss_with_gradients():
+    task = RetrievalTask(make_model(), popularity(torch.ones(NUM_ITEMS)), event_weight_table({"view": 1.0}), 4)
+    items = torch.tensor([[0, 0, 0, 0, 5, 1]])  # target 5 has a pad input, target 1 is OOV
+    loss, n = task(items, torch.ones_like(items), torch.zeros_like(items))
+    loss.backward()
+    assert n == 0 and float(loss.detach()) == 0.0
+    assert all(p.grad is not None for p in task.parameters())

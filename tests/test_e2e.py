@@ -1,0 +1,60 @@
+"""The whole pipeline on a tiny generated sample, two Horovod processes on gloo, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from recsys_spark import schema as S
+
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
+
+
+def test_recsys_run_end_to_end(tmp_path, tiny_overrides):
+    out = subprocess.run(
+        [sys.executable, "-m", "recsys_spark", "run", "--config", str(REPO / "conf" / "local.yaml"),
+         *tiny_overrides, "train.launcher=horovod_spark", "train.num_proc=2"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=900,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    root = tmp_path / "work"
+
+    # The summary says where everything is.
+    assert "== recsys run: done" in out.stdout
+    assert f"recommendations: {root / 'recommendations'}" in out.stdout
+    assert "registered_model: models:/recsys_two_tower@challenger (version 1)" in out.stdout
+
+    # Recommendations: the documented schema, K per user, no seen item.
+    recs = pq.read_table(root / "recommendations").to_pandas()
+    assert set(S.RECOMMENDATION_SCHEMA.fieldNames()) <= set(recs.columns)
+    per_user = recs.groupby(S.USER_ID)[S.RANK].agg(["count", "min", "max"])
+    assert (per_user["count"] == 10).all() and (per_user["min"] == 1).all() and (per_user["max"] == 10).all()
+    assert set(recs[S.SOURCE]) <= {"model", "fallback", "explore"}
+
+    # Evaluation ran both the model and the popularity baseline.
+    report = json.loads((root / "reports" / "evaluation.json").read_text())
+    text = json.dumps(report)
+    assert "popularity" in text and "ndcg@10" in text
+
+    # MLflow: the registered model has the alias, and the pipeline run has its stage runs nested.
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow/mlflow.db")
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("recsys_two_tower", "challenger")
+    assert str(version.version) == "1"
+    runs = mlflow.search_runs(experiment_names=["recsys_spark"], output_format="list")
+    stages = {r.data.tags.get("stage") for r in runs}
+    assert {"pipeline", "clean", "featurize", "train", "evaluate", "score"} <= stages
+    parent = next(r for r in runs if r.data.tags.get("stage") == "pipeline")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) >= 5
+    train_run = next(r for r in runs if r.data.tags.get("stage") == "train")
+    assert any(k.startswith("val_ndcg") for k in train_run.data.metrics)

@@ -1,0 +1,202 @@
+"""Per-rank training data (Petastorm shards), evaluation rows, item features, validation metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from torch import nn
+
+from recsys_spark import schema as S
+from recsys_spark.errors import DataQualityError, InputError
+from recsys_spark.train import data
+from recsys_spark.train.loop import ranking_sums, save_checkpoint, state_checksum
+
+pytestmark = pytest.mark.unit
+
+# Spark writes ArrayType(IntegerType, containsNull=False) as list<int32 not null>.
+INT_LIST = pa.list_(pa.field("element", pa.int32(), nullable=False))
+
+
+def write_features(root: Path, n_windows: int = 200, num_items: int = 32, seq_len: int = 8,
+                   n_validation: int = 24, seed: int = 0) -> dict:
+    """A tiny featurised dataset as the featurize stage lays it out, written with pyarrow.
+
+    Windows walk the catalogue in steps of 2 (item i is followed by i + 2, wrapping), so the
+    next item is learnable; 2 training files with row groups of 25 windows.
+
+    Returns:
+        the metadata dict (also written to metadata.json).
+    """
+    rng = np.random.default_rng(seed)
+    real = np.arange(S.FIRST_ITEM_INDEX, num_items)
+
+    def walk(length: int) -> list[int]:
+        start = int(rng.integers(0, len(real)))
+        return [int(real[(start + 2 * i) % len(real)]) for i in range(length)]
+
+    windows = []
+    for _ in range(n_windows):
+        n = int(rng.integers(3, seq_len + 2))
+        pad = [S.PAD_INDEX] * (seq_len + 1 - n)
+        events = rng.integers(1, 5, n).tolist()
+        gaps = [0] + rng.integers(1, 10, n - 1).tolist()
+        windows.append((pad + walk(n), pad + events, pad + gaps))
+    (root / "train").mkdir(parents=True)
+    half = n_windows // 2
+    for f, part in enumerate((windows[:half], windows[half:])):
+        columns = (S.ITEM_SEQ, S.EVENT_SEQ, S.GAP_SEQ)
+        table = pa.table({name: pa.array([w[i] for w in part], INT_LIST) for i, name in enumerate(columns)})
+        pq.write_table(table, root / "train" / f"part-{f:05d}.parquet", row_group_size=25)
+
+    rows = []
+    for u in range(n_validation):
+        steps = walk(seq_len)
+        hist = steps[: seq_len - 2]
+        rows.append({
+            S.USER_ID: f"u{u}",
+            S.HIST_ITEMS: [0, 0] + hist,
+            S.HIST_EVENTS: [0, 0] + [1] * len(hist),
+            S.HIST_GAPS: [0, 0, 0] + [3] * (len(hist) - 1),
+            S.SEEN_ITEMS: hist,
+            S.TARGET_ITEMS: steps[seq_len - 2:],
+            S.TARGET_EVENTS: [1, 1],
+        })
+    (root / "validation").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), root / "validation" / "part-00000.parquet")
+
+    (root / "item_vocab").mkdir()
+    vocab = pa.table({
+        S.ITEM_IDX: pa.array(real, pa.int32()),
+        S.PRODUCT_ID: pa.array(1000 + real, pa.int64()),
+        S.CATEGORY_IDX: pa.array(real % 4, pa.int32()),
+        S.BRAND_IDX: pa.array(real % 3, pa.int32()),
+        S.PRICE_BUCKET: pa.array(1 + real % 3, pa.int32()),
+        S.TRAIN_COUNT: pa.array(real, pa.int64()),
+        S.PRETEST_COUNT: pa.array(real + 1, pa.int64()),
+    })
+    pq.write_table(vocab, root / "item_vocab" / "part-00000.parquet")
+    metadata = {
+        "num_items": num_items, "num_categories": 4, "num_brands": 3, "num_price_buckets": 4,
+        "num_event_codes": S.NUM_EVENT_CODES, "num_gap_buckets": S.NUM_GAP_BUCKETS, "max_seq_len": seq_len,
+        "counts": {"train": n_windows, "validation": n_validation},
+    }
+    (root / S.FEATURE_METADATA).write_text(json.dumps(metadata))
+    return metadata
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("features")
+    write_features(root)
+    return root
+
+
+def read_shard(features: Path, rank: int, size: int, seed: int = 1) -> list[tuple[int, ...]]:
+    rows = []
+    path = str(features / "train")
+    with data.train_batches(path, rank, size, batch_size=16, seed=seed, shuffle_buffer=32) as batches:
+        for items, events, gaps in batches:
+            assert items.dtype == events.dtype == gaps.dtype == torch.int64
+            assert items.shape[1] == events.shape[1] == gaps.shape[1] == 9
+            assert items.shape[0] <= 16
+            rows.extend(tuple(r) for r in items.tolist())
+    return rows
+
+
+def test_two_shards_split_the_windows_between_them(features):
+    everything = pq.read_table(features / "train").column(S.ITEM_SEQ).to_pylist()
+    shard0, shard1 = read_shard(features, 0, 2), read_shard(features, 1, 2)
+    # Row groups of 25 windows: 8 in all, 4 per shard.
+    assert len(shard0) == len(shard1) == 100
+    assert sorted(shard0 + shard1) == sorted(tuple(r) for r in everything)
+    assert sorted(read_shard(features, 0, 1)) == sorted(tuple(r) for r in everything)
+
+
+def test_a_different_seed_gives_a_different_order_of_the_same_rows(features):
+    first, second = read_shard(features, 0, 2, seed=1), read_shard(features, 0, 2, seed=2)
+    assert sorted(first) == sorted(second) and first != second
+
+
+def test_eval_rows_are_sliced_by_rank(features):
+    table = pq.read_table(features / "validation").to_pylist()
+    part = data.read_eval_rows(str(features / "validation"), rank=1, size=3)
+    expected = table[1::3]
+    assert len(part) == len(expected) == 8
+    assert part.hist_items.shape == (8, 8) and part.hist_items.dtype == np.int64
+    assert part.hist_items.tolist() == [r[S.HIST_ITEMS] for r in expected]
+    assert [t.tolist() for t in part.target_items] == [r[S.TARGET_ITEMS] for r in expected]
+    assert [s.tolist() for s in part.seen_items] == [r[S.SEEN_ITEMS] for r in expected]
+    with pytest.raises(InputError, match="nowhere"):
+        data.read_eval_rows(str(features / "nowhere"))
+
+
+def test_metadata_and_item_features(features):
+    assert data.read_metadata(str(features))["num_items"] == 32
+    with pytest.raises(InputError, match="metadata"):
+        data.read_metadata(str(features / "missing"))
+    vocab = pd.DataFrame({
+        S.ITEM_IDX: [3, 2], S.PRODUCT_ID: [30, 20], S.CATEGORY_IDX: [1, 2], S.BRAND_IDX: [0, 5],
+        S.PRICE_BUCKET: [4, 1], S.TRAIN_COUNT: [7, 9], S.PRETEST_COUNT: [8, 9],
+    })
+    arrays = data.item_feature_arrays(vocab, num_items=5)
+    assert arrays[S.CATEGORY_IDX].tolist() == [0, 0, 2, 1, 0]
+    assert arrays[S.BRAND_IDX].tolist() == [0, 0, 5, 0, 0]
+    assert arrays[S.PRICE_BUCKET].tolist() == [0, 0, 1, 4, 0]
+    assert arrays[S.TRAIN_COUNT].tolist() == [0, 0, 9, 7, 0]
+    with pytest.raises(DataQualityError, match="outside"):
+        data.item_feature_arrays(vocab, num_items=3)
+    with pytest.raises(DataQualityError, match="more than once"):
+        data.item_feature_arrays(pd.concat([vocab, vocab]), num_items=5)
+
+
+class FixedScores(nn.Module):
+    """Stand-in model: user vector = one-hot of the row's last history item; items score = table."""
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        self.table = table  # [users, items]: scores of each user (picked by last hist item)
+
+    def item_vectors(self) -> torch.Tensor:
+        return torch.eye(self.table.shape[1])
+
+    def user_vectors(self, items, events, gaps) -> torch.Tensor:
+        return self.table[items[:, -1]]
+
+
+def test_ranking_sums_match_hand_computed_ndcg_and_recall():
+    # 6 item indices (0 pad, 1 OOV, real 2..5); k = 2.
+    table = torch.tensor([
+        [9.0, 9.0, 4.0, 3.0, 2.0, 1.0],  # user 0: ranking 2, 3, 4, 5 (pad, OOV never ranked)
+        [0.0, 0.0, 1.0, 2.0, 3.0, 4.0],  # user 1: ranking 5, 4, 3, 2 but 5 was seen -> 4, 3, 2
+        [0.0, 0.0, 1.0, 2.0, 3.0, 4.0],  # user 2: no targets, not counted
+    ])
+    rows = data.EvalRows(
+        hist_items=np.array([[0, 0], [0, 1], [1, 2]]),
+        hist_events=np.zeros((3, 2), dtype=np.int64),
+        hist_gaps=np.zeros((3, 2), dtype=np.int64),
+        seen_items=[np.array([], dtype=np.int64), np.array([5]), np.array([], dtype=np.int64)],
+        target_items=[np.array([3, 5]), np.array([3]), np.array([], dtype=np.int64)],
+    )
+    ndcg_sum, recall_sum, counted = ranking_sums(FixedScores(table), rows, k=2)
+    # user 0: top-2 = [2, 3]; hit at rank 2: DCG = 1/log2(3); IDCG (2 targets) = 1 + 1/log2(3)
+    #   NDCG = 0.63093 / 1.63093 = 0.386853; recall = 1/2
+    # user 1: top-2 = [4, 3]; hit at rank 2: DCG = 1/log2(3); IDCG (1 target) = 1 -> 0.630930; recall 1
+    assert counted == 2
+    assert ndcg_sum == pytest.approx(0.386853 + 0.630930, abs=1e-6)
+    assert recall_sum == pytest.approx(1.5)
+
+
+def test_checkpoint_round_trip_and_checksum(tmp_path):
+    state = {"w": torch.arange(4.0), "b": torch.ones(2)}
+    path = save_checkpoint(str(tmp_path / "ckpt"), {"epoch": 3, "model": state})
+    assert Path(path).name == "epoch_003.pt" and (tmp_path / "ckpt" / "last.pt").is_file()
+    loaded = torch.load(path, weights_only=False)
+    assert loaded["epoch"] == 3 and state_checksum(loaded["model"]) == state_checksum(state)
+    assert state_checksum({"w": torch.arange(4.0), "b": torch.zeros(2)}) != state_checksum(state)

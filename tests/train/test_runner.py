@@ -1,0 +1,41 @@
+"""The driver-side checks of `recsys train` that need no Horovod job."""
+
+from __future__ import annotations
+
+import pytest
+
+from recsys_spark.config import TrainConfig
+from recsys_spark.errors import DataQualityError
+from recsys_spark.train.loop import metric_key, model_args_from
+from recsys_spark.train.runner import check_ranks, training_curve
+
+pytestmark = pytest.mark.unit
+
+
+def test_check_ranks_returns_rank_zero_and_refuses_diverged_weights():
+    main = {"rank": 0, "checksum": "abc", "state_dict": {}}
+    assert check_ranks([{"rank": 1, "checksum": "abc"}, main]) is main
+    with pytest.raises(DataQualityError, match="different weights"):
+        check_ranks([main, {"rank": 1, "checksum": "abd"}])
+    with pytest.raises(DataQualityError, match="rank 0"):
+        check_ranks([{"rank": 1, "checksum": "abc"}])
+
+
+def test_model_args_come_from_metadata_and_config():
+    metadata = {"num_items": 40, "num_categories": 5, "num_brands": 7, "num_price_buckets": 11, "max_seq_len": 20,
+                "num_event_codes": 5, "num_gap_buckets": 24}
+    args = model_args_from(metadata, TrainConfig(embedding_dim=32, num_layers=3, num_heads=4, dropout=0.2))
+    assert args == {"num_items": 40, "num_categories": 5, "num_brands": 7, "num_price_buckets": 11,
+                    "num_event_codes": 5, "num_gap_buckets": 24, "max_seq_len": 20,
+                    "dim": 32, "num_layers": 3, "num_heads": 4, "dropout": 0.2}
+    with pytest.raises(DataQualityError, match="num_items"):
+        model_args_from({"max_seq_len": 20}, TrainConfig())
+
+
+def test_training_curve_plots_every_epoch():
+    history = [{"epoch": e, "train_loss": 5.0 - e, metric_key("val_ndcg", 10): 0.1 * e,
+                metric_key("val_recall", 10): 0.2 * e} for e in (1, 2, 3)]
+    fig = training_curve(history, 10)
+    loss_axis, val_axis = fig.axes
+    assert list(loss_axis.lines[0].get_ydata()) == [4.0, 3.0, 2.0]
+    assert [line.get_label() for line in val_axis.lines] == ["val_ndcg_at_10", "val_recall_at_10"]
