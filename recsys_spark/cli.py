@@ -63,12 +63,12 @@ def stage_function(stage: str) -> Callable[[Any, Config], dict]:
 
 def run_stage(stage: str, argv: list[str] | None = None) -> int:
     """Parse args, build the config, start Spark, run one stage, print its summary, stop."""
-    args = build_parser(stage).parse_args(argv)
+    args = build_parser(stage).parse_intermixed_args(argv)
     return _execute(stage, args.config, args.overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     return _execute(args.stage, args.config, args.overrides)
 
 

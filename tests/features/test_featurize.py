@@ -1,0 +1,411 @@
+"""featurize: steps, cutoffs, vocabularies, gap buckets, windows, evaluation rows, the leakage
+guard and the whole stage, on a handful of inline events with hand-computed expectations."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import mlflow
+import pytest
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from recsys_spark import io
+from recsys_spark import schema as S
+from recsys_spark.config import load_config
+from recsys_spark.errors import ConfigError, DataQualityError, InputError
+from recsys_spark.features import featurize
+from recsys_spark.features.leakage import check_no_leakage
+from recsys_spark.features.sequences import (
+    EVENT_CODE,
+    EVENT_STRENGTH,
+    GAP_BUCKET,
+    HIST_END,
+    STEP_POS,
+    STEP_TIME,
+    WINDOW_NO,
+    add_gap_buckets,
+    collapse_steps,
+    encode_items,
+    eval_rows,
+    gap_bucket,
+    history_rows,
+    train_windows,
+)
+from recsys_spark.features.split import Cutoffs, compute_cutoffs, data_range
+from recsys_spark.features.vocab import build_item_vocab
+
+pytestmark = pytest.mark.unit
+
+UTC = dt.timezone.utc
+VIEW, CART, REMOVE, BUY = S.EVENT_TYPES[0], S.EVENT_TYPES[1], S.EVENT_TYPES[2], S.EVENT_TYPES[3]
+
+
+def t(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+# The split used by the hand-built frames below.
+CUTOFFS = Cutoffs(
+    data_start=t("2024-01-01 00:00:00"),
+    data_end=t("2024-01-06 12:00:00"),
+    validation=t("2024-01-03 00:00:00"),
+    test=t("2024-01-05 00:00:00"),
+)
+
+
+def clean_events(spark, rows):
+    """rows: (user, time, event_type, product_id, category_id, brand, price) -> CLEAN_SCHEMA."""
+    full = [
+        (t(when), kind, product, category, None, brand, price, user, f"{user}-s", t(when).date())
+        for user, when, kind, product, category, brand, price in rows
+    ]
+    return spark.createDataFrame(full, S.CLEAN_SCHEMA)
+
+
+STEP_SCHEMA = T.StructType(
+    [
+        T.StructField(S.USER_ID, T.StringType()),
+        T.StructField(STEP_POS, T.IntegerType()),
+        T.StructField(STEP_TIME, T.TimestampType()),
+        T.StructField(S.ITEM_IDX, T.IntegerType()),
+        T.StructField(EVENT_STRENGTH, T.IntegerType()),
+        T.StructField(EVENT_CODE, T.IntegerType()),
+        T.StructField(GAP_BUCKET, T.IntegerType()),
+    ]
+)
+
+
+def encoded_steps(spark, rows):
+    """rows: (user, pos, time, item_idx, event_type, gap) -> an encoded step frame."""
+    full = [
+        (user, pos, t(when), item, S.EVENT_STRENGTH[kind], S.EVENT_CODE[kind], gap)
+        for user, pos, when, item, kind, gap in rows
+    ]
+    return spark.createDataFrame(full, STEP_SCHEMA)
+
+
+def by_user(df, *columns):
+    return {r[S.USER_ID]: tuple(r[c] for c in columns) for r in df.collect()}
+
+
+# ----------------------------------------------------------------------------- steps, gaps
+
+
+def test_collapse_steps_merges_runs_and_keeps_the_strongest_event(spark):
+    events = clean_events(
+        spark,
+        [
+            ("u1", "2024-01-01 10:00:00", VIEW, 100, None, None, None),
+            ("u1", "2024-01-01 10:00:10", CART, 100, None, None, None),
+            ("u1", "2024-01-01 10:00:20", VIEW, 100, None, None, None),  # 100 x3 -> one step, cart
+            ("u1", "2024-01-01 10:01:00", VIEW, 200, None, None, None),
+            ("u1", "2024-01-01 10:02:00", VIEW, 100, None, None, None),  # 100 again: a new step
+            ("u1", "2024-01-01 10:03:00", BUY, 300, None, None, None),
+            ("u1", "2024-01-01 10:03:00", VIEW, 300, None, None, None),  # same time: one step, purchase
+            ("u1", "2024-01-01 10:04:00", CART, 400, None, None, None),
+            ("u1", "2024-01-01 10:04:00", VIEW, 500, None, None, None),  # tie: weaker (view 500) first
+            ("u1", "2024-01-01 10:05:00", REMOVE, 400, None, None, None),  # joins the cart-400 step
+            ("u2", "2024-01-01 09:00:00", REMOVE, 200, None, None, None),
+            ("u2", "2024-01-01 09:00:00", VIEW, 100, None, None, None),
+        ],
+    )
+    steps = add_gap_buckets(collapse_steps(events))
+    got = sorted(
+        (r[S.USER_ID], r[STEP_POS], r[S.PRODUCT_ID], r["hms"], r[EVENT_CODE], r[GAP_BUCKET])
+        for r in steps.withColumn("hms", F.date_format(STEP_TIME, "HH:mm:ss")).collect()
+    )
+    code = S.EVENT_CODE
+    # Gaps: 60 s -> 1 + floor(log2 61) = 6; 0 s -> 1; the first step -> 0.
+    assert got == [
+        ("u1", 1, 100, "10:00:00", code[CART], 0),
+        ("u1", 2, 200, "10:01:00", code[VIEW], 6),
+        ("u1", 3, 100, "10:02:00", code[VIEW], 6),
+        ("u1", 4, 300, "10:03:00", code[BUY], 6),
+        ("u1", 5, 500, "10:04:00", code[VIEW], 6),
+        ("u1", 6, 400, "10:04:00", code[CART], 1),  # cart outranks remove_from_cart (code 3 > 2)
+        ("u2", 1, 100, "09:00:00", code[VIEW], 0),
+        ("u2", 2, 200, "09:00:00", code[REMOVE], 1),
+    ]
+
+
+def test_gap_bucket_is_one_plus_floor_log2_capped(spark):
+    seconds = [None, 0, 1, 2, 3, 4, 7, 8, 1000, 2**21 - 1, 2**22 - 1, 2**22, 10**9]
+    expected = [0, 1, 2, 2, 3, 3, 4, 4, 10, 22, 23, 23, 23]
+    df = spark.createDataFrame([(i, s) for i, s in enumerate(seconds)], "i int, s long")
+    got = [r[0] for r in df.orderBy("i").select(gap_bucket(F.col("s"))).collect()]
+    assert got == expected
+    assert max(expected) == S.NUM_GAP_BUCKETS - 1
+
+
+# ----------------------------------------------------------------------------- cutoffs
+
+
+def test_cutoffs_are_whole_days_back_from_the_last_day():
+    cutoffs = compute_cutoffs(t("2024-01-01 08:00:00"), t("2024-01-06 15:30:00"), validation_days=2, test_days=2)
+    assert (cutoffs.test, cutoffs.validation) == (t("2024-01-05 00:00:00"), t("2024-01-03 00:00:00"))
+    one = compute_cutoffs(t("2024-01-01 08:00:00"), t("2024-01-06 15:30:00"), validation_days=1, test_days=1)
+    assert (one.test, one.validation) == (t("2024-01-06 00:00:00"), t("2024-01-05 00:00:00"))
+    assert cutoffs.as_dict()["test_cutoff"] == "2024-01-05T00:00:00+00:00"
+    with pytest.raises(InputError, match="no training period"):
+        compute_cutoffs(t("2024-01-03 08:00:00"), t("2024-01-06 15:30:00"), validation_days=2, test_days=2)
+
+
+def test_data_range_reads_utc_instants(spark):
+    events = clean_events(
+        spark,
+        [("u", "2024-01-02 23:30:00", VIEW, 1, None, None, None), ("u", "2024-01-01 00:15:00", VIEW, 2, None, None, None)],
+    )
+    assert data_range(events) == (t("2024-01-01 00:15:00"), t("2024-01-02 23:30:00"))
+
+
+# ----------------------------------------------------------------------------- vocabularies
+
+
+def test_item_vocab_counts_order_oov_and_side_features_from_train_only(spark):
+    train_day, val_day, test_day = "2024-01-02 10:00:00", "2024-01-03 10:00:00", "2024-01-05 10:00:00"
+    # (product, day, category, brand, price) per event; each event is also one step here.
+    rows = [
+        (10, train_day, 7, "acme", 1.0), (10, train_day, 7, None, 3.0), (10, train_day, 8, None, None),
+        (10, val_day, 9, "zeta", 50.0), (10, val_day, 9, "zeta", 50.0), (10, val_day, 9, "zeta", 50.0),
+        (20, train_day, 8, "zeta", 100.0), (20, train_day, 9, "acme", 100.0), (20, train_day, None, None, 100.0),
+        (60, train_day, 8, "zeta", 2.0), (60, train_day, 8, "zeta", 2.0), (60, train_day, 8, "zeta", 2.0),
+        (30, train_day, None, None, None), (30, train_day, None, None, None), (30, test_day, 7, "acme", 9.0),
+        (40, train_day, 7, "acme", 5.0), (40, val_day, 7, "acme", 5.0),
+        (50, test_day, 7, "acme", 5.0), (50, test_day, 7, "acme", 5.0),
+    ]
+    events = clean_events(spark, [("u", day, VIEW, p, c, b, price) for p, day, c, b, price in rows])
+    steps = events.select(S.PRODUCT_ID, F.col(S.EVENT_TIME).alias(STEP_TIME))
+    vocab = build_item_vocab(steps, events, CUTOFFS, min_item_count=2, price_buckets=3)
+
+    assert vocab.schema.simpleString() == S.ITEM_VOCAB_SCHEMA.simpleString()
+    got = sorted(tuple(r) for r in vocab.collect())
+    # train counts: 10 -> 3, 20 -> 3, 60 -> 3, 30 -> 2 (idx by count desc, then product id);
+    # 40 (1 train step) and 50 (test only) stay out of vocabulary.
+    # categories: 8 carries 20 and 60 (6 steps) -> 1, 7 carries 10 (3) -> 2; 10's validation
+    # events in category 9 do not count. brands: acme (10, 20: 6) -> 1, zeta (60: 3) -> 2.
+    # prices (median of train events): 10 -> 2.0, 60 -> 2.0, 20 -> 100.0, 30 none;
+    # bucket = ceil(3 * k / 3) with k priced items at or below: 2.0 -> 2, 100.0 -> 3.
+    assert got == [
+        (2, 10, 2, 1, 2, 3, 6),
+        (3, 20, 1, 1, 3, 3, 3),
+        (4, 60, 1, 2, 2, 3, 3),
+        (5, 30, 0, 0, 0, 2, 2),
+    ]
+    encoded = encode_items(spark.createDataFrame([(10,), (40,), (50,)], "product_id long"), vocab)
+    assert dict((r[S.PRODUCT_ID], r[S.ITEM_IDX]) for r in encoded.collect()) == {10: 2, 40: S.OOV_INDEX, 50: S.OOV_INDEX}
+
+
+# ----------------------------------------------------------------------------- training windows
+
+
+def _train_steps(spark):
+    rows = [("a", i, f"2024-01-01 10:0{i}:00", 10 + i, VIEW if i % 2 else CART, i) for i in range(1, 9)]
+    rows += [("b", 1, "2024-01-02 10:00:00", 21, VIEW, 0), ("b", 2, "2024-01-02 11:00:00", 22, BUY, 5)]
+    rows += [("c", 1, "2024-01-02 10:00:00", 31, VIEW, 0)]
+    rows += [
+        ("d", 1, "2024-01-02 10:00:00", 41, VIEW, 0),
+        ("d", 2, "2024-01-02 11:00:00", S.OOV_INDEX, VIEW, 3),
+        ("d", 3, "2024-01-02 23:59:59", 43, VIEW, 4),
+        ("d", 4, "2024-01-03 00:00:00", 44, VIEW, 5),  # at the validation cutoff: not training
+    ]
+    return encoded_steps(spark, rows)
+
+
+def test_train_windows_chunk_from_the_end_overlap_by_one_and_left_pad(spark):
+    windows = train_windows(_train_steps(spark), CUTOFFS.validation, max_seq_len=3, max_windows_per_user=5)
+    got = {(r[S.USER_ID], r[WINDOW_NO]): (r[S.ITEM_SEQ], r[S.EVENT_SEQ], r[S.GAP_SEQ]) for r in windows.collect()}
+    view, cart, buy = S.EVENT_CODE[VIEW], S.EVENT_CODE[CART], S.EVENT_CODE[BUY]
+    # a: 8 steps, L = 3: windows [5..8], [2..5], [1..2] (1-based); each step after the first
+    # is a target ([1:]) exactly once. c has one step: no window. d's step at the cutoff is out.
+    assert got == {
+        ("a", 0): ([15, 16, 17, 18], [view, cart, view, cart], [5, 6, 7, 8]),
+        ("a", 1): ([12, 13, 14, 15], [cart, view, cart, view], [2, 3, 4, 5]),
+        ("a", 2): ([0, 0, 11, 12], [0, 0, view, cart], [0, 0, 1, 2]),
+        ("b", 0): ([0, 0, 21, 22], [0, 0, view, buy], [0, 0, 0, 5]),
+        ("d", 0): ([0, 41, S.OOV_INDEX, 43], [0, view, view, view], [0, 0, 3, 4]),
+    }
+    capped = train_windows(_train_steps(spark), CUTOFFS.validation, max_seq_len=3, max_windows_per_user=2)
+    assert sorted((r[S.USER_ID], r[WINDOW_NO]) for r in capped.collect()) == [("a", 0), ("a", 1), ("b", 0), ("d", 0)]
+
+
+# ----------------------------------------------------------------------------- evaluation rows
+
+
+def _eval_steps(spark):
+    rows = [
+        ("p", 1, "2024-01-01 10:00:00", 5, VIEW, 0),
+        ("p", 2, "2024-01-01 11:00:00", 6, CART, 3),
+        ("p", 3, "2024-01-02 10:00:00", S.OOV_INDEX, VIEW, 4),
+        ("p", 4, "2024-01-02 12:00:00", 7, VIEW, 5),
+        ("p", 5, "2024-01-03 10:00:00", 6, VIEW, 6),  # validation window from here: 6 is seen
+        ("p", 6, "2024-01-03 11:00:00", 9, VIEW, 7),
+        ("p", 7, "2024-01-03 12:00:00", 8, CART, 8),
+        ("p", 8, "2024-01-04 10:00:00", 9, BUY, 9),
+        ("p", 9, "2024-01-04 11:00:00", 8, REMOVE, 10),  # cart stays the strongest on 8
+        ("p", 10, "2024-01-04 12:00:00", S.OOV_INDEX, BUY, 11),
+        ("p", 11, "2024-01-05 10:00:00", 10, VIEW, 12),  # test window
+        ("q", 1, "2024-01-03 10:00:00", 5, VIEW, 0),  # nothing before the window
+        ("r", 1, "2024-01-02 10:00:00", 5, VIEW, 0),
+        ("r", 2, "2024-01-03 10:00:00", 5, BUY, 1),  # only a seen item in the window
+        ("r", 3, "2024-01-03 11:00:00", S.OOV_INDEX, VIEW, 2),
+        ("s", 1, "2024-01-02 10:00:00", 7, VIEW, 0),
+        ("s", 2, "2024-01-03 10:00:00", 8, VIEW, 1),
+        ("s", 3, "2024-01-03 11:00:00", 9, VIEW, 2),
+        ("s", 4, "2024-01-03 12:00:00", 8, REMOVE, 3),
+    ]
+    return encoded_steps(spark, rows)
+
+
+def test_validation_rows_history_seen_and_new_in_vocab_targets(spark):
+    rows = eval_rows(_eval_steps(spark), CUTOFFS.validation, CUTOFFS.test, max_seq_len=3)
+    got = by_user(rows, S.HIST_ITEMS, S.HIST_EVENTS, S.HIST_GAPS, S.SEEN_ITEMS, S.TARGET_ITEMS, S.TARGET_EVENTS)
+    code = S.EVENT_CODE
+    assert got == {
+        "p": ([6, S.OOV_INDEX, 7], [code[CART], code[VIEW], code[VIEW]], [3, 4, 5], [5, 6, 7], [9, 8], [code[BUY], code[CART]]),
+        "s": ([0, 0, 7], [0, 0, code[VIEW]], [0, 0, 0], [7], [8, 9], [code[REMOVE], code[VIEW]]),
+    }
+
+
+def test_test_rows_history_includes_validation_steps_and_user_history_everything(spark):
+    steps = _eval_steps(spark)
+    test_rows = eval_rows(steps, CUTOFFS.test, None, max_seq_len=3)
+    got = by_user(test_rows, S.HIST_ITEMS, S.SEEN_ITEMS, S.TARGET_ITEMS, S.TARGET_EVENTS)
+    assert got == {"p": ([9, 8, S.OOV_INDEX], [5, 6, 7, 8, 9], [10], [S.EVENT_CODE[VIEW]])}
+
+    history = by_user(history_rows(steps, None, max_seq_len=3), S.HIST_ITEMS, S.SEEN_ITEMS)
+    assert history == {
+        "p": ([8, S.OOV_INDEX, 10], [5, 6, 7, 8, 9, 10]),
+        "q": ([0, 0, 5], [5]),
+        "r": ([5, 5, S.OOV_INDEX], [5]),
+        "s": ([8, 9, 8], [7, 8, 9]),
+    }
+
+
+# ----------------------------------------------------------------------------- leakage guard
+
+
+def _bare_events(steps):
+    """Events for build_item_vocab: one per step, without side features."""
+    side = [f for f in S.CLEAN_SCHEMA.fields if f.name in (S.CATEGORY_ID, S.BRAND, S.PRICE)]
+    return steps.select(
+        F.col(STEP_TIME).alias(S.EVENT_TIME), S.PRODUCT_ID, *[F.lit(None).cast(f.dataType).alias(f.name) for f in side]
+    )
+
+
+def _guard_inputs(spark):
+    # Item ids double as product ids here: the guard only compares counts per product.
+    steps = _eval_steps(spark).withColumn(S.PRODUCT_ID, F.col(S.ITEM_IDX).cast("long"))
+    return {
+        "train": train_windows(steps, CUTOFFS.validation, 3, 5),
+        "item_vocab": build_item_vocab(steps, _bare_events(steps), CUTOFFS, 1, 2),
+        "steps": steps,
+        "validation": eval_rows(steps, CUTOFFS.validation, CUTOFFS.test, 3),
+        "test": eval_rows(steps, CUTOFFS.test, None, 3),
+    }
+
+
+def _late_history(rows):
+    return rows.withColumn(
+        HIST_END, F.when(F.col(S.USER_ID) == "p", F.lit(t("2024-01-05 10:00:00"))).otherwise(F.col(HIST_END))
+    )
+
+
+@pytest.mark.parametrize(
+    "table, planted, message",
+    [
+        # Windows cut at the test cutoff: p's latest two, r's and s's windows hold later steps.
+        ("train", lambda inputs: train_windows(inputs["steps"], CUTOFFS.test, 3, 5), "4 of 5 rows"),
+        # Counted up to the test cutoff: 5, 6, 1, 9, 8 gain steps; only 7 keeps its count.
+        ("item_vocab", lambda inputs: build_item_vocab(
+            inputs["steps"], _bare_events(inputs["steps"]),
+            Cutoffs(CUTOFFS.data_start, CUTOFFS.data_end, CUTOFFS.test, CUTOFFS.test), 1, 2), "5 of 6 rows"),
+        ("validation", lambda inputs: _late_history(inputs["validation"]), "1 of 2 rows"),
+        ("test", lambda inputs: _late_history(inputs["test"]), "1 of 1 rows"),
+    ],
+)
+def test_leakage_guard_names_the_table_and_the_offending_rows(spark, table, planted, message):
+    inputs = _guard_inputs(spark)
+    inputs[table] = planted(inputs)
+    with pytest.raises(DataQualityError, match=f"leakage in {table}: {message}"):
+        check_no_leakage(**inputs, cutoffs=CUTOFFS)
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def test_run_writes_every_table_with_its_schema_and_the_metadata(spark, tmp_path):
+    # Days 01-02 train, 03 validation, 04 test (one day each). All views but one cart.
+    visits = [
+        ("u1", "01 10", 100), ("u1", "01 11", 200), ("u1", "02 12", 100), ("u1", "02 13", 300),
+        ("u1", "03 14", 200), ("u1", "03 15", 400), ("u1", "04 16", 500),
+        ("u2", "01 10", 200), ("u2", "01 11", 300), ("u2", "02 12", 400), ("u2", "03 13", 100), ("u2", "04 14", 600),
+        ("u3", "02 10", 300), ("u3", "02 11", 300), ("u3", "02 12", 200), ("u3", "03 13", 500), ("u3", "04 14", 100),
+    ]
+    rows = [
+        (user, f"2024-01-{when}:00:00", CART if (user, when) == ("u3", "02 11") else VIEW, product, 7, "acme", 1.0 * product)
+        for user, when, product in visits
+    ]
+    cfg = load_config(
+        None,
+        [
+            f"paths.root={tmp_path}",
+            "featurize.validation_days=1",
+            "featurize.test_days=1",
+            "featurize.max_seq_len=3",
+            "featurize.min_item_count=1",
+            "featurize.train_files=2",
+            "featurize.row_group_mb=1",
+        ],
+    )
+    io.write_partitioned(clean_events(spark, rows), cfg.paths.resolve("clean"), S.EVENT_DATE)
+
+    summary = featurize.run(spark, cfg)
+
+    root = cfg.paths.resolve("features")
+    schemas = {"item_vocab": S.ITEM_VOCAB_SCHEMA, "train": S.TRAIN_SCHEMA, "validation": S.EVAL_SCHEMA,
+               "test": S.EVAL_SCHEMA, "user_history": S.USER_HISTORY_SCHEMA}
+    tables = {}
+    for name, schema in schemas.items():
+        tables[name] = spark.read.parquet(io.feature_path(root, name))
+        assert tables[name].schema.simpleString() == schema.simpleString(), name
+    metadata = json.loads((tmp_path / "features" / S.FEATURE_METADATA).read_text())
+
+    # Train steps (before 01-03): 100 x2 (u1), 200 x3, 300 x3 (u3's view+cart is one step),
+    # 400 x1 -> idx 200: 2, 300: 3, 100: 4, 400: 5; 500, 600 never in training -> OOV.
+    vocab = {r[S.PRODUCT_ID]: (r[S.ITEM_IDX], r[S.TRAIN_COUNT], r[S.PRETEST_COUNT]) for r in tables["item_vocab"].collect()}
+    assert vocab == {200: (2, 3, 4), 300: (3, 3, 3), 100: (4, 2, 3), 400: (5, 1, 2)}
+    # Windows (L = 3): u1 [100 200 100 300], u2 [200 300 400], u3 [300 200].
+    assert sorted(r[S.ITEM_SEQ] for r in tables["train"].collect()) == [[0, 0, 3, 2], [0, 2, 3, 5], [4, 2, 4, 3]]
+    assert len(list((tmp_path / "features" / "train").glob("*.parquet"))) == 2
+    # Validation: u1 200 (seen), 400 (new); u2 100 (new); u3 500 (OOV) -> dropped.
+    assert by_user(tables["validation"], S.TARGET_ITEMS) == {"u1": ([5],), "u2": ([4],)}
+    # Test: u1 500 and u2 600 are OOV; u3 100 is new.
+    assert by_user(tables["test"], S.HIST_ITEMS, S.SEEN_ITEMS, S.TARGET_ITEMS) == {"u3": ([3, 2, 1], [2, 3], [4])}
+    # u1's last three steps: 200, 400, 500 (OOV).
+    assert by_user(tables["user_history"], S.HIST_ITEMS, S.SEEN_ITEMS)["u1"] == ([2, 5, 1], [2, 3, 4, 5])
+    assert tables["user_history"].count() == 3
+
+    assert metadata == {
+        "num_items": 6, "num_categories": 2, "num_brands": 2, "num_price_buckets": 11,
+        "num_event_codes": S.NUM_EVENT_CODES, "num_gap_buckets": S.NUM_GAP_BUCKETS, "max_seq_len": 3,
+        "data_start": "2024-01-01T10:00:00+00:00", "data_end": "2024-01-04T16:00:00+00:00",
+        "validation_cutoff": "2024-01-03T00:00:00+00:00", "test_cutoff": "2024-01-04T00:00:00+00:00",
+        "counts": {"steps": 16, "users": 3, "items_in_vocab": 4, "train_windows": 3,
+                   "validation_users": 2, "test_users": 1},
+    }
+    assert summary["train_windows"] == 3 and summary["train"] == io.feature_path(root, "train")
+
+    client = mlflow.MlflowClient(cfg.tracking_uri)
+    [stage_run] = client.search_runs(
+        [client.get_experiment_by_name(cfg.mlflow.experiment).experiment_id], "tags.stage = 'featurize'"
+    )
+    assert stage_run.data.metrics["train_windows"] == 3 and stage_run.data.metrics["test_users"] == 1
+    assert S.FEATURE_METADATA in [a.path for a in client.list_artifacts(stage_run.info.run_id)]
+
+
+def test_run_rejects_a_window_length_below_one(tmp_path):
+    cfg = load_config(None, [f"paths.root={tmp_path}", "featurize.max_seq_len=0"])
+    with pytest.raises(ConfigError, match="featurize.max_seq_len must be >= 1"):
+        featurize.run(None, cfg)
