@@ -90,7 +90,8 @@ class GenerateConfig:
     p_remove_from_cart: float = 0.3
     # A session step re-views the item of two steps before (comparison browsing).
     p_repeat_view: float = 0.08
-    taste_drift: float = 0.6
+    taste_drift: float = 0.3
+    taste_concentration: float = 1.0
     n_bots: int = 3
     duplicate_rate: float = 0.01
     malformed_rate: float = 0.002
@@ -136,7 +137,7 @@ class TrainConfig:
     launcher: Literal["horovod_spark", "local"] = "horovod_spark"
     num_proc: int = 2
     threads_per_proc: int = 1
-    epochs: int = 8
+    epochs: int = 6
     batch_size: int = 128
     lr: float = 0.002
     weight_decay: float = 0.0
@@ -147,6 +148,11 @@ class TrainConfig:
     num_heads: int = 2
     dropout: float = 0.1
     uniform_negatives: int = 256
+    # Each position predicts a step drawn from its next `target_horizon` steps (1 = the next
+    # item only): batch recommendations serve the coming days, not the next click.
+    target_horizon: int = 10
+    # Drop targets the user already met earlier in the window, as evaluation excludes seen items.
+    skip_seen_targets: bool = True
     event_weights: dict[str, float] = field(
         default_factory=lambda: {"view": 1.0, "cart": 2.0, "remove_from_cart": 0.5, "purchase": 3.0}
     )

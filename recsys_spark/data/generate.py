@@ -157,6 +157,8 @@ def validate(cfg: GenerateConfig) -> None:
     for key in ("sessions_per_user", "zipf_exponent", "n_bots"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"generate.{key} must not be negative, got {getattr(cfg, key)}")
+    if cfg.taste_concentration <= 0:
+        raise ConfigError(f"generate.taste_concentration must be > 0, got {cfg.taste_concentration}")
     probabilities = (
         "p_same_category", "p_complement", "p_cart", "p_purchase", "p_remove_from_cart", "p_repeat_view",
         "taste_drift", "duplicate_rate", "malformed_rate",
@@ -225,7 +227,9 @@ def build_world(cfg: GenerateConfig) -> World:
     ids = rng.choice(90_000_000, size=n_users + cfg.n_bots, replace=False).astype(np.int64) + 510_000_000
     # Tastes centre on the popular categories but each user favours a few of them.
     category_mass = np.bincount(item_category, weights=popularity, minlength=n_cat)
-    alpha = 3.0 * category_mass / category_mass.sum() + 0.05
+    # Total Dirichlet mass = taste_concentration (+ a little): low values give shoppers who
+    # keep to a few categories, as real shop users do; high values make tastes look global.
+    alpha = cfg.taste_concentration * category_mass / category_mass.sum() + 0.01
     taste_early = _row_keyed_cdf(rng.dirichlet(alpha, size=n_users))
     taste_late = _row_keyed_cdf(rng.dirichlet(alpha, size=n_users))
     session_user, session_day, session_start = _schedule(cfg, rng)

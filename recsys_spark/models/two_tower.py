@@ -88,6 +88,10 @@ class TwoTowerModel(nn.Module):
         # enable_nested_tensor is a fast path for key-padding masks, which we fold into `mask`.
         self.encoder = nn.TransformerEncoder(layer, num_layers=num_layers, enable_nested_tensor=False)
         self.output_norm = nn.LayerNorm(dim)
+        # A per-item bias (its prior, popularity mostly), folded into the dot product as an
+        # extra dimension: items are [v, b], users [u, 1], so retrieval stays a dot product.
+        self.item_bias = nn.Embedding(num_items, 1)
+        nn.init.zeros_(self.item_bias.weight)
 
     def set_item_features(self, category_idx: Tensor, brand_idx: Tensor, price_bucket: Tensor) -> None:
         """Copy the side features of every item into the buffers.
@@ -108,10 +112,14 @@ class TwoTowerModel(nn.Module):
                 raise ValueError(f"{name}: values must lie in [0, {vocab})")
             getattr(tower, name).copy_(values)
 
+    def output_item_vectors(self, items: Tensor) -> Tensor:
+        """Args: items LongTensor[...]. Returns: Tensor[..., d + 1], the scoring side [v, b]."""
+        return torch.cat([self.item_tower(items), self.item_bias(items)], dim=-1)
+
     def item_vectors(self) -> Tensor:
-        """Returns: Tensor[num_items, d], the vector of every item index (pad and OOV included)."""
+        """Returns: Tensor[num_items, d + 1], the scoring vector of every item index (pad and OOV included)."""
         device = self.position_embedding.weight.device
-        return self.item_tower(torch.arange(self.num_items, device=device))
+        return self.output_item_vectors(torch.arange(self.num_items, device=device))
 
     def sequence_vectors(self, items: Tensor, events: Tensor, gaps: Tensor) -> Tensor:
         """User vector after every step of left-padded sequences.
@@ -120,8 +128,8 @@ class TwoTowerModel(nn.Module):
             items, events, gaps: LongTensor[B, L], L <= max_seq_len, 0 = padding.
 
         Returns:
-            Tensor[B, L, d]; position t sees steps 0..t only. Pad positions carry a finite
-            but meaningless vector.
+            Tensor[B, L, d + 1] (the last component is 1, the item bias's weight); position t
+            sees steps 0..t only. Pad positions carry a finite but meaningless vector.
         """
         batch, length = items.shape
         if length > self.max_seq_len:
@@ -136,11 +144,11 @@ class TwoTowerModel(nn.Module):
         )
         x = self.input_dropout(self.input_norm(x))
         mask = self._attention_mask(items)
-        x = self.encoder(x, mask=mask)
-        return self.output_norm(x)
+        x = self.output_norm(self.encoder(x, mask=mask))
+        return torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)
 
     def user_vectors(self, items: Tensor, events: Tensor, gaps: Tensor) -> Tensor:
-        """Args: items, events, gaps LongTensor[B, L] (left-padded). Returns: Tensor[B, d]."""
+        """Args: items, events, gaps LongTensor[B, L] (left-padded). Returns: Tensor[B, d + 1]."""
         return self.sequence_vectors(items, events, gaps)[:, -1]
 
     def _attention_mask(self, items: Tensor) -> Tensor:

@@ -73,6 +73,8 @@ def train_fn(cfg_dict: dict[str, Any], run_id: str | None, tracking_uri: str | N
         item_prob=popularity(torch.from_numpy(item_features[S.TRAIN_COUNT])),
         event_weights=event_weight_table(tc.event_weights),
         uniform_negatives=tc.uniform_negatives,
+        target_horizon=tc.target_horizon,
+        skip_seen_targets=tc.skip_seen_targets,
     )
 
     # The effective batch is size x batch_size windows, so the learning rate grows with the

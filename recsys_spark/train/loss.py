@@ -13,11 +13,15 @@ Senecal 2008; Yi et al. 2019, "Sampling-bias-corrected neural modeling"). The co
 applied to every candidate, the true item included.
 
 Our C is the union of
-  * the in-batch targets: each of the n target positions draws item c with its popularity
-    p_pop(c) (share of training events), so c appears n * p_pop(c) times on average;
+  * the UNIQUE in-batch targets: each of the n target positions draws item c with its
+    popularity p_pop(c) (share of training events), and a unique item enters C once if any
+    of them drew it, with probability 1 - (1 - p_pop(c))^n (TF's "unique" candidate
+    samplers use the same expected count). Using n * p_pop(c) here instead would overstate
+    a popular item's count by up to a factor n * p_pop(c) and bias the learned scores
+    towards popular items by log(n * p_pop(c));
   * M negatives drawn uniformly from the real items 2..N-1: each appears M / (N - 2) times.
-Hence E[n_c] = n * p_pop(c) + M / (N - 2). Without the correction popular items, which are
-over-represented among in-batch negatives, would be pushed down too hard.
+Hence E[n_c] = 1 - (1 - p_pop(c))^n + M / (N - 2). Without the correction popular items,
+which are over-represented among in-batch negatives, would be pushed down too hard.
 
 Candidates are the unique targets followed by the M negatives; a target's label is the
 position of its item among the unique targets. A negative that happens to equal a row's own
@@ -27,6 +31,8 @@ weighted mean.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +76,7 @@ def event_weight_table(event_weights: dict[str, float]) -> Tensor:
 
 
 def sampled_softmax_loss(user_vecs: Tensor, targets: Tensor, weights: Tensor, negatives: Tensor,
-                         item_vecs: Tensor | None, item_tower: nn.Module | None, item_prob: Tensor,
+                         item_vecs: Tensor | None, item_tower: Callable[[Tensor], Tensor] | None, item_prob: Tensor,
                          num_items: int) -> Tensor:
     """Weighted, logQ-corrected sampled softmax over in-batch targets + uniform negatives.
 
@@ -81,7 +87,8 @@ def sampled_softmax_loss(user_vecs: Tensor, targets: Tensor, weights: Tensor, ne
         negatives: LongTensor[M], items drawn uniformly from 2..num_items-1.
         item_vecs: Tensor[num_items, d] to look candidates up in, or None to call ``item_tower``
             on the candidate indices only (what training does: no full-catalogue pass).
-        item_tower: maps LongTensor[C] -> Tensor[C, d]; used when ``item_vecs`` is None.
+        item_tower: maps LongTensor[C] -> Tensor[C, d]; used when ``item_vecs`` is None
+            (training passes ``TwoTowerModel.output_item_vectors``).
         item_prob: Tensor[num_items], the popularity p_pop of every item.
         num_items: N, pad and OOV included.
 
@@ -92,7 +99,9 @@ def sampled_softmax_loss(user_vecs: Tensor, targets: Tensor, weights: Tensor, ne
     candidates = torch.cat([unique_targets, negatives])
     cand_vecs = item_vecs[candidates] if item_vecs is not None else item_tower(candidates)  # type: ignore[misc]
     n_targets = targets.numel()
-    expected = n_targets * item_prob[candidates] + negatives.numel() / (num_items - S.FIRST_ITEM_INDEX)
+    # P(c among the unique in-batch targets) = 1 - (1 - p)^n, computed stably as -expm1(n log1p(-p)).
+    in_batch = -torch.expm1(n_targets * torch.log1p(-item_prob[candidates].clamp(max=1 - 1e-7)))
+    expected = in_batch + negatives.numel() / (num_items - S.FIRST_ITEM_INDEX)
     logits = user_vecs @ cand_vecs.T - torch.log(expected)[None, :]
     accidental = torch.zeros_like(logits, dtype=torch.bool)
     accidental[:, unique_targets.numel():] = negatives[None, :] == targets[:, None]
@@ -111,10 +120,15 @@ class RetrievalTask(nn.Module):
         uniform_negatives: M, negatives drawn per batch.
     """
 
-    def __init__(self, model: TwoTowerModel, item_prob: Tensor, event_weights: Tensor, uniform_negatives: int):
+    def __init__(self, model: TwoTowerModel, item_prob: Tensor, event_weights: Tensor, uniform_negatives: int,
+                 target_horizon: int = 1, skip_seen_targets: bool = False):
         super().__init__()
+        if target_horizon < 1:
+            raise ValueError(f"train.target_horizon must be >= 1, got {target_horizon}")
         self.model = model
         self.uniform_negatives = uniform_negatives
+        self.target_horizon = target_horizon
+        self.skip_seen_targets = skip_seen_targets
         self.register_buffer("item_prob", torch.as_tensor(item_prob, dtype=torch.float32))
         self.register_buffer("event_weights", torch.as_tensor(event_weights, dtype=torch.float32))
 
@@ -131,11 +145,27 @@ class RetrievalTask(nn.Module):
             (scalar loss, number of targets it covers). A target counts when it is a real item
             (not pad, not OOV) and its input step is not padding: predicting from an empty
             history is the popularity fallback's job, not the model's.
+
+        With ``target_horizon`` H > 1, position t's target is the step t + k for k drawn
+        uniformly from 1..H (clipped to the window): a sampled form of the "dense all-action"
+        loss of PinnerFormer (Pancha et al., KDD 2022), which trains a user vector for the
+        coming days rather than for the next click. With ``skip_seen_targets``, a target that
+        already occurs at or before position t is dropped, as evaluation ranks unseen items only.
         """
         inputs = item_seq[:, :-1], event_seq[:, :-1], gap_seq[:, :-1]
         targets, target_events = item_seq[:, 1:], event_seq[:, 1:]
+        batch, length = targets.shape
+        if self.target_horizon > 1:
+            offsets = torch.randint(0, self.target_horizon, (batch, length), generator=generator)
+            index = (torch.arange(length)[None, :] + offsets).clamp(max=length - 1).to(item_seq.device)
+            targets, target_events = targets.gather(1, index), target_events.gather(1, index)
         weights = self.event_weights[target_events]
         valid = (targets >= S.FIRST_ITEM_INDEX) & (inputs[0] != S.PAD_INDEX) & (weights > 0)
+        if self.skip_seen_targets:
+            # seen[b, t] = target t occurs among inputs 0..t of row b.
+            earlier = torch.ones(length, length, dtype=torch.bool, device=item_seq.device).tril()
+            seen = ((inputs[0][:, None, :] == targets[:, :, None]) & earlier[None]).any(dim=2)
+            valid &= ~seen
         n_targets = int(valid.sum())
         if n_targets == 0:
             # Keep every parameter in the graph so that Horovod's allreduce still matches up.
@@ -147,6 +177,6 @@ class RetrievalTask(nn.Module):
         )
         loss = sampled_softmax_loss(
             seq_vecs[valid], targets[valid], weights[valid], negatives,
-            item_vecs=None, item_tower=self.model.item_tower, item_prob=self.item_prob, num_items=num_items,
+            item_vecs=None, item_tower=self.model.output_item_vectors, item_prob=self.item_prob, num_items=num_items,
         )
         return loss, n_targets

@@ -43,9 +43,11 @@ def test_output_shapes_and_user_vector_is_last_position():
         seq = model.sequence_vectors(items, events, gaps)
         users = model.user_vectors(items, events, gaps)
         catalogue = model.item_vectors()
-    assert seq.shape == (3, LENGTH, DIM)
-    assert users.shape == (3, DIM)
-    assert catalogue.shape == (NUM_ITEMS, DIM)
+    # d + 1: the last component carries the item bias (users: a constant 1).
+    assert seq.shape == (3, LENGTH, DIM + 1)
+    assert users.shape == (3, DIM + 1)
+    assert catalogue.shape == (NUM_ITEMS, DIM + 1)
+    assert torch.all(users[:, -1] == 1.0)
     torch.testing.assert_close(users, seq[:, -1])
 
 
@@ -53,7 +55,7 @@ def test_shorter_sequences_are_accepted_and_longer_ones_refused():
     model = make_model()
     items, events, gaps = batch()
     with torch.no_grad():
-        assert model.user_vectors(items[:, 2:], events[:, 2:], gaps[:, 2:]).shape == (3, DIM)
+        assert model.user_vectors(items[:, 2:], events[:, 2:], gaps[:, 2:]).shape == (3, DIM + 1)
     too_long = torch.zeros(1, LENGTH + 1, dtype=torch.long)
     with pytest.raises(ValueError, match="max_seq_len"):
         model.sequence_vectors(too_long, too_long, too_long)
@@ -125,14 +127,15 @@ def test_sampled_softmax_with_logq_correction_matches_hand_computation():
     # Three real items 2, 3, 4 with training counts 1, 1, 2: p_pop = 0.25, 0.25, 0.5.
     # Two targets (n = 2): item 2 for user u0 = [1], item 3 for user u1 = [2]; one-dimensional
     # item vectors v2 = 1, v3 = 0, v4 = -1. Negatives (M = 2): items 4 and 3.
-    # Expected counts E = n * p + M / 3: E2 = E3 = 0.5 + 2/3 = 7/6, E4 = 1 + 2/3 = 5/3.
+    # Expected counts E = P(in the unique in-batch targets) + M / 3 = 1 - (1 - p)^n + 2/3:
+    #   E2 = E3 = 1 - 0.75^2 + 2/3 = 53/48, E4 = 1 - 0.5^2 + 2/3 = 17/12.
     # Candidates: unique targets [2, 3], then negatives [4, 3].
-    # u0 (label 0): logits [1 - ln 7/6, 0 - ln 7/6, -1 - ln 5/3, 0 - ln 7/6]
-    #   CE0 = -1 + ln(e^1 + e^0 + e^(-1 - ln(5/3) + ln(7/6)) + e^0) = -1 + ln 4.97571 = 0.604586
+    # u0 (label 0): logits [1 - ln 53/48, 0 - ln 53/48, -1 - ln 17/12, 0 - ln 53/48]
+    #   CE0 = -1 + ln(e^1 + e^0 + e^(-1 - ln(17/12) + ln(53/48)) + e^0) = -1 + ln 5.00501 = 0.610440
     # u1 (label 1): the negative 3 is its own target (an accidental hit) and is masked:
-    #   logits [2 - ln 7/6, 0 - ln 7/6, -2 - ln 5/3]
-    #   CE1 = ln(e^2 + 1 + e^(-2 - ln(5/3) + ln(7/6))) = ln 8.48379 = 2.138157
-    # Weights 1 and 3: loss = (CE0 + 3 CE1) / 4 = 1.754764
+    #   logits [2 - ln 53/48, 0 - ln 53/48, -2 - ln 17/12]
+    #   CE1 = ln(e^2 + 1 + e^(-2 - ln(17/12) + ln(53/48))) = ln 8.49454 = 2.139423
+    # Weights 1 and 3: loss = (CE0 + 3 CE1) / 4 = 1.757177
     item_vecs = torch.tensor([[0.0], [0.0], [1.0], [0.0], [-1.0]])
     loss = sampled_softmax_loss(
         user_vecs=torch.tensor([[1.0], [2.0]]),
@@ -144,20 +147,20 @@ def test_sampled_softmax_with_logq_correction_matches_hand_computation():
         item_prob=popularity(torch.tensor([0, 0, 1, 1, 2])),
         num_items=5,
     )
-    ce0 = -1 + math.log(math.e + 1 + math.exp(-1 - math.log(5 / 3) + math.log(7 / 6)) + 1)
-    ce1 = math.log(math.e**2 + 1 + math.exp(-2 - math.log(5 / 3) + math.log(7 / 6)))
-    assert ce0 == pytest.approx(0.604586, abs=1e-6) and ce1 == pytest.approx(2.138157, abs=1e-6)
+    ce0 = -1 + math.log(math.e + 1 + math.exp(-1 - math.log(17 / 12) + math.log(53 / 48)) + 1)
+    ce1 = math.log(math.e**2 + 1 + math.exp(-2 - math.log(17 / 12) + math.log(53 / 48)))
+    assert ce0 == pytest.approx(0.610440, abs=1e-6) and ce1 == pytest.approx(2.139423, abs=1e-6)
     assert float(loss) == pytest.approx((ce0 + 3 * ce1) / 4, abs=1e-6)
-    assert float(loss) == pytest.approx(1.754764, abs=1e-6)
+    assert float(loss) == pytest.approx(1.757177, abs=1e-6)
 
 
 def test_item_tower_path_equals_table_lookup():
     model = make_model()
-    args = dict(user_vecs=torch.randn(4, DIM), targets=torch.tensor([2, 5, 5, 9]), weights=torch.ones(4),
+    args = dict(user_vecs=torch.randn(4, DIM + 1), targets=torch.tensor([2, 5, 5, 9]), weights=torch.ones(4),
                 negatives=torch.tensor([3, 4, 10]), item_prob=popularity(torch.arange(NUM_ITEMS)), num_items=NUM_ITEMS)
     with torch.no_grad():
         via_table = sampled_softmax_loss(item_vecs=model.item_vectors(), item_tower=None, **args)
-        via_tower = sampled_softmax_loss(item_vecs=None, item_tower=model.item_tower, **args)
+        via_tower = sampled_softmax_loss(item_vecs=None, item_tower=model.output_item_vectors, **args)
     torch.testing.assert_close(via_table, via_tower)
 
 
