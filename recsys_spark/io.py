@@ -156,22 +156,7 @@ def read_table(spark: SparkSession, path: str, schema: T.StructType, key: str) -
     missing = [f.name for f in schema.fields if f.name not in df.columns]
     if missing:
         raise InputError(f"{path} lacks column(s) {', '.join(missing)} (config key {key})")
-    return df.select(*[F.col(f.name).cast(_nullable(f.dataType)) for f in schema.fields])
-
-
-def _nullable(dtype: T.DataType) -> T.DataType:
-    """``dtype`` with nulls allowed inside arrays, maps and structs.
-
-    Spark reads every Parquet array back as "elements may be null" and refuses to cast that
-    to the strict write schema; the strict schemas stay the contract for writing.
-    """
-    if isinstance(dtype, T.ArrayType):
-        return T.ArrayType(_nullable(dtype.elementType), True)
-    if isinstance(dtype, T.MapType):
-        return T.MapType(dtype.keyType, _nullable(dtype.valueType), True)
-    if isinstance(dtype, T.StructType):
-        return T.StructType([T.StructField(f.name, _nullable(f.dataType), True) for f in dtype.fields])
-    return dtype
+    return S.conform(df, schema)
 
 
 def read_clean(spark: SparkSession, path: str) -> DataFrame:

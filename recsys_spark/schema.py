@@ -10,6 +10,8 @@ Layers:
 
 from __future__ import annotations
 
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 # ----------------------------------------------------------------------------- raw contract
@@ -198,3 +200,26 @@ RECOMMENDATION_SCHEMA = T.StructType(
 # 0 = padding or the first step, else 1 + min(floor(log2(1 + seconds)), MAX_GAP_LOG2).
 MAX_GAP_LOG2 = 22
 NUM_GAP_BUCKETS = MAX_GAP_LOG2 + 2
+
+
+# ----------------------------------------------------------------------------- conforming
+
+
+def relaxed(dtype: T.DataType) -> T.DataType:
+    """``dtype`` with nulls allowed inside arrays, maps and structs.
+
+    Spark cannot narrow nullability in a cast, and reads every Parquet array back as "elements
+    may be null"; the strict schemas above stay the contract for what is written.
+    """
+    if isinstance(dtype, T.ArrayType):
+        return T.ArrayType(relaxed(dtype.elementType), True)
+    if isinstance(dtype, T.MapType):
+        return T.MapType(dtype.keyType, relaxed(dtype.valueType), True)
+    if isinstance(dtype, T.StructType):
+        return T.StructType([T.StructField(f.name, relaxed(f.dataType), True) for f in dtype.fields])
+    return dtype
+
+
+def conform(df: DataFrame, schema: T.StructType) -> DataFrame:
+    """Select ``schema``'s columns in order, cast to its types (nullability not narrowed)."""
+    return df.select(*[F.col(f.name).cast(relaxed(f.dataType)).alias(f.name) for f in schema.fields])

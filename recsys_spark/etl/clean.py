@@ -16,7 +16,6 @@ from typing import Any
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from recsys_spark import io, tracking
 from recsys_spark import schema as S
@@ -80,11 +79,6 @@ def layout_by_day(events: DataFrame, n_dates: int, files_per_day: int) -> DataFr
     )
 
 
-def conform(df: DataFrame, schema: T.StructType) -> DataFrame:
-    """Select ``schema``'s columns in order, cast to its types (nullability is not narrowed)."""
-    return df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields])
-
-
 def clean_events(parsed: DataFrame, key: bytes, gap_minutes: int) -> DataFrame:
     """Valid rows of :func:`parse_events`, de-duplicated, pseudonymised and sessionised.
 
@@ -92,7 +86,7 @@ def clean_events(parsed: DataFrame, key: bytes, gap_minutes: int) -> DataFrame:
         CLEAN_SCHEMA columns (types as there, user_id the keyed pseudonym).
     """
     events = drop_exact_duplicates(valid_events(parsed))
-    return conform(assign_sessions(pseudonymise(events, S.USER_ID, key), gap_minutes), S.CLEAN_SCHEMA)
+    return S.conform(assign_sessions(pseudonymise(events, S.USER_ID, key), gap_minutes), S.CLEAN_SCHEMA)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from recsys_spark.features.sequences import (
     WINDOW_NO,
     add_gap_buckets,
     collapse_steps,
-    conform,
     encode_items,
     eval_rows,
     history_rows,
@@ -126,16 +125,16 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         counts = {"steps": int(totals[0]), "users": int(totals[1]), **counts}
 
         paths = {name: io.feature_path(root, name) for name in S.FEATURE_TABLES}
-        vocab_file = conform(item_vocab, S.ITEM_VOCAB_SCHEMA).repartition(1).sortWithinPartitions(S.ITEM_IDX)
+        vocab_file = S.conform(item_vocab, S.ITEM_VOCAB_SCHEMA).repartition(1).sortWithinPartitions(S.ITEM_IDX)
         io.write_table(vocab_file, paths["item_vocab"])
         io.write_table(
-            conform(shuffle_for_training(train, fc.train_files, fc.shuffle_seed), S.TRAIN_SCHEMA),
+            S.conform(shuffle_for_training(train, fc.train_files, fc.shuffle_seed), S.TRAIN_SCHEMA),
             paths["train"],
             fc.row_group_mb,
         )
-        io.write_table(conform(validation, S.EVAL_SCHEMA), paths["validation"])
-        io.write_table(conform(test, S.EVAL_SCHEMA), paths["test"])
-        io.write_table(conform(user_history, S.USER_HISTORY_SCHEMA), paths["user_history"])
+        io.write_table(S.conform(validation, S.EVAL_SCHEMA), paths["validation"])
+        io.write_table(S.conform(test, S.EVAL_SCHEMA), paths["test"])
+        io.write_table(S.conform(user_history, S.USER_HISTORY_SCHEMA), paths["user_history"])
 
         metadata = build_metadata(item_vocab, cutoffs, fc.price_buckets, length, counts)
         metadata_path = io.feature_path(root, S.FEATURE_METADATA)

@@ -12,7 +12,6 @@ from typing import Mapping
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from recsys_spark import schema as S
 from recsys_spark.features.split import before
@@ -226,12 +225,3 @@ def eval_rows(
         )
     )
     return history.join(targets, S.USER_ID)
-
-
-def conform(df: DataFrame, schema: T.StructType) -> DataFrame:
-    """Select ``schema``'s columns in order, cast to its types.
-
-    Nullability is not cast (Spark cannot narrow it, and Parquet read-back widens it anyway):
-    ``simpleString`` types compare equal either way.
-    """
-    return df.select(*[F.col(f.name).cast(f.dataType.simpleString()).alias(f.name) for f in schema.fields])

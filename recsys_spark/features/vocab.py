@@ -6,7 +6,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from recsys_spark import schema as S
-from recsys_spark.features.sequences import STEP_TIME, conform
+from recsys_spark.features.sequences import STEP_TIME
 from recsys_spark.features.split import Cutoffs, before
 
 _N = "n"
@@ -59,7 +59,7 @@ def build_item_vocab(
     items = _add_index(items, S.CATEGORY_ID, S.CATEGORY_IDX)
     items = _add_index(items, S.BRAND, S.BRAND_IDX)
     items = items.withColumn(S.PRICE_BUCKET, _price_bucket(price_buckets))
-    return conform(items, S.ITEM_VOCAB_SCHEMA)
+    return S.conform(items, S.ITEM_VOCAB_SCHEMA)
 
 
 def _count_if(condition: Column) -> Column:
