@@ -105,16 +105,37 @@ class GenerateConfig:
 
 @dataclass(frozen=True)
 class CleanConfig:
+    # Source layout mapped onto the raw contract: rees46 (the contract itself), retailrocket
+    # (events.csv) or yoochoose (*clicks* and *buys* files, no header).
+    input_layout: Literal["rees46", "retailrocket", "yoochoose"] = "rees46"
+    # File format of a rees46 input; csv also reads .csv.gz. The other layouts are CSV.
     input_format: Literal["csv", "json", "parquet"] = "csv"
-    # Processed window (inclusive dates, ISO); empty means "everything in the input".
+    # The dates this run processes and replaces (inclusive, ISO, UTC); empty = every date in the
+    # input. A file whose name holds a date (events-2019-10-01.csv) belongs to that date.
     start_date: str = ""
     end_date: str = ""
+    # Time zone of timestamps written without an offset.
+    naive_timezone: str = "UTC"
+    # Prices above this (or negative, NaN, unparseable) are rejected as bad_price.
     max_price: float = 1_000_000.0
+    # Source event type (trimmed, lower case) -> contract event type; other unknown types are rejected.
+    event_aliases: dict[str, str] = field(
+        default_factory=lambda: {"addtocart": "cart", "transaction": "purchase"}
+    )
+    # Same user, item and event type at most this many seconds after the previous one: one event.
+    near_duplicate_seconds: int = 1
+    # A user-day is a bot when it has more than this many events in any 60 seconds ...
+    bot_max_events_per_minute: int = 30
+    # ... or more than this many distinct items in one session; its rows are counted, not kept.
+    bot_max_distinct_items_per_session: int = 100
     session_gap_minutes: int = 30
+    # A session longer than this is split into pieces of at most this length.
+    max_session_minutes: int = 240
     # Name of the environment variable that holds the pseudonymisation key (HMAC-SHA256).
     pseudonym_key_env: str = "RECSYS_PSEUDONYM_KEY"
     # Only for local demos: fall back to a fixed, publicly known key (with a warning).
     allow_dev_key: bool = False
+    # At most this many Parquet files per event date (also the parallelism of a one-day run).
     output_files_per_day: int = 2
 
 
@@ -126,17 +147,51 @@ class FeaturizeConfig:
     test_days: int = 3
     max_windows_per_user: int = 20
     price_buckets: int = 10
+    # Minimum training events for a category, brand or user to get its own index (others: OOV).
+    min_category_count: int = 1
+    min_brand_count: int = 2
+    min_user_count: int = 1
+    # A features folder of an earlier run whose vocabularies are reused instead of rebuilt
+    # (e.g. the one a registered model was trained on); empty = build them from this data.
+    vocab_from: str = ""
+    # Item popularity in item_features counts the events of this many days before the snapshot.
+    popularity_days: int = 7
+    # At least this many training files, rounded up to a multiple of train.num_proc and raised
+    # until each file is one row group of at most row_group_mb (even Petastorm shards).
     train_files: int = 4
     row_group_mb: int = 8
     # Seeds the order of training windows in the written files.
     shuffle_seed: int = 17
+    # Data-quality thresholds; a breach stops the job. Null rate per clean column (columns not
+    # listed are reported, not checked).
+    dq_max_null_rate: dict[str, float] = field(
+        default_factory=lambda: {"category_id": 0.5, "brand": 0.9, "price": 0.5}
+    )
+    # Population stability index of the event-type mix, training period vs validation and test.
+    dq_max_event_mix_psi: float = 0.25
+    # PSI of item popularity (the top-k training items plus "other"), training vs later periods.
+    dq_max_popularity_psi: float = 2.0
+    dq_popularity_top_k: int = 1000
+    # Share of validation / test steps on items outside the vocabulary.
+    dq_max_oov_rate: float = 0.5
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    launcher: Literal["horovod_spark", "local"] = "horovod_spark"
+    # How the training processes start; each runs the same training function:
+    #   horovod_spark: Horovod (gloo/NCCL), one process per Spark task (horovod.spark.run);
+    #   torch_distributor: torch.distributed DDP (gloo on CPU, NCCL on GPU), Spark's TorchDistributor;
+    #   local: one process, in the driver. (`horovodrun ... python -m recsys_spark.train.horovodrun`
+    #   runs the same function on a plain cluster.)
+    launcher: Literal["horovod_spark", "torch_distributor", "local"] = "horovod_spark"
     num_proc: int = 2
     threads_per_proc: int = 1
+    # auto: the GPU of each process's local rank when torch sees one, else the CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Mixed precision on GPU (bf16 where supported, else fp16 with loss scaling); ignored on CPU.
+    amp: bool = True
+    # Continue from <paths.checkpoints>/last.pt (model, optimizer, scheduler, RNG states) if present.
+    resume: bool = False
     epochs: int = 6
     batch_size: int = 128
     lr: float = 0.002
@@ -156,27 +211,87 @@ class TrainConfig:
     event_weights: dict[str, float] = field(
         default_factory=lambda: {"view": 1.0, "cart": 2.0, "remove_from_cart": 0.5, "purchase": 3.0}
     )
-    eval_k: int = 10
+    # Validation NDCG@eval_k / Recall@eval_k, computed every epoch over the whole catalogue.
+    eval_k: int = 20
+    # Early stopping: stop after `patience` epochs without a validation NDCG gain above
+    # `min_delta` (0 = never stop early); the best epoch's weights are kept either way.
+    patience: int = 2
+    min_delta: float = 0.0
+    # Add user features derived (causally) from the history itself to the user tower.
+    user_features: bool = True
     seed: int = 7
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    ks: list[int] = field(default_factory=lambda: [10, 20])
-    primary_metric: str = "ndcg@10"
+    # Cut-offs K of every @K metric (recall, ndcg, map, hitrate, coverage, novelty, ...).
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
+    # Compares rankers, tunes the baselines on validation and drives the registry gate.
+    primary_metric: str = "ndcg@20"
     # Which model version to evaluate: an alias of mlflow.registered_model.
     model_alias: str = "challenger"
+    # The alias the gate moves to the challenger when it wins (scoring reads it).
+    champion_alias: str = "champion"
     block_size: int = 1024
+    # Items a user had any of these events on before the cutoff are never recommended (nor
+    # counted as targets). All four: features' seen_items; a subset reads paths.clean.
+    exclude_seen_event_types: list[str] = field(
+        default_factory=lambda: ["view", "cart", "remove_from_cart", "purchase"]
+    )
+    # Users with fewer distinct items than this before the cutoff are "cold" in the breakdown.
+    cold_user_threshold: int = 5
+    # Head items: the most popular items that make up this share of interactions before the cutoff.
+    head_share: float = 0.2
+    # Baselines ranked beside the model: any of popularity, cooccurrence, als.
+    baselines: list[str] = field(default_factory=lambda: ["popularity", "cooccurrence", "als"])
+    # Co-occurrence grid (tuned on validation): max step distance of a pair, weight decay per
+    # step back in the user's history, similarity (count | cosine).
+    cooccurrence_windows: list[int] = field(default_factory=lambda: [1, 3, 10])
+    cooccurrence_decays: list[float] = field(default_factory=lambda: [0.5, 0.8, 1.0])
+    cooccurrence_similarities: list[str] = field(default_factory=lambda: ["count", "cosine"])
+    # Spark MLlib implicit ALS grid (tuned on validation), and its fixed settings.
+    als_ranks: list[int] = field(default_factory=lambda: [32, 64])
+    als_reg_params: list[float] = field(default_factory=lambda: [0.01, 0.1])
+    als_alphas: list[float] = field(default_factory=lambda: [1.0, 10.0])
+    als_max_iter: int = 10
+    als_seed: int = 11
+    # Registry gate: auto (by the margins below), force (always promote), block (never).
+    promotion: Literal["auto", "force", "block"] = "auto"
+    # The challenger must beat the champion's primary metric by more than this (absolute).
+    gate_min_improvement: float = 0.0
+    # ... and lose at most this much coverage@K (absolute; K of the primary metric).
+    gate_max_coverage_loss: float = 0.05
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
     top_k: int = 20
-    model_alias: str = "challenger"
+    # The model scored with: models:/<mlflow.registered_model>@<model_alias>; the evaluate
+    # stage's gate moves `champion`. Set `challenger` to score a model not yet promoted.
+    model_alias: str = "champion"
     # A registered version number instead of the alias; 0 means "use the alias".
     model_version: int = 0
-    exclude_seen: bool = True
-    block_size: int = 1024
+    # A product on which the user has an event of one of these types (any time in paths.clean)
+    # is never recommended to them; [] excludes nothing, add "view" to exclude everything seen.
+    exclude_event_types: list[str] = field(default_factory=lambda: ["purchase"])
+    # CSV (with a header) or Parquet holding a product_id column: products never recommended
+    # to anyone (e.g. out of stock). Empty = none.
+    exclude_items_path: str = ""
+    # At most this many items of one category_id in a user's list (diversity); 0 = no cap.
+    category_cap: int = 0
+    # Epsilon-greedy exploration: each position of a model list goes, with this probability,
+    # to a random under-exposed item (source = explore); 0 turns exploration off.
+    explore_share: float = 0.05
+    # Under-exposed items: this share of the model's catalogue with the fewest recent users.
+    explore_pool_share: float = 0.5
+    # "Recent" for the cold-start fallback and exposure: the last N days of paths.clean.
+    popular_days: int = 7
+    # Users per matrix multiply inside a task: a task holds block_size x catalogue float32
+    # scores (256 x 100k items = 100 MB), whatever the number of users.
+    block_size: int = 256
+    # Seeds the exploration draws, with the user and the run date (re-runs are identical).
+    seed: int = 13
+    # Partition written (ISO date); empty = today (UTC). Re-running a date replaces it.
     run_date: str = ""
 
 

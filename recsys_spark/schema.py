@@ -69,7 +69,8 @@ QUARANTINE_SCHEMA = T.StructType(
 # Reason codes, in the order rules are applied (a row gets the first that matches).
 REASON_MALFORMED = "malformed_line"
 REASON_BAD_TIME = "bad_event_time"
-REASON_OUT_OF_WINDOW = "out_of_window"
+REASON_OUT_OF_WINDOW = "out_of_window"  # event date is not the date of its file
+REASON_FUTURE = "future_event_time"  # later than the start of the run
 REASON_NULL_USER = "null_user_id"
 REASON_NULL_PRODUCT = "null_product_id"
 REASON_BAD_ID = "bad_id"
@@ -79,12 +80,22 @@ REASON_CODES = [
     REASON_MALFORMED,
     REASON_BAD_TIME,
     REASON_OUT_OF_WINDOW,
+    REASON_FUTURE,
     REASON_NULL_USER,
     REASON_NULL_PRODUCT,
     REASON_BAD_ID,
     REASON_UNKNOWN_EVENT,
     REASON_BAD_PRICE,
 ]
+
+# The date a raw row is attributed to (the date in its file's name, else its event date; null
+# when neither is known): the partition column of the quarantine.
+LOAD_DATE = "load_date"
+
+# What else can happen to a valid row in clean (the reconciliation's other terms).
+FATE_DUPLICATE = "duplicate"
+FATE_NEAR_DUPLICATE = "near_duplicate"
+FATE_BOT = "bot"
 
 # ----------------------------------------------------------------------------- clean events
 SESSION_ID = "session_id"
@@ -169,9 +180,91 @@ EVAL_SCHEMA = T.StructType(
 # Latest history of every user up to the end of the data: the input of batch scoring.
 USER_HISTORY_SCHEMA = T.StructType(HISTORY_FIELDS)
 
+# Vocabularies of categories, brands and users: 0 = null (no value), 1 = out of vocabulary
+# (rarer than the minimum count, or unseen in training), real values from VOCAB_FIRST_INDEX.
+VOCAB_NULL_INDEX = 0
+VOCAB_OOV_INDEX = 1
+VOCAB_FIRST_INDEX = 2
+USER_IDX = "user_idx"
+
+CATEGORY_VOCAB_SCHEMA = T.StructType(
+    [
+        T.StructField(CATEGORY_IDX, T.IntegerType(), False),
+        T.StructField(CATEGORY_ID, T.LongType(), False),
+        T.StructField(TRAIN_COUNT, T.LongType(), False),  # events before the validation cutoff
+    ]
+)
+BRAND_VOCAB_SCHEMA = T.StructType(
+    [
+        T.StructField(BRAND_IDX, T.IntegerType(), False),
+        T.StructField(BRAND, T.StringType(), False),
+        T.StructField(TRAIN_COUNT, T.LongType(), False),
+    ]
+)
+USER_VOCAB_SCHEMA = T.StructType(
+    [
+        T.StructField(USER_IDX, T.IntegerType(), False),
+        T.StructField(USER_ID, T.StringType(), False),
+        T.StructField(TRAIN_COUNT, T.LongType(), False),
+    ]
+)
+
+# Point-in-time feature snapshots: each row is computed from events strictly before as_of.
+# Snapshot "train" is as of the validation cutoff, "test" as of the test cutoff, "serve" as of
+# the midnight after the last event.
+SNAPSHOT = "snapshot"
+AS_OF = "as_of"
+FIRST_SEEN = "first_seen"
+LAST_SEEN = "last_seen"
+POPULARITY = "popularity"  # events in the featurize.popularity_days before as_of
+LOG_PRICE_Z = "log_price_z"  # log1p(median price), standardised over the snapshot's items
+AGE_DAYS = "age_days"  # days from first_seen to as_of
+RECENCY_DAYS = "recency_days"  # days from last_seen to as_of
+N_EVENTS = "n_events"
+N_SESSIONS = "n_sessions"
+PURCHASE_RATE = "purchase_rate"  # purchases / events
+EVENT_COUNT_COLUMNS = {t: f"n_{t}" for t in EVENT_TYPES}  # events of each type
+
+ITEM_FEATURES_SCHEMA = T.StructType(
+    [
+        T.StructField(SNAPSHOT, T.StringType(), False),
+        T.StructField(AS_OF, T.TimestampType(), False),
+        T.StructField(PRODUCT_ID, T.LongType(), False),
+        T.StructField(ITEM_IDX, T.IntegerType(), False),  # OOV_INDEX outside the vocabulary
+        T.StructField(POPULARITY, T.LongType(), False),
+        T.StructField(LOG_PRICE_Z, T.DoubleType(), False),  # 0.0 without a price
+        T.StructField(PRICE_BUCKET, T.IntegerType(), False),  # 0 = unknown, 1..price_buckets
+        T.StructField(CATEGORY_IDX, T.IntegerType(), False),
+        T.StructField(BRAND_IDX, T.IntegerType(), False),
+        T.StructField(AGE_DAYS, T.DoubleType(), False),
+        T.StructField(FIRST_SEEN, T.TimestampType(), False),
+        T.StructField(LAST_SEEN, T.TimestampType(), False),
+    ]
+)
+USER_FEATURES_SCHEMA = T.StructType(
+    [
+        T.StructField(SNAPSHOT, T.StringType(), False),
+        T.StructField(AS_OF, T.TimestampType(), False),
+        T.StructField(USER_ID, T.StringType(), False),
+        T.StructField(USER_IDX, T.IntegerType(), False),  # VOCAB_OOV_INDEX outside the vocabulary
+        *[T.StructField(EVENT_COUNT_COLUMNS[t], T.LongType(), False) for t in EVENT_TYPES],
+        T.StructField(N_EVENTS, T.LongType(), False),
+        T.StructField(N_SESSIONS, T.LongType(), False),
+        T.StructField(PURCHASE_RATE, T.DoubleType(), False),
+        T.StructField(RECENCY_DAYS, T.DoubleType(), False),
+        T.StructField(FIRST_SEEN, T.TimestampType(), False),
+        T.StructField(LAST_SEEN, T.TimestampType(), False),
+    ]
+)
+
 # Sub-folders of paths.features.
-FEATURE_TABLES = ("item_vocab", "train", "validation", "test", "user_history")
+FEATURE_TABLES = (
+    "item_vocab", "train", "validation", "test", "user_history",
+    "category_vocab", "brand_vocab", "user_vocab", "item_features", "user_features",
+)
 FEATURE_METADATA = "metadata.json"
+# The data-quality report of featurize, under paths.reports.
+FEATURE_QUALITY_REPORT = "featurize_quality.json"
 
 # ----------------------------------------------------------------------------- recommendations
 RANK = "rank"

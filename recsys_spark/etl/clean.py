@@ -1,199 +1,381 @@
 """The ``clean`` stage: raw events to validated, de-duplicated, sessionised, pseudonymised events.
 
-Reads ``paths.raw`` (CSV, JSON lines or Parquet in the REES46 contract) and writes
-  ``paths.clean``       CLEAN_SCHEMA, partitioned by event_date (re-running replaces those dates),
-  ``paths.quarantine``  QUARANTINE_SCHEMA: each rejected row with its reason,
-  ``paths.reports``/clean_report.json  the reconciliation of the counts, also logged to MLflow.
+Reads ``paths.raw`` (``clean.input_layout``: the REES46 contract, RetailRocket or YOOCHOOSE)
+and writes
+  ``paths.clean``       CLEAN_SCHEMA, partitioned by event_date,
+  ``paths.quarantine``  QUARANTINE_SCHEMA partitioned by load_date: each rejected row, its
+                        reason and its original content with the user id replaced by its
+                        pseudonym (the raw user id appears in no output),
+  ``paths.reports``/clean_report.json  the reconciliation, also logged to MLflow.
+
+What happens to a row, in this order (each row has exactly one fate):
+  rejected (a reason code, see validate.py) > exact duplicate > near-duplicate (same user,
+  item, event type and source session, at most ``near_duplicate_seconds`` after the previous
+  one: the first of a burst is kept) > bot (the user-day breaks a rate threshold) > kept.
+Every rule that looks at several rows works inside one UTC day of one user, so the output of a
+date depends only on that date's input rows: re-running any date range gives the same rows.
+Sessions: the source's user_session, else a new session after ``session_gap_minutes`` of
+inactivity (sessions end at midnight UTC); a session longer than ``max_session_minutes`` is
+split into pieces (``<id>~1``, ``<id>~2``, ...).
+
+The run's dates (``clean.start_date..end_date``, else every date read) are written to a
+staging folder, reconciled (rows read = kept + rejected by reason + duplicates +
+near-duplicates + bot rows, else DataQualityError and nothing is replaced), and only then
+swapped into the live tables partition by partition (see publish.py for the guarantee).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, Observation, SparkSession, Window
 from pyspark.sql import functions as F
 
 from recsys_spark import io, tracking
 from recsys_spark import schema as S
-from recsys_spark.config import Config
+from recsys_spark.config import CleanConfig, Config
 from recsys_spark.errors import ConfigError, DataQualityError
-from recsys_spark.etl.pseudonym import pseudonym_key, pseudonymise
-from recsys_spark.etl.validate import EventWindow, parse_events, quarantine_rows, valid_events
+from recsys_spark.etl import adapters, publish
+from recsys_spark.etl.pseudonym import (
+    hmac_sha256_hex, pseudonym_key, pseudonym_or_empty, redact_csv_line, redact_json_line, with_key,
+    KEY_IPAD, KEY_OPAD,
+)
+from recsys_spark.etl.validate import (
+    BUCKET, IN_WINDOW, MICROS, ORIGINAL, EventWindow, Rules, parse_events, valid_events,
+)
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "clean_report.json"
-# The fields that make two events the same event (the whole typed contract).
-IDENTITY_COLUMNS = list(S.RAW_COLUMNS)
 _SESSION_HEX_CHARS = 32
+_MICROS_PER_SECOND = 1_000_000
+_MICROS_PER_MINUTE = 60 * _MICROS_PER_SECOND
+# Per-row flags of the clean pipeline (dropped before writing).
+_DUP, _NEAR, _FIRST_ITEM, _DISTINCT, _SOURCE_START, _BOT = (
+    "_dup", "_near", "_first_item", "_distinct_items", "_source_start", "_bot")
 
 
-def drop_exact_duplicates(events: DataFrame) -> DataFrame:
-    """Keep one of each group of events identical in every contract field (after parsing)."""
-    return events.dropDuplicates(IDENTITY_COLUMNS)
+@dataclass(frozen=True)
+class BehaviourRules:
+    """The parameters of the rules that look at several rows (from CleanConfig)."""
+
+    near_duplicate_seconds: int = 1
+    bot_max_events_per_minute: int = 30
+    bot_max_distinct_items_per_session: int = 100
+    session_gap_minutes: int = 30
+    max_session_minutes: int = 240
+
+    @classmethod
+    def from_config(cls, cc: CleanConfig) -> "BehaviourRules":
+        """Raises ConfigError naming the key of a value out of range."""
+        checks = {
+            "clean.near_duplicate_seconds": (cc.near_duplicate_seconds, 0),
+            "clean.bot_max_events_per_minute": (cc.bot_max_events_per_minute, 1),
+            "clean.bot_max_distinct_items_per_session": (cc.bot_max_distinct_items_per_session, 1),
+            "clean.session_gap_minutes": (cc.session_gap_minutes, 1),
+            "clean.max_session_minutes": (cc.max_session_minutes, 1),
+        }
+        for key, (value, least) in checks.items():
+            if value < least:
+                raise ConfigError(f"{key} must be at least {least}, got {value}")
+        return cls(cc.near_duplicate_seconds, cc.bot_max_events_per_minute, cc.bot_max_distinct_items_per_session,
+                   cc.session_gap_minutes, cc.max_session_minutes)
 
 
-def assign_sessions(events: DataFrame, gap_minutes: int) -> DataFrame:
-    """Add ``session_id``: the source's ``user_session`` when present, else one made by inactivity gap.
+# ----------------------------------------------------------------------------- transforms
+# All windows partition by (event_date, _bucket, user_id, ...): the input is hash-partitioned
+# on (event_date, _bucket) once, so no window needs another shuffle, and every sort starts
+# with event_date, so the partitioned write needs no sort of its own.
+_USER_DAY = [S.EVENT_DATE, BUCKET, S.USER_ID]
+_DETAIL = [S.CATEGORY_ID, S.CATEGORY_CODE, S.BRAND, S.PRICE]
 
-    Events of a user without a ``user_session`` are ordered by time; a gap of more than
-    ``gap_minutes`` (exactly the gap stays in the session) starts a new session, whose id is
-    the SHA-256 of (user, session start in microseconds), so re-runs give the same ids.
+
+def flag_duplicates(events: DataFrame, near_duplicate_seconds: int) -> DataFrame:
+    """Flag exact duplicates and near-duplicates; count distinct items per source session.
+
+    Adds ``_dup`` (identical to an earlier row in every contract field), ``_near`` (not a
+    duplicate, same user, source session, item and type, at most ``near_duplicate_seconds``
+    after the previous such row), ``_distinct_items`` (distinct items of the row's source
+    session in the day; events without a source session count as one session here) and
+    ``_source_start`` (the first event time of that source session in the day, micros).
+    One sort serves all of these windows.
+    """
+    by_item = [*_USER_DAY, S.USER_SESSION, S.PRODUCT_ID]
+    same_kind = Window.partitionBy(*by_item, S.EVENT_TYPE).orderBy(MICROS, *_DETAIL)
+    same_item = Window.partitionBy(*by_item).orderBy(S.EVENT_TYPE, MICROS, *_DETAIL)
+    session = Window.partitionBy(*_USER_DAY, S.USER_SESSION)
+    identity = F.struct(MICROS, *_DETAIL)
+    previous_time = F.lag(MICROS).over(same_kind)
+    is_dup = identity.eqNullSafe(F.lag(identity).over(same_kind))
+    is_near = ~is_dup & F.coalesce(F.col(MICROS) - previous_time <= near_duplicate_seconds * _MICROS_PER_SECOND,
+                                   F.lit(False))
+    flagged = events.select(
+        "*",
+        is_dup.alias(_DUP),
+        is_near.alias(_NEAR),
+        (F.row_number().over(same_item) == 1).cast("int").alias(_FIRST_ITEM),
+    )
+    return flagged.select(
+        "*",
+        F.sum(_FIRST_ITEM).over(session).alias(_DISTINCT),
+        F.min(MICROS).over(session).alias(_SOURCE_START),
+    ).drop(_FIRST_ITEM)
+
+
+def sessionise_and_flag_bots(events: DataFrame, rules: BehaviourRules) -> DataFrame:
+    """Sessions by inactivity for events without a source session, overlong sessions split,
+    and the bot flag of each user-day.
 
     Args:
-        events: USER_ID (already pseudonymised: it goes into generated ids), EVENT_TIME,
-            USER_SESSION (null when missing) and any other columns, kept as they are.
+        events: de-duplicated output of :func:`flag_duplicates`.
 
     Returns:
-        ``events`` with SESSION_ID (string, never null) added.
+        ``events`` with ``_session_start`` (micros: the start of the row's session before
+        splitting), ``_piece`` (0 for the first ``max_session_minutes`` of a session, 1 for the
+        next, ...) and ``_bot`` (the user-day has more than ``bot_max_events_per_minute`` events
+        in some 60 seconds or more than ``bot_max_distinct_items_per_session`` items in a session).
     """
+    in_time = Window.partitionBy(*_USER_DAY).orderBy(MICROS, S.PRODUCT_ID, S.EVENT_TYPE, S.USER_SESSION, *_DETAIL)
+    before = in_time.rowsBetween(Window.unboundedPreceding, -1)
+    so_far = in_time.rowsBetween(Window.unboundedPreceding, Window.currentRow)
     missing = F.col(S.USER_SESSION).isNull()
-    by_time = Window.partitionBy(S.USER_ID, missing).orderBy(S.EVENT_TIME)
-    gap = F.unix_micros(F.col(S.EVENT_TIME)) - F.unix_micros(F.lag(S.EVENT_TIME).over(by_time))
-    starts = F.coalesce(gap > gap_minutes * 60 * 1_000_000, F.lit(True)).cast("int")
-    session_no = F.sum(starts).over(by_time)
-    with_no = events.withColumn("_session_no", session_no)
-    start = F.min(S.EVENT_TIME).over(Window.partitionBy(S.USER_ID, missing, "_session_no"))
+    previous_missing = F.last(F.when(missing, F.col(MICROS)), ignorenulls=True).over(before)
+    starts = missing & F.coalesce(F.col(MICROS) - previous_missing > rules.session_gap_minutes * _MICROS_PER_MINUTE,
+                                  F.lit(True))
+    with_starts = events.withColumn("_starts", starts)
+    generated_start = F.last(F.when(F.col("_starts"), F.col(MICROS)), ignorenulls=True).over(so_far)
+    sessions = with_starts.withColumn(
+        "_session_start", F.when(missing, generated_start).otherwise(F.col(_SOURCE_START))
+    ).drop("_starts")
+    # Same ordering prefix as in_time: no new sort.
+    last_minute = Window.partitionBy(*_USER_DAY).orderBy(MICROS).rangeBetween(-(_MICROS_PER_MINUTE - 1), 0)
+    rated = sessions.withColumn("_per_minute", F.count(F.lit(1)).over(last_minute))
+    user_day = Window.partitionBy(*_USER_DAY)
+    bot = (F.max("_per_minute").over(user_day) > rules.bot_max_events_per_minute) | (
+        F.max(_DISTINCT).over(user_day) > rules.bot_max_distinct_items_per_session
+    )
+    piece = F.floor((F.col(MICROS) - F.col("_session_start")) / (rules.max_session_minutes * _MICROS_PER_MINUTE))
+    return rated.select("*", bot.alias(_BOT), piece.cast("int").alias("_piece")).drop("_per_minute")
+
+
+def session_ids(events: DataFrame) -> Column:
+    """``session_id``: the source session, or the first 32 hex characters of SHA-256 of
+    (pseudonymous user, session start in microseconds), plus ``~<piece>`` after a split.
+    Needs the pseudonymised user_id."""
     generated = F.substring(
-        F.sha2(F.concat_ws("|", F.col(S.USER_ID), F.unix_micros(start).cast("string")), 256), 1, _SESSION_HEX_CHARS
-    )
-    return with_no.withColumn(S.SESSION_ID, F.when(missing, generated).otherwise(F.col(S.USER_SESSION))).drop(
-        "_session_no"
-    )
+        F.sha2(F.concat_ws("|", F.col(S.USER_ID), F.col("_session_start").cast("string")), 256), 1, _SESSION_HEX_CHARS)
+    base = F.coalesce(F.col(S.USER_SESSION), generated)
+    return F.when(F.col("_piece") > 0, F.concat(base, F.lit("~"), F.col("_piece").cast("string"))).otherwise(base)
 
 
-def layout_by_day(events: DataFrame, n_dates: int, files_per_day: int) -> DataFrame:
-    """Repartition so that a partitioned write makes at most ``files_per_day`` files per event_date.
+def clean_events(valid: DataFrame, key: bytes, rules: BehaviourRules) -> tuple[DataFrame, list[Observation]]:
+    """Valid rows of :func:`parse_events` to clean events.
 
-    Each (date, salt) key lands in one task, so a date is written by at most ``files_per_day``
-    tasks; rows are sorted by date, user and time inside each file. The salt is a hash of the
-    row, so the layout of a re-run is the same.
-    """
-    salt = F.pmod(F.xxhash64(S.USER_ID, S.EVENT_TIME, S.PRODUCT_ID, S.EVENT_TYPE), F.lit(files_per_day))
-    return events.repartition(max(1, n_dates * files_per_day), F.col(S.EVENT_DATE), salt).sortWithinPartitions(
-        S.EVENT_DATE, S.USER_ID, S.EVENT_TIME
-    )
-
-
-def clean_events(parsed: DataFrame, key: bytes, gap_minutes: int) -> DataFrame:
-    """Valid rows of :func:`parse_events`, de-duplicated, pseudonymised and sessionised.
+    Args:
+        valid: :func:`valid_events` output, best hash-partitioned on (event_date, _bucket).
+        key: the pseudonymisation key.
+        rules: the duplicate, bot and session rules.
 
     Returns:
-        CLEAN_SCHEMA columns (types as there, user_id the keyed pseudonym).
+        (CLEAN_SCHEMA columns with user_id the keyed pseudonym, sorted by event_date within
+        each partition; observations that hold ``valid``, ``duplicates``, ``near_duplicates``,
+        ``bot_rows`` and ``kept`` once the frame has been computed by an action).
     """
-    events = drop_exact_duplicates(valid_events(parsed))
-    return S.conform(assign_sessions(pseudonymise(events, S.USER_ID, key), gap_minutes), S.CLEAN_SCHEMA)
+    counted, fates = Observation("clean_duplicates"), Observation("clean_bots")
+    flagged = flag_duplicates(valid, rules.near_duplicate_seconds).observe(
+        counted,
+        F.count(F.lit(1)).alias("valid"),
+        F.count(F.when(F.col(_DUP), 1)).alias("duplicates"),
+        F.count(F.when(F.col(_NEAR), 1)).alias("near_duplicates"),
+    )
+    behaviour = sessionise_and_flag_bots(flagged.where(~F.col(_DUP) & ~F.col(_NEAR)), rules).observe(
+        fates,
+        F.count(F.when(F.col(_BOT), 1)).alias("bot_rows"),
+        F.count(F.when(~F.col(_BOT), 1)).alias("kept"),
+    )
+    keyed = with_key(behaviour.where(~F.col(_BOT)), key)
+    pseudonymous = keyed.withColumn(S.USER_ID, hmac_sha256_hex(F.col(S.USER_ID)))
+    out = pseudonymous.withColumn(S.SESSION_ID, session_ids(pseudonymous)).drop(KEY_IPAD, KEY_OPAD)
+    return S.conform(out, S.CLEAN_SCHEMA), [counted, fates]
+
+
+def quarantine_rows(rejected: DataFrame, key: bytes, layout: str, fmt: str) -> DataFrame:
+    """Rejected rows of :func:`parse_events` as QUARANTINE_SCHEMA plus ``load_date``.
+
+    ``raw_record`` is the original line of a malformed row, else a JSON object of the row's
+    text fields (in the contract layout, untrimmed). In both, the user id is replaced by its
+    pseudonym: the JSON's user_id field, or the field at the user id's position of a
+    malformed CSV line (whole or cut short), or the ``user_id`` value of a malformed JSON line.
+    """
+    keyed = with_key(rejected, key)
+    original = F.col(ORIGINAL)
+    fields = [pseudonym_or_empty(original[c]).alias(c) if c == S.USER_ID else original[c].alias(c)
+              for c in S.RAW_COLUMNS]
+    as_json = F.to_json(F.struct(*fields), {"ignoreNullFields": "false"})
+    line = F.col(S.CORRUPT_RECORD)
+    as_csv = redact_csv_line(line, adapters.USER_FIELD[layout])
+    if layout == "rees46" and fmt == "json":
+        redacted = F.when(F.ltrim(line).startswith("{"), redact_json_line(line)).otherwise(as_csv)
+    else:
+        redacted = as_csv
+    record = F.when(line.isNotNull(), redacted).otherwise(as_json)
+    return keyed.select(
+        F.col(S.REASON), record.alias(S.RAW_RECORD), F.col(S.SOURCE_FILE), F.col(S.LOAD_DATE)
+    )
+
+
+# ----------------------------------------------------------------------------- reconciliation
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to the rows read: the counts of the reconciliation."""
+    """What happened to the rows read: the terms of the reconciliation."""
 
     rows_read: int
     rows_kept: int
     duplicates: int
+    near_duplicates: int = 0
+    bot_rows: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
+    # Rows of undated files dated outside the processed window: other runs' rows, not read here.
+    outside_window: int = 0
 
     def check(self) -> None:
-        """Raise DataQualityError unless rows_read == rows_kept + rejected + duplicates."""
+        """Raise DataQualityError unless read = kept + rejected + duplicates + near-duplicates + bots."""
         rejected = sum(self.rejected.values())
-        if self.rows_read != self.rows_kept + rejected + self.duplicates:
+        accounted = self.rows_kept + rejected + self.duplicates + self.near_duplicates + self.bot_rows
+        if self.rows_read != accounted:
             raise DataQualityError(
                 f"clean does not reconcile: read {self.rows_read} != kept {self.rows_kept} + rejected {rejected} "
-                f"{self.rejected} + duplicates {self.duplicates} "
-                f"(off by {self.rows_read - self.rows_kept - rejected - self.duplicates})"
+                f"{self.rejected} + duplicates {self.duplicates} + near-duplicates {self.near_duplicates} "
+                f"+ bot rows {self.bot_rows} (off by {self.rows_read - accounted})"
             )
 
 
-def count_parsed(parsed: DataFrame) -> tuple[int, dict[str, int], int, list[dt.date]]:
-    """One aggregation over :func:`parse_events` output.
+def _observed(observation: Observation) -> dict[str, Any]:
+    values = observation.get
+    if not values:
+        raise DataQualityError(f"clean: the counts of {observation._name} were not collected")
+    return values
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
+    """Clean the run's dates of ``paths.raw`` into ``paths.clean`` and ``paths.quarantine``.
 
     Returns:
-        (rows read, rejected rows by reason (every code, 0 included), exact duplicates among
-        the valid rows, the sorted distinct event dates of the valid rows).
+        the report (the reconciliation's counts, dates, paths) and the report's path.
+
+    Raises:
+        InputError: ``paths.raw`` is missing or empty for the window, a CSV header does not
+            match the layout, or no pseudonymisation key is set.
+        ConfigError: a bad window, threshold, alias or files per day.
+        DataQualityError: the counts do not reconcile (nothing is replaced then).
     """
-    valid = F.col(S.REASON).isNull()
-    row = parsed.agg(
-        F.count(F.lit(1)).alias("read"),
-        F.count(F.when(valid, 1)).alias("valid"),
-        F.count_distinct(F.when(valid, F.struct(*IDENTITY_COLUMNS))).alias("distinct"),
-        F.array_sort(F.collect_set(F.when(valid, F.col(S.EVENT_DATE)))).alias("dates"),
-        *[F.count(F.when(F.col(S.REASON) == code, 1)).alias(code) for code in S.REASON_CODES],
-    ).first()
-    rejected = {code: int(row[code]) for code in S.REASON_CODES}
-    return int(row["read"]), rejected, int(row["valid"]) - int(row["distinct"]), list(row["dates"])
+    import mlflow
+
+    cc = cfg.clean
+    raw_path = cfg.paths.resolve("raw")
+    clean_path = cfg.paths.resolve("clean")
+    quarantine_path = cfg.paths.resolve("quarantine")
+    report_path = cfg.paths.resolve("reports").rstrip("/") + "/" + REPORT_FILE
+    rules = Rules(cc.max_price, dict(cc.event_aliases), cc.naive_timezone, cc.output_files_per_day)
+    behaviour = BehaviourRules.from_config(cc)
+    key = pseudonym_key(cc.pseudonym_key_env, cc.allow_dev_key)
+    window = EventWindow.from_config(cc.start_date, cc.end_date, dt.datetime.now(dt.timezone.utc))
+    files = adapters.in_window(adapters.list_input_files(spark, raw_path), window.start, window.end)
+    raw = adapters.read_files(spark, files, cc.input_layout, cc.input_format)
+    run_id = uuid.uuid4().hex
+    staged_clean = publish.staging_path(clean_path, run_id)
+    staged_quarantine = publish.staging_path(quarantine_path, run_id)
+    partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
+
+    with tracking.stage_run(cfg, "clean"):
+        for table in (clean_path, quarantine_path):
+            publish.clear_leftovers(spark, table)
+        log.info("clean: %d file(s) of %s (%s layout) for dates %s..%s", len(files), raw_path, cc.input_layout,
+                 window.start or "first", window.end or "last")
+        # One parse and one shuffle: the quarantine and the clean events are both written
+        # from this cached, (event_date, bucket)-partitioned frame.
+        parsed = parse_events(raw, window, rules).repartition(partitions, S.EVENT_DATE, BUCKET)
+        parsed = parsed.persist(StorageLevel.MEMORY_AND_DISK)
+        read = Observation("clean_read")
+        in_window = F.col(IN_WINDOW)
+        try:
+            observed = parsed.observe(
+                read,
+                F.count(F.when(in_window, 1)).alias("rows_read"),
+                F.count(F.when(~in_window, 1)).alias("outside_window"),
+                F.count(F.when(in_window & F.col(S.LOAD_DATE).isNull(), 1)).alias("undated"),
+                *[F.count(F.when(in_window & (F.col(S.REASON) == code), 1)).alias(code) for code in S.REASON_CODES],
+            )
+            rejected = observed.where(in_window & F.col(S.REASON).isNotNull())
+            quarantine = quarantine_rows(rejected, key, cc.input_layout, cc.input_format)
+            log.info("clean: parsing and writing the quarantine")
+            io.write_partitioned(quarantine.repartition(S.LOAD_DATE), staged_quarantine, S.LOAD_DATE)
+            events, observations = clean_events(valid_events(parsed), key, behaviour)
+            log.info("clean: de-duplicating, sessionising and writing the clean events")
+            io.write_partitioned(events, staged_clean, S.EVENT_DATE)
+        finally:
+            parsed.unpersist()
+
+        counts = _observed(read)
+        fates = {k: v for o in observations for k, v in _observed(o).items()}
+        outcome = Outcome(
+            rows_read=int(counts["rows_read"]),
+            rows_kept=int(fates["kept"]),
+            duplicates=int(fates["duplicates"]),
+            near_duplicates=int(fates["near_duplicates"]),
+            bot_rows=int(fates["bot_rows"]),
+            rejected={code: int(counts[code]) for code in S.REASON_CODES},
+            outside_window=int(counts["outside_window"]),
+        )
+        outcome.check()
+        written = spark.read.schema(S.CLEAN_SCHEMA).parquet(staged_clean).count() if io.exists(spark, staged_clean) else 0
+        if written != outcome.rows_kept:
+            raise DataQualityError(f"clean wrote {written} rows to {staged_clean} but kept {outcome.rows_kept}")
+
+        # A closed window replaces each of its dates (a date without rows now loses its old
+        # partition); an open one the dates found in the input.
+        closed = window.dates()
+        dates = [d.isoformat() for d in closed] if closed is not None else sorted(
+            set(publish.staged_values(spark, staged_clean, S.EVENT_DATE))
+            | set(publish.staged_values(spark, staged_quarantine, S.LOAD_DATE)))
+        publish.swap_partitions(spark, staged_clean, clean_path, S.EVENT_DATE, list(dates), run_id)
+        undated = [None] if int(counts["undated"]) or any(f.load_date is None for f in files) else []
+        publish.swap_partitions(spark, staged_quarantine, quarantine_path, S.LOAD_DATE, [*dates, *undated], run_id)
+
+        report = build_report(outcome, dates, clean_path, quarantine_path)
+        io.write_json(spark, report_path, report)
+        tracking.log_json(report, REPORT_FILE)
+        metrics = {f"clean.{k}": v for k, v in report.items() if isinstance(v, int)}
+        metrics.update({f"clean.rejected.{code}": n for code, n in outcome.rejected.items()})
+        mlflow.log_metrics(metrics)
+
+    log.info("clean: kept %d of %d rows (%d rejected, %d duplicates, %d near-duplicates, %d bot rows) over %d "
+             "date(s)", outcome.rows_kept, outcome.rows_read, sum(outcome.rejected.values()), outcome.duplicates,
+             outcome.near_duplicates, outcome.bot_rows, len(dates))
+    return {**report, "report_path": report_path}
 
 
-def build_report(outcome: Outcome, dates: list[dt.date], clean_path: str, quarantine_path: str) -> dict[str, Any]:
+def build_report(outcome: Outcome, dates: list[str], clean_path: str, quarantine_path: str) -> dict[str, Any]:
     """The contents of clean_report.json."""
     return {
         "rows_read": outcome.rows_read,
         "rows_kept": outcome.rows_kept,
         "rejected": dict(outcome.rejected),
         "duplicates": outcome.duplicates,
-        "dates": [d.isoformat() for d in dates],
+        "near_duplicates": outcome.near_duplicates,
+        "bot_rows": outcome.bot_rows,
+        "outside_window": outcome.outside_window,
+        "dates": list(dates),
         "clean_path": clean_path,
         "quarantine_path": quarantine_path,
     }
-
-
-def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
-    """Clean ``paths.raw`` into ``paths.clean`` and ``paths.quarantine``; reconcile the counts.
-
-    Returns:
-        the report (counts, dates, paths) and the report's path.
-
-    Raises:
-        InputError: ``paths.raw`` is missing, or no pseudonymisation key is set.
-        ConfigError: a bad processed window, files per day or session gap.
-        DataQualityError: the counts do not reconcile.
-    """
-    import mlflow
-
-    cc = cfg.clean
-    raw_path = cfg.paths.resolve("raw")
-    io.require_input(spark, raw_path, "paths.raw")
-    clean_path = cfg.paths.resolve("clean")
-    quarantine_path = cfg.paths.resolve("quarantine")
-    report_path = cfg.paths.resolve("reports").rstrip("/") + "/" + REPORT_FILE
-    if cc.output_files_per_day < 1 or cc.session_gap_minutes < 0:
-        raise ConfigError("clean.output_files_per_day must be at least 1 and clean.session_gap_minutes "
-                          f"at least 0, got {cc.output_files_per_day} and {cc.session_gap_minutes}")
-    key = pseudonym_key(cc.pseudonym_key_env, cc.allow_dev_key)
-    window = EventWindow.from_config(cc.start_date, cc.end_date, dt.datetime.now(dt.timezone.utc))
-
-    with tracking.stage_run(cfg, "clean"):
-        # Persisted before anything else reads it: the CSV parser only flags a malformed line
-        # when every column is parsed, and Spark refuses queries on the corrupt column alone.
-        parsed = parse_events(io.read_raw(spark, raw_path, cc.input_format), window, cc.max_price)
-        parsed = parsed.persist(StorageLevel.MEMORY_AND_DISK)
-        try:
-            rows_read, rejected, duplicates, dates = count_parsed(parsed)
-            if dates:
-                events = clean_events(parsed, key, cc.session_gap_minutes)
-                io.write_partitioned(layout_by_day(events, len(dates), cc.output_files_per_day), clean_path,
-                                     S.EVENT_DATE)
-            io.write_table(quarantine_rows(parsed).repartition(1), quarantine_path)
-        finally:
-            parsed.unpersist()
-
-        # Counted from what is on disk: dynamic overwrite replaced exactly these dates.
-        rows_kept = io.read_clean(spark, clean_path).where(F.col(S.EVENT_DATE).isin(dates)).count() if dates else 0
-        outcome = Outcome(rows_read=rows_read, rows_kept=rows_kept, duplicates=duplicates, rejected=rejected)
-        outcome.check()
-
-        report = build_report(outcome, dates, clean_path, quarantine_path)
-        io.write_json(spark, report_path, report)
-        tracking.log_json(report, REPORT_FILE)
-        metrics = {"clean.rows_read": rows_read, "clean.rows_kept": rows_kept, "clean.duplicates": duplicates}
-        metrics.update({f"clean.rejected.{code}": n for code, n in rejected.items()})
-        mlflow.log_metrics(metrics)
-
-    log.info("clean: kept %d of %d rows (%d rejected, %d duplicates) over %d dates", rows_kept, rows_read,
-             sum(rejected.values()), duplicates, len(dates))
-    return {**report, "report_path": report_path}
-

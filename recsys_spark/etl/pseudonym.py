@@ -1,7 +1,7 @@
 """Keyed pseudonyms for user ids: HMAC-SHA256 (RFC 2104) written in Spark SQL, no Python UDF.
 
-The key comes from the environment and never leaves the driver except as the two padded
-key blocks inside the query plan; it is never logged.
+The key comes from the environment and is never logged; it reaches the executors as a
+broadcast one-row table (two padded key blocks), so it appears in no query plan or UI page.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from recsys_spark.errors import InputError
 
@@ -54,14 +55,32 @@ def hmac_pads(key: bytes) -> tuple[bytes, bytes]:
     return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
 
 
-def hmac_sha256_hex(message: Column, key: bytes, hex_chars: int = PSEUDONYM_HEX_CHARS) -> Column:
-    """HMAC-SHA256 of ``message`` (its UTF-8 text) as lowercase hex, first ``hex_chars`` kept.
+# Columns that carry the padded key blocks next to the data (see with_key).
+KEY_IPAD = "_key_ipad"
+KEY_OPAD = "_key_opad"
 
-    Equals ``hmac.new(key, message.encode(), hashlib.sha256).hexdigest()[:hex_chars]``.
+
+def with_key(df: DataFrame, key: bytes) -> DataFrame:
+    """``df`` with the two HMAC key blocks as columns, from a broadcast one-row table.
+
+    A literal would print the key blocks (hence the key) in every query plan, in ``explain``
+    and in the Spark UI; a broadcast join shows only the column names.
     """
     k_ipad, k_opad = hmac_pads(key)
-    inner = F.unhex(F.sha2(F.concat(F.lit(bytearray(k_ipad)), message.cast("string").cast("binary")), 256))
-    outer = F.sha2(F.concat(F.lit(bytearray(k_opad)), inner), 256)
+    schema = T.StructType([T.StructField(KEY_IPAD, T.BinaryType(), False),
+                           T.StructField(KEY_OPAD, T.BinaryType(), False)])
+    keys = df.sparkSession.createDataFrame([(bytearray(k_ipad), bytearray(k_opad))], schema)
+    return df.crossJoin(F.broadcast(keys))
+
+
+def hmac_sha256_hex(message: Column, hex_chars: int = PSEUDONYM_HEX_CHARS) -> Column:
+    """HMAC-SHA256 of ``message`` (its UTF-8 text) as lowercase hex, first ``hex_chars`` kept.
+
+    Needs the key columns of :func:`with_key`. Equals
+    ``hmac.new(key, message.encode(), hashlib.sha256).hexdigest()[:hex_chars]``.
+    """
+    inner = F.unhex(F.sha2(F.concat(F.col(KEY_IPAD), message.cast("string").cast("binary")), 256))
+    outer = F.sha2(F.concat(F.col(KEY_OPAD), inner), 256)
     return F.substring(outer, 1, hex_chars)
 
 
@@ -71,4 +90,36 @@ def pseudonymise(df: DataFrame, column: str, key: bytes) -> DataFrame:
     Returns:
         ``df`` with ``column`` as a string of PSEUDONYM_HEX_CHARS hex characters.
     """
-    return df.withColumn(column, hmac_sha256_hex(F.col(column), key))
+    keyed = with_key(df, key)
+    return keyed.withColumn(column, hmac_sha256_hex(F.col(column))).drop(KEY_IPAD, KEY_OPAD)
+
+
+def pseudonym_or_empty(text: Column) -> Column:
+    """The pseudonym of trimmed ``text``; empty or blank text is kept as it is (no id to hide)."""
+    trimmed = F.trim(text)
+    return F.when(trimmed != "", hmac_sha256_hex(trimmed)).otherwise(text)
+
+
+def redact_csv_line(line: Column, field: int) -> Column:
+    """A comma-separated line with field number ``field`` (0-based) replaced by its pseudonym.
+
+    Applied to lines that could not be parsed: the field at the user id's position is
+    replaced whole or cut short (a truncated line), so no digits of a user id remain there.
+    Lines with fewer fields are kept as they are. Needs the key columns of :func:`with_key`.
+    """
+    parts = F.split(line, ",", -1)
+    n = F.size(parts)
+    before = F.slice(parts, 1, field) if field > 0 else F.array().cast("array<string>")
+    after = F.slice(parts, field + 2, F.greatest(n - field - 1, F.lit(0)))
+    replaced = F.concat_ws(",", before, pseudonym_or_empty(F.element_at(parts, field + 1)), after)
+    return F.when(n > field, replaced).otherwise(line)
+
+
+_JSON_USER = r'"user_id"\s*:\s*"?([^",}]*)"?'
+
+
+def redact_json_line(line: Column) -> Column:
+    """A JSON line with the value of ``user_id`` replaced by its pseudonym (as a string)."""
+    value = F.regexp_extract(line, _JSON_USER, 1)
+    replacement = F.concat(F.lit('"user_id":"'), pseudonym_or_empty(value), F.lit('"'))
+    return F.when(value != "", F.regexp_replace(line, F.lit(_JSON_USER), replacement)).otherwise(line)

@@ -1,14 +1,15 @@
-"""Parse the raw text contract into typed events, giving every rejected row one reason code.
+"""Parse the raw text frame into typed events, giving every rejected row one reason code.
 
 A row gets the first reason of ``schema.REASON_CODES`` whose rule it breaks; a row with no
-reason is a valid event. Parsing never raises on bad data (``try_*`` functions), so the
-stage also runs under Spark's ANSI mode.
+reason is a valid event. Parsing never raises on bad data (``try_*`` functions), so the stage
+runs under Spark's ANSI mode, and uses only built-in expressions (no Python UDF).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Mapping
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -16,12 +17,14 @@ from pyspark.sql import functions as F
 from recsys_spark import schema as S
 from recsys_spark.errors import ConfigError
 
-# The REES46 form, e.g. "2019-10-01 00:00:04 UTC", and ISO 8601 with an optional fraction and offset.
-_UTC_FORM = r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}) UTC$"
-_ISO_PATTERN = "yyyy-MM-dd'T'HH:mm:ss[.SSS]XXX"
-_HAS_OFFSET = r"(Z|[+-]\d{2}:\d{2})$"
 _INTEGER = r"^[+-]?[0-9]+$"
 _MICROS_PER_DAY = 86_400 * 1_000_000
+
+# Columns of parse_events that are not in the contract.
+MICROS = "_micros"  # event_time as epoch microseconds: the sort key of every window
+BUCKET = "_bucket"  # hash of the user into output_files_per_day buckets: one output file each
+ORIGINAL = "_original"  # the text fields of a rejected row (null for valid rows)
+IN_WINDOW = "_in_window"  # false for rows of an undated file dated outside the processed window
 
 # The typed columns of a valid event, in contract order, plus its UTC date.
 EVENT_COLUMNS = [*S.RAW_COLUMNS, S.EVENT_DATE]
@@ -51,6 +54,32 @@ class EventWindow:
             raise ConfigError(f"clean.start_date {start} is after clean.end_date {end}")
         return cls(start, end, now)
 
+    def dates(self) -> list[dt.date] | None:
+        """Every date of a closed window, None when either end is open."""
+        if self.start is None or self.end is None:
+            return None
+        return [self.start + dt.timedelta(days=i) for i in range((self.end - self.start).days + 1)]
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The validation rules' parameters (from CleanConfig)."""
+
+    max_price: float = 1_000_000.0
+    event_aliases: Mapping[str, str] | None = None
+    naive_timezone: str = "UTC"
+    files_per_day: int = 1
+
+    def __post_init__(self) -> None:
+        for source, target in (self.event_aliases or {}).items():
+            if target not in S.EVENT_TYPES:
+                raise ConfigError(f"clean.event_aliases.{source}: {target!r} is not one of "
+                                  f"{', '.join(map(repr, S.EVENT_TYPES))}")
+        if not self.max_price > 0:
+            raise ConfigError(f"clean.max_price must be positive, got {self.max_price}")
+        if self.files_per_day < 1:
+            raise ConfigError(f"clean.output_files_per_day must be at least 1, got {self.files_per_day}")
+
 
 def _iso_date(key: str, value: str) -> dt.date | None:
     if not value:
@@ -67,17 +96,19 @@ def _text(column: str) -> Column:
     return F.when(trimmed != "", trimmed)
 
 
-def parse_event_time(text: Column) -> Column:
-    """``yyyy-MM-dd HH:mm:ss 'UTC'`` or ISO ``yyyy-MM-dd'T'HH:mm:ss[.SSS][XXX]`` to a UTC timestamp.
-
-    An ISO time without an offset is taken as UTC. Both forms are parsed with an explicit
-    offset, so the result does not depend on the session time zone. Unparseable: null.
+def parse_event_time(text: Column, naive_timezone: str = "UTC") -> Column:
+    """``yyyy-MM-dd[ T]HH:mm:ss[.fraction]`` with an optional zone (``Z``, `` UTC``, ``+hh:mm``)
+    to a UTC timestamp; a time without a zone is read in ``naive_timezone``. Anything else
+    (a date alone, hour 25, words) is null. Cheap string tests and Spark's own cast, no regex.
     """
-    utc_form = F.regexp_extract(text, _UTC_FORM, 1)
-    from_utc_form = F.when(utc_form != "", F.try_to_timestamp(F.concat(utc_form, F.lit("Z")),
-                                                              F.lit("yyyy-MM-dd HH:mm:ssXXX")))
-    iso = F.when(text.rlike(_HAS_OFFSET), text).otherwise(F.concat(text, F.lit("Z")))
-    return F.coalesce(from_utc_form, F.try_to_timestamp(iso, F.lit(_ISO_PATTERN)))
+    shaped = (F.length(text) >= 19) & F.substring(text, 11, 1).isin(" ", "T") & (F.substring(text, 5, 1) == "-")
+    zoned = (
+        text.endswith("Z")
+        | text.endswith(" UTC")
+        | (F.substring(text, -6, 1).isin("+", "-") & (F.substring(text, -3, 1) == ":"))
+    )
+    with_zone = F.when(zoned, text).otherwise(F.concat(text, F.lit(f" {naive_timezone}")))
+    return F.when(shaped, with_zone.try_cast("timestamp"))
 
 
 def utc_date(timestamp: Column) -> Column:
@@ -89,40 +120,54 @@ def _as_long(text: Column) -> Column:
     return F.when(text.rlike(_INTEGER), text.try_cast("bigint"))
 
 
-def parse_events(raw: DataFrame, window: EventWindow, max_price: float) -> DataFrame:
-    """Type the raw text columns and attach a reason code to every row that breaks a rule.
+def normalise_event_type(text: Column, aliases: Mapping[str, str] | None) -> Column:
+    """Lower-cased type mapped through ``aliases`` (keys compared trimmed and lower-cased)."""
+    kind = F.lower(text)
+    if not aliases:
+        return kind
+    mapped = None
+    for source, target in sorted(aliases.items()):
+        hit = kind == F.lit(source.strip().lower())
+        mapped = F.when(hit, F.lit(target)) if mapped is None else mapped.when(hit, F.lit(target))
+    return mapped.otherwise(kind)
+
+
+def parse_events(raw: DataFrame, window: EventWindow, rules: Rules) -> DataFrame:
+    """Type the raw text frame and attach a reason code to every row that breaks a rule.
+
+    Rules, in order: malformed line; unparseable time; event date other than the date of its
+    file (out_of_window); time after ``window.not_after`` (future); empty user or product id;
+    an id that is not an integer; an event type unknown after aliasing; a price that is
+    negative, NaN, unparseable or above ``rules.max_price`` (a missing price is allowed).
 
     Args:
-        raw: RAW_COLUMNS as strings, ``_corrupt_record`` and ``source_file`` (io.read_raw).
-        window: the processed window; rows outside it are ``out_of_window``.
-        max_price: prices above it (or negative, NaN, unparseable) are ``bad_price``; null is allowed.
+        raw: the raw text frame of :func:`recsys_spark.etl.adapters.read_files`.
+        window: the processed window. Rows of undated files dated outside it are not this
+            run's rows: ``_in_window`` is false for them (they get no reason).
+        rules: price bound, event aliases, time zone of naive times, output buckets.
 
     Returns:
         one row per raw row: EVENT_COLUMNS typed as in CLEAN_SCHEMA (user_id still the raw
-        long, user_session trimmed text), ``reason`` (null when valid), ``raw_record`` (the
-        original line if malformed, else a JSON object of the original text fields) and
+        long, user_session trimmed text), ``_micros``, ``load_date`` (the file's date, else the
+        event date), ``_bucket``, ``_in_window``, ``reason`` (null when valid), and for rejected
+        rows only ``_original`` (struct of the original text fields), ``_corrupt_record`` and
         ``source_file``.
     """
     text = {c: _text(c) for c in S.RAW_COLUMNS}
-    event_time = parse_event_time(text[S.EVENT_TIME])
+    event_time = parse_event_time(text[S.EVENT_TIME], rules.naive_timezone)
     event_date = utc_date(event_time)
-    event_type = F.lower(text[S.EVENT_TYPE])
+    event_type = normalise_event_type(text[S.EVENT_TYPE], rules.event_aliases)
     product_id = _as_long(text[S.PRODUCT_ID])
     category_id = _as_long(text[S.CATEGORY_ID])
     user_id = _as_long(text[S.USER_ID])
     price = text[S.PRICE].try_cast("double")
-
-    outside = F.lit(False)
-    if window.start is not None:
-        outside = outside | (event_date < F.lit(window.start))
-    if window.end is not None:
-        outside = outside | (event_date > F.lit(window.end))
-    outside = outside | (event_time > F.lit(window.not_after))
+    file_date = F.col(S.LOAD_DATE)
 
     broken = {
         S.REASON_MALFORMED: F.col(S.CORRUPT_RECORD).isNotNull(),
         S.REASON_BAD_TIME: event_time.isNull(),
-        S.REASON_OUT_OF_WINDOW: outside,
+        S.REASON_OUT_OF_WINDOW: file_date.isNotNull() & (event_date != file_date),
+        S.REASON_FUTURE: event_time > F.lit(window.not_after),
         S.REASON_NULL_USER: text[S.USER_ID].isNull(),
         S.REASON_NULL_PRODUCT: text[S.PRODUCT_ID].isNull(),
         S.REASON_BAD_ID: (
@@ -130,15 +175,22 @@ def parse_events(raw: DataFrame, window: EventWindow, max_price: float) -> DataF
         ),
         S.REASON_UNKNOWN_EVENT: event_type.isNull() | ~event_type.isin(S.EVENT_TYPES),
         S.REASON_BAD_PRICE: text[S.PRICE].isNotNull()
-        & (price.isNull() | F.isnan(price) | (price < 0) | (price > F.lit(max_price))),
+        & (price.isNull() | F.isnan(price) | (price < 0) | (price > F.lit(rules.max_price))),
     }
     reason = None
     for code in S.REASON_CODES:  # one CASE WHEN in rule order: the first rule broken wins
         condition = F.coalesce(broken[code], F.lit(False))
         reason = F.when(condition, F.lit(code)) if reason is None else reason.when(condition, F.lit(code))
 
-    original = F.to_json(F.struct(*[F.col(c) for c in S.RAW_COLUMNS]), {"ignoreNullFields": "false"})
-    return raw.select(
+    # A malformed line's fields are not trusted: it is attributed to its file's date only.
+    load_date = F.when(F.col(S.CORRUPT_RECORD).isNotNull(), file_date).otherwise(F.coalesce(file_date, event_date))
+    in_window = F.lit(True)
+    if window.start is not None:
+        in_window = in_window & ~(load_date < F.lit(window.start)).eqNullSafe(True)
+    if window.end is not None:
+        in_window = in_window & ~(load_date > F.lit(window.end)).eqNullSafe(True)
+
+    typed = raw.select(
         event_time.alias(S.EVENT_TIME),
         event_type.alias(S.EVENT_TYPE),
         product_id.alias(S.PRODUCT_ID),
@@ -149,17 +201,27 @@ def parse_events(raw: DataFrame, window: EventWindow, max_price: float) -> DataF
         user_id.alias(S.USER_ID),
         text[S.USER_SESSION].alias(S.USER_SESSION),
         event_date.alias(S.EVENT_DATE),
+        load_date.alias(S.LOAD_DATE),
+        in_window.alias(IN_WINDOW),
         reason.alias(S.REASON),
-        F.coalesce(F.col(S.CORRUPT_RECORD), original).alias(S.RAW_RECORD),
+        F.struct(*[F.col(c) for c in S.RAW_COLUMNS]).alias(ORIGINAL),
+        F.col(S.CORRUPT_RECORD),
         F.col(S.SOURCE_FILE),
+    )
+    rejected = F.col(S.REASON).isNotNull()
+    return typed.select(
+        F.unix_micros(S.EVENT_TIME).alias(MICROS),
+        *EVENT_COLUMNS,
+        S.LOAD_DATE,
+        F.pmod(F.xxhash64(S.USER_ID), F.lit(rules.files_per_day)).cast("int").alias(BUCKET),
+        IN_WINDOW,
+        S.REASON,
+        F.when(rejected, F.col(ORIGINAL)).alias(ORIGINAL),
+        F.when(rejected, F.col(S.CORRUPT_RECORD)).alias(S.CORRUPT_RECORD),
+        F.when(rejected, F.col(S.SOURCE_FILE)).alias(S.SOURCE_FILE),
     )
 
 
 def valid_events(parsed: DataFrame) -> DataFrame:
-    """The rows of :func:`parse_events` without a reason, as EVENT_COLUMNS."""
-    return parsed.where(F.col(S.REASON).isNull()).select(*EVENT_COLUMNS)
-
-
-def quarantine_rows(parsed: DataFrame) -> DataFrame:
-    """The rejected rows of :func:`parse_events`, as QUARANTINE_SCHEMA."""
-    return parsed.where(F.col(S.REASON).isNotNull()).select(*[f.name for f in S.QUARANTINE_SCHEMA.fields])
+    """The rows of :func:`parse_events` without a reason (in the window), its columns kept."""
+    return parsed.where(F.col(S.REASON).isNull() & F.col(IN_WINDOW))

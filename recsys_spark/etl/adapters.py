@@ -1,0 +1,271 @@
+"""Raw inputs of ``clean``: the REES46 contract and two other public layouts mapped onto it.
+
+Every layout is read with an explicit schema (never inferred) into the *raw text frame*:
+the contract's columns as text, ``_corrupt_record`` (the original line when the parser could
+not split it, else null), ``source_file`` and ``load_date``.
+
+Layouts (``clean.input_layout``):
+  rees46        the contract itself: CSV (also ``.csv.gz``), JSON lines or Parquet.
+  retailrocket  ``events.csv``: timestamp (epoch ms), visitorid, event (view / addtocart /
+                transaction), itemid, transactionid. visitorid is the user, there are no
+                sessions (clean makes them by inactivity), addtocart / transaction are mapped by
+                ``clean.event_aliases``; transactionid and item properties are not used.
+  yoochoose     ``*clicks*`` (session id, ISO time, item id, category) and ``*buys*`` (session
+                id, ISO time, item id, price, quantity), comma-separated, no header. The session
+                is the only identity, so it is both user_id and user_session; a click is a
+                view, a buy a purchase (one event whatever the quantity); the category field
+                holds a category (1-12), ``S`` (special offer, kept as category_code), ``0``
+                (unknown) or a brand id (longer numbers, kept as brand).
+
+A file whose name holds a date (``events-2019-10-01.csv``) belongs to that date: a run over a
+date range reads only the files of those dates (and the undated ones).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from recsys_spark import schema as S
+from recsys_spark.errors import ConfigError, InputError
+
+LAYOUTS = ("rees46", "retailrocket", "yoochoose")
+RETAILROCKET_COLUMNS = ["timestamp", "visitorid", "event", "itemid", "transactionid"]
+YOOCHOOSE_CLICK_COLUMNS = ["session_id", "timestamp", "item_id", "category"]
+YOOCHOOSE_BUY_COLUMNS = ["session_id", "timestamp", "item_id", "price", "quantity"]
+# Position of the user id in a raw CSV line of each layout: a quarantined line that could not be
+# parsed has that field replaced by its pseudonym (see pseudonym.redact_line).
+USER_FIELD = {"rees46": S.RAW_COLUMNS.index(S.USER_ID), "retailrocket": 1, "yoochoose": 0}
+_DATE_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})")
+_YOOCHOOSE_MAX_CATEGORY = 12
+# Epoch milliseconds to text that keeps the instant whatever the session time zone.
+_ISO_WITH_OFFSET = "yyyy-MM-dd'T'HH:mm:ss.SSSXXX"
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: str
+    load_date: dt.date | None  # from the file name
+
+
+def file_date(path: str) -> dt.date | None:
+    """The first ``YYYY-MM-DD`` in the file's name, if it is a real date."""
+    match = _DATE_IN_NAME.search(path.rstrip("/").rsplit("/", 1)[-1])
+    if not match:
+        return None
+    try:
+        return dt.date.fromisoformat(match.group(1))
+    except ValueError:
+        return None
+
+
+def list_input_files(spark: SparkSession, root: str) -> list[InputFile]:
+    """Every data file under ``root`` (a file or a folder, searched recursively), sorted.
+
+    Names starting with ``.`` or ``_`` (Spark's markers, temporary files) are skipped.
+    """
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(root)
+    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.exists(hpath):
+        raise InputError(f"input path {root} does not exist (config key paths.raw)")
+    found: list[str] = []
+    root_status = fs.getFileStatus(hpath)
+    pending = [root_status]
+    while pending:
+        status = pending.pop()
+        if status is not root_status and status.getPath().getName().startswith((".", "_")):
+            continue
+        if status.isDirectory():
+            pending.extend(fs.listStatus(status.getPath()))
+        else:
+            found.append(status.getPath().toString())
+    return [InputFile(p, file_date(p)) for p in sorted(found)]
+
+
+def in_window(files: list[InputFile], start: dt.date | None, end: dt.date | None) -> list[InputFile]:
+    """The files of the run: undated ones, and dated ones inside ``start..end`` (None = open)."""
+    return [
+        f for f in files
+        if f.load_date is None or ((start is None or f.load_date >= start) and (end is None or f.load_date <= end))
+    ]
+
+
+def first_line(spark: SparkSession, path: str) -> str:
+    """The first line of a (possibly compressed) text file, without reading the rest."""
+    jvm = spark.sparkContext._jvm
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    stream = hpath.getFileSystem(conf).open(hpath)
+    try:
+        codec = jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(conf).getCodec(hpath)
+        source = codec.createInputStream(stream) if codec is not None else stream
+        reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(source, "UTF-8"))
+        return (reader.readLine() or "").lstrip("\ufeff")
+    finally:
+        stream.close()
+
+
+def check_header(spark: SparkSession, path: str, expected: list[str]) -> None:
+    """Raise a one-line InputError unless the CSV header of ``path`` is exactly ``expected``."""
+    got = [c.strip().strip('"') for c in first_line(spark, path).split(",")]
+    if got == expected:
+        return
+    missing = [c for c in expected if c not in got]
+    unexpected = [c for c in got if c not in expected]
+    detail = []
+    if missing:
+        detail.append(f"missing {', '.join(missing)}")
+    if unexpected:
+        detail.append(f"unexpected {', '.join(unexpected) or repr('')}")
+    if not detail:
+        detail.append(f"columns out of order ({', '.join(got)})")
+    raise InputError(f"{path}: CSV header does not match the input layout: {'; '.join(detail)} "
+                     f"(expected {','.join(expected)})")
+
+
+def _text_schema(columns: list[str]) -> T.StructType:
+    return T.StructType([T.StructField(c, T.StringType(), True) for c in [*columns, S.CORRUPT_RECORD]])
+
+
+def _csv(spark: SparkSession, paths: list[str], columns: list[str], header: bool) -> DataFrame:
+    return (
+        spark.read.schema(_text_schema(columns))
+        .option("header", str(header).lower())
+        .option("enforceSchema", "true")  # the header was checked by name above
+        .option("mode", "PERMISSIVE")
+        .option("columnNameOfCorruptRecord", S.CORRUPT_RECORD)
+        .csv(paths)
+    )
+
+
+def _rees46(spark: SparkSession, paths: list[str], fmt: str) -> DataFrame:
+    if fmt == "csv":
+        for path in paths:
+            check_header(spark, path, S.RAW_COLUMNS)
+        return _csv(spark, paths, S.RAW_COLUMNS, header=True)
+    if fmt == "json":
+        return (
+            spark.read.schema(_text_schema(S.RAW_COLUMNS))
+            .option("mode", "PERMISSIVE")
+            .option("columnNameOfCorruptRecord", S.CORRUPT_RECORD)
+            .option("primitivesAsString", "true")
+            .json(paths)
+        )
+    if fmt == "parquet":
+        df = spark.read.schema(S.RAW_TYPED_SCHEMA).parquet(*paths)
+        return df.select(*[F.col(c).cast("string").alias(c) for c in S.RAW_COLUMNS],
+                         F.lit(None).cast("string").alias(S.CORRUPT_RECORD))
+    raise ConfigError(f"clean.input_format {fmt!r} is not one of 'csv', 'json', 'parquet'")
+
+
+def _null() -> Column:
+    return F.lit(None).cast("string")
+
+
+def epoch_millis_text(millis: Column) -> Column:
+    """Epoch milliseconds (text) as ISO text with an offset; anything else is passed through."""
+    digits = F.trim(millis)
+    as_time = F.date_format(F.timestamp_millis(digits.try_cast("bigint")), _ISO_WITH_OFFSET)
+    return F.when(digits.rlike(r"^[0-9]{1,15}$"), as_time).otherwise(millis)
+
+
+def _retailrocket(spark: SparkSession, paths: list[str]) -> DataFrame:
+    for path in paths:
+        check_header(spark, path, RETAILROCKET_COLUMNS)
+    df = _csv(spark, paths, RETAILROCKET_COLUMNS, header=True)
+    return df.select(
+        epoch_millis_text(F.col("timestamp")).alias(S.EVENT_TIME),
+        F.col("event").alias(S.EVENT_TYPE),
+        F.col("itemid").alias(S.PRODUCT_ID),
+        _null().alias(S.CATEGORY_ID),
+        _null().alias(S.CATEGORY_CODE),
+        _null().alias(S.BRAND),
+        _null().alias(S.PRICE),
+        F.col("visitorid").alias(S.USER_ID),
+        _null().alias(S.USER_SESSION),
+        F.col(S.CORRUPT_RECORD),
+    )
+
+
+def _yoochoose(spark: SparkSession, paths: list[str]) -> DataFrame:
+    buys = [p for p in paths if "buys" in p.rsplit("/", 1)[-1].lower()]
+    clicks = [p for p in paths if p not in buys]
+    parts = []
+    if clicks:
+        c = _csv(spark, clicks, YOOCHOOSE_CLICK_COLUMNS, header=False)
+        category = F.trim(F.col("category"))
+        is_number = category.rlike(r"^[0-9]+$")
+        small = is_number & (F.length(category) <= 2) & (category.try_cast("int") <= _YOOCHOOSE_MAX_CATEGORY)
+        parts.append(c.select(
+            F.col("timestamp").alias(S.EVENT_TIME),
+            F.lit("view").alias(S.EVENT_TYPE),
+            F.col("item_id").alias(S.PRODUCT_ID),
+            F.when(small & (category != "0"), category).alias(S.CATEGORY_ID),
+            F.when(category == "S", F.lit("special_offer")).alias(S.CATEGORY_CODE),
+            F.when(is_number & ~small, category).alias(S.BRAND),
+            _null().alias(S.PRICE),
+            F.col("session_id").alias(S.USER_ID),
+            F.col("session_id").alias(S.USER_SESSION),
+            F.col(S.CORRUPT_RECORD),
+        ))
+    if buys:
+        b = _csv(spark, buys, YOOCHOOSE_BUY_COLUMNS, header=False)
+        parts.append(b.select(
+            F.col("timestamp").alias(S.EVENT_TIME),
+            F.lit("purchase").alias(S.EVENT_TYPE),
+            F.col("item_id").alias(S.PRODUCT_ID),
+            _null().alias(S.CATEGORY_ID),
+            _null().alias(S.CATEGORY_CODE),
+            _null().alias(S.BRAND),
+            F.col("price").alias(S.PRICE),
+            F.col("session_id").alias(S.USER_ID),
+            F.col("session_id").alias(S.USER_SESSION),
+            F.col(S.CORRUPT_RECORD),
+        ))
+    out = parts[0]
+    for part in parts[1:]:
+        out = out.unionByName(part)
+    return out
+
+
+def read_files(spark: SparkSession, files: list[InputFile], layout: str, fmt: str) -> DataFrame:
+    """The raw text frame of ``files`` in ``layout``.
+
+    Files are read in groups of one load date (a literal column, nothing parsed per row).
+
+    Returns:
+        RAW_COLUMNS (text), ``_corrupt_record``, ``source_file`` and ``load_date`` (date, null
+        for undated files).
+
+    Raises:
+        InputError: no files, or a CSV header that does not match the layout (names the columns).
+        ConfigError: an unknown layout or format.
+    """
+    if not files:
+        raise InputError("no input files to clean under paths.raw for the processed window "
+                         "(config keys paths.raw, clean.start_date, clean.end_date)")
+    if layout not in LAYOUTS:
+        raise ConfigError(f"clean.input_layout {layout!r} is not one of {', '.join(map(repr, LAYOUTS))}")
+    by_date: dict[dt.date | None, list[str]] = {}
+    for f in files:
+        by_date.setdefault(f.load_date, []).append(f.path)
+    frames = []
+    for load_date, paths in sorted(by_date.items(), key=lambda kv: (kv[0] is None, kv[0] or dt.date.min)):
+        if layout == "rees46":
+            df = _rees46(spark, paths, fmt)
+        elif layout == "retailrocket":
+            df = _retailrocket(spark, paths)
+        else:
+            df = _yoochoose(spark, paths)
+        frames.append(df.withColumn(S.SOURCE_FILE, F.input_file_name())
+                      .withColumn(S.LOAD_DATE, F.lit(load_date).cast("date")))
+    out = frames[0]
+    for frame in frames[1:]:
+        out = out.unionByName(frame)
+    return out
