@@ -1,12 +1,18 @@
-"""The ``featurize`` stage: clean events to vocabularies, training windows and evaluation rows.
+"""The ``featurize`` stage: clean events to vocabularies, features, training windows and
+evaluation rows.
 
 Reads ``paths.clean``; writes under ``paths.features`` the tables of schema.FEATURE_TABLES and
-``metadata.json`` (the sizes a model is built with, the cutoffs and the counts).
+``metadata.json`` (the sizes a model is built with, the vocabulary versions, the cutoffs and
+the counts), and the data-quality report under ``paths.reports``. Nothing is written under
+``paths.features`` until the data-quality checks and the leakage guard have passed.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
+import time
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -15,10 +21,12 @@ from pyspark.sql import functions as F
 from recsys_spark import io, tracking
 from recsys_spark import schema as S
 from recsys_spark.config import Config, FeaturizeConfig
-from recsys_spark.errors import ConfigError
+from recsys_spark.errors import ConfigError, DataQualityError, InputError
+from recsys_spark.features import quality
+from recsys_spark.features import vocab as V
+from recsys_spark.features.layout import block_mb, plan_train_files, shuffle_for_training, window_bytes
 from recsys_spark.features.leakage import check_no_leakage
 from recsys_spark.features.sequences import (
-    WINDOW_NO,
     add_gap_buckets,
     collapse_steps,
     encode_items,
@@ -26,28 +34,12 @@ from recsys_spark.features.sequences import (
     history_rows,
     train_windows,
 )
-from recsys_spark.features.split import Cutoffs, compute_cutoffs, data_range
-from recsys_spark.features.vocab import build_item_vocab
+from recsys_spark.features.snapshots import item_features, snapshot_times, user_features
+from recsys_spark.features.split import Cutoffs, before, compute_cutoffs, data_range
 
 log = logging.getLogger(__name__)
 
-_SHUFFLE_KEY = "shuffle_key"
-
-
-def shuffle_for_training(windows: DataFrame, files: int, seed: int) -> DataFrame:
-    """Spread training windows over ``files`` partitions in a seeded pseudo-random order.
-
-    Round-robin repartitioning keeps every file non-empty (when there are enough rows), and
-    sorting each by a hash of (user, window, seed) keeps a user's windows apart, so that a
-    Petastorm row group is a mix of users. The order depends only on the data and the seed.
-    """
-    key = F.xxhash64(F.col(S.USER_ID), F.col(WINDOW_NO), F.lit(seed))
-    return (
-        windows.withColumn(_SHUFFLE_KEY, key)
-        .repartition(files)
-        .sortWithinPartitions(_SHUFFLE_KEY)
-        .drop(_SHUFFLE_KEY)
-    )
+__all__ = ["run", "check_config", "build_vocabs", "load_vocabs", "build_metadata", "shuffle_for_training"]
 
 
 def check_config(fc: FeaturizeConfig) -> None:
@@ -55,43 +47,116 @@ def check_config(fc: FeaturizeConfig) -> None:
     minimums = {
         "max_seq_len": 1, "min_item_count": 1, "validation_days": 1, "test_days": 1,
         "max_windows_per_user": 1, "price_buckets": 1, "train_files": 1, "row_group_mb": 1,
+        "min_category_count": 1, "min_brand_count": 1, "min_user_count": 1, "popularity_days": 1,
+        "dq_popularity_top_k": 1, "dq_max_event_mix_psi": 0, "dq_max_popularity_psi": 0, "dq_max_oov_rate": 0,
     }
     for key, minimum in minimums.items():
         if getattr(fc, key) < minimum:
             raise ConfigError(f"featurize.{key} must be >= {minimum}, got {getattr(fc, key)}")
+    for column, rate in fc.dq_max_null_rate.items():
+        if not 0 <= rate <= 1:
+            raise ConfigError(f"featurize.dq_max_null_rate.{column} must be in [0, 1], got {rate}")
+
+
+def build_vocabs(steps: DataFrame, events: DataFrame, cutoffs: Cutoffs, fc: FeaturizeConfig) -> dict[str, DataFrame]:
+    """Build the four vocabularies from the training period.
+
+    Returns:
+        {"item", "category", "brand", "user"}: frames of vocab.SPECS' schemas.
+    """
+    train_events = events.where(before(F.col(S.EVENT_TIME), cutoffs.validation))
+    category = V.build_value_vocab(train_events, V.CATEGORY, fc.min_category_count).persist()
+    brand = V.build_value_vocab(train_events, V.BRAND, fc.min_brand_count).persist()
+    user = V.build_value_vocab(train_events, V.USER, fc.min_user_count).persist()
+    item = V.build_item_vocab(steps, events, cutoffs, fc.min_item_count, fc.price_buckets, category, brand)
+    return {"item": item.persist(), "category": category, "brand": brand, "user": user}
+
+
+def load_vocabs(spark: SparkSession, features_root: str, steps: DataFrame, cutoffs: Cutoffs) -> dict[str, DataFrame]:
+    """The vocabularies saved under ``features_root`` (``featurize.vocab_from``), checked
+    against the versions in its metadata.json; item counts are recounted on ``steps``.
+
+    Raises:
+        InputError: a missing table, or a metadata.json without vocabulary versions.
+        DataQualityError: a table whose content does not match its recorded version.
+    """
+    key = "featurize.vocab_from"
+    metadata_path = io.feature_path(features_root, S.FEATURE_METADATA)
+    io.require_input(spark, metadata_path, key)
+    recorded = io.read_json(spark, metadata_path).get("vocab")
+    if not isinstance(recorded, dict):
+        raise InputError(f"{metadata_path} records no vocabulary versions (config key {key}): re-run featurize there")
+    vocabs = {}
+    for spec in V.SPECS:
+        path = io.feature_path(features_root, spec.table)
+        # Materialised: the reused tables must not depend on files this run may overwrite.
+        table = io.read_table(spark, path, spec.schema, key).localCheckpoint(eager=True)
+        expected = recorded.get(spec.kind, {}).get("version")
+        found = V.version(table, spec)["version"]
+        if found != expected:
+            raise DataQualityError(f"{path} has vocabulary version {found}, its metadata.json records {expected}")
+        vocabs[spec.kind] = table
+    vocabs["item"] = V.recount_items(vocabs["item"], steps, cutoffs).persist()
+    return vocabs
+
+
+def combined_version(versions: dict[str, dict[str, Any]]) -> str:
+    """One id for all four vocabularies (16 hex digits)."""
+    text = ",".join(f"{kind}={versions[kind]['version']}" for kind in sorted(versions))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def build_metadata(
-    item_vocab: DataFrame, cutoffs: Cutoffs, price_buckets: int, max_seq_len: int, counts: dict[str, int]
+    versions: dict[str, dict[str, Any]], cutoffs: Cutoffs, price_buckets: int, max_seq_len: int,
+    counts: dict[str, int], extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The contents of metadata.json: embedding table sizes, cutoffs (ISO) and counts."""
-    sizes = item_vocab.agg(
-        F.max(S.ITEM_IDX).alias(S.ITEM_IDX),
-        F.max(S.CATEGORY_IDX).alias(S.CATEGORY_IDX),
-        F.max(S.BRAND_IDX).alias(S.BRAND_IDX),
-    ).first()
+    """The contents of metadata.json: embedding table sizes, vocabulary versions, cutoffs (ISO)
+    and counts.
 
-    def size(column: str, empty: int) -> int:
-        return int(sizes[column] if sizes[column] is not None else empty) + 1
-
+    Args:
+        versions: {kind: vocab.version(...)} for the four vocabularies.
+        cutoffs, price_buckets, max_seq_len: as configured / computed.
+        counts: row counts.
+        extra: further keys (snapshots, train_files, quality report path).
+    """
     return {
-        "num_items": size(S.ITEM_IDX, S.OOV_INDEX),
-        "num_categories": size(S.CATEGORY_IDX, 0),
-        "num_brands": size(S.BRAND_IDX, 0),
+        "num_items": versions["item"]["num_indices"],
+        "num_categories": versions["category"]["num_indices"],
+        "num_brands": versions["brand"]["num_indices"],
+        "num_users": versions["user"]["num_indices"],
         "num_price_buckets": price_buckets + 1,
         "num_event_codes": S.NUM_EVENT_CODES,
         "num_gap_buckets": S.NUM_GAP_BUCKETS,
         "max_seq_len": max_seq_len,
+        "vocab": versions,
+        "vocab_version": combined_version(versions),
         **cutoffs.as_dict(),
         "counts": counts,
+        **(extra or {}),
     }
+
+
+def _snapshots(events: DataFrame, cutoffs: Cutoffs, fc: FeaturizeConfig, vocabs: dict[str, DataFrame]):
+    times = snapshot_times(cutoffs)
+    items = [item_features(events, name, as_of, fc.popularity_days, fc.price_buckets, vocabs)
+             for name, as_of in times.items()]
+    users = [user_features(events, name, as_of, vocabs["user"]) for name, as_of in times.items()]
+    return _union(items).persist(), _union(users).persist(), times
+
+
+def _union(frames: list[DataFrame]) -> DataFrame:
+    return functools.reduce(DataFrame.unionByName, frames)
 
 
 def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     """Featurize ``paths.clean`` into ``paths.features``.
 
     Returns:
-        the paths written, the cutoffs and the counts of metadata.json.
+        the paths written, the cutoffs, the vocabulary version and the counts of metadata.json.
+
+    Raises:
+        DataQualityError: a data-quality threshold is breached, or the leakage guard finds a
+            row that depends on an event at or after its cutoff (nothing is written then).
     """
     import mlflow
 
@@ -100,50 +165,99 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     clean_path = cfg.paths.resolve("clean")
     io.require_input(spark, clean_path, "paths.clean")
     root = cfg.paths.resolve("features")
+    if fc.vocab_from:
+        if fc.vocab_from.rstrip("/") == root.rstrip("/"):
+            raise ConfigError(f"featurize.vocab_from ({fc.vocab_from}) must differ from paths.features: "
+                              "copy the vocabularies elsewhere first")
+        io.require_input(spark, fc.vocab_from, "featurize.vocab_from")
     length = fc.max_seq_len
+    started = time.monotonic()
+
+    def progress(step: str) -> None:
+        log.info("featurize: %s (%.0f s)", step, time.monotonic() - started)
 
     with tracking.stage_run(cfg, "featurize"):
         events = io.read_clean(spark, clean_path)
         cutoffs = compute_cutoffs(*data_range(events), fc.validation_days, fc.test_days)
-        log.info("featurize: cutoffs %s", cutoffs.as_dict())
+        progress(f"cutoffs {cutoffs.as_dict()}")
 
-        # Every table is built from the steps: collapse them once. The vocabulary is small and
+        # Every table is built from the steps: collapse them once. Vocabularies are small and
         # broadcast into each table's plan; the checked frames are written as they were checked.
         raw_steps = add_gap_buckets(collapse_steps(events)).persist()
-        item_vocab = build_item_vocab(raw_steps, events, cutoffs, fc.min_item_count, fc.price_buckets).persist()
-        steps = encode_items(raw_steps, item_vocab)
+        if fc.vocab_from:
+            vocabs = load_vocabs(spark, fc.vocab_from, raw_steps, cutoffs)
+        else:
+            vocabs = build_vocabs(raw_steps, events, cutoffs, fc)
+        versions = {spec.kind: V.version(vocabs[spec.kind], spec) for spec in V.SPECS}
+        progress("vocabularies " + ", ".join(f"{kind} {v['size']}" for kind, v in versions.items()))
 
+        # Data quality first: a breach stops the job before the expensive tables.
+        report = quality.quality_report(events, raw_steps, vocabs["item"], cutoffs, fc.dq_popularity_top_k)
+        checks = quality.evaluate_checks(report, {
+            "dq_max_null_rate": fc.dq_max_null_rate, "dq_max_event_mix_psi": fc.dq_max_event_mix_psi,
+            "dq_max_popularity_psi": fc.dq_max_popularity_psi, "dq_max_oov_rate": fc.dq_max_oov_rate,
+        })
+        report = {**report, "cutoffs": cutoffs.as_dict(), "checks": checks,
+                  "passed": all(c["passed"] for c in checks)}
+        report_path = cfg.paths.resolve("reports").rstrip("/") + "/" + S.FEATURE_QUALITY_REPORT
+        io.write_json(spark, report_path, report)
+        tracking.log_json(report, S.FEATURE_QUALITY_REPORT)
+        mlflow.log_metrics({f"dq.{c['check']}": float(c["value"]) for c in checks})
+        quality.raise_on_failure(checks, report_path)
+        progress(f"data quality: {len(checks)} checks passed")
+
+        steps = encode_items(raw_steps, vocabs["item"])
         train = train_windows(steps, cutoffs.validation, length, fc.max_windows_per_user).persist()
         validation = eval_rows(steps, cutoffs.validation, cutoffs.test, length).persist()
         test = eval_rows(steps, cutoffs.test, None, length).persist()
         user_history = history_rows(steps, None, length)
+        items, users, times = _snapshots(events, cutoffs, fc, vocabs)
 
         counts = check_no_leakage(
-            train=train, item_vocab=item_vocab, steps=raw_steps, validation=validation, test=test, cutoffs=cutoffs
+            train=train, item_vocab=vocabs["item"], steps=raw_steps, validation=validation, test=test,
+            cutoffs=cutoffs, item_features=items, user_features=users, events=events,
+            popularity_days=fc.popularity_days,
         )
         totals = raw_steps.agg(F.count("*"), F.countDistinct(S.USER_ID)).first()
         counts = {"steps": int(totals[0]), "users": int(totals[1]), **counts}
+        progress(f"leakage guard passed {counts}")
 
+        files = plan_train_files(counts["train_windows"], window_bytes(length), fc.row_group_mb,
+                                 fc.train_files, max(1, cfg.train.num_proc))
         paths = {name: io.feature_path(root, name) for name in S.FEATURE_TABLES}
-        vocab_file = S.conform(item_vocab, S.ITEM_VOCAB_SCHEMA).repartition(1).sortWithinPartitions(S.ITEM_IDX)
-        io.write_table(vocab_file, paths["item_vocab"])
+        for spec in V.SPECS:
+            table = S.conform(vocabs[spec.kind], spec.schema).repartition(1).sortWithinPartitions(spec.index)
+            io.write_table(table, paths[spec.table])
         io.write_table(
-            S.conform(shuffle_for_training(train, fc.train_files, fc.shuffle_seed), S.TRAIN_SCHEMA),
+            S.conform(shuffle_for_training(train, files, fc.shuffle_seed), S.TRAIN_SCHEMA),
             paths["train"],
-            fc.row_group_mb,
+            block_mb(fc.row_group_mb),
         )
         io.write_table(S.conform(validation, S.EVAL_SCHEMA), paths["validation"])
         io.write_table(S.conform(test, S.EVAL_SCHEMA), paths["test"])
         io.write_table(S.conform(user_history, S.USER_HISTORY_SCHEMA), paths["user_history"])
+        io.write_table(items, paths["item_features"])
+        io.write_table(users, paths["user_features"])
+        progress(f"wrote {len(paths)} tables under {root}")
 
-        metadata = build_metadata(item_vocab, cutoffs, fc.price_buckets, length, counts)
+        extra = {
+            "snapshots": {name: as_of.isoformat() for name, as_of in times.items()},
+            "train_files": files,
+            "quality_report": report_path,
+            "vocab_from": fc.vocab_from,
+        }
+        metadata = build_metadata(versions, cutoffs, fc.price_buckets, length, counts, extra)
         metadata_path = io.feature_path(root, S.FEATURE_METADATA)
         io.write_json(spark, metadata_path, metadata)
         tracking.log_json(metadata, S.FEATURE_METADATA)
-        mlflow.log_metrics(counts)
+        mlflow.log_params({"vocab_version": metadata["vocab_version"],
+                           **{f"vocab.{kind}.version": v["version"] for kind, v in versions.items()}})
+        mlflow.log_metrics({**counts, "featurize_s": time.monotonic() - started})
 
-        for df in (raw_steps, item_vocab, train, validation, test):
+        for df in (raw_steps, train, validation, test, items, users, *vocabs.values()):
             df.unpersist()
 
-    log.info("featurize: wrote %s (%s)", root, counts)
-    return {"features": root, **paths, "metadata": metadata_path, **cutoffs.as_dict(), **counts}
+    log.info("featurize: wrote %s in %.0f s (vocab %s, %s)", root, time.monotonic() - started,
+             metadata["vocab_version"], counts)
+    return {"features": root, **paths, "metadata": metadata_path, "quality_report": report_path,
+            "vocab_version": metadata["vocab_version"], **cutoffs.as_dict(), **counts}

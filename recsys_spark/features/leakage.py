@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -21,12 +23,21 @@ def check_no_leakage(
     validation: DataFrame,
     test: DataFrame,
     cutoffs: Cutoffs,
+    item_features: DataFrame | None = None,
+    user_features: DataFrame | None = None,
+    events: DataFrame | None = None,
+    popularity_days: int = 0,
 ) -> dict[str, int]:
     """Check the split on the computed frames, before the time columns are dropped.
 
-    - ``train``: no window holds a step at or after the validation cutoff (step_times);
-    - ``item_vocab``: every train_count equals the item's steps before the validation cutoff;
-    - ``validation`` / ``test``: every history (hist_end) ends before its window starts.
+    - ``train`` (examples): no window holds a step at or after the validation cutoff, and its
+      steps are in time order, so each target follows every input before it (step_times);
+    - ``item_vocab`` (the statistic behind logQ correction and the vocabulary order): every
+      train_count equals the item's steps before the validation cutoff;
+    - ``validation`` / ``test``: every history (hist_end) ends before its window starts;
+    - ``item_features`` / ``user_features`` (point-in-time features): every row's first and
+      last event lie strictly before its as_of, and in the "train" snapshot every user's
+      n_events and every item's popularity equal their recount on ``events`` before as_of.
 
     Args:
         train: sequences.train_windows output (with step_times).
@@ -34,10 +45,12 @@ def check_no_leakage(
         steps: the step frame (product_id, step_time).
         validation, test: sequences.eval_rows output (with hist_end).
         cutoffs: the split.
+        item_features, user_features: schema.ITEM_FEATURES_SCHEMA / USER_FEATURES_SCHEMA rows
+            (optional; with them, ``events``: the clean events, and ``popularity_days``).
 
     Returns:
-        Row counts: {"train_windows", "items_in_vocab", "validation_users", "test_users"}
-        (each from the same pass as its check).
+        Row counts: {"train_windows", "items_in_vocab", "validation_users", "test_users"} and,
+        when given, {"item_feature_rows", "user_feature_rows"} (each from its check's pass).
 
     Raises:
         DataQualityError: naming the table and the number of offending rows.
@@ -48,9 +61,11 @@ def check_no_leakage(
         .agg(F.count("*").alias(_RECOUNT))
     )
     vocab = item_vocab.join(recount, S.PRODUCT_ID, "left")
+    late_step = ~before(F.array_max(WINDOW_TIMES), cutoffs.validation)
     checks = [
-        ("train", "train_windows", train, ~before(F.array_max(WINDOW_TIMES), cutoffs.validation),
-         f"hold a step at or after the validation cutoff {cutoffs.validation.isoformat()}"),
+        ("train", "train_windows", train, late_step | (F.col(WINDOW_TIMES) != F.array_sort(WINDOW_TIMES)),
+         f"hold a step at or after the validation cutoff {cutoffs.validation.isoformat()} "
+         "or steps out of time order"),
         ("item_vocab", "items_in_vocab", vocab, F.col(S.TRAIN_COUNT) != F.coalesce(F.col(_RECOUNT), F.lit(0)),
          f"have a train_count other than their steps before {cutoffs.validation.isoformat()}"),
         ("validation", "validation_users", validation, ~before(F.col(HIST_END), cutoffs.validation),
@@ -58,6 +73,27 @@ def check_no_leakage(
         ("test", "test_users", test, ~before(F.col(HIST_END), cutoffs.test),
          f"have a history step at or after the window start {cutoffs.test.isoformat()}"),
     ]
+    seen_late = (F.col(S.LAST_SEEN) >= F.col(S.AS_OF)) | (F.col(S.FIRST_SEEN) >= F.col(S.AS_OF))
+    train_as_of = cutoffs.validation
+    past = events.where(before(F.col(S.EVENT_TIME), train_as_of)) if events is not None else None
+    recounts = {
+        "item_features": (S.PRODUCT_ID, S.POPULARITY, lambda e: e.where(
+            F.col(S.EVENT_TIME) >= F.lit(train_as_of - dt.timedelta(days=popularity_days)))),
+        "user_features": (S.USER_ID, S.N_EVENTS, lambda e: e),
+    }
+    for table, count_name, df in (("item_features", "item_feature_rows", item_features),
+                                  ("user_features", "user_feature_rows", user_features)):
+        if df is None:
+            continue
+        if past is None:
+            raise ValueError(f"check_no_leakage: {table} needs events to recount")
+        key, column, counted = recounts[table]
+        recount = counted(past).groupBy(key).agg(F.count("*").alias(_RECOUNT))
+        rows = df.join(recount, key, "left")
+        wrong = (F.col(S.SNAPSHOT) == "train") & (F.col(column) != F.coalesce(F.col(_RECOUNT), F.lit(0)))
+        checks.append((table, count_name, rows, seen_late | wrong,
+                       f"use an event at or after their as_of (or, as of {train_as_of.isoformat()}, "
+                       f"have a {column} other than its recount)"))
     counts = {}
     for table, count_name, df, leaks, what in checks:
         total, offending = _count(df, leaks)

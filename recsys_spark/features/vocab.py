@@ -1,29 +1,124 @@
-"""Vocabularies of items, categories, brands and price buckets, built from the training period only."""
+"""Vocabularies of items, categories, brands and users, built from the training period only.
+
+Every vocabulary maps a raw value to a dense index: 0 is padding (items) or "no value"
+(categories, brands, users), 1 is out of vocabulary (rarer than the minimum count, or unseen in
+training), and real values take 2, 3, ... by descending training count, ties by the value. A
+vocabulary's *version* is a digest of its (value, index) pairs, so that a model trained on one
+vocabulary can refuse inputs encoded with another. Reusing a saved vocabulary on new data keeps
+every known value at its index and maps every new value to OOV.
+"""
 
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame, Window
+import hashlib
+from dataclasses import dataclass
+
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from recsys_spark import schema as S
+from recsys_spark.features.ranking import row_numbers
 from recsys_spark.features.sequences import STEP_TIME
 from recsys_spark.features.split import Cutoffs, before
 
-_N = "n"
+_RANK = "_rank"
+
+
+@dataclass(frozen=True)
+class VocabSpec:
+    """One vocabulary: its table, raw column, index column, schema and null/OOV indices."""
+
+    kind: str
+    table: str
+    key: str
+    index: str
+    schema: T.StructType
+    oov_index: int
+    first_index: int
+
+
+ITEM = VocabSpec("item", "item_vocab", S.PRODUCT_ID, S.ITEM_IDX, S.ITEM_VOCAB_SCHEMA, S.OOV_INDEX, S.FIRST_ITEM_INDEX)
+CATEGORY = VocabSpec("category", "category_vocab", S.CATEGORY_ID, S.CATEGORY_IDX, S.CATEGORY_VOCAB_SCHEMA,
+                     S.VOCAB_OOV_INDEX, S.VOCAB_FIRST_INDEX)
+BRAND = VocabSpec("brand", "brand_vocab", S.BRAND, S.BRAND_IDX, S.BRAND_VOCAB_SCHEMA,
+                  S.VOCAB_OOV_INDEX, S.VOCAB_FIRST_INDEX)
+USER = VocabSpec("user", "user_vocab", S.USER_ID, S.USER_IDX, S.USER_VOCAB_SCHEMA,
+                 S.VOCAB_OOV_INDEX, S.VOCAB_FIRST_INDEX)
+SPECS = (ITEM, CATEGORY, BRAND, USER)
+
+
+def index_by_count(counts: DataFrame, spec: VocabSpec, min_count: int) -> DataFrame:
+    """Index the values with ``train_count >= min_count`` from ``spec.first_index`` on.
+
+    Args:
+        counts: one row per non-null value: ``spec.key`` and ``train_count`` (and any others).
+        spec: which vocabulary.
+        min_count: the minimum training count.
+
+    Returns:
+        ``counts``' kept rows with ``spec.index`` (int), by descending count, ties by value.
+    """
+    kept = counts.where(F.col(S.TRAIN_COUNT) >= min_count)
+    ranked = row_numbers(kept, [F.desc(S.TRAIN_COUNT), F.asc(spec.key)], _RANK, start=spec.first_index)
+    return ranked.withColumn(spec.index, F.col(_RANK).cast("int")).drop(_RANK)
+
+
+def build_value_vocab(train_events: DataFrame, spec: VocabSpec, min_count: int) -> DataFrame:
+    """The vocabulary of a category, brand or user column: its training events per value.
+
+    Args:
+        train_events: clean events before the validation cutoff.
+        spec: CATEGORY, BRAND or USER.
+        min_count: minimum training events for a value to get its own index.
+
+    Returns:
+        ``spec.schema`` rows.
+    """
+    counts = (
+        train_events.where(F.col(spec.key).isNotNull())
+        .groupBy(spec.key)
+        .agg(F.count("*").cast("long").alias(S.TRAIN_COUNT))
+    )
+    return S.conform(index_by_count(counts, spec, min_count), spec.schema)
+
+
+def lookup(values: Column, vocab: DataFrame, spec: VocabSpec, frame: DataFrame, out: str) -> DataFrame:
+    """Add ``out`` to ``frame``: the index of ``values`` in ``vocab`` (null -> 0, unknown -> OOV).
+
+    ``vocab`` is broadcast: vocabularies of categories, brands and items are small; a user
+    vocabulary is joined the same way (Spark falls back to a shuffle join when it is large).
+    """
+    index = vocab.select(F.col(spec.key).alias("_vocab_key"), F.col(spec.index).alias("_vocab_idx"))
+    if spec is not USER:
+        index = F.broadcast(index)
+    joined = frame.join(index, values == F.col("_vocab_key"), "left")
+    null_index = S.PAD_INDEX if spec is ITEM else S.VOCAB_NULL_INDEX
+    code = (
+        F.when(values.isNull(), F.lit(null_index))
+        .when(F.col("_vocab_idx").isNull(), F.lit(spec.oov_index))
+        .otherwise(F.col("_vocab_idx"))
+    )
+    return joined.withColumn(out, code.cast("int")).drop("_vocab_key", "_vocab_idx")
 
 
 def build_item_vocab(
-    steps: DataFrame, events: DataFrame, cutoffs: Cutoffs, min_item_count: int, price_buckets: int
+    steps: DataFrame,
+    events: DataFrame,
+    cutoffs: Cutoffs,
+    min_item_count: int,
+    price_buckets: int,
+    categories: DataFrame,
+    brands: DataFrame,
 ) -> DataFrame:
     """The item vocabulary with each item's side features.
 
     Items with at least ``min_item_count`` training steps get item_idx = FIRST_ITEM_INDEX..
     by descending training count (ties by product_id). An item's category and brand are its
-    most frequent non-null values in training events (ties by the smaller value), its price
-    the median training price. Category and brand indices start at 1 (0 = unknown), by
-    descending training steps of the vocabulary items that carry them (ties by value);
-    price_bucket is 1..price_buckets by quantiles of log1p(price) over vocabulary items,
-    0 without a price.
+    most frequent non-null values in training events (ties by the smaller value), looked up in
+    ``categories`` / ``brands`` (0 without one, 1 when rare); its price the median training
+    price; price_bucket 1..price_buckets by quantiles of price over vocabulary items, 0
+    without a price.
 
     Args:
         steps: steps with product_id and step_time (see sequences.collapse_steps).
@@ -31,61 +126,96 @@ def build_item_vocab(
         cutoffs: the split; training = before ``cutoffs.validation``.
         min_item_count: minimum training steps for an item to get its own index.
         price_buckets: number of price buckets.
+        categories, brands: schema.CATEGORY_VOCAB_SCHEMA / BRAND_VOCAB_SCHEMA.
 
     Returns:
         DataFrame with schema.ITEM_VOCAB_SCHEMA, one row per vocabulary item.
     """
-    counts = steps.groupBy(S.PRODUCT_ID).agg(
-        _count_if(before(F.col(STEP_TIME), cutoffs.validation)).alias(S.TRAIN_COUNT),
-        _count_if(before(F.col(STEP_TIME), cutoffs.test)).alias(S.PRETEST_COUNT),
-    )
-    # A vocabulary is small: ranking it in one partition is fine.
-    by_count = Window.orderBy(F.desc(S.TRAIN_COUNT), S.PRODUCT_ID)
-    items = counts.where(F.col(S.TRAIN_COUNT) >= min_item_count).withColumn(
-        S.ITEM_IDX, F.row_number().over(by_count) + (S.FIRST_ITEM_INDEX - 1)
-    )
+    items = index_by_count(item_counts(steps, cutoffs), ITEM, min_item_count)
+    side = item_side_features(events.where(before(F.col(S.EVENT_TIME), cutoffs.validation)))
+    items = items.join(side, S.PRODUCT_ID, "left")
+    items = lookup(F.col(S.CATEGORY_ID), categories, CATEGORY, items, S.CATEGORY_IDX)
+    items = lookup(F.col(S.BRAND), brands, BRAND, items, S.BRAND_IDX)
+    return S.conform(add_price_buckets(items, price_buckets), S.ITEM_VOCAB_SCHEMA)
 
-    # mode and median skip nulls; mode(deterministic) takes the smallest of tied values.
-    side = (
-        events.where(before(F.col(S.EVENT_TIME), cutoffs.validation))
+
+def item_counts(steps: DataFrame, cutoffs: Cutoffs) -> DataFrame:
+    """product_id, train_count (steps before the validation cutoff), pretest_count (before test).
+
+    Products with no step before the test cutoff are left out.
+    """
+    return (
+        steps.where(before(F.col(STEP_TIME), cutoffs.test))
         .groupBy(S.PRODUCT_ID)
         .agg(
-            F.mode(S.CATEGORY_ID, deterministic=True).alias(S.CATEGORY_ID),
-            F.mode(S.BRAND, deterministic=True).alias(S.BRAND),
-            F.median(S.PRICE).alias(S.PRICE),
+            _count_if(before(F.col(STEP_TIME), cutoffs.validation)).alias(S.TRAIN_COUNT),
+            F.count("*").cast("long").alias(S.PRETEST_COUNT),
         )
     )
-    items = items.join(side, S.PRODUCT_ID, "left")
-    items = _add_index(items, S.CATEGORY_ID, S.CATEGORY_IDX)
-    items = _add_index(items, S.BRAND, S.BRAND_IDX)
-    items = items.withColumn(S.PRICE_BUCKET, _price_bucket(price_buckets))
-    return S.conform(items, S.ITEM_VOCAB_SCHEMA)
+
+
+def recount_items(item_vocab: DataFrame, steps: DataFrame, cutoffs: Cutoffs) -> DataFrame:
+    """A reused item vocabulary with train_count / pretest_count counted on ``steps``.
+
+    Indices and side features stay as saved; the counts (the logQ popularity of training and
+    the popularity baseline of evaluation) always come from this run's training period.
+    """
+    counts = item_counts(steps, cutoffs)
+    kept = item_vocab.drop(S.TRAIN_COUNT, S.PRETEST_COUNT).join(counts, S.PRODUCT_ID, "left")
+    return S.conform(kept.fillna(0, [S.TRAIN_COUNT, S.PRETEST_COUNT]), S.ITEM_VOCAB_SCHEMA)
+
+
+def item_side_features(events: DataFrame) -> DataFrame:
+    """Per product: its most frequent category and brand (ties by the smaller value) and
+    median price over ``events`` (nulls skipped; null when it never has one)."""
+    return events.groupBy(S.PRODUCT_ID).agg(
+        F.mode(S.CATEGORY_ID, deterministic=True).alias(S.CATEGORY_ID),
+        F.mode(S.BRAND, deterministic=True).alias(S.BRAND),
+        F.median(S.PRICE).alias(S.PRICE),
+    )
+
+
+def add_price_buckets(items: DataFrame, price_buckets: int) -> DataFrame:
+    """Add price_bucket = ceil(B * k / n): k = priced items at or below this price, n = priced items.
+
+    Counted in integers (not from a rounded ``cume_dist``): priced items are numbered by
+    (price, product_id) and k is the largest number at the item's price, so equal prices share
+    a bucket. Items without a price get 0.
+    """
+    priced = items.where(F.col(S.PRICE).isNotNull()).select(S.PRODUCT_ID, S.PRICE)
+    numbered = row_numbers(priced, [F.asc(S.PRICE), F.asc(S.PRODUCT_ID)], _RANK)
+    n = numbered.count()
+    at_or_below = numbered.groupBy(S.PRICE).agg(F.max(_RANK).alias(_RANK))
+    bucket = F.ceil(F.col(_RANK) * price_buckets / F.lit(max(n, 1)))
+    with_rank = items.join(F.broadcast(at_or_below), S.PRICE, "left")
+    return with_rank.withColumn(
+        S.PRICE_BUCKET, F.when(F.col(S.PRICE).isNull(), F.lit(0)).otherwise(bucket).cast("int")
+    ).drop(_RANK)
+
+
+def version(vocab: DataFrame, spec: VocabSpec) -> dict[str, int | str]:
+    """The size and content digest of a vocabulary, from one aggregation.
+
+    The digest is order-independent (XOR of two 64-bit hashes of every (value, index) pair),
+    so it does not depend on how the table is partitioned, and it changes when any value
+    changes index.
+
+    Returns:
+        {"version": 16 hex digits, "size": number of indexed values, "num_indices": embedding
+        table size (largest index + 1)}.
+    """
+    pair = [F.col(spec.key).cast("string"), F.col(spec.index)]
+    row = vocab.agg(
+        F.count("*").alias("n"),
+        F.max(spec.index).alias("top"),
+        F.bit_xor(F.xxhash64(F.lit("a"), *pair)).alias("a"),
+        F.bit_xor(F.xxhash64(F.lit("b"), *pair)).alias("b"),
+    ).first()
+    n, a, b = int(row["n"]), row["a"] or 0, row["b"] or 0
+    digest = hashlib.sha256(f"{spec.kind}:{n}:{a}:{b}".encode()).hexdigest()[:16]
+    top = row["top"] if row["top"] is not None else spec.oov_index
+    return {"version": digest, "size": n, "num_indices": int(top) + 1}
 
 
 def _count_if(condition: Column) -> Column:
     return F.sum(F.when(condition, 1).otherwise(0)).cast("long")
-
-
-def _add_index(items: DataFrame, column: str, index: str) -> DataFrame:
-    """Index the non-null values of ``column`` 1.. by descending training steps of their items."""
-    ranked = (
-        items.where(F.col(column).isNotNull())
-        .groupBy(column)
-        .agg(F.sum(S.TRAIN_COUNT).alias(_N))
-        .withColumn(index, F.row_number().over(Window.orderBy(F.desc(_N), column)))
-        .select(column, index)
-    )
-    return items.join(ranked, column, "left").withColumn(index, F.coalesce(F.col(index), F.lit(0)))
-
-
-def _price_bucket(price_buckets: int) -> Column:
-    """ceil(B * k / n): k = priced items at or below this price, n = priced items.
-
-    Counted in integers rather than from ``cume_dist`` (a rounded k / n, which times B can
-    land just above a whole number). Partitioning by "has no price" keeps unpriced items out
-    of the quantiles; they get 0.
-    """
-    priced = Window.partitionBy(F.col(S.PRICE).isNull())
-    at_or_below = priced.orderBy(F.log1p(S.PRICE))  # RANGE frame: equal prices count together
-    bucket = F.ceil(F.count("*").over(at_or_below) * price_buckets / F.count("*").over(priced))
-    return F.when(F.col(S.PRICE).isNull(), F.lit(0)).otherwise(bucket)

@@ -25,6 +25,7 @@ from recsys_spark.features.sequences import (
     STEP_POS,
     STEP_TIME,
     WINDOW_NO,
+    WINDOW_TIMES,
     add_gap_buckets,
     collapse_steps,
     encode_items,
@@ -33,8 +34,9 @@ from recsys_spark.features.sequences import (
     history_rows,
     train_windows,
 )
+from recsys_spark.features.snapshots import item_features, user_features
 from recsys_spark.features.split import Cutoffs, compute_cutoffs, data_range
-from recsys_spark.features.vocab import build_item_vocab
+from recsys_spark.features import vocab as V
 
 pytestmark = pytest.mark.unit
 
@@ -163,6 +165,10 @@ def test_data_range_reads_utc_instants(spark):
 # ----------------------------------------------------------------------------- vocabularies
 
 
+def empty_vocab(spark, spec):
+    return spark.createDataFrame([], spec.schema)
+
+
 def test_item_vocab_counts_order_oov_and_side_features_from_train_only(spark):
     train_day, val_day, test_day = "2024-01-02 10:00:00", "2024-01-03 10:00:00", "2024-01-05 10:00:00"
     # (product, day, category, brand, price) per event; each event is also one step here.
@@ -177,24 +183,47 @@ def test_item_vocab_counts_order_oov_and_side_features_from_train_only(spark):
     ]
     events = clean_events(spark, [("u", day, VIEW, p, c, b, price) for p, day, c, b, price in rows])
     steps = events.select(S.PRODUCT_ID, F.col(S.EVENT_TIME).alias(STEP_TIME))
-    vocab = build_item_vocab(steps, events, CUTOFFS, min_item_count=2, price_buckets=3)
+    train_events = events.where(F.col(S.EVENT_TIME) < F.lit(CUTOFFS.validation))
+    # Training events per category: 8 -> 5 (10, 20, 60 x3), 7 -> 3 (10 x2, 40), 9 -> 1 (20).
+    categories = V.build_value_vocab(train_events, V.CATEGORY, min_count=1)
+    assert sorted(tuple(r) for r in categories.collect()) == [(2, 8, 5), (3, 7, 3), (4, 9, 1)]
+    # Brands: zeta -> 4 (20, 60 x3), acme -> 3 (10, 20, 40): below min_count=4, so OOV.
+    brands = V.build_value_vocab(train_events, V.BRAND, min_count=4)
+    assert [tuple(r) for r in brands.collect()] == [(2, "zeta", 4)]
+    vocab = V.build_item_vocab(steps, events, CUTOFFS, min_item_count=2, price_buckets=3,
+                               categories=categories, brands=brands)
 
     assert vocab.schema.simpleString() == S.ITEM_VOCAB_SCHEMA.simpleString()
     got = sorted(tuple(r) for r in vocab.collect())
     # train counts: 10 -> 3, 20 -> 3, 60 -> 3, 30 -> 2 (idx by count desc, then product id);
     # 40 (1 train step) and 50 (test only) stay out of vocabulary.
-    # categories: 8 carries 20 and 60 (6 steps) -> 1, 7 carries 10 (3) -> 2; 10's validation
-    # events in category 9 do not count. brands: acme (10, 20: 6) -> 1, zeta (60: 3) -> 2.
+    # Modes over train events: 10 -> category 7 (idx 3), brand acme (OOV 1); 20 -> 8 (idx 2)
+    # and acme (tie with zeta: the smaller); 60 -> 8, zeta (2); 30 -> none (0, 0). 10's
+    # validation events in category 9 do not count.
     # prices (median of train events): 10 -> 2.0, 60 -> 2.0, 20 -> 100.0, 30 none;
     # bucket = ceil(3 * k / 3) with k priced items at or below: 2.0 -> 2, 100.0 -> 3.
     assert got == [
-        (2, 10, 2, 1, 2, 3, 6),
-        (3, 20, 1, 1, 3, 3, 3),
-        (4, 60, 1, 2, 2, 3, 3),
-        (5, 30, 0, 0, 0, 2, 2),
+        (2, 10, 3, S.VOCAB_OOV_INDEX, 2, 3, 6),
+        (3, 20, 2, S.VOCAB_OOV_INDEX, 3, 3, 3),
+        (4, 60, 2, 2, 2, 3, 3),
+        (5, 30, S.VOCAB_NULL_INDEX, S.VOCAB_NULL_INDEX, 0, 2, 2),
     ]
     encoded = encode_items(spark.createDataFrame([(10,), (40,), (50,)], "product_id long"), vocab)
     assert dict((r[S.PRODUCT_ID], r[S.ITEM_IDX]) for r in encoded.collect()) == {10: 2, 40: S.OOV_INDEX, 50: S.OOV_INDEX}
+
+
+def test_logq_popularity_counts_only_training_steps(spark):
+    """train_count (the logQ correction's popularity) ignores every step at or after the cutoff."""
+    before_cut = [("u", "2024-01-02 10:00:00", VIEW, 10, None, None, None)] * 2
+    later = [("u", "2024-01-03 00:00:00", VIEW, 10, None, None, None), ("u", "2024-01-06 10:00:00", VIEW, 10, None, None, None)]
+    counts = {}
+    for name, rows in (("train only", before_cut), ("with later steps", before_cut + later)):
+        events = clean_events(spark, rows)
+        steps = events.select(S.PRODUCT_ID, F.col(S.EVENT_TIME).alias(STEP_TIME))
+        vocab = V.build_item_vocab(steps, events, CUTOFFS, 1, 2, empty_vocab(spark, V.CATEGORY), empty_vocab(spark, V.BRAND))
+        counts[name] = [(r[S.TRAIN_COUNT], r[S.PRETEST_COUNT]) for r in vocab.collect()]
+    # The step at exactly the validation cutoff counts for pretest (before the test cutoff) only.
+    assert counts == {"train only": [(2, 2)], "with later steps": [(2, 3)]}
 
 
 # ----------------------------------------------------------------------------- training windows
@@ -299,11 +328,17 @@ def _guard_inputs(spark):
     steps = _eval_steps(spark).withColumn(S.PRODUCT_ID, F.col(S.ITEM_IDX).cast("long"))
     return {
         "train": train_windows(steps, CUTOFFS.validation, 3, 5),
-        "item_vocab": build_item_vocab(steps, _bare_events(steps), CUTOFFS, 1, 2),
+        "item_vocab": _vocab(steps, CUTOFFS),
         "steps": steps,
         "validation": eval_rows(steps, CUTOFFS.validation, CUTOFFS.test, 3),
         "test": eval_rows(steps, CUTOFFS.test, None, 3),
     }
+
+
+def _vocab(steps, cutoffs):
+    spark = steps.sparkSession
+    return V.build_item_vocab(steps, _bare_events(steps), cutoffs, 1, 2, empty_vocab(spark, V.CATEGORY),
+                              empty_vocab(spark, V.BRAND))
 
 
 def _late_history(rows):
@@ -317,19 +352,54 @@ def _late_history(rows):
     [
         # Windows cut at the test cutoff: p's latest two, r's and s's windows hold later steps.
         ("train", lambda inputs: train_windows(inputs["steps"], CUTOFFS.test, 3, 5), "4 of 5 rows"),
+        # p's one training window with its steps reversed: targets before their inputs.
+        ("train", lambda inputs: inputs["train"].withColumn(WINDOW_TIMES, F.reverse(WINDOW_TIMES)), "1 of 1 rows"),
         # Counted up to the test cutoff: 5, 6, 1, 9, 8 gain steps; only 7 keeps its count.
-        ("item_vocab", lambda inputs: build_item_vocab(
-            inputs["steps"], _bare_events(inputs["steps"]),
-            Cutoffs(CUTOFFS.data_start, CUTOFFS.data_end, CUTOFFS.test, CUTOFFS.test), 1, 2), "5 of 6 rows"),
+        ("item_vocab", lambda inputs: _vocab(
+            inputs["steps"], Cutoffs(CUTOFFS.data_start, CUTOFFS.data_end, CUTOFFS.test, CUTOFFS.test)), "5 of 6 rows"),
         ("validation", lambda inputs: _late_history(inputs["validation"]), "1 of 2 rows"),
         ("test", lambda inputs: _late_history(inputs["test"]), "1 of 1 rows"),
     ],
 )
 def test_leakage_guard_names_the_table_and_the_offending_rows(spark, table, planted, message):
     inputs = _guard_inputs(spark)
+    assert check_no_leakage(**inputs, cutoffs=CUTOFFS)["train_windows"] == 1  # clean inputs pass
     inputs[table] = planted(inputs)
     with pytest.raises(DataQualityError, match=f"leakage in {table}: {message}"):
         check_no_leakage(**inputs, cutoffs=CUTOFFS)
+
+
+def _feature_events(spark):
+    return clean_events(spark, [
+        ("u1", "2024-01-01 10:00:00", VIEW, 10, 7, "acme", 5.0),
+        ("u1", "2024-01-02 10:00:00", BUY, 10, 7, "acme", 5.0),
+        ("u1", "2024-01-04 10:00:00", VIEW, 20, 7, "acme", 9.0),  # validation period
+        ("u2", "2024-01-02 12:00:00", CART, 20, 7, "acme", 9.0),
+        ("u2", "2024-01-05 10:00:00", VIEW, 10, 7, "acme", 5.0),  # test period
+    ])
+
+
+@pytest.mark.parametrize("table", ["item_features", "user_features"])
+def test_leakage_guard_catches_features_computed_past_their_as_of(spark, table):
+    events = _feature_events(spark)
+    vocabs = {spec.kind: empty_vocab(spark, spec) for spec in V.SPECS}
+    build = {
+        "item_features": lambda as_of: item_features(events, "train", as_of, 10, 2, vocabs),
+        "user_features": lambda as_of: user_features(events, "train", as_of, vocabs["user"]),
+    }[table]
+    inputs = {**_guard_inputs(spark), "events": events, "popularity_days": 10}
+    counts = check_no_leakage(**inputs, cutoffs=CUTOFFS, **{table: build(CUTOFFS.validation)})
+    assert counts[table.replace("features", "feature_rows")] == 2  # products 10, 20 / users u1, u2
+    # Computed as of the test cutoff but labelled as of the validation cutoff: product 20 and
+    # user u1 use their 01-04 event; product 10 and u2 have nothing between the cutoffs.
+    planted = build(CUTOFFS.test).withColumn(S.AS_OF, F.lit(CUTOFFS.validation))
+    with pytest.raises(DataQualityError, match=f"leakage in {table}: 1 of 2 rows use an event at or after"):
+        check_no_leakage(**inputs, cutoffs=CUTOFFS, **{table: planted})
+    # A count taken over later events while first/last seen look right: caught by the recount.
+    key, first, column = (S.PRODUCT_ID, 10, S.POPULARITY) if table == "item_features" else (S.USER_ID, "u1", S.N_EVENTS)
+    inflated = build(CUTOFFS.validation).withColumn(column, F.col(column) + F.when(F.col(key) == first, 1).otherwise(0))
+    with pytest.raises(DataQualityError, match=f"leakage in {table}: 1 of 2 rows .* other than its recount"):
+        check_no_leakage(**inputs, cutoffs=CUTOFFS, **{table: inflated})
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -347,25 +417,38 @@ def test_run_writes_every_table_with_its_schema_and_the_metadata(spark, tmp_path
         (user, f"2024-01-{when}:00:00", CART if (user, when) == ("u3", "02 11") else VIEW, product, 7, "acme", 1.0 * product)
         for user, when, product in visits
     ]
-    cfg = load_config(
-        None,
-        [
-            f"paths.root={tmp_path}",
-            "featurize.validation_days=1",
-            "featurize.test_days=1",
-            "featurize.max_seq_len=3",
-            "featurize.min_item_count=1",
-            "featurize.train_files=2",
-            "featurize.row_group_mb=1",
-        ],
-    )
+    overrides = [
+        f"paths.root={tmp_path}",
+        "featurize.validation_days=1",
+        "featurize.test_days=1",
+        "featurize.max_seq_len=3",
+        "featurize.min_item_count=1",
+        "featurize.train_files=2",
+        "featurize.row_group_mb=1",
+        "featurize.min_brand_count=1",
+    ]
+    cfg = load_config(None, overrides)
     io.write_partitioned(clean_events(spark, rows), cfg.paths.resolve("clean"), S.EVENT_DATE)
 
+    # The default thresholds stop the job: the validation day has no cart (train: 1 in 10 steps).
+    with pytest.raises(DataQualityError, match=r"^data quality check drift.event_mix_psi.validation = 0.7\d* exceeds "
+                       r"featurize.dq_max_event_mix_psi = 0.25 \(report: .*featurize_quality.json\)$"):
+        featurize.run(spark, cfg)
+    failed = json.loads((tmp_path / "reports" / S.FEATURE_QUALITY_REPORT).read_text())
+    assert failed["passed"] is False and failed["events"] == {"train": 10, "validation": 4, "test": 3}
+    assert not (tmp_path / "features").exists()
+
+    loose = ["featurize.dq_max_event_mix_psi=1.0", "featurize.dq_max_popularity_psi=20", "featurize.dq_max_oov_rate=1.0"]
+    cfg = load_config(None, overrides + loose)
     summary = featurize.run(spark, cfg)
 
     root = cfg.paths.resolve("features")
     schemas = {"item_vocab": S.ITEM_VOCAB_SCHEMA, "train": S.TRAIN_SCHEMA, "validation": S.EVAL_SCHEMA,
-               "test": S.EVAL_SCHEMA, "user_history": S.USER_HISTORY_SCHEMA}
+               "test": S.EVAL_SCHEMA, "user_history": S.USER_HISTORY_SCHEMA,
+               "category_vocab": S.CATEGORY_VOCAB_SCHEMA, "brand_vocab": S.BRAND_VOCAB_SCHEMA,
+               "user_vocab": S.USER_VOCAB_SCHEMA, "item_features": S.ITEM_FEATURES_SCHEMA,
+               "user_features": S.USER_FEATURES_SCHEMA}
+    assert set(schemas) == set(S.FEATURE_TABLES)
     tables = {}
     for name, schema in schemas.items():
         tables[name] = spark.read.parquet(io.feature_path(root, name))
@@ -387,22 +470,42 @@ def test_run_writes_every_table_with_its_schema_and_the_metadata(spark, tmp_path
     assert by_user(tables["user_history"], S.HIST_ITEMS, S.SEEN_ITEMS)["u1"] == ([2, 5, 1], [2, 3, 4, 5])
     assert tables["user_history"].count() == 3
 
+    # Users by training events: u1 4, u2 3, u3 3 -> 2, 3, 4 (ties by id).
+    assert sorted(tuple(r) for r in tables["user_vocab"].collect()) == [(2, "u1", 4), (3, "u2", 3), (4, "u3", 3)]
+    # u3 as of the validation cutoff: 2 views and a cart in one session, the last at 01-02 12:00.
+    [u3] = tables["user_features"].where("snapshot = 'train' and user_id = 'u3'").collect()
+    assert (u3[S.USER_IDX], u3["n_view"], u3["n_cart"], u3[S.N_EVENTS], u3[S.N_SESSIONS], u3[S.PURCHASE_RATE],
+            u3[S.RECENCY_DAYS]) == (4, 2, 1, 3, 1, 0.0, 0.5)
+    assert {r[0]: r[1] for r in tables["user_features"].groupBy(S.SNAPSHOT).count().collect()} == {
+        "train": 3, "test": 3, "serve": 3}
+
+    vocab_meta = metadata.pop("vocab")
+    assert {k: (v["size"], v["num_indices"]) for k, v in vocab_meta.items()} == {
+        "item": (4, 6), "category": (1, 3), "brand": (1, 3), "user": (3, 5)}
+    assert all(len(v["version"]) == 16 for v in vocab_meta.values()) and len(metadata.pop("vocab_version")) == 16
+    assert metadata.pop("quality_report").endswith(S.FEATURE_QUALITY_REPORT)
     assert metadata == {
-        "num_items": 6, "num_categories": 2, "num_brands": 2, "num_price_buckets": 11,
+        "num_items": 6, "num_categories": 3, "num_brands": 3, "num_users": 5, "num_price_buckets": 11,
         "num_event_codes": S.NUM_EVENT_CODES, "num_gap_buckets": S.NUM_GAP_BUCKETS, "max_seq_len": 3,
         "data_start": "2024-01-01T10:00:00+00:00", "data_end": "2024-01-04T16:00:00+00:00",
         "validation_cutoff": "2024-01-03T00:00:00+00:00", "test_cutoff": "2024-01-04T00:00:00+00:00",
+        "snapshots": {"train": "2024-01-03T00:00:00+00:00", "test": "2024-01-04T00:00:00+00:00",
+                      "serve": "2024-01-05T00:00:00+00:00"},
+        "train_files": 2, "vocab_from": "",
         "counts": {"steps": 16, "users": 3, "items_in_vocab": 4, "train_windows": 3,
-                   "validation_users": 2, "test_users": 1},
+                   "validation_users": 2, "test_users": 1, "item_feature_rows": 4 + 5 + 6,
+                   "user_feature_rows": 9},
     }
     assert summary["train_windows"] == 3 and summary["train"] == io.feature_path(root, "train")
 
     client = mlflow.MlflowClient(cfg.tracking_uri)
     [stage_run] = client.search_runs(
-        [client.get_experiment_by_name(cfg.mlflow.experiment).experiment_id], "tags.stage = 'featurize'"
+        [client.get_experiment_by_name(cfg.mlflow.experiment).experiment_id], "tags.stage = 'featurize' and attributes.status = 'FINISHED'"
     )
     assert stage_run.data.metrics["train_windows"] == 3 and stage_run.data.metrics["test_users"] == 1
-    assert S.FEATURE_METADATA in [a.path for a in client.list_artifacts(stage_run.info.run_id)]
+    artifacts = [a.path for a in client.list_artifacts(stage_run.info.run_id)]
+    assert S.FEATURE_METADATA in artifacts and S.FEATURE_QUALITY_REPORT in artifacts
+    assert stage_run.data.params["vocab.item.version"] == vocab_meta["item"]["version"]
 
 
 def test_run_rejects_a_window_length_below_one(tmp_path):

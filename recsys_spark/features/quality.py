@@ -1,0 +1,175 @@
+"""The data-quality report of featurize: null rates, cardinalities, event-type mix per period,
+out-of-vocabulary rates and drift between periods, with thresholds that stop the pipeline.
+
+Drift is the population stability index, ``PSI = sum_i (p_i - q_i) * ln(p_i / q_i)`` over the
+shares p (training period) and q (a later period) of each bin, shares floored at ``PSI_FLOOR``
+so that a bin empty on one side stays finite. Usual reading: < 0.1 stable, 0.1-0.25 a moderate
+shift, > 0.25 a large one. Item popularity is binned as the ``top_k`` most frequent training
+items, one bin each, plus one bin for every other item.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from recsys_spark import schema as S
+from recsys_spark.errors import ConfigError, DataQualityError
+from recsys_spark.features.sequences import STEP_TIME
+from recsys_spark.features.split import Cutoffs, before
+
+PERIODS = ("train", "validation", "test")
+PSI_FLOOR = 1e-4
+_PERIOD = "period"
+_OTHER = "other"
+
+
+def period_of(time: Column, cutoffs: Cutoffs) -> Column:
+    """"train", "validation" or "test" for an event time."""
+    return (
+        F.when(before(time, cutoffs.validation), F.lit("train"))
+        .when(before(time, cutoffs.test), F.lit("validation"))
+        .otherwise(F.lit("test"))
+    )
+
+
+def psi(expected: Mapping[Any, float], actual: Mapping[Any, float], floor: float = PSI_FLOOR) -> float:
+    """Population stability index of two histograms (counts or shares) over the union of bins.
+
+    Returns:
+        PSI >= 0; 0.0 when either histogram is empty.
+    """
+    total_e, total_a = sum(expected.values()), sum(actual.values())
+    if total_e <= 0 or total_a <= 0:
+        return 0.0
+    value = 0.0
+    for key in set(expected) | set(actual):
+        p = max(expected.get(key, 0) / total_e, floor)
+        q = max(actual.get(key, 0) / total_a, floor)
+        value += (p - q) * math.log(p / q)
+    return value
+
+
+def quality_report(events: DataFrame, steps: DataFrame, item_vocab: DataFrame, cutoffs: Cutoffs,
+                   top_k: int) -> dict[str, Any]:
+    """Measure the clean events (four small aggregations).
+
+    Args:
+        events: clean events (schema.CLEAN_SCHEMA).
+        steps: collapsed steps (product_id, step_time).
+        item_vocab: the item vocabulary (product_id).
+        cutoffs: the split.
+        top_k: popularity bins (the most frequent training items).
+
+    Returns:
+        {"rows", "null_rate": {column: share}, "cardinality": {users, items, categories, brands,
+        sessions}, "events": {period: n}, "event_mix": {period: {type: share}}, "oov_rate":
+        {period: share of steps outside the vocabulary}, "drift": {"event_mix_psi" and
+        "popularity_psi": {"validation", "test"}}} (periods without events are left out of drift).
+    """
+    columns = [f.name for f in S.CLEAN_SCHEMA.fields]
+    row = events.agg(
+        F.count("*").alias("rows"),
+        *[F.count(F.when(F.col(c).isNull(), 1)).alias(f"null_{c}") for c in columns],
+        F.approx_count_distinct(S.USER_ID, 0.01).alias("users"),
+        F.approx_count_distinct(S.PRODUCT_ID, 0.01).alias("items"),
+        F.approx_count_distinct(S.CATEGORY_ID, 0.01).alias("categories"),
+        F.approx_count_distinct(S.BRAND, 0.01).alias("brands"),
+        F.approx_count_distinct(S.SESSION_ID, 0.01).alias("sessions"),
+    ).first()
+    rows = int(row["rows"])
+    null_rate = {c: (row[f"null_{c}"] / rows if rows else 0.0) for c in columns}
+    cardinality = {k: int(row[k]) for k in ("users", "items", "categories", "brands", "sessions")}
+
+    dated = events.withColumn(_PERIOD, period_of(F.col(S.EVENT_TIME), cutoffs))
+    mix_counts: dict[str, dict[str, int]] = {p: {} for p in PERIODS}
+    for r in dated.groupBy(_PERIOD, S.EVENT_TYPE).count().collect():
+        mix_counts[r[_PERIOD]][r[S.EVENT_TYPE]] = int(r["count"])
+    totals = {p: sum(mix_counts[p].values()) for p in PERIODS}
+    event_mix = {p: {t: mix_counts[p].get(t, 0) / totals[p] for t in S.EVENT_TYPES} for p in PERIODS if totals[p]}
+
+    known = F.broadcast(item_vocab.select(S.PRODUCT_ID, F.lit(1).alias("_known")))
+    oov = (
+        steps.withColumn(_PERIOD, period_of(F.col(STEP_TIME), cutoffs))
+        .join(known, S.PRODUCT_ID, "left")
+        .groupBy(_PERIOD)
+        .agg(F.count("*").alias("n"), F.count(F.when(F.col("_known").isNull(), 1)).alias("oov"))
+        .collect()
+    )
+    oov_rate = {r[_PERIOD]: r["oov"] / r["n"] for r in oov}
+
+    top = [
+        r[S.PRODUCT_ID]
+        for r in dated.where(F.col(_PERIOD) == "train").groupBy(S.PRODUCT_ID).count()
+        .orderBy(F.desc("count"), F.asc(S.PRODUCT_ID)).limit(top_k).collect()
+    ]
+    top_df = F.broadcast(events.sparkSession.createDataFrame([(p,) for p in top], f"{S.PRODUCT_ID} long"))
+    binned = dated.join(top_df.withColumn("_bin", F.col(S.PRODUCT_ID).cast("string")), S.PRODUCT_ID, "left")
+    popularity: dict[str, dict[str, int]] = {p: {} for p in PERIODS}
+    for r in binned.groupBy(_PERIOD, F.coalesce("_bin", F.lit(_OTHER)).alias("_bin")).count().collect():
+        popularity[r[_PERIOD]][r["_bin"]] = int(r["count"])
+
+    later = [p for p in PERIODS[1:] if totals[p] and totals["train"]]
+    drift = {
+        "event_mix_psi": {p: psi(mix_counts["train"], mix_counts[p]) for p in later},
+        "popularity_psi": {p: psi(popularity["train"], popularity[p]) for p in later},
+    }
+    return {
+        "rows": rows,
+        "null_rate": null_rate,
+        "cardinality": cardinality,
+        "events": totals,
+        "event_mix": event_mix,
+        "oov_rate": {p: oov_rate[p] for p in PERIODS if p in oov_rate},
+        "drift": drift,
+    }
+
+
+def evaluate_checks(report: Mapping[str, Any], thresholds: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Compare a report with its thresholds.
+
+    Args:
+        report: :func:`quality_report` output.
+        thresholds: {"dq_max_null_rate": {column: max}, "dq_max_event_mix_psi",
+            "dq_max_popularity_psi", "dq_max_oov_rate"} (the featurize config keys).
+
+    Returns:
+        One {"check", "value", "threshold", "key", "passed"} per check, in a fixed order.
+
+    Raises:
+        ConfigError: a null-rate threshold names a column that clean does not have.
+    """
+    checks = []
+
+    def add(check: str, value: float, key: str, threshold: float) -> None:
+        checks.append({"check": check, "value": value, "threshold": threshold, "key": f"featurize.{key}",
+                       "passed": value <= threshold})
+
+    for column, threshold in sorted(thresholds["dq_max_null_rate"].items()):
+        if column not in report["null_rate"]:
+            raise ConfigError(
+                f"featurize.dq_max_null_rate names {column!r}, not a clean column "
+                f"({', '.join(report['null_rate'])})"
+            )
+        add(f"null_rate.{column}", report["null_rate"][column], f"dq_max_null_rate.{column}", threshold)
+    for period, value in report["drift"]["event_mix_psi"].items():
+        add(f"drift.event_mix_psi.{period}", value, "dq_max_event_mix_psi", thresholds["dq_max_event_mix_psi"])
+    for period, value in report["drift"]["popularity_psi"].items():
+        add(f"drift.popularity_psi.{period}", value, "dq_max_popularity_psi", thresholds["dq_max_popularity_psi"])
+    for period in PERIODS[1:]:
+        if period in report["oov_rate"]:
+            add(f"oov_rate.{period}", report["oov_rate"][period], "dq_max_oov_rate", thresholds["dq_max_oov_rate"])
+    return checks
+
+
+def raise_on_failure(checks: list[dict[str, Any]], report_path: str) -> None:
+    """Raise :class:`DataQualityError` naming the first failed check, its value and threshold."""
+    for check in checks:
+        if not check["passed"]:
+            raise DataQualityError(
+                f"data quality check {check['check']} = {check['value']:.4g} exceeds {check['key']} = "
+                f"{check['threshold']:.4g} (report: {report_path})"
+            )

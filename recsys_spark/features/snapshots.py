@@ -1,0 +1,120 @@
+"""Point-in-time item and user features.
+
+A snapshot is computed from the events strictly before its ``as_of`` instant and nothing else:
+"train" as of the validation cutoff (what training and validation may condition on), "test" as
+of the test cutoff, "serve" as of the midnight after the last event (what batch scoring sees).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from recsys_spark import schema as S
+from recsys_spark.features import vocab as V
+from recsys_spark.features.split import Cutoffs, before
+
+_SECONDS_PER_DAY = 86_400.0
+
+
+def snapshot_times(cutoffs: Cutoffs) -> dict[str, dt.datetime]:
+    """{"train": validation cutoff, "test": test cutoff, "serve": the midnight after data_end}."""
+    last_day = cutoffs.data_end.replace(hour=0, minute=0, second=0, microsecond=0)
+    return {"train": cutoffs.validation, "test": cutoffs.test, "serve": last_day + dt.timedelta(days=1)}
+
+
+def _days_between(earlier: Column, later: Column) -> Column:
+    return (F.unix_micros(later) - F.unix_micros(earlier)) / 1e6 / _SECONDS_PER_DAY
+
+
+def item_features(
+    events: DataFrame,
+    name: str,
+    as_of: dt.datetime,
+    popularity_days: int,
+    price_buckets: int,
+    vocabs: dict[str, DataFrame],
+) -> DataFrame:
+    """One item snapshot: every product with an event before ``as_of``.
+
+    - popularity: its events in ``[as_of - popularity_days, as_of)``;
+    - log_price_z: ``(log1p(p) - mean) / std`` of the median price p over the snapshot's priced
+      products (population std; 0.0 without a price or when all prices are equal);
+    - price_bucket: quantile bucket of p among the snapshot's priced products (0 without one);
+    - category_idx, brand_idx: the most frequent category / brand looked up in the training
+      vocabularies (0 none, 1 out of vocabulary); item_idx likewise (1 = OOV);
+    - age_days: from the first event to ``as_of``; first_seen / last_seen: its first and last
+      event (both before ``as_of``: the leakage guard checks it).
+
+    Args:
+        events: clean events (schema.CLEAN_SCHEMA).
+        name: the snapshot's name ("train", "test", "serve").
+        as_of: aware datetime.
+        popularity_days: the popularity window.
+        price_buckets: number of price buckets.
+        vocabs: {"item", "category", "brand"} vocabulary frames.
+
+    Returns:
+        schema.ITEM_FEATURES_SCHEMA rows.
+    """
+    past = events.where(before(F.col(S.EVENT_TIME), as_of))
+    window_start = as_of - dt.timedelta(days=popularity_days)
+    stats = past.groupBy(S.PRODUCT_ID).agg(
+        F.count(F.when(F.col(S.EVENT_TIME) >= F.lit(window_start), 1)).cast("long").alias(S.POPULARITY),
+        F.min(S.EVENT_TIME).alias(S.FIRST_SEEN),
+        F.max(S.EVENT_TIME).alias(S.LAST_SEEN),
+    )
+    items = stats.join(V.item_side_features(past), S.PRODUCT_ID)
+    log_price = F.log1p(F.col(S.PRICE))
+    moments = items.agg(F.avg(log_price).alias("mean"), F.stddev_pop(log_price).alias("std")).first()
+    mean, std = moments["mean"] or 0.0, moments["std"] or 0.0
+    z = (log_price - F.lit(mean)) / F.lit(std) if std > 0 else F.lit(0.0)
+    items = V.add_price_buckets(items, price_buckets).withColumn(S.LOG_PRICE_Z, F.coalesce(z, F.lit(0.0)))
+    items = V.lookup(F.col(S.PRODUCT_ID), vocabs["item"], V.ITEM, items, S.ITEM_IDX)
+    items = V.lookup(F.col(S.CATEGORY_ID), vocabs["category"], V.CATEGORY, items, S.CATEGORY_IDX)
+    items = V.lookup(F.col(S.BRAND), vocabs["brand"], V.BRAND, items, S.BRAND_IDX)
+    return S.conform(
+        items.withColumn(S.SNAPSHOT, F.lit(name))
+        .withColumn(S.AS_OF, F.lit(as_of))
+        .withColumn(S.AGE_DAYS, _days_between(F.col(S.FIRST_SEEN), F.col(S.AS_OF))),
+        S.ITEM_FEATURES_SCHEMA,
+    )
+
+
+def user_features(events: DataFrame, name: str, as_of: dt.datetime, users: DataFrame) -> DataFrame:
+    """One user snapshot: every user with an event before ``as_of``.
+
+    Counts of each event type and in all, distinct sessions, purchase_rate (purchases /
+    events), recency_days (from the last event to ``as_of``), first_seen / last_seen, and
+    user_idx from the training user vocabulary (1 = OOV).
+
+    Args:
+        events: clean events (schema.CLEAN_SCHEMA).
+        name, as_of: the snapshot.
+        users: schema.USER_VOCAB_SCHEMA.
+
+    Returns:
+        schema.USER_FEATURES_SCHEMA rows.
+    """
+    past = events.where(before(F.col(S.EVENT_TIME), as_of))
+    by_type = [
+        F.count(F.when(F.col(S.EVENT_TYPE) == kind, 1)).cast("long").alias(S.EVENT_COUNT_COLUMNS[kind])
+        for kind in S.EVENT_TYPES
+    ]
+    stats = past.groupBy(S.USER_ID).agg(
+        *by_type,
+        F.count("*").cast("long").alias(S.N_EVENTS),
+        F.countDistinct(S.SESSION_ID).cast("long").alias(S.N_SESSIONS),
+        F.min(S.EVENT_TIME).alias(S.FIRST_SEEN),
+        F.max(S.EVENT_TIME).alias(S.LAST_SEEN),
+    )
+    stats = V.lookup(F.col(S.USER_ID), users, V.USER, stats, S.USER_IDX)
+    return S.conform(
+        stats.withColumn(S.SNAPSHOT, F.lit(name))
+        .withColumn(S.AS_OF, F.lit(as_of))
+        .withColumn(S.PURCHASE_RATE, F.col(S.EVENT_COUNT_COLUMNS["purchase"]) / F.col(S.N_EVENTS))
+        .withColumn(S.RECENCY_DAYS, _days_between(F.col(S.LAST_SEEN), F.col(S.AS_OF))),
+        S.USER_FEATURES_SCHEMA,
+    )

@@ -1,0 +1,84 @@
+"""The data-quality report and its thresholds, on six hand-counted events."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from pyspark.sql import functions as F
+
+from recsys_spark import schema as S
+from recsys_spark.errors import ConfigError, DataQualityError
+from recsys_spark.features.quality import PSI_FLOOR, evaluate_checks, psi, quality_report, raise_on_failure
+from recsys_spark.features.sequences import STEP_TIME
+from tests.features.test_featurize import BUY, CART, CUTOFFS, VIEW, clean_events
+
+pytestmark = pytest.mark.unit
+
+THRESHOLDS = {"dq_max_null_rate": {"brand": 0.5, "price": 0.5}, "dq_max_event_mix_psi": 0.25,
+              "dq_max_popularity_psi": 1.0, "dq_max_oov_rate": 0.6}
+
+
+def test_psi_of_two_histograms():
+    assert math.isclose(psi({"a": 50, "b": 50}, {"a": 80, "b": 20}), 0.3 * math.log(0.8 / 0.5) + 0.3 * math.log(0.5 / 0.2))
+    assert psi({"a": 3, "b": 1}, {"a": 0.75, "b": 0.25}) == 0.0
+    # Disjoint bins: each side's share is floored.
+    assert math.isclose(psi({"a": 1}, {"b": 1}), 2 * (1 - PSI_FLOOR) * math.log(1 / PSI_FLOOR))
+    assert psi({}, {"a": 1}) == 0.0
+
+
+def _report(spark):
+    events = clean_events(spark, [
+        ("u1", "2024-01-01 10:00:00", VIEW, 10, 7, "acme", 5.0),
+        ("u1", "2024-01-02 10:00:00", BUY, 10, 7, None, 5.0),
+        ("u2", "2024-01-02 12:00:00", CART, 20, None, None, None),
+        ("u1", "2024-01-04 10:00:00", VIEW, 20, 8, "acme", 9.0),  # validation
+        ("u2", "2024-01-05 10:00:00", VIEW, 10, 7, "acme", 5.0),  # test
+        ("u2", "2024-01-06 10:00:00", VIEW, 30, 7, "acme", 5.0),  # test
+    ])
+    steps = events.select(S.PRODUCT_ID, F.col(S.EVENT_TIME).alias(STEP_TIME))
+    vocab = spark.createDataFrame([(10,)], "product_id long")
+    return quality_report(events, steps, vocab, CUTOFFS, top_k=1)
+
+
+def test_quality_report_counts_nulls_mix_oov_and_drift(spark):
+    report = _report(spark)
+    assert report["rows"] == 6
+    assert {c: report["null_rate"][c] for c in (S.CATEGORY_ID, S.BRAND, S.PRICE, S.USER_ID)} == {
+        S.CATEGORY_ID: 1 / 6, S.BRAND: 2 / 6, S.PRICE: 1 / 6, S.USER_ID: 0.0}
+    assert report["cardinality"] == {"users": 2, "items": 3, "categories": 2, "brands": 1, "sessions": 2}
+    assert report["events"] == {"train": 3, "validation": 1, "test": 2}
+    assert report["event_mix"]["train"] == {VIEW: 1 / 3, CART: 1 / 3, "remove_from_cart": 0.0, BUY: 1 / 3}
+    assert report["event_mix"]["test"][VIEW] == 1.0
+    # Steps outside the vocabulary {10}: train 20 (1 of 3), validation 20 (1 of 1), test 30 (1 of 2).
+    assert report["oov_rate"] == {"train": 1 / 3, "validation": 1.0, "test": 0.5}
+    # Event mix: train 1/3 each of view, cart, purchase; later periods all views.
+    third = 1 / 3
+    mix = (third - 1) * math.log(third) + 2 * (third - PSI_FLOOR) * math.log(third / PSI_FLOOR)
+    assert math.isclose(report["drift"]["event_mix_psi"]["test"], mix)
+    # Popularity bins: the top-1 training item (10) and "other": train 2:1, test 1:1, validation 0:1.
+    test_pop = (2 / 3 - 1 / 2) * math.log(4 / 3) + (1 / 3 - 1 / 2) * math.log(2 / 3)
+    assert math.isclose(report["drift"]["popularity_psi"]["test"], test_pop)
+    val_pop = (2 / 3 - PSI_FLOOR) * math.log(2 / 3 / PSI_FLOOR) + (1 / 3 - 1) * math.log(1 / 3)
+    assert math.isclose(report["drift"]["popularity_psi"]["validation"], val_pop)
+
+
+def test_thresholds_stop_on_the_first_breach_naming_check_value_and_threshold(spark):
+    report = _report(spark)
+    checks = evaluate_checks(report, THRESHOLDS)
+    assert [(c["check"], c["passed"]) for c in checks] == [
+        ("null_rate.brand", True), ("null_rate.price", True),
+        ("drift.event_mix_psi.validation", False), ("drift.event_mix_psi.test", False),
+        ("drift.popularity_psi.validation", False), ("drift.popularity_psi.test", True),
+        ("oov_rate.validation", False), ("oov_rate.test", True),
+    ]
+    with pytest.raises(DataQualityError, match=r"^data quality check drift.event_mix_psi.validation = 6.1\d* exceeds "
+                                               r"featurize.dq_max_event_mix_psi = 0.25 \(report: r.json\)$"):
+        raise_on_failure(checks, "r.json")
+    loose = {**THRESHOLDS, "dq_max_event_mix_psi": 10.0, "dq_max_popularity_psi": 10.0, "dq_max_oov_rate": 1.0}
+    raise_on_failure(evaluate_checks(report, loose), "r.json")  # passes
+    strict_nulls = {**loose, "dq_max_null_rate": {"brand": 0.3}}
+    with pytest.raises(DataQualityError, match=r"null_rate.brand = 0.3333 exceeds featurize.dq_max_null_rate.brand = 0.3"):
+        raise_on_failure(evaluate_checks(report, strict_nulls), "r.json")
+    with pytest.raises(ConfigError, match="featurize.dq_max_null_rate names 'colour'"):
+        evaluate_checks(report, {**loose, "dq_max_null_rate": {"colour": 0.1}})
