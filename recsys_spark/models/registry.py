@@ -1,13 +1,18 @@
-"""Finding a registered model version and loading its bundle (used by evaluate and score)."""
+"""The model registry: finding a version and loading its bundle (evaluate and score), and the
+gate that decides whether the evaluated challenger becomes the champion (evaluate)."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 from recsys_spark.config import Config
-from recsys_spark.errors import InputError
+from recsys_spark.errors import ConfigError, InputError
 from recsys_spark.models.bundle import ModelBundle
 from recsys_spark.models.pyfunc import BUNDLE_FILE
+
+_MAX_TAG = 5000  # MLflow's limit on a model version tag's value
 
 
 def load_bundle(cfg: Config, alias: str | None = None, version: int | None = None) -> tuple[ModelBundle, str]:
@@ -61,3 +66,149 @@ def _temp_dir():
     import tempfile
 
     return tempfile.TemporaryDirectory(prefix="recsys_model_")
+
+
+# ----------------------------------------------------------------------------- the gate
+
+PROMOTIONS = ("auto", "force", "block")
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Whether the challenger takes the champion alias, and why.
+
+    Args:
+        promote: move the champion alias to the challenger.
+        reasons: one sentence per consideration, the deciding one first.
+        challenger_version: the evaluated challenger.
+        champion_version: the champion it was compared with, or None when there is none.
+    """
+
+    promote: bool
+    reasons: tuple[str, ...]
+    challenger_version: str
+    champion_version: str | None
+
+    @property
+    def verdict(self) -> str:
+        return "promoted" if self.promote else "not_promoted"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "promote": self.promote,
+            "verdict": self.verdict,
+            "reasons": list(self.reasons),
+            "challenger_version": self.challenger_version,
+            "champion_version": self.champion_version,
+        }
+
+
+def decide(
+    challenger_version: str,
+    challenger: Mapping[str, float],
+    champion_version: str | None,
+    champion: Mapping[str, float] | None,
+    primary_metric: str,
+    coverage_metric: str,
+    min_improvement: float = 0.0,
+    max_coverage_loss: float = 0.05,
+    promotion: str = "auto",
+    champion_note: str = "",
+) -> GateDecision:
+    """The registry gate, as a pure function of the two models' test metrics.
+
+    In ``auto`` mode the challenger is promoted when there is no champion to compare with
+    (no version holds the alias, or ``champion`` is None because it could not be evaluated,
+    explained by ``champion_note``), or when both hold:
+      - ``challenger[primary] - champion[primary] > min_improvement`` (absolute), and
+      - ``champion[coverage] - challenger[coverage] <= max_coverage_loss`` (absolute).
+    ``force`` promotes and ``block`` refuses whatever the metrics say (the automatic verdict
+    is still given among the reasons). A challenger that already is the champion stays so.
+
+    Args:
+        challenger_version, champion_version: registered versions (None: no champion).
+        challenger, champion: {metric name: value} on the same test data (None: not evaluated).
+        primary_metric: e.g. "ndcg@20".
+        coverage_metric: e.g. "coverage@20".
+        min_improvement, max_coverage_loss: the margins above.
+        promotion: "auto", "force" or "block".
+        champion_note: why ``champion`` is None although a champion version exists.
+
+    Returns:
+        GateDecision.
+    """
+    if promotion not in PROMOTIONS:
+        raise ConfigError(f"evaluate.promotion: {promotion!r} is not one of {', '.join(PROMOTIONS)}")
+    if champion_version is not None and champion_version == challenger_version:
+        reason = f"challenger version {challenger_version} already is the champion; nothing to change"
+        return GateDecision(False, (reason,), challenger_version, champion_version)
+
+    value = challenger[primary_metric]
+    if champion_version is None:
+        auto, reasons = True, [f"no champion yet: challenger version {challenger_version} becomes the first champion "
+                               f"({primary_metric} {value:.4f})"]
+    elif champion is None:
+        auto, reasons = True, [f"champion version {champion_version} cannot be compared on this test data"
+                               f"{': ' + champion_note if champion_note else ''}; the challenger replaces it "
+                               f"({primary_metric} {value:.4f})"]
+    else:
+        gain = value - champion[primary_metric]
+        loss = champion[coverage_metric] - challenger[coverage_metric]
+        checks = [
+            (
+                gain > min_improvement,
+                f"{primary_metric}: challenger {value:.4f} vs champion {champion[primary_metric]:.4f} ({gain:+.4f}, "
+                f"{'more' if gain > min_improvement else 'not more'} than the required {min_improvement:+.4f})",
+            ),
+            (
+                loss <= max_coverage_loss,
+                f"{coverage_metric}: challenger {challenger[coverage_metric]:.4f} vs champion "
+                f"{champion[coverage_metric]:.4f} (loss {loss:+.4f}, "
+                f"{'within' if loss <= max_coverage_loss else 'beyond'} the allowed {max_coverage_loss:.4f})",
+            ),
+        ]
+        auto = all(passed for passed, _ in checks)
+        # The failing checks first: they decided.
+        reasons = [text for passed, text in checks if not passed] + [text for passed, text in checks if passed]
+    if promotion == "auto":
+        return GateDecision(auto, tuple(reasons), challenger_version, champion_version)
+    forced = promotion == "force"
+    head = f"{'forced' if forced else 'blocked'} by evaluate.promotion={promotion}"
+    tail = f"the automatic gate would have {'promoted' if auto else 'kept the champion'}"
+    return GateDecision(forced, (head, tail, *reasons), challenger_version, champion_version)
+
+
+def alias_version(cfg: Config, alias: str) -> str | None:
+    """The version of ``cfg.mlflow.registered_model`` that holds ``alias``, or None."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    try:
+        return str(MlflowClient().get_model_version_by_alias(cfg.mlflow.registered_model, alias).version)
+    except MlflowException:
+        return None
+
+
+def apply_decision(cfg: Config, decision: GateDecision, champion_alias: str, run_id: str | None = None) -> None:
+    """Move ``champion_alias`` to the challenger when promoted, and tag the challenger version
+    with the decision (``gate.decision``, ``gate.reasons``, ``gate.champion_version``,
+    ``gate.run_id``)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    client = MlflowClient()
+    name, version = cfg.mlflow.registered_model, decision.challenger_version
+    if decision.promote:
+        client.set_registered_model_alias(name, champion_alias, version)
+    tags = {
+        "gate.decision": decision.verdict,
+        "gate.reasons": " | ".join(decision.reasons)[:_MAX_TAG],
+        "gate.champion_version": decision.champion_version or "none",
+    }
+    if run_id:
+        tags["gate.run_id"] = run_id
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)

@@ -12,6 +12,7 @@ step is always the last column.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recsys_spark import schema as S
@@ -53,6 +54,54 @@ class ItemTower(nn.Module):
         return x + self.mlp(x)
 
 
+class HistoryFeatures(nn.Module):
+    """User features derived from the history itself, causally: position t sees steps 0..t.
+
+    Leak-free by construction (nothing but the example's own history goes in), and the same
+    at training, evaluation and scoring time. Per position t, over the real (non-pad) steps
+    0..t:
+
+    * log(1 + n), n the number of steps so far;
+    * the share of each event type (view, cart, remove_from_cart, purchase), and
+      log(1 + count) of each;
+    * the mean time-gap bucket, scaled to [0, 1];
+    * the share of steps that revisit an item already met earlier (re-views, re-buys).
+
+    Returns the raw features; the model projects them.
+    """
+
+    def __init__(self, num_event_codes: int, num_gap_buckets: int):
+        super().__init__()
+        self.num_event_codes = num_event_codes
+        self.num_gap_buckets = num_gap_buckets
+
+    @property
+    def size(self) -> int:
+        return 1 + 2 * (self.num_event_codes - 1) + 2
+
+    def forward(self, items: Tensor, events: Tensor, gaps: Tensor) -> Tensor:
+        """Args: items, events, gaps LongTensor[B, L], left-padded. Returns: FloatTensor[B, L, size]."""
+        real = (items != S.PAD_INDEX).float()
+        n = real.cumsum(dim=1)
+        safe_n = n.clamp_min(1.0)
+        # One-hot events [B, L, E-1] (code 0 is padding), counted up to each position.
+        onehot = F.one_hot(events.clamp(0, self.num_event_codes - 1), self.num_event_codes)[..., 1:].float()
+        counts = (onehot * real[..., None]).cumsum(dim=1)
+        mean_gap = (gaps.float() * real).cumsum(dim=1) / safe_n / max(1, self.num_gap_buckets - 1)
+        # repeat[b, t] = item t occurred at some step s < t (pad excluded).
+        length = items.shape[1]
+        earlier = torch.ones(length, length, dtype=torch.bool, device=items.device).tril(-1)
+        same = (items[:, :, None] == items[:, None, :]) & earlier[None] & (items != S.PAD_INDEX)[:, None, :]
+        repeats = (same.any(dim=2).float() * real).cumsum(dim=1)
+        return torch.cat([
+            torch.log1p(n)[..., None],
+            counts / safe_n[..., None],
+            torch.log1p(counts),
+            mean_gap[..., None],
+            (repeats / safe_n)[..., None],
+        ], dim=-1)
+
+
 class TwoTowerModel(nn.Module):
     """Shared item tower; user tower = causal self-attention over the behaviour sequence.
 
@@ -64,11 +113,14 @@ class TwoTowerModel(nn.Module):
         max_seq_len: longest sequence L the positional embedding covers.
         dim: vector size d of both towers.
         num_layers, num_heads, dropout: the transformer encoder's shape.
+        use_user_features: add :class:`HistoryFeatures` (projected to ``dim``) to the sequence
+            encoding at every position. False rebuilds models trained before they existed.
     """
 
     def __init__(self, num_items: int, num_categories: int, num_brands: int, num_price_buckets: int,
                  num_event_codes: int, num_gap_buckets: int, max_seq_len: int, dim: int = 64,
-                 num_layers: int = 2, num_heads: int = 2, dropout: float = 0.1):
+                 num_layers: int = 2, num_heads: int = 2, dropout: float = 0.1,
+                 use_user_features: bool = False):
         super().__init__()
         self.num_items = num_items
         self.max_seq_len = max_seq_len
@@ -88,6 +140,11 @@ class TwoTowerModel(nn.Module):
         # enable_nested_tensor is a fast path for key-padding masks, which we fold into `mask`.
         self.encoder = nn.TransformerEncoder(layer, num_layers=num_layers, enable_nested_tensor=False)
         self.output_norm = nn.LayerNorm(dim)
+        self.history_features = HistoryFeatures(num_event_codes, num_gap_buckets) if use_user_features else None
+        if self.history_features is not None:
+            self.user_feature_mlp = nn.Sequential(
+                nn.Linear(self.history_features.size, dim), nn.GELU(), nn.Linear(dim, dim)
+            )
         # A per-item bias (its prior, popularity mostly), folded into the dot product as an
         # extra dimension: items are [v, b], users [u, 1], so retrieval stays a dot product.
         self.item_bias = nn.Embedding(num_items, 1)
@@ -144,7 +201,10 @@ class TwoTowerModel(nn.Module):
         )
         x = self.input_dropout(self.input_norm(x))
         mask = self._attention_mask(items)
-        x = self.output_norm(self.encoder(x, mask=mask))
+        x = self.encoder(x, mask=mask)
+        if self.history_features is not None:
+            x = x + self.user_feature_mlp(self.history_features(items, events, gaps))
+        x = self.output_norm(x)
         return torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)
 
     def user_vectors(self, items: Tensor, events: Tensor, gaps: Tensor) -> Tensor:

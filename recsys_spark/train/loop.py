@@ -1,7 +1,9 @@
-"""The data-parallel training loop, run once per Horovod rank (in a Spark task or in-process).
+"""The data-parallel training loop: one function, run once per rank, whatever launched it.
 
-Every side effect (progress bar, MLflow metrics, checkpoints) happens on rank 0 only,
-behind one ``is_main`` flag.
+:func:`train_fn` is what Horovod on Spark, ``horovodrun``, Spark's ``TorchDistributor`` and the
+in-process launcher all run; the only difference between them is the
+:class:`~recsys_spark.train.collective.Collective` it builds. Every side effect (progress,
+MLflow metrics, checkpoints) happens on rank 0 only, behind one ``is_main`` flag.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import hashlib
 import io as _bytes_io
 import random
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -19,37 +21,90 @@ from torch import Tensor
 from recsys_spark import io
 from recsys_spark import schema as S
 from recsys_spark.config import TrainConfig, from_dict
-from recsys_spark.errors import DataQualityError
+from recsys_spark.errors import DataQualityError, InputError
 from recsys_spark.models.two_tower import TwoTowerModel
 from recsys_spark.train import data
+from recsys_spark.train.collective import Collective, HorovodCollective, SingleProcess, TorchCollective
 from recsys_spark.train.loss import RetrievalTask, event_weight_table, popularity
 
 EVAL_BLOCK_ROWS = 256
 SHUFFLE_BUFFER_BATCHES = 4
+LAST_CHECKPOINT = "last.pt"
+# Which collective each launcher's processes use ("horovod" also serves `horovodrun`).
+BACKENDS = {"horovod_spark": "horovod", "torch_distributor": "torch", "local": "single"}
 
 
-def train_fn(cfg_dict: dict[str, Any], run_id: str | None, tracking_uri: str | None) -> dict[str, Any]:
+def make_collective(backend: str, use_gpu: bool = False) -> Collective:
+    """Args: backend, "horovod", "torch" or "single". Returns: this process's Collective."""
+    if backend == "horovod":
+        return HorovodCollective()
+    if backend == "torch":
+        return TorchCollective(use_gpu=use_gpu)
+    if backend == "single":
+        return SingleProcess()
+    raise ValueError(f"unknown collective backend {backend!r}; expected horovod, torch or single")
+
+
+def pick_device(setting: str, local_rank: int) -> torch.device:
+    """``train.device``: "cpu", "cuda" (the GPU of this local rank) or "auto" (cuda when present)."""
+    if setting == "cpu" or (setting == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise DataQualityError("train.device=cuda but torch sees no GPU on this worker")
+    # One GPU per process: local rank r pins GPU r of its machine.
+    device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    torch.cuda.set_device(device)
+    return device
+
+
+def amp_settings(device: torch.device, enabled: bool) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, whether a GradScaler is needed). bf16 needs no loss scaling; fp16 does."""
+    if not enabled or device.type != "cuda":
+        return None, False
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16, False
+    return torch.float16, True
+
+
+def train_fn(cfg_dict: dict[str, Any], run_id: str | None, tracking_uri: str | None,
+             backend: str | None = None,
+             on_checkpoint: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Train the two-tower model on this rank's shard; rank 0 returns the best weights.
 
     Args:
         cfg_dict: the resolved config, ``Config.to_dict()`` (plain data, so it pickles to tasks).
         run_id: the MLflow run that rank 0 logs per-epoch metrics to; None logs nothing.
         tracking_uri: the MLflow store of ``run_id``.
+        backend: the collective ("horovod", "torch", "single"); None follows ``train.launcher``.
+        on_checkpoint: called with the epoch number on every rank once rank 0 has written that
+            epoch's checkpoint (tests use it to kill a run at a checkpoint boundary).
 
     Returns:
         rank 0: {"state_dict": best weights (CPU tensors), "model_args", "history" (one dict
-        per epoch), "best_epoch", "rank", "checksum", "steps"}; other ranks: {"rank",
-        "checksum" (sha256 of the final weights), "steps"}.
+        per epoch, resumed epochs included), "best_epoch", "stopped_early", "resumed_from",
+        "rank", "size", "checksum", "steps"}; other ranks: {"rank", "size", "checksum" (sha256
+        of the final weights), "steps"}.
     """
-    import horovod.torch as hvd
+    cfg = from_dict(cfg_dict)
+    tc = cfg.train
+    torch.set_num_threads(tc.threads_per_proc)
+    use_gpu = tc.device == "cuda" or (tc.device == "auto" and torch.cuda.is_available())
+    comm = make_collective(backend or BACKENDS[tc.launcher], use_gpu=use_gpu)
+    try:
+        return _train(cfg_dict, comm, run_id, tracking_uri, on_checkpoint)
+    finally:
+        comm.shutdown()
+
+
+def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, tracking_uri: str | None,
+           on_checkpoint: Callable[[int], None] | None) -> dict[str, Any]:
     from tqdm import tqdm
 
     cfg = from_dict(cfg_dict)
     tc = cfg.train
-    hvd.init()
-    rank, size = hvd.rank(), hvd.size()
-    is_main = rank == 0
-    torch.set_num_threads(tc.threads_per_proc)
+    rank, size, is_main = comm.rank, comm.size, comm.is_main
+    device = pick_device(tc.device, comm.local_rank)
+    amp_dtype, needs_scaler = amp_settings(device, tc.amp)
     random.seed(tc.seed + rank)
     np.random.seed(tc.seed + rank)
     torch.manual_seed(tc.seed)  # the same initial weights everywhere (rank 0's are broadcast anyway)
@@ -75,25 +130,63 @@ def train_fn(cfg_dict: dict[str, Any], run_id: str | None, tracking_uri: str | N
         uniform_negatives=tc.uniform_negatives,
         target_horizon=tc.target_horizon,
         skip_seen_targets=tc.skip_seen_targets,
-    )
+    ).to(device)
 
-    # The effective batch is size x batch_size windows, so the learning rate grows with the
-    # world size; the linear warm-up keeps the first large steps from diverging.
+    # The effective batch is size x batch_size windows, so the learning rate grows linearly
+    # with the world size (Goyal et al. 2017); the linear warm-up keeps the first large
+    # steps from diverging.
     peak_lr = tc.lr * size
     optimizer = torch.optim.AdamW(task.parameters(), lr=peak_lr, weight_decay=tc.weight_decay)
-    optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=task.named_parameters())
-    hvd.broadcast_parameters(task.state_dict(), root_rank=0)
-    hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / max(1, tc.warmup_steps))
+    )
+    scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
 
-    client = _mlflow_client(tracking_uri) if is_main and run_id else None
-    train_path = io.feature_path(features, "train")
+    checkpoints = cfg.paths.resolve("checkpoints")
     history: list[dict[str, float]] = []
     best_state: dict[str, Tensor] | None = None
-    best_epoch, best_ndcg, step = 0, float("-inf"), 0
+    best_epoch, best_ndcg, bad_epochs, step, first_epoch, stopped = 0, float("-inf"), 0, 0, 1, False
+    resumed_from = 0
+    if tc.resume:
+        # Rank 0 reads the checkpoint and hands it to every rank: on a cluster only the
+        # checkpoint store is shared, and every rank needs its own RNG states back.
+        checkpoint = comm.broadcast_object(load_checkpoint(checkpoints) if is_main else None)
+        if checkpoint is not None:
+            check_resumable(checkpoint, model_args, size, checkpoints)
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            scheduler.load_state_dict(checkpoint["scheduler"])
+            if scaler is not None and checkpoint.get("scaler"):
+                scaler.load_state_dict(checkpoint["scaler"])
+            restore_rng(checkpoint["rng"][rank], negatives_rng)
+            history = list(checkpoint["history"])
+            step, resumed_from = int(checkpoint["step"]), int(checkpoint["epoch"])
+            first_epoch = resumed_from + 1
+            best = checkpoint["best"]
+            best_epoch, best_ndcg, bad_epochs = int(best["epoch"]), float(best["ndcg"]), int(best["bad_epochs"])
+            stopped = bool(checkpoint.get("stopped", False))
+            if is_main and best_epoch:
+                best_state = read_checkpoint(checkpoints, epoch_file(best_epoch))["model"]
+            if is_main:
+                print(f"resuming after epoch {resumed_from} from {checkpoints}/{LAST_CHECKPOINT}", flush=True)
+        elif is_main:
+            print(f"train.resume: no checkpoint under {checkpoints}; starting from scratch", flush=True)
+    module, optimizer = comm.distribute(task, optimizer, device)
 
-    for epoch in range(1, tc.epochs + 1):
-        task.train()
-        loss_sum, targets_sum, windows, wait_s = 0.0, 0, 0, 0.0
+    client = _mlflow_client(tracking_uri) if is_main and run_id else None
+    if client is not None:
+        for past in history:  # a resumed run's curve starts at epoch 1, like an uninterrupted one
+            for key, value in past.items():
+                if key != "epoch":
+                    client.log_metric(run_id, key, value, step=int(past["epoch"]))
+    train_path = io.feature_path(features, "train")
+    params = [p for p in task.parameters() if p.requires_grad]
+
+    for epoch in range(first_epoch, tc.epochs + 1):
+        if stopped:
+            break
+        module.train()
+        loss_sum, targets_sum, windows, wait_s, norm_sum = 0.0, 0, 0, 0.0, 0.0
         started = time.perf_counter()
         progress = tqdm(desc=f"epoch {epoch}/{tc.epochs}", unit="batch", disable=not is_main, mininterval=2)
         with data.train_batches(
@@ -105,21 +198,17 @@ def train_fn(cfg_dict: dict[str, Any], run_id: str | None, tracking_uri: str | N
                 batch = next(batches, None)
                 wait_s += time.perf_counter() - fetch_start
                 # Shards hold different numbers of batches. Every rank must join every
-                # allreduce or the job hangs, so all ranks stop as soon as one runs out.
-                have = hvd.allreduce(torch.tensor([int(batch is not None)]), op=hvd.Min, name="have_batch")
+                # collective or the job hangs, so all ranks stop as soon as one runs out.
+                have = comm.allreduce(torch.tensor([int(batch is not None)]), op="min")
                 if int(have.item()) == 0:
                     break
-                for group in optimizer.param_groups:
-                    group["lr"] = peak_lr * min(1.0, (step + 1) / max(1, tc.warmup_steps))
+                batch = tuple(t.to(device, non_blocking=True) for t in batch)
                 optimizer.zero_grad()
-                loss, n_targets = task(*batch, generator=negatives_rng)
-                loss.backward()
-                # Clip the averaged gradient, not each rank's own: synchronize first, then
-                # step without a second allreduce.
-                optimizer.synchronize()
-                torch.nn.utils.clip_grad_norm_(task.parameters(), tc.grad_clip)
-                with optimizer.skip_synchronize():
-                    optimizer.step()
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    loss, n_targets = module(*batch, generator=negatives_rng)
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+                norm_sum += comm.step(optimizer, params, tc.grad_clip, scaler)
+                scheduler.step()
                 step += 1
                 batch_loss = float(loss.detach())
                 loss_sum += batch_loss * n_targets
@@ -131,9 +220,10 @@ def train_fn(cfg_dict: dict[str, Any], run_id: str | None, tracking_uri: str | N
                                          ex_s=f"{windows * size / (time.perf_counter() - started):.0f}")
         progress.close()
         train_s = time.perf_counter() - started
-        totals = hvd.allreduce(
-            torch.tensor([loss_sum, targets_sum, windows, wait_s / max(train_s, 1e-9)], dtype=torch.float64),
-            op=hvd.Sum, name="epoch_totals",
+        batches_done = float(progress.n)
+        totals = comm.allreduce(
+            torch.tensor([loss_sum, targets_sum, windows, wait_s / max(train_s, 1e-9), norm_sum, batches_done],
+                         dtype=torch.float64),
         )
         if epoch == 1 and totals[2] == 0:
             raise DataQualityError(
@@ -141,48 +231,114 @@ def train_fn(cfg_dict: dict[str, Any], run_id: str | None, tracking_uri: str | N
                 "into fewer row groups than train.num_proc?"
             )
 
-        ndcg, recall = validation_metrics(model, validation, tc.eval_k, hvd)
+        # Every rank ranks its slice of the validation users; the sums are all-reduced, so
+        # every rank sees the same NDCG and takes the same early-stopping decision.
+        ndcg, recall = validation_metrics(model, validation, tc.eval_k, comm, device)
+        # The largest resident set of any rank so far: flat from epoch 2 on, or something leaks.
+        peak_rss = comm.allreduce(torch.tensor([peak_rss_mb()], dtype=torch.float64), op="max")
         metrics = {
             "train_loss": float(totals[0] / max(totals[1], 1)),
             metric_key("val_ndcg", tc.eval_k): ndcg,
             metric_key("val_recall", tc.eval_k): recall,
             "examples_per_s": float(totals[2]) / max(train_s, 1e-9),
             "data_wait_share": float(totals[3]) / size,
+            "grad_norm": float(totals[4] / max(totals[5], 1)),
+            "lr": float(scheduler.get_last_lr()[0]),
+            "epoch_s": train_s,
+            "peak_rss_mb": float(peak_rss[0]),
             "steps": float(step),
         }
         history.append({"epoch": epoch, **metrics})
-        if ndcg >= best_ndcg:  # ties go to the later epoch, which has seen more data
-            best_ndcg, best_epoch = ndcg, epoch
+        if ndcg > best_ndcg + tc.min_delta:
+            best_ndcg, best_epoch, bad_epochs = ndcg, epoch, 0
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()} if is_main else None
+        else:
+            bad_epochs += 1
+        stopped = tc.patience > 0 and bad_epochs >= tc.patience and epoch < tc.epochs
 
+        # Each rank's RNG states go into rank 0's checkpoint, so a resumed run draws the same
+        # negatives and dropout masks as an uninterrupted one.
+        rng_states = comm.allgather_object(rng_state(negatives_rng))
         if is_main:
             print(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
             if client is not None:
                 for key, value in metrics.items():
                     client.log_metric(run_id, key, value, step=epoch)
-            save_checkpoint(
-                cfg.paths.resolve("checkpoints"),
-                {
-                    "epoch": epoch,
-                    "step": step,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "model_args": model_args,
-                    "config": cfg_dict,
-                    "history": history,
-                    "rng": {
-                        "torch": torch.get_rng_state(),
-                        "numpy": np.random.get_state(),
-                        "python": random.getstate(),
-                        "negatives": negatives_rng.get_state(),
-                    },
-                },
-            )
+            save_checkpoint(checkpoints, {
+                "epoch": epoch,
+                "step": step,
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "model_args": model_args,
+                "config": cfg_dict,
+                "history": history,
+                "best": {"epoch": best_epoch, "ndcg": best_ndcg, "bad_epochs": bad_epochs},
+                "stopped": stopped,
+                "world_size": size,
+                "rng": rng_states,
+            })
+            if stopped:
+                print(f"early stop: no gain in validation NDCG@{tc.eval_k} for {bad_epochs} epoch(s); "
+                      f"keeping epoch {best_epoch} ({best_ndcg:.4f})", flush=True)
+        if on_checkpoint is not None:
+            on_checkpoint(epoch)
 
-    result = {"rank": rank, "checksum": state_checksum(model.state_dict()), "steps": step}
+    checksum = state_checksum(model.state_dict())
+    result = {"rank": rank, "size": size, "checksum": checksum, "steps": step,
+              "rank_checksums": comm.allgather_object(checksum)}
     if is_main:
-        result.update(state_dict=best_state, model_args=model_args, history=history, best_epoch=best_epoch)
+        if best_state is None:
+            raise DataQualityError(f"training ran no epoch (train.epochs={tc.epochs}, resumed after {resumed_from})")
+        result.update(state_dict=best_state, model_args=model_args, history=history, best_epoch=best_epoch,
+                      stopped_early=stopped, resumed_from=resumed_from)
     return result
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, in MiB (Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def rng_state(negatives_rng: torch.Generator) -> dict[str, Any]:
+    """Every random source of this rank: python, numpy, torch (CPU and CUDA), the negatives."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "negatives": negatives_rng.get_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng(state: dict[str, Any], negatives_rng: torch.Generator) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    negatives_rng.set_state(state["negatives"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def check_resumable(checkpoint: dict[str, Any], model_args: dict[str, Any], size: int, directory: str) -> None:
+    """Raise InputError when a checkpoint cannot continue this run (other model or world size)."""
+    if checkpoint.get("model_args") != model_args:
+        raise InputError(
+            f"train.resume: the checkpoint in {directory} was made for a different model "
+            f"({checkpoint.get('model_args')} vs {model_args}); move it away or set train.resume=false"
+        )
+    if int(checkpoint.get("world_size", size)) != size:
+        raise InputError(
+            f"train.resume: the checkpoint in {directory} was made by {checkpoint['world_size']} rank(s), "
+            f"this run has {size}; resume with train.num_proc={checkpoint['world_size']}"
+        )
 
 
 def metric_key(name: str, k: int) -> str:
@@ -208,19 +364,25 @@ def model_args_from(metadata: dict[str, Any], tc: TrainConfig) -> dict[str, Any]
         "num_layers": tc.num_layers,
         "num_heads": tc.num_heads,
         "dropout": tc.dropout,
+        "use_user_features": tc.user_features,
     }
 
 
 @torch.no_grad()
-def ranking_sums(model: TwoTowerModel, rows: data.EvalRows, k: int) -> tuple[float, float, int]:
+def ranking_sums(model: TwoTowerModel, rows: data.EvalRows, k: int,
+                 device: torch.device | None = None) -> tuple[float, float, int]:
     """Full-ranking NDCG@k and Recall@k summed over rows with at least one target.
 
     Every item is scored; pad, OOV and the row's seen items are excluded. Relevance is binary;
     NDCG's ideal DCG covers min(k, |targets|) positions, Recall@k = hits / |targets|.
 
+    Args:
+        device: where the model lives (CPU when None); scores are computed there.
+
     Returns:
         (sum of NDCG@k, sum of Recall@k, number of rows counted).
     """
+    device = device or torch.device("cpu")
     was_training = model.training
     model.eval()
     item_vecs = model.item_vectors()
@@ -229,11 +391,11 @@ def ranking_sums(model: TwoTowerModel, rows: data.EvalRows, k: int) -> tuple[flo
     for start in range(0, len(rows), EVAL_BLOCK_ROWS):
         end = min(start + EVAL_BLOCK_ROWS, len(rows))
         user_vecs = model.user_vectors(
-            torch.from_numpy(rows.hist_items[start:end]),
-            torch.from_numpy(rows.hist_events[start:end]),
-            torch.from_numpy(rows.hist_gaps[start:end]),
+            torch.from_numpy(rows.hist_items[start:end]).to(device),
+            torch.from_numpy(rows.hist_events[start:end]).to(device),
+            torch.from_numpy(rows.hist_gaps[start:end]).to(device),
         )
-        scores = user_vecs @ item_vecs.T
+        scores = (user_vecs @ item_vecs.T).float().cpu()
         scores[:, : S.FIRST_ITEM_INDEX] = float("-inf")
         for i, seen in enumerate(rows.seen_items[start:end]):
             scores[i, torch.from_numpy(seen[(seen >= 0) & (seen < scores.shape[1])])] = float("-inf")
@@ -250,11 +412,11 @@ def ranking_sums(model: TwoTowerModel, rows: data.EvalRows, k: int) -> tuple[flo
     return ndcg_sum, recall_sum, counted
 
 
-def validation_metrics(model: TwoTowerModel, rows: data.EvalRows, k: int, hvd: Any) -> tuple[float, float]:
+def validation_metrics(model: TwoTowerModel, rows: data.EvalRows, k: int, comm: Collective,
+                       device: torch.device | None = None) -> tuple[float, float]:
     """Mean NDCG@k and Recall@k over every rank's validation rows (0.0 when there are none)."""
-    ndcg_sum, recall_sum, counted = ranking_sums(model, rows, k)
-    totals = hvd.allreduce(torch.tensor([ndcg_sum, recall_sum, counted], dtype=torch.float64),
-                           op=hvd.Sum, name="validation_sums")
+    ndcg_sum, recall_sum, counted = ranking_sums(model, rows, k, device)
+    totals = comm.allreduce(torch.tensor([ndcg_sum, recall_sum, counted], dtype=torch.float64))
     n = float(totals[2])
     return (float(totals[0]) / n, float(totals[1]) / n) if n > 0 else (0.0, 0.0)
 
@@ -268,8 +430,15 @@ def state_checksum(state: dict[str, Tensor]) -> str:
     return digest.hexdigest()
 
 
+def epoch_file(epoch: int) -> str:
+    return f"epoch_{epoch:03d}.pt"
+
+
 def save_checkpoint(directory: str, checkpoint: dict[str, Any]) -> str:
     """``torch.save`` to ``<directory>/epoch_<n>.pt`` and ``last.pt`` (local path or URI).
+
+    Each file is written under a temporary name and then renamed, so a run killed while
+    saving leaves the previous ``last.pt`` intact rather than a truncated one.
 
     Returns:
         the path of the epoch's file.
@@ -281,12 +450,44 @@ def save_checkpoint(directory: str, checkpoint: dict[str, Any]) -> str:
     filesystem, inner = pafs.FileSystem.from_uri(io.local_uri(directory))
     filesystem.create_dir(inner, recursive=True)
     written = ""
-    for name in (f"epoch_{checkpoint['epoch']:03d}.pt", "last.pt"):
+    for name in (epoch_file(checkpoint["epoch"]), LAST_CHECKPOINT):
         path = inner.rstrip("/") + "/" + name
-        with filesystem.open_output_stream(path) as out:
+        partial = path + ".partial"
+        with filesystem.open_output_stream(partial) as out:
             out.write(buffer.getvalue())
+        filesystem.move(partial, path)
         written = written or path
     return written
+
+
+def read_checkpoint(directory: str, name: str = LAST_CHECKPOINT) -> dict[str, Any]:
+    """Load ``<directory>/<name>`` (CPU tensors).
+
+    Raises:
+        InputError: the file is missing or unreadable.
+    """
+    import pyarrow.fs as pafs
+
+    filesystem, inner = pafs.FileSystem.from_uri(io.local_uri(directory))
+    path = inner.rstrip("/") + "/" + name
+    try:
+        with filesystem.open_input_stream(path) as stream:
+            payload = stream.read()
+        # weights_only=False: the checkpoint holds RNG states (tuples, numpy arrays) we wrote.
+        return torch.load(_bytes_io.BytesIO(payload), map_location="cpu", weights_only=False)
+    except (FileNotFoundError, OSError, RuntimeError, EOFError) as exc:
+        raise InputError(f"checkpoint {directory}/{name} cannot be read: {exc}") from None
+
+
+def load_checkpoint(directory: str) -> dict[str, Any] | None:
+    """The latest checkpoint under ``directory``, or None when there is none."""
+    import pyarrow.fs as pafs
+
+    filesystem, inner = pafs.FileSystem.from_uri(io.local_uri(directory))
+    info = filesystem.get_file_info(inner.rstrip("/") + "/" + LAST_CHECKPOINT)
+    if info.type == pafs.FileType.NotFound:
+        return None
+    return read_checkpoint(directory)
 
 
 def _mlflow_client(tracking_uri: str | None):

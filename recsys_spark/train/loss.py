@@ -156,6 +156,8 @@ class RetrievalTask(nn.Module):
         targets, target_events = item_seq[:, 1:], event_seq[:, 1:]
         batch, length = targets.shape
         if self.target_horizon > 1:
+            # Random draws happen on the CPU (where ``generator`` lives), whatever the device,
+            # so CPU and GPU runs with one seed see the same targets and negatives.
             offsets = torch.randint(0, self.target_horizon, (batch, length), generator=generator)
             index = (torch.arange(length)[None, :] + offsets).clamp(max=length - 1).to(item_seq.device)
             targets, target_events = targets.gather(1, index), target_events.gather(1, index)
@@ -173,8 +175,8 @@ class RetrievalTask(nn.Module):
         seq_vecs = self.model.sequence_vectors(*inputs)
         num_items = self.model.num_items
         negatives = torch.randint(
-            S.FIRST_ITEM_INDEX, num_items, (self.uniform_negatives,), generator=generator, device=item_seq.device
-        )
+            S.FIRST_ITEM_INDEX, num_items, (self.uniform_negatives,), generator=generator
+        ).to(item_seq.device)
         loss = sampled_softmax_loss(
             seq_vecs[valid], targets[valid], weights[valid], negatives,
             item_vecs=None, item_tower=self.model.output_item_vectors, item_prob=self.item_prob, num_items=num_items,

@@ -22,11 +22,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     """Train on ``paths.features``, log the model as a pyfunc and register it with an alias.
 
     Returns:
-        {"run_id", "model_uri", "version", "best_epoch", "val_ndcg_at_<K>", "examples_per_s"}.
+        {"run_id", "model_uri", "version", "best_epoch", "val_ndcg_at_<K>", "examples_per_s", ...}.
     """
-    import mlflow
-    from mlflow import MlflowClient
-
     features = cfg.paths.resolve("features")
     io.read_json(spark, io.feature_path(features, S.FEATURE_METADATA))  # fails fast, by name
     item_vocab = io.read_table(
@@ -36,69 +33,157 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 
     with tracking.stage_run(cfg, "train") as active:
         run_id = active.info.run_id
+        log_inputs(features, spark)
         results = launch(spark, cfg, run_id, cfg.tracking_uri)
-        main = check_ranks(results)
-        mlflow.set_tags({
-            "horovod.size": str(len(results)),
-            "horovod.rank_checksums": json.dumps([r["checksum"] for r in results]),
-        })
+        return finish(cfg, results, item_vocab, run_id)
 
-        history = main["history"]
-        best = history[main["best_epoch"] - 1]
-        metric = metric_key("val_ndcg", cfg.train.eval_k)
-        bundle = ModelBundle(
-            model_args=main["model_args"],
-            state_dict=main["state_dict"],
-            item_vocab=item_vocab,
-            config=cfg.to_dict(),
-            metrics={"best_epoch": main["best_epoch"], metric: best[metric]},
-        )
-        tracking.log_json({"model_args": main["model_args"], "history": history,
-                           "best_epoch": main["best_epoch"]}, "training/history.json")
-        tracking.log_figure(training_curve(history, cfg.train.eval_k), "training/curve.png")
 
-        from recsys_spark.models.pyfunc import log_model
+def finish(cfg: Config, results: list[dict[str, Any]], item_vocab, run_id: str) -> dict[str, Any]:
+    """After training, inside the active MLflow run: check the ranks, log the history, the curve
+    and the model (a pyfunc), register it and point the alias at it.
 
-        info = log_model(bundle, cfg.mlflow.registered_model, k=cfg.train.eval_k)
-        version = str(info.registered_model_version)
-        MlflowClient().set_registered_model_alias(cfg.mlflow.registered_model, cfg.mlflow.alias, version)
-        log.info("registered %s version %s as @%s", cfg.mlflow.registered_model, version, cfg.mlflow.alias)
+    Args:
+        results: the training function's results (rank 0's at least).
+        item_vocab: pandas rows of schema.ITEM_VOCAB_SCHEMA.
 
+    Returns:
+        the summary that :func:`run` returns.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    main = check_ranks(results)
+    checksums = main.get("rank_checksums") or [r["checksum"] for r in results]
+    mlflow.set_tags({
+        "train.launcher": cfg.train.launcher,
+        "train.world_size": str(main.get("size", len(results))),
+        "train.rank_checksums": json.dumps(checksums),
+        "train.stopped_early": str(main.get("stopped_early", False)).lower(),
+        "train.resumed_from_epoch": str(main.get("resumed_from", 0)),
+    })
+
+    history = main["history"]
+    best = history[main["best_epoch"] - 1]
+    metric = metric_key("val_ndcg", cfg.train.eval_k)
+    recall = metric_key("val_recall", cfg.train.eval_k)
+    bundle = ModelBundle(
+        model_args=main["model_args"],
+        state_dict=main["state_dict"],
+        item_vocab=item_vocab,
+        config=cfg.to_dict(),
+        metrics={"best_epoch": main["best_epoch"], metric: best[metric], recall: best[recall]},
+    )
+    mlflow.log_metrics({f"best_{metric}": best[metric], f"best_{recall}": best[recall],
+                        "best_epoch": float(main["best_epoch"])})
+    tracking.log_json({"model_args": main["model_args"], "history": history,
+                       "best_epoch": main["best_epoch"]}, "training/history.json")
+    tracking.log_figure(training_curve(history, cfg.train.eval_k), "training/curve.png")
+
+    from recsys_spark.models.pyfunc import log_model
+
+    info = log_model(bundle, cfg.mlflow.registered_model, k=cfg.train.eval_k)
+    version = str(info.registered_model_version)
+    client = MlflowClient()
+    client.update_model_version(cfg.mlflow.registered_model, version, description=(
+        f"Two-tower sequential recommender (SASRec-style user tower), trained by run {run_id} with "
+        f"launcher {cfg.train.launcher} on {main.get('size', len(results))} process(es); best epoch "
+        f"{main['best_epoch']} of {len(history)}: validation NDCG@{cfg.train.eval_k} {best[metric]:.4f}, "
+        f"Recall@{cfg.train.eval_k} {best[recall]:.4f} (full ranking, seen items excluded)."
+    ))
+    client.set_registered_model_alias(cfg.mlflow.registered_model, cfg.mlflow.alias, version)
+    log.info("registered %s version %s as @%s", cfg.mlflow.registered_model, version, cfg.mlflow.alias)
     return {
         "run_id": run_id,
         "model_uri": f"models:/{cfg.mlflow.registered_model}@{cfg.mlflow.alias}",
         "version": version,
         "best_epoch": main["best_epoch"],
+        "epochs_run": len(history),
         metric: round(best[metric], 5),
+        recall: round(best[recall], 5),
         "examples_per_s": round(history[-1]["examples_per_s"], 1),
     }
+
+
+def log_inputs(features: str, spark: SparkSession | None = None) -> None:
+    """Log the training and validation tables with ``mlflow.log_input`` (source path and digest).
+
+    The digest covers the content, not the query plan: every Parquet file's name, size and
+    row count, so a re-featurised table gets a new digest even under the same path. With a
+    Spark session the schema and a row count are logged too.
+    """
+    import warnings
+
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    for name, context in (("train", "training"), ("validation", "validation")):
+        path = io.feature_path(features, name)
+        digest, label = table_digest(path), f"features/{name}"
+        if spark is not None:
+            dataset = mlflow.data.from_spark(spark.read.parquet(path), path=path, name=label, digest=digest)
+        else:
+            with warnings.catch_warnings():  # "can be interpreted in multiple ways": local either way
+                warnings.simplefilter("ignore", UserWarning)
+                dataset = MetaDataset(source=resolve_dataset_source(path), name=label, digest=digest)
+        mlflow.log_input(dataset, context=context)
+
+
+def table_digest(path: str) -> str:
+    """A short content digest of a Parquet table: sha256 over (file, size, rows) of each part file."""
+    import hashlib
+
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    filesystem, inner = pafs.FileSystem.from_uri(io.local_uri(path))
+    selector = pafs.FileSelector(inner, recursive=True)
+    digest = hashlib.sha256()
+    for info in sorted(filesystem.get_file_info(selector), key=lambda i: i.path):
+        if info.type != pafs.FileType.File or not info.path.endswith(".parquet"):
+            continue
+        with filesystem.open_input_file(info.path) as handle:
+            rows = pq.ParquetFile(handle).metadata.num_rows
+        digest.update(f"{info.path[len(inner):]}:{info.size}:{rows}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def launch(spark: SparkSession, cfg: Config, run_id: str | None, tracking_uri: str | None) -> list[dict[str, Any]]:
     """Run :func:`train_fn` with the configured launcher.
 
-    "horovod_spark": ``train.num_proc`` Horovod processes on gloo, one per Spark task (so
-    the cluster needs that many free task slots). "local": in this process, Horovod size 1.
+    "horovod_spark": ``train.num_proc`` Horovod processes on gloo, one per Spark task (so the
+    cluster needs that many free task slots). "torch_distributor": as many torch.distributed
+    processes started by Spark's TorchDistributor (gloo on CPU, NCCL on GPU). "local": in this
+    process, world size 1.
 
     Returns:
-        train_fn's results in rank order.
+        train_fn's results in rank order (TorchDistributor hands back rank 0's only; it carries
+        every rank's weight checksum).
     """
     args = (cfg.to_dict(), run_id, tracking_uri)
-    if cfg.train.launcher == "local":
-        import horovod.torch as hvd
+    tc = cfg.train
+    if tc.launcher == "local":
         import torch
 
         threads = torch.get_num_threads()
         try:
             return [train_fn(*args)]
         finally:
-            hvd.shutdown()
             torch.set_num_threads(threads)
+
+    if tc.launcher == "torch_distributor":
+        from pyspark.ml.torch.distributor import TorchDistributor
+
+        use_gpu = tc.device == "cuda"
+        # local_mode=False: the processes run inside Spark tasks, as Horovod's do, so the
+        # driver stays free and a cluster spreads them over its executors.
+        distributor = TorchDistributor(num_processes=tc.num_proc, local_mode=False, use_gpu=use_gpu)
+        return [distributor.run(train_fn, *args, "torch")]
 
     import horovod.spark
 
     return horovod.spark.run(
-        train_fn, args=args, num_proc=cfg.train.num_proc, use_mpi=False, use_gloo=True, verbose=1,
+        train_fn, args=args, num_proc=tc.num_proc, use_mpi=False, use_gloo=True, verbose=1,
     )
 
 
@@ -111,9 +196,9 @@ def check_ranks(results: list[dict[str, Any]]) -> dict[str, Any]:
     main = next((r for r in results if r.get("rank") == 0), None)
     if main is None or main.get("state_dict") is None:
         raise DataQualityError("training returned no result from rank 0")
-    checksums = {r["checksum"] for r in results}
-    if len(checksums) != 1:
-        raise DataQualityError(f"the {len(results)} Horovod ranks ended with different weights")
+    checksums = main.get("rank_checksums") or [r["checksum"] for r in results]
+    if len(set(checksums)) != 1:
+        raise DataQualityError(f"the {len(checksums)} training ranks ended with different weights")
     return main
 
 

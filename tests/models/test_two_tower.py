@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from recsys_spark import schema as S
-from recsys_spark.models.two_tower import TwoTowerModel
+from recsys_spark.models.two_tower import HistoryFeatures, TwoTowerModel
 from recsys_spark.train.loss import RetrievalTask, event_weight_table, popularity, sampled_softmax_loss
 
 pytestmark = pytest.mark.unit
@@ -16,12 +16,12 @@ pytestmark = pytest.mark.unit
 NUM_ITEMS, DIM, LENGTH = 12, 8, 5
 
 
-def make_model(dropout: float = 0.0) -> TwoTowerModel:
+def make_model(dropout: float = 0.0, user_features: bool = True) -> TwoTowerModel:
     torch.manual_seed(0)
     model = TwoTowerModel(
         num_items=NUM_ITEMS, num_categories=3, num_brands=4, num_price_buckets=3,
         num_event_codes=S.NUM_EVENT_CODES, num_gap_buckets=S.NUM_GAP_BUCKETS, max_seq_len=LENGTH,
-        dim=DIM, num_layers=2, num_heads=2, dropout=dropout,
+        dim=DIM, num_layers=2, num_heads=2, dropout=dropout, use_user_features=user_features,
     )
     model.set_item_features(
         torch.arange(NUM_ITEMS) % 3, torch.arange(NUM_ITEMS) % 4, torch.arange(NUM_ITEMS) % 3
@@ -61,16 +61,53 @@ def test_shorter_sequences_are_accepted_and_longer_ones_refused():
         model.sequence_vectors(too_long, too_long, too_long)
 
 
-def test_causal_mask_later_steps_do_not_change_earlier_positions():
-    model = make_model()
+@pytest.mark.parametrize("user_features", [True, False])
+def test_causal_mask_later_steps_do_not_change_earlier_positions(user_features):
+    model = make_model(user_features=user_features)
     items, events, gaps = batch()
-    changed = items.clone()
-    changed[:, -1] = 11  # a different last item in every row
+    for step in (4, 2):  # the last step, then a middle one
+        changed, changed_events, changed_gaps = items.clone(), events.clone(), gaps.clone()
+        changed[:2, step] = 11  # a different item, event and gap at `step` in the real rows
+        changed_events[:2, step] = S.EVENT_CODE["purchase"] if step != 4 else S.EVENT_CODE["cart"]
+        changed_gaps[:2, step] = 20
+        with torch.no_grad():
+            before = model.sequence_vectors(items, events, gaps)
+            after = model.sequence_vectors(changed, changed_events, changed_gaps)
+        torch.testing.assert_close(before[:2, :step], after[:2, :step])
+        assert not torch.allclose(before[:2, step], after[:2, step])
+
+
+def test_history_features_match_a_hand_computation():
+    # One row, left-padded: [pad, item 2 view, item 3 cart, item 2 purchase] with gap buckets 0, 4, 8.
+    items = torch.tensor([[0, 2, 3, 2]])
+    events = torch.tensor([[0, S.EVENT_CODE["view"], S.EVENT_CODE["cart"], S.EVENT_CODE["purchase"]]])
+    gaps = torch.tensor([[5, 0, 4, 8]])  # the pad step's gap (5) must be ignored
+    feats = HistoryFeatures(S.NUM_EVENT_CODES, S.NUM_GAP_BUCKETS)(items, events, gaps)
+    assert feats.shape == (1, 4, HistoryFeatures(S.NUM_EVENT_CODES, S.NUM_GAP_BUCKETS).size) == (1, 4, 11)
+    top = S.NUM_GAP_BUCKETS - 1
+    # Columns: log1p(n) | shares of view, cart, remove, purchase | log1p counts of the same | mean gap | repeat share
+    expected_last = [math.log(4), 1 / 3, 1 / 3, 0, 1 / 3, math.log(2), math.log(2), 0, math.log(2),
+                     (0 + 4 + 8) / 3 / top, 1 / 3]
+    expected_second = [math.log(2), 1, 0, 0, 0, math.log(2), 0, 0, 0, 0, 0]
+    torch.testing.assert_close(feats[0, 3], torch.tensor(expected_last))
+    torch.testing.assert_close(feats[0, 1], torch.tensor(expected_second))
+    torch.testing.assert_close(feats[0, 0], torch.zeros(11))  # nothing seen yet at the pad step
+
+
+def test_user_features_change_the_user_vector_and_old_bundles_rebuild_without_them():
+    with_features, without = make_model(user_features=True), make_model(user_features=False)
+    items, events, gaps = batch()
+    more_purchases = events.clone()
+    more_purchases[1, :4] = S.EVENT_CODE["purchase"]
     with torch.no_grad():
-        before = model.sequence_vectors(items, events, gaps)
-        after = model.sequence_vectors(changed, events, gaps)
-    torch.testing.assert_close(before[:2, :-1], after[:2, :-1])
-    assert not torch.allclose(before[:2, -1], after[:2, -1])
+        assert not torch.allclose(with_features.user_vectors(items, events, gaps)[1],
+                                  with_features.user_vectors(items, more_purchases, gaps)[1])
+    assert not any(k.startswith("user_feature_mlp") for k in without.state_dict())
+    # A model saved before user features existed has no such key in model_args: default off.
+    rebuilt = TwoTowerModel(num_items=NUM_ITEMS, num_categories=3, num_brands=4, num_price_buckets=3,
+                            num_event_codes=S.NUM_EVENT_CODES, num_gap_buckets=S.NUM_GAP_BUCKETS,
+                            max_seq_len=LENGTH, dim=DIM, num_layers=2, num_heads=2, dropout=0.0)
+    rebuilt.load_state_dict(without.state_dict())
 
 
 def test_padded_steps_are_ignored_by_the_user_vector():

@@ -38,6 +38,7 @@ def tiny_config(root, launcher: str):
         "train.warmup_steps=3",
         "train.lr=0.01",
         "train.dropout=0.0",
+        "train.patience=0",
     ])
 
 
@@ -66,20 +67,32 @@ def test_horovod_on_spark_trains_registers_and_round_trips(spark, tmp_path):
     run = client.get_run(summary["run_id"])
     assert run.data.tags["stage"] == "train"
     # Both ranks ended with bitwise-identical weights.
-    checksums = json.loads(run.data.tags["horovod.rank_checksums"])
-    assert run.data.tags["horovod.size"] == "2" and len(checksums) == 2 and checksums[0] == checksums[1]
+    checksums = json.loads(run.data.tags["train.rank_checksums"])
+    assert run.data.tags["train.world_size"] == "2" and len(checksums) == 2 and checksums[0] == checksums[1]
+    # The inputs are logged as datasets: source path and a content digest.
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"features/train", "features/validation"}
+    assert str(tmp_path / "features" / "train") in inputs["features/train"].dataset.source
+    assert len(inputs["features/train"].dataset.digest) == 16
+    assert [t.value for t in inputs["features/train"].tags] == ["training"]
+    # The resolved config as params and as an artifact.
+    assert run.data.params["train.num_proc"] == "2" and run.data.params["train.launcher"] == "horovod_spark"
 
     losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train_loss"), key=lambda m: m.step)]
     assert len(losses) == EPOCHS and losses[-1] < losses[0]
-    for key in ("val_ndcg_at_10", "val_recall_at_10", "examples_per_s", "data_wait_share"):
+    for key in ("val_ndcg_at_20", "val_recall_at_20", "examples_per_s", "data_wait_share"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(1, EPOCHS + 1))
-    assert summary["val_ndcg_at_10"] == pytest.approx(max(
-        m.value for m in client.get_metric_history(run.info.run_id, "val_ndcg_at_10")), abs=1e-5)
+    assert summary["val_ndcg_at_20"] == pytest.approx(max(
+        m.value for m in client.get_metric_history(run.info.run_id, "val_ndcg_at_20")), abs=1e-5)
+    assert 0.0 <= run.data.metrics["data_wait_share"] < 1.0
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "training")}
     assert {"training/curve.png", "training/history.json"} <= artifacts
+    assert "config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
     # MLflow 3.17 returns the version as an int here, as a str elsewhere.
-    assert str(client.get_model_version_by_alias("recsys_two_tower", "challenger").version) == "1"
+    registered = client.get_model_version_by_alias("recsys_two_tower", "challenger")
+    assert str(registered.version) == "1"
+    assert f"best epoch {summary['best_epoch']} of {EPOCHS}" in registered.description
     bundle, version = load_bundle(cfg)
     assert version == "1"
     # The registered weights are the best epoch's, as checkpointed by rank 0.
@@ -111,7 +124,7 @@ def test_local_launcher_trains_in_process(spark, tmp_path):
     mlflow.set_tracking_uri(cfg.tracking_uri)
     client = MlflowClient()
     tags = client.get_run(summary["run_id"]).data.tags
-    assert tags["horovod.size"] == "1"
+    assert tags["train.world_size"] == "1" and tags["train.launcher"] == "local"
     losses = [m.value for m in sorted(client.get_metric_history(summary["run_id"], "train_loss"), key=lambda m: m.step)]
     assert len(losses) == EPOCHS and losses[-1] < losses[0]
     bundle, version = load_bundle(cfg)

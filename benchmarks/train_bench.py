@@ -1,0 +1,191 @@
+"""Training benchmark: throughput and scaling, data-wait share, reader speed, memory per epoch.
+
+    .venv/bin/python benchmarks/train_bench.py [--windows 4096] [--epochs 3] [--features PATH]
+
+On one synthetic featurised dataset (or ``--features``, a ``features/`` directory written by
+``recsys featurize``), all measured in the same run:
+
+1. training throughput (windows/s, validation excluded) of one process, and of two Horovod
+   processes on gloo (``horovod.run``, one thread each) -> scaling efficiency
+   ex_s(2) / (2 * ex_s(1)); epoch 1 is warm-up and left out of the means;
+2. the share of step time spent waiting for the next batch (Petastorm), per configuration;
+3. the Petastorm reader (``BatchedDataLoader`` as training uses it, shuffling included)
+   against plain ``pyarrow`` ``iter_batches`` + torch conversion of the same Parquet files;
+4. peak RSS of the largest rank after each epoch (should stay flat from epoch 2 on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from recsys_spark import schema as S  # noqa: E402
+from recsys_spark.config import load_config  # noqa: E402
+from recsys_spark.train import data  # noqa: E402
+from recsys_spark.train.loop import train_fn  # noqa: E402
+
+INT_LIST = pa.list_(pa.field("element", pa.int32(), nullable=False))
+
+
+def synthetic_features(root: Path, windows: int, num_items: int, seq_len: int, seed: int = 0) -> None:
+    """A featurised dataset as ``recsys featurize`` lays it out: 4 train files, item tastes by category."""
+    rng = np.random.default_rng(seed)
+    real = np.arange(S.FIRST_ITEM_INDEX, num_items)
+    categories = 40
+    item_category = rng.integers(0, categories, num_items)
+    by_category = [real[item_category[real] == c] for c in range(categories)]
+
+    def session(length: int) -> list[int]:
+        tastes = rng.choice(categories, 2, replace=False)
+        out = []
+        for _ in range(length):
+            pool = by_category[int(rng.choice(tastes))]
+            out.append(int(rng.choice(pool)) if len(pool) else int(rng.choice(real)))
+        return out
+
+    def window(length: int) -> tuple[list[int], list[int], list[int]]:
+        pad = [S.PAD_INDEX] * (seq_len + 1 - length)
+        events = rng.choice([1, 1, 1, 1, 2, 3, 4], length).tolist()
+        gaps = [0] + rng.integers(1, 20, length - 1).tolist()
+        return pad + session(length), pad + events, pad + gaps
+
+    rows = [window(int(rng.integers(seq_len // 2, seq_len + 2))) for _ in range(windows)]
+    (root / "train").mkdir(parents=True)
+    for f, part in enumerate(np.array_split(np.arange(windows), 4)):
+        table = pa.table({
+            name: pa.array([rows[i][c] for i in part], INT_LIST)
+            for c, name in enumerate((S.ITEM_SEQ, S.EVENT_SEQ, S.GAP_SEQ))
+        })
+        pq.write_table(table, root / "train" / f"part-{f:05d}.parquet", row_group_size=max(1, len(part) // 4))
+    validation = []
+    for u in range(256):
+        items, events, gaps = window(seq_len + 1)
+        validation.append({
+            S.USER_ID: f"u{u}", S.HIST_ITEMS: items[:-3], S.HIST_EVENTS: events[:-3],
+            S.HIST_GAPS: gaps[:-3], S.SEEN_ITEMS: items[:-3], S.TARGET_ITEMS: items[-3:], S.TARGET_EVENTS: events[-3:],
+        })
+    for row in validation:  # histories are max_seq_len long, left-padded
+        for key in (S.HIST_ITEMS, S.HIST_EVENTS, S.HIST_GAPS):
+            row[key] = [0] * (seq_len - len(row[key])) + row[key]
+    (root / "validation").mkdir()
+    pq.write_table(pa.Table.from_pylist(validation), root / "validation" / "part-00000.parquet")
+    counts = np.bincount(np.concatenate([np.asarray(r[0]) for r in rows]), minlength=num_items)
+    (root / "item_vocab").mkdir()
+    pq.write_table(pa.table({
+        S.ITEM_IDX: pa.array(real, pa.int32()),
+        S.PRODUCT_ID: pa.array(100000 + real, pa.int64()),
+        S.CATEGORY_IDX: pa.array(item_category[real], pa.int32()),
+        S.BRAND_IDX: pa.array(real % 50, pa.int32()),
+        S.PRICE_BUCKET: pa.array(1 + real % 10, pa.int32()),
+        S.TRAIN_COUNT: pa.array(counts[real], pa.int64()),
+        S.PRETEST_COUNT: pa.array(counts[real], pa.int64()),
+    }), root / "item_vocab" / "part-00000.parquet")
+    (root / S.FEATURE_METADATA).write_text(json.dumps({
+        "num_items": num_items, "num_categories": categories, "num_brands": 50, "num_price_buckets": 11,
+        "num_event_codes": S.NUM_EVENT_CODES, "num_gap_buckets": S.NUM_GAP_BUCKETS, "max_seq_len": seq_len,
+    }))
+
+
+def train_config(root: Path, features: Path, epochs: int, batch_size: int) -> dict:
+    return load_config(None, [
+        f"paths.root={root}", f"paths.features={features}", "train.launcher=local", f"train.epochs={epochs}",
+        f"train.batch_size={batch_size}", "train.threads_per_proc=1", "train.device=cpu", "train.patience=0",
+    ]).to_dict()
+
+
+def one_process(cfg: dict) -> list[dict]:
+    return train_fn(cfg, None, None, backend="single")["history"]
+
+
+def two_horovod_processes(cfg: dict) -> list[dict]:
+    import horovod
+
+    # train.threads_per_proc=1 in cfg: each process computes on one thread.
+    results = horovod.run(train_fn, args=(cfg, None, None, "horovod"), np=2, use_gloo=True)
+    return next(r for r in results if r["rank"] == 0)["history"]
+
+
+def reader_throughput(path: str, batch_size: int, passes: int = 3) -> tuple[float, float]:
+    """(Petastorm rows/s, pyarrow rows/s) over the same Parquet files, best of ``passes``."""
+    best_peta = best_arrow = 0.0
+    files = sorted(str(p) for p in Path(path).glob("*.parquet"))
+    for p in range(passes):
+        started, rows = time.perf_counter(), 0
+        with data.train_batches(path, 0, 1, batch_size, seed=p, shuffle_buffer=4 * batch_size) as batches:
+            for items, _, _ in batches:
+                rows += items.shape[0]
+        best_peta = max(best_peta, rows / (time.perf_counter() - started))
+
+        started, rows = time.perf_counter(), 0
+        for name in files:
+            for batch in pq.ParquetFile(name).iter_batches(batch_size=batch_size, columns=list(data.TRAIN_COLUMNS)):
+                tensors = []
+                for column in batch.columns:
+                    flat = column.values.to_numpy(zero_copy_only=False)
+                    tensors.append(torch.from_numpy(flat.astype(np.int64).reshape(len(column), -1)))
+                rows += tensors[0].shape[0]
+        best_arrow = max(best_arrow, rows / (time.perf_counter() - started))
+    return best_peta, best_arrow
+
+
+def summary(history: list[dict]) -> dict:
+    steady = history[1:] or history
+    return {
+        "examples_per_s": float(np.mean([h["examples_per_s"] for h in steady])),
+        "data_wait_share": float(np.mean([h["data_wait_share"] for h in steady])),
+        "peak_rss_mb": [round(h["peak_rss_mb"], 1) for h in history],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--windows", type=int, default=4096, help="synthetic training windows")
+    parser.add_argument("--items", type=int, default=1500)
+    parser.add_argument("--seq-len", type=int, default=50)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--features", default=None, help="an existing features/ directory instead")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+
+    with tempfile.TemporaryDirectory(prefix="train_bench_") as tmp:
+        tmp = Path(tmp)
+        features = Path(args.features) if args.features else tmp / "features"
+        if not args.features:
+            synthetic_features(features, args.windows, args.items + S.FIRST_ITEM_INDEX, args.seq_len)
+        print(f"data: {features} ({pq.ParquetDataset(str(features / 'train')).read().num_rows} windows)", flush=True)
+
+        peta, arrow = reader_throughput(str(features / "train"), args.batch_size)
+        single = summary(one_process(train_config(tmp / "one", features, args.epochs, args.batch_size)))
+        double = summary(two_horovod_processes(train_config(tmp / "two", features, args.epochs, args.batch_size)))
+
+    efficiency = double["examples_per_s"] / (2 * single["examples_per_s"])
+    print("\n== training benchmark (CPU, one thread per process; epoch 1 excluded) ==")
+    print(f"{'configuration':<28}{'windows/s':>12}{'data wait':>12}   peak RSS per epoch (MiB, largest rank)")
+    for name, res in (("1 process", single), ("2 Horovod processes (gloo)", double)):
+        print(f"{name:<28}{res['examples_per_s']:>12.1f}{res['data_wait_share']:>11.1%}   {res['peak_rss_mb']}")
+    print(f"scaling efficiency, 2 processes vs 1:  {efficiency:.1%}  (target >= 90%)")
+    print(f"data-wait share (worst of the two):    {max(single['data_wait_share'], double['data_wait_share']):.1%}"
+          "  (target < 10%)")
+    print(f"reader: Petastorm {peta:,.0f} rows/s vs pyarrow {arrow:,.0f} rows/s -> ratio {peta / arrow:.2f}x")
+    for name, res in (("1 process", single), ("2 processes", double)):
+        rss = res["peak_rss_mb"][1:]
+        growth = (rss[-1] - rss[0]) if len(rss) > 1 else 0.0
+        print(f"peak RSS growth epoch 2 -> {len(res['peak_rss_mb'])}, {name}: {growth:+.1f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

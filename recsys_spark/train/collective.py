@@ -1,0 +1,203 @@
+"""The few collective operations the training loop needs, behind one small interface.
+
+The training function (:func:`recsys_spark.train.loop.train_fn`) is the same whichever
+engine runs it; only a :class:`Collective` changes:
+
+* :class:`HorovodCollective`: Horovod on gloo (or NCCL), under ``horovod.spark.run`` or
+  ``horovodrun``; gradients are averaged by ``hvd.DistributedOptimizer``.
+* :class:`TorchCollective`: ``torch.distributed`` (gloo on CPU, NCCL on GPU), as started by
+  Spark's ``TorchDistributor`` or ``torchrun``; gradients are averaged by
+  ``DistributedDataParallel`` during ``backward``.
+* :class:`SingleProcess`: one process, no communication.
+
+Each offers: rank / size / local_rank, ``allreduce`` (sum, min or max of a small CPU tensor),
+``broadcast_object``, ``allgather_object``, ``distribute`` (wrap the module and optimizer,
+and make every rank start from rank 0's weights) and ``step`` (average the gradients, clip
+them, apply the update).
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+Op = Literal["sum", "min", "max"]
+
+
+class Collective(ABC):
+    """One rank's view of the data-parallel job."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    name: str = "single"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @abstractmethod
+    def allreduce(self, tensor: Tensor, op: Op = "sum") -> Tensor:
+        """Args: tensor, a small CPU tensor. Returns: its element-wise sum (min, max) over ranks."""
+
+    @abstractmethod
+    def broadcast_object(self, obj: Any) -> Any:
+        """Returns: rank 0's ``obj`` on every rank (a picklable value)."""
+
+    @abstractmethod
+    def allgather_object(self, obj: Any) -> list[Any]:
+        """Returns: every rank's ``obj``, in rank order."""
+
+    def distribute(self, module: nn.Module, optimizer: torch.optim.Optimizer,
+                   device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """Wrap for data parallelism; afterwards every rank holds rank 0's weights and optimizer state.
+
+        Returns:
+            (the module to call forward on, the optimizer to step).
+        """
+        return module, optimizer
+
+    def step(self, optimizer: torch.optim.Optimizer, params: list[Tensor], max_norm: float,
+             scaler: "torch.amp.GradScaler | None" = None) -> float:
+        """Average the gradients over ranks, clip their global norm to ``max_norm``, update.
+
+        Clipping must see the averaged gradient (not each rank's own), or ranks would clip
+        differently and drift apart.
+
+        Returns:
+            the gradient norm before clipping (inf/NaN when an fp16 step overflowed).
+        """
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        return float(norm)
+
+    def shutdown(self) -> None:
+        """Release the communication backend (a no-op where the launcher owns it)."""
+
+
+class SingleProcess(Collective):
+    """Size 1: every collective is the identity."""
+
+    def allreduce(self, tensor: Tensor, op: Op = "sum") -> Tensor:
+        return tensor.clone()
+
+    def broadcast_object(self, obj: Any) -> Any:
+        return obj
+
+    def allgather_object(self, obj: Any) -> list[Any]:
+        return [obj]
+
+
+class HorovodCollective(Collective):
+    """Horovod: ``hvd.init()`` here; ``hvd.DistributedOptimizer`` averages the gradients."""
+
+    name = "horovod"
+
+    def __init__(self) -> None:
+        import horovod.torch as hvd
+
+        hvd.init()
+        self.hvd = hvd
+        self.rank, self.size, self.local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
+        self._calls = 0
+
+    def _name(self, what: str) -> str:
+        # Horovod matches collectives across ranks by name; a counter keeps them distinct.
+        self._calls += 1
+        return f"{what}.{self._calls}"
+
+    def allreduce(self, tensor: Tensor, op: Op = "sum") -> Tensor:
+        hvd_op = {"sum": self.hvd.Sum, "min": self.hvd.Min, "max": self.hvd.Max}[op]
+        return self.hvd.allreduce(tensor, op=hvd_op, name=self._name("allreduce"))
+
+    def broadcast_object(self, obj: Any) -> Any:
+        return self.hvd.broadcast_object(obj, root_rank=0, name=self._name("broadcast"))
+
+    def allgather_object(self, obj: Any) -> list[Any]:
+        return self.hvd.allgather_object(obj, name=self._name("allgather"))
+
+    def distribute(self, module, optimizer, device):
+        hvd = self.hvd
+        optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=module.named_parameters())
+        hvd.broadcast_parameters(module.state_dict(), root_rank=0)
+        hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+        return module, optimizer
+
+    def step(self, optimizer, params, max_norm, scaler=None):
+        # Finish the gradient allreduce first, so clipping sees the averaged gradient; then
+        # step without a second allreduce.
+        optimizer.synchronize()
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        with optimizer.skip_synchronize():
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+        return float(norm)
+
+    def shutdown(self) -> None:
+        self.hvd.shutdown()
+
+
+class TorchCollective(Collective):
+    """``torch.distributed``: joins the process group the launcher described in the environment.
+
+    TorchDistributor and torchrun set MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE and
+    LOCAL_RANK; the backend is NCCL on GPU and gloo otherwise.
+    """
+
+    name = "torch_distributed"
+
+    def __init__(self, use_gpu: bool = False) -> None:
+        import torch.distributed as dist
+
+        self.dist = dist
+        self._owns_group = not dist.is_initialized()
+        if self._owns_group:
+            dist.init_process_group(backend="nccl" if use_gpu else "gloo")
+        self.rank, self.size = dist.get_rank(), dist.get_world_size()
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        # Small control messages (batch counts, metric sums) always travel on a gloo group,
+        # on the CPU, whatever backend carries the gradients.
+        self._cpu_group = dist.new_group(backend="gloo") if use_gpu else None
+
+    def allreduce(self, tensor: Tensor, op: Op = "sum") -> Tensor:
+        out = tensor.detach().clone()
+        reduce_op = {"sum": self.dist.ReduceOp.SUM, "min": self.dist.ReduceOp.MIN, "max": self.dist.ReduceOp.MAX}[op]
+        self.dist.all_reduce(out, op=reduce_op, group=self._cpu_group)
+        return out
+
+    def broadcast_object(self, obj: Any) -> Any:
+        box = [obj]
+        self.dist.broadcast_object_list(box, src=0, group=self._cpu_group)
+        return box[0]
+
+    def allgather_object(self, obj: Any) -> list[Any]:
+        out: list[Any] = [None] * self.size
+        self.dist.all_gather_object(out, obj, group=self._cpu_group)
+        return out
+
+    def distribute(self, module, optimizer, device):
+        from torch.nn.parallel import DistributedDataParallel
+
+        # DDP broadcasts rank 0's parameters and buffers when it wraps the module; the
+        # optimizer holds no state yet, or rank 0's restored state is loaded on every rank.
+        wrapped = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+        return wrapped, optimizer
+
+    def shutdown(self) -> None:
+        if self._owns_group and self.dist.is_initialized():
+            self.dist.destroy_process_group()

@@ -1,0 +1,118 @@
+"""Checkpoints, resume after a real kill, early stopping and determinism of the training function."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from recsys_spark.config import load_config
+from recsys_spark.errors import InputError
+from recsys_spark.train.loop import LAST_CHECKPOINT, read_checkpoint, state_checksum, train_fn
+
+from tests.train.test_data import write_features
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
+TIMING_KEYS = {"examples_per_s", "data_wait_share", "epoch_s", "peak_rss_mb"}
+
+# Dies by SIGKILL right after rank 0 has written the checkpoint of epoch 1: no cleanup, no
+# `finally`, exactly what a lost executor or an OOM kill leaves behind.
+KILLED_RUN = """
+import json, os, signal, sys
+from recsys_spark.config import load_config
+from recsys_spark.train.loop import train_fn
+
+cfg = load_config(None, json.loads(sys.argv[1]))
+def die(epoch):
+    if epoch == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+train_fn(cfg.to_dict(), None, None, on_checkpoint=die)
+"""
+
+
+def overrides(root: Path, features: Path, **extra) -> list[str]:
+    values = {
+        "paths.root": root, "paths.features": features, "train.launcher": "local", "train.epochs": 3,
+        "train.batch_size": 32, "train.embedding_dim": 16, "train.num_layers": 1, "train.uniform_negatives": 16,
+        "train.warmup_steps": 3, "train.lr": 0.01, "train.dropout": 0.1, "train.patience": 0,
+        "train.threads_per_proc": 1, "train.device": "cpu",
+    }
+    values.update({f"train.{k}": v for k, v in extra.items()})
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def train(args: list[str], **kwargs) -> dict:
+    threads = torch.get_num_threads()
+    try:
+        return train_fn(load_config(None, args).to_dict(), None, None, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def without_timings(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in h.items() if k not in TIMING_KEYS} for h in history]
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("features")
+    write_features(root)
+    return root
+
+
+def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, features):
+    whole = train(overrides(tmp_path / "whole", features))
+
+    killed_root = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", KILLED_RUN, json.dumps(overrides(killed_root, features))],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    last = read_checkpoint(str(killed_root / "checkpoints"), LAST_CHECKPOINT)
+    assert last["epoch"] == 1 and not (killed_root / "checkpoints" / "epoch_002.pt").exists()
+    assert set(last) >= {"model", "optimizer", "scheduler", "rng", "config", "model_args", "best", "history"}
+    assert set(last["rng"][0]) >= {"python", "numpy", "torch", "negatives"}
+
+    resumed = train(overrides(killed_root, features, resume="true"))
+
+    assert resumed["resumed_from"] == 1
+    assert resumed["checksum"] == whole["checksum"]  # the final weights, bit for bit
+    assert state_checksum(resumed["state_dict"]) == state_checksum(whole["state_dict"])  # the best epoch's
+    assert resumed["best_epoch"] == whole["best_epoch"] and resumed["steps"] == whole["steps"]
+    assert without_timings(resumed["history"]) == without_timings(whole["history"])
+
+
+def test_resume_without_a_checkpoint_starts_from_scratch_and_a_finished_run_stays_finished(tmp_path, features):
+    first = train(overrides(tmp_path, features, epochs=2, resume="true"))
+    assert first["resumed_from"] == 0 and len(first["history"]) == 2
+    again = train(overrides(tmp_path, features, epochs=2, resume="true"))
+    assert again["resumed_from"] == 2 and again["checksum"] == first["checksum"] and len(again["history"]) == 2
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(tmp_path, features):
+    train(overrides(tmp_path, features, epochs=1))
+    with pytest.raises(InputError, match="train.resume: .* different model"):
+        train(overrides(tmp_path, features, epochs=2, resume="true", embedding_dim=8))
+
+
+def test_training_is_deterministic_on_cpu_for_a_seed(tmp_path, features):
+    one = train(overrides(tmp_path / "a", features, epochs=1))
+    two = train(overrides(tmp_path / "b", features, epochs=1))
+    other = train(overrides(tmp_path / "c", features, epochs=1, seed=8))
+    assert one["checksum"] == two["checksum"] != other["checksum"]
+
+
+def test_early_stopping_keeps_the_best_epoch(tmp_path, features):
+    # lr = 0: the weights never move, so validation NDCG never improves on epoch 1's.
+    result = train(overrides(tmp_path, features, epochs=5, lr=0.0, patience=2))
+    assert result["stopped_early"] is True
+    assert [h["epoch"] for h in result["history"]] == [1, 2, 3]
+    assert result["best_epoch"] == 1
+    assert read_checkpoint(str(tmp_path / "checkpoints"))["stopped"] is True
