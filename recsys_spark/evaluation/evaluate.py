@@ -1,14 +1,29 @@
-"""The ``evaluate`` stage: full-ranking metrics of the registered model against popularity.
+"""The ``evaluate`` stage: full-ranking metrics of the registered model against baselines, and
+the registry gate.
 
-Every user of ``features/test`` with at least one target is ranked against the whole
-catalogue (seen items excluded) by each ranker, inside Spark tasks; per-user metrics are then
-averaged in Spark. Metric definitions: :mod:`recsys_spark.evaluation.metrics`.
+1. The baselines (co-occurrence and implicit ALS; see :mod:`~recsys_spark.evaluation.baselines`)
+   are fitted on the training windows, every point of their small grids is ranked on the
+   *validation* users, and the best point of each by ``evaluate.primary_metric`` is kept.
+2. On the *test* users, the challenger (``evaluate.model_alias``), the current champion
+   (``evaluate.champion_alias``, when another version holds it), popularity and the tuned
+   baselines each rank the whole catalogue inside Spark tasks (never sampled), with each
+   user's already-seen items excluded; per-user metrics are averaged in Spark, overall and per
+   segment (cold / warm users, head / tail, view / cart / purchase targets).
+3. The gate (:func:`recsys_spark.models.registry.decide`) compares challenger and champion on
+   that same data and moves the champion alias or not; the decision and its reasons go to the
+   log, the report, the MLflow run and the challenger's model version tags.
+4. The report: ``evaluation.json`` and ``evaluation.html`` under ``paths.reports``, both logged
+   to the MLflow run with the headline metrics.
+
+Metric definitions: :mod:`recsys_spark.evaluation.metrics`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import logging
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -20,24 +35,56 @@ from pyspark.sql import types as T
 
 from recsys_spark import io, tracking
 from recsys_spark import schema as S
-from recsys_spark.config import Config
+from recsys_spark.config import Config, EvaluateConfig
 from recsys_spark.errors import ConfigError, InputError
-from recsys_spark.evaluation.metrics import batch_metrics, metric_names
+from recsys_spark.evaluation import baselines as B
+from recsys_spark.evaluation import report as R
+from recsys_spark.evaluation.metrics import (
+    MRR,
+    batch_metrics,
+    head_items,
+    list_metric_names,
+    list_metrics,
+    metric_names,
+    self_information,
+)
 from recsys_spark.evaluation.ranking import ModelRanker, PopularityRanker, Ranker, int_arrays, vocab_column
 
 log = logging.getLogger(__name__)
 
-# Columns of the per-user metrics table (metric columns are named as metric_names(ks)).
+# Columns of the per-user metrics table (metric columns are named as all_metric_names(ks)).
 RANKER = "ranker"
+SEGMENT = "segment"
 NUM_TARGETS = "num_targets"
 TOP_ITEMS = "top_items"
+EXCLUDE_ITEMS = "exclude_items"
 USERS = "users"
 REPORT_FILE = "evaluation.json"
-PLOT_FILE = "evaluation.png"
+HTML_FILE = "evaluation.html"
+
+# Rankers of the test comparison.
+MODEL, CHAMPION, POPULARITY, COOCCURRENCE, ALS = "model", "champion", "popularity", "cooccurrence", "als"
+BASELINES = (POPULARITY, COOCCURRENCE, ALS)
+
+# Segments: every user; users by history size; targets by popularity and by strongest event.
+ALL = "all"
+COLD_USERS, WARM_USERS = "cold_users", "warm_users"
+HEAD_TARGETS, TAIL_TARGETS = "head_targets", "tail_targets"
+TARGET_EVENT_SEGMENTS = {
+    "view_targets": (S.EVENT_CODE["view"],),
+    "cart_targets": (S.EVENT_CODE["cart"], S.EVENT_CODE["remove_from_cart"]),
+    "purchase_targets": (S.EVENT_CODE["purchase"],),
+}
+SEGMENTS = (ALL, COLD_USERS, WARM_USERS, HEAD_TARGETS, TAIL_TARGETS, *TARGET_EVENT_SEGMENTS)
 
 
 def coverage_names(ks: Sequence[int]) -> list[str]:
     return [f"coverage@{k}" for k in sorted(ks)]
+
+
+def all_metric_names(ks: Sequence[int]) -> list[str]:
+    """The per-user metrics: accuracy (metric_names) then the list metrics (list_metric_names)."""
+    return metric_names(ks) + list_metric_names(ks)
 
 
 def mlflow_key(name: str) -> str:
@@ -49,32 +96,113 @@ def per_user_schema(ks: Sequence[int]) -> T.StructType:
     return T.StructType(
         [
             T.StructField(RANKER, T.StringType(), False),
+            T.StructField(SEGMENT, T.StringType(), False),
             T.StructField(S.USER_ID, T.StringType(), False),
             T.StructField(NUM_TARGETS, T.IntegerType(), False),
-            *[T.StructField(name, T.DoubleType(), False) for name in metric_names(ks)],
+            *[T.StructField(name, T.DoubleType(), False) for name in all_metric_names(ks)],
             T.StructField(TOP_ITEMS, T.ArrayType(T.IntegerType(), False), False),
         ]
     )
 
 
-def per_user_metrics(
-    rows: DataFrame, rankers: Mapping[str, Callable[[], Ranker]], ks: Sequence[int], block_size: int
-) -> DataFrame:
-    """Rank every row's catalogue with every ranker and measure it.
+# ----------------------------------------------------------------------------- per item, per user
+
+
+@dataclass(frozen=True)
+class ItemStats:
+    """What the list metrics and the head / tail segments need, per item index.
 
     Args:
-        rows: schema.EVAL_SCHEMA rows, each with at least one target item.
+        self_info: float64 [N], -log2 of the item's share of interactions before the cutoff.
+        is_head: bool [N], head items (see metrics.head_items).
+        categories: int64 [N], category_idx (0 = unknown, itself one category).
+    """
+
+    self_info: np.ndarray
+    is_head: np.ndarray
+    categories: np.ndarray
+
+    @classmethod
+    def from_vocab(cls, vocab: pd.DataFrame, count_column: str, num_items: int, head_share: float) -> "ItemStats":
+        """Args: vocab rows of schema.ITEM_VOCAB_SCHEMA; count_column, the interactions before
+        the evaluated split's cutoff (train_count for validation, pretest_count for test)."""
+        counts, _ = vocab_column(vocab, count_column, num_items)
+        categories, _ = vocab_column(vocab, S.CATEGORY_IDX, num_items)
+        return cls(self_information(counts), head_items(counts, head_share), categories)
+
+
+def segments_of(
+    targets: Sequence[np.ndarray],
+    target_events: Sequence[np.ndarray],
+    history_sizes: np.ndarray,
+    is_head: np.ndarray,
+    cold_user_threshold: int,
+) -> dict[str, tuple[np.ndarray, list[np.ndarray]]]:
+    """The users and targets of every segment.
+
+    A user segment keeps its users with all their targets; a target segment keeps every user
+    with at least one target of that kind, with only those targets (the others count as
+    misses there, like any other item).
+
+    Args:
+        targets: B int arrays of target items (each non-empty).
+        target_events: B int arrays, the strongest event code on each target.
+        history_sizes: int [B], distinct items each user had before the cutoff.
+        is_head: bool [N].
+        cold_user_threshold: users with fewer items than this are cold.
+
+    Returns:
+        {segment: (row indices int [b], b target arrays)} for every name of SEGMENTS.
+    """
+    rows = np.arange(len(targets))
+    out: dict[str, tuple[np.ndarray, list[np.ndarray]]] = {ALL: (rows, list(targets))}
+    cold = np.asarray(history_sizes) < cold_user_threshold
+    for name, mask in ((COLD_USERS, cold), (WARM_USERS, ~cold)):
+        out[name] = (rows[mask], [targets[i] for i in rows[mask]])
+    keeps = {
+        HEAD_TARGETS: [is_head[t] for t in targets],
+        TAIL_TARGETS: [~is_head[t] for t in targets],
+        **{
+            name: [np.isin(np.asarray(e), codes) for e in target_events]
+            for name, codes in TARGET_EVENT_SEGMENTS.items()
+        },
+    }
+    for name, masks in keeps.items():
+        chosen = [i for i in rows if masks[i].any()]
+        out[name] = (np.asarray(chosen, dtype=np.int64), [targets[i][masks[i]] for i in chosen])
+    return out
+
+
+def per_user_metrics(
+    rows: DataFrame,
+    rankers: Mapping[str, Callable[[], Ranker]],
+    ks: Sequence[int],
+    block_size: int,
+    stats: ItemStats,
+    cold_user_threshold: int = 0,
+    segments: bool = True,
+) -> DataFrame:
+    """Rank every row's catalogue with every ranker and measure it, overall and per segment.
+
+    Args:
+        rows: schema.EVAL_SCHEMA rows, each with at least one target item, optionally with an
+            ``exclude_items`` int array column (what to leave out instead of seen_items).
         rankers: name -> a function that builds the ranker; called once per Spark task, so
             it should read large state (weights, item vectors) from broadcast variables.
         ks: cut-offs; the top max(ks) items are ranked.
         block_size: users scored at once inside a task.
+        stats: per-item statistics for the list metrics and the head / tail segments.
+        cold_user_threshold: see :func:`segments_of`.
+        segments: measure every segment (else only ``all``).
 
     Returns:
-        one row per (ranker, user): ranker, user_id, num_targets, every metric of
-        metric_names(ks) and top_items (the max(ks) ranked item indices, -1 in empty slots).
+        one row per (ranker, segment, user): ranker, segment, user_id, num_targets, every
+        metric of all_metric_names(ks) and top_items (segment ``all`` only: the max(ks) ranked
+        item indices, -1 in empty slots; empty elsewhere).
     """
     k_max = max(ks)
-    names = metric_names(ks)
+    accuracy_names = metric_names(ks)
+    has_exclude = EXCLUDE_ITEMS in rows.columns
 
     def measure(batches):
         built = {name: make() for name, make in rankers.items()}
@@ -82,24 +210,41 @@ def per_user_metrics(
             if batch.empty:
                 continue
             targets = int_arrays(batch[S.TARGET_ITEMS])
+            parts = segments_of(
+                targets,
+                int_arrays(batch[S.TARGET_EVENTS]),
+                np.fromiter((len(s) for s in int_arrays(batch[S.SEEN_ITEMS])), dtype=np.int64, count=len(batch)),
+                stats.is_head,
+                cold_user_threshold,
+            )
+            if not segments:
+                parts = {ALL: parts[ALL]}
+            exclude = int_arrays(batch[EXCLUDE_ITEMS]) if has_exclude else None
+            users = batch[S.USER_ID].to_numpy()
             for name, ranker in built.items():
-                top, _ = ranker.recommend(batch, k_max, exclude_seen=True, block_size=block_size)
-                values = batch_metrics(top, targets, ks)
-                yield pd.DataFrame(
-                    {
-                        RANKER: name,
-                        S.USER_ID: batch[S.USER_ID].to_numpy(),
-                        NUM_TARGETS: np.fromiter((len(t) for t in targets), dtype=np.int32, count=len(targets)),
-                        **{metric: values[metric] for metric in names},
-                        TOP_ITEMS: top.tolist(),
-                    }
-                )
+                top, _ = ranker.recommend(batch, k_max, exclude_seen=True, block_size=block_size, exclude=exclude)
+                lists = list_metrics(top, ks, stats.self_info, stats.is_head, stats.categories)
+                for segment, (index, segment_targets) in parts.items():
+                    if len(index) == 0:
+                        continue
+                    values = batch_metrics(top[index], segment_targets, ks)
+                    yield pd.DataFrame(
+                        {
+                            RANKER: name,
+                            SEGMENT: segment,
+                            S.USER_ID: users[index],
+                            NUM_TARGETS: np.fromiter((len(t) for t in segment_targets), np.int32, len(index)),
+                            **{metric: values[metric] for metric in accuracy_names},
+                            **{metric: column[index] for metric, column in lists.items()},
+                            TOP_ITEMS: top[index].tolist() if segment == ALL else [[] for _ in index],
+                        }
+                    )
 
     return rows.mapInPandas(measure, per_user_schema(ks))
 
 
-def summarise(per_user: DataFrame, ks: Sequence[int], catalogue_size: int) -> dict[str, dict[str, float]]:
-    """Average the per-user metrics of each ranker and measure its catalogue coverage.
+def summarise(per_user: DataFrame, ks: Sequence[int], catalogue_size: int) -> dict[str, dict[str, dict[str, float]]]:
+    """Average the per-user metrics of each ranker and segment; measure catalogue coverage.
 
     Args:
         per_user: the output of :func:`per_user_metrics` (read twice: persist it first).
@@ -107,123 +252,339 @@ def summarise(per_user: DataFrame, ks: Sequence[int], catalogue_size: int) -> di
         catalogue_size: items that could be recommended (the vocabulary's size).
 
     Returns:
-        {ranker: {"users": n, metric: mean over users, "coverage@K": distinct items in any
-        top K / catalogue_size}}.
+        {ranker: {segment: {"users": n, metric: mean over its users}}}; segment ``all`` also
+        holds "coverage@K": distinct items in any top K / catalogue_size.
     """
-    names = metric_names(ks)
-    means = per_user.groupBy(RANKER).agg(
+    names = all_metric_names(ks)
+    means = per_user.groupBy(RANKER, SEGMENT).agg(
         F.count(F.lit(1)).alias(USERS), *[F.avg(F.col(f"`{name}`")).alias(name) for name in names]
     )
     position, item = "position", "item"
-    ranked = per_user.select(RANKER, F.posexplode(TOP_ITEMS).alias(position, item)).filter(
-        F.col(item) >= S.FIRST_ITEM_INDEX
+    ranked = (
+        per_user.where(F.col(SEGMENT) == ALL)
+        .select(RANKER, F.posexplode(TOP_ITEMS).alias(position, item))
+        .where(F.col(item) >= S.FIRST_ITEM_INDEX)
     )
     distinct = ranked.groupBy(RANKER).agg(
         *[F.countDistinct(F.when(F.col(position) < k, F.col(item))).alias(f"distinct@{k}") for k in sorted(ks)]
     )
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, dict[str, float]]] = {}
     for row in means.collect():
-        out[row[RANKER]] = {USERS: int(row[USERS]), **{name: float(row[name]) for name in names}}
-        out[row[RANKER]].update({name: 0.0 for name in coverage_names(ks)})
+        values = {USERS: int(row[USERS]), **{name: float(row[name]) for name in names}}
+        out.setdefault(row[RANKER], {})[row[SEGMENT]] = values
+    for ranker in out:
+        if ALL in out[ranker]:
+            out[ranker][ALL].update({name: 0.0 for name in coverage_names(ks)})
     for row in distinct.collect():
         for k, name in zip(sorted(ks), coverage_names(ks)):
-            out[row[RANKER]][name] = row[f"distinct@{k}"] / catalogue_size if catalogue_size else 0.0
+            out[row[RANKER]][ALL][name] = row[f"distinct@{k}"] / catalogue_size if catalogue_size else 0.0
     return out
 
 
-def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
-    """Evaluate the model of ``evaluate.model_alias`` and the popularity baseline on ``test``.
+def excluded_items(events: DataFrame, item_vocab: DataFrame, cutoff: dt.datetime, event_types: Sequence[str]) -> DataFrame:
+    """Per user, the vocabulary items they had one of ``event_types`` on before ``cutoff``.
 
-    Logs ``<ranker>.<metric>`` metrics ('@' written '_at_'), the JSON report and a plot to
-    the stage's MLflow run, writes the report to ``<paths.reports>/evaluation.json`` and tags
-    the evaluated model version with its primary metric.
+    Args:
+        events: clean events (schema.CLEAN_SCHEMA).
+        item_vocab: schema.ITEM_VOCAB_SCHEMA (small, broadcast).
+        cutoff: aware datetime; events strictly before it count.
+        event_types: e.g. ["purchase"].
 
     Returns:
-        model_version, "<ranker>.<primary metric>" for both rankers, users, report (its path).
+        user_id, exclude_items (sorted distinct item_idx).
+    """
+    index = F.broadcast(item_vocab.select(S.PRODUCT_ID, S.ITEM_IDX))
+    return (
+        events.where((F.col(S.EVENT_TIME) < F.lit(cutoff)) & F.col(S.EVENT_TYPE).isin(list(event_types)))
+        .join(index, S.PRODUCT_ID)
+        .groupBy(S.USER_ID)
+        .agg(F.array_sort(F.collect_set(F.col(S.ITEM_IDX).cast("int"))).alias(EXCLUDE_ITEMS))
+    )
+
+
+def with_exclusions(rows: DataFrame, excluded: DataFrame | None) -> DataFrame:
+    """``rows`` with an ``exclude_items`` column (empty for users without any), or unchanged
+    when ``excluded`` is None (seen_items are excluded)."""
+    if excluded is None:
+        return rows
+    empty = F.array().cast(T.ArrayType(T.IntegerType()))
+    joined = rows.join(excluded, S.USER_ID, "left")
+    return joined.withColumn(EXCLUDE_ITEMS, F.coalesce(F.col(EXCLUDE_ITEMS), empty))
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
+    """Tune the baselines on validation, compare model, champion and baselines on test, run
+    the registry gate and write the report.
+
+    Returns:
+        a flat summary: model_version, ``<ranker>.<metric>`` for every ranker and the metrics
+        at the primary metric's K (e.g. ``model.ndcg@20``, ``als.recall@20``; every K is in
+        the report and MLflow), the gate's verdict, users, the report paths.
     """
     import mlflow
-    from mlflow import MlflowClient
 
     from recsys_spark.models import registry
 
     ec = cfg.evaluate
     ks = sorted(set(ec.ks))
-    check_config(ks, ec.primary_metric, ec.block_size)
+    check_config(ec)
     root = cfg.paths.resolve("features")
     metadata_path = io.feature_path(root, S.FEATURE_METADATA)
     io.require_input(spark, metadata_path, "paths.features")
-    num_items = int(io.read_json(spark, metadata_path)["num_items"])
-    vocab = io.read_table(spark, io.feature_path(root, "item_vocab"), S.ITEM_VOCAB_SCHEMA, "paths.features").toPandas()
+    metadata = io.read_json(spark, metadata_path)
+    num_items = int(metadata["num_items"])
+    vocab_df = io.read_table(spark, io.feature_path(root, "item_vocab"), S.ITEM_VOCAB_SCHEMA, "paths.features")
+    vocab = vocab_df.toPandas()
     test = io.read_table(spark, io.feature_path(root, "test"), S.EVAL_SCHEMA, "paths.features")
+    _, present = vocab_column(vocab, S.PRETEST_COUNT, num_items)
 
-    counts, present = vocab_column(vocab, S.PRETEST_COUNT, num_items)
     bundle, version = registry.load_bundle(cfg, alias=ec.model_alias)
     check_same_vocabulary(bundle, vocab, num_items, version)
-    with torch.no_grad():
-        item_vecs = bundle.build_module().item_vectors().numpy()
+    champion_bundle, champion_version, champion_note = _champion(cfg, ec, version, vocab, num_items)
+
     context = spark.sparkContext
-    bundle_bc, vectors_bc = context.broadcast(bundle.to_bytes()), context.broadcast(item_vecs)
-    rankers = {
-        ModelRanker.name: functools.partial(_model_ranker, bundle_bc, vectors_bc),
-        PopularityRanker.name: functools.partial(_popularity_ranker, counts, present),
-    }
+    rankers: dict[str, Callable[[], Ranker]] = {MODEL: _broadcast_model(context, bundle)}
+    if champion_bundle is not None:
+        rankers[CHAMPION] = _broadcast_model(context, champion_bundle)
+    if POPULARITY in ec.baselines:
+        rankers[POPULARITY] = functools.partial(_popularity_ranker, vocab_column(vocab, S.PRETEST_COUNT, num_items)[0], present)
 
     with tracking.stage_run(cfg, "evaluate") as active:
+        tuning: dict[str, Any] = {}
+        if {COOCCURRENCE, ALS} & set(ec.baselines):
+            validation = io.read_table(spark, io.feature_path(root, "validation"), S.EVAL_SCHEMA, "paths.features")
+            train = io.read_table(spark, io.feature_path(root, "train"), S.TRAIN_SCHEMA, "paths.features")
+            excluded = _exclusions(spark, cfg, vocab_df, metadata, "validation_cutoff")
+            tuned, tuning = tune_baselines(
+                spark, ec, ks, train, with_exclusions(validation, excluded), vocab, num_items, present
+            )
+            rankers.update(tuned)
+
+        stats = ItemStats.from_vocab(vocab, S.PRETEST_COUNT, num_items, ec.head_share)
+        excluded = _exclusions(spark, cfg, vocab_df, metadata, "test_cutoff")
         users_total = test.count()
-        per_user = per_user_metrics(test.filter(F.size(S.TARGET_ITEMS) > 0), rankers, ks, ec.block_size)
-        per_user = per_user.persist()
+        log.info("evaluate: ranking %d test users with %s", users_total, ", ".join(rankers))
+        rows = with_exclusions(test.where(F.size(S.TARGET_ITEMS) > 0), excluded)
+        per_user = per_user_metrics(rows, rankers, ks, ec.block_size, stats, ec.cold_user_threshold).persist()
         results = summarise(per_user, ks, catalogue_size=len(vocab))
         per_user.unpersist()
-        if not results:
+        if MODEL not in results:
             raise InputError(f"{io.feature_path(root, 'test')} holds no user with a target item")
+
+        primary = ec.primary_metric
+        decision = registry.decide(
+            challenger_version=version,
+            challenger=results[MODEL][ALL],
+            champion_version=champion_version,
+            champion=results.get(CHAMPION, {}).get(ALL),
+            primary_metric=primary,
+            coverage_metric=gate_coverage_metric(primary, ks),
+            min_improvement=ec.gate_min_improvement,
+            max_coverage_loss=ec.gate_max_coverage_loss,
+            promotion=ec.promotion,
+            champion_note=champion_note,
+        )
+        log.info("evaluate: gate %s version %s: %s", decision.verdict, version, "; ".join(decision.reasons))
+
         report = {
             "registered_model": cfg.mlflow.registered_model,
             "model_alias": ec.model_alias,
             "model_version": version,
+            "champion_alias": ec.champion_alias,
+            "champion_version": champion_version,
             "ks": ks,
-            "primary_metric": ec.primary_metric,
+            "primary_metric": primary,
             "users": users_total,
-            "users_with_targets": results[ModelRanker.name][USERS],
+            "users_with_targets": results[MODEL][ALL][USERS],
             "catalogue_size": len(vocab),
-            "rankers": results,
+            "head_items": int(stats.is_head.sum()),
+            "definitions": R.DEFINITIONS | {
+                "head": f"the most popular items that make up {ec.head_share:.0%} of interactions before the cutoff",
+                "cold_users": f"fewer than {ec.cold_user_threshold} distinct items before the cutoff",
+                "excluded": f"items the user had {'/'.join(ec.exclude_seen_event_types) or 'no'} events on",
+            },
+            "rankers": {ranker: values[ALL] for ranker, values in results.items()},
+            "segments": results,
+            "baselines": tuning,
+            "gate": decision.as_dict(),
             "mlflow_run_id": active.info.run_id,
         }
-        mlflow.log_metrics(
-            {
-                mlflow_key(f"{ranker}.{name}"): value
-                for ranker, values in results.items()
-                for name, value in values.items()
-            }
-        )
-        tracking.log_json(report, REPORT_FILE)
-        tracking.log_figure(plot(results, ks), PLOT_FILE)
-        report_path = cfg.paths.resolve("reports").rstrip("/") + "/" + REPORT_FILE
+        _log_to_mlflow(report, decision, ks)
+        reports = cfg.paths.resolve("reports").rstrip("/")
+        report_path, html_path = f"{reports}/{REPORT_FILE}", f"{reports}/{HTML_FILE}"
+        html = R.render_html(report)
         io.write_json(spark, report_path, report)
-        client = MlflowClient()
-        primary = ec.primary_metric
-        for ranker in (ModelRanker.name, PopularityRanker.name):
-            key = mlflow_key(f"eval.{primary}" if ranker == ModelRanker.name else f"eval.{ranker}.{primary}")
-            client.set_model_version_tag(cfg.mlflow.registered_model, version, key, f"{results[ranker][primary]:.6f}")
-        client.set_model_version_tag(cfg.mlflow.registered_model, version, "eval.run_id", active.info.run_id)
-    log.info("evaluate: model version %s on %d users\n%s", version, report["users_with_targets"], table(results, ks))
-    return {
-        "model_version": version,
-        f"model.{primary}": results[ModelRanker.name][primary],
-        f"popularity.{primary}": results[PopularityRanker.name][primary],
-        "users": report["users_with_targets"],
-        "report": report_path,
-    }
+        io.write_text(spark, html_path, html)
+        mlflow.log_text(html, HTML_FILE)
+        registry.apply_decision(cfg, decision, ec.champion_alias, active.info.run_id)
+        _tag_model_version(cfg, version, results[MODEL][ALL], results, primary, active.info.run_id)
+
+    log.info(
+        "evaluate: model version %s on %d users\n%s\ngate: %s (%s)",
+        version, report["users_with_targets"], table(report["rankers"], ks), decision.verdict,
+        "; ".join(decision.reasons),
+    )
+    summary: dict[str, Any] = {"model_version": version}
+    for ranker, values in report["rankers"].items():
+        for name in headline_metrics(primary, ks):
+            summary[f"{ranker}.{name}"] = values[name]
+    summary.update(
+        {
+            "gate": decision.verdict,
+            "champion_version": version if decision.promote else champion_version,
+            "users": report["users_with_targets"],
+            "report": report_path,
+            "html_report": html_path,
+        }
+    )
+    return summary
 
 
-def check_config(ks: Sequence[int], primary_metric: str, block_size: int) -> None:
-    """Raise ConfigError on empty or non-positive ks, an unknown primary metric, a bad block size."""
+def tune_baselines(
+    spark: SparkSession,
+    ec: EvaluateConfig,
+    ks: Sequence[int],
+    train: DataFrame,
+    validation: DataFrame,
+    vocab: pd.DataFrame,
+    num_items: int,
+    allowed: np.ndarray,
+) -> tuple[dict[str, Callable[[], Ranker]], dict[str, Any]]:
+    """Fit every grid point of the co-occurrence and ALS baselines on ``train``, rank the
+    validation users with all of them in one pass, and keep the best of each family.
+
+    Returns:
+        ({"cooccurrence": builder, "als": builder} for the chosen points (those in
+        ec.baselines), {family: {"chosen": params, "metric": primary, "grid": [{params...,
+        metric values}]}}).
+    """
+    context = spark.sparkContext
+    candidates: dict[str, Callable[[], Ranker]] = {}
+    points: dict[str, tuple[str, dict[str, Any]]] = {}
+
+    if COOCCURRENCE in ec.baselines:
+        log.info("evaluate: counting co-occurrences within %s steps", ec.cooccurrence_windows)
+        pairs = B.cooccurrence_pairs(train, ec.cooccurrence_windows).toPandas()
+        matrices = {
+            (window, similarity): B.similarity_matrix(pairs, window, similarity, num_items)
+            for window in ec.cooccurrence_windows
+            for similarity in ec.cooccurrence_similarities
+        }
+        matrices_bc = context.broadcast(matrices)
+        for params in B.grid(window=ec.cooccurrence_windows, decay=ec.cooccurrence_decays,
+                             similarity=ec.cooccurrence_similarities):
+            label = B.grid_label(COOCCURRENCE, params)
+            candidates[label] = functools.partial(
+                _cooccurrence_ranker, matrices_bc, (params["window"], params["similarity"]), params["decay"], allowed
+            )
+            points[label] = (COOCCURRENCE, params)
+
+    if ALS in ec.baselines:
+        interactions = B.als_interactions(train).persist()
+        als_grid = B.grid(rank=ec.als_ranks, reg_param=ec.als_reg_params, alpha=ec.als_alphas)
+        factors = {}
+        for i, params in enumerate(als_grid, start=1):
+            label = B.grid_label(ALS, params)
+            log.info("evaluate: fitting ALS %d/%d: %s", i, len(als_grid), label)
+            factors[label] = B.fit_als(interactions, num_items, params["rank"], params["reg_param"], params["alpha"],
+                                       ec.als_max_iter, ec.als_seed)
+        interactions.unpersist()
+        factors_bc = context.broadcast(factors)
+        for params in als_grid:
+            label = B.grid_label(ALS, params)
+            candidates[label] = functools.partial(
+                _als_ranker, factors_bc, label, params["reg_param"], params["alpha"], allowed
+            )
+            points[label] = (ALS, params)
+
+    stats = ItemStats.from_vocab(vocab, S.TRAIN_COUNT, num_items, ec.head_share)
+    log.info("evaluate: ranking validation users with %d baseline grid points", len(candidates))
+    per_user = per_user_metrics(
+        validation.where(F.size(S.TARGET_ITEMS) > 0), candidates, ks, ec.block_size, stats, segments=False
+    ).persist()
+    results = summarise(per_user, ks, catalogue_size=len(vocab))
+    per_user.unpersist()
+    if not results:
+        raise InputError("features/validation holds no user with a target item: cannot tune the baselines")
+
+    primary = ec.primary_metric
+    chosen: dict[str, Callable[[], Ranker]] = {}
+    tuning: dict[str, Any] = {}
+    for family in (COOCCURRENCE, ALS):
+        labels = [label for label, (fam, _) in points.items() if fam == family]
+        if not labels:
+            continue
+        grid_rows = [
+            {**points[label][1], **{name: results[label][ALL][name] for name in headline_metrics(primary, ks)}}
+            for label in labels
+        ]
+        best = max(labels, key=lambda label: results[label][ALL][primary])  # first wins ties: grid order
+        chosen[family] = candidates[best]
+        tuning[family] = {"chosen": points[best][1], "metric": primary, "split": "validation", "grid": grid_rows}
+        log.info(
+            "evaluate: %s tuned on validation: %s (%s %.4f)\n%s",
+            family, points[best][1], primary, results[best][ALL][primary], R.grid_table(grid_rows, primary),
+        )
+    return chosen, tuning
+
+
+def headline_metrics(primary: str, ks: Sequence[int]) -> list[str]:
+    """The metrics of the stage's summary and of a tuning grid's rows: the primary metric,
+    then every metric at its K (the largest K for MRR) and MRR."""
+    _, _, k = primary.partition("@")
+    k = int(k) if k else max(ks)
+    names = [primary] + [f"{m}@{k}" for m in ("recall", "ndcg", "map", "hitrate", "coverage")]
+    names += [MRR] + list_metric_names([k])
+    return list(dict.fromkeys(names))
+
+
+def gate_coverage_metric(primary: str, ks: Sequence[int]) -> str:
+    """coverage@K for the primary metric's K (the largest K for MRR)."""
+    _, _, k = primary.partition("@")
+    return f"coverage@{k}" if k else f"coverage@{max(ks)}"
+
+
+def check_config(ec: EvaluateConfig) -> None:
+    """Raise ConfigError naming the first evaluate setting that cannot work."""
+    ks = list(ec.ks)
     if not ks or min(ks) < 1:
-        raise ConfigError(f"evaluate.ks: expected positive cut-offs, got {list(ks)}")
-    known = metric_names(ks) + coverage_names(ks)
-    if primary_metric not in known:
-        raise ConfigError(f"evaluate.primary_metric: {primary_metric!r} is not one of {', '.join(known)}")
-    if block_size < 1:
-        raise ConfigError(f"evaluate.block_size: expected a positive integer, got {block_size}")
+        raise ConfigError(f"evaluate.ks: expected positive cut-offs, got {ks}")
+    known = metric_names(ks) + coverage_names(ks) + list_metric_names(ks)
+    if ec.primary_metric not in known:
+        raise ConfigError(f"evaluate.primary_metric: {ec.primary_metric!r} is not one of {', '.join(known)}")
+    if ec.block_size < 1:
+        raise ConfigError(f"evaluate.block_size: expected a positive integer, got {ec.block_size}")
+    unknown = sorted(set(ec.exclude_seen_event_types) - set(S.EVENT_TYPES))
+    if unknown:
+        raise ConfigError(f"evaluate.exclude_seen_event_types: unknown event type(s) {unknown}; known: {S.EVENT_TYPES}")
+    unknown = sorted(set(ec.baselines) - set(BASELINES))
+    if unknown:
+        raise ConfigError(f"evaluate.baselines: unknown baseline(s) {unknown}; known: {list(BASELINES)}")
+    if not 0 < ec.head_share <= 1:
+        raise ConfigError(f"evaluate.head_share: expected a share in (0, 1], got {ec.head_share}")
+    if ec.cold_user_threshold < 0:
+        raise ConfigError(f"evaluate.cold_user_threshold: expected >= 0, got {ec.cold_user_threshold}")
+    if ec.champion_alias == ec.model_alias:
+        raise ConfigError(f"evaluate.champion_alias: must differ from evaluate.model_alias ({ec.model_alias!r})")
+    if ec.gate_max_coverage_loss < 0:
+        raise ConfigError(f"evaluate.gate_max_coverage_loss: expected >= 0, got {ec.gate_max_coverage_loss}")
+    grids = {
+        "cooccurrence_windows": (ec.cooccurrence_windows, lambda v: v >= 1),
+        "cooccurrence_decays": (ec.cooccurrence_decays, lambda v: 0 < v <= 1),
+        "cooccurrence_similarities": (ec.cooccurrence_similarities, lambda v: v in B.SIMILARITIES),
+        "als_ranks": (ec.als_ranks, lambda v: v >= 1),
+        "als_reg_params": (ec.als_reg_params, lambda v: v > 0),
+        "als_alphas": (ec.als_alphas, lambda v: v >= 0),
+    }
+    for key, (values, valid) in grids.items():
+        family = COOCCURRENCE if key.startswith("cooc") else ALS
+        if family in ec.baselines and (not values or not all(valid(v) for v in values)):
+            raise ConfigError(f"evaluate.{key}: invalid grid {values}")
+    if ALS in ec.baselines and ec.als_max_iter < 1:
+        raise ConfigError(f"evaluate.als_max_iter: expected a positive integer, got {ec.als_max_iter}")
 
 
 def check_same_vocabulary(bundle, vocab: pd.DataFrame, num_items: int, version: str) -> None:
@@ -237,6 +598,88 @@ def check_same_vocabulary(bundle, vocab: pd.DataFrame, num_items: int, version: 
         )
 
 
+def _champion(cfg: Config, ec: EvaluateConfig, challenger: str, vocab: pd.DataFrame, num_items: int):
+    """(bundle or None, version or None, note): the champion to compare with, when there is one
+    other than the challenger and it was trained on the current vocabulary."""
+    from recsys_spark.models import registry
+
+    version = registry.alias_version(cfg, ec.champion_alias)
+    if version is None or version == challenger:
+        return None, version, ""
+    bundle, _ = registry.load_bundle(cfg, version=int(version))
+    try:
+        check_same_vocabulary(bundle, vocab, num_items, version)
+    except InputError as exc:
+        log.warning("evaluate: %s", exc)
+        return None, version, "it was trained on another item vocabulary than paths.features"
+    return bundle, version, ""
+
+
+def _exclusions(spark: SparkSession, cfg: Config, vocab_df: DataFrame, metadata: Mapping, cutoff_key: str):
+    """user_id -> exclude_items before the split's cutoff, or None when every event type is
+    excluded (the features' seen_items are exactly that)."""
+    types = cfg.evaluate.exclude_seen_event_types
+    if set(types) == set(S.EVENT_TYPES):
+        return None
+    if cutoff_key not in metadata:
+        raise InputError(f"{io.feature_path(cfg.paths.resolve('features'), S.FEATURE_METADATA)} lacks {cutoff_key}")
+    cutoff = dt.datetime.fromisoformat(metadata[cutoff_key])
+    events = io.read_clean(spark, cfg.paths.resolve("clean"))
+    return excluded_items(events, vocab_df, cutoff, types)
+
+
+def _log_to_mlflow(report: Mapping[str, Any], decision, ks: Sequence[int]) -> None:
+    """Headline metrics of every ranker (overall; the primary metric per segment), the tuned
+    baseline settings as params, the gate as tags, the JSON report and the figures."""
+    import mlflow
+
+    primary = report["primary_metric"]
+    metrics = {
+        mlflow_key(f"{ranker}.{name}"): value
+        for ranker, values in report["rankers"].items()
+        for name, value in values.items()
+    }
+    for ranker, segments in report["segments"].items():
+        for segment, values in segments.items():
+            if segment != ALL:
+                metrics[mlflow_key(f"{ranker}.{segment}.{primary}")] = values[primary]
+                metrics[f"{ranker}.{segment}.users"] = values[USERS]
+    mlflow.log_metrics(metrics)
+    params = {
+        f"baseline.{family}.{key}": value
+        for family, tuned in report["baselines"].items()
+        for key, value in tuned["chosen"].items()
+    }
+    params.update({"gate.champion_version": str(decision.champion_version), "gate.decision": decision.verdict})
+    mlflow.log_params(params)
+    mlflow.set_tags({"gate.decision": decision.verdict, "gate.reasons": " | ".join(decision.reasons)[:5000],
+                     "model_version": report["model_version"]})
+    tracking.log_json(report, REPORT_FILE)
+    for name, figure in R.figures(report).items():
+        tracking.log_figure(figure, f"{name}.png")
+
+
+def _tag_model_version(cfg: Config, version: str, model: Mapping[str, float], results: Mapping, primary: str,
+                       run_id: str) -> None:
+    """Tag the evaluated version with its primary metric and the baselines' on the same data."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    name = cfg.mlflow.registered_model
+    client.set_model_version_tag(name, version, mlflow_key(f"eval.{primary}"), f"{model[primary]:.6f}")
+    for ranker, values in results.items():
+        if ranker != MODEL:
+            client.set_model_version_tag(name, version, mlflow_key(f"eval.{ranker}.{primary}"),
+                                         f"{values[ALL][primary]:.6f}")
+    client.set_model_version_tag(name, version, "eval.run_id", run_id)
+
+
+def _broadcast_model(context, bundle) -> Callable[[], Ranker]:
+    with torch.no_grad():
+        item_vecs = bundle.build_module().item_vectors().numpy()
+    return functools.partial(_model_ranker, context.broadcast(bundle.to_bytes()), context.broadcast(item_vecs))
+
+
 def _model_ranker(bundle_bc, vectors_bc) -> ModelRanker:
     from recsys_spark.models.bundle import ModelBundle
 
@@ -248,25 +691,18 @@ def _popularity_ranker(counts: np.ndarray, present: np.ndarray) -> PopularityRan
     return PopularityRanker(counts, torch.from_numpy(present))
 
 
+def _cooccurrence_ranker(matrices_bc, key, decay: float, present: np.ndarray) -> B.CooccurrenceRanker:
+    return B.CooccurrenceRanker(matrices_bc.value[key], decay, torch.from_numpy(present))
+
+
+def _als_ranker(factors_bc, label: str, reg_param: float, alpha: float, present: np.ndarray) -> B.AlsRanker:
+    return B.AlsRanker(factors_bc.value[label], reg_param, alpha, torch.from_numpy(present))
+
+
 def table(results: Mapping[str, Mapping[str, float]], ks: Sequence[int]) -> str:
-    """The headline numbers of every ranker as a small fixed-width text table."""
-    columns = metric_names(ks) + coverage_names(ks)
-    lines = [f"{'ranker':<12}" + "".join(f"{c:>13}" for c in columns)]
+    """The headline numbers of every ranker (overall) as a small fixed-width text table."""
+    columns = [c for k in sorted(ks) for c in (f"recall@{k}", f"ndcg@{k}", f"map@{k}", f"coverage@{k}")] + [MRR]
+    lines = [f"{'ranker':<13}" + "".join(f"{c:>13}" for c in columns)]
     for ranker, values in results.items():
-        lines.append(f"{ranker:<12}" + "".join(f"{values[c]:>13.4f}" for c in columns))
+        lines.append(f"{ranker:<13}" + "".join(f"{values[c]:>13.4f}" for c in columns))
     return "\n".join(lines)
-
-
-def plot(results: Mapping[str, Mapping[str, float]], ks: Sequence[int]):
-    """Recall@K and NDCG@K against K, one line per ranker. Returns: a matplotlib Figure."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9, 3.5))
-    for axis, (metric, title) in zip(fig.subplots(1, 2), (("recall", "Recall@K"), ("ndcg", "NDCG@K"))):
-        for ranker, values in results.items():
-            axis.plot(ks, [values[f"{metric}@{k}"] for k in ks], marker="o", label=ranker)
-        axis.set(xlabel="K", ylabel=title, title=f"{title}, full ranking, test users")
-        axis.grid(alpha=0.3)
-        axis.legend()
-    fig.tight_layout()
-    return fig

@@ -6,8 +6,21 @@ target has no defined Recall, so callers leave such users out.
 
   Recall@K   hits in the top K / |targets|
   NDCG@K     DCG of the top K / IDCG, IDCG over min(K, |targets|) positions, gain 1/log2(rank+1)
+  MAP@K      sum over hits in the top K of precision@rank, / min(K, |targets|) (so a perfect
+             ranking scores 1, as with NDCG)
   HitRate@K  1 if any hit in the top K, else 0
   MRR        1 / rank of the first hit within the longest K, else 0
+
+Beyond accuracy, from the list alone (no targets), averaged over users like the above:
+
+  Novelty@K     mean self-information -log2(p(i)) of the top-K items, p(i) = the item's share
+                of the interactions before the cutoff (count floored at 1)
+  Diversity@K   intra-list diversity by category: the share of ordered pairs of top-K items
+                in different categories (0 with fewer than 2 items)
+  HeadShare@K   popularity bias: the share of top-K items that are head items (see head_items)
+
+and over all users: Coverage@K, the distinct items in anyone's top K / catalogue size.
+Empty slots count as misses in the accuracy metrics and are left out of the list metrics.
 """
 
 from __future__ import annotations
@@ -18,12 +31,19 @@ import numpy as np
 
 EMPTY_SLOT = -1
 MRR = "mrr"
+ACCURACY_METRICS = ("recall", "ndcg", "map", "hitrate")
+LIST_METRICS = ("novelty", "diversity", "head_share")
 
 
 def metric_names(ks: Sequence[int]) -> list[str]:
-    """Args: ks, e.g. [10, 20]. Returns: ["recall@10", "ndcg@10", "hitrate@10", ..., "mrr"]."""
-    names = [f"{metric}@{k}" for k in sorted(ks) for metric in ("recall", "ndcg", "hitrate")]
+    """Args: ks, e.g. [10, 20]. Returns: ["recall@10", "ndcg@10", "map@10", "hitrate@10", ..., "mrr"]."""
+    names = [f"{metric}@{k}" for k in sorted(ks) for metric in ACCURACY_METRICS]
     return names + [MRR]
+
+
+def list_metric_names(ks: Sequence[int]) -> list[str]:
+    """Args: ks, e.g. [10]. Returns: ["novelty@10", "diversity@10", "head_share@10"]."""
+    return [f"{metric}@{k}" for k in sorted(ks) for metric in LIST_METRICS]
 
 
 def hit_matrix(ranked: np.ndarray, targets: Sequence[np.ndarray]) -> np.ndarray:
@@ -68,12 +88,16 @@ def metrics_from_hits(hits: np.ndarray, num_targets: np.ndarray, ks: Sequence[in
         raise ValueError("every user needs at least one target")
     discounts = 1.0 / np.log2(np.arange(2, hits.shape[1] + 2))
     ideal = np.cumsum(discounts)
+    # precision at each rank where there is a hit, 0 elsewhere: the terms of average precision
+    ranks = np.arange(1, hits.shape[1] + 1)
+    precision_at_hits = np.where(hits, np.cumsum(hits, axis=1) / ranks, 0.0)
     out: dict[str, np.ndarray] = {}
     for k in sorted(ks):
         top = hits[:, :k]
         found = top.sum(axis=1)
         out[f"recall@{k}"] = found / num_targets
         out[f"ndcg@{k}"] = (top * discounts[:k]).sum(axis=1) / ideal[np.minimum(k, num_targets) - 1]
+        out[f"map@{k}"] = precision_at_hits[:, :k].sum(axis=1) / np.minimum(k, num_targets)
         out[f"hitrate@{k}"] = (found > 0).astype(np.float64)
     top = hits[:, : max(ks)]
     first = top.argmax(axis=1)
@@ -125,3 +149,85 @@ def coverage(ranked: np.ndarray, k: int, catalogue_size: int) -> float:
     top = np.asarray(ranked)[:, :k]
     distinct = np.unique(top[top != EMPTY_SLOT]).size
     return distinct / catalogue_size if catalogue_size else 0.0
+
+
+def self_information(counts: np.ndarray) -> np.ndarray:
+    """-log2 of each item's share of all interactions.
+
+    Args:
+        counts: int array [N], interactions per item index before the cutoff (0 for pad, OOV
+            and absent items). Each count is floored at 1 (not the total), so an item never
+            seen has the largest finite value.
+
+    Returns:
+        float64 array [N].
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    total = max(counts.sum(), 1.0)
+    return -np.log2(np.maximum(counts, 1.0) / total)
+
+
+def head_items(counts: np.ndarray, share: float) -> np.ndarray:
+    """The head of the popularity curve: the most popular items that together make up ``share``
+    of all interactions.
+
+    Items are taken by descending count (ties by item index) until their cumulative count
+    reaches ``share`` of the total; the item that crosses the line is in the head.
+
+    Args:
+        counts: int array [N], interactions per item index.
+        share: in (0, 1], e.g. 0.2.
+
+    Returns:
+        bool array [N], True for head items (none when every count is 0).
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    out = np.zeros(counts.shape[0], dtype=bool)
+    total = counts.sum()
+    if total <= 0:
+        return out
+    order = np.argsort(-counts, kind="stable")
+    before = np.cumsum(counts[order]) - counts[order]  # interactions of the more popular items
+    out[order[(before < share * total) & (counts[order] > 0)]] = True
+    return out
+
+
+def list_metrics(
+    ranked: np.ndarray,
+    ks: Sequence[int],
+    self_info: np.ndarray,
+    is_head: np.ndarray,
+    categories: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Per-user novelty, intra-list diversity and head share of each top K.
+
+    Args:
+        ranked: int array [B, Kmax] of item indices, best first (-1 = empty slot).
+        ks: cut-offs, each <= Kmax.
+        self_info: float array [N], see :func:`self_information`.
+        is_head: bool array [N], see :func:`head_items`.
+        categories: int array [N], each item's category (equal values = same category).
+
+    Returns:
+        {name of :func:`list_metric_names`: float64 array [B]}.
+    """
+    ranked = np.asarray(ranked, dtype=np.int64)
+    if ranked.ndim != 2 or ranked.shape[1] < max(ks):
+        raise ValueError(f"ranked has shape {ranked.shape}, expected (B, >= {max(ks)})")
+    filled = ranked != EMPTY_SLOT
+    safe = np.where(filled, ranked, 0)
+    info = np.where(filled, np.asarray(self_info, dtype=np.float64)[safe], 0.0)
+    head = filled & np.asarray(is_head, dtype=bool)[safe]
+    cats = np.asarray(categories, dtype=np.int64)[safe]
+    out: dict[str, np.ndarray] = {}
+    for k in sorted(ks):
+        n = filled[:, :k].sum(axis=1)
+        some = np.maximum(n, 1)
+        out[f"novelty@{k}"] = info[:, :k].sum(axis=1) / some
+        # Pairs (i, j), i != j, both filled, in different categories, over n (n - 1) such pairs.
+        both = filled[:, :k, None] & filled[:, None, :k]
+        differ = (cats[:, :k, None] != cats[:, None, :k]) & both
+        pairs = n * (n - 1)
+        out[f"diversity@{k}"] = np.where(pairs > 0, differ.sum(axis=(1, 2)) / np.maximum(pairs, 1), 0.0)
+        out[f"head_share@{k}"] = head[:, :k].sum(axis=1) / some
+    return out

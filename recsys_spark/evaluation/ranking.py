@@ -57,26 +57,55 @@ def top_k(
         raise ValueError(f"exclude holds {len(exclude)} lists for {num_users} users")
     if not bool(torch.isfinite(user_vecs).all()) or not bool(torch.isfinite(item_vecs).all()):
         raise DataQualityError("user or item vectors hold NaN or infinite values")
-    blocked = torch.zeros(num_items, dtype=torch.bool)
-    blocked[: S.FIRST_ITEM_INDEX] = True
-    if allowed is not None:
-        blocked |= ~allowed.to(torch.bool)
-    width = min(k, num_items)
+    blocked = blocked_items(num_items, allowed)
     indices = torch.full((num_users, k), EMPTY_SLOT, dtype=torch.long)
     scores = torch.full((num_users, k), NEG_INF, dtype=user_vecs.dtype)
     with torch.no_grad():
         for start in range(0, num_users, block_size):
             end = min(start + block_size, num_users)
-            block = user_vecs[start:end] @ item_vecs.T
-            block[:, blocked] = NEG_INF
-            if exclude is not None:
-                rows, cols = _pairs(exclude[start:end], num_items)
-                block[rows, cols] = NEG_INF
-            values, top = torch.topk(block, width, dim=1)
-            top[values == NEG_INF] = EMPTY_SLOT
-            indices[start:end, :width] = top
-            scores[start:end, :width] = values
+            block_exclude = exclude[start:end] if exclude is not None else None
+            top, values = top_k_of_scores(user_vecs[start:end] @ item_vecs.T, k, block_exclude, blocked)
+            indices[start:end] = top
+            scores[start:end] = values
     return indices, scores
+
+
+def blocked_items(num_items: int, allowed: Tensor | None = None) -> Tensor:
+    """BoolTensor[N]: True for pad, OOV and every item not in ``allowed`` (never recommended)."""
+    blocked = torch.zeros(num_items, dtype=torch.bool)
+    blocked[: S.FIRST_ITEM_INDEX] = True
+    if allowed is not None:
+        blocked |= ~allowed.to(torch.bool)
+    return blocked
+
+
+def top_k_of_scores(
+    scores: Tensor, k: int, exclude: Sequence[np.ndarray] | None, blocked: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The K best items of each row of a score block, after masking.
+
+    Args:
+        scores: Tensor[B, N], changed in place (masked entries become -inf).
+        k: items per row.
+        exclude: B int arrays of item indices to leave out (out-of-range ignored), or None.
+        blocked: BoolTensor[N], items left out for every row (see :func:`blocked_items`).
+
+    Returns:
+        (indices LongTensor[B, k], scores Tensor[B, k]), best first; -1 / -inf in empty slots.
+    """
+    num_users, num_items = scores.shape
+    scores[:, blocked] = NEG_INF
+    if exclude is not None:
+        rows, cols = _pairs(exclude, num_items)
+        scores[rows, cols] = NEG_INF
+    width = min(k, num_items)
+    values, top = torch.topk(scores, width, dim=1)
+    top[values == NEG_INF] = EMPTY_SLOT
+    indices = torch.full((num_users, k), EMPTY_SLOT, dtype=torch.long)
+    out = torch.full((num_users, k), NEG_INF, dtype=scores.dtype)
+    indices[:, :width] = top
+    out[:, :width] = values
+    return indices, out
 
 
 def _pairs(lists: Sequence[np.ndarray], num_items: int) -> tuple[Tensor, Tensor]:
@@ -120,27 +149,51 @@ class Ranker(ABC):
     def user_vectors(self, batch: pd.DataFrame) -> Tensor:
         """Args: batch of B history rows. Returns: Tensor[B, d]."""
 
+    def score_block(self, batch: pd.DataFrame) -> Tensor:
+        """Args: batch of B history rows. Returns: Tensor[B, N], the score of every item.
+
+        A dot product of user and item vectors; rankers that are no dot product (e.g.
+        item-item co-occurrence) override this instead of :meth:`user_vectors`.
+        """
+        return self.user_vectors(batch) @ self.item_vecs.T
+
     def recommend(
-        self, batch: pd.DataFrame, k: int, exclude_seen: bool = True, block_size: int = 1024
+        self,
+        batch: pd.DataFrame,
+        k: int,
+        exclude_seen: bool = True,
+        block_size: int = 1024,
+        exclude: Sequence[np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-K items of every row of ``batch``, ``block_size`` users at a time.
 
         Args:
             batch: B rows with hist_items, hist_events, hist_gaps and seen_items.
             k: items per user.
-            exclude_seen: leave each row's seen_items out.
+            exclude_seen: leave each row's items out: ``exclude`` when given, else seen_items.
             block_size: users scored at once.
+            exclude: B int arrays of item indices to leave out instead of seen_items (e.g.
+                only the purchased ones), or None.
 
         Returns:
             (item indices int64 [B, k], scores float32 [B, k]); -1 / -inf in empty slots.
         """
+        if k < 1 or block_size < 1:
+            raise ValueError(f"k ({k}) and block_size ({block_size}) must be positive")
+        if exclude is not None and len(exclude) != len(batch):
+            raise ValueError(f"exclude holds {len(exclude)} lists for {len(batch)} users")
+        blocked = blocked_items(self.num_items, self.allowed)
         parts = [(np.zeros((0, k), np.int64), np.zeros((0, k), np.float32))]
         for start in range(0, len(batch), block_size):
             block = batch.iloc[start : start + block_size]
-            exclude = int_arrays(block[S.SEEN_ITEMS]) if exclude_seen else None
+            excluded = None
+            if exclude_seen:
+                excluded = exclude[start : start + block_size] if exclude is not None else int_arrays(block[S.SEEN_ITEMS])
             with torch.no_grad():
-                users = self.user_vectors(block)
-            top, values = top_k(users, self.item_vecs, k, exclude, block_size, self.allowed)
+                scores = self.score_block(block)
+            if not bool(torch.isfinite(scores).all()):
+                raise DataQualityError(f"the {self.name} ranker produced NaN or infinite scores")
+            top, values = top_k_of_scores(scores, k, excluded, blocked)
             parts.append((top.numpy(), values.float().numpy()))
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 

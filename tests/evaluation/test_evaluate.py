@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 from recsys_spark import io
 from recsys_spark import schema as S
-from recsys_spark.config import from_dict
+from recsys_spark.config import EvaluateConfig, from_dict
 from recsys_spark.errors import ConfigError, InputError
 from recsys_spark.evaluation import evaluate
 from recsys_spark.evaluation.metrics import metric_names
@@ -22,33 +23,55 @@ from tests.evaluation.test_ranking import MAX_SEQ_LEN, NUM_ITEMS, brute_force, t
 KS = [1, 2]
 G2 = 1 / math.log2(3)
 
-# user, hist_items (L = 4), seen_items, target_items. Popularity order: 2, 3, 4, 5, 6, 7.
+# user, hist_items (L = 4), seen_items, target_items, target_events. Popularity order: 2, 3, 4, 5, 6, 7;
+# with head_share 0.2 of the 155 pretest interactions, item 2 alone is the head.
 TEST_USERS = [
-    ("u1", [0, 0, 0, 2], [2], [3]),  # popularity top-2: 3, 4 -> hit at rank 1
-    ("u2", [0, 0, 0, 1], [], [4, 7]),  # 2, 3 -> no hit
-    ("u3", [0, 0, 0, 3], [3], [4, 2]),  # 2, 4 -> hits at ranks 1 and 2
-    ("u4", [0, 2, 3, 4], [2, 3, 4], [6]),  # 5, 6 -> hit at rank 2
-    ("u5", [0, 0, 5, 6], [5, 6], []),  # no target: left out of every average
+    ("u1", [0, 0, 0, 2], [2], [3], [1]),  # popularity top-2: 3, 4 -> hit at rank 1
+    ("u2", [0, 0, 0, 1], [], [4, 7], [1, 1]),  # 2, 3 -> no hit
+    ("u3", [0, 0, 0, 3], [3], [4, 2], [4, 1]),  # 2, 4 -> hits at ranks 1 (viewed) and 2 (purchased)
+    ("u4", [0, 2, 3, 4], [2, 3, 4], [6], [2]),  # 5, 6 -> hit at rank 2 (carted)
+    ("u5", [0, 0, 5, 6], [5, 6], [], []),  # no target: left out of every average
 ]
 # The popularity baseline by hand, averaged over u1..u4.
 POPULARITY = {
     "recall@1": (1 + 0 + 1 / 2 + 0) / 4,
     "ndcg@1": (1 + 0 + 1 + 0) / 4,  # u3: IDCG@1 covers min(1, 2) = 1 position
+    "map@1": (1 + 0 + 1 + 0) / 4,
     "hitrate@1": (1 + 0 + 1 + 0) / 4,
     "recall@2": (1 + 0 + 1 + 1) / 4,
     "ndcg@2": (1 + 0 + (1 + G2) / (1 + G2) + G2) / 4,
+    "map@2": (1 + 0 + (1 + 1) / 2 + (1 / 2) / 1) / 4,
     "hitrate@2": (1 + 0 + 1 + 1) / 4,
     "mrr": (1 + 0 + 1 + 1 / 2) / 4,
     "coverage@1": 3 / 6,  # {3, 2, 2, 5}
     "coverage@2": 5 / 6,  # {3, 4, 2, 3, 2, 4, 5, 6}
+    "head_share@1": (0 + 1 + 1 + 0) / 4,  # item 2 tops u2 and u3
+    "head_share@2": (0 + 1 / 2 + 1 / 2 + 0) / 4,
 }
+# ndcg@2 of popularity per segment (cold: fewer than 2 seen items, i.e. u1, u2, u3).
+POPULARITY_SEGMENTS = {
+    "cold_users": (1 + 0 + 1) / 3,
+    "warm_users": G2,
+    "head_targets": 1.0,  # u3 with target 2 only, at rank 1
+    "tail_targets": (1 + 0 + G2 / 1 + G2) / 4,  # u3 with target 4 only, at rank 2
+    "view_targets": (1 + 0 + 1) / 3,  # u1 [3], u2 [4, 7], u3 [2]
+    "cart_targets": G2,  # u4 [6]
+    "purchase_targets": G2,  # u3 [4]
+}
+# Validation rows (the baselines' tuning) and training windows (L + 1 = 5).
+VALIDATION_USERS = [
+    ("v1", [0, 0, 2, 3], [2, 3], [4], [1]),
+    ("v2", [0, 0, 0, 5], [5], [3, 6], [1, 4]),
+    ("v3", [0, 0, 4, 2], [2, 4], [3], [2]),
+]
+TRAIN_WINDOWS = [[0, 2, 3, 4, 2], [0, 0, 3, 5, 1], [2, 3, 4, 5, 6], [0, 0, 0, 6, 7]]
 
 
 def eval_rows(users=TEST_USERS) -> list[tuple]:
     rows = []
-    for user, hist, seen, targets in users:
+    for user, hist, seen, targets, target_events in users:
         events = [1 if i else 0 for i in hist]
-        rows.append((user, hist, events, [0] * len(hist), seen, targets, [1] * len(targets)))
+        rows.append((user, hist, events, [0] * len(hist), seen, targets, target_events))
     return rows
 
 
@@ -58,12 +81,18 @@ def write_features(spark, root: str, bundle) -> None:
     vocab = [tuple(int(v) for v in row) for row in bundle.item_vocab[S.ITEM_VOCAB_SCHEMA.fieldNames()].to_numpy()]
     io.write_table(spark.createDataFrame(vocab, S.ITEM_VOCAB_SCHEMA), io.feature_path(root, "item_vocab"))
     io.write_table(spark.createDataFrame(eval_rows(), S.EVAL_SCHEMA), io.feature_path(root, "test"))
+    io.write_table(spark.createDataFrame(eval_rows(VALIDATION_USERS), S.EVAL_SCHEMA),
+                   io.feature_path(root, "validation"))
+    train = [(w, [1 if i else 0 for i in w], [0] * len(w)) for w in TRAIN_WINDOWS]
+    io.write_table(spark.createDataFrame(train, S.TRAIN_SCHEMA), io.feature_path(root, "train"))
     history = [row[:5] for row in eval_rows()]
     io.write_table(spark.createDataFrame(history, S.USER_HISTORY_SCHEMA), io.feature_path(root, "user_history"))
 
 
 def register(cfg, bundle) -> str:
-    """Log ``bundle`` as the pyfunc model and point ``cfg.mlflow.alias`` at it. Returns: the version."""
+    """Log ``bundle`` as the pyfunc model and point ``cfg.mlflow.alias`` (challenger) at it.
+
+    Returns: the version."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -78,15 +107,20 @@ def register(cfg, bundle) -> str:
     return version
 
 
+EVALUATE = {
+    "ks": KS, "primary_metric": "ndcg@2", "block_size": 2, "cold_user_threshold": 2,
+    "cooccurrence_windows": [1, 2], "cooccurrence_decays": [0.5, 1.0], "cooccurrence_similarities": ["count"],
+    "als_ranks": [2], "als_reg_params": [0.1], "als_alphas": [1.0], "als_max_iter": 2,
+}
+
+
 @pytest.fixture(scope="module")
 def workspace(spark, tmp_path_factory):
     """A features folder and a registry holding tiny_bundle() as version 1 @challenger."""
     root = tmp_path_factory.mktemp("evaluate") / "work"
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)  # restored after the module
-        cfg = from_dict(
-            {"paths": {"root": str(root)}, "evaluate": {"ks": KS, "primary_metric": "ndcg@2", "block_size": 2}}
-        )
+        cfg = from_dict({"paths": {"root": str(root)}, "evaluate": EVALUATE})
         bundle = tiny_bundle()
         write_features(spark, cfg.paths.resolve("features"), bundle)
         version = register(cfg, bundle)
@@ -111,49 +145,150 @@ def model_expectation(bundle) -> dict[str, float]:
 
 
 @pytest.mark.e2e
-def test_evaluate_stage_averages_the_per_user_metrics_of_both_rankers(spark, workspace):
-    import mlflow
+def test_evaluate_stage_compares_the_model_with_tuned_baselines_and_promotes_the_first_champion(spark, workspace):
     from mlflow import MlflowClient
+
+    from recsys_spark.models import registry
 
     cfg, bundle, version = workspace
     summary = evaluate.run(spark, cfg)
 
     model = model_expectation(bundle)
     assert summary["model_version"] == version == "1"
-    assert summary["popularity.ndcg@2"] == pytest.approx(POPULARITY["ndcg@2"], abs=1e-9)
-    assert summary["model.ndcg@2"] == pytest.approx(model["ndcg@2"], abs=1e-6)
+    for name in ("ndcg@2", "recall@2", "map@2", "mrr", "coverage@2"):
+        assert summary[f"popularity.{name}"] == pytest.approx(POPULARITY[name], abs=1e-9), name
+        assert summary[f"model.{name}"] == pytest.approx(model[name], abs=1e-6), name
+    for ranker in ("cooccurrence", "als"):
+        assert 0.0 <= summary[f"{ranker}.ndcg@2"] <= 1.0
     assert summary["users"] == 4
 
     report = json.loads(open(summary["report"]).read())
     assert summary["report"] == f"{cfg.paths.resolve('reports')}/evaluation.json"
-    assert (report["users"], report["users_with_targets"], report["catalogue_size"]) == (5, 4, 6)
-    assert set(report["rankers"]) == {"model", "popularity"}
+    assert (report["users"], report["users_with_targets"], report["catalogue_size"], report["head_items"]) == (5, 4, 6, 1)
+    assert set(report["rankers"]) == {"model", "popularity", "cooccurrence", "als"}
+    for name, value in POPULARITY.items():
+        assert report["rankers"]["popularity"][name] == pytest.approx(value, abs=1e-9), name
     for name in metric_names(KS) + ["coverage@1", "coverage@2"]:
-        assert report["rankers"]["popularity"][name] == pytest.approx(POPULARITY[name], abs=1e-9), name
         assert report["rankers"]["model"][name] == pytest.approx(model[name], abs=1e-6), name
+    for segment, value in POPULARITY_SEGMENTS.items():
+        assert report["segments"]["popularity"][segment]["ndcg@2"] == pytest.approx(value, abs=1e-9), segment
+    assert report["segments"]["model"]["cold_users"]["users"] == 3
+
+    # Baselines: every grid point ranked on validation, the best by ndcg@2 kept for test.
+    cooc, als = report["baselines"]["cooccurrence"], report["baselines"]["als"]
+    assert len(cooc["grid"]) == 4 and len(als["grid"]) == 1
+    best = max(cooc["grid"], key=lambda row: row["ndcg@2"])
+    assert cooc["chosen"] == {k: best[k] for k in ("window", "decay", "similarity")}
+    assert als["chosen"] == {"rank": 2, "reg_param": 0.1, "alpha": 1.0}
+
+    # The gate: no champion yet, so the challenger becomes it, and says why everywhere.
+    assert report["gate"]["promote"] and report["gate"]["reasons"][0].startswith("no champion yet")
+    assert summary["gate"] == "promoted" and summary["champion_version"] == "1"
+    assert registry.alias_version(cfg, "champion") == "1"
 
     client = MlflowClient()
     run = client.get_run(report["mlflow_run_id"])
-    assert run.data.tags["stage"] == "evaluate"
+    assert run.data.tags["stage"] == "evaluate" and run.data.tags["gate.decision"] == "promoted"
     assert run.data.metrics["popularity.ndcg_at_2"] == pytest.approx(POPULARITY["ndcg@2"])
     assert run.data.metrics["model.mrr"] == pytest.approx(model["mrr"], abs=1e-6)
+    assert run.data.metrics["popularity.cold_users.ndcg_at_2"] == pytest.approx(POPULARITY_SEGMENTS["cold_users"])
+    assert run.data.params["baseline.als.rank"] == "2"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"evaluation.json", "evaluation.png"} <= artifacts
+    assert {"evaluation.json", "evaluation.html", "curves.png", "popularity_bias.png", "segments.png"} <= artifacts
+    html = open(summary["html_report"]).read()
+    assert html.count("data:image/png;base64,") == 3 and "Registry gate: promoted" in html
     tags = client.get_model_version(cfg.mlflow.registered_model, version).tags
     assert float(tags["eval.ndcg_at_2"]) == pytest.approx(model["ndcg@2"], abs=1e-5)
     assert float(tags["eval.popularity.ndcg_at_2"]) == pytest.approx(POPULARITY["ndcg@2"], abs=1e-5)
     assert tags["eval.run_id"] == run.info.run_id
-    assert mlflow.get_tracking_uri() == cfg.tracking_uri
+    assert tags["gate.decision"] == "promoted" and tags["gate.run_id"] == run.info.run_id
+
+
+@pytest.mark.e2e
+def test_a_new_challenger_is_compared_with_the_champion_on_the_same_test_data(spark, workspace):
+    from recsys_spark.models import registry
+
+    cfg, champion_bundle, champion = workspace
+    if registry.alias_version(cfg, "champion") is None:  # when run alone
+        evaluate.run(spark, cfg)
+    challenger = register(cfg, tiny_bundle(seed=1))
+    quick = from_dict({"paths": {"root": cfg.paths.root}, "evaluate": {**EVALUATE, "baselines": ["popularity"],
+                                                                       "gate_max_coverage_loss": 1.0}})
+    summary = evaluate.run(spark, quick)
+
+    report = json.loads(open(summary["report"]).read())
+    assert (report["model_version"], report["champion_version"]) == (challenger, champion)
+    assert set(report["rankers"]) == {"model", "champion", "popularity"}
+    expected = {"model": model_expectation(tiny_bundle(seed=1)), "champion": model_expectation(champion_bundle)}
+    for ranker, values in expected.items():
+        assert report["rankers"][ranker]["ndcg@2"] == pytest.approx(values["ndcg@2"], abs=1e-6), ranker
+    decision = registry.decide(challenger, report["rankers"]["model"], champion, report["rankers"]["champion"],
+                               "ndcg@2", "coverage@2", 0.0, 1.0)
+    assert report["gate"] == decision.as_dict()
+    assert registry.alias_version(cfg, "champion") == (challenger if decision.promote else champion)
+
+
+@pytest.mark.unit
+def test_segments_split_users_by_history_and_targets_by_popularity_and_event():
+    targets = [np.array([3]), np.array([4, 7]), np.array([4, 2]), np.array([6])]
+    events = [np.array([1]), np.array([1, 1]), np.array([4, 1]), np.array([2])]
+    is_head = np.zeros(8, dtype=bool)
+    is_head[2] = True
+    parts = evaluate.segments_of(targets, events, np.array([1, 0, 1, 3]), is_head, cold_user_threshold=2)
+    assert set(parts) == set(evaluate.SEGMENTS)
+    got = {name: (index.tolist(), [t.tolist() for t in kept]) for name, (index, kept) in parts.items()}
+    assert got["all"] == ([0, 1, 2, 3], [[3], [4, 7], [4, 2], [6]])
+    assert got["cold_users"] == ([0, 1, 2], [[3], [4, 7], [4, 2]])
+    assert got["warm_users"] == ([3], [[6]])
+    assert got["head_targets"] == ([2], [[2]])
+    assert got["tail_targets"] == ([0, 1, 2, 3], [[3], [4, 7], [4], [6]])
+    assert got["view_targets"] == ([0, 1, 2], [[3], [4, 7], [2]])
+    assert got["cart_targets"] == ([3], [[6]])
+    assert got["purchase_targets"] == ([2], [[4]])
+
+
+def test_exclusions_by_event_type_come_from_the_clean_events_before_the_cutoff(spark):
+    import datetime as dt
+
+    cutoff = dt.datetime(2019, 10, 10, tzinfo=dt.timezone.utc)
+    day = lambda d: dt.datetime(2019, 10, d, 12, tzinfo=dt.timezone.utc)  # noqa: E731
+    events = [  # (time, type, product, user): products 1002.. are items 2..
+        (day(1), "purchase", 1002, "u1"), (day(2), "view", 1003, "u1"), (day(3), "purchase", 1004, "u2"),
+        (day(11), "purchase", 1005, "u1"),  # after the cutoff
+        (day(4), "purchase", 999, "u2"),  # no vocabulary item
+    ]
+    rows = [(t, e, p, None, None, None, None, u, "s", t.date()) for t, e, p, u in events]
+    clean = spark.createDataFrame(rows, S.CLEAN_SCHEMA)
+    vocab = spark.createDataFrame([(i, 1000 + i, 0, 0, 0, 1, 1) for i in range(2, 8)], S.ITEM_VOCAB_SCHEMA)
+    excluded = evaluate.excluded_items(clean, vocab, cutoff, ["purchase"])
+    assert {r[S.USER_ID]: list(r[evaluate.EXCLUDE_ITEMS]) for r in excluded.collect()} == {"u1": [2], "u2": [4]}
+
+    test = spark.createDataFrame(eval_rows(), S.EVAL_SCHEMA)
+    joined = evaluate.with_exclusions(test, excluded)
+    got = {r[S.USER_ID]: list(r[evaluate.EXCLUDE_ITEMS]) for r in joined.collect()}
+    assert got == {"u1": [2], "u2": [4], "u3": [], "u4": [], "u5": []}
+    assert evaluate.with_exclusions(test, None) is test
 
 
 @pytest.mark.unit
 def test_config_is_checked_before_any_work():
-    evaluate.check_config([10, 20], "ndcg@10", 8)
-    evaluate.check_config([10, 20], "coverage@20", 8)
-    with pytest.raises(ConfigError, match="evaluate.primary_metric"):
-        evaluate.check_config([10, 20], "ndcg@5", 8)
-    with pytest.raises(ConfigError, match="evaluate.ks"):
-        evaluate.check_config([0, 10], "ndcg@10", 8)
+    ok = EvaluateConfig()
+    evaluate.check_config(ok)
+    evaluate.check_config(replace(ok, primary_metric="coverage@20"))
+    bad = {
+        "evaluate.primary_metric": dict(primary_metric="ndcg@7"),
+        "evaluate.ks": dict(ks=[0, 10]),
+        "evaluate.exclude_seen_event_types": dict(exclude_seen_event_types=["click"]),
+        "evaluate.baselines": dict(baselines=["svd"]),
+        "evaluate.head_share": dict(head_share=0.0),
+        "evaluate.champion_alias": dict(champion_alias="challenger"),
+        "evaluate.cooccurrence_decays": dict(cooccurrence_decays=[1.5]),
+        "evaluate.als_ranks": dict(als_ranks=[]),
+    }
+    for key, change in bad.items():
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            evaluate.check_config(replace(ok, **change))
+    evaluate.check_config(replace(ok, baselines=["popularity"], als_ranks=[]))  # ALS off: its grid is unused
 
 
 @pytest.mark.unit
@@ -166,11 +301,18 @@ def test_a_model_trained_on_another_vocabulary_is_refused():
 
 
 @pytest.mark.unit
-def test_table_and_plot_show_every_ranker():
-    results = {"model": {**POPULARITY}, "popularity": {**POPULARITY}}
-    text = evaluate.table(results, KS)
-    assert text.splitlines()[0].split() == ["ranker", *metric_names(KS), "coverage@1", "coverage@2"]
+def test_gate_coverage_and_headline_metrics():
+    assert evaluate.gate_coverage_metric("ndcg@20", [5, 20, 50]) == "coverage@20"
+    assert evaluate.gate_coverage_metric("mrr", [5, 20, 50]) == "coverage@50"
+    assert evaluate.headline_metrics("ndcg@2", KS) == [
+        "ndcg@2", "recall@2", "map@2", "hitrate@2", "coverage@2", "mrr", "novelty@2", "diversity@2", "head_share@2"
+    ]
+    assert evaluate.headline_metrics("mrr", KS)[:2] == ["mrr", "recall@2"]
+
+
+@pytest.mark.unit
+def test_table_shows_every_ranker():
+    values = {**POPULARITY, **{f"{m}@{k}": 0.5 for m in ("novelty", "diversity") for k in KS}}
+    text = evaluate.table({"model": values, "popularity": values}, KS)
+    assert text.splitlines()[0].split()[:5] == ["ranker", "recall@1", "ndcg@1", "map@1", "coverage@1"]
     assert [line.split()[0] for line in text.splitlines()[1:]] == ["model", "popularity"]
-    fig = evaluate.plot(results, KS)
-    assert [ax.get_ylabel() for ax in fig.axes] == ["Recall@K", "NDCG@K"]
-    assert [len(ax.get_lines()) for ax in fig.axes] == [2, 2]

@@ -20,23 +20,29 @@ RANKED = np.array([[5, 7, 9], [4, 6, 8], [2, 3, 11], [9, -1, -1]])
 TARGETS = [np.array([7]), np.array([4, 8, 10]), np.array([12]), np.array([9, 13])]
 EXPECTED = {
     # user 0: one target, found at rank 2.
-    0: {"recall@2": 1.0, "ndcg@2": G2 / 1, "hitrate@2": 1.0,
-        "recall@3": 1.0, "ndcg@3": G2 / 1, "hitrate@3": 1.0, "mrr": 1 / 2},
+    # AP: precision 1/2 at the hit, over min(K, 1) = 1.
+    0: {"recall@2": 1.0, "ndcg@2": G2 / 1, "hitrate@2": 1.0, "map@2": 1 / 2,
+        "recall@3": 1.0, "ndcg@3": G2 / 1, "hitrate@3": 1.0, "map@3": 1 / 2, "mrr": 1 / 2},
     # user 1: three targets, hits at ranks 1 and 3; IDCG@2 covers 2 positions, IDCG@3 three.
-    1: {"recall@2": 1 / 3, "ndcg@2": 1 / (1 + G2), "hitrate@2": 1.0,
-        "recall@3": 2 / 3, "ndcg@3": (1 + G3) / (1 + G2 + G3), "hitrate@3": 1.0, "mrr": 1.0},
+    # AP@2: precision 1 at rank 1, over min(2, 3) = 2; AP@3: (1 + 2/3) over 3.
+    1: {"recall@2": 1 / 3, "ndcg@2": 1 / (1 + G2), "hitrate@2": 1.0, "map@2": 1 / 2,
+        "recall@3": 2 / 3, "ndcg@3": (1 + G3) / (1 + G2 + G3), "hitrate@3": 1.0, "map@3": (1 + 2 / 3) / 3,
+        "mrr": 1.0},
     # user 2: no hit.
-    2: {"recall@2": 0.0, "ndcg@2": 0.0, "hitrate@2": 0.0,
-        "recall@3": 0.0, "ndcg@3": 0.0, "hitrate@3": 0.0, "mrr": 0.0},
+    2: {"recall@2": 0.0, "ndcg@2": 0.0, "hitrate@2": 0.0, "map@2": 0.0,
+        "recall@3": 0.0, "ndcg@3": 0.0, "hitrate@3": 0.0, "map@3": 0.0, "mrr": 0.0},
     # user 3: two targets, one hit at rank 1; IDCG covers min(K, 2) = 2 positions for both K.
-    3: {"recall@2": 1 / 2, "ndcg@2": 1 / (1 + G2), "hitrate@2": 1.0,
-        "recall@3": 1 / 2, "ndcg@3": 1 / (1 + G2), "hitrate@3": 1.0, "mrr": 1.0},
+    3: {"recall@2": 1 / 2, "ndcg@2": 1 / (1 + G2), "hitrate@2": 1.0, "map@2": 1 / 2,
+        "recall@3": 1 / 2, "ndcg@3": 1 / (1 + G2), "hitrate@3": 1.0, "map@3": 1 / 2, "mrr": 1.0},
 }
 
 
 def test_metric_names_are_ordered_by_k():
     assert M.metric_names([20, 10]) == [
-        "recall@10", "ndcg@10", "hitrate@10", "recall@20", "ndcg@20", "hitrate@20", "mrr"
+        "recall@10", "ndcg@10", "map@10", "hitrate@10", "recall@20", "ndcg@20", "map@20", "hitrate@20", "mrr"
+    ]
+    assert M.list_metric_names([20, 10]) == [
+        "novelty@10", "diversity@10", "head_share@10", "novelty@20", "diversity@20", "head_share@20"
     ]
 
 
@@ -98,6 +104,12 @@ def pandas_reference(ranked: np.ndarray, targets: list[np.ndarray], ks: list[int
         out[f"recall@{k}"] = top["hit"].sum() / n_targets
         out[f"ndcg@{k}"] = top["gain"].sum() / ideal
         out[f"hitrate@{k}"] = top["hit"].any().astype(float)
+        # AP@K: precision at each hit's rank (hits so far / rank), summed, over min(K, |targets|)
+        hits_so_far = top["hit"].cumsum()
+        precision = joined.loc[joined["rank"] <= k].assign(p=hits_so_far / joined["rank"])
+        out[f"map@{k}"] = precision[precision["hit"]].groupby("user")["p"].sum().reindex(users, fill_value=0.0) / (
+            n_targets.clip(upper=k)
+        )
     first = joined[joined["hit"] & (joined["rank"] <= max(ks))].groupby("user")["rank"].min()
     out["mrr"] = (1 / first).reindex(users, fill_value=0.0)
     return out
@@ -118,4 +130,78 @@ def test_batch_metrics_agree_with_a_pandas_reference(seed):
     expected = pandas_reference(ranked, targets, ks)
     assert 0 < expected["hitrate@12"].mean() < 1  # the case exercises both hits and misses
     for name in M.metric_names(ks):
+        np.testing.assert_allclose(got[name], expected[name].to_numpy(), rtol=1e-12, err_msg=name)
+
+
+# ----------------------------------------------------------------------- beyond accuracy
+
+# Items 2..7; counts 8, 4, 2, 1, 1, 0 of 16 interactions; categories 1, 1, 2, 2, 3, 0.
+COUNTS = np.array([0, 0, 8, 4, 2, 1, 1, 0])
+CATEGORIES = np.array([0, 0, 1, 1, 2, 2, 3, 0])
+LISTS = np.array([[2, 3, 4], [4, 5, 6], [7, -1, -1], [-1, -1, -1]])
+
+
+def test_self_information_is_minus_log2_of_the_share_with_counts_floored_at_one():
+    info = M.self_information(COUNTS)
+    np.testing.assert_allclose(info[[2, 3, 4, 5, 7]], [1.0, 2.0, 3.0, 4.0, 4.0])  # 8/16, 4/16, ..., 1/16
+
+
+def test_head_items_are_the_most_popular_up_to_the_share_of_interactions():
+    # 20% of 16 = 3.2: item 2 alone (8) crosses the line.
+    np.testing.assert_array_equal(np.flatnonzero(M.head_items(COUNTS, 0.2)), [2])
+    # 60% = 9.6: item 2 (8 before it: 0) and item 3 (8 before it, < 9.6).
+    np.testing.assert_array_equal(np.flatnonzero(M.head_items(COUNTS, 0.6)), [2, 3])
+    # Every item with interactions, never one without.
+    np.testing.assert_array_equal(np.flatnonzero(M.head_items(COUNTS, 1.0)), [2, 3, 4, 5, 6])
+    assert not M.head_items(np.zeros(4), 0.2).any()
+
+
+def test_list_metrics_match_hand_computed_values():
+    info = M.self_information(COUNTS)
+    head = M.head_items(COUNTS, 0.6)  # {2, 3}
+    got = M.list_metrics(LISTS, [1, 3], info, head, CATEGORIES)
+    assert set(got) == set(M.list_metric_names([1, 3]))
+    # row 0: [2, 3, 4] info 1, 2, 3; categories 1, 1, 2 -> 4 of 6 ordered pairs differ; 2 head items
+    # row 1: [4, 5, 6] info 3, 4, 4; categories 2, 2, 3 -> 4 of 6 differ; no head item
+    # row 2: [7] only -> one item, no pair; row 3: empty -> zeros
+    np.testing.assert_allclose(got["novelty@1"], [1, 3, 4, 0])
+    np.testing.assert_allclose(got["novelty@3"], [2, 11 / 3, 4, 0])
+    np.testing.assert_allclose(got["diversity@1"], [0, 0, 0, 0])
+    np.testing.assert_allclose(got["diversity@3"], [4 / 6, 4 / 6, 0, 0])
+    np.testing.assert_allclose(got["head_share@1"], [1, 0, 0, 0])
+    np.testing.assert_allclose(got["head_share@3"], [2 / 3, 0, 0, 0])
+
+
+def pandas_list_reference(ranked, ks, info, head, categories) -> pd.DataFrame:
+    """The list metrics by a long table, a self-merge for the pairs and group-bys."""
+    users = np.arange(ranked.shape[0])
+    long = pd.DataFrame({"user": np.repeat(users, ranked.shape[1]),
+                         "rank": np.tile(np.arange(1, ranked.shape[1] + 1), len(users)), "item": ranked.ravel()})
+    long = long[long["item"] >= 0]
+    long = long.assign(info=info[long["item"]], head=head[long["item"]], cat=categories[long["item"]])
+    out = pd.DataFrame(index=users)
+    for k in ks:
+        top = long[long["rank"] <= k]
+        out[f"novelty@{k}"] = top.groupby("user")["info"].mean().reindex(users, fill_value=0.0)
+        out[f"head_share@{k}"] = top.groupby("user")["head"].mean().reindex(users, fill_value=0.0)
+        pairs = top.merge(top, on="user")
+        pairs = pairs[pairs["rank_x"] != pairs["rank_y"]]
+        out[f"diversity@{k}"] = (
+            (pairs["cat_x"] != pairs["cat_y"]).groupby(pairs["user"]).mean().reindex(users, fill_value=0.0)
+        )
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_list_metrics_agree_with_a_pandas_reference(seed):
+    rng = np.random.default_rng(seed)
+    ranked, _ = random_case(rng, users=40, items=30, k=10)
+    counts = rng.integers(0, 50, size=30)
+    categories = rng.integers(0, 4, size=30)
+    info, head = M.self_information(counts), M.head_items(counts, 0.2)
+    ks = [1, 4, 10]
+    got = M.list_metrics(ranked, ks, info, head, categories)
+    expected = pandas_list_reference(ranked, ks, info, head, categories)
+    assert 0 < expected["head_share@10"].mean() < 1
+    for name in M.list_metric_names(ks):
         np.testing.assert_allclose(got[name], expected[name].to_numpy(), rtol=1e-12, err_msg=name)

@@ -1,0 +1,202 @@
+"""The evaluation report: figures and one self-contained HTML page (PNG plots inlined as base64).
+
+Everything here is a pure function of the JSON report that :mod:`~recsys_spark.evaluation.evaluate`
+writes, so the page can be rebuilt from ``evaluation.json`` alone::
+
+    python -c "import json, sys; from recsys_spark.evaluation.report import render_html; \
+print(render_html(json.load(open(sys.argv[1]))))" work/reports/evaluation.json > evaluation.html
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any, Mapping, Sequence
+
+DEFINITIONS = {
+    "protocol": "full ranking over the whole catalogue (never sampled); a user's already-seen items are excluded; "
+                "targets are the items a user first met after the cutoff",
+    "recall@K": "hits in the top K / number of targets",
+    "ndcg@K": "DCG of the top K / ideal DCG over min(K, targets) positions, gain 1/log2(rank + 1)",
+    "map@K": "sum of precision@rank over hits in the top K / min(K, targets)",
+    "hitrate@K": "1 if any target is in the top K",
+    "mrr": "1 / rank of the first hit within the largest K",
+    "coverage@K": "distinct items in anyone's top K / catalogue size",
+    "novelty@K": "mean self-information -log2(share of interactions) of the top-K items",
+    "diversity@K": "share of pairs of top-K items in different categories (intra-list diversity)",
+    "head_share@K": "share of top-K items that are head items (popularity bias)",
+    "baselines": "co-occurrence and ALS are fitted on the training windows and tuned on validation by the primary "
+                 "metric; popularity ranks by interactions before the cutoff",
+}
+
+_SEGMENT_LABELS = {
+    "all": "all users",
+    "cold_users": "cold users",
+    "warm_users": "warm users",
+    "head_targets": "head targets",
+    "tail_targets": "tail targets",
+    "view_targets": "viewed targets",
+    "cart_targets": "carted targets",
+    "purchase_targets": "purchased targets",
+}
+
+
+def figures(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The report's plots as matplotlib Figures.
+
+    Returns:
+        {"curves": Recall@K and NDCG@K against K per ranker, "popularity_bias": head share of
+        the top K per ranker, "segments": the primary metric per segment and ranker}.
+    """
+    from matplotlib.figure import Figure
+
+    ks, rankers = report["ks"], report["rankers"]
+    curves = Figure(figsize=(10, 3.8))
+    for axis, (metric, title) in zip(curves.subplots(1, 2), (("recall", "Recall@K"), ("ndcg", "NDCG@K"))):
+        for ranker, values in rankers.items():
+            axis.plot(ks, [values[f"{metric}@{k}"] for k in ks], marker="o", label=ranker)
+        axis.set(xlabel="K", ylabel=title, title=f"{title}, full ranking, test users", xscale="log", xticks=ks)
+        axis.set_xticklabels([str(k) for k in ks])
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    curves.tight_layout()
+
+    bias = Figure(figsize=(10, 3.8))
+    axis = bias.subplots()
+    _grouped_bars(axis, [f"K={k}" for k in ks], {r: [v[f"head_share@{k}"] for k in ks] for r, v in rankers.items()})
+    head_fraction = report["head_items"] / report["catalogue_size"] if report["catalogue_size"] else 0.0
+    axis.axhline(head_fraction, color="black", linestyle="--", linewidth=1,
+                 label=f"head items in the catalogue ({head_fraction:.1%})")
+    axis.set(ylabel="share of head items in the top K", title="Popularity bias", ylim=(0, 1.05))
+    axis.legend(fontsize=8)
+    bias.tight_layout()
+
+    primary = report["primary_metric"]
+    segments = [s for s in _SEGMENT_LABELS if any(s in seg for seg in report["segments"].values())]
+    seg_fig = Figure(figsize=(11, 4))
+    axis = seg_fig.subplots()
+    values = {
+        ranker: [report["segments"][ranker].get(s, {}).get(primary, 0.0) for s in segments]
+        for ranker in report["segments"]
+    }
+    users = report["segments"].get("model", {})
+    labels = [f"{_SEGMENT_LABELS[s]}\n({users.get(s, {}).get('users', 0)} users)" for s in segments]
+    _grouped_bars(axis, labels, values)
+    axis.set(ylabel=primary, title=f"{primary} by segment")
+    axis.tick_params(axis="x", labelsize=8)
+    axis.legend(fontsize=8)
+    seg_fig.tight_layout()
+    return {"curves": curves, "popularity_bias": bias, "segments": seg_fig}
+
+
+def _grouped_bars(axis, groups: Sequence[str], values: Mapping[str, Sequence[float]]) -> None:
+    width = 0.8 / max(len(values), 1)
+    for i, (name, heights) in enumerate(values.items()):
+        axis.bar([g + (i - (len(values) - 1) / 2) * width for g in range(len(groups))], heights, width, label=name)
+    axis.set_xticks(range(len(groups)))
+    axis.set_xticklabels(groups)
+    axis.grid(axis="y", alpha=0.3)
+
+
+def png_base64(figure) -> str:
+    """A Figure as a base64 PNG (for an ``<img src="data:image/png;base64,...">``)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def grid_table(rows: Sequence[Mapping[str, Any]], primary: str) -> str:
+    """A baseline grid as fixed-width text: its parameters and the primary metric, best first."""
+    if not rows:
+        return ""
+    params = [key for key in rows[0] if "@" not in key and key != "mrr"]
+    ordered = sorted(rows, key=lambda r: -r[primary])
+    lines = ["".join(f"{p:>12}" for p in params) + f"{primary:>12}"]
+    lines += ["".join(f"{str(r[p]):>12}" for p in params) + f"{r[primary]:>12.4f}" for r in ordered]
+    return "\n".join(lines)
+
+
+_TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Evaluation of {{ r.registered_model }} version {{ r.model_version }}</title>
+<style>
+ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; }
+ table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.85em; }
+ th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+ th:first-child, td:first-child { text-align: left; }
+ th { background: #f3f3f3; }
+ .best { font-weight: bold; background: #eef7ee; }
+ .gate { padding: 0.8em 1em; border-radius: 6px; margin: 1em 0; }
+ .promoted { background: #e6f4e6; border: 1px solid #7b7; }
+ .not_promoted { background: #fbeee6; border: 1px solid #d96; }
+ img { max-width: 100%; }
+ dt { font-weight: bold; } dd { margin: 0 0 0.4em 1.5em; }
+</style></head><body>
+<h1>Offline evaluation: {{ r.registered_model }} version {{ r.model_version }}</h1>
+<p>{{ r.users_with_targets }} test users with targets (of {{ r.users }}), a catalogue of {{ r.catalogue_size }}
+items ({{ r.head_items }} head items). Primary metric: <b>{{ r.primary_metric }}</b>.
+MLflow run <code>{{ r.mlflow_run_id }}</code>.</p>
+
+<div class="gate {{ r.gate.verdict }}"><b>Registry gate: {{ r.gate.verdict | replace("_", " ") }}</b>
+(challenger version {{ r.gate.challenger_version }}, {{ r.champion_alias }} was
+{{ r.gate.champion_version or "none" }})<ul>{% for reason in r.gate.reasons %}<li>{{ reason }}</li>{% endfor %}</ul></div>
+
+<h2>Model against baselines (test)</h2>
+{% for k in r.ks %}
+<table><tr><th>ranker</th>{% for m in metrics_at(k) %}<th>{{ m }}</th>{% endfor %}</tr>
+{% for ranker, values in r.rankers.items() %}<tr><td>{{ ranker }}</td>
+{% for m in metrics_at(k) %}<td class="{{ 'best' if best.get(m) == ranker else '' }}">{{ "%.4f" | format(values[m]) }}</td>{% endfor %}
+</tr>{% endfor %}</table>
+{% endfor %}
+<p>MRR: {% for ranker, values in r.rankers.items() %}{{ ranker }} {{ "%.4f" | format(values.mrr) }}{{ ", " if not loop.last }}{% endfor %}</p>
+<img src="data:image/png;base64,{{ images.curves }}" alt="Recall@K and NDCG@K curves">
+
+<h2>Popularity bias</h2>
+<img src="data:image/png;base64,{{ images.popularity_bias }}" alt="head share of the top K">
+
+<h2>Segments: {{ r.primary_metric }}</h2>
+<table><tr><th>segment</th><th>users</th>{% for ranker in r.segments %}<th>{{ ranker }}</th>{% endfor %}</tr>
+{% for segment in segments %}<tr><td>{{ segment }}</td><td>{{ r.segments.model.get(segment, {}).get("users", 0) }}</td>
+{% for ranker, values in r.segments.items() %}<td>{{ "%.4f" | format(values.get(segment, {}).get(r.primary_metric, 0.0)) }}</td>{% endfor %}
+</tr>{% endfor %}</table>
+<img src="data:image/png;base64,{{ images.segments }}" alt="primary metric by segment">
+
+<h2>Baseline tuning (validation)</h2>
+{% for family, tuned in r.baselines.items() %}
+<h3>{{ family }}: chosen {% for key, value in tuned.chosen.items() %}{{ key }}={{ value }}{{ ", " if not loop.last }}{% endfor %}</h3>
+<table><tr>{% for key in tuned.grid[0] %}<th>{{ key }}</th>{% endfor %}</tr>
+{% for row in tuned.grid | sort(attribute=tuned.metric, reverse=True) %}<tr>
+{% for key, value in row.items() %}<td>{{ "%.4f" | format(value) if value is float else value }}</td>{% endfor %}</tr>{% endfor %}
+</table>
+{% endfor %}
+
+<h2>Definitions</h2><dl>{% for key, text in r.definitions.items() %}<dt>{{ key }}</dt><dd>{{ text }}</dd>{% endfor %}</dl>
+</body></html>
+"""
+
+
+def render_html(report: Mapping[str, Any]) -> str:
+    """The whole report as one HTML page with its figures inlined.
+
+    Args:
+        report: the evaluation report (see evaluate.run): ks, rankers, segments, baselines,
+            gate, definitions, counts.
+
+    Returns:
+        the HTML text.
+    """
+    import jinja2
+
+    def metrics_at(k: int) -> list[str]:
+        return [f"{m}@{k}" for m in ("recall", "ndcg", "map", "hitrate", "coverage", "novelty", "diversity",
+                                     "head_share")]
+
+    names = [m for k in report["ks"] for m in metrics_at(k)]
+    # Highlight the best ranker of each metric where higher is better (not the popularity bias).
+    best = {m: max(report["rankers"], key=lambda r: report["rankers"][r][m]) for m in names if "head_share" not in m}
+    segments = [s for s in _SEGMENT_LABELS if s in report["segments"].get("model", {})]
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    images = {name: png_base64(fig) for name, fig in figures(report).items()}
+    return env.from_string(_TEMPLATE).render(
+        r=report, images=images, metrics_at=metrics_at, best=best, segments=segments
+    )

@@ -1,0 +1,124 @@
+"""The co-occurrence and ALS baselines on tiny hand-built training windows."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from recsys_spark import schema as S
+from recsys_spark.evaluation import baselines as B
+
+from tests.evaluation.test_ranking import history_rows
+
+NUM_ITEMS = 8
+
+# Training windows (L + 1 = 5, left-padded). 1 is OOV and 0 padding: they pair with nothing.
+WINDOWS = [
+    [0, 2, 3, 4, 2],
+    [0, 0, 3, 5, 1],
+]
+# Pairs of distinct real items by hand. Distance 1: (2,3) (3,4) (4,2) | (3,5).
+# Distance 2 adds: (2,4) [positions 2 and 4] and (3,2) [3 and 5]. Distance 3: (2,2), same item.
+COUNTS_W1 = {(2, 3): 1, (2, 4): 1, (3, 4): 1, (3, 5): 1}
+COUNTS_W2 = {(2, 3): 2, (2, 4): 2, (3, 4): 1, (3, 5): 1}
+
+
+def train_frame(spark):
+    rows = [(w, [1] * len(w), [0] * len(w)) for w in WINDOWS]
+    return spark.createDataFrame(rows, S.TRAIN_SCHEMA)
+
+
+@pytest.fixture(scope="module")
+def pairs(spark) -> pd.DataFrame:
+    return B.cooccurrence_pairs(train_frame(spark), [1, 2, 3]).toPandas()
+
+
+def test_cooccurrence_counts_pairs_within_each_window(pairs):
+    got = {w: {(int(r.item_a), int(r.item_b)): int(getattr(r, f"w{w}")) for r in pairs.itertuples()
+               if getattr(r, f"w{w}") > 0} for w in (1, 2, 3)}
+    assert got[1] == COUNTS_W1
+    assert got[2] == COUNTS_W2
+    assert got[3] == COUNTS_W2  # the only pair at distance 3 is an item with itself
+
+
+def test_similarity_matrices_are_symmetric_counts_or_cosine(pairs):
+    counts = B.similarity_matrix(pairs, 2, "count", NUM_ITEMS).dense()
+    expected = np.zeros((NUM_ITEMS, NUM_ITEMS), dtype=np.float32)
+    for (a, b), n in COUNTS_W2.items():
+        expected[a, b] = expected[b, a] = n
+    np.testing.assert_array_equal(counts, expected)
+    # Row sums: item 2: 4, item 3: 4, item 4: 3, item 5: 1.
+    cosine = B.similarity_matrix(pairs, 2, "cosine", NUM_ITEMS).dense()
+    assert cosine[2, 3] == cosine[3, 2] == pytest.approx(2 / math.sqrt(4 * 4))
+    assert cosine[2, 4] == pytest.approx(2 / math.sqrt(4 * 3))
+    assert cosine[3, 5] == pytest.approx(1 / math.sqrt(4 * 1))
+    assert np.count_nonzero(cosine) == 8
+    with pytest.raises(ValueError, match="similarity"):
+        B.similarity_matrix(pairs, 2, "jaccard", NUM_ITEMS)
+
+
+def test_sparse_rows_weighted_rows_equal_the_dense_product():
+    rng = np.random.default_rng(0)
+    dense = rng.random((6, 6)) * (rng.random((6, 6)) < 0.4)
+    rows, cols = np.nonzero(dense)
+    matrix = B.SparseRows.from_pairs(rows, cols, dense[rows, cols], 6)
+    np.testing.assert_allclose(matrix.dense(), dense, rtol=1e-6)
+    items = np.array([[0, 3, 5, 5], [2, 2, 1, 0]])
+    weights = np.array([[0.0, 0.5, 1.0, 2.0], [1.0, 1.0, 0.25, 0.0]])
+    expected = np.stack([weights[b] @ dense[items[b]] for b in range(2)])
+    np.testing.assert_allclose(matrix.weighted_rows(weights, items), expected, rtol=1e-6)
+
+
+def test_cooccurrence_ranker_sums_decayed_similarities_of_the_history(pairs):
+    ranker = B.CooccurrenceRanker(B.similarity_matrix(pairs, 2, "count", NUM_ITEMS), decay=0.5)
+    # Latest item 4 (weight 1), then 5 (weight 0.5): item 2: 2 * 1, item 3: 1 * 1 + 1 * 0.5.
+    rows = history_rows([[5, 4]], seen=[[4, 5]])
+    np.testing.assert_allclose(ranker.score_block(rows).numpy(), [[0, 0, 2, 1.5, 0, 0, 0, 0]])
+    top, scores = ranker.recommend(rows, 2)
+    assert top.tolist() == [[2, 3]]
+    np.testing.assert_allclose(scores, [[2.0, 1.5]])
+
+
+@pytest.mark.e2e
+def test_als_runs_excludes_seen_items_and_fills_k(spark):
+    interactions = B.als_interactions(train_frame(spark))
+    got = sorted((r[B.ALS_USER], r[B.ALS_ITEM]) for r in interactions.collect())
+    assert got == [(0, 2), (0, 3), (0, 4), (1, 3), (1, 5)]  # distinct real items per window
+    factors = B.fit_als(interactions, NUM_ITEMS, rank=2, reg_param=0.1, alpha=1.0, max_iter=2, seed=1)
+    assert factors.shape == (NUM_ITEMS, 2) and np.isfinite(factors).all()
+    assert not factors[[0, 1, 6, 7]].any() and factors[[2, 3, 4, 5]].any()  # only items with interactions
+    ranker = B.AlsRanker(factors, reg_param=0.1, alpha=1.0)
+    rows = history_rows([[2, 3], [5]], seen=[[2, 3], [5]])
+    top, scores = ranker.recommend(rows, 4)
+    assert (top >= S.FIRST_ITEM_INDEX).all()  # 6 items, at most 2 seen: K = 4 always fills
+    assert not set(top[0]) & {2, 3} and not set(top[1]) & {5}
+    assert (np.diff(scores, axis=1) <= 0).all()
+
+
+def test_fold_in_solves_the_implicit_als_user_step():
+    rng = np.random.default_rng(4)
+    factors = rng.normal(size=(7, 3))
+    seen = [np.array([2, 4, 4, 9]), np.array([], dtype=np.int64)]  # a duplicate and an out-of-range item
+    got = B.fold_in(factors, seen, reg_param=0.5, alpha=3.0)
+    ys = factors[[2, 4]]
+    lhs = factors.T @ factors + 3.0 * ys.T @ ys + 0.5 * 2 * np.eye(3)
+    np.testing.assert_allclose(got[0], np.linalg.solve(lhs, 4.0 * ys.sum(axis=0)), rtol=1e-5)
+    np.testing.assert_array_equal(got[1], np.zeros(3))
+
+
+def test_grid_lists_every_combination_in_order():
+    assert B.grid(a=[1, 2], b=["x"]) == [{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]
+    assert B.grid_label("als", {"rank": 8, "alpha": 1.0}) == "als[rank=8,alpha=1.0]"
+
+
+def test_rankers_never_return_pad_oov_or_disallowed_items(pairs):
+    allowed = torch.ones(NUM_ITEMS, dtype=torch.bool)
+    allowed[3] = False
+    ranker = B.CooccurrenceRanker(B.similarity_matrix(pairs, 1, "count", NUM_ITEMS), decay=1.0, allowed=allowed)
+    top, _ = ranker.recommend(history_rows([[2]], seen=[[2]]), 8)
+    # 4 remaining real items (4, 5, 6, 7); item 4 co-occurs with 2, the rest score 0.
+    assert top[0, 0] == 4 and sorted(top[0, :4]) == [4, 5, 6, 7] and (top[0, 4:] == -1).all()
