@@ -1,122 +1,244 @@
-"""The ``score`` stage: top-K recommendations for every user from a registered model.
+"""The ``score`` stage: top-K recommendations for every user from the registered champion.
 
-Each user's latest history (``features/user_history``) is ranked against the whole catalogue
-inside Spark tasks, ``score.block_size`` users at a time; the model and its item vectors are
-built once on the driver and broadcast. Users whose history holds no known item get the most
-popular items instead (source ``fallback``). Output: schema.RECOMMENDATION_SCHEMA, one
-partition per run_date, replaced when a date is scored again.
+Inputs: ``features/user_history`` (each user's latest behaviour), ``features/item_vocab``,
+``paths.clean`` (purchases to exclude, the category a user browses, recent popularity) and
+the model ``models:/<mlflow.registered_model>@<score.model_alias>`` (or
+``score.model_version``) with the vocabulary it was trained with.
+
+How: the driver builds one :class:`~recsys_spark.scoring.recommender.ScoringPlan` (the
+model's bundle, its catalogue's item vectors computed once, the fallback and exploration
+items) and broadcasts it; ``mapInArrow`` tasks build the model once each and score their
+users ``score.block_size`` at a time by matrix multiply and ``torch.topk``; never a users x
+items join. Output: schema.RECOMMENDATION_SCHEMA under ``paths.recommendations``, one
+partition per run_date; re-running a date replaces exactly that date.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import logging
-from dataclasses import dataclass
-from typing import Any, Callable
+import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from pyspark import Broadcast
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recsys_spark import io, tracking
 from recsys_spark import schema as S
-from recsys_spark.config import Config
-from recsys_spark.errors import ConfigError, DataQualityError
-from recsys_spark.evaluation.ranking import EMPTY_SLOT, ModelRanker, PopularityRanker, Ranker, int_matrix
+from recsys_spark.config import Config, ScoreConfig
+from recsys_spark.errors import ConfigError, DataQualityError, InputError
+from recsys_spark.scoring import inputs
+from recsys_spark.scoring.recommender import (
+    ITEM_IDS,
+    SCORES,
+    SOURCE_CODES,
+    SOURCE_EXPLORE,
+    SOURCE_FALLBACK,
+    SOURCE_MODEL,
+    SOURCES,
+    ItemSpace,
+    ListRules,
+    ModelEncoder,
+    ScoringPlan,
+    category_codes,
+    task_recommender,
+)
 
 log = logging.getLogger(__name__)
 
-SOURCE_MODEL = "model"
-SOURCE_FALLBACK = "fallback"
-
-# What the Spark tasks produce; model name, version and run date are added as constants.
+# What a scoring task yields: one row per user (recommender.WIDE_SCHEMA), exploded in Spark.
+WIDE_SPARK_SCHEMA = T.StructType([
+    T.StructField(S.USER_ID, T.StringType()),
+    T.StructField(ITEM_IDS, T.ArrayType(T.LongType())),
+    T.StructField(SCORES, T.ArrayType(T.FloatType())),
+    T.StructField(SOURCE_CODES, T.ArrayType(T.ByteType())),
+])
+# The exploded rows; model name, version and run date are added as constants.
 RANKED_SCHEMA = T.StructType([S.RECOMMENDATION_SCHEMA[c] for c in (S.USER_ID, S.RANK, S.ITEM_ID, S.SCORE, S.SOURCE)])
 
 
-def has_history(batch: pd.DataFrame) -> np.ndarray:
-    """Args: B history rows. Returns: bool [B], True where hist_items holds a known item (>= 2)."""
-    if batch.empty:
-        return np.zeros(0, dtype=bool)
-    return (int_matrix(batch[S.HIST_ITEMS]) >= S.FIRST_ITEM_INDEX).any(axis=1)
+def check_config(sc: ScoreConfig) -> str:
+    """Raise :class:`ConfigError` naming the first invalid score setting. Returns: the run date (ISO)."""
+    for key, minimum in {"top_k": 1, "block_size": 1, "popular_days": 1, "category_cap": 0, "model_version": 0}.items():
+        if getattr(sc, key) < minimum:
+            raise ConfigError(f"score.{key} must be >= {minimum}, got {getattr(sc, key)}")
+    if not 0.0 <= sc.explore_share <= 1.0:
+        raise ConfigError(f"score.explore_share must lie in [0, 1], got {sc.explore_share}")
+    if not 0.0 < sc.explore_pool_share <= 1.0:
+        raise ConfigError(f"score.explore_pool_share must lie in (0, 1], got {sc.explore_pool_share}")
+    unknown = [t for t in sc.exclude_event_types if t not in S.EVENT_TYPES]
+    if unknown:
+        raise ConfigError(f"score.exclude_event_types: {unknown} not among {S.EVENT_TYPES}")
+    if not sc.model_version and not sc.model_alias:
+        raise ConfigError("score.model_alias is empty and score.model_version is 0: name the model to score with")
+    run_date = sc.run_date or dt.datetime.now(dt.timezone.utc).date().isoformat()
+    try:
+        dt.date.fromisoformat(run_date)
+    except ValueError:
+        raise ConfigError(f"score.run_date: {run_date!r} is not an ISO date (YYYY-MM-DD)") from None
+    return run_date
 
 
-@dataclass
-class Recommender:
-    """The model for users with a known history, a fallback ranker for the rest.
+def check_alias(cfg: Config) -> None:
+    """Fail in one line when ``score.model_alias`` names no version of the registered model.
 
-    Args:
-        model: ranks users whose history holds a known item.
-        fallback: ranks the others (e.g. by popularity).
-        product_ids: int64 [N], the product_id of every item index (-1 where none).
+    A missing registered model is left to :func:`registry.load_bundle` (it says to train first).
     """
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
-    model: Ranker
-    fallback: Ranker
-    product_ids: np.ndarray
-
-    def recommend(self, batch: pd.DataFrame, k: int, exclude_seen: bool, block_size: int) -> pd.DataFrame:
-        """Top-K of every user of ``batch``, long format.
-
-        Args:
-            batch: B rows of schema.USER_HISTORY_SCHEMA.
-            k, exclude_seen, block_size: as in :meth:`Ranker.recommend`.
-
-        Returns:
-            columns of RANKED_SCHEMA; min(k, eligible items) rows per user, rank 1 = best.
-        """
-        known = has_history(batch)
-        parts = [self._long(np.zeros(0, dtype=object), np.zeros((0, k), np.int64), np.zeros((0, k)), SOURCE_MODEL)]
-        for ranker, rows, source in ((self.model, known, SOURCE_MODEL), (self.fallback, ~known, SOURCE_FALLBACK)):
-            users = batch[rows]
-            if users.empty:
-                continue
-            top, scores = ranker.recommend(users, k, exclude_seen, block_size)
-            parts.append(self._long(users[S.USER_ID].to_numpy(), top, scores, source))
-        return pd.concat(parts, ignore_index=True)
-
-    def _long(self, user_ids: np.ndarray, top: np.ndarray, scores: np.ndarray, source: str) -> pd.DataFrame:
-        # Empty slots (-1) only ever trail the filled ones, so the kept ranks stay 1..n.
-        filled = top != EMPTY_SLOT
-        ranks = np.broadcast_to(np.arange(1, top.shape[1] + 1, dtype=np.int32), top.shape)
-        return pd.DataFrame(
-            {
-                S.USER_ID: np.repeat(user_ids, top.shape[1])[filled.ravel()],
-                S.RANK: ranks[filled],
-                S.ITEM_ID: self.product_ids[top[filled]],
-                S.SCORE: scores[filled].astype(np.float32),
-                S.SOURCE: source,
-            }
+    sc = cfg.score
+    if sc.model_version > 0:
+        return
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    name = cfg.mlflow.registered_model
+    try:
+        aliases = dict(MlflowClient().get_registered_model(name).aliases or {})
+    except MlflowException:
+        return
+    if sc.model_alias not in aliases:
+        held = ", ".join(f"@{a} = version {v}" for a, v in sorted(aliases.items())) or "no aliases"
+        raise InputError(
+            f"registered model {name!r} has no alias {sc.model_alias!r} ({held}): run `recsys evaluate` to promote "
+            f"the challenger, or score it as it is with score.model_alias=challenger (or score.model_version=N)"
         )
 
 
-def recommend(
-    histories: DataFrame, build: Callable[[], Recommender], k: int, exclude_seen: bool, block_size: int
-) -> DataFrame:
-    """Top-K recommendations of every user, computed inside Spark tasks.
+def read_exclusions(spark: SparkSession, path: str) -> np.ndarray:
+    """Product ids never to recommend, from a CSV (header) or Parquet with a product_id column.
+
+    Returns:
+        int64 [n], sorted distinct.
+
+    Raises:
+        InputError: the path is missing or lacks product_id; DataQualityError: a value is no id.
+    """
+    key = "score.exclude_items_path"
+    io.require_input(spark, path, key)
+    is_csv = path.rstrip("/").lower().endswith((".csv", ".csv.gz"))
+    df = spark.read.option("header", "true").csv(path) if is_csv else spark.read.parquet(path)
+    if S.PRODUCT_ID not in df.columns:
+        raise InputError(f"{path} has no {S.PRODUCT_ID} column (config key {key}); columns: {df.columns}")
+    ids = df.select(F.col(S.PRODUCT_ID).cast("string").alias("raw"), F.col(S.PRODUCT_ID).cast("long").alias("id"))
+    bad = ids.where(F.col("id").isNull())
+    if not bad.isEmpty():
+        example = bad.first()["raw"]
+        raise DataQualityError(f"{path}: {bad.count()} {S.PRODUCT_ID} value(s) are not integer ids, e.g. {example!r} ({key})")
+    values = ids.select("id").distinct().toPandas()["id"].to_numpy(dtype=np.int64)
+    return np.sort(values)
+
+
+def build_plan(
+    bundle,
+    item_vectors: np.ndarray,
+    feature_vocab: pd.DataFrame,
+    stats: pd.DataFrame,
+    excluded: np.ndarray,
+    sc: ScoreConfig,
+) -> ScoringPlan:
+    """Everything the tasks need, from small driver-side tables.
 
     Args:
-        histories: rows of schema.USER_HISTORY_SCHEMA.
-        build: makes the Recommender; called once per task, so it should read the model
-            from broadcast variables.
-        k: items per user.
-        exclude_seen: never recommend a user's seen_items.
-        block_size: users scored at once inside a task.
+        bundle: the registered ModelBundle.
+        item_vectors: float32 [num_items, d], the model's vector of every item index.
+        feature_vocab: the featurize run's item_vocab (item_idx, product_id): histories use it.
+        stats: inputs.PRODUCT_STATS_SCHEMA rows (product_id, category_id, recent/all users).
+        excluded: int64 product ids never to recommend.
+        sc: the score config.
+
+    Returns:
+        ScoringPlan: the model's catalogue (its vocabulary minus exclusions), the fallback
+        catalogue (every product of paths.clean minus exclusions, by recent popularity, ties by
+        all-time popularity), the exploration pool and the list rules.
+    """
+    categories = np.unique(stats[S.CATEGORY_ID].dropna().to_numpy(dtype=np.int64))
+    stats_space = ItemSpace(stats[S.PRODUCT_ID].to_numpy(dtype=np.int64), np.zeros(len(stats), dtype=np.int64))
+    stat_codes = category_codes(stats[S.CATEGORY_ID].to_numpy(dtype=np.float64), categories)
+    recent = stats[inputs.RECENT_USERS].to_numpy(dtype=np.float64)
+    ever = stats[inputs.ALL_USERS].to_numpy(dtype=np.float64)
+
+    vocab = bundle.item_vocab
+    model_products = vocab[S.PRODUCT_ID].to_numpy(dtype=np.int64)
+    model_idx = vocab[S.ITEM_IDX].to_numpy(dtype=np.int64)
+    keep = ~np.isin(model_products, excluded)
+    model_products, model_idx = model_products[keep], model_idx[keep]
+    at = stats_space.index_of(model_products)
+    model_items = ItemSpace(
+        product_ids=model_products,
+        categories=np.where(at >= 0, stat_codes[np.maximum(at, 0)], -1),
+        vectors=np.ascontiguousarray(item_vectors[model_idx], dtype=np.float32),
+    )
+    # Under-exposed: the least recently met share of the catalogue (ties by product id).
+    model_recent = np.where(at >= 0, recent[np.maximum(at, 0)], 0.0)
+    pool_size = math.ceil(sc.explore_pool_share * len(model_items))
+    explore_pool = np.lexsort((model_products, model_recent))[:pool_size].astype(np.int64)
+
+    allowed = ~np.isin(stats_space.product_ids, excluded)
+    popularity = recent + ever / (1.0 + (ever.max() if len(ever) else 0.0))
+    fallback_items = ItemSpace(
+        product_ids=stats_space.product_ids[allowed],
+        categories=stat_codes[allowed],
+        popularity=popularity[allowed].astype(np.float32),
+    )
+    encoder = ModelEncoder(bundle.to_bytes(), vocab_remap(feature_vocab, bundle.item_vocab))
+    rules = ListRules(sc.top_k, sc.block_size, sc.category_cap, sc.explore_share)
+    return ScoringPlan(encoder, model_items, fallback_items, explore_pool, categories, rules)
+
+
+def vocab_remap(feature_vocab: pd.DataFrame, model_vocab: pd.DataFrame) -> np.ndarray:
+    """The model's item index of every feature-table item index, joined on product_id.
+
+    Returns:
+        int64 [max feature item_idx + 1]: pad -> pad, OOV -> OOV, a product the model was not
+        trained with -> OOV.
+    """
+    feature_idx = feature_vocab[S.ITEM_IDX].to_numpy(dtype=np.int64)
+    size = max(S.FIRST_ITEM_INDEX, int(feature_idx.max()) + 1 if len(feature_idx) else 0)
+    remap = np.full(size, S.OOV_INDEX, dtype=np.int64)
+    remap[S.PAD_INDEX] = S.PAD_INDEX
+    model = ItemSpace(model_vocab[S.PRODUCT_ID].to_numpy(dtype=np.int64), np.zeros(len(model_vocab), np.int64))
+    at = model.index_of(feature_vocab[S.PRODUCT_ID].to_numpy(dtype=np.int64))
+    model_idx = model_vocab[S.ITEM_IDX].to_numpy(dtype=np.int64)
+    remap[feature_idx] = np.where(at >= 0, model_idx[np.maximum(at, 0)], S.OOV_INDEX)
+    return remap
+
+
+def recommend(rows: DataFrame, plan: Broadcast) -> DataFrame:
+    """Top-K lists of every user, computed inside Spark tasks (``mapInArrow``).
+
+    Each task's Python worker builds the Recommender once and ranks ``block_size`` users at a
+    time; a user's list leaves the task as one row of arrays, exploded here by Spark itself.
+
+    Args:
+        rows: inputs.scoring_rows() output (or, with a VectorEncoder plan, rows with
+            user_id, user_vector, exclude_products, user_category, user_key).
+        plan: a broadcast ScoringPlan.
 
     Returns:
         DataFrame of RANKED_SCHEMA (user_id, rank, item_id, score, source).
     """
 
-    def score(batches):
-        recommender = build()
+    def score_partition(batches):
+        recommender = task_recommender(plan)
         for batch in batches:
-            if not batch.empty:
-                yield recommender.recommend(batch, k, exclude_seen, block_size)
+            yield from recommender.blocks(batch)
 
-    return histories.mapInPandas(score, RANKED_SCHEMA)
+    wide = rows.mapInArrow(score_partition, WIDE_SPARK_SCHEMA)
+    entry = F.posexplode(F.arrays_zip(ITEM_IDS, SCORES, SOURCE_CODES)).alias("position", "entry")
+    sources = F.array(*[F.lit(s) for s in SOURCES])
+    return wide.select(S.USER_ID, entry).select(
+        S.USER_ID,
+        (F.col("position") + 1).cast("int").alias(S.RANK),
+        F.col(f"entry.{ITEM_IDS}").alias(S.ITEM_ID),
+        F.col(f"entry.{SCORES}").alias(S.SCORE),
+        F.element_at(sources, F.col(f"entry.{SOURCE_CODES}").cast("int") + 1).alias(S.SOURCE),
+    )
 
 
 def with_run_columns(ranked: DataFrame, model_name: str, model_version: str, run_date: str) -> DataFrame:
@@ -129,71 +251,103 @@ def with_run_columns(ranked: DataFrame, model_name: str, model_version: str, run
     return ranked.select(*[constants.get(f.name, F.col(f.name)).alias(f.name) for f in S.RECOMMENDATION_SCHEMA])
 
 
-def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
-    """Score every user of ``features/user_history`` with the registered model.
+def summarize(written: DataFrame, users: int, k: int) -> dict[str, int]:
+    """Counts of one written run date: users by source, rows, explore rows, users short of K.
 
-    The model is ``score.model_version`` when > 0, else the version behind ``score.model_alias``.
+    Raises:
+        DataQualityError: rows for more users than were scored, or more than K per user.
+    """
+    per_user = written.groupBy(S.USER_ID).agg(
+        F.count(F.lit(1)).alias("n"),
+        F.max((F.col(S.SOURCE) == SOURCE_FALLBACK).cast("int")).alias("fallback"),
+        F.sum((F.col(S.SOURCE) == SOURCE_EXPLORE).cast("int")).alias("explore"),
+    )
+    totals = per_user.agg(
+        F.count(F.lit(1)).alias("users"),
+        F.coalesce(F.sum("n"), F.lit(0)).alias("rows"),
+        F.coalesce(F.max("n"), F.lit(0)).alias("most"),
+        F.coalesce(F.sum("fallback"), F.lit(0)).alias("fallback"),
+        F.coalesce(F.sum("explore"), F.lit(0)).alias("explore"),
+        F.coalesce(F.sum((F.col("n") < k).cast("int")), F.lit(0)).alias("short"),
+    ).first()
+    if totals["users"] > users or totals["most"] > k:
+        raise DataQualityError(
+            f"score: {totals['rows']} rows for {totals['users']} users written from {users} users at top_k={k}: "
+            f"features/user_history holds duplicate users"
+        )
+    return {
+        "users": users,
+        "users_recommended": int(totals["users"]),
+        f"users_{SOURCE_MODEL}": int(totals["users"] - totals["fallback"]),
+        f"users_{SOURCE_FALLBACK}": int(totals["fallback"]),
+        "users_short_of_k": int(totals["short"]),
+        "rows": int(totals["rows"]),
+        f"rows_{SOURCE_EXPLORE}": int(totals["explore"]),
+    }
+
+
+def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
+    """Score every user of ``features/user_history`` and write the run date's partition.
 
     Returns:
-        recommendations_path, run_date, model_version, users, rows, fallback_users.
+        recommendations_path, run_date, model (its models:/ URI), model_version, and the
+        counts of :func:`summarize`.
     """
     import mlflow
 
     from recsys_spark.models import registry
 
     sc = cfg.score
-    if sc.top_k < 1 or sc.block_size < 1:
-        raise ConfigError(f"score.top_k ({sc.top_k}) and score.block_size ({sc.block_size}) must be positive")
-    run_date = sc.run_date or dt.datetime.now(dt.timezone.utc).date().isoformat()
-    try:
-        dt.date.fromisoformat(run_date)
-    except ValueError:
-        raise ConfigError(f"score.run_date: {run_date!r} is not an ISO date (YYYY-MM-DD)") from None
+    run_date = check_config(sc)
     root = cfg.paths.resolve("features")
     histories = io.read_table(spark, io.feature_path(root, "user_history"), S.USER_HISTORY_SCHEMA, "paths.features")
-    bundle, version = registry.load_bundle(
-        cfg, alias=sc.model_alias, version=sc.model_version if sc.model_version > 0 else None
-    )
-    with torch.no_grad():
-        item_vecs = bundle.build_module().item_vectors().numpy()
-    context = spark.sparkContext
-    build = functools.partial(_recommender, context.broadcast(bundle.to_bytes()), context.broadcast(item_vecs))
-    out = cfg.paths.resolve("recommendations")
+    feature_vocab = io.read_table(spark, io.feature_path(root, "item_vocab"), S.ITEM_VOCAB_SCHEMA, "paths.features")
+    clean_path = cfg.paths.resolve("clean")
+    io.require_input(spark, clean_path, "paths.clean")
+    events = io.read_clean(spark, clean_path)
+    excluded = read_exclusions(spark, sc.exclude_items_path) if sc.exclude_items_path else np.zeros(0, np.int64)
+
+    check_alias(cfg)
+    bundle, version = registry.load_bundle(cfg, alias=sc.model_alias, version=sc.model_version or None)
+    model_uri = f"models:/{cfg.mlflow.registered_model}/{version}"
+    log.info("score: %s (%s), run_date %s", model_uri, f"@{sc.model_alias}" if not sc.model_version else "by version",
+             run_date)
 
     with tracking.stage_run(cfg, "score", run_date=run_date):
         mlflow.set_tags({"model_version": version, "registered_model": cfg.mlflow.registered_model})
+        last_micros = events.agg(F.unix_micros(F.max(S.EVENT_TIME))).first()[0]
+        if last_micros is None:
+            raise InputError(f"{clean_path} holds no events (config key paths.clean)")
+        last_event = dt.datetime.fromtimestamp(last_micros / 1e6, tz=dt.timezone.utc)
+        since = last_event - dt.timedelta(days=sc.popular_days)
+        stats = inputs.product_stats(events, since).toPandas()
+        with torch.no_grad():
+            item_vectors = bundle.build_module().item_vectors().numpy()
+        feature_items = feature_vocab.select(S.ITEM_IDX, S.PRODUCT_ID).toPandas()
+        plan = build_plan(bundle, item_vectors, feature_items, stats, excluded, sc)
+        known = int((plan.encoder.remap >= S.FIRST_ITEM_INDEX).sum())
+        log.info("score: model catalogue %d items (%d products excluded), fallback catalogue %d products, "
+                 "exploration pool %d; the model knows %d of the %d items of features/item_vocab",
+                 len(plan.model_items), len(excluded), len(plan.fallback_items), len(plan.explore_pool), known,
+                 len(feature_items))
+
         users = histories.count()
-        ranked = recommend(histories, build, sc.top_k, sc.exclude_seen, sc.block_size)
-        io.write_partitioned(with_run_columns(ranked, cfg.mlflow.registered_model, version, run_date), out, S.RUN_DATE)
-        written = spark.read.parquet(out).filter(F.col(S.RUN_DATE) == F.lit(run_date).cast(T.DateType()))
-        counts = written.agg(
-            F.count(F.lit(1)).alias("rows"),
-            F.countDistinct(S.USER_ID).alias("users"),
-            F.countDistinct(F.when(F.col(S.SOURCE) == SOURCE_FALLBACK, F.col(S.USER_ID))).alias("fallback"),
-        ).first()
-        if counts["users"] > users or counts["rows"] > sc.top_k * counts["users"]:
-            raise DataQualityError(
-                f"score: {counts['rows']} rows for {counts['users']} users written from {users} users "
-                f"at top_k={sc.top_k}: user_history holds duplicate users"
-            )
-        summary = {
-            "users": users,
-            "users_recommended": int(counts["users"]),
-            "rows": int(counts["rows"]),
-            "fallback_users": int(counts["fallback"]),
-        }
+        rows = inputs.scoring_rows(histories, inputs.user_context(events, sc.exclude_event_types), sc.seed, run_date)
+        broadcast = spark.sparkContext.broadcast(plan)
+        try:
+            ranked = recommend(rows, broadcast)
+            out = cfg.paths.resolve("recommendations")
+            io.write_partitioned(with_run_columns(ranked, cfg.mlflow.registered_model, version, run_date), out,
+                                 S.RUN_DATE)
+        finally:
+            broadcast.destroy()
+        written = spark.read.parquet(out).where(F.col(S.RUN_DATE) == F.lit(run_date).cast(T.DateType()))
+        summary = summarize(written, users, sc.top_k)
+        summary.update({"model_catalogue": len(plan.model_items), "excluded_items": int(len(excluded))})
         mlflow.log_metrics({f"score.{name}": value for name, value in summary.items()})
-    log.info("score: model version %s, %s -> %s (run_date %s)", version, summary, out, run_date)
-    return {"recommendations_path": out, "run_date": run_date, "model_version": version, **summary}
-
-
-def _recommender(bundle_bc, vectors_bc) -> Recommender:
-    from recsys_spark.models.bundle import ModelBundle
-
-    bundle = ModelBundle.from_bytes(bundle_bc.value)
-    num_items = int(bundle.model_args["num_items"])
-    return Recommender(
-        model=ModelRanker.from_bundle(bundle, torch.from_numpy(vectors_bc.value)),
-        fallback=PopularityRanker.from_vocab(bundle.item_vocab, num_items),
-        product_ids=bundle.product_ids(),
-    )
+    if summary["users_short_of_k"]:
+        log.warning("score: %d users got fewer than %d items (exclusions or score.category_cap leave too few)",
+                    summary["users_short_of_k"], sc.top_k)
+    log.info("score: wrote %s/%s=%s: %s", out, S.RUN_DATE, run_date, summary)
+    return {"recommendations_path": out, "run_date": run_date, "model": model_uri, "model_version": version,
+            **summary}

@@ -1,137 +1,209 @@
-"""The score stage: documented schema, K rows per user, no seen item, fallback, idempotent dates."""
+"""The score stage in Spark: its inputs, the written partitions, re-runs, errors, and scoring
+with a model registered by a real (tiny) training run."""
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from recsys_spark import io
 from recsys_spark import schema as S
 from recsys_spark.config import from_dict
-from recsys_spark.errors import InputError
-from recsys_spark.evaluation.ranking import ModelRanker, PopularityRanker
-from recsys_spark.scoring import score
+from recsys_spark.errors import ConfigError, InputError
+from recsys_spark.scoring import inputs, score
+from recsys_spark.scoring.recommender import EXCLUDE_PRODUCTS, USER_CATEGORY
 
-from tests.evaluation.test_evaluate import register
-from tests.evaluation.test_ranking import MAX_SEQ_LEN, NUM_ITEMS, brute_force, history_rows, tiny_bundle
+from tests.scoring.tiny import END, STATS, USERS, best, fallback_score, model_scores, tiny_bundle
+
+pytestmark = pytest.mark.e2e
 
 K = 3
-PRODUCT = 1000  # product_id = PRODUCT + item_idx in tiny_bundle()
-
-# user, hist_items (L = 4), seen_items. Six real items 2..7, popularity order 2, 3, 4, 5, 6, 7.
-USERS = [
-    ("a", [0, 0, 2, 3], [2, 3]),  # model, 4 unseen items left -> K rows
-    ("b", [0, 0, 0, 1], []),  # only OOV in its history -> fallback
-    ("c", [0, 0, 0, 0], []),  # empty history -> fallback
-    ("d", [4, 5, 6, 7], [4, 5, 6, 7]),  # model, only items 2 and 3 left -> 2 rows
-    ("e", [0, 0, 1, 6], [6]),  # one known item among OOV -> model
-]
+DAY = "2019-11-01"
 
 
-def write_histories(spark, root: str, bundle) -> None:
-    io.write_json(spark, io.feature_path(root, S.FEATURE_METADATA),
-                  {"num_items": NUM_ITEMS, "max_seq_len": MAX_SEQ_LEN, "counts": {}})
-    rows = [(u, hist, [1 if i else 0 for i in hist], [0] * len(hist), seen) for u, hist, seen in USERS]
-    io.write_table(spark.createDataFrame(rows, S.USER_HISTORY_SCHEMA), io.feature_path(root, "user_history"))
+def write_clean(spark, path: str, rows: list[tuple]) -> None:
+    df = spark.createDataFrame(rows, S.CLEAN_SCHEMA)
+    df.write.mode("overwrite").partitionBy(S.EVENT_DATE).parquet(path)
+
+
+def write_history(spark, features: str, users, vocab: pd.DataFrame) -> None:
+    rows = [(u, h, [1 if i else 0 for i in h], [0] * len(h), sorted({i for i in h if i >= 2})) for u, h, *_ in users]
+    io.write_table(spark.createDataFrame(rows, S.USER_HISTORY_SCHEMA), io.feature_path(features, "user_history"))
+    io.write_table(spark.createDataFrame(vocab, S.ITEM_VOCAB_SCHEMA), io.feature_path(features, "item_vocab"))
+
+
+def register(cfg, bundle, alias: str) -> str:
+    """Log ``bundle`` as the pyfunc model, registered, and point ``alias`` at it. Returns: the version."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from recsys_spark import tracking
+    from recsys_spark.models.pyfunc import log_model
+
+    with mlflow.start_run(experiment_id=tracking.setup(cfg)):
+        info = log_model(bundle, cfg.mlflow.registered_model, k=2)
+    version = str(info.registered_model_version)
+    MlflowClient().set_registered_model_alias(cfg.mlflow.registered_model, alias, version)
+    return version
+
+
+def read_recs(path: str) -> pd.DataFrame:
+    recs = pq.read_table(path).to_pandas()
+    return recs.assign(**{S.RUN_DATE: recs[S.RUN_DATE].astype(str)}).sort_values([S.RUN_DATE, S.USER_ID, S.RANK])
+
+
+def with_score(cfg, **changes):
+    data = cfg.to_dict()
+    return from_dict({**data, "score": {**data["score"], **changes}})
 
 
 @pytest.fixture(scope="module")
 def workspace(spark, tmp_path_factory):
+    """Clean events, features and a registry holding tiny_bundle() as version 1 @champion."""
+    from tests.scoring.tiny import event_rows
+
     root = tmp_path_factory.mktemp("score") / "work"
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        cfg = from_dict(
-            {"paths": {"root": str(root)}, "score": {"top_k": K, "block_size": 2, "run_date": "2019-11-01"}}
-        )
-        bundle = tiny_bundle(seed=1)
-        write_histories(spark, cfg.paths.resolve("features"), bundle)
-        register(cfg, bundle)
+        cfg = from_dict({"paths": {"root": str(root)},
+                         "score": {"top_k": K, "block_size": 2, "run_date": DAY, "explore_share": 0.0}})
+        bundle = tiny_bundle()
+        write_clean(spark, cfg.paths.resolve("clean"), event_rows())
+        write_history(spark, cfg.paths.resolve("features"), USERS, bundle.item_vocab)
+        register(cfg, bundle, "champion")
         yield cfg, bundle
 
 
-def expected_model_items(bundle, user: str) -> list[int]:
-    """The model's top-K product ids for ``user`` by brute force over the towers."""
-    _, hist, seen = next(u for u in USERS if u[0] == user)
-    module = bundle.build_module()
-    items = torch.tensor([hist])
-    with torch.no_grad():
-        user_vec = module.user_vectors(items, (items > 0).long(), torch.zeros_like(items)).double().numpy()
-        item_vecs = module.item_vectors().double().numpy()
-    top = brute_force(user_vec, item_vecs, K, [seen])[0]
-    eligible = NUM_ITEMS - S.FIRST_ITEM_INDEX - len(seen)
-    return (PRODUCT + top[:eligible]).tolist()
+def test_user_context_and_product_stats_match_the_hand_counts(spark, workspace):
+    cfg, _ = workspace
+    events = io.read_clean(spark, cfg.paths.resolve("clean"))
+    context = {r[S.USER_ID]: r for r in inputs.user_context(events, ["purchase"]).collect()}
+    assert {u: (context[u][EXCLUDE_PRODUCTS], context[u][USER_CATEGORY]) for u, _, _ in USERS} == {
+        "known": ([1004], 77), "cold_cat": ([], 99), "cold_none": ([], None), "cold_buyer": ([2000], 88),
+    }
+    assert inputs.user_context(events, []).where(f"size({EXCLUDE_PRODUCTS}) > 0").count() == 0
+    viewed = {r[S.USER_ID]: r[EXCLUDE_PRODUCTS] for r in inputs.user_context(events, ["view", "purchase"]).collect()}
+    assert viewed["known"] == [1002, 1003, 1004]
+
+    import datetime as dt
+
+    stats = inputs.product_stats(events, END - dt.timedelta(days=7)).toPandas().set_index(S.PRODUCT_ID)
+    assert {p: (r[inputs.RECENT_USERS], r[inputs.ALL_USERS]) for p, r in stats.iterrows()} == STATS
+    assert stats.loc[3001, S.CATEGORY_ID] is pd.NA or pd.isna(stats.loc[3001, S.CATEGORY_ID])
+    assert stats.loc[2000, S.CATEGORY_ID] == 88
 
 
-@pytest.mark.e2e
-def test_score_writes_top_k_per_user_and_rerunning_a_date_replaces_it(spark, workspace):
+def test_score_writes_the_documented_lists_and_rerunning_a_date_replaces_only_it(spark, workspace, tmp_path):
     cfg, bundle = workspace
     summary = score.run(spark, cfg)
     out = cfg.paths.resolve("recommendations")
     assert summary["recommendations_path"] == out
-    assert (summary["run_date"], summary["model_version"]) == ("2019-11-01", "1")
-    assert (summary["users"], summary["users_recommended"], summary["rows"], summary["fallback_users"]) == (5, 5, 14, 2)
+    assert (summary["run_date"], summary["model_version"], summary["model"]) == (DAY, "1", "models:/recsys_two_tower/1")
+    assert {k: summary[k] for k in ("users", "users_recommended", "users_model", "users_fallback", "rows",
+                                    "rows_explore", "users_short_of_k")} == {
+        "users": 4, "users_recommended": 4, "users_model": 1, "users_fallback": 3, "rows": 12, "rows_explore": 0,
+        "users_short_of_k": 0}
 
     written = spark.read.parquet(out)
     assert [(f.name, f.dataType) for f in written.schema] == [(f.name, f.dataType) for f in S.RECOMMENDATION_SCHEMA]
-    recs = pq.read_table(out).to_pandas()
-    recs = recs.sort_values([S.USER_ID, S.RANK]).reset_index(drop=True)
-    by_user = {u: g for u, g in recs.groupby(S.USER_ID)}
-
-    # K rows where the catalogue allows, ranks 1..n, best score first.
-    assert {u: len(g) for u, g in by_user.items()} == {"a": 3, "b": 3, "c": 3, "d": 2, "e": 3}
-    for g in by_user.values():
-        assert g[S.RANK].tolist() == list(range(1, len(g) + 1))
-        assert g[S.SCORE].is_monotonic_decreasing
-    # Never a seen item.
-    for user, _, seen in USERS:
-        assert not set(by_user[user][S.ITEM_ID] - PRODUCT) & set(seen)
-    # Known histories from the model, in the towers' order.
-    for user in ("a", "d", "e"):
-        assert set(by_user[user][S.SOURCE]) == {"model"}
-        assert by_user[user][S.ITEM_ID].tolist() == expected_model_items(bundle, user)
-    # OOV-only and empty histories: the most popular items, scored log(1 + pretest_count).
-    for user in ("b", "c"):
-        assert set(by_user[user][S.SOURCE]) == {"fallback"}
-        assert by_user[user][S.ITEM_ID].tolist() == [1002, 1003, 1004]
-        np.testing.assert_allclose(by_user[user][S.SCORE], [math.log(51), math.log(41), math.log(31)], rtol=1e-6)
+    recs = read_recs(out)
+    lists = recs.groupby(S.USER_ID)[S.ITEM_ID].agg(list).to_dict()
+    assert lists == {
+        "known": best(model_scores(bundle, USERS[0][1]), exclude=[1004], k=K),
+        "cold_cat": [1007, 1008, 3000],
+        "cold_none": [2000, 1004, 1005],
+        "cold_buyer": [1005, 1006, 1004],
+    }
+    assert recs.groupby(S.USER_ID)[S.RANK].agg(list).to_dict() == {u: [1, 2, 3] for u, _, _ in USERS}
+    assert recs.groupby(S.USER_ID)[S.SOURCE].agg(set).to_dict() == {
+        "known": {"model"}, "cold_cat": {"fallback"}, "cold_none": {"fallback"}, "cold_buyer": {"fallback"}}
+    assert recs[recs[S.USER_ID] == "cold_cat"][S.SCORE].tolist() == pytest.approx(
+        [fallback_score(1007), fallback_score(1008), fallback_score(3000)])
     assert set(recs[S.MODEL_NAME]) == {"recsys_two_tower"} and set(recs[S.MODEL_VERSION]) == {"1"}
-    assert set(recs[S.RUN_DATE].astype(str)) == {"2019-11-01"}
+    assert set(recs[S.RUN_DATE]) == {DAY}
 
-    # Same date again, this time by version number: the partition is replaced, not appended to.
-    again = from_dict({**cfg.to_dict(), "score": {**cfg.to_dict()["score"], "model_version": 1}})
-    assert score.run(spark, again)["rows"] == 14
-    assert pq.read_table(out).num_rows == 14
+    # Another date, with an exclusion list (out of stock) and exploration: DAY stays as it was.
+    stock = tmp_path / "out_of_stock.csv"
+    stock.write_text("product_id,reason\n1005,sold out\n2000,recalled\n")
+    other = with_score(cfg, run_date="2019-11-02", exclude_items_path=str(stock), explore_share=0.5)
+    second = score.run(spark, other)
+    assert second["excluded_items"] == 2 and second["users_short_of_k"] == 0
+    both = read_recs(out)
+    day2 = both[both[S.RUN_DATE] == "2019-11-02"]
+    assert not set(day2[S.ITEM_ID]) & {1005, 2000}
+    assert len(day2) == 12 and set(day2[S.SOURCE]) <= {"model", "fallback", "explore"}
+    assert second["rows_explore"] == (day2[S.SOURCE] == "explore").sum()
+    pd.testing.assert_frame_equal(both[both[S.RUN_DATE] == DAY].reset_index(drop=True), recs.reset_index(drop=True))
+
+    # DAY again, by version number: replaced (not appended to); 2019-11-02 untouched.
+    assert score.run(spark, with_score(cfg, model_version=1))["rows"] == 12
+    assert read_recs(out)[S.RUN_DATE].value_counts().to_dict() == {DAY: 12, "2019-11-02": 12}
 
 
-@pytest.mark.e2e
-def test_an_unknown_model_version_is_an_input_error(spark, workspace):
+def test_a_missing_alias_says_what_to_do(spark, workspace):
     cfg, _ = workspace
-    missing = from_dict({**cfg.to_dict(), "score": {**cfg.to_dict()["score"], "model_version": 7}})
+    with pytest.raises(InputError, match=r"no alias 'challenger' \(@champion = version 1\): run `recsys evaluate`"):
+        score.run(spark, with_score(cfg, model_alias="challenger"))
     with pytest.raises(InputError, match="version 7"):
-        score.run(spark, missing)
+        score.run(spark, with_score(cfg, model_version=7))
 
 
-@pytest.mark.unit
-def test_recommender_long_format_keeps_ranks_and_drops_empty_slots():
-    bundle = tiny_bundle(seed=1)
-    recommender = score.Recommender(
-        model=ModelRanker.from_bundle(bundle),
-        fallback=PopularityRanker.from_vocab(bundle.item_vocab, NUM_ITEMS),
-        product_ids=bundle.product_ids(),
-    )
-    rows = history_rows([[4, 5, 6, 7], [1]], seen=[[2, 4, 5, 6, 7], []])
-    out = recommender.recommend(rows, K, exclude_seen=True, block_size=8)
-    assert list(out.columns) == score.RANKED_SCHEMA.fieldNames()
-    # u0 has one unseen item left (3); u1 knows no item: popularity's top 3.
-    assert out[[S.USER_ID, S.RANK, S.ITEM_ID, S.SOURCE]].values.tolist() == [
-        ["u0", 1, 1003, "model"], ["u1", 1, 1002, "fallback"], ["u1", 2, 1003, "fallback"], ["u1", 3, 1004, "fallback"],
-    ]
-    with_seen = recommender.recommend(rows, K, exclude_seen=False, block_size=8)
-    assert (with_seen[S.USER_ID] == "u0").sum() == K
-    assert recommender.recommend(rows.iloc[:0], K, True, 8).empty
-    assert pd.api.types.is_integer_dtype(out[S.ITEM_ID])
+def test_bad_settings_and_exclusion_files_fail_by_name(spark, workspace, tmp_path):
+    cfg, _ = workspace
+    with pytest.raises(ConfigError, match="score.explore_share"):
+        score.run(spark, with_score(cfg, explore_share=1.5))
+    with pytest.raises(ConfigError, match="score.exclude_event_types"):
+        score.run(spark, with_score(cfg, exclude_event_types=["bought"]))
+    with pytest.raises(ConfigError, match="score.run_date"):
+        score.run(spark, with_score(cfg, run_date="01/11/2019"))
+    wrong = tmp_path / "stock.csv"
+    wrong.write_text("sku\n1005\n")
+    with pytest.raises(InputError, match=f"{wrong} has no product_id column"):
+        score.run(spark, with_score(cfg, exclude_items_path=str(wrong)))
+    with pytest.raises(InputError, match="score.exclude_items_path"):
+        score.run(spark, with_score(cfg, exclude_items_path=str(tmp_path / "missing.parquet")))
+
+
+@pytest.mark.distributed
+def test_scoring_a_model_registered_by_a_training_run(spark, tmp_path):
+    """Train the tiny walk model of tests/train (item i is followed by i + 2), then score with it."""
+    import datetime as dt
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from recsys_spark.config import load_config
+    from recsys_spark.train import runner
+
+    from tests.train.test_data import write_features
+
+    write_features(tmp_path / "features")
+    cfg = load_config(None, [
+        f"paths.root={tmp_path}", "train.launcher=local", "train.epochs=3", "train.batch_size=32",
+        "train.embedding_dim=16", "train.num_layers=1", "train.uniform_negatives=16", "train.warmup_steps=3",
+        "train.lr=0.01", "train.dropout=0.0", f"score.top_k={K}", f"score.run_date={DAY}",
+    ])
+    trained = runner.run(spark, cfg)
+    # The evaluate stage's gate would promote this first challenger; do it by hand here.
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    MlflowClient().set_registered_model_alias(cfg.mlflow.registered_model, "champion", trained["version"])
+
+    vocab = pq.read_table(tmp_path / "features" / "item_vocab").to_pandas()
+    users = [(f"w{s}", [0, 0, 0, 0, s, s + 2, s + 4, s + 6]) for s in (2, 8, 14)] + [("new", [0] * 7 + [1])]
+    write_history(spark, str(tmp_path / "features"), users, vocab)
+    at = dt.datetime(2019, 10, 30, tzinfo=dt.timezone.utc)
+    events = [(at, "purchase" if u == "w2" else "view", 1000 + i, 5, None, None, 1.0, u, u, at.date())
+              for u, hist in users for i in hist if i >= 2]
+    events.append((at, "view", 4242, 5, None, None, 1.0, "new", "new", at.date()))
+    write_clean(spark, cfg.paths.resolve("clean"), events)
+
+    summary = score.run(spark, cfg)
+    assert summary["model_version"] == trained["version"]
+    assert (summary["users_model"], summary["users_fallback"], summary["rows"]) == (3, 1, 4 * K)
+    recs = pq.read_table(summary["recommendations_path"]).to_pandas()
+    lists = recs.sort_values(S.RANK).groupby(S.USER_ID)[S.ITEM_ID].agg(list).to_dict()
+    assert not set(lists["w2"]) & {1002, 1004, 1006, 1008}  # w2 bought its whole history
+    assert set(recs[recs[S.USER_ID] == "new"][S.SOURCE]) == {"fallback"}
+    assert all(len(items) == K for items in lists.values())
+    assert set(recs[recs[S.USER_ID] != "new"][S.ITEM_ID]) <= set(vocab[S.PRODUCT_ID])

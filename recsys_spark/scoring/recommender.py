@@ -1,0 +1,358 @@
+"""What a scoring task holds: the user encoder, two item spaces and the list rules.
+
+A :class:`ScoringPlan` is built once on the driver and broadcast; each Spark task turns it
+into a :class:`Recommender` once (:func:`task_recommender`, cached per Python worker) and
+feeds it pandas batches of users. Users with a history the model knows are ranked by the
+model over its catalogue (blocked matrix multiply + ``torch.topk``); the others get recent
+popular items, their own category first. Both lists drop the user's excluded products,
+keep at most ``category_cap`` items per category, and model lists give a share of their
+positions to under-exposed items (epsilon-greedy, seeded per user).
+
+Tasks exchange Arrow record batches with Spark (``mapInArrow``): list columns arrive as flat
+buffers read into [B, L] matrices without a Python object per row, and each user's list
+leaves as one row of arrays (``WIDE_SCHEMA``) that Spark explodes into ranked rows.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+from torch import Tensor
+
+from recsys_spark import schema as S
+from recsys_spark.scoring import topk
+
+SOURCE_MODEL = "model"
+SOURCE_FALLBACK = "fallback"
+SOURCE_EXPLORE = "explore"
+SOURCES = (SOURCE_MODEL, SOURCE_FALLBACK, SOURCE_EXPLORE)
+
+# Columns a task reads besides the history (schema.USER_HISTORY_SCHEMA); see inputs.py.
+EXCLUDE_PRODUCTS = "exclude_products"  # array<long>: the user's products never to recommend
+USER_CATEGORY = "user_category"  # long: category_id of the user's latest categorised event, or null
+USER_KEY = "user_key"  # long: hash of (user, seed, run date), seeds the user's exploration
+USER_VECTOR = "user_vector"  # array<float>: a given user vector (benchmarks), see VectorEncoder
+ITEM_IDS = "item_ids"  # array<long>: a user's list, best first (WIDE_SCHEMA)
+SCORES = "scores"  # array<float>
+SOURCE_CODES = "source_codes"  # array<byte>: the position of each item's source in SOURCES
+
+WIDE_SCHEMA = pa.schema([
+    pa.field(S.USER_ID, pa.string()),
+    pa.field(ITEM_IDS, pa.list_(pa.int64())),
+    pa.field(SCORES, pa.list_(pa.float32())),
+    pa.field(SOURCE_CODES, pa.list_(pa.int8())),
+])
+
+
+@dataclass
+class ItemSpace:
+    """The items one ranker may recommend; row i is item i.
+
+    Args:
+        product_ids: int64 [M], distinct.
+        categories: int64 [M], dense category code (see :func:`category_codes`), -1 unknown.
+        vectors: float32 [M, d] item vectors (model), or None.
+        popularity: float32 [M] (fallback), or None.
+    """
+
+    product_ids: np.ndarray
+    categories: np.ndarray
+    vectors: np.ndarray | None = None
+    popularity: np.ndarray | None = None
+    _sorted: np.ndarray | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.product_ids)
+
+    def index_of(self, product_ids: np.ndarray) -> np.ndarray:
+        """Args: int64 [n] product ids. Returns: int64 [n] item indices, -1 where not in the space."""
+        if self._sorted is None:
+            self._sorted = np.argsort(self.product_ids, kind="stable")
+        ordered = self.product_ids[self._sorted]
+        product_ids = np.asarray(product_ids, dtype=np.int64)
+        at = np.minimum(np.searchsorted(ordered, product_ids), max(len(ordered) - 1, 0))
+        if len(ordered) == 0:
+            return np.full(len(product_ids), -1, dtype=np.int64)
+        return np.where(ordered[at] == product_ids, self._sorted[at], -1).astype(np.int64)
+
+
+def category_codes(raw: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Dense codes of raw category ids: the position in ``known`` (sorted, distinct), -1 if absent/null.
+
+    Args:
+        raw: float or int array [n] of category_id (NaN = null).
+        known: int64 [C], sorted distinct category ids.
+    """
+    raw = np.asarray(raw, dtype=np.float64)
+    present = ~np.isnan(raw)
+    values = np.where(present, raw, 0).astype(np.int64)
+    if len(known) == 0:
+        return np.full(len(raw), -1, dtype=np.int64)
+    at = np.minimum(np.searchsorted(known, values), len(known) - 1)
+    return np.where(present & (known[at] == values), at, -1).astype(np.int64)
+
+
+class Users:
+    """One Arrow record batch of users, read column by column into numpy.
+
+    Args:
+        batch: pyarrow.RecordBatch with user_id and the columns a ranker reads.
+    """
+
+    def __init__(self, batch: pa.RecordBatch):
+        self.batch = batch
+
+    def __len__(self) -> int:
+        return self.batch.num_rows
+
+    def column(self, name: str):
+        return self.batch.column(self.batch.schema.get_field_index(name))
+
+    def take(self, rows: np.ndarray) -> "Users":
+        return Users(self.batch.take(pa.array(rows, pa.int64())))
+
+    def matrix(self, name: str, dtype=np.int64) -> np.ndarray:
+        """A list column whose rows all have the same length L. Returns: [B, L] of ``dtype``."""
+        column = self.column(name)
+        lengths = np.diff(column.offsets.to_numpy())
+        if len(lengths) and (lengths != lengths[0]).any():
+            raise ValueError(f"{name}: rows of different lengths ({lengths.min()}..{lengths.max()})")
+        flat = column.flatten().to_numpy(zero_copy_only=False)
+        # A writable copy: Arrow buffers are read-only, torch wants to own what it wraps.
+        return np.array(flat, dtype=dtype).reshape(len(column), lengths[0] if len(lengths) else 0)
+
+    def lists(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """A list column of ints (null = empty). Returns: (row int64 [n], value int64 [n]) pairs."""
+        column = self.column(name)
+        lengths = np.diff(column.offsets.to_numpy())
+        lengths = np.where(column.is_null().to_numpy(zero_copy_only=False), 0, lengths)
+        values = column.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+        return np.repeat(np.arange(len(column), dtype=np.int64), lengths), values
+
+    def floats(self, name: str) -> np.ndarray:
+        """A numeric column. Returns: float64 [B], NaN where null."""
+        return self.column(name).cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+
+
+class ModelEncoder:
+    """User vectors from the registered model: the history re-encoded into the model's vocabulary.
+
+    Args:
+        bundle_bytes: ``ModelBundle.to_bytes()``.
+        remap: int64 [V], the model's item index of each feature-table item index (pad -> 0,
+            OOV and unknown -> 1): histories are written with the featurize run's vocabulary,
+            the model knows the one it was trained with.
+    """
+
+    def __init__(self, bundle_bytes: bytes, remap: np.ndarray):
+        self.bundle_bytes = bundle_bytes
+        self.remap = remap
+        self._module = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"bundle_bytes": self.bundle_bytes, "remap": self.remap, "_module": None}
+
+    def module(self):
+        if self._module is None:
+            from recsys_spark.models.bundle import ModelBundle
+
+            self._module = ModelBundle.from_bytes(self.bundle_bytes).build_module()
+        return self._module
+
+    def _items(self, users: Users) -> np.ndarray:
+        raw = users.matrix(S.HIST_ITEMS)
+        inside = (raw >= 0) & (raw < len(self.remap))
+        items = np.where(inside, self.remap[np.clip(raw, 0, len(self.remap) - 1)], S.OOV_INDEX)
+        return np.where(raw == S.PAD_INDEX, S.PAD_INDEX, items)
+
+    def known(self, users: Users) -> np.ndarray:
+        """Returns: bool [B], True where the history holds an item the model knows."""
+        if len(users) == 0:
+            return np.zeros(0, dtype=bool)
+        return (self._items(users) >= S.FIRST_ITEM_INDEX).any(axis=1)
+
+    def encode(self, users: Users) -> Tensor:
+        """Args: B users with hist_items / hist_events / hist_gaps. Returns: Tensor[B, d] float32."""
+        history = [self._items(users), users.matrix(S.HIST_EVENTS), users.matrix(S.HIST_GAPS)]
+        with torch.no_grad():
+            return self.module().user_vectors(*(torch.from_numpy(h) for h in history)).float()
+
+
+class VectorEncoder:
+    """User vectors given in the ``user_vector`` column (benchmarks); every user is known."""
+
+    def known(self, users: Users) -> np.ndarray:
+        return np.ones(len(users), dtype=bool)
+
+    def encode(self, users: Users) -> Tensor:
+        return torch.from_numpy(users.matrix(USER_VECTOR, np.float32))
+
+
+@dataclass
+class ListRules:
+    """Args:
+        k: items per user.
+        block_size: users per matrix multiply.
+        category_cap: most items of one category per list, 0 = no cap.
+        explore_share: probability that a model list's position goes to an exploration pick.
+    """
+
+    k: int
+    block_size: int
+    category_cap: int = 0
+    explore_share: float = 0.0
+
+
+@dataclass
+class ScoringPlan:
+    """Everything a task needs, built on the driver and broadcast once.
+
+    Args:
+        encoder: ModelEncoder or VectorEncoder.
+        model_items: the model's catalogue (vectors set).
+        fallback_items: recent popular products (popularity set).
+        explore_pool: int64 [P], indices into model_items of under-exposed items.
+        categories: int64 [C], sorted distinct raw category ids (dense code = position).
+        rules: list length, block size, cap and exploration share.
+    """
+
+    encoder: Any
+    model_items: ItemSpace
+    fallback_items: ItemSpace
+    explore_pool: np.ndarray
+    categories: np.ndarray
+    rules: ListRules
+
+
+class Recommender:
+    """Turns batches of users into their lists: Arrow in, Arrow out (``WIDE_SCHEMA``)."""
+
+    def __init__(self, plan: ScoringPlan):
+        self.plan = plan
+        self.rules = plan.rules
+        self.model_vectors = torch.from_numpy(np.ascontiguousarray(plan.model_items.vectors, dtype=np.float32))
+        self.popularity = torch.from_numpy(np.asarray(plan.fallback_items.popularity, dtype=np.float32))
+        self.fallback_categories = torch.from_numpy(plan.fallback_items.categories)
+        # Preallocated score blocks: a task's memory is block_size x catalogue, reused.
+        self._buffers: dict[str, Tensor] = {}
+
+    def blocks(self, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
+        """The lists of a batch's users, one WIDE_SCHEMA batch per block of ``block_size`` users:
+        what a task holds at once (scores, encoder activations, output) is bounded by the block.
+
+        Args:
+            batch: user_id, the history columns (or user_vector), exclude_products,
+                user_category and user_key.
+        """
+        users = Users(batch)
+        known = self.plan.encoder.known(users)
+        size = self.rules.block_size
+        for rows, block in ((np.flatnonzero(known), self._model_block), (np.flatnonzero(~known), self._fallback_block)):
+            for start in range(0, len(rows), size):
+                part = users.take(rows[start : start + size])
+                yield _wide(part.column(S.USER_ID), *block(part))
+
+    def recommend(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """:meth:`blocks` on a pandas frame, in long format (RANKED columns): for tests and notebooks."""
+        batch = pa.RecordBatch.from_pandas(frame, preserve_index=False)
+        return pd.concat([long_frame(pa.RecordBatch.from_pylist([], WIDE_SCHEMA)), *map(long_frame, self.blocks(batch))],
+                         ignore_index=True)
+
+    def _buffer(self, name: str, rows: int, cols: int) -> Tensor:
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape[1] != cols or buf.shape[0] < rows:
+            buf = torch.empty(max(rows, self.rules.block_size), cols, dtype=torch.float32)
+            self._buffers[name] = buf
+        return buf[:rows]
+
+    def _model_block(self, users: Users) -> tuple[topk.Ranked, np.ndarray, np.ndarray]:
+        space, rules = self.plan.model_items, self.rules
+        vectors = self.plan.encoder.encode(users)
+        scores = self._buffer("model", len(users), len(space))
+        with torch.no_grad():
+            torch.matmul(vectors, self.model_vectors.T, out=scores)
+        topk.mask_pairs(scores, *_excluded(users, space))
+        explore = slots = None
+        if rules.explore_share > 0 and len(self.plan.explore_pool):
+            keys = users.column(USER_KEY).to_numpy(zero_copy_only=False).astype(np.int64)
+            draws = topk.uniforms(keys, 3 * rules.k)
+            slots = draws[:, : rules.k] < rules.explore_share
+            explore = topk.draw_explore(scores, self.plan.explore_pool, slots, draws[:, rules.k :])
+        ranked = topk.rank(scores, rules.k, space.categories, rules.category_cap, explore, slots)
+        codes = np.where(ranked.explore, SOURCES.index(SOURCE_EXPLORE), SOURCES.index(SOURCE_MODEL)).astype(np.int8)
+        return ranked, space.product_ids, codes
+
+    def _fallback_block(self, users: Users) -> tuple[topk.Ranked, np.ndarray, np.ndarray]:
+        space, rules = self.plan.fallback_items, self.rules
+        scores = self._buffer("fallback", len(users), len(space))
+        # The user's own category first (a bonus above any popularity), then the rest.
+        codes = torch.from_numpy(category_codes(users.floats(USER_CATEGORY), self.plan.categories))
+        bonus = float(self.popularity.max()) + 1.0 if len(space) else 0.0
+        same = (self.fallback_categories[None, :] == codes[:, None]) & (codes[:, None] >= 0)
+        torch.add(self.popularity[None, :], same.float(), alpha=bonus, out=scores)
+        topk.mask_pairs(scores, *_excluded(users, space))
+        ranked = topk.rank(scores, rules.k, space.categories, rules.category_cap)
+        ranked.scores = np.where(ranked.items >= 0, space.popularity[np.maximum(ranked.items, 0)], topk.NEG_INF)
+        return ranked, space.product_ids, np.full(ranked.items.shape, SOURCES.index(SOURCE_FALLBACK), dtype=np.int8)
+
+
+_CACHE: dict[str, Any] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def task_recommender(plan_broadcast) -> Recommender:
+    """The Recommender of a broadcast plan, built once per Python worker and reused by its tasks.
+
+    A reused worker keeps the broadcast's value, so the model is rebuilt only for a new plan.
+    Also sets torch's threads to the task's CPUs (``spark.task.cpus``, 1 by default): Spark
+    already runs one task per core, more threads per task would oversubscribe them.
+    """
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    torch.set_num_threads(max(1, context.cpus() if context is not None else 1))
+    plan = plan_broadcast.value
+    with _CACHE_LOCK:
+        if _CACHE.get("plan") is not plan:
+            _CACHE.clear()  # one plan at a time: a new stage run replaces the old one
+            _CACHE.update(plan=plan, recommender=Recommender(plan))
+        return _CACHE["recommender"]
+
+
+def _excluded(users: Users, space: ItemSpace) -> tuple[np.ndarray, np.ndarray]:
+    """(row, item index) pairs of each user's excluded products that ``space`` holds."""
+    rows, products = users.lists(EXCLUDE_PRODUCTS)
+    items = space.index_of(products)
+    return rows[items >= 0], items[items >= 0]
+
+
+def _wide(user_ids: pa.Array, ranked: topk.Ranked, product_ids: np.ndarray, codes: np.ndarray) -> pa.RecordBatch:
+    """One row per user: the filled slots of its list (empties only trail) as three arrays."""
+    filled = ranked.items >= 0
+    offsets = pa.array(np.r_[0, np.cumsum(filled.sum(axis=1))].astype(np.int32))
+    columns = [
+        user_ids,
+        pa.ListArray.from_arrays(offsets, pa.array(product_ids[ranked.items[filled]], pa.int64())),
+        pa.ListArray.from_arrays(offsets, pa.array(ranked.scores[filled].astype(np.float32), pa.float32())),
+        pa.ListArray.from_arrays(offsets, pa.array(codes[filled], pa.int8())),
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=WIDE_SCHEMA)
+
+
+def long_frame(wide: pa.RecordBatch) -> pd.DataFrame:
+    """WIDE_SCHEMA rows as ranked rows: user_id, rank (1..n), item_id, score, source."""
+    lengths = np.diff(wide.column(1).offsets.to_numpy())
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return pd.DataFrame({
+        S.USER_ID: np.repeat(np.asarray(wide.column(0).to_pylist(), dtype=object), lengths),
+        S.RANK: (np.arange(lengths.sum()) - starts + 1).astype(np.int32),
+        S.ITEM_ID: wide.column(1).flatten().to_numpy().astype(np.int64),
+        S.SCORE: wide.column(2).flatten().to_numpy().astype(np.float32),
+        S.SOURCE: np.asarray(SOURCES, dtype=object)[wide.column(3).flatten().to_numpy().astype(np.int64)],
+    })

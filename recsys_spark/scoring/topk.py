@@ -1,0 +1,287 @@
+"""Exact top-K of one block of users, with a per-category cap and exploration slots.
+
+Pure numpy / torch, no Spark and no model: the score stage calls these inside its Spark
+tasks on a [block, items] score matrix, the benchmark and the tests call them directly.
+Conventions: an item is a column of the score matrix (its index in an item space); an
+excluded item scores -inf; an empty slot holds item -1 (empty slots only ever trail).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+EMPTY = -1
+NEG_INF = float("-inf")
+# With a category cap, the greedy pass first looks this many times K deep; rows it cannot fill
+# from there (one category dominates the top) are redone over the whole catalogue.
+CAP_DEPTH = 4
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def block_top_k(
+    user_vecs: Tensor, item_vecs: Tensor, k: int, block_size: int, exclude: Sequence[np.ndarray] | None = None
+) -> tuple[Tensor, Tensor]:
+    """Exact top-K by dot product, ``block_size`` users per matrix multiply.
+
+    Memory is block_size x N scores at a time, whatever the number of users.
+
+    Args:
+        user_vecs: Tensor[B, d].
+        item_vecs: Tensor[N, d].
+        k: items per user.
+        block_size: users per matrix multiply.
+        exclude: B int arrays of item indices to leave out for that user (-1 ignored), or None.
+
+    Returns:
+        (indices LongTensor[B, k], scores Tensor[B, k]), best first; -1 / -inf where fewer
+        than k items are eligible.
+    """
+    if k < 1 or block_size < 1:
+        raise ValueError(f"k ({k}) and block_size ({block_size}) must be positive")
+    num_users, num_items = user_vecs.shape[0], item_vecs.shape[0]
+    width = min(k, num_items)
+    indices = torch.full((num_users, k), EMPTY, dtype=torch.long)
+    scores = torch.full((num_users, k), NEG_INF, dtype=user_vecs.dtype)
+    with torch.no_grad():
+        for start in range(0, num_users, block_size):
+            end = min(start + block_size, num_users)
+            block = user_vecs[start:end] @ item_vecs.T
+            if exclude is not None:
+                mask_pairs(block, *pairs(exclude[start:end]))
+            values, top = torch.topk(block, width, dim=1)
+            top[values == NEG_INF] = EMPTY
+            indices[start:end, :width] = top
+            scores[start:end, :width] = values
+    return indices, scores
+
+
+def pairs(lists: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Args: B int arrays. Returns: (row int64 [n], item int64 [n]), every item of every row's list."""
+    lengths = [len(items) for items in lists]
+    items = np.concatenate([np.asarray(x, dtype=np.int64) for x in lists] + [np.zeros(0, np.int64)])
+    return np.repeat(np.arange(len(lists), dtype=np.int64), lengths), items
+
+
+def mask_pairs(scores: Tensor, rows: np.ndarray, items: np.ndarray) -> None:
+    """Set ``scores[row, item] = -inf`` for every (row, item) pair (in place; items out of range ignored)."""
+    keep = (items >= 0) & (items < scores.shape[1])
+    if keep.any():
+        scores[torch.from_numpy(rows[keep]), torch.from_numpy(items[keep])] = NEG_INF
+
+
+def uniforms(keys: np.ndarray, count: int, offset: int = 0) -> np.ndarray:
+    """Reproducible uniform draws in [0, 1): ``count`` per key, a pure function of (key, offset + j).
+
+    SplitMix64 of ``key + (offset + j + 1) * golden ratio``: the draws of a user depend on its
+    key only, never on which task or batch it lands in, so a re-run gives the same output.
+
+    Args:
+        keys: int64 [B] (e.g. a hash of the user, the seed and the run date).
+        count: draws per key.
+        offset: first stream index (use disjoint ranges for independent draws).
+
+    Returns:
+        float64 [B, count].
+    """
+    with np.errstate(over="ignore"):
+        streams = np.arange(offset + 1, offset + count + 1, dtype=np.uint64) * _GOLDEN
+        x = keys.astype(np.int64).view(np.uint64)[:, None] + streams[None, :]
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def occurrence(codes: np.ndarray) -> np.ndarray:
+    """How many earlier entries of the same row hold the same code.
+
+    Args:
+        codes: int64 [B, C], non-negative.
+
+    Returns:
+        int64 [B, C]; e.g. row [7, 3, 7, 7] -> [0, 0, 1, 2].
+    """
+    rows, width = codes.shape
+    if codes.size == 0:
+        return np.zeros_like(codes)
+    span = int(codes.max()) + 1
+    keys = (np.arange(rows, dtype=np.int64)[:, None] * span + codes).ravel()
+    order = np.argsort(keys, kind="stable")  # stable: equal keys keep their column order
+    sorted_keys = keys[order]
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    group_start = np.repeat(starts, np.diff(np.r_[starts, len(keys)]))
+    out = np.empty(len(keys), dtype=np.int64)
+    out[order] = np.arange(len(keys), dtype=np.int64) - group_start
+    return out.reshape(rows, width)
+
+
+def first_n(values: np.ndarray, keep: np.ndarray, n: np.ndarray | int, width: int) -> np.ndarray:
+    """The first ``n`` kept values of every row, left-aligned, padded with -1.
+
+    Args:
+        values: int64 [B, C]; keep: bool [B, C]; n: int or int [B]; width: output columns.
+
+    Returns:
+        int64 [B, width].
+    """
+    rank = np.cumsum(keep, axis=1)
+    keep = keep & (rank <= np.broadcast_to(np.asarray(n)[..., None] if np.ndim(n) else n, rank.shape))
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :width]
+    out = np.take_along_axis(values, order, axis=1)
+    out[~np.take_along_axis(keep, order, axis=1)] = EMPTY
+    if out.shape[1] < width:
+        out = np.pad(out, ((0, 0), (0, width - out.shape[1])), constant_values=EMPTY)
+    return out
+
+
+def draw_explore(scores: Tensor, pool: np.ndarray, slots: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """Uniform picks from an exploration pool, one per exploration slot of each user.
+
+    A pick is valid when the user may get the item (its score is finite: not excluded) and
+    was not picked before for that user; each slot takes the next valid pick, so a user may
+    end with fewer picks than slots when the pool is small.
+
+    Args:
+        scores: Tensor[B, N], -inf where the item is excluded for the user.
+        pool: int64 [P], item indices to explore.
+        slots: bool [B, k], True at each exploration position.
+        draws: float64 [B, D] in [0, 1), D >= k: the random picks.
+
+    Returns:
+        int64 [B, k]: the picks, left-aligned, -1 padded.
+    """
+    k = slots.shape[1]
+    if len(pool) == 0 or not slots.any():
+        return np.full(slots.shape, EMPTY, dtype=np.int64)
+    picks = pool[np.minimum((draws * len(pool)).astype(np.int64), len(pool) - 1)]
+    rows = torch.arange(scores.shape[0])[:, None]
+    allowed = torch.isfinite(scores[rows, torch.from_numpy(picks)]).numpy()
+    keep = allowed & (occurrence(picks) == 0)
+    return first_n(picks, keep, slots.sum(axis=1), k)
+
+
+@dataclass
+class Ranked:
+    """One block's lists. items int64 [B, k] (-1 trailing empties), scores float32 [B, k],
+    explore bool [B, k] (True where the item came from the exploration pool)."""
+
+    items: np.ndarray
+    scores: np.ndarray
+    explore: np.ndarray
+
+
+def rank(
+    scores: Tensor,
+    k: int,
+    categories: np.ndarray | None = None,
+    cap: int = 0,
+    explore: np.ndarray | None = None,
+    slots: np.ndarray | None = None,
+) -> Ranked:
+    """Each row's best K items, at most ``cap`` per category, exploration picks in their slots.
+
+    Greedy and exact: the list is the best-scoring items in order, skipping an item whose
+    category already holds ``cap`` items of the list (exploration picks count first).
+    Exploration picks go to the row's first exploration slots (one per pick); the model's
+    items fill the other positions in score order.
+
+    Args:
+        scores: Tensor[B, N], -inf where excluded. Changed in place (picks are masked).
+        k: list length.
+        categories: int64 [N] dense category code of each item, -1 unknown (never capped).
+        cap: most items of one category per list; 0 = no cap.
+        explore: int64 [B, k] exploration picks (see :func:`draw_explore`), or None.
+        slots: bool [B, k] exploration positions, or None.
+
+    Returns:
+        :class:`Ranked`; an item scored -inf is never returned.
+    """
+    num_rows, num_items = scores.shape
+    if explore is None or slots is None:
+        explore = np.full((num_rows, 0), EMPTY, dtype=np.int64)
+        slots = np.zeros((num_rows, k), dtype=bool)
+    if cap < 0 or k < 1:
+        raise ValueError(f"k ({k}) must be positive and cap ({cap}) non-negative")
+    if cap == 0 and not (explore >= 0).any():
+        values, top = torch.topk(scores, min(k, num_items), dim=1)
+        return _pad(top.numpy(), values.numpy(), np.zeros(top.shape, dtype=bool), k)
+
+    rows = torch.arange(num_rows)[:, None]
+    picked = torch.from_numpy(np.maximum(explore, 0))
+    pick_scores = scores[rows, picked].numpy().copy()
+    scores[rows, picked] = torch.where(torch.from_numpy(explore >= 0), NEG_INF, scores[rows, picked])
+
+    codes = categories if categories is not None and cap > 0 else np.full(num_items, -1, dtype=np.int64)
+    depth = min(num_items, k if cap == 0 else CAP_DEPTH * k)
+    items, values, is_pick = _greedy(scores, depth, explore, pick_scores, codes, cap, k)
+    # Rows left short while deeper items exist: redo them over the whole catalogue (exact).
+    filled = (items >= 0).sum(axis=1)
+    deeper = torch.isfinite(scores).sum(dim=1).numpy() > depth
+    redo = np.flatnonzero((filled < k) & deeper & (depth < num_items))
+    if len(redo):
+        sub = _greedy(scores[redo], num_items, explore[redo], pick_scores[redo], codes, cap, k)
+        items[redo], values[redo], is_pick[redo] = sub
+    return _place(items, values, is_pick, slots, k)
+
+
+def _greedy(scores, depth, explore, pick_scores, codes, cap, k):
+    """Candidates (picks first, then the top ``depth`` by score) filtered by the cap; first k kept."""
+    values, top = torch.topk(scores, depth, dim=1)
+    values, top = values.numpy(), top.numpy()
+    top = np.where(values == NEG_INF, EMPTY, top)
+    cand = np.concatenate([explore, top], axis=1)
+    cand_values = np.concatenate([pick_scores, values], axis=1)
+    is_pick = np.zeros(cand.shape, dtype=bool)
+    is_pick[:, : explore.shape[1]] = True
+    valid = cand >= 0
+    keep = valid
+    if cap > 0:
+        cat = np.where(valid, codes[np.maximum(cand, 0)], -1)
+        # Unknown categories (and empty slots) share code 0 here but are never capped.
+        seen = occurrence(np.where(cat >= 0, cat + 1, 0))
+        keep = valid & ((cat < 0) | (seen < cap))
+    order = first_n(np.arange(cand.shape[1])[None, :].repeat(len(cand), 0), keep, k, k)
+    taken = order >= 0
+    safe = np.maximum(order, 0)
+    items = np.where(taken, np.take_along_axis(cand, safe, 1), EMPTY)
+    vals = np.where(taken, np.take_along_axis(cand_values, safe, 1), NEG_INF).astype(np.float32)
+    picks = taken & np.take_along_axis(is_pick, safe, 1)
+    return items, vals, picks
+
+
+def _place(items, values, is_pick, slots, k) -> Ranked:
+    """Put each row's picks in its first exploration slots and its other items in order."""
+    picks = is_pick.sum(axis=1)
+    # The first `picks` exploration slots of each row; the rest go to the model's items.
+    pick_slot = slots & (np.cumsum(slots, axis=1) <= picks[:, None])
+    model_order = np.argsort(is_pick, axis=1, kind="stable")  # model items first, in order
+    pick_order = np.argsort(~is_pick, axis=1, kind="stable")
+    pick_rank = np.clip(np.cumsum(pick_slot, axis=1) - 1, 0, None)
+    model_rank = np.clip(np.cumsum(~pick_slot, axis=1) - 1, 0, None)
+    source = np.where(pick_slot, np.take_along_axis(pick_order, pick_rank, 1), np.take_along_axis(model_order, model_rank, 1))
+    out_items = np.take_along_axis(items, source, 1)
+    out_values = np.take_along_axis(values, source, 1)
+    out_pick = np.take_along_axis(is_pick, source, 1) & pick_slot
+    # Model items may run out before the picks' slots: move the empties to the end.
+    order = np.argsort(out_items < 0, axis=1, kind="stable")
+    return Ranked(
+        np.take_along_axis(out_items, order, 1),
+        np.take_along_axis(out_values, order, 1),
+        np.take_along_axis(out_pick, order, 1),
+    )
+
+
+def _pad(items: np.ndarray, values: np.ndarray, explore: np.ndarray, k: int) -> Ranked:
+    items = np.where(values == NEG_INF, EMPTY, items)
+    extra = k - items.shape[1]
+    if extra > 0:
+        items = np.pad(items, ((0, 0), (0, extra)), constant_values=EMPTY)
+        values = np.pad(values, ((0, 0), (0, extra)), constant_values=NEG_INF)
+        explore = np.pad(explore, ((0, 0), (0, extra)), constant_values=False)
+    return Ranked(items.astype(np.int64), values.astype(np.float32), explore)

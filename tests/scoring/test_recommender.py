@@ -1,0 +1,170 @@
+"""What a scoring task computes for a batch of users: model lists, fallback, exclusions, the
+category cap and exploration, on the tiny catalogue of tests/scoring/tiny.py (no Spark)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from recsys_spark import schema as S
+from recsys_spark.config import ScoreConfig
+from recsys_spark.scoring import inputs
+from recsys_spark.scoring.recommender import (
+    EXCLUDE_PRODUCTS,
+    USER_CATEGORY,
+    USER_KEY,
+    ItemSpace,
+    Recommender,
+    category_codes,
+)
+from recsys_spark.scoring.score import RANKED_SCHEMA, build_plan, vocab_remap
+
+from tests.scoring.tiny import CATEGORY, STATS, USERS, best, fallback_score, history_frame, model_scores, tiny_bundle
+
+pytestmark = pytest.mark.unit
+
+K = 3
+BOUGHT = {"known": [1004], "cold_cat": [], "cold_none": [], "cold_buyer": [2000]}
+LATEST_CATEGORY = {"known": 77, "cold_cat": 99, "cold_none": None, "cold_buyer": 88}
+
+
+def stats_frame() -> pd.DataFrame:
+    return pd.DataFrame({
+        S.PRODUCT_ID: list(STATS),
+        S.CATEGORY_ID: pd.array([CATEGORY[p] for p in STATS], dtype="Int64"),
+        inputs.RECENT_USERS: [r for r, _ in STATS.values()],
+        inputs.ALL_USERS: [a for _, a in STATS.values()],
+    })
+
+
+def batch(users=USERS) -> pd.DataFrame:
+    frame = history_frame(users)
+    frame[EXCLUDE_PRODUCTS] = [BOUGHT[u] for u in frame[S.USER_ID]]
+    frame[USER_CATEGORY] = pd.array([LATEST_CATEGORY[u] for u in frame[S.USER_ID]], dtype="Int64").astype("float64")
+    frame[USER_KEY] = np.arange(len(frame), dtype=np.int64) * 7919 + 1
+    return frame
+
+
+def recommender(bundle=None, excluded=(), feature_vocab=None, **rules) -> Recommender:
+    bundle = bundle or tiny_bundle()
+    module = bundle.build_module()
+    with torch.no_grad():
+        vectors = module.item_vectors().numpy()
+    vocab = bundle.item_vocab if feature_vocab is None else feature_vocab
+    sc = ScoreConfig(top_k=K, block_size=2, **{"explore_share": 0.0, **rules})
+    return Recommender(build_plan(bundle, vectors, vocab, stats_frame(), np.array(sorted(excluded), np.int64), sc))
+
+
+def lists(out: pd.DataFrame) -> dict[str, list[int]]:
+    return {u: g.sort_values(S.RANK)[S.ITEM_ID].tolist() for u, g in out.groupby(S.USER_ID)}
+
+
+def test_model_users_get_the_towers_best_unbought_items_and_cold_users_popular_ones_by_category():
+    bundle = tiny_bundle()
+    out = recommender(bundle).recommend(batch())
+    assert list(out.columns) == RANKED_SCHEMA.fieldNames()
+    known = model_scores(bundle, USERS[0][1])
+    assert lists(out) == {
+        "known": best(known, exclude=[1004], k=K),  # bought 1004
+        "cold_cat": [1007, 1008, 3000],  # category 99 first, by recent popularity
+        "cold_none": [2000, 1004, 1005],  # no category: the most popular
+        "cold_buyer": [1005, 1006, 1004],  # category 88 without the bought 2000, then the most popular
+    }
+    sources = out.groupby(S.USER_ID)[S.SOURCE].agg(set).to_dict()
+    assert sources == {"known": {"model"}, "cold_cat": {"fallback"}, "cold_none": {"fallback"},
+                       "cold_buyer": {"fallback"}}
+    rows = out.set_index([S.USER_ID, S.ITEM_ID])[S.SCORE]
+    for product in best(known, exclude=[1004], k=K):
+        assert rows["known", product] == pytest.approx(known[product], rel=1e-5)
+    # A fallback item's score is its popularity: recent users + all-time users / 9.
+    assert rows["cold_cat", 1007] == pytest.approx(fallback_score(1007))
+    assert rows["cold_none", 2000] == pytest.approx(8 + 8 / 9)
+    assert out.groupby(S.USER_ID)[S.RANK].agg(list).to_dict() == {u: [1, 2, 3] for u, _, _ in USERS}
+
+
+def test_the_exclusion_list_is_never_recommended_to_anyone():
+    bundle = tiny_bundle()
+    out = recommender(bundle, excluded=[1005, 2000, 1006]).recommend(batch())
+    assert not set(out[S.ITEM_ID]) & {1005, 2000, 1006}
+    assert lists(out)["cold_buyer"] == [1004, 1007, 1003]  # category 88 is all excluded or bought
+    assert lists(out)["known"] == best(model_scores(bundle, USERS[0][1]), exclude=[1004, 1005, 1006], k=K)
+
+
+def test_lists_are_always_k_long_when_the_catalogue_allows_and_never_repeat():
+    out = recommender().recommend(batch())
+    assert out.groupby(S.USER_ID).size().to_dict() == {u: K for u, _, _ in USERS}
+    assert not out.duplicated([S.USER_ID, S.ITEM_ID]).any()
+    # Six of the eight model items excluded and one bought: the known user gets the one left.
+    out = recommender(excluded=[1002, 1003, 1005, 1006, 1007, 1008]).recommend(batch(USERS[:1]))
+    assert sorted(out[S.ITEM_ID]) == [1009] and out[S.RANK].tolist() == [1]  # 1004 is bought
+
+
+def test_the_category_cap_holds_for_model_and_fallback_lists():
+    bundle = tiny_bundle()
+    out = recommender(bundle, category_cap=1).recommend(batch())
+    category = {**CATEGORY, 1009: None}
+    for user, items in lists(out).items():
+        cats = [category[p] for p in items if category[p] is not None]
+        assert len(cats) == len(set(cats)), (user, items)
+        assert len(items) == K
+    assert lists(out)["cold_cat"] == [1007, 2000, 1004]  # one of 99, then the best of 88 and 77
+    assert lists(out)["cold_buyer"] == [1005, 1004, 1007]
+    # The model's list is the greedy walk down its scores, one item per category (1009 has none).
+    scores = model_scores(bundle, USERS[0][1])
+    taken, used = [], set()
+    for product in best(scores, exclude=[1004]):
+        if category[product] is None or category[product] not in used:
+            taken.append(product)
+            used.add(category[product])
+    assert lists(out)["known"] == taken[:K]
+
+
+def test_exploration_marks_picks_from_the_least_exposed_items_and_is_reproducible():
+    rec = recommender(explore_share=1.0, explore_pool_share=0.5)
+    # The model's catalogue by recent users: 1006 0, 1009 0 (no events), 1002 1, 1008 2 | 1003 ...
+    assert sorted(rec.plan.model_items.product_ids[rec.plan.explore_pool]) == [1002, 1006, 1008, 1009]
+    out = rec.recommend(batch())
+    explored = out[out[S.SOURCE] == "explore"]
+    assert set(explored[S.USER_ID]) == {"known"}  # cold-start users are not explored
+    assert set(explored[S.ITEM_ID]) <= {1002, 1006, 1008, 1009} and len(explored) >= 1
+    known = out[out[S.USER_ID] == "known"]
+    assert len(known) == K and not known[S.ITEM_ID].duplicated().any() and 1004 not in set(known[S.ITEM_ID])
+    pd.testing.assert_frame_equal(out, rec.recommend(batch()))
+    none = recommender(explore_share=0.0).recommend(batch())
+    assert "explore" not in set(none[S.SOURCE])
+
+
+def test_the_explore_share_is_the_share_of_model_positions_explored():
+    rec = recommender(explore_share=0.25, explore_pool_share=1.0)
+    many = pd.concat([batch(USERS[:1])] * 400, ignore_index=True)
+    many[S.USER_ID] = [f"u{i}" for i in range(len(many))]
+    many[USER_KEY] = np.arange(len(many), dtype=np.int64) * 104729
+    out = rec.recommend(many)
+    share = (out[S.SOURCE] == "explore").mean()
+    # 1200 positions, each explored with probability 1/4 (standard error 0.0125); a pick that
+    # repeats the model's own choice for the position still counts as explored.
+    assert 0.2 < share < 0.3
+
+
+def test_histories_are_read_with_the_models_vocabulary():
+    bundle = tiny_bundle()
+    # A later featurize run numbered the items differently: its index 2 is product 1003, its
+    # index 3 product 1002, and its index 4 a product the model never saw.
+    feature_vocab = pd.DataFrame({S.ITEM_IDX: [2, 3, 4], S.PRODUCT_ID: [1003, 1002, 5555]})
+    remap = vocab_remap(feature_vocab, bundle.item_vocab)
+    assert remap.tolist() == [0, 1, 3, 2, 1]
+    frame = pd.concat([batch(USERS[:1])] * 2, ignore_index=True)  # "known"'s purchases and category
+    frame[S.USER_ID] = ["swapped", "unknown_only"]
+    frame[S.HIST_ITEMS] = [[0, 0, 3, 2], [0, 0, 4, 4]]
+    out = recommender(bundle, feature_vocab=feature_vocab).recommend(frame)
+    # "swapped" has the history [1002, 1003]: the same list as "known" under the model's vocabulary.
+    assert lists(out)["swapped"] == best(model_scores(bundle, [0, 0, 2, 3]), exclude=[1004], k=K)
+    assert set(out[out[S.USER_ID] == "unknown_only"][S.SOURCE]) == {"fallback"}
+
+
+def test_item_space_lookup_and_category_codes():
+    space = ItemSpace(np.array([30, 10, 20]), np.zeros(3, np.int64))
+    assert space.index_of(np.array([10, 20, 30, 40, 5])).tolist() == [1, 2, 0, -1, -1]
+    assert category_codes(np.array([88.0, np.nan, 77.0, 66.0]), np.array([77, 88])).tolist() == [1, -1, 0, -1]
