@@ -4,15 +4,18 @@ BIN := $(VENV)/bin
 CONFIG ?= conf/local.yaml
 MLFLOW_DB := $(CURDIR)/work/mlflow/mlflow.db
 
-.PHONY: setup demo test test-fast package mlflow-ui clean-work
+.PHONY: setup airflow-env demo test test-fast package mlflow-ui clean-work
 
 setup:
 	@bash scripts/bootstrap.sh
 
+airflow-env:  ## .venv-airflow: Airflow 3 and its Spark provider, for dags/recsys_daily.py
+	@bash scripts/bootstrap_airflow.sh
+
 demo: setup  ## the whole pipeline on generated sample data, local Spark, local MLflow
 	$(BIN)/recsys run --config $(CONFIG)
 
-test: setup  ## the default test suite (everything but GPU tests)
+test: setup airflow-env  ## the default test suite (everything but GPU tests; the DAG's in .venv-airflow)
 	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
 
 test-fast: setup

@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
-import datetime as dt
+import json
 import logging
+import time
 from typing import Any
 
 from pyspark.sql import SparkSession
 
 from recsys_spark import io, tracking
+from recsys_spark import schema as S
 from recsys_spark.config import Config
 
 log = logging.getLogger(__name__)
 
 ORDER = ("generate", "clean", "featurize", "train", "evaluate", "score")
+# Stages whose input is the features folder: their data range is the one it was built from.
+READS_FEATURES = ("train", "evaluate", "score")
+SUMMARY_ARTIFACT = "pipeline/summary.json"
 
 
 def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     """Run generate (only when ``paths.raw`` is absent), clean, featurize, train, evaluate, score.
 
     Sample data is generated only into an empty ``paths.raw``, so pointing the pipeline at a
-    real clickstream never overwrites it.
+    real clickstream never overwrites it. In MLflow, the parent run ``pipeline-<run date>``
+    holds one nested run per stage, the seconds each stage took (metrics ``seconds.<stage>``),
+    the data's date range (tags, also set on the stage runs that lack them) and every stage's
+    summary (``pipeline/summary.json``); a failure tags it with ``failed_stage``.
 
     Returns:
         where the recommendations, the MLflow run and the registered model are, and the
@@ -31,32 +39,80 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     from recsys_spark.cli import stage_function
 
     experiment_id = tracking.setup(cfg)
-    run_date = cfg.score.run_date or dt.date.today().isoformat()
+    run_date = tracking.resolve_run_date(cfg)
     summaries: dict[str, dict] = {}
+    description = f"`recsys run`: the stages {', '.join(ORDER)}, one nested run each."
     with mlflow.start_run(
         experiment_id=experiment_id,
         run_name=f"pipeline-{run_date}",
-        tags={"stage": "pipeline", "run_date": run_date, "git_commit": tracking.git_commit()},
+        tags=tracking.run_tags("pipeline", run_date, description),
     ) as parent:
         tracking.log_config(cfg)
         for stage in ORDER:
             if stage == "generate" and io.exists(spark, cfg.paths.resolve("raw")):
                 log.info("paths.raw %s exists: using it, not generating sample data", cfg.paths.resolve("raw"))
                 continue
-            log.info("=== stage %s ===", stage)
-            summaries[stage] = stage_function(stage)(spark, cfg)
+            log.info("=== stage %d/%d: %s ===", ORDER.index(stage) + 1, len(ORDER), stage)
+            started = time.time()
+            try:
+                summaries[stage] = stage_function(stage)(spark, cfg)
+            except BaseException:
+                mlflow.set_tag("failed_stage", stage)
+                raise
+            mlflow.log_metric(f"seconds.{stage}", round(time.time() - started, 1))
+        tag_data_ranges(parent.info.run_id, experiment_id, data_ranges(spark, cfg, summaries))
+        tracking.log_json(json.loads(json.dumps(summaries, default=str)), SUMMARY_ARTIFACT)
 
-    train = summaries["train"]
     evaluation = summaries["evaluate"]
     metric = cfg.evaluate.primary_metric
     return {
         "recommendations": summaries["score"].get("recommendations_path"),
         "users_scored": summaries["score"].get("users"),
         "mlflow_tracking_uri": cfg.tracking_uri,
-        "mlflow_pipeline_run": parent.info.run_id,
         "mlflow_experiment": cfg.mlflow.experiment,
-        "registered_model": f"models:/{cfg.mlflow.registered_model}@{cfg.mlflow.alias} (version {train.get('version')})",
+        "mlflow_pipeline_run": f"{parent.info.run_id} (pipeline-{run_date})",
+        "registered_model": (f"models:/{cfg.mlflow.registered_model}@{cfg.mlflow.alias} "
+                             f"(version {summaries['train'].get('version')})"),
         f"model.{metric}": evaluation.get(f"model.{metric}"),
         f"popularity.{metric}": evaluation.get(f"popularity.{metric}"),
         "open the MLflow UI": "make mlflow-ui, then http://127.0.0.1:5000",
     }
+
+
+def data_ranges(spark: SparkSession | None, cfg: Config, summaries: dict[str, dict]) -> dict[str, tuple[str, str]]:
+    """(first, last) event date each stage read, where known: clean from the dates it wrote,
+    featurize and the stages after it from the features' metadata.json.
+
+    Returns:
+        stage -> (first, last) ISO dates, and "pipeline" -> the widest of them.
+    """
+    ranges: dict[str, tuple[str, str]] = {}
+    dates = sorted(summaries.get("clean", {}).get("dates") or [])
+    if dates:
+        ranges["clean"] = (dates[0], dates[-1])
+    metadata_path = io.feature_path(cfg.paths.resolve("features"), S.FEATURE_METADATA)
+    if io.exists(spark, metadata_path):
+        features_range = tracking.data_range_of_features(io.read_json(spark, metadata_path))
+        if features_range is not None:
+            ranges.update({stage: features_range for stage in ("featurize", *READS_FEATURES)})
+    if ranges:
+        ranges["pipeline"] = (min(r[0] for r in ranges.values()), max(r[1] for r in ranges.values()))
+    return ranges
+
+
+def tag_data_ranges(parent_run_id: str, experiment_id: str, ranges: dict[str, tuple[str, str]]) -> None:
+    """Tag the pipeline run, and each of its stage runs that has no data range of its own."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    children = client.search_runs(
+        [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=100
+    )
+    targets = [(parent_run_id, "pipeline", {})] + [(r.info.run_id, r.data.tags.get(tracking.TAG_STAGE), r.data.tags)
+                                                   for r in children]
+    for run_id, stage, tags in targets:
+        if stage not in ranges or tracking.TAG_FIRST_DATE in tags:
+            continue
+        first, last = ranges[stage]
+        client.set_tag(run_id, tracking.TAG_FIRST_DATE, first)
+        client.set_tag(run_id, tracking.TAG_LAST_DATE, last)

@@ -1,7 +1,18 @@
 """MLflow wiring: the store, the experiment, one run per stage (nested under a pipeline run).
 
 Every stage opens its run with :func:`stage_run`; inside ``recsys run`` those runs nest under
-the pipeline's parent run. The resolved config travels with each run (params + artifact).
+the pipeline's parent run. What the MLflow UI shows for each run:
+
+* name ``<stage>-<run date>`` in the experiment ``mlflow.experiment``;
+* tags ``stage``, ``run_date``, ``git_commit``, the Spark application (``spark.app_id``,
+  ``spark.master``), and, where the stage knows it, the event dates it read
+  (``data.first_event_date`` / ``data.last_event_date``, see :func:`tag_data_range`);
+* a description (``mlflow.note.content``) saying what the stage does;
+* the resolved config as params and as the artifact ``config.yaml``; the stage's reports and
+  plots as further artifacts.
+
+The run date is, in order: the ``run_date`` argument, the environment variable
+``RECSYS_RUN_DATE`` (an orchestrator's logical date), ``score.run_date``, today in UTC.
 """
 
 from __future__ import annotations
@@ -18,10 +29,29 @@ from typing import Any, Iterator
 import yaml
 
 from recsys_spark.config import Config
+from recsys_spark.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 _MAX_PARAM = 500  # MLflow's limit on a param value's length
+
+RUN_DATE_ENV = "RECSYS_RUN_DATE"
+GIT_COMMIT_ENV = "RECSYS_GIT_COMMIT"
+
+# Tag keys (also what the tests and the README refer to).
+TAG_STAGE = "stage"
+TAG_RUN_DATE = "run_date"
+TAG_GIT_COMMIT = "git_commit"
+TAG_FIRST_DATE = "data.first_event_date"
+TAG_LAST_DATE = "data.last_event_date"
+TAG_NOTE = "mlflow.note.content"  # the run's (or experiment's) description in the MLflow UI
+
+EXPERIMENT_NOTE = (
+    "recsys_spark: clickstream logs to a two-tower sequential recommender and daily batch "
+    "recommendations. One run per stage, named `<stage>-<run date>`; `recsys run` nests them "
+    "under a `pipeline-<run date>` run. Registered models carry the aliases that evaluate and "
+    "score use."
+)
 
 
 def setup(cfg: Config) -> str:
@@ -36,41 +66,108 @@ def setup(cfg: Config) -> str:
     experiment = mlflow.get_experiment_by_name(cfg.mlflow.experiment)
     if experiment is not None:
         return experiment.experiment_id
-    return mlflow.create_experiment(cfg.mlflow.experiment, artifact_location=cfg.artifact_location)
+    experiment_id = mlflow.create_experiment(
+        cfg.mlflow.experiment, artifact_location=cfg.artifact_location, tags={TAG_NOTE: EXPERIMENT_NOTE}
+    )
+    log.info("created MLflow experiment %r (id %s) in %s", cfg.mlflow.experiment, experiment_id, uri)
+    return experiment_id
+
+
+def resolve_run_date(cfg: Config, explicit: str | None = None) -> str:
+    """The date a run is named and tagged after (ISO): see the module docstring for the order.
+
+    Raises:
+        ConfigError: ``RECSYS_RUN_DATE`` is set but is not an ISO date.
+    """
+    if explicit:
+        return explicit
+    from_env = os.environ.get(RUN_DATE_ENV, "").strip()
+    if from_env:
+        try:
+            return dt.date.fromisoformat(from_env).isoformat()
+        except ValueError:
+            raise ConfigError(f"environment variable {RUN_DATE_ENV}: {from_env!r} is not an ISO date "
+                              "(YYYY-MM-DD)") from None
+    return cfg.score.run_date or dt.datetime.now(dt.timezone.utc).date().isoformat()
 
 
 def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    """The commit of the code that runs: ``RECSYS_GIT_COMMIT`` if set (a CI build or an image
+    records it there), else ``git rev-parse`` in the package's folder, then in the working
+    directory (under spark-submit the package runs from a zip); "unknown" when neither is a
+    git checkout."""
+    pinned = os.environ.get(GIT_COMMIT_ENV, "").strip()
+    if pinned:
+        return pinned
+    package_dir = Path(__file__).resolve().parent
+    for folder in (package_dir, Path.cwd()):
+        if not folder.is_dir():
+            continue
+        try:
+            out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                                 timeout=5, cwd=folder)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    return "unknown"
+
+
+def run_tags(stage: str, date: str, description: str | None = None) -> dict[str, str]:
+    """The tags every run of ``stage`` starts with (see the module docstring)."""
+    tags = {TAG_STAGE: stage, TAG_RUN_DATE: date, TAG_GIT_COMMIT: git_commit(), **_spark_tags()}
+    if description:
+        tags[TAG_NOTE] = description
+    return tags
 
 
 @contextlib.contextmanager
 def stage_run(cfg: Config, stage: str, run_date: str | None = None) -> Iterator[Any]:
     """Open the MLflow run of one stage, nested when a pipeline run is active.
 
+    Args:
+        cfg: the resolved config (logged as params and ``config.yaml``).
+        stage: the stage's name, e.g. "train"; the run is named ``<stage>-<run date>``.
+        run_date: the date the run is about; default: see :func:`resolve_run_date`.
+
     Yields:
-        the active ``mlflow.ActiveRun``.
+        the active ``mlflow.ActiveRun``. A stage that raises leaves the run FAILED.
     """
     import mlflow
 
     experiment_id = setup(cfg)
-    run_date = run_date or dt.date.today().isoformat()
+    date = resolve_run_date(cfg, run_date)
     nested = mlflow.active_run() is not None
-    tags = {"stage": stage, "run_date": run_date, "git_commit": git_commit()}
     with mlflow.start_run(
-        experiment_id=experiment_id, run_name=f"{stage}-{run_date}", nested=nested, tags=tags
+        experiment_id=experiment_id,
+        run_name=f"{stage}-{date}",
+        nested=nested,
+        tags=run_tags(stage, date, _stage_description(stage)),
     ) as run:
         log_config(cfg)
         yield run
+
+
+def tag_data_range(first: dt.date | dt.datetime | str | None, last: dt.date | dt.datetime | str | None) -> None:
+    """Tag the active run with the first and last event date (ISO) of the data it read.
+
+    Datetimes are reduced to their UTC date; None leaves that end untagged.
+    """
+    import mlflow
+
+    tags = {key: _iso_date(value) for key, value in ((TAG_FIRST_DATE, first), (TAG_LAST_DATE, last))
+            if value is not None}
+    if tags:
+        mlflow.set_tags(tags)
+
+
+def data_range_of_features(metadata: dict[str, Any]) -> tuple[str, str] | None:
+    """(first, last) event date of the data a features folder was built from, from its
+    ``metadata.json`` (the featurize stage writes ``data_start`` / ``data_end``); None if absent."""
+    start, end = metadata.get("data_start"), metadata.get("data_end")
+    if not start or not end:
+        return None
+    return _iso_date(start), _iso_date(end)
 
 
 def log_config(cfg: Config) -> None:
@@ -102,3 +199,34 @@ def log_local_dir(path: str, artifact_path: str) -> None:
 
 def temp_dir() -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix="recsys_")
+
+
+def _iso_date(value: dt.date | dt.datetime | str) -> str:
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value) if "T" in value or " " in value else dt.date.fromisoformat(value)
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(dt.timezone.utc)
+        return value.date().isoformat()
+    return value.isoformat()
+
+
+def _spark_tags() -> dict[str, str]:
+    """The running Spark application, so that a run links to its Spark UI / history entry."""
+    try:
+        from pyspark.sql import SparkSession
+
+        spark = SparkSession.getActiveSession()
+    except ImportError:
+        return {}
+    if spark is None:
+        return {}
+    context = spark.sparkContext
+    return {"spark.app_id": context.applicationId, "spark.master": context.master}
+
+
+def _stage_description(stage: str) -> str | None:
+    from recsys_spark.cli import STAGES  # lazy: the CLI imports the stages, which import this
+
+    entry = STAGES.get(stage)
+    return f"`recsys {stage}`: {entry[1]}." if entry else None
