@@ -60,3 +60,24 @@ def test_spark_submit_reports_bad_config_in_one_line(tmp_path):
     printed = out.stdout + out.stderr
     assert "recsys clean: error: clean.input_format: 'xml' is not one of 'csv', 'json', 'parquet'" in printed
     assert "Traceback" not in printed
+
+
+def test_spark_submit_settings_win_over_the_config(tmp_path):
+    """--master and --name on spark-submit's command line beat the config's spark section."""
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "from recsys_spark.config import SparkConfig\n"
+        "from recsys_spark.spark import get_session\n"
+        "spark = get_session(SparkConfig(master='local[2]', app_name='from_config', show_progress=False))\n"
+        "sc = spark.sparkContext\n"
+        "print('PROBE', sc.master, sc.appName, spark.conf.get('spark.sql.session.timeZone'))\n"
+        "spark.stop()\n"
+    )
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
+           "PYTHONPATH": str(REPO)}
+    cmd = [str(SPARK_SUBMIT), "--master", "local[1]", "--name", "from_submit",
+           "--conf", "spark.ui.enabled=false", str(script)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    # The config's own settings (not given to spark-submit) still apply.
+    assert "PROBE local[1] from_submit UTC" in out.stdout

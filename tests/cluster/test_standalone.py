@@ -47,10 +47,7 @@ def test_pipeline_runs_on_a_standalone_cluster(standalone_cluster, tmp_path, tin
         str(REPO / "jobs" / "run.py"),
         "--config", str(REPO / "conf" / "local.yaml"),
         *tiny_overrides,
-        # The same master and name in the config: until spark.get_session reads spark-submit's
-        # settings after connecting to its JVM, the config's spark section wins over them.
-        f"spark.master={cluster.master_url}",
-        f"spark.app_name={APP_NAME}",
+        # No spark.master here: spark-submit's --master and --name win over conf/local.yaml's.
         "train.launcher=horovod_spark",
         "train.num_proc=2",
         f"score.run_date={RUN_DATE}",
