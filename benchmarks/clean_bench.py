@@ -96,6 +96,9 @@ def bulk_generate(raw: Path, n_events: int, seed: int = 7) -> dict[str, int]:
         near[S.EVENT_TIME] = (pd.to_datetime(near[S.EVENT_TIME].str[:19]) + pd.Timedelta(seconds=1)).dt.strftime(
             "%Y-%m-%d %H:%M:%S UTC")
         frame = pd.concat([frame, dup, near])[S.RAW_COLUMNS]
+        # Nullable integers: a plain int column would turn float on the first None and be written
+        # as "510000007.0", which clean (rightly) rejects as a bad id.
+        frame[S.USER_ID] = frame[S.USER_ID].astype("Int64")
         frame.loc[frame.sample(frac=0.002, random_state=day + 200).index, S.USER_ID] = None
         lines = frame.to_csv(index=False, header=False).splitlines()
         bad = max(1, len(lines) // 500)

@@ -65,18 +65,26 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 
     evaluation = summaries["evaluate"]
     metric = cfg.evaluate.primary_metric
-    return {
-        "recommendations": summaries["score"].get("recommendations_path"),
-        "users_scored": summaries["score"].get("users"),
+    score = summaries["score"]
+    result = {
+        "recommendations": f"{score.get('recommendations_path')} (run_date={score.get('run_date')})",
+        "users_scored": score.get("users"),
+        "scored_with": (f"models:/{cfg.mlflow.registered_model}@{cfg.score.model_alias} "
+                        f"(version {score.get('model_version')})" if not cfg.score.model_version
+                        else score.get("model")),
         "mlflow_tracking_uri": cfg.tracking_uri,
         "mlflow_experiment": cfg.mlflow.experiment,
         "mlflow_pipeline_run": f"{parent.info.run_id} (pipeline-{run_date})",
-        "registered_model": (f"models:/{cfg.mlflow.registered_model}@{cfg.mlflow.alias} "
-                             f"(version {summaries['train'].get('version')})"),
-        f"model.{metric}": evaluation.get(f"model.{metric}"),
-        f"popularity.{metric}": evaluation.get(f"popularity.{metric}"),
-        "open the MLflow UI": "make mlflow-ui, then http://127.0.0.1:5000",
+        "trained": (f"models:/{cfg.mlflow.registered_model}@{cfg.mlflow.alias} "
+                    f"(version {summaries['train'].get('version')})"),
+        "gate": f"{evaluation.get('gate')} (champion: version {evaluation.get('champion_version')})",
     }
+    # The primary metric of the model and of every baseline, as ranked in the same run.
+    result.update({key: round(value, 4) for key, value in evaluation.items()
+                   if key.endswith(f".{metric}") and isinstance(value, float)})
+    result["evaluation_report"] = evaluation.get("html_report")
+    result["open the MLflow UI"] = "make mlflow-ui, then http://127.0.0.1:5000"
+    return result
 
 
 def data_ranges(spark: SparkSession | None, cfg: Config, summaries: dict[str, dict]) -> dict[str, tuple[str, str]]:

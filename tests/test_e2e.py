@@ -28,7 +28,11 @@ def test_recsys_run_end_to_end(tmp_path, tiny_overrides):
     # The summary says where everything is.
     assert "== recsys run: done" in out.stdout
     assert f"recommendations: {root / 'recommendations'}" in out.stdout
-    assert "registered_model: models:/recsys_two_tower@challenger (version 1)" in out.stdout
+    assert "trained: models:/recsys_two_tower@challenger (version 1)" in out.stdout
+    # The first model has no champion to beat: the gate promotes it, and score uses it.
+    assert "gate: promoted (champion: version 1)" in out.stdout
+    assert "scored_with: models:/recsys_two_tower@champion (version 1)" in out.stdout
+    assert "model.ndcg@20: " in out.stdout and "popularity.ndcg@20: " in out.stdout
 
     # Recommendations: the documented schema, K per user, no seen item.
     recs = pq.read_table(root / "recommendations").to_pandas()

@@ -67,7 +67,8 @@ def test_pipeline_runs_on_a_standalone_cluster(standalone_cluster, tmp_path, tin
     assert {str(d) for d in recs[S.RUN_DATE].unique()} == {RUN_DATE}
     per_user = recs.groupby(S.USER_ID)[S.RANK].agg(["count", "min", "max"])
     assert len(per_user) > 0 and (per_user["count"] == 10).all() and (per_user["max"] == 10).all()
-    assert "registered_model: models:/recsys_two_tower@challenger (version 1)" in printed
+    assert "trained: models:/recsys_two_tower@challenger (version 1)" in printed
+    assert "gate: promoted (champion: version 1)" in printed
 
     # The master ran the application to completion on both workers, with their 2 cores.
     state = cluster.state()
