@@ -9,7 +9,6 @@ excluded item scores -inf; an empty slot holds item -1 (empty slots only ever tr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -22,50 +21,6 @@ NEG_INF = float("-inf")
 CAP_DEPTH = 4
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def block_top_k(
-    user_vecs: Tensor, item_vecs: Tensor, k: int, block_size: int, exclude: Sequence[np.ndarray] | None = None
-) -> tuple[Tensor, Tensor]:
-    """Exact top-K by dot product, ``block_size`` users per matrix multiply.
-
-    Memory is block_size x N scores at a time, whatever the number of users.
-
-    Args:
-        user_vecs: Tensor[B, d].
-        item_vecs: Tensor[N, d].
-        k: items per user.
-        block_size: users per matrix multiply.
-        exclude: B int arrays of item indices to leave out for that user (-1 ignored), or None.
-
-    Returns:
-        (indices LongTensor[B, k], scores Tensor[B, k]), best first; -1 / -inf where fewer
-        than k items are eligible.
-    """
-    if k < 1 or block_size < 1:
-        raise ValueError(f"k ({k}) and block_size ({block_size}) must be positive")
-    num_users, num_items = user_vecs.shape[0], item_vecs.shape[0]
-    width = min(k, num_items)
-    indices = torch.full((num_users, k), EMPTY, dtype=torch.long)
-    scores = torch.full((num_users, k), NEG_INF, dtype=user_vecs.dtype)
-    with torch.no_grad():
-        for start in range(0, num_users, block_size):
-            end = min(start + block_size, num_users)
-            block = user_vecs[start:end] @ item_vecs.T
-            if exclude is not None:
-                mask_pairs(block, *pairs(exclude[start:end]))
-            values, top = torch.topk(block, width, dim=1)
-            top[values == NEG_INF] = EMPTY
-            indices[start:end, :width] = top
-            scores[start:end, :width] = values
-    return indices, scores
-
-
-def pairs(lists: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Args: B int arrays. Returns: (row int64 [n], item int64 [n]), every item of every row's list."""
-    lengths = [len(items) for items in lists]
-    items = np.concatenate([np.asarray(x, dtype=np.int64) for x in lists] + [np.zeros(0, np.int64)])
-    return np.repeat(np.arange(len(lists), dtype=np.int64), lengths), items
 
 
 def mask_pairs(scores: Tensor, rows: np.ndarray, items: np.ndarray) -> None:

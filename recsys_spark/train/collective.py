@@ -71,15 +71,7 @@ class Collective(ABC):
         Returns:
             the gradient norm before clipping (inf/NaN when an fp16 step overflowed).
         """
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        return float(norm)
+        return clip_and_step(optimizer, params, max_norm, scaler)
 
     def shutdown(self) -> None:
         """Release the communication backend (a no-op where the launcher owns it)."""
@@ -137,16 +129,8 @@ class HorovodCollective(Collective):
         # Finish the gradient allreduce first, so clipping sees the averaged gradient; then
         # step without a second allreduce.
         optimizer.synchronize()
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         with optimizer.skip_synchronize():
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-        return float(norm)
+            return clip_and_step(optimizer, params, max_norm, scaler)
 
     def shutdown(self) -> None:
         self.hvd.shutdown()
@@ -201,3 +185,17 @@ class TorchCollective(Collective):
     def shutdown(self) -> None:
         if self._owns_group and self.dist.is_initialized():
             self.dist.destroy_process_group()
+
+
+def clip_and_step(optimizer: torch.optim.Optimizer, params: list[Tensor], max_norm: float,
+                  scaler: "torch.amp.GradScaler | None") -> float:
+    """Unscale (AMP), clip the gradients' global norm to ``max_norm``, update; the norm before clipping."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return float(norm)

@@ -25,22 +25,6 @@ def test_the_example_scores_are_what_the_comment_says():
     assert (USERS @ ITEMS.T).tolist() == [[1, 0, 2, 4, 3], [4, 2, 3, 0, 1], [9, 4, 8, 4, 5]]
 
 
-def test_blocked_top_k_equals_the_full_matrix_top_k_for_every_block_size():
-    full_values, full_top = torch.topk(USERS @ ITEMS.T, 3, dim=1)
-    assert full_top.tolist() == [[3, 4, 2], [0, 2, 1], [0, 2, 4]]
-    for block_size in (1, 2, 3, 64):
-        top, values = topk.block_top_k(USERS, ITEMS, 3, block_size)
-        assert top.tolist() == full_top.tolist()
-        assert values.tolist() == full_values.tolist() == [[4, 3, 2], [4, 3, 2], [9, 8, 5]]
-
-
-def test_excluded_items_are_never_returned_and_empty_slots_trail():
-    exclude = [np.array([3, 2]), np.array([], dtype=np.int64), np.array([0, 1, 2, 3, -1])]
-    top, values = topk.block_top_k(USERS, ITEMS, 3, 2, exclude)
-    assert top.tolist() == [[4, 0, 1], [0, 2, 1], [4, -1, -1]]
-    assert values.tolist() == [[3, 1, 0], [4, 3, 2], [5, NEG_INF, NEG_INF]]
-
-
 def test_rank_without_rules_is_the_plain_top_k():
     ranked = topk.rank(USERS @ ITEMS.T, 2)
     assert ranked.items.tolist() == [[3, 4], [0, 2], [0, 2]]
@@ -129,7 +113,5 @@ def test_occurrence_counts_earlier_equal_codes_per_row():
 
 
 def test_bad_arguments_are_refused():
-    with pytest.raises(ValueError, match="positive"):
-        topk.block_top_k(USERS, ITEMS, 0, 2)
     with pytest.raises(ValueError, match="cap"):
         topk.rank(USERS @ ITEMS.T, 2, cap=-1)
