@@ -186,6 +186,10 @@ class TrainConfig:
     launcher: Literal["horovod_spark", "torch_distributor", "local"] = "horovod_spark"
     num_proc: int = 2
     threads_per_proc: int = 1
+    # Bind each training process (every thread of it: compute, reader, Horovod/gloo) to its own
+    # threads_per_proc CPUs, local rank r taking CPUs r*t .. r*t+t-1 of those it may use, as
+    # `horovodrun --binding-args="--bind-to core"` does. Off: the OS schedules freely.
+    pin_cpus: bool = False
     # auto: the GPU of each process's local rank when torch sees one, else the CPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Mixed precision on GPU (bf16 where supported, else fp16 with loss scaling); ignored on CPU.
@@ -206,6 +210,12 @@ class TrainConfig:
     # Each position predicts a step drawn from its next `target_horizon` steps (1 = the next
     # item only): batch recommendations serve the coming days, not the next click.
     target_horizon: int = 10
+    # Where the drawn step starts: "next_step" (the next click, then the horizon) or
+    # "next_visit": the first step after the next gap of at least visit_gap_s, which trains the
+    # user vector for what a batch recommendation serves, the user's next visit (positions
+    # with no later visit in the window predict nothing).
+    target_start: Literal["next_step", "next_visit"] = "next_step"
+    visit_gap_s: int = 1800
     # Drop targets the user already met earlier in the window, as evaluation excludes seen items.
     skip_seen_targets: bool = True
     event_weights: dict[str, float] = field(
@@ -219,6 +229,7 @@ class TrainConfig:
     min_delta: float = 0.0
     # Add user features derived (causally) from the history itself to the user tower.
     user_features: bool = True
+    interest_pooling: bool = False
     seed: int = 7
 
 

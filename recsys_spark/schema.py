@@ -295,6 +295,13 @@ MAX_GAP_LOG2 = 22
 NUM_GAP_BUCKETS = MAX_GAP_LOG2 + 2
 
 
+def gap_bucket_of(seconds: int) -> int:
+    """The gap bucket of a whole number of seconds (the Python twin of features' ``gap_bucket``)."""
+    if seconds < 0:
+        raise ValueError(f"a time gap cannot be negative, got {seconds}")
+    return 1 + min((int(seconds) + 1).bit_length() - 1, MAX_GAP_LOG2)
+
+
 # ----------------------------------------------------------------------------- conforming
 
 

@@ -115,12 +115,15 @@ class TwoTowerModel(nn.Module):
         num_layers, num_heads, dropout: the transformer encoder's shape.
         use_user_features: add :class:`HistoryFeatures` (projected to ``dim``) to the sequence
             encoding at every position. False rebuilds models trained before they existed.
+        use_interest_pooling: add the running mean of the item vectors of steps 0..t (projected
+            to ``dim``): a direct path for the user's long-term taste beside the attention, which
+            favours the current session. False rebuilds models trained before it existed.
     """
 
     def __init__(self, num_items: int, num_categories: int, num_brands: int, num_price_buckets: int,
                  num_event_codes: int, num_gap_buckets: int, max_seq_len: int, dim: int = 64,
                  num_layers: int = 2, num_heads: int = 2, dropout: float = 0.1,
-                 use_user_features: bool = False):
+                 use_user_features: bool = False, use_interest_pooling: bool = False):
         super().__init__()
         self.num_items = num_items
         self.max_seq_len = max_seq_len
@@ -145,6 +148,10 @@ class TwoTowerModel(nn.Module):
             self.user_feature_mlp = nn.Sequential(
                 nn.Linear(self.history_features.size, dim), nn.GELU(), nn.Linear(dim, dim)
             )
+        self.interest_mlp = (
+            nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+            if use_interest_pooling else None
+        )
         # A per-item bias (its prior, popularity mostly), folded into the dot product as an
         # extra dimension: items are [v, b], users [u, 1], so retrieval stays a dot product.
         self.item_bias = nn.Embedding(num_items, 1)
@@ -193,8 +200,9 @@ class TwoTowerModel(nn.Module):
             raise ValueError(f"sequence length {length} exceeds max_seq_len {self.max_seq_len}")
         # Left padding: the last step always takes the last position, whatever L is.
         positions = torch.arange(self.max_seq_len - length, self.max_seq_len, device=items.device)
+        step_items = self.item_tower(items)
         x = (
-            self.item_tower(items)
+            step_items
             + self.event_embedding(events)
             + self.gap_embedding(gaps)
             + self.position_embedding(positions)[None]
@@ -204,6 +212,10 @@ class TwoTowerModel(nn.Module):
         x = self.encoder(x, mask=mask)
         if self.history_features is not None:
             x = x + self.user_feature_mlp(self.history_features(items, events, gaps))
+        if self.interest_mlp is not None:
+            real = (items != S.PAD_INDEX).to(step_items.dtype)[..., None]
+            running_mean = (step_items * real).cumsum(dim=1) / real.cumsum(dim=1).clamp_min(1.0)
+            x = x + self.interest_mlp(running_mean)
         x = self.output_norm(x)
         return torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)
 

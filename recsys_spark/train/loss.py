@@ -102,10 +102,11 @@ def sampled_softmax_loss(user_vecs: Tensor, targets: Tensor, weights: Tensor, ne
     # P(c among the unique in-batch targets) = 1 - (1 - p)^n, computed stably as -expm1(n log1p(-p)).
     in_batch = -torch.expm1(n_targets * torch.log1p(-item_prob[candidates].clamp(max=1 - 1e-7)))
     expected = in_batch + negatives.numel() / (num_items - S.FIRST_ITEM_INDEX)
-    logits = user_vecs @ cand_vecs.T - torch.log(expected)[None, :]
-    accidental = torch.zeros_like(logits, dtype=torch.bool)
-    accidental[:, unique_targets.numel():] = negatives[None, :] == targets[:, None]
-    logits = logits.masked_fill(accidental, float("-inf"))
+    # The [T, C] logits are the largest tensors of a step: corrected in place, in float32
+    # (under autocast the product is bf16/fp16, too coarse for the logQ term).
+    logits = (user_vecs @ cand_vecs.T).float()
+    logits.sub_(torch.log(expected)[None, :])
+    logits[:, unique_targets.numel():].masked_fill_(negatives[None, :] == targets[:, None], float("-inf"))
     per_target = F.cross_entropy(logits, labels, reduction="none")
     return (weights * per_target).sum() / weights.sum().clamp_min(1e-12)
 
@@ -121,10 +122,11 @@ class RetrievalTask(nn.Module):
     """
 
     def __init__(self, model: TwoTowerModel, item_prob: Tensor, event_weights: Tensor, uniform_negatives: int,
-                 target_horizon: int = 1, skip_seen_targets: bool = False):
+                 target_horizon: int = 1, skip_seen_targets: bool = False, visit_gap_bucket: int | None = None):
         super().__init__()
         if target_horizon < 1:
             raise ValueError(f"train.target_horizon must be >= 1, got {target_horizon}")
+        self.visit_gap_bucket = visit_gap_bucket
         self.model = model
         self.uniform_negatives = uniform_negatives
         self.target_horizon = target_horizon
@@ -151,18 +153,30 @@ class RetrievalTask(nn.Module):
         loss of PinnerFormer (Pancha et al., KDD 2022), which trains a user vector for the
         coming days rather than for the next click. With ``skip_seen_targets``, a target that
         already occurs at or before position t is dropped, as evaluation ranks unseen items only.
+
+        With ``visit_gap_bucket`` set, the horizon starts at the first step of position t's next
+        visit (the first later step whose gap bucket is at least ``visit_gap_bucket``) instead of
+        at step t + 1; a position with no later visit in its window has no target.
         """
         inputs = item_seq[:, :-1], event_seq[:, :-1], gap_seq[:, :-1]
         targets, target_events = item_seq[:, 1:], event_seq[:, 1:]
         batch, length = targets.shape
-        if self.target_horizon > 1:
+        positions = torch.arange(length, device=item_seq.device)[None, :].expand(batch, length)
+        start = positions
+        if self.visit_gap_bucket is not None:
+            # start[b, t] = the smallest j >= t whose target step opens a visit (length if none).
+            opens = gap_seq[:, 1:] >= self.visit_gap_bucket
+            first = torch.where(opens, positions, torch.full_like(positions, length))
+            start = first.flip(1).cummin(dim=1).values.flip(1)
+        has_target = start < length
+        if self.target_horizon > 1 or self.visit_gap_bucket is not None:
             # Random draws happen on the CPU (where ``generator`` lives), whatever the device,
             # so CPU and GPU runs with one seed see the same targets and negatives.
-            offsets = torch.randint(0, self.target_horizon, (batch, length), generator=generator)
-            index = (torch.arange(length)[None, :] + offsets).clamp(max=length - 1).to(item_seq.device)
+            offsets = torch.randint(0, self.target_horizon, (batch, length), generator=generator).to(item_seq.device)
+            index = (start + offsets).clamp(max=length - 1)
             targets, target_events = targets.gather(1, index), target_events.gather(1, index)
         weights = self.event_weights[target_events]
-        valid = (targets >= S.FIRST_ITEM_INDEX) & (inputs[0] != S.PAD_INDEX) & (weights > 0)
+        valid = (targets >= S.FIRST_ITEM_INDEX) & (inputs[0] != S.PAD_INDEX) & (weights > 0) & has_target
         if self.skip_seen_targets:
             # seen[b, t] = target t occurs among inputs 0..t of row b.
             earlier = torch.ones(length, length, dtype=torch.bool, device=item_seq.device).tril()

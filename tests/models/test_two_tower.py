@@ -16,12 +16,13 @@ pytestmark = pytest.mark.unit
 NUM_ITEMS, DIM, LENGTH = 12, 8, 5
 
 
-def make_model(dropout: float = 0.0, user_features: bool = True) -> TwoTowerModel:
+def make_model(dropout: float = 0.0, user_features: bool = True, interest_pooling: bool = False) -> TwoTowerModel:
     torch.manual_seed(0)
     model = TwoTowerModel(
         num_items=NUM_ITEMS, num_categories=3, num_brands=4, num_price_buckets=3,
         num_event_codes=S.NUM_EVENT_CODES, num_gap_buckets=S.NUM_GAP_BUCKETS, max_seq_len=LENGTH,
         dim=DIM, num_layers=2, num_heads=2, dropout=dropout, use_user_features=user_features,
+        use_interest_pooling=interest_pooling,
     )
     model.set_item_features(
         torch.arange(NUM_ITEMS) % 3, torch.arange(NUM_ITEMS) % 4, torch.arange(NUM_ITEMS) % 3
@@ -61,9 +62,9 @@ def test_shorter_sequences_are_accepted_and_longer_ones_refused():
         model.sequence_vectors(too_long, too_long, too_long)
 
 
-@pytest.mark.parametrize("user_features", [True, False])
-def test_causal_mask_later_steps_do_not_change_earlier_positions(user_features):
-    model = make_model(user_features=user_features)
+@pytest.mark.parametrize("user_features,interest_pooling", [(True, False), (False, False), (True, True)])
+def test_causal_mask_later_steps_do_not_change_earlier_positions(user_features, interest_pooling):
+    model = make_model(user_features=user_features, interest_pooling=interest_pooling)
     items, events, gaps = batch()
     for step in (4, 2):  # the last step, then a middle one
         changed, changed_events, changed_gaps = items.clone(), events.clone(), gaps.clone()
@@ -233,6 +234,35 @@ def test_retrieval_task_counts_only_real_targets_and_weights_them_by_event():
         ce_purchase = float(sampled_softmax_loss(weights=torch.tensor([0.0, 1.0]), **common))
     assert both == pytest.approx((ce_view + 3 * ce_purchase) / 4, abs=1e-5)
     assert view_only != pytest.approx(purchase_only)
+
+
+def test_gap_bucket_of_matches_the_feature_buckets():
+    # 1 + floor(log2(1 + s)), capped: 0 s -> 1, 1 s -> 2, 3 s -> 3, 1800 s -> 11 (1024 <= 1801 < 2048).
+    assert [S.gap_bucket_of(s) for s in (0, 1, 2, 3, 1022, 1023, 1800, 10**9)] == [1, 2, 2, 3, 10, 11, 11, 23]
+    with pytest.raises(ValueError, match="negative"):
+        S.gap_bucket_of(-1)
+
+
+def test_next_visit_targets_start_at_the_next_visit():
+    model = make_model()
+    task = RetrievalTask(model, popularity(torch.ones(NUM_ITEMS)), event_weight_table({"view": 1.0}), 4,
+                         visit_gap_bucket=11)
+    # Steps 2, 3, 4 | 5, 6, 7: item 5 opens a new visit (gap bucket 12 >= 11). Positions 0..2
+    # (inputs 2, 3, 4) predict 5, the first step of their next visit; positions 3 and 4 lie in
+    # the last visit of the window and predict nothing.
+    items = torch.tensor([[2, 3, 4, 5, 6, 7]])
+    events = torch.full_like(items, S.EVENT_CODE["view"])
+    gaps = torch.tensor([[0, 1, 1, 12, 1, 1]])
+    with torch.no_grad():
+        loss, n = task(items, events, gaps, generator=torch.Generator().manual_seed(3))
+        generator = torch.Generator().manual_seed(3)
+        torch.randint(0, 1, (1, 5), generator=generator)  # the (all-zero) horizon offsets come first
+        negatives = torch.randint(2, NUM_ITEMS, (4,), generator=generator)
+        seq = model.sequence_vectors(items[:, :-1], events[:, :-1], gaps[:, :-1])[0, :3]
+        expected = sampled_softmax_loss(seq, torch.tensor([5, 5, 5]), torch.ones(3), negatives, model.item_vectors(),
+                                        None, popularity(torch.ones(NUM_ITEMS)), NUM_ITEMS)
+    assert n == 3
+    assert float(loss) == pytest.approx(float(expected), abs=1e-6)
 
 
 def test_retrieval_task_without_targets_gives_zero_loss_with_gradients():

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import threading
+
 import pytest
 
 from recsys_spark.config import TrainConfig
-from recsys_spark.errors import DataQualityError
-from recsys_spark.train.loop import metric_key, model_args_from
-from recsys_spark.train.runner import check_ranks, training_curve
+from recsys_spark.errors import ConfigError, DataQualityError
+from recsys_spark.train.loop import bind_threads, metric_key, model_args_from, pin_cpus
+from recsys_spark.train.runner import check_ranks, check_train_config, training_curve
 
 pytestmark = pytest.mark.unit
 
@@ -28,7 +31,8 @@ def test_model_args_come_from_metadata_and_config():
                                                  user_features=False))
     assert args == {"num_items": 40, "num_categories": 5, "num_brands": 7, "num_price_buckets": 11,
                     "num_event_codes": 5, "num_gap_buckets": 24, "max_seq_len": 20,
-                    "dim": 32, "num_layers": 3, "num_heads": 4, "dropout": 0.2, "use_user_features": False}
+                    "dim": 32, "num_layers": 3, "num_heads": 4, "dropout": 0.2, "use_user_features": False,
+                    "use_interest_pooling": False}
     with pytest.raises(DataQualityError, match="num_items"):
         model_args_from({"max_seq_len": 20}, TrainConfig())
 
@@ -40,3 +44,33 @@ def test_training_curve_plots_every_epoch():
     loss_axis, val_axis = fig.axes
     assert list(loss_axis.lines[0].get_ydata()) == [4.0, 3.0, 2.0]
     assert [line.get_label() for line in val_axis.lines] == ["val_ndcg_at_10", "val_recall_at_10"]
+
+
+def test_pin_cpus_binds_every_thread_by_local_rank_and_is_undone():
+    allowed = sorted(os.sched_getaffinity(0))
+    release = threading.Event()
+    worker = threading.Thread(target=release.wait)  # a thread that exists before pinning moves too
+    worker.start()
+    try:
+        chosen, before = pin_cpus(local_rank=1, threads=1)
+        assert chosen == {allowed[1 % len(allowed)]}
+        assert os.sched_getaffinity(0) == chosen
+        assert os.sched_getaffinity(worker.native_id) == chosen
+    finally:
+        bind_threads(before)
+        release.set()
+        worker.join()
+    assert os.sched_getaffinity(0) == set(allowed)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"num_layers": 0}, "train.num_layers must be >= 1, got 0"),
+    ({"lr": 0.0}, "train.lr must be > 0"),
+    ({"dropout": 1.0}, "train.dropout must lie in"),
+    ({"visit_gap_s": -1}, "train.visit_gap_s must be >= 0"),
+    ({"embedding_dim": 30, "num_heads": 4}, "train.embedding_dim \\(30\\) must be a multiple of train.num_heads"),
+])
+def test_train_values_out_of_range_fail_fast_naming_the_key(overrides, message):
+    check_train_config(TrainConfig())
+    with pytest.raises(ConfigError, match=message):
+        check_train_config(TrainConfig(**overrides))
