@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import io as _bytes_io
+import os
 import random
+import socket
 import time
 import warnings
 from typing import Any, Callable
@@ -56,8 +58,6 @@ def pin_cpus(local_rank: int, threads: int) -> tuple[set[int], set[int]]:
     Returns:
         (the CPUs bound to, the CPUs allowed before: pass them to :func:`bind_threads` to undo).
     """
-    import os
-
     before = os.sched_getaffinity(0)
     allowed = sorted(before)
     start = (local_rank * threads) % len(allowed)
@@ -68,8 +68,6 @@ def pin_cpus(local_rank: int, threads: int) -> tuple[set[int], set[int]]:
 
 def bind_threads(cpus: set[int]) -> None:
     """Set the CPU affinity of every thread of this process to ``cpus``."""
-    import os
-
     for task in os.listdir("/proc/self/task"):
         try:
             os.sched_setaffinity(int(task), cpus)
@@ -141,6 +139,11 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
     tc = cfg.train
     rank, size, is_main = comm.rank, comm.size, comm.is_main
     device = pick_device(tc.device, comm.local_rank)
+    # One line per rank (the others print nothing else), so a cluster's executor logs show
+    # where each rank ran and on what.
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "all"
+    print(f"rank {rank}/{size} (local rank {comm.local_rank}) on {socket.gethostname()}: {device}, "
+          f"{tc.threads_per_proc} thread(s), CPUs {cpus}", flush=True)
     amp_dtype, needs_scaler = amp_settings(device, tc.amp)
     random.seed(tc.seed + rank)
     np.random.seed(tc.seed + rank)
