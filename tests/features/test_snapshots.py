@@ -7,7 +7,6 @@ import math
 import pytest
 
 from recsys_spark import schema as S
-from recsys_spark.features import vocab as V
 from recsys_spark.features.snapshots import item_features, snapshot_times, user_features
 from tests.features.test_featurize import BUY, CART, CUTOFFS, VIEW, clean_events, t
 
