@@ -232,6 +232,23 @@ class TrainConfig:
     interest_pooling: bool = False
     seed: int = 7
 
+    def __post_init__(self) -> None:
+        """Raise ConfigError naming the first value out of range (types are checked by from_dict)."""
+        for key in ("num_proc", "threads_per_proc", "epochs", "batch_size", "embedding_dim", "num_layers",
+                    "num_heads", "target_horizon", "eval_k"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("warmup_steps", "uniform_negatives", "patience", "visit_gap_s"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        if self.lr < 0:  # 0 freezes the weights (tests of early stopping use it)
+            raise ConfigError(f"train.lr must be >= 0, got {self.lr}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"train.dropout must lie in [0, 1), got {self.dropout}")
+        if self.embedding_dim % self.num_heads:
+            raise ConfigError(f"train.embedding_dim ({self.embedding_dim}) must be a multiple of train.num_heads "
+                              f"({self.num_heads})")
+
 
 @dataclass(frozen=True)
 class EvaluateConfig:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from recsys_spark.config import Config, PathsConfig, load_config
+from recsys_spark.config import Config, PathsConfig, TrainConfig, load_config
 from recsys_spark.errors import ConfigError
 
 from tests.conftest import REPO
@@ -134,3 +134,18 @@ def test_default_tracking_store_lives_under_root(tmp_path):
 def test_config_is_frozen():
     with pytest.raises(AttributeError):
         Config().train.epochs = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"num_layers": 0}, "train.num_layers must be >= 1, got 0"),
+    ({"lr": -0.1}, "train.lr must be >= 0"),
+    ({"dropout": 1.0}, "train.dropout must lie in"),
+    ({"visit_gap_s": -1}, "train.visit_gap_s must be >= 0"),
+    ({"embedding_dim": 30, "num_heads": 4}, "train.embedding_dim \\(30\\) must be a multiple of train.num_heads"),
+])
+def test_train_values_out_of_range_fail_fast_naming_the_key(overrides, message):
+    TrainConfig()  # the defaults are in range
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**overrides)
+    with pytest.raises(ConfigError, match=message):  # the same through a command-line override
+        load_config(None, [f"train.{key}={value}" for key, value in overrides.items()])

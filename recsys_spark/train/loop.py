@@ -48,7 +48,7 @@ def make_collective(backend: str, use_gpu: bool = False) -> Collective:
     raise ValueError(f"unknown collective backend {backend!r}; expected horovod, torch or single")
 
 
-def pin_cpus(local_rank: int, threads: int) -> tuple[set[int], set[int]]:
+def pin_cpus(local_rank: int, threads: int) -> set[int]:
     """Bind every thread of this process to ``threads`` CPUs of its own, chosen by local rank.
 
     Local rank r takes CPUs r*threads .. r*threads + threads - 1 (wrapping around) of the ones
@@ -56,14 +56,13 @@ def pin_cpus(local_rank: int, threads: int) -> tuple[set[int], set[int]]:
     I/O loop) are moved too; threads started later inherit the binding.
 
     Returns:
-        (the CPUs bound to, the CPUs allowed before: pass them to :func:`bind_threads` to undo).
+        The CPUs bound to (:func:`bind_threads` with the earlier affinity undoes it).
     """
-    before = os.sched_getaffinity(0)
-    allowed = sorted(before)
+    allowed = sorted(os.sched_getaffinity(0))
     start = (local_rank * threads) % len(allowed)
     chosen = {allowed[(start + i) % len(allowed)] for i in range(min(threads, len(allowed)))}
     bind_threads(chosen)
-    return chosen, before
+    return chosen
 
 
 def bind_threads(cpus: set[int]) -> None:
@@ -122,13 +121,15 @@ def train_fn(cfg_dict: dict[str, Any], run_id: str | None, tracking_uri: str | N
     use_gpu = tc.device == "cuda" or (tc.device == "auto" and torch.cuda.is_available())
     comm = make_collective(backend or BACKENDS[tc.launcher], use_gpu=use_gpu)
     # The in-process launcher trains in the driver: its CPUs are given back afterwards.
-    pinned = pin_cpus(comm.local_rank, tc.threads_per_proc) if tc.pin_cpus else None
+    previous_cpus = os.sched_getaffinity(0) if tc.pin_cpus else None
+    if previous_cpus is not None:
+        pin_cpus(comm.local_rank, tc.threads_per_proc)
     try:
         return _train(cfg_dict, comm, run_id, tracking_uri, on_checkpoint)
     finally:
         comm.shutdown()
-        if pinned is not None:
-            bind_threads(pinned[1])
+        if previous_cpus is not None:
+            bind_threads(previous_cpus)
 
 
 def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, tracking_uri: str | None,
@@ -344,6 +345,18 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
 
 # Allocations from this size up get their own mmap and go back to the OS when freed.
 MMAP_THRESHOLD_BYTES = 4 << 20
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def _glibc():
+    """The C library's handle when it is glibc (mallopt, malloc_trim), else None (macOS, musl)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
 
 
 def limit_heap_growth() -> None:
@@ -354,29 +367,21 @@ def limit_heap_growth() -> None:
     peak resident set creeps up epoch after epoch (+40-60 MiB over 3 epochs in
     benchmarks/train_bench.py); with a fixed threshold it stays flat. No-op off glibc.
     """
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, MMAP_THRESHOLD_BYTES)  # -3 = M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
 def release_free_memory() -> None:
-    """Collect garbage and hand the allocator's free pages back to the OS (glibc's malloc_trim).
-
-    Called after every epoch: each epoch opens a new Petastorm reader, whose buffers are freed
-    at the end of the epoch but, without the trim, stay in glibc's arenas as fragmented free
-    space that the next epoch's allocations do not always fit in, so the resident set creeps up.
+    """Collect garbage and hand the heap's free pages back to the OS (glibc's malloc_trim), once
+    per epoch: what the epoch's reader and validation freed does not stay resident. No-op off glibc.
     """
-    import ctypes
     import gc
 
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
-        pass
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def peak_rss_mb() -> float:

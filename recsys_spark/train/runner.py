@@ -10,8 +10,8 @@ from pyspark.sql import SparkSession
 
 from recsys_spark import io, tracking
 from recsys_spark import schema as S
-from recsys_spark.config import Config, TrainConfig
-from recsys_spark.errors import ConfigError, DataQualityError
+from recsys_spark.config import Config
+from recsys_spark.errors import DataQualityError
 from recsys_spark.models.bundle import ModelBundle
 from recsys_spark.train.loop import metric_key, train_fn
 
@@ -24,7 +24,6 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     Returns:
         {"run_id", "model_uri", "version", "best_epoch", "val_ndcg_at_<K>", "examples_per_s", ...}.
     """
-    check_train_config(cfg.train)
     features = cfg.paths.resolve("features")
     io.read_json(spark, io.feature_path(features, S.FEATURE_METADATA))  # fails fast, by name
     item_vocab = io.read_table(
@@ -37,25 +36,6 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         log_inputs(features, spark)
         results = launch(spark, cfg, run_id, cfg.tracking_uri)
         return finish(cfg, results, item_vocab, run_id)
-
-
-def check_train_config(tc: TrainConfig) -> None:
-    """Raise ConfigError naming the first ``train.*`` value out of range, before anything starts."""
-    at_least_one = ("num_proc", "threads_per_proc", "epochs", "batch_size", "embedding_dim", "num_layers",
-                    "num_heads", "target_horizon", "eval_k")
-    for key in at_least_one:
-        if getattr(tc, key) < 1:
-            raise ConfigError(f"train.{key} must be >= 1, got {getattr(tc, key)}")
-    for key in ("warmup_steps", "uniform_negatives", "patience", "visit_gap_s"):
-        if getattr(tc, key) < 0:
-            raise ConfigError(f"train.{key} must be >= 0, got {getattr(tc, key)}")
-    if tc.lr <= 0:
-        raise ConfigError(f"train.lr must be > 0, got {tc.lr}")
-    if not 0 <= tc.dropout < 1:
-        raise ConfigError(f"train.dropout must lie in [0, 1), got {tc.dropout}")
-    if tc.embedding_dim % tc.num_heads:
-        raise ConfigError(f"train.embedding_dim ({tc.embedding_dim}) must be a multiple of train.num_heads "
-                          f"({tc.num_heads})")
 
 
 def finish(cfg: Config, results: list[dict[str, Any]], item_vocab, run_id: str) -> dict[str, Any]:
