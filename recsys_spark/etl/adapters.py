@@ -41,6 +41,7 @@ YOOCHOOSE_BUY_COLUMNS = ["session_id", "timestamp", "item_id", "price", "quantit
 # Position of the user id in a raw CSV line of each layout: a quarantined line that could not be
 # parsed has that field replaced by its pseudonym (see pseudonym.redact_line).
 USER_FIELD = {"rees46": S.RAW_COLUMNS.index(S.USER_ID), "retailrocket": 1, "yoochoose": 0}
+_FILE_NAME = "_file_name"
 _DATE_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})")
 _YOOCHOOSE_MAX_CATEGORY = 12
 # Epoch milliseconds to text that keeps the instant whatever the session time zone.
@@ -55,13 +56,22 @@ class InputFile:
 
 def file_date(path: str) -> dt.date | None:
     """The first ``YYYY-MM-DD`` in the file's name, if it is a real date."""
-    match = _DATE_IN_NAME.search(path.rstrip("/").rsplit("/", 1)[-1])
+    match = _DATE_IN_NAME.search(_name(path))
     if not match:
         return None
     try:
         return dt.date.fromisoformat(match.group(1))
     except ValueError:
         return None
+
+
+def _name(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _uri_name(spark: SparkSession, path: str) -> str:
+    """The file name as Spark's ``_metadata.file_name`` spells it: URI-encoded (a space as %20)."""
+    return _name(spark.sparkContext._jvm.org.apache.hadoop.fs.Path(path).toUri().toString())
 
 
 def list_input_files(spark: SparkSession, root: str) -> list[InputFile]:
@@ -133,8 +143,14 @@ def _text_schema(columns: list[str]) -> T.StructType:
     return T.StructType([T.StructField(c, T.StringType(), True) for c in [*columns, S.CORRUPT_RECORD]])
 
 
+def _file_name() -> Column:
+    """The name of the row's file (no folder, URI-encoded): the key of its load date in read_files."""
+    return F.col("_metadata.file_name").alias(_FILE_NAME)
+
+
 def _csv(spark: SparkSession, paths: list[str], columns: list[str], header: bool) -> DataFrame:
-    return (
+    """The files as text columns plus ``_corrupt_record`` and the file name."""
+    df = (
         spark.read.schema(_text_schema(columns))
         .option("header", str(header).lower())
         .option("enforceSchema", "true")  # the header was checked by name above
@@ -142,6 +158,7 @@ def _csv(spark: SparkSession, paths: list[str], columns: list[str], header: bool
         .option("columnNameOfCorruptRecord", S.CORRUPT_RECORD)
         .csv(paths)
     )
+    return df.select("*", _file_name())
 
 
 def _rees46(spark: SparkSession, paths: list[str], fmt: str) -> DataFrame:
@@ -150,17 +167,18 @@ def _rees46(spark: SparkSession, paths: list[str], fmt: str) -> DataFrame:
             check_header(spark, path, S.RAW_COLUMNS)
         return _csv(spark, paths, S.RAW_COLUMNS, header=True)
     if fmt == "json":
-        return (
+        df = (
             spark.read.schema(_text_schema(S.RAW_COLUMNS))
             .option("mode", "PERMISSIVE")
             .option("columnNameOfCorruptRecord", S.CORRUPT_RECORD)
             .option("primitivesAsString", "true")
             .json(paths)
         )
+        return df.select("*", _file_name())
     if fmt == "parquet":
         df = spark.read.schema(S.RAW_TYPED_SCHEMA).parquet(*paths)
         return df.select(*[F.col(c).cast("string").alias(c) for c in S.RAW_COLUMNS],
-                         F.lit(None).cast("string").alias(S.CORRUPT_RECORD))
+                         F.lit(None).cast("string").alias(S.CORRUPT_RECORD), _file_name())
     raise ConfigError(f"clean.input_format {fmt!r} is not one of 'csv', 'json', 'parquet'")
 
 
@@ -190,6 +208,7 @@ def _retailrocket(spark: SparkSession, paths: list[str]) -> DataFrame:
         F.col("visitorid").alias(S.USER_ID),
         _null().alias(S.USER_SESSION),
         F.col(S.CORRUPT_RECORD),
+        F.col(_FILE_NAME),
     )
 
 
@@ -213,6 +232,7 @@ def _yoochoose(spark: SparkSession, paths: list[str]) -> DataFrame:
             F.col("session_id").alias(S.USER_ID),
             F.col("session_id").alias(S.USER_SESSION),
             F.col(S.CORRUPT_RECORD),
+            F.col(_FILE_NAME),
         ))
     if buys:
         b = _csv(spark, buys, YOOCHOOSE_BUY_COLUMNS, header=False)
@@ -227,6 +247,7 @@ def _yoochoose(spark: SparkSession, paths: list[str]) -> DataFrame:
             F.col("session_id").alias(S.USER_ID),
             F.col("session_id").alias(S.USER_SESSION),
             F.col(S.CORRUPT_RECORD),
+            F.col(_FILE_NAME),
         ))
     out = parts[0]
     for part in parts[1:]:
@@ -237,7 +258,8 @@ def _yoochoose(spark: SparkSession, paths: list[str]) -> DataFrame:
 def read_files(spark: SparkSession, files: list[InputFile], layout: str, fmt: str) -> DataFrame:
     """The raw text frame of ``files`` in ``layout``.
 
-    Files are read in groups of one load date (a literal column, nothing parsed per row).
+    All files are read by one reader (Spark packs small files into few tasks); each row's
+    ``load_date`` is looked up by its file's name in a map built from :func:`file_date`.
 
     Returns:
         RAW_COLUMNS (text), ``_corrupt_record``, ``source_file`` and ``load_date`` (date, null
@@ -252,20 +274,21 @@ def read_files(spark: SparkSession, files: list[InputFile], layout: str, fmt: st
                          "(config keys paths.raw, clean.start_date, clean.end_date)")
     if layout not in LAYOUTS:
         raise ConfigError(f"clean.input_layout {layout!r} is not one of {', '.join(map(repr, LAYOUTS))}")
-    by_date: dict[dt.date | None, list[str]] = {}
-    for f in files:
-        by_date.setdefault(f.load_date, []).append(f.path)
-    frames = []
-    for load_date, paths in sorted(by_date.items(), key=lambda kv: (kv[0] is None, kv[0] or dt.date.min)):
-        if layout == "rees46":
-            df = _rees46(spark, paths, fmt)
-        elif layout == "retailrocket":
-            df = _retailrocket(spark, paths)
-        else:
-            df = _yoochoose(spark, paths)
-        frames.append(df.withColumn(S.SOURCE_FILE, F.input_file_name())
-                      .withColumn(S.LOAD_DATE, F.lit(load_date).cast("date")))
-    out = frames[0]
-    for frame in frames[1:]:
-        out = out.unionByName(frame)
-    return out
+    paths = [f.path for f in files]
+    if layout == "rees46":
+        df = _rees46(spark, paths, fmt)
+    elif layout == "retailrocket":
+        df = _retailrocket(spark, paths)
+    else:
+        df = _yoochoose(spark, paths)
+    dated = {_uri_name(spark, f.path): f.load_date for f in files if f.load_date is not None}
+    if dated:
+        by_name = F.create_map(*[x for name, day in sorted(dated.items()) for x in (F.lit(name), F.lit(day))])
+        load_date = F.try_element_at(by_name, F.col(_FILE_NAME))
+    else:
+        load_date = F.lit(None).cast("date")
+    return df.select(
+        *[c for c in df.columns if c != _FILE_NAME],
+        F.input_file_name().alias(S.SOURCE_FILE),
+        load_date.cast("date").alias(S.LOAD_DATE),
+    )

@@ -49,6 +49,16 @@ def test_contract_csv_gzip_json_and_parquet_give_the_same_rows(spark, tmp_path):
     assert [r[S.CORRUPT_RECORD] for r in df.where(f"{S.CORRUPT_RECORD} is not null").collect()] == ["not,enough"]
     assert sorted(str(r[S.LOAD_DATE]) for r in df.collect()) == ["2019-10-01", "None", "None"]
 
+    # A name that a URI would encode still finds its date (rows are dated by the file's name).
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "shop a+b 100% 2019-10-02.csv").write_text(f"{HEADER}\n{line}\n")
+    (odd / "events-2019-10-03.csv").write_text(f"{HEADER}\n{line}\n")
+    files, df = read(spark, odd)
+    assert [f.load_date for f in files] == [dt.date(2019, 10, 3), dt.date(2019, 10, 2)]
+    assert sorted((r[S.SOURCE_FILE].rsplit("/", 1)[-1], str(r[S.LOAD_DATE])) for r in df.collect()) == [
+        ("events-2019-10-03.csv", "2019-10-03"), ("shop%20a+b%20100%25%202019-10-02.csv", "2019-10-02")]
+
     (tmp_path / "json").mkdir()
     record = dict(zip(S.RAW_COLUMNS, line.split(",")), product_id=100, category_id=7, price=9.99, user_id=541312140)
     (tmp_path / "json" / "e.json").write_text(json.dumps(record) + "\n" + json.dumps({**record, "user_session": "s2"})
