@@ -73,9 +73,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _execute(stage: str, config_path: str | None, overrides: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("py4j", "alembic", "urllib3", "petastorm", "mlflow.store"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Our progress at INFO; other libraries' warnings only (Horovod's rendezvous logs every key
+    # it stores, and a closed py4j connection with a traceback, at INFO on the root logger).
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("recsys_spark").setLevel(logging.INFO)
     started = time.time()
     spark = None
     try:
