@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -41,11 +43,10 @@ def spark(tmp_path_factory):
     session.stop()
 
 
-@pytest.fixture
-def tiny_overrides(tmp_path) -> list[str]:
-    """Overrides for a whole-pipeline run on a tiny sample under tmp_path (seconds, not minutes)."""
+def tiny_overrides_at(folder: Path) -> list[str]:
+    """Overrides for a whole-pipeline run on a tiny sample under folder/work (seconds, not minutes)."""
     return [
-        f"paths.root={tmp_path / 'work'}",
+        f"paths.root={folder / 'work'}",
         "spark.shuffle_partitions=2",
         "spark.show_progress=false",
         "generate.n_users=300",
@@ -68,3 +69,34 @@ def tiny_overrides(tmp_path) -> list[str]:
         "train.warmup_steps=5",
         "score.top_k=10",
     ]
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path) -> list[str]:
+    return tiny_overrides_at(tmp_path)
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    """A finished ``recsys run``: its work directory and what it printed."""
+
+    root: Path
+    stdout: str
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory) -> PipelineRun:
+    """``recsys run`` on the tiny sample, two Horovod processes on gloo, as a user runs it.
+
+    One run for the session: test_e2e checks what it wrote and test_notebooks reads it (a second
+    whole-pipeline run cost 4-7 minutes of a CI run). Tests must not write under its root.
+    """
+    folder = tmp_path_factory.mktemp("tiny_pipeline")
+    out = subprocess.run(
+        [sys.executable, "-m", "recsys_spark", "run", "--config", str(REPO / "conf" / "local.yaml"),
+         *tiny_overrides_at(folder), "train.launcher=horovod_spark", "train.num_proc=2"],
+        capture_output=True, text=True, cwd=folder, timeout=1800,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    return PipelineRun(root=folder / "work", stdout=out.stdout)
+

@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pyarrow.parquet as pq
 import pytest
 
 from recsys_spark import schema as S
 
-from tests.conftest import REPO
-
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
 
 
-def test_recsys_run_end_to_end(tmp_path, tiny_overrides):
-    out = subprocess.run(
-        [sys.executable, "-m", "recsys_spark", "run", "--config", str(REPO / "conf" / "local.yaml"),
-         *tiny_overrides, "train.launcher=horovod_spark", "train.num_proc=2"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=900,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
-    root = tmp_path / "work"
+def test_recsys_run_end_to_end(tiny_pipeline):
+    out, root = tiny_pipeline, tiny_pipeline.root
 
     # The summary says where everything is.
     assert "== recsys run: done" in out.stdout

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import nbformat
@@ -12,7 +11,7 @@ from nbclient import NotebookClient
 
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.distributed]  # reads the tiny Horovod run of conftest
 
 NOTEBOOKS = REPO / "notebooks"
 KERNEL = "recsys-spark-tests"
@@ -42,17 +41,10 @@ def figures(notebook: nbformat.NotebookNode) -> int:
     return sum("image/png" in out.get("data", {}) for cell in notebook.cells for out in cell.get("outputs", []))
 
 
-def test_notebooks_run_top_to_bottom_on_a_tiny_pipeline_run(tmp_path, tiny_overrides, monkeypatch):
-    out = subprocess.run(
-        [sys.executable, "-m", "recsys_spark", "run", "--config", str(REPO / "conf" / "local.yaml"),
-         *tiny_overrides, "train.launcher=local", "evaluate.baselines=[popularity]"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=1800,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
-
+def test_notebooks_run_top_to_bottom_on_a_tiny_pipeline_run(tmp_path, tiny_pipeline, monkeypatch):
     kernel_of_this_python(tmp_path / "jupyter")
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    monkeypatch.setenv("RECSYS_WORK", str(tmp_path / "work"))
+    monkeypatch.setenv("RECSYS_WORK", str(tiny_pipeline.root))
 
     explore = execute("01_explore_clickstream.ipynb", tmp_path)
     assert figures(explore) == 5  # funnel, sessions, long tail, active users, retention

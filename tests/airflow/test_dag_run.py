@@ -45,7 +45,7 @@ def day_files(folder: Path) -> dict[str, int]:
 def test_dag_runs_one_date_end_to_end(airflow_home, tmp_path, tiny_overrides, monkeypatch):
     config = write_config(
         tmp_path / "tiny.yaml",
-        [*tiny_overrides, "generate.start_date=2019-10-01", "train.launcher=local"],
+        [*tiny_overrides, "generate.start_date=2019-10-01", "train.launcher=local", "evaluate.baselines=[popularity]"],
     )
     root = tmp_path / "work"
     # The days before the run date exist already, as after the DAG's earlier runs.
