@@ -255,11 +255,13 @@ def spark_floors(spark, cfg) -> dict[str, float]:
 
     from recsys_spark.etl import adapters, validate
 
+    cc = cfg.clean
     files = adapters.list_input_files(spark, cfg.paths.resolve("raw"))
-    raw = adapters.read_files(spark, files, "rees46", "csv")
-    window = validate.EventWindow.from_config("", "", dt.datetime.now(dt.timezone.utc))
+    raw = adapters.read_files(spark, files, cc.input_layout, cc.input_format)
+    window = validate.EventWindow.from_config(cc.start_date, cc.end_date, dt.datetime.now(dt.timezone.utc))
+    parsed = validate.parse_events(raw, window, validate.Rules.from_config(cc))
     out = {}
-    for name, df in (("spark_scan_s", raw), ("spark_parse_s", validate.parse_events(raw, window, validate.Rules()))):
+    for name, df in (("spark_scan_s", raw), ("spark_parse_s", parsed)):
         started = time.perf_counter()
         df.write.format("noop").mode("overwrite").save()
         out[name] = time.perf_counter() - started

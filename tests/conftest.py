@@ -99,4 +99,3 @@ def tiny_pipeline(tmp_path_factory) -> PipelineRun:
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     return PipelineRun(root=folder / "work", stdout=out.stdout)
-

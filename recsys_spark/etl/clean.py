@@ -286,7 +286,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     clean_path = cfg.paths.resolve("clean")
     quarantine_path = cfg.paths.resolve("quarantine")
     report_path = cfg.paths.resolve("reports").rstrip("/") + "/" + REPORT_FILE
-    rules = Rules(cc.max_price, dict(cc.event_aliases), cc.naive_timezone, cc.output_files_per_day)
+    rules = Rules.from_config(cc)
     behaviour = BehaviourRules.from_config(cc)
     key = pseudonym_key(cc.pseudonym_key_env, cc.allow_dev_key)
     window = EventWindow.from_config(cc.start_date, cc.end_date, dt.datetime.now(dt.timezone.utc))

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from recsys_spark import schema as S
 from recsys_spark.errors import ConfigError
+
+if TYPE_CHECKING:
+    from recsys_spark.config import CleanConfig
 
 _INTEGER = r"^[+-]?[0-9]+$"
 _MICROS_PER_DAY = 86_400 * 1_000_000
@@ -79,6 +82,10 @@ class Rules:
             raise ConfigError(f"clean.max_price must be positive, got {self.max_price}")
         if self.files_per_day < 1:
             raise ConfigError(f"clean.output_files_per_day must be at least 1, got {self.files_per_day}")
+
+    @classmethod
+    def from_config(cls, cc: CleanConfig) -> Rules:
+        return cls(cc.max_price, dict(cc.event_aliases), cc.naive_timezone, cc.output_files_per_day)
 
 
 def _iso_date(key: str, value: str) -> dt.date | None:
@@ -173,6 +180,7 @@ def parse_events(raw: DataFrame, window: EventWindow, rules: Rules) -> DataFrame
                                  S.PRICE)
     )
     file_date = F.col(S.LOAD_DATE)
+    staged_load_date = S.LOAD_DATE + "_"
 
     broken = {
         S.REASON_MALFORMED: F.col(S.CORRUPT_RECORD).isNotNull(),
@@ -197,11 +205,11 @@ def parse_events(raw: DataFrame, window: EventWindow, rules: Rules) -> DataFrame
     load_date = F.when(F.col(S.CORRUPT_RECORD).isNotNull(), file_date).otherwise(F.coalesce(file_date, event_date))
     in_window = F.lit(True)
     if window.start is not None:
-        in_window = in_window & ~(F.col(S.LOAD_DATE + "_") < F.lit(window.start)).eqNullSafe(True)
+        in_window = in_window & ~(F.col(staged_load_date) < F.lit(window.start)).eqNullSafe(True)
     if window.end is not None:
-        in_window = in_window & ~(F.col(S.LOAD_DATE + "_") > F.lit(window.end)).eqNullSafe(True)
+        in_window = in_window & ~(F.col(staged_load_date) > F.lit(window.end)).eqNullSafe(True)
 
-    dated = values.select("*", load_date.alias(S.LOAD_DATE + "_"), reason.alias(S.REASON))
+    dated = values.select("*", load_date.alias(staged_load_date), reason.alias(S.REASON))
     typed = dated.select(
         event_time.alias(S.EVENT_TIME),
         event_type.alias(S.EVENT_TYPE),
@@ -213,7 +221,7 @@ def parse_events(raw: DataFrame, window: EventWindow, rules: Rules) -> DataFrame
         user_id.alias(S.USER_ID),
         F.col(text[S.USER_SESSION]).alias(S.USER_SESSION),
         event_date.alias(S.EVENT_DATE),
-        F.col(S.LOAD_DATE + "_").alias(S.LOAD_DATE),
+        F.col(staged_load_date).alias(S.LOAD_DATE),
         in_window.alias(IN_WINDOW),
         F.col(S.REASON),
         F.struct(*[F.col(c) for c in S.RAW_COLUMNS]).alias(ORIGINAL),
