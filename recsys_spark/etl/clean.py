@@ -32,7 +32,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Observation, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -40,6 +39,7 @@ from recsys_spark import io, tracking
 from recsys_spark import schema as S
 from recsys_spark.config import CleanConfig, Config
 from recsys_spark.errors import ConfigError, DataQualityError
+from recsys_spark.spark import materialised
 from recsys_spark.etl import adapters, publish
 from recsys_spark.etl.pseudonym import (
     hmac_sha256_hex, pseudonym_key, pseudonym_or_empty, redact_csv_line, redact_json_line, with_key,
@@ -89,7 +89,7 @@ class BehaviourRules:
 
 # ----------------------------------------------------------------------------- transforms
 # All windows partition by (event_date, _bucket, user_id, ...): the input is hash-partitioned
-# on (event_date, _bucket) once, so no window needs another shuffle, and every sort starts
+# on (event_date, _bucket) once (see materialised), so no window needs another shuffle, and every sort starts
 # with event_date, so the partitioned write needs no sort of its own.
 _USER_DAY = [S.EVENT_DATE, BUCKET, S.USER_ID]
 _DETAIL = [S.CATEGORY_ID, S.CATEGORY_CODE, S.BRAND, S.PRICE]
@@ -303,12 +303,12 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         log.info("clean: %d file(s) of %s (%s layout) for dates %s..%s", len(files), raw_path, cc.input_layout,
                  window.start or "first", window.end or "last")
         # One parse and one shuffle: the quarantine and the clean events are both written
-        # from this cached, (event_date, bucket)-partitioned frame.
+        # from this materialised, (event_date, bucket)-partitioned frame.
+        log.info("clean: parsing and validating")
         parsed = parse_events(raw, window, rules).repartition(partitions, S.EVENT_DATE, BUCKET)
-        parsed = parsed.persist(StorageLevel.MEMORY_AND_DISK)
-        read = Observation("clean_read")
-        in_window = F.col(IN_WINDOW)
-        try:
+        with materialised(parsed) as parsed:
+            read = Observation("clean_read")
+            in_window = F.col(IN_WINDOW)
             observed = parsed.observe(
                 read,
                 F.count(F.when(in_window, 1)).alias("rows_read"),
@@ -318,13 +318,11 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             )
             rejected = observed.where(in_window & F.col(S.REASON).isNotNull())
             quarantine = quarantine_rows(rejected, key, cc.input_layout, cc.input_format)
-            log.info("clean: parsing and writing the quarantine")
+            log.info("clean: writing the quarantine")
             io.write_partitioned(quarantine.repartition(S.LOAD_DATE), staged_quarantine, S.LOAD_DATE)
             events, observations = clean_events(valid_events(parsed), key, behaviour)
             log.info("clean: de-duplicating, sessionising and writing the clean events")
             io.write_partitioned(events, staged_clean, S.EVENT_DATE)
-        finally:
-            parsed.unpersist()
 
         counts = _observed(read)
         fates = {k: v for o in observations for k, v in _observed(o).items()}
