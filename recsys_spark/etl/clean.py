@@ -56,8 +56,7 @@ _SESSION_HEX_CHARS = 32
 _MICROS_PER_SECOND = 1_000_000
 _MICROS_PER_MINUTE = 60 * _MICROS_PER_SECOND
 # Per-row flags of the clean pipeline (dropped before writing).
-_DUP, _NEAR, _FIRST_ITEM, _DISTINCT, _SOURCE_START, _BOT = (
-    "_dup", "_near", "_first_item", "_distinct_items", "_source_start", "_bot")
+_DUP, _NEAR, _DISTINCT, _SOURCE_START, _BOT = "_dup", "_near", "_distinct_items", "_source_start", "_bot"
 
 
 @dataclass(frozen=True)
@@ -89,7 +88,10 @@ class BehaviourRules:
 
 # ----------------------------------------------------------------------------- transforms
 # All windows partition by (event_date, _bucket, user_id, ...): the input is hash-partitioned
-# on (event_date, _bucket) once (see materialised), so no window needs another shuffle, and every sort starts
+# on (event_date, _bucket) once (see materialised), so no window needs another shuffle. Each
+# transform sorts its input once, explicitly, on the longest key its windows need, so that
+# every window finds its order already there however the optimizer arranges them (Spark
+# sorts again for a window placed below one with a longer key), and the last sort starts
 # with event_date, so the partitioned write needs no sort of its own.
 _USER_DAY = [S.EVENT_DATE, BUCKET, S.USER_ID]
 _DETAIL = [S.CATEGORY_ID, S.CATEGORY_CODE, S.BRAND, S.PRICE]
@@ -103,28 +105,22 @@ def flag_duplicates(events: DataFrame, near_duplicate_seconds: int) -> DataFrame
     after the previous such row), ``_distinct_items`` (distinct items of the row's source
     session in the day; events without a source session count as one session here) and
     ``_source_start`` (the first event time of that source session in the day, micros).
-    One sort serves all of these windows.
+    One sort and two window passes.
     """
-    by_item = [*_USER_DAY, S.USER_SESSION, S.PRODUCT_ID]
-    same_kind = Window.partitionBy(*by_item, S.EVENT_TYPE).orderBy(MICROS, *_DETAIL)
-    same_item = Window.partitionBy(*by_item).orderBy(S.EVENT_TYPE, MICROS, *_DETAIL)
-    session = Window.partitionBy(*_USER_DAY, S.USER_SESSION)
+    by_session = [*_USER_DAY, S.USER_SESSION]
+    same_kind = Window.partitionBy(*by_session, S.PRODUCT_ID, S.EVENT_TYPE).orderBy(MICROS, *_DETAIL)
+    session = Window.partitionBy(*by_session)
     identity = F.struct(MICROS, *_DETAIL)
     previous_time = F.lag(MICROS).over(same_kind)
     is_dup = identity.eqNullSafe(F.lag(identity).over(same_kind))
     is_near = ~is_dup & F.coalesce(F.col(MICROS) - previous_time <= near_duplicate_seconds * _MICROS_PER_SECOND,
                                    F.lit(False))
-    flagged = events.select(
+    ordered = events.sortWithinPartitions(*by_session, S.PRODUCT_ID, S.EVENT_TYPE, MICROS, *_DETAIL)
+    return ordered.select("*", is_dup.alias(_DUP), is_near.alias(_NEAR)).select(
         "*",
-        is_dup.alias(_DUP),
-        is_near.alias(_NEAR),
-        (F.row_number().over(same_item) == 1).cast("int").alias(_FIRST_ITEM),
-    )
-    return flagged.select(
-        "*",
-        F.sum(_FIRST_ITEM).over(session).alias(_DISTINCT),
+        F.size(F.collect_set(S.PRODUCT_ID).over(session)).alias(_DISTINCT),
         F.min(MICROS).over(session).alias(_SOURCE_START),
-    ).drop(_FIRST_ITEM)
+    )
 
 
 def sessionise_and_flag_bots(events: DataFrame, rules: BehaviourRules) -> DataFrame:
@@ -139,28 +135,30 @@ def sessionise_and_flag_bots(events: DataFrame, rules: BehaviourRules) -> DataFr
         splitting), ``_piece`` (0 for the first ``max_session_minutes`` of a session, 1 for the
         next, ...) and ``_bot`` (the user-day has more than ``bot_max_events_per_minute`` events
         in some 60 seconds or more than ``bot_max_distinct_items_per_session`` items in a session).
+        One sort and three window passes.
     """
-    in_time = Window.partitionBy(*_USER_DAY).orderBy(MICROS, S.PRODUCT_ID, S.EVENT_TYPE, S.USER_SESSION, *_DETAIL)
+    order = [MICROS, S.PRODUCT_ID, S.EVENT_TYPE, S.USER_SESSION, *_DETAIL]
+    in_time = Window.partitionBy(*_USER_DAY).orderBy(*order)
     before = in_time.rowsBetween(Window.unboundedPreceding, -1)
     so_far = in_time.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    # The whole user-day, on in_time's order: computed in the same pass as so_far's window.
+    user_day = in_time.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+    last_minute = Window.partitionBy(*_USER_DAY).orderBy(MICROS).rangeBetween(-(_MICROS_PER_MINUTE - 1), 0)
+
     missing = F.col(S.USER_SESSION).isNull()
     previous_missing = F.last(F.when(missing, F.col(MICROS)), ignorenulls=True).over(before)
     starts = missing & F.coalesce(F.col(MICROS) - previous_missing > rules.session_gap_minutes * _MICROS_PER_MINUTE,
                                   F.lit(True))
-    with_starts = events.withColumn("_starts", starts)
+    ordered = events.sortWithinPartitions(*_USER_DAY, *order)
+    rated = ordered.select("*", starts.alias("_starts"), F.count(F.lit(1)).over(last_minute).alias("_per_minute"))
     generated_start = F.last(F.when(F.col("_starts"), F.col(MICROS)), ignorenulls=True).over(so_far)
-    sessions = with_starts.withColumn(
-        "_session_start", F.when(missing, generated_start).otherwise(F.col(_SOURCE_START))
-    ).drop("_starts")
-    # Same ordering prefix as in_time: no new sort.
-    last_minute = Window.partitionBy(*_USER_DAY).orderBy(MICROS).rangeBetween(-(_MICROS_PER_MINUTE - 1), 0)
-    rated = sessions.withColumn("_per_minute", F.count(F.lit(1)).over(last_minute))
-    user_day = Window.partitionBy(*_USER_DAY)
     bot = (F.max("_per_minute").over(user_day) > rules.bot_max_events_per_minute) | (
         F.max(_DISTINCT).over(user_day) > rules.bot_max_distinct_items_per_session
     )
+    sessions = rated.select(
+        "*", F.when(missing, generated_start).otherwise(F.col(_SOURCE_START)).alias("_session_start"), bot.alias(_BOT))
     piece = F.floor((F.col(MICROS) - F.col("_session_start")) / (rules.max_session_minutes * _MICROS_PER_MINUTE))
-    return rated.select("*", bot.alias(_BOT), piece.cast("int").alias("_piece")).drop("_per_minute")
+    return sessions.select("*", piece.cast("int").alias("_piece")).drop("_per_minute", "_starts")
 
 
 def session_ids(events: DataFrame) -> Column:
