@@ -79,17 +79,18 @@ def materialised(df: DataFrame) -> Iterator[DataFrame]:
     while the block runs fails the job instead of recomputing its part.
     """
     spark = df.sparkSession
-    jsc = spark.sparkContext._jsc
-    before = set(jsc.getPersistentRDDs().keys())
+    persistent = spark.sparkContext._jsc.getPersistentRDDs
+    before = set(persistent().keys())
     adaptive = spark.conf.get("spark.sql.adaptive.enabled")
     spark.conf.set("spark.sql.adaptive.enabled", "false")
     try:
         out = df.localCheckpoint(eager=True)
     finally:
         spark.conf.set("spark.sql.adaptive.enabled", adaptive)
+    # The checkpoint's own blocks, taken now: what the block's body persists is not ours to free.
+    own = [rdd for rdd_id, rdd in persistent().items() if rdd_id not in before]
     try:
         yield out
     finally:
-        for rdd_id, rdd in jsc.getPersistentRDDs().items():
-            if rdd_id not in before:
-                rdd.unpersist(False)
+        for rdd in own:
+            rdd.unpersist(False)

@@ -34,4 +34,7 @@ def test_materialised_frame_is_read_without_recomputing_or_reshuffling(spark):
         assert spark.conf.get("spark.sql.adaptive.enabled") == adaptive  # restored at once
         held = set(persistent().keys()) - before
         assert held
+        other = spark.range(5).rdd.persist()  # persisted inside the block, by someone else
     assert not held & set(persistent().keys())
+    assert other.id() in set(persistent().keys())  # not the block's to free
+    other.unpersist()

@@ -39,7 +39,6 @@ from recsys_spark import io, tracking
 from recsys_spark import schema as S
 from recsys_spark.config import CleanConfig, Config
 from recsys_spark.errors import ConfigError, DataQualityError
-from recsys_spark.spark import materialised
 from recsys_spark.etl import adapters, publish
 from recsys_spark.etl.pseudonym import (
     hmac_sha256_hex, pseudonym_key, pseudonym_or_empty, redact_csv_line, redact_json_line, with_key,
@@ -48,6 +47,7 @@ from recsys_spark.etl.pseudonym import (
 from recsys_spark.etl.validate import (
     BUCKET, IN_WINDOW, MICROS, ORIGINAL, EventWindow, Rules, parse_events, valid_events,
 )
+from recsys_spark.spark import materialised
 
 log = logging.getLogger(__name__)
 
