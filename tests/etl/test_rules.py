@@ -111,9 +111,12 @@ def test_bots_by_rate_and_by_distinct_items(spark):
     rows += [event(f"paced{i}", 12 * i, user=8, product=100 + i % 2) for i in range(6)]  # 6 in 61 s: 5 per minute
     rows += [event(f"browser{i}", 100 * i, user=9, product=200 + i) for i in range(5)]  # 5 distinct items
     rows += [event(f"two_sessions{i}", 100 * i, user=10, product=300 + i, session=f"x{i % 2}") for i in range(6)]
+    rows += [event(f"burst{i}", 0, user=11, product=400 + i % 2, price=1.0 + i) for i in range(6)]  # 6 at one time
+    rows += [event(f"tied{i}", 59.5 * (i // 5), user=12, product=400 + i % 2, price=1.0 + i) for i in range(10)]
     got = _behaviour(spark, rows)
     bots = {label.rstrip("0123456789") for label, r in got.items() if r[clean._BOT]}
-    assert bots == {"fast", "browser"}  # 3 items per session for user 10: not a bot
+    # tied: 5 events at 0 s and 5 at 59.5 s, so 10 in some 60 s
+    assert bots == {"fast", "browser", "burst", "tied"}  # 3 items per session for user 10: not a bot
 
 
 def test_clean_events_counts_each_fate_and_hides_raw_ids(spark):
