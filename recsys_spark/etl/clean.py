@@ -319,18 +319,23 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         # One parse and one shuffle: the quarantine and the clean events are both written
         # from this materialised, (event_date, bucket)-partitioned frame.
         log.info("clean: parsing and validating")
-        parsed = parse_events(raw, window, rules).repartition(partitions, S.EVENT_DATE, BUCKET)
+        # event_time is _micros as a timestamp (clean_events makes it again): not shuffled.
+        parsed = parse_events(raw, window, rules).drop(S.EVENT_TIME).repartition(partitions, S.EVENT_DATE, BUCKET)
         with materialised(parsed) as parsed:
-            read = Observation("clean_read")
+            read, rejections = Observation("clean_read"), Observation("clean_rejected")
             in_window = F.col(IN_WINDOW)
             observed = parsed.observe(
                 read,
                 F.count(F.when(in_window, 1)).alias("rows_read"),
                 F.count(F.when(~in_window, 1)).alias("outside_window"),
                 F.count(F.when(in_window & F.col(S.LOAD_DATE).isNull(), 1)).alias("undated"),
-                *[F.count(F.when(in_window & (F.col(S.REASON) == code), 1)).alias(code) for code in S.REASON_CODES],
             )
-            rejected = observed.where(in_window & F.col(S.REASON).isNotNull())
+            # The counts by reason over the rejected rows only: a few in a hundred, where nine
+            # conditional counts over every row read took seconds at 10M lines.
+            rejected = observed.where(in_window & F.col(S.REASON).isNotNull()).observe(
+                rejections,
+                *[F.count(F.when(F.col(S.REASON) == code, 1)).alias(code) for code in S.REASON_CODES],
+            )
             quarantine = quarantine_rows(rejected, key, cc.input_layout, cc.input_format)
             log.info("clean: writing the quarantine")
             io.write_partitioned(quarantine.repartition(S.LOAD_DATE), staged_quarantine, S.LOAD_DATE)
@@ -338,7 +343,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             log.info("clean: de-duplicating, sessionising and writing the clean events")
             io.write_partitioned(events, staged_clean, S.EVENT_DATE)
 
-        counts = _observed(read)
+        counts = {**_observed(read), **_observed(rejections)}
         fates = {k: v for o in observations for k, v in _observed(o).items()}
         outcome = Outcome(
             rows_read=int(counts["rows_read"]),
