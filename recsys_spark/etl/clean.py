@@ -193,10 +193,11 @@ def clean_events(valid: DataFrame, key: bytes, rules: BehaviourRules) -> tuple[D
 
     Returns:
         (CLEAN_SCHEMA columns with user_id the keyed pseudonym, sorted by event_date within
-        each partition; observations that hold ``valid``, ``duplicates``, ``near_duplicates``,
-        ``bot_rows`` and ``kept`` once the frame has been computed by an action).
+        each partition; observations whose counts :func:`fate_counts` reads once the frame has
+        been computed by an action).
     """
-    counted, fates = Observation("clean_duplicates"), Observation("clean_bots")
+    counted, many_items, fates = (Observation("clean_duplicates"), Observation("clean_item_bots"),
+                                  Observation("clean_bots"))
     # event_time is _micros as a timestamp: the sorts and windows carry only _micros, and
     # event_time is made again from it for the output.
     flagged = flag_duplicates(valid.drop(S.EVENT_TIME), rules.near_duplicate_seconds).observe(
@@ -205,9 +206,15 @@ def clean_events(valid: DataFrame, key: bytes, rules: BehaviourRules) -> tuple[D
         F.count(F.when(F.col(_DUP), 1)).alias("duplicates"),
         F.count(F.when(F.col(_NEAR), 1)).alias("near_duplicates"),
     )
-    behaviour = sessionise_and_flag_bots(flagged.where(~F.col(_DUP) & ~F.col(_NEAR)), rules).observe(
+    # User-days with a session of too many items are bots whatever their timing: they leave
+    # before the sort in time order, on flag_duplicates' order (user-day first, so no sort).
+    # Every session keeps its first row through de-duplication, so the maximum is the same.
+    item_bot = F.max(_DISTINCT).over(Window.partitionBy(*_USER_DAY)) > rules.bot_max_distinct_items_per_session
+    deduplicated = flagged.where(~F.col(_DUP) & ~F.col(_NEAR)).select("*", item_bot.alias("_item_bot")).observe(
+        many_items, F.count(F.when(F.col("_item_bot"), 1)).alias("item_bot_rows"))
+    behaviour = sessionise_and_flag_bots(deduplicated.where(~F.col("_item_bot")).drop("_item_bot"), rules).observe(
         fates,
-        F.count(F.when(F.col(_BOT), 1)).alias("bot_rows"),
+        F.count(F.when(F.col(_BOT), 1)).alias("rate_bot_rows"),
         F.count(F.when(~F.col(_BOT), 1)).alias("kept"),
     )
     keyed = with_key(behaviour.where(~F.col(_BOT)), key)
@@ -215,7 +222,20 @@ def clean_events(valid: DataFrame, key: bytes, rules: BehaviourRules) -> tuple[D
     out = pseudonymous.select(
         "*", session_ids(pseudonymous).alias(S.SESSION_ID), F.timestamp_micros(MICROS).alias(S.EVENT_TIME)
     ).drop(KEY_IPAD, KEY_OPAD)
-    return S.conform(out, S.CLEAN_SCHEMA), [counted, fates]
+    return S.conform(out, S.CLEAN_SCHEMA), [counted, many_items, fates]
+
+
+def fate_counts(observations: list[Observation]) -> dict[str, int]:
+    """The counts of :func:`clean_events`' observations: ``valid``, ``duplicates``,
+    ``near_duplicates``, ``bot_rows`` (of user-days with too many items in a session, plus
+    those of the rate rule) and ``kept``.
+
+    Raises:
+        DataQualityError: the frame has not been computed, so nothing was counted.
+    """
+    counts = {k: int(v) for o in observations for k, v in _observed(o).items()}
+    counts["bot_rows"] = counts.pop("item_bot_rows") + counts.pop("rate_bot_rows")
+    return counts
 
 
 def quarantine_rows(rejected: DataFrame, key: bytes, layout: str, fmt: str) -> DataFrame:
@@ -344,7 +364,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             io.write_partitioned(events, staged_clean, S.EVENT_DATE)
 
         counts = {**_observed(read), **_observed(rejections)}
-        fates = {k: v for o in observations for k, v in _observed(o).items()}
+        fates = fate_counts(observations)
         outcome = Outcome(
             rows_read=int(counts["rows_read"]),
             rows_kept=int(fates["kept"]),

@@ -173,7 +173,7 @@ def test_random_mixes_reconcile_and_lose_no_good_row(spark, good, bad, copies):
     rejected = parsed.where(F.col(S.REASON).isNotNull()).count()
     events, observations = clean.clean_events(valid_events(parsed), b"k", clean.BehaviourRules())
     kept = events.collect()
-    fates = {k: v for o in observations for k, v in o.get.items()}
+    fates = clean.fate_counts(observations)
     clean.Outcome(rows_read=parsed.count(), rows_kept=len(kept), duplicates=fates["duplicates"],
                   near_duplicates=fates["near_duplicates"], bot_rows=fates["bot_rows"],
                   rejected={"any": rejected}).check()
