@@ -111,8 +111,8 @@ def flag_duplicates(events: DataFrame, near_duplicate_seconds: int) -> DataFrame
     kind = [S.PRODUCT_ID, S.EVENT_TYPE]
     # One window group per source session, its rows ordered by item and type, then time: the
     # previous row is the previous event of the same item and type when those two match. (A
-    # group per session, item and type held the same rows in ~4x as many groups, and each
-    # group costs the window operator a buffer and a frame set-up.)
+    # group per session, item and type split the same rows into more, smaller groups, and
+    # each group costs the window operator a buffer and a frame set-up.)
     in_session = Window.partitionBy(*by_session).orderBy(*kind, MICROS, *_DETAIL)
     whole_session = in_session.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
     identity = F.struct(*kind, MICROS, *_DETAIL)
@@ -228,10 +228,11 @@ def clean_events(valid: DataFrame, key: bytes, rules: BehaviourRules) -> tuple[D
 def fate_counts(observations: list[Observation]) -> dict[str, int]:
     """The counts of :func:`clean_events`' observations: ``valid``, ``duplicates``,
     ``near_duplicates``, ``bot_rows`` (of user-days with too many items in a session, plus
-    those of the rate rule) and ``kept``.
+    those of the rate rule) and ``kept``. Call it after an action has computed the frame:
+    reading an observation waits for that.
 
     Raises:
-        DataQualityError: the frame has not been computed, so nothing was counted.
+        DataQualityError: an observation came back without counts.
     """
     counts = {k: int(v) for o in observations for k, v in _observed(o).items()}
     counts["bot_rows"] = counts.pop("item_bot_rows") + counts.pop("rate_bot_rows")
