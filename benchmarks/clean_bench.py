@@ -18,6 +18,7 @@ clean's parsing and validation (no shuffle, no rules, nothing written).
 from __future__ import annotations
 
 import argparse
+import json
 import datetime as dt
 import os
 import shutil
@@ -278,16 +279,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--driver-memory", default="4g")
     parser.add_argument("--no-featurize", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the data and outputs")
+    parser.add_argument("--reuse-data", action="store_true",
+                        help="reuse raw files a --keep run left in --workdir (their counts are in raw/_dirt.json)")
     args = parser.parse_args(argv)
     base = Path(args.workdir or tempfile.mkdtemp(prefix="clean_bench_"))
     threads = int(args.master[len("local["):-1]) if args.master.startswith("local[") else 2
     results = []
     for n in args.events:
         root = base / f"n{n}"
-        shutil.rmtree(root, ignore_errors=True)
-        started = time.perf_counter()
-        dirt = bulk_generate(root / "raw", n)
-        print(f"[{n:,}] generated {dirt['lines']:,} lines in {time.perf_counter() - started:.1f}s: {dirt}", flush=True)
+        marker = root / "raw" / "_dirt.json"
+        if args.reuse_data and marker.exists():
+            for stale in root.iterdir():
+                if stale.name != "raw":
+                    shutil.rmtree(stale, ignore_errors=True)
+            dirt = json.loads(marker.read_text())
+            print(f"[{n:,}] reusing {dirt['lines']:,} lines in {root / 'raw'}: {dirt}", flush=True)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+            started = time.perf_counter()
+            dirt = bulk_generate(root / "raw", n)
+            marker.write_text(json.dumps(dirt))
+            print(f"[{n:,}] generated {dirt['lines']:,} lines in {time.perf_counter() - started:.1f}s: {dirt}",
+                  flush=True)
         started = time.perf_counter()
         duck = duckdb_clean(root / "raw", (root / "duckdb").resolve(), threads)
         duck_s = time.perf_counter() - started

@@ -111,6 +111,28 @@ def sampled_softmax_loss(user_vecs: Tensor, targets: Tensor, weights: Tensor, ne
     return (weights * per_target).sum() / weights.sum().clamp_min(1e-12)
 
 
+def horizon_index(start: Tensor, horizon: int, generator: torch.Generator | None = None) -> Tensor:
+    """For every position, the index of a target step drawn from its horizon.
+
+    Args:
+        start: LongTensor[B, L], the first target index each position may take (L = none left).
+        horizon: H, how many steps from ``start`` on are candidates.
+        generator: the random source; draws happen on the CPU (where it lives), whatever the
+            device, so CPU and GPU runs with one seed see the same targets.
+
+    Returns:
+        LongTensor[B, L] on ``start``'s device: ``start + k``, k uniform over 0..min(H, L - start) - 1,
+        clipped to L - 1 where no step is left. Uniform over the steps the window still holds:
+        clipping a draw of 0..H-1 to the last step instead would make that step the target of
+        most late positions (at H = 10, 55% of the draws of the last ten positions).
+    """
+    length = start.shape[1]
+    span = (length - start).clamp(min=1, max=horizon)
+    draws = torch.rand(start.shape, generator=generator).to(start.device)
+    offsets = (draws * span).long().clamp(max=horizon - 1)
+    return (start + offsets).clamp(max=length - 1)
+
+
 class RetrievalTask(nn.Module):
     """The model plus its training loss, for next-item prediction on windows.
 
@@ -149,7 +171,7 @@ class RetrievalTask(nn.Module):
             history is the popularity fallback's job, not the model's.
 
         With ``target_horizon`` H > 1, position t's target is the step t + k for k drawn
-        uniformly from 1..H (clipped to the window): a sampled form of the "dense all-action"
+        uniformly from 1..min(H, steps left in the window): a sampled form of the "dense all-action"
         loss of PinnerFormer (Pancha et al., KDD 2022), which trains a user vector for the
         coming days rather than for the next click. With ``skip_seen_targets``, a target that
         already occurs at or before position t is dropped, as evaluation ranks unseen items only.
@@ -170,10 +192,7 @@ class RetrievalTask(nn.Module):
             start = first.flip(1).cummin(dim=1).values.flip(1)
         has_target = start < length
         if self.target_horizon > 1 or self.visit_gap_bucket is not None:
-            # Random draws happen on the CPU (where ``generator`` lives), whatever the device,
-            # so CPU and GPU runs with one seed see the same targets and negatives.
-            offsets = torch.randint(0, self.target_horizon, (batch, length), generator=generator).to(item_seq.device)
-            index = (start + offsets).clamp(max=length - 1)
+            index = horizon_index(start, self.target_horizon, generator)
             targets, target_events = targets.gather(1, index), target_events.gather(1, index)
         weights = self.event_weights[target_events]
         valid = (targets >= S.FIRST_ITEM_INDEX) & (inputs[0] != S.PAD_INDEX) & (weights > 0) & has_target

@@ -9,7 +9,9 @@ import torch
 
 from recsys_spark import schema as S
 from recsys_spark.models.two_tower import HistoryFeatures, TwoTowerModel
-from recsys_spark.train.loss import RetrievalTask, event_weight_table, popularity, sampled_softmax_loss
+from recsys_spark.train.loss import (
+    RetrievalTask, event_weight_table, horizon_index, popularity, sampled_softmax_loss,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -256,7 +258,7 @@ def test_next_visit_targets_start_at_the_next_visit():
     with torch.no_grad():
         loss, n = task(items, events, gaps, generator=torch.Generator().manual_seed(3))
         generator = torch.Generator().manual_seed(3)
-        torch.randint(0, 1, (1, 5), generator=generator)  # the (all-zero) horizon offsets come first
+        torch.rand((1, 5), generator=generator)  # the horizon draws (all offsets 0 at H = 1) come first
         negatives = torch.randint(2, NUM_ITEMS, (4,), generator=generator)
         seq = model.sequence_vectors(items[:, :-1], events[:, :-1], gaps[:, :-1])[0, :3]
         expected = sampled_softmax_loss(seq, torch.tensor([5, 5, 5]), torch.ones(3), negatives, model.item_vectors(),
@@ -272,3 +274,16 @@ def test_retrieval_task_without_targets_gives_zero_loss_with_gradients():
     loss.backward()
     assert n == 0 and float(loss.detach()) == 0.0
     assert all(p.grad is not None for p in task.parameters())
+
+
+def test_horizon_targets_spread_over_the_steps_the_window_has_left():
+    length, horizon, rows = 6, 4, 4000
+    start = torch.arange(length)[None, :].expand(rows, length)
+    index = horizon_index(start, horizon, torch.Generator().manual_seed(5))
+    # Position 1 draws from steps 1..4, position 4 from 4..5 (two left), position 5 from 5 only.
+    for position, allowed in ((1, [1, 2, 3, 4]), (4, [4, 5]), (5, [5])):
+        counts = torch.bincount(index[:, position], minlength=length)[allowed].float()
+        assert int(counts.sum()) == rows
+        assert torch.allclose(counts / rows, torch.full_like(counts, 1 / len(allowed)), atol=0.03)
+    # A position with no step left (start = length) is clipped to the last step.
+    assert horizon_index(torch.tensor([[3, 3, 3]]), horizon).tolist() == [[2, 2, 2]]
