@@ -118,13 +118,20 @@ class TwoTowerModel(nn.Module):
         use_interest_pooling: add the running mean of the item vectors of steps 0..t (projected
             to ``dim``): a direct path for the user's long-term taste beside the attention, which
             favours the current session. False rebuilds models trained before it existed.
+        user_vector: what :meth:`user_vectors` returns: "last", the vector after the last step
+            (as SASRec), or "mean", the mean of the vectors after every real step. Training
+            does not use it (every position has its own targets). "last" rebuilds models
+            trained before it existed.
     """
 
     def __init__(self, num_items: int, num_categories: int, num_brands: int, num_price_buckets: int,
                  num_event_codes: int, num_gap_buckets: int, max_seq_len: int, dim: int = 64,
                  num_layers: int = 2, num_heads: int = 2, dropout: float = 0.1,
-                 use_user_features: bool = False, use_interest_pooling: bool = False):
+                 use_user_features: bool = False, use_interest_pooling: bool = False, user_vector: str = "last"):
         super().__init__()
+        if user_vector not in ("last", "mean"):
+            raise ValueError(f"user_vector must be 'last' or 'mean', got {user_vector!r}")
+        self.user_vector = user_vector
         self.num_items = num_items
         self.max_seq_len = max_seq_len
         self.num_heads = num_heads
@@ -220,8 +227,18 @@ class TwoTowerModel(nn.Module):
         return torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)
 
     def user_vectors(self, items: Tensor, events: Tensor, gaps: Tensor) -> Tensor:
-        """Args: items, events, gaps LongTensor[B, L] (left-padded). Returns: Tensor[B, d + 1]."""
-        return self.sequence_vectors(items, events, gaps)[:, -1]
+        """One retrieval vector per history: the last position's, or the mean over real steps.
+
+        Args: items, events, gaps LongTensor[B, L] (left-padded). Returns: Tensor[B, d + 1].
+        An all-pad history gets its last position's vector either way.
+        """
+        vectors = self.sequence_vectors(items, events, gaps)
+        if self.user_vector == "last":
+            return vectors[:, -1]
+        real = (items != S.PAD_INDEX).to(vectors.dtype)[..., None]
+        count = real.sum(dim=1)
+        mean = (vectors * real).sum(dim=1) / count.clamp_min(1.0)
+        return torch.where(count > 0, mean, vectors[:, -1])
 
     def _attention_mask(self, items: Tensor) -> Tensor:
         """Bool mask [B * heads, L, L], True = may not attend: the future and padded keys.

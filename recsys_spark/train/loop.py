@@ -454,6 +454,7 @@ def model_args_from(metadata: dict[str, Any], tc: TrainConfig) -> dict[str, Any]
         "dropout": tc.dropout,
         "use_user_features": tc.user_features,
         "use_interest_pooling": tc.interest_pooling,
+        "user_vector": tc.user_vector,
     }
 
 

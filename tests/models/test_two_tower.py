@@ -287,3 +287,25 @@ def test_horizon_targets_spread_over_the_steps_the_window_has_left():
         assert torch.allclose(counts / rows, torch.full_like(counts, 1 / len(allowed)), atol=0.03)
     # A position with no step left (start = length) is clipped to the last step.
     assert horizon_index(torch.tensor([[3, 3, 3]]), horizon).tolist() == [[2, 2, 2]]
+
+
+def test_mean_user_vector_averages_the_real_positions_only():
+    last = make_model()
+    mean = make_model()
+    mean.load_state_dict(last.state_dict())
+    mean.user_vector = "mean"
+    items = torch.tensor([[0, 0, 5, 6, 7], [0, 0, 0, 0, 0]])
+    events = torch.tensor([[0, 0, 1, 1, 2], [0, 0, 0, 0, 0]])
+    gaps = torch.tensor([[0, 0, 0, 3, 4], [0, 0, 0, 0, 0]])
+    with torch.no_grad():
+        seq = last.sequence_vectors(items, events, gaps)
+        torch.testing.assert_close(last.user_vectors(items, events, gaps), seq[:, -1])
+        got = mean.user_vectors(items, events, gaps)
+    # Row 0: the mean over its three real steps (pad positions 0 and 1 left out); row 1 has no
+    # real step and falls back to its last position.
+    torch.testing.assert_close(got[0], seq[0, 2:].mean(dim=0))
+    torch.testing.assert_close(got[1], seq[1, -1])
+    assert float(got[0, -1]) == pytest.approx(1.0)  # the item bias's weight stays 1
+    with pytest.raises(ValueError, match="user_vector"):
+        TwoTowerModel(num_items=10, num_categories=2, num_brands=2, num_price_buckets=2, num_event_codes=5,
+                      num_gap_buckets=4, max_seq_len=5, user_vector="max")
