@@ -18,8 +18,8 @@ clean's parsing and validation (no shuffle, no rules, nothing written).
 from __future__ import annotations
 
 import argparse
-import json
 import datetime as dt
+import json
 import os
 import shutil
 import sys
