@@ -93,21 +93,29 @@ class BehaviourRules:
 # every window finds its order already there however the optimizer arranges them (Spark
 # sorts again for a window placed below one with a longer key), and the last sort starts
 # with event_date, so the partitioned write needs no sort of its own.
+#
+# The first sort (every valid row) leads with _user_key, a 64-bit hash of the user-day: Spark
+# compares rows by an 8-byte prefix of the first sort key and falls back to comparing whole
+# keys on ties. Led by event_date, whose few values per partition tie nearly always, every
+# comparison went the slow way (10M rows: 11.0-13.1 s against 8.8-10.3 s led by the hash). The
+# hash only groups rows; the user-day columns stay in the key, so a collision merges nothing.
 _USER_DAY = [S.EVENT_DATE, BUCKET, S.USER_ID]
+_USER_KEY = "_user_key"
+_KEYED_USER_DAY = [_USER_KEY, *_USER_DAY]
 _DETAIL = [S.CATEGORY_ID, S.CATEGORY_CODE, S.BRAND, S.PRICE]
 
 
 def flag_duplicates(events: DataFrame, near_duplicate_seconds: int) -> DataFrame:
     """Flag exact duplicates and near-duplicates; count distinct items per source session.
 
-    Adds ``_dup`` (identical to an earlier row in every contract field), ``_near`` (not a
-    duplicate, same user, source session, item and type, at most ``near_duplicate_seconds``
-    after the previous such row), ``_distinct_items`` (distinct items of the row's source
+    Adds ``_user_key`` (the user-day's hash, see above), ``_dup`` (identical to an earlier
+    row in every contract field), ``_near`` (not a duplicate, same user, source session, item
+    and type, at most ``near_duplicate_seconds`` after the previous such row), ``_distinct_items`` (distinct items of the row's source
     session in the day; events without a source session count as one session here) and
     ``_source_start`` (the first event time of that source session in the day, micros).
     One sort and one window pass.
     """
-    by_session = [*_USER_DAY, S.USER_SESSION]
+    by_session = [*_KEYED_USER_DAY, S.USER_SESSION]
     kind = [S.PRODUCT_ID, S.EVENT_TYPE]
     # One window group per source session, its rows ordered by item and type, then time: the
     # previous row is the previous event of the same item and type when those two match. (A
@@ -121,7 +129,8 @@ def flag_duplicates(events: DataFrame, near_duplicate_seconds: int) -> DataFrame
                            & previous[S.EVENT_TYPE].eqNullSafe(F.col(S.EVENT_TYPE)), F.lit(False))
     is_dup = identity.eqNullSafe(previous)
     is_near = ~is_dup & same_kind & (F.col(MICROS) - previous[MICROS] <= near_duplicate_seconds * _MICROS_PER_SECOND)
-    ordered = events.sortWithinPartitions(*by_session, *kind, MICROS, *_DETAIL)
+    keyed = events.withColumn(_USER_KEY, F.xxhash64(S.EVENT_DATE, S.USER_ID))
+    ordered = keyed.sortWithinPartitions(*by_session, *kind, MICROS, *_DETAIL)
     windowed = ordered.select(
         "*",
         F.lag(identity).over(in_session).alias("_previous"),
@@ -207,12 +216,13 @@ def clean_events(valid: DataFrame, key: bytes, rules: BehaviourRules) -> tuple[D
         F.count(F.when(F.col(_NEAR), 1)).alias("near_duplicates"),
     )
     # User-days with a session of too many items are bots whatever their timing: they leave
-    # before the sort in time order, on flag_duplicates' order (user-day first, so no sort).
+    # before the sort in time order, on flag_duplicates' order (keyed user-day first, so no sort).
     # Every session keeps its first row through de-duplication, so the maximum is the same.
-    item_bot = F.max(_DISTINCT).over(Window.partitionBy(*_USER_DAY)) > rules.bot_max_distinct_items_per_session
+    item_bot = F.max(_DISTINCT).over(Window.partitionBy(*_KEYED_USER_DAY)) > rules.bot_max_distinct_items_per_session
     deduplicated = flagged.where(~F.col(_DUP) & ~F.col(_NEAR)).select("*", item_bot.alias("_item_bot")).observe(
         many_items, F.count(F.when(F.col("_item_bot"), 1)).alias("item_bot_rows"))
-    behaviour = sessionise_and_flag_bots(deduplicated.where(~F.col("_item_bot")).drop("_item_bot"), rules).observe(
+    behaviour = sessionise_and_flag_bots(
+        deduplicated.where(~F.col("_item_bot")).drop("_item_bot", _USER_KEY), rules).observe(
         fates,
         F.count(F.when(F.col(_BOT), 1)).alias("rate_bot_rows"),
         F.count(F.when(~F.col(_BOT), 1)).alias("kept"),

@@ -10,7 +10,9 @@ from pyspark.sql import types as T
 
 from recsys_spark import schema as S
 from recsys_spark.errors import ConfigError
-from recsys_spark.etl.validate import IN_WINDOW, MICROS, ORIGINAL, EventWindow, Rules, parse_events, valid_events
+from recsys_spark.etl.validate import (
+    BUCKET, IN_WINDOW, MICROS, ORIGINAL, EventWindow, Rules, parse_events, valid_events,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -88,20 +90,25 @@ def test_every_row_gets_the_first_reason_it_breaks(parsed):
 
 
 def test_valid_rows_are_typed_in_utc(parsed):
-    columns = [MICROS, *[c for c in S.RAW_COLUMNS if c != S.EVENT_TIME], S.EVENT_DATE, S.LOAD_DATE]
-    got = sorted((tuple(r[c] for c in columns) for r in valid_events(parsed).collect()), key=repr)
-    ten = (OK_MICROS, "view", 100, 7, "electronics", "acme", 9.99, 5, "s1", OCT1, OCT1)
+    columns = [MICROS, *[c for c in S.RAW_COLUMNS if c != S.EVENT_TIME], S.EVENT_DATE]
+    valid = valid_events(parsed)
+    assert valid.columns == [MICROS, *S.RAW_COLUMNS, S.EVENT_DATE, BUCKET]
+    got = sorted((tuple(r[c] for c in columns) for r in valid.collect()), key=repr)
+    ten = (OK_MICROS, "view", 100, 7, "electronics", "acme", 9.99, 5, "s1", OCT1)
     expected = [
         ten,  # valid
         ten,  # in_its_file
-        (micros("2019-10-02 12:00:00"), "view", 100, 7, "electronics", "acme", 9.99, 5, "s1", OCT2, OCT2),
-        (OK_MICROS, "cart", 100, 7, "electronics", "acme", 9.99, 5, "s1", OCT1, OCT1),  # " AddToCart": an alias
+        (micros("2019-10-02 12:00:00"), "view", 100, 7, "electronics", "acme", 9.99, 5, "s1", OCT2),
+        (OK_MICROS, "cart", 100, 7, "electronics", "acme", 9.99, 5, "s1", OCT1),  # " AddToCart": an alias
         # 12:00 at +02:00 is 10:00 UTC; an empty category is no category
-        (OK_MICROS, "cart", 100, None, "electronics", "acme", None, 5, "s1", OCT1, OCT1),
+        (OK_MICROS, "cart", 100, None, "electronics", "acme", None, 5, "s1", OCT1),
         # no offset: UTC, so still 1 October
-        (micros("2019-10-01 23:59:59") + 500_000, "view", 100, 7, "electronics", "acme", 1000.0, 5, "s1", OCT1, OCT1),
+        (micros("2019-10-01 23:59:59") + 500_000, "view", 100, 7, "electronics", "acme", 1000.0, 5, "s1", OCT1),
     ]
     assert got == sorted(expected, key=repr)
+    # A valid row's load date is its event date.
+    in_window_valid = parsed.where(F.col(S.REASON).isNull() & F.col(IN_WINDOW))
+    assert in_window_valid.where(F.col(S.LOAD_DATE) != F.col(S.EVENT_DATE)).count() == 0
 
 
 def test_rejected_rows_keep_their_original_text(parsed):
