@@ -110,9 +110,10 @@ def flag_duplicates(events: DataFrame, near_duplicate_seconds: int) -> DataFrame
 
     Adds ``_user_key`` (the user-day's hash, see above), ``_dup`` (identical to an earlier
     row in every contract field), ``_near`` (not a duplicate, same user, source session, item
-    and type, at most ``near_duplicate_seconds`` after the previous such row), ``_distinct_items`` (distinct items of the row's source
-    session in the day; events without a source session count as one session here) and
-    ``_source_start`` (the first event time of that source session in the day, micros).
+    and type, at most ``near_duplicate_seconds`` after the previous such row),
+    ``_distinct_items`` (distinct items of the row's source session in the day; events
+    without a source session count as one session here) and ``_source_start`` (the first
+    event time of that source session in the day, micros).
     One sort and one window pass.
     """
     by_session = [*_KEYED_USER_DAY, S.USER_SESSION]
