@@ -44,10 +44,13 @@ def get_session(cfg: SparkConfig) -> SparkSession:
         # benchmark's data (3M lines, local[2]: 122 s -> 80 s). 256K rows of ~200 bytes each.
         "spark.sql.windowExec.buffer.in.memory.threshold": "262144",
         # Checkpointed and cached blocks (clean's parsed rows) are written and read with Kryo:
-        # Java serialization of the same 10M rows read back 25-30% slower.
+        # reading 10M checkpointed rows back took 1.1-2.0 s with it against 1.5-2.4 s with Java
+        # serialization (two passes each, filtered and full).
         "spark.serializer": "org.apache.spark.serializer.KryoSerializer",
         # The throughput collector for the driver JVM, which is the whole of Spark under a local
-        # master: clean's first window pass 26.5 s against 31.0 s with G1 (10M lines, cold JVM).
+        # master: clean's parse and checkpoint of 10M lines, cold JVM, took 27.8-31.9 s in six
+        # runs (three with other flags as well) against 33.0 and 32.9 s in two with G1; the
+        # window stage after it showed no clear gain.
         # It takes effect where get_session starts the JVM (the recsys CLI, tests, notebooks);
         # under spark-submit, pass --driver-java-options instead.
         "spark.driver.extraJavaOptions": "-XX:+UseParallelGC",

@@ -97,8 +97,9 @@ class BehaviourRules:
 # The first sort (every valid row) leads with _user_key, a 64-bit hash of the user-day: Spark
 # compares rows by an 8-byte prefix of the first sort key and falls back to comparing whole
 # keys on ties. Led by event_date, whose few values per partition tie nearly always, every
-# comparison went the slow way (10M rows: 11.0-13.1 s against 8.8-10.3 s led by the hash). The
-# hash only groups rows; the user-day columns stay in the key, so a collision merges nothing.
+# comparison went the slow way (a synthetic 10M-row sort: 11.0-13.1 s against 8.8-10.3 s led
+# by the hash; within the noise of whole clean runs). The hash only groups rows; the user-day
+# columns stay in the key, so a collision merges nothing.
 _USER_DAY = [S.EVENT_DATE, BUCKET, S.USER_ID]
 _USER_KEY = "_user_key"
 _KEYED_USER_DAY = [_USER_KEY, *_USER_DAY]

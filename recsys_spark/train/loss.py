@@ -129,7 +129,7 @@ def horizon_index(start: Tensor, horizon: int, generator: torch.Generator | None
     length = start.shape[1]
     span = (length - start).clamp(min=1, max=horizon)
     draws = torch.rand(start.shape, generator=generator).to(start.device)
-    offsets = (draws * span).long().clamp(max=horizon - 1)
+    offsets = torch.minimum((draws * span).long(), span - 1)
     return (start + offsets).clamp(max=length - 1)
 
 
