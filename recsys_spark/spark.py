@@ -44,6 +44,11 @@ def get_session(cfg: SparkConfig) -> SparkSession:
         # 4096, users with more events in a day made clean's window stage 1.5x slower on the
         # benchmark's data (3M lines, local[2]: 122 s -> 80 s). 256K rows of ~200 bytes each.
         "spark.sql.windowExec.buffer.in.memory.threshold": "262144",
+        # Input splits of at most 64 MB (Spark's default: 128 MB): a stage ends with its last
+        # task, and smaller tasks leave less of it alone on one core. Clean's parse of 10M lines
+        # (30 daily CSV files of 45 MB): 15 tasks, the last alone for 2.2 s, stage 22.3-22.4 s;
+        # 30 tasks: 20.9 s.
+        "spark.sql.files.maxPartitionBytes": "64m",
         # Checkpointed and cached blocks (clean's parsed rows) are written and read with Kryo:
         # reading 10M checkpointed rows back took 1.1-2.0 s with it against 1.5-2.4 s with Java
         # serialization (two passes each, filtered and full).
