@@ -10,8 +10,8 @@ engine runs it; only a :class:`Collective` changes:
   ``DistributedDataParallel`` during ``backward``.
 * :class:`SingleProcess`: one process, no communication.
 
-Each offers: rank / size / local_rank, ``allreduce`` (sum, min or max of a small CPU tensor),
-``broadcast_object``, ``allgather_object``, ``distribute`` (wrap the module and optimizer,
+Each offers: rank / size / local_rank, ``allreduce`` (sum, min or max of a small CPU tensor)
+and ``allreduce_async`` (the same, started now and waited for later), ``broadcast_object``, ``allgather_object``, ``distribute`` (wrap the module and optimizer,
 and make every rank start from rank 0's weights) and ``step`` (average the gradients, clip
 them, apply the update).
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +43,14 @@ class Collective(ABC):
     @abstractmethod
     def allreduce(self, tensor: Tensor, op: Op = "sum") -> Tensor:
         """Args: tensor, a small CPU tensor. Returns: its element-wise sum (min, max) over ranks."""
+
+    def allreduce_async(self, tensor: Tensor, op: Op = "sum") -> Callable[[], Tensor]:
+        """Start :meth:`allreduce`; the returned function waits for it and returns the result.
+
+        Every rank must start the same allreduces in the same order, as for :meth:`allreduce`.
+        """
+        result = self.allreduce(tensor, op)
+        return lambda: result
 
     @abstractmethod
     def broadcast_object(self, obj: Any) -> Any:
@@ -109,8 +117,14 @@ class HorovodCollective(Collective):
         return f"{what}.{self._calls}"
 
     def allreduce(self, tensor: Tensor, op: Op = "sum") -> Tensor:
-        hvd_op = {"sum": self.hvd.Sum, "min": self.hvd.Min, "max": self.hvd.Max}[op]
-        return self.hvd.allreduce(tensor, op=hvd_op, name=self._name("allreduce"))
+        return self.hvd.allreduce(tensor, op=self._op(op), name=self._name("allreduce"))
+
+    def allreduce_async(self, tensor: Tensor, op: Op = "sum") -> Callable[[], Tensor]:
+        handle = self.hvd.allreduce_async(tensor, op=self._op(op), name=self._name("allreduce"))
+        return lambda: self.hvd.synchronize(handle)
+
+    def _op(self, op: Op) -> Any:
+        return {"sum": self.hvd.Sum, "min": self.hvd.Min, "max": self.hvd.Max}[op]
 
     def broadcast_object(self, obj: Any) -> Any:
         return self.hvd.broadcast_object(obj, root_rank=0, name=self._name("broadcast"))
@@ -159,10 +173,18 @@ class TorchCollective(Collective):
         self._cpu_group = dist.new_group(backend="gloo") if use_gpu else None
 
     def allreduce(self, tensor: Tensor, op: Op = "sum") -> Tensor:
+        return self.allreduce_async(tensor, op)()
+
+    def allreduce_async(self, tensor: Tensor, op: Op = "sum") -> Callable[[], Tensor]:
         out = tensor.detach().clone()
         reduce_op = {"sum": self.dist.ReduceOp.SUM, "min": self.dist.ReduceOp.MIN, "max": self.dist.ReduceOp.MAX}[op]
-        self.dist.all_reduce(out, op=reduce_op, group=self._cpu_group)
-        return out
+        work = self.dist.all_reduce(out, op=reduce_op, group=self._cpu_group, async_op=True)
+
+        def wait() -> Tensor:
+            work.wait()
+            return out
+
+        return wait
 
     def broadcast_object(self, obj: Any) -> Any:
         box = [obj]

@@ -239,16 +239,21 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
             train_path, rank, size, tc.batch_size, seed=tc.seed * 1000 + epoch,
             shuffle_buffer=SHUFFLE_BUFFER_BATCHES * tc.batch_size,
         ) as batches:
-            while True:
+            # Shards hold different numbers of batches. Every rank must join every collective or
+            # the job hangs, so all ranks stop as soon as one runs out. Whether every rank has its
+            # next batch is agreed one step ahead, by an allreduce started before the step and
+            # read after it: the check rides along with the step's gradient allreduce instead of
+            # holding every rank at a synchronisation point of its own.
+            fetch_start = time.perf_counter()
+            upcoming = next(batches, None)
+            wait_s += time.perf_counter() - fetch_start
+            everyone_has = comm.allreduce_async(torch.tensor([int(upcoming is not None)]), op="min")
+            while int(everyone_has().item()) == 1:
+                batch = tuple(t.to(device, non_blocking=True) for t in upcoming)
                 fetch_start = time.perf_counter()
-                batch = next(batches, None)
+                upcoming = next(batches, None)
                 wait_s += time.perf_counter() - fetch_start
-                # Shards hold different numbers of batches. Every rank must join every
-                # collective or the job hangs, so all ranks stop as soon as one runs out.
-                have = comm.allreduce(torch.tensor([int(batch is not None)]), op="min")
-                if int(have.item()) == 0:
-                    break
-                batch = tuple(t.to(device, non_blocking=True) for t in batch)
+                everyone_has = comm.allreduce_async(torch.tensor([int(upcoming is not None)]), op="min")
                 optimizer.zero_grad()
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     loss, n_targets = module(*batch, generator=negatives_rng)
