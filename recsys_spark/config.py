@@ -190,6 +190,12 @@ class TrainConfig:
     # threads_per_proc CPUs, local rank r taking CPUs r*t .. r*t+t-1 of those it may use, as
     # `horovodrun --binding-args="--bind-to core"` does. Off: the OS schedules freely.
     pin_cpus: bool = False
+    # Horovod's background thread wakes every this many ms to agree with the other ranks on the
+    # tensors ready to reduce (HOROVOD_CYCLE_TIME, set in each process before hvd.init()). Each
+    # wake-up costs CPU: at Horovod's default of 1 ms the two ranks of the training benchmark, one
+    # CPU each, computed ~12% slower than a lone process; at 5 ms as fast. 0 leaves Horovod's own
+    # setting (the environment's HOROVOD_CYCLE_TIME, or 1 ms); a GPU cluster may prefer that.
+    horovod_cycle_time_ms: float = 5.0
     # auto: the GPU of each process's local rank when torch sees one, else the CPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Mixed precision on GPU (bf16 where supported, else fp16 with loss scaling); ignored on CPU.
@@ -246,6 +252,8 @@ class TrainConfig:
         for key in ("warmup_steps", "uniform_negatives", "patience", "visit_gap_s"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        if self.horovod_cycle_time_ms < 0:
+            raise ConfigError(f"train.horovod_cycle_time_ms must be >= 0, got {self.horovod_cycle_time_ms}")
         if self.lr < 0:  # 0 freezes the weights (tests of early stopping use it)
             raise ConfigError(f"train.lr must be >= 0, got {self.lr}")
         if not 0 <= self.dropout < 1:

@@ -24,19 +24,20 @@ from recsys_spark.cli import build_parser
 from recsys_spark.config import load_config
 from recsys_spark.errors import RecsysError
 from recsys_spark.train import data
+from recsys_spark.train.collective import init_horovod
 from recsys_spark.train.loop import train_fn
 from recsys_spark.train.runner import finish, log_inputs
 
 
 def main(argv: list[str] | None = None) -> int:
     """Returns: the exit status (2 with a one-line message on a config or data problem)."""
-    import horovod.torch as hvd
-
     args = build_parser("train").parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, args.overrides)
-        hvd.init()  # to learn the rank; train_fn's own init() is then a no-op
+        # To learn the rank; train_fn's own init() is then a no-op. The config's cycle time
+        # wins over horovodrun's --cycle-time-ms unless train.horovod_cycle_time_ms=0.
+        hvd = init_horovod(cfg.train.horovod_cycle_time_ms)
         is_main = hvd.rank() == 0
         features = cfg.paths.resolve("features")
         with (tracking.stage_run(cfg, "train") if is_main else contextlib.nullcontext()) as active:

@@ -37,10 +37,11 @@ LAST_CHECKPOINT = "last.pt"
 BACKENDS = {"horovod_spark": "horovod", "torch_distributor": "torch", "local": "single"}
 
 
-def make_collective(backend: str, use_gpu: bool = False) -> Collective:
-    """Args: backend, "horovod", "torch" or "single". Returns: this process's Collective."""
+def make_collective(backend: str, use_gpu: bool = False, horovod_cycle_time_ms: float = 0.0) -> Collective:
+    """Args: backend, "horovod", "torch" or "single"; use_gpu (torch: NCCL); horovod_cycle_time_ms
+    (horovod: HOROVOD_CYCLE_TIME, 0 leaves Horovod's own). Returns: this process's Collective."""
     if backend == "horovod":
-        return HorovodCollective()
+        return HorovodCollective(horovod_cycle_time_ms)
     if backend == "torch":
         return TorchCollective(use_gpu=use_gpu)
     if backend == "single":
@@ -119,7 +120,8 @@ def train_fn(cfg_dict: dict[str, Any], run_id: str | None, tracking_uri: str | N
     torch.set_num_threads(tc.threads_per_proc)
     limit_heap_growth()
     use_gpu = tc.device == "cuda" or (tc.device == "auto" and torch.cuda.is_available())
-    comm = make_collective(backend or BACKENDS[tc.launcher], use_gpu=use_gpu)
+    comm = make_collective(backend or BACKENDS[tc.launcher], use_gpu=use_gpu,
+                           horovod_cycle_time_ms=tc.horovod_cycle_time_ms)
     # The in-process launcher trains in the driver: its CPUs are given back afterwards.
     previous_cpus = os.sched_getaffinity(0) if tc.pin_cpus else None
     if previous_cpus is not None:

@@ -62,3 +62,25 @@ def test_pin_cpus_binds_every_thread_by_local_rank_and_is_undone():
         release.set()
         worker.join()
     assert os.sched_getaffinity(0) == set(allowed)
+
+
+def test_unparsable_horovod_settings_are_dropped_and_numbers_kept(monkeypatch):
+    from recsys_spark.train.collective import drop_unparsable_horovod_settings
+
+    # What horovod.run() (0.28.1) exports: its defaults end in a stray comma.
+    monkeypatch.setenv("HOROVOD_CYCLE_TIME", "(None,)")
+    monkeypatch.setenv("HOROVOD_CACHE_CAPACITY", "(None,)")
+    assert drop_unparsable_horovod_settings() == ["HOROVOD_CYCLE_TIME", "HOROVOD_CACHE_CAPACITY"]
+    assert "HOROVOD_CYCLE_TIME" not in os.environ and "HOROVOD_CACHE_CAPACITY" not in os.environ
+    monkeypatch.setenv("HOROVOD_CYCLE_TIME", "2.5")
+    monkeypatch.setenv("HOROVOD_CACHE_CAPACITY", "1024")
+    assert drop_unparsable_horovod_settings() == []
+    assert os.environ["HOROVOD_CYCLE_TIME"] == "2.5" and os.environ["HOROVOD_CACHE_CAPACITY"] == "1024"
+
+
+def test_horovod_cycle_time_must_not_be_negative():
+    from recsys_spark.errors import ConfigError
+
+    assert TrainConfig().horovod_cycle_time_ms == 5.0
+    with pytest.raises(ConfigError, match="train.horovod_cycle_time_ms"):
+        TrainConfig(horovod_cycle_time_ms=-1.0)
