@@ -351,7 +351,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         log.info("clean: %d file(s) of %s (%s layout) for dates %s..%s", len(files), raw_path, cc.input_layout,
                  window.start or "first", window.end or "last")
         # One parse and one shuffle: the quarantine and the clean events are both written
-        # from this materialised, (event_date, bucket)-partitioned frame.
+        # from this materialised frame, hash-partitioned on the (day, bucket) spread below.
         log.info("clean: parsing and validating")
         # event_time is _micros as a timestamp (clean_events makes it again): not shuffled.
         # Each (day, bucket) goes to a partition of its own, round robin, rather than where its

@@ -11,9 +11,9 @@ engine runs it; only a :class:`Collective` changes:
 * :class:`SingleProcess`: one process, no communication.
 
 Each offers: rank / size / local_rank, ``allreduce`` (sum, min or max of a small CPU tensor)
-and ``allreduce_async`` (the same, started now and waited for later), ``broadcast_object``, ``allgather_object``, ``distribute`` (wrap the module and optimizer,
-and make every rank start from rank 0's weights) and ``step`` (average the gradients, clip
-them, apply the update).
+and ``allreduce_async`` (the same, started now and waited for later), ``broadcast_object``,
+``allgather_object``, ``distribute`` (wrap the module and optimizer, and make every rank start
+from rank 0's weights) and ``step`` (average the gradients, clip them, apply the update).
 """
 
 from __future__ import annotations
