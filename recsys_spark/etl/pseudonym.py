@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 
+import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -66,8 +67,6 @@ def with_key(df: DataFrame, key: bytes) -> DataFrame:
     A literal would print the key blocks (hence the key) in every query plan, in ``explain``
     and in the Spark UI; a broadcast join shows only the column names.
     """
-    import pandas as pd
-
     k_ipad, k_opad = hmac_pads(key)
     schema = T.StructType([T.StructField(KEY_IPAD, T.BinaryType(), False),
                            T.StructField(KEY_OPAD, T.BinaryType(), False)])

@@ -24,7 +24,9 @@ _MICROS_PER_DAY = 86_400 * 1_000_000
 
 # Columns of parse_events that are not in the contract.
 MICROS = "_micros"  # event_time as epoch microseconds: the sort key of every window
-BUCKET = "_bucket"  # hash of the user into output_files_per_day buckets: one output file each
+# A hash of the user into output_files_per_day buckets: one output file each. clean.run
+# replaces it by a value that spreads each (day, bucket) over the shuffle partitions.
+BUCKET = "_bucket"
 ORIGINAL = "_original"  # the text fields of a rejected row (null for valid rows)
 IN_WINDOW = "_in_window"  # false for rows of an undated file dated outside the processed window
 

@@ -246,16 +246,17 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
             # next batch is agreed one step ahead, by an allreduce started before the step and
             # read after it: the check rides along with the step's gradient allreduce instead of
             # holding every rank at a synchronisation point of its own.
-            fetch_start = time.perf_counter()
-            upcoming = next(batches, None)
-            wait_s += time.perf_counter() - fetch_start
-            everyone_has = comm.allreduce_async(torch.tensor([int(upcoming is not None)]), op="min")
+            def fetch():
+                nonlocal wait_s
+                fetch_start = time.perf_counter()
+                batch = next(batches, None)
+                wait_s += time.perf_counter() - fetch_start
+                return batch, comm.allreduce_async(torch.tensor([int(batch is not None)]), op="min")
+
+            upcoming, everyone_has = fetch()
             while int(everyone_has().item()) == 1:
                 batch = tuple(t.to(device, non_blocking=True) for t in upcoming)
-                fetch_start = time.perf_counter()
-                upcoming = next(batches, None)
-                wait_s += time.perf_counter() - fetch_start
-                everyone_has = comm.allreduce_async(torch.tensor([int(upcoming is not None)]), op="min")
+                upcoming, everyone_has = fetch()
                 optimizer.zero_grad()
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     loss, n_targets = module(*batch, generator=negatives_rng)
