@@ -140,6 +140,7 @@ def test_config_is_frozen():
     ({"num_layers": 0}, "train.num_layers must be >= 1, got 0"),
     ({"lr": -0.1}, "train.lr must be >= 0"),
     ({"dropout": 1.0}, "train.dropout must lie in"),
+    ({"min_lr_ratio": 1.5}, "train.min_lr_ratio must lie in \\[0, 1\\], got 1.5"),
     ({"visit_gap_s": -1}, "train.visit_gap_s must be >= 0"),
     ({"embedding_dim": 30, "num_heads": 4}, "train.embedding_dim \\(30\\) must be a multiple of train.num_heads"),
 ])

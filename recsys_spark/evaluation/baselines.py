@@ -181,7 +181,7 @@ class CooccurrenceRanker(Ranker):
         """The user's weights over items (an N-wide vector; the item side is the identity)."""
         return self.score_block(batch)
 
-    def score_block(self, batch: pd.DataFrame) -> Tensor:
+    def score_block(self, batch: pd.DataFrame, excluded: Tensor | None = None) -> Tensor:
         items = int_matrix(batch[S.HIST_ITEMS])  # [B, L], left-padded: the latest step is last
         length = items.shape[1]
         weights = np.power(float(self.decay), np.arange(length - 1, -1, -1, dtype=np.float64))

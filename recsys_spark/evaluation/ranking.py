@@ -79,6 +79,14 @@ def blocked_items(num_items: int, allowed: Tensor | None = None) -> Tensor:
     return blocked
 
 
+def exclusion_mask(num_users: int, num_items: int, exclude: Sequence[np.ndarray] | None, blocked: Tensor) -> Tensor:
+    """BoolTensor[B, N]: True where row b never gets item i (``blocked`` items, or in ``exclude[b]``)."""
+    mask = blocked[None, :].repeat(num_users, 1)
+    if exclude is not None:
+        mask[_pairs(exclude, num_items)] = True
+    return mask
+
+
 def top_k_of_scores(
     scores: Tensor, k: int, exclude: Sequence[np.ndarray] | None, blocked: Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -149,11 +157,13 @@ class Ranker(ABC):
     def user_vectors(self, batch: pd.DataFrame) -> Tensor:
         """Args: batch of B history rows. Returns: Tensor[B, d]."""
 
-    def score_block(self, batch: pd.DataFrame) -> Tensor:
-        """Args: batch of B history rows. Returns: Tensor[B, N], the score of every item.
+    def score_block(self, batch: pd.DataFrame, excluded: Tensor | None = None) -> Tensor:
+        """Args: batch of B history rows; excluded, BoolTensor[B, N], True for the items each
+        row is never shown (its seen items, pad, OOV and blocked items), or None.
 
-        A dot product of user and item vectors; rankers that are no dot product (e.g.
-        item-item co-occurrence) override this instead of :meth:`user_vectors`.
+        Returns: Tensor[B, N], the score of every item. A dot product of user and item vectors;
+        rankers that are no dot product (e.g. item-item co-occurrence) override this instead
+        of :meth:`user_vectors`. Scores of excluded items are masked afterwards, whatever they are.
         """
         return self.user_vectors(batch) @ self.item_vecs.T
 
@@ -190,7 +200,7 @@ class Ranker(ABC):
             if exclude_seen:
                 excluded = exclude[start : start + block_size] if exclude is not None else int_arrays(block[S.SEEN_ITEMS])
             with torch.no_grad():
-                scores = self.score_block(block)
+                scores = self.score_block(block, exclusion_mask(len(block), self.num_items, excluded, blocked))
             if not bool(torch.isfinite(scores).all()):
                 raise DataQualityError(f"the {self.name} ranker produced NaN or infinite scores")
             top, values = top_k_of_scores(scores, k, excluded, blocked)
@@ -223,8 +233,15 @@ class ModelRanker(Ranker):
         return cls(bundle.build_module(), item_vecs, allowed)
 
     def user_vectors(self, batch: pd.DataFrame) -> Tensor:
-        history = (torch.from_numpy(int_matrix(batch[c])) for c in (S.HIST_ITEMS, S.HIST_EVENTS, S.HIST_GAPS))
-        return self.module.user_vectors(*history)
+        return self.module.user_vectors(*self._history(batch))
+
+    def score_block(self, batch: pd.DataFrame, excluded: Tensor | None = None) -> Tensor:
+        """The model's own scores (``score_items``): a dot product, or its mixture over steps."""
+        return self.module.score_items(*self._history(batch), self.item_vecs, excluded)
+
+    @staticmethod
+    def _history(batch: pd.DataFrame) -> list[Tensor]:
+        return [torch.from_numpy(int_matrix(batch[c])) for c in (S.HIST_ITEMS, S.HIST_EVENTS, S.HIST_GAPS)]
 
 
 class PopularityRanker(Ranker):

@@ -68,14 +68,13 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
         if len(model_input) == 0:
             return pd.DataFrame({ITEM_IDS: pd.Series([], dtype=object), SCORES: pd.Series([], dtype=object)})
         hist = [_int_matrix(model_input[c]) for c in (S.HIST_ITEMS, S.HIST_EVENTS, S.HIST_GAPS)]
-        with torch.no_grad():
-            user_vecs = self.model.user_vectors(*(torch.from_numpy(h) for h in hist))
-            scores = user_vecs @ self.item_vecs.T
-        scores[:, torch.from_numpy(self.product_ids < 0)] = float("-inf")
+        excluded = torch.from_numpy(self.product_ids < 0)[None, :].repeat(len(model_input), 1)
         for i, seen in enumerate(model_input[S.SEEN_ITEMS]):
             seen = np.asarray(seen if seen is not None else [], dtype=np.int64)
-            seen = seen[(seen >= 0) & (seen < scores.shape[1])]
-            scores[i, torch.from_numpy(seen)] = float("-inf")
+            excluded[i, torch.from_numpy(seen[(seen >= 0) & (seen < excluded.shape[1])])] = True
+        with torch.no_grad():
+            scores = self.model.score_items(*(torch.from_numpy(h) for h in hist), self.item_vecs, excluded)
+        scores.masked_fill_(excluded, float("-inf"))
         k = min(k, int(torch.isfinite(scores).sum(dim=1).min()))
         top = torch.topk(scores, k, dim=1)
         return pd.DataFrame(

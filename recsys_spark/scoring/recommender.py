@@ -183,6 +183,23 @@ class ModelEncoder:
         with torch.no_grad():
             return self.module().user_vectors(*(torch.from_numpy(h) for h in history)).float()
 
+    def score(self, users: Users, item_vectors: Tensor, excluded: tuple[np.ndarray, np.ndarray], out: Tensor) -> None:
+        """Fill ``out`` [B, M] with the model's scores of the M items of ``item_vectors``.
+
+        Args:
+            excluded: (row, item) pairs the users are never shown: a "mixture" model leaves
+                them out of its softmax (``TwoTowerModel.score_items``); they are masked later.
+        """
+        module = self.module()
+        if module.user_vector != "mixture":
+            torch.matmul(self.encode(users), item_vectors.T, out=out)
+            return
+        mask = torch.zeros(out.shape, dtype=torch.bool)
+        topk.mask_pairs(mask, *excluded, value=True)
+        history = [self._items(users), users.matrix(S.HIST_EVENTS), users.matrix(S.HIST_GAPS)]
+        with torch.no_grad():
+            out.copy_(module.score_items(*(torch.from_numpy(h) for h in history), item_vectors, mask))
+
 
 class VectorEncoder:
     """User vectors given in the ``user_vector`` column (benchmarks); every user is known."""
@@ -192,6 +209,10 @@ class VectorEncoder:
 
     def encode(self, users: Users) -> Tensor:
         return torch.from_numpy(users.matrix(USER_VECTOR, np.float32))
+
+    def score(self, users: Users, item_vectors: Tensor, excluded: tuple[np.ndarray, np.ndarray], out: Tensor) -> None:
+        """Fill ``out`` [B, M] with the dot products of the given user vectors and ``item_vectors``."""
+        torch.matmul(self.encode(users), item_vectors.T, out=out)
 
 
 @dataclass
@@ -273,11 +294,11 @@ class Recommender:
 
     def _model_block(self, users: Users) -> tuple[topk.Ranked, np.ndarray, np.ndarray]:
         space, rules = self.plan.model_items, self.rules
-        vectors = self.plan.encoder.encode(users)
         scores = self._buffer("model", len(users), len(space))
+        excluded = _excluded(users, space)
         with torch.no_grad():
-            torch.matmul(vectors, self.model_vectors.T, out=scores)
-        topk.mask_pairs(scores, *_excluded(users, space))
+            self.plan.encoder.score(users, self.model_vectors, excluded, scores)
+        topk.mask_pairs(scores, *excluded)
         explore = slots = None
         if rules.explore_share > 0 and len(self.plan.explore_pool):
             keys = users.column(USER_KEY).to_numpy(zero_copy_only=False).astype(np.int64)

@@ -23,11 +23,12 @@ CAP_DEPTH = 4
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-def mask_pairs(scores: Tensor, rows: np.ndarray, items: np.ndarray) -> None:
-    """Set ``scores[row, item] = -inf`` for every (row, item) pair (in place; items out of range ignored)."""
+def mask_pairs(scores: Tensor, rows: np.ndarray, items: np.ndarray, value: float | bool = NEG_INF) -> None:
+    """Set ``scores[row, item] = value`` (-inf by default) for every (row, item) pair (in place;
+    items out of range ignored)."""
     keep = (items >= 0) & (items < scores.shape[1])
     if keep.any():
-        scores[torch.from_numpy(rows[keep]), torch.from_numpy(items[keep])] = NEG_INF
+        scores[torch.from_numpy(rows[keep]), torch.from_numpy(items[keep])] = value
 
 
 def uniforms(keys: np.ndarray, count: int, offset: int = 0) -> np.ndarray:

@@ -8,8 +8,10 @@ MLflow metrics, checkpoints) happens on rank 0 only, behind one ``is_main`` flag
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io as _bytes_io
+import math
 import os
 import random
 import socket
@@ -181,8 +183,11 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
     # steps from diverging.
     peak_lr = tc.lr * size
     optimizer = torch.optim.AdamW(task.parameters(), lr=peak_lr, weight_decay=tc.weight_decay)
+    train_path = io.feature_path(features, "train")
+    # Steps per epoch as if the shards were even (uneven shards stop a little earlier).
+    total_steps = tc.epochs * math.ceil(data.open_dataset(train_path).count_rows() / (tc.batch_size * size))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / max(1, tc.warmup_steps))
+        optimizer, functools.partial(lr_factor, tc=tc, total_steps=total_steps)
     )
     # hvd.DistributedOptimizer (made below, after the checkpoint is restored) wraps the optimizer
     # in a new object, so the scheduler never sees its step() and warns on every epoch that it
@@ -227,7 +232,6 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
             for key, value in past.items():
                 if key != "epoch":
                     client.log_metric(run_id, key, value, step=int(past["epoch"]))
-    train_path = io.feature_path(features, "train")
     params = [p for p in task.parameters() if p.requires_grad]
 
     for epoch in range(first_epoch, tc.epochs + 1):
@@ -354,6 +358,20 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
 # Allocations from this size up get their own mmap and go back to the OS when freed.
 MMAP_THRESHOLD_BYTES = 4 << 20
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def lr_factor(step: int, tc: TrainConfig, total_steps: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) as a share of the peak.
+
+    A linear warm-up over ``tc.warmup_steps``; then 1 ("constant") or a half cosine from 1 down
+    to ``tc.min_lr_ratio`` at ``total_steps`` ("cosine"; it stays there if more steps run).
+    """
+    if step < tc.warmup_steps:
+        return (step + 1) / tc.warmup_steps
+    if tc.lr_schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - tc.warmup_steps) / max(1, total_steps - tc.warmup_steps))
+    return tc.min_lr_ratio + (1.0 - tc.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _glibc():
@@ -488,15 +506,17 @@ def ranking_sums(model: TwoTowerModel, rows: data.EvalRows, k: int,
     ndcg_sum, recall_sum, counted = 0.0, 0.0, 0
     for start in range(0, len(rows), EVAL_BLOCK_ROWS):
         end = min(start + EVAL_BLOCK_ROWS, len(rows))
-        user_vecs = model.user_vectors(
+        excluded = torch.zeros(end - start, item_vecs.shape[0], dtype=torch.bool)
+        excluded[:, : S.FIRST_ITEM_INDEX] = True
+        for i, seen in enumerate(rows.seen_items[start:end]):
+            excluded[i, torch.from_numpy(seen[(seen >= 0) & (seen < excluded.shape[1])])] = True
+        scores = model.score_items(
             torch.from_numpy(rows.hist_items[start:end]).to(device),
             torch.from_numpy(rows.hist_events[start:end]).to(device),
             torch.from_numpy(rows.hist_gaps[start:end]).to(device),
-        )
-        scores = (user_vecs @ item_vecs.T).float().cpu()
-        scores[:, : S.FIRST_ITEM_INDEX] = float("-inf")
-        for i, seen in enumerate(rows.seen_items[start:end]):
-            scores[i, torch.from_numpy(seen[(seen >= 0) & (seen < scores.shape[1])])] = float("-inf")
+            item_vecs, excluded.to(device),
+        ).float().cpu()
+        scores.masked_fill_(excluded, float("-inf"))
         top = torch.topk(scores, min(k, scores.shape[1]), dim=1).indices.numpy()
         for i, targets in enumerate(rows.target_items[start:end]):
             if len(targets) == 0:

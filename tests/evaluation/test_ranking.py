@@ -96,6 +96,9 @@ class LastItemModel(nn.Module):
     def user_vectors(self, items, events, gaps) -> torch.Tensor:
         return self.vecs[items[:, -1]]
 
+    def score_items(self, items, events, gaps, item_vecs, exclude=None) -> torch.Tensor:
+        return self.user_vectors(items, events, gaps) @ item_vecs.T
+
 
 STAND_IN_VECS = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.2, 0.8]])
 
@@ -111,6 +114,25 @@ def test_model_ranker_ranks_by_dot_product_of_the_towers():
         np.testing.assert_allclose(scores, [[0.9, 0.2, 0.0], [0.1, 0.0, NEG_INF]], rtol=1e-6)
     top, _ = ranker.recommend(rows, 3, exclude_seen=False)
     assert top.tolist() == [[2, 3, 5], [4, 5, 3]]
+
+
+class MixtureStandIn(LastItemModel):
+    """Records the exclusion mask the ranker hands over; scores = last item's dot product."""
+
+    def score_items(self, items, events, gaps, item_vecs, exclude=None) -> torch.Tensor:
+        self.exclude = exclude.clone()
+        return self.user_vectors(items, events, gaps) @ item_vecs.T
+
+
+def test_model_ranker_tells_the_model_what_each_user_may_not_get():
+    model = MixtureStandIn(STAND_IN_VECS)
+    ranker = ModelRanker(model, allowed=torch.tensor([True, True, True, True, True, False]))
+    rows = history_rows([[2], [3, 4]], seen=[[2], [4]])
+    ranker.recommend(rows, 2, exclude_seen=True)
+    # Pad and OOV, the blocked item 5, and each row's seen items.
+    assert model.exclude.tolist() == [[True, True, True, False, False, True], [True, True, False, False, True, True]]
+    ranker.recommend(rows, 2, exclude_seen=False)
+    assert model.exclude.tolist() == [[True, True, False, False, False, True]] * 2
 
 
 def test_popularity_ranker_gives_everyone_the_most_popular_unseen_items():

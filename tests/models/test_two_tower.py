@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from recsys_spark import schema as S
+from recsys_spark.models import two_tower
 from recsys_spark.models.two_tower import HistoryFeatures, TwoTowerModel
 from recsys_spark.train.loss import (
     RetrievalTask, event_weight_table, horizon_index, popularity, sampled_softmax_loss,
@@ -309,3 +310,39 @@ def test_mean_user_vector_averages_the_real_positions_only():
     with pytest.raises(ValueError, match="user_vector"):
         TwoTowerModel(num_items=10, num_categories=2, num_brands=2, num_price_buckets=2, num_event_codes=5,
                       num_gap_buckets=4, max_seq_len=5, user_vector="max")
+
+
+def test_mixture_scores_are_the_log_mean_softmax_over_steps_of_the_items_left(monkeypatch):
+    model = make_model()
+    model.user_vector = "mixture"
+    items = torch.tensor([[0, 0, 5, 6, 7], [0, 0, 0, 0, 0]])
+    events = torch.tensor([[0, 0, 1, 1, 2], [0, 0, 0, 0, 0]])
+    gaps = torch.tensor([[0, 0, 0, 3, 4], [0, 0, 0, 0, 0]])
+    candidates = torch.tensor([2, 3, 4, 8, 9])
+    exclude = torch.tensor([[False, True, False, False, True], [False] * 5])
+    with torch.no_grad():
+        seq = model.sequence_vectors(items, events, gaps)
+        vecs = model.item_vectors()[candidates]
+        got = model.score_items(items, events, gaps, vecs, exclude)
+        unmasked = model.score_items(items, events, gaps, vecs)
+    # By hand, row 0: its three real steps t = 2, 3, 4, each a softmax over candidates 2, 4, 8
+    # (3 and 9 are excluded from the normaliser but still scored), averaged.
+    logits = seq[0, 2:] @ vecs.T  # [3 steps, 5 candidates]
+    norm = torch.logsumexp(logits[:, [0, 2, 3]], dim=1, keepdim=True)
+    expected = torch.log(torch.exp(logits - norm).mean(dim=0))
+    torch.testing.assert_close(got[0], expected)
+    # The kept candidates' probabilities sum to 1; the excluded ones are finite.
+    assert float(got[0, [0, 2, 3]].exp().sum()) == pytest.approx(1.0, abs=1e-5)
+    assert bool(torch.isfinite(got).all())
+    # Row 1 (no real step) uses its last position alone; nothing excluded: a plain log-softmax.
+    torch.testing.assert_close(got[1], torch.log_softmax(seq[1, -1] @ vecs.T, dim=0))
+    torch.testing.assert_close(unmasked[0], torch.log(torch.softmax(logits, dim=1).mean(dim=0)))
+    # Chunked over users (one at a time), the same scores.
+    monkeypatch.setattr(two_tower, "MIXTURE_CHUNK_LOGITS", 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model.score_items(items, events, gaps, vecs, exclude), got)
+    # "last" and "mean" score by the dot product and ignore the exclusions.
+    model.user_vector = "mean"
+    with torch.no_grad():
+        torch.testing.assert_close(model.score_items(items, events, gaps, vecs, exclude),
+                                   model.user_vectors(items, events, gaps) @ vecs.T)

@@ -21,7 +21,9 @@ from recsys_spark.scoring.recommender import (
 )
 from recsys_spark.scoring.score import RANKED_SCHEMA, build_plan, vocab_remap
 
-from tests.scoring.tiny import CATEGORY, STATS, USERS, best, fallback_score, history_frame, model_scores, tiny_bundle
+from tests.scoring.tiny import (
+    CATEGORY, NUM_ITEMS, PRODUCT, STATS, USERS, best, fallback_score, history_frame, model_scores, tiny_bundle,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -82,6 +84,26 @@ def test_model_users_get_the_towers_best_unbought_items_and_cold_users_popular_o
     assert rows["cold_cat", 1007] == pytest.approx(fallback_score(1007))
     assert rows["cold_none", 2000] == pytest.approx(8 + 8 / 9)
     assert out.groupby(S.USER_ID)[S.RANK].agg(list).to_dict() == {u: [1, 2, 3] for u, _, _ in USERS}
+
+
+def test_a_mixture_model_scores_by_its_mean_softmax_over_the_items_each_user_may_get():
+    bundle = tiny_bundle(user_vector="mixture")
+    out = recommender(bundle).recommend(batch(USERS[:1]))
+    # By hand: "known"'s real history steps, each a softmax over the catalogue 2..9 without
+    # the bought 1004 (item 4), averaged; the log of that is the score.
+    module = bundle.build_module()
+    items = torch.tensor([USERS[0][1]])
+    with torch.no_grad():
+        steps = module.sequence_vectors(items, (items > 0).long(), torch.zeros_like(items))[0]
+        vecs = module.item_vectors()
+    logits = steps[items[0] > 0] @ vecs[S.FIRST_ITEM_INDEX:].T
+    allowed = torch.tensor([PRODUCT + i != 1004 for i in range(S.FIRST_ITEM_INDEX, NUM_ITEMS)])
+    probs = torch.exp(logits - torch.logsumexp(logits[:, allowed], dim=1, keepdim=True)).mean(dim=0)
+    expected = {PRODUCT + S.FIRST_ITEM_INDEX + j: float(torch.log(p)) for j, p in enumerate(probs)}
+    assert lists(out) == {"known": best(expected, exclude=[1004], k=K)}
+    scores = out.set_index(S.ITEM_ID)[S.SCORE]
+    for product in best(expected, exclude=[1004], k=K):
+        assert scores[product] == pytest.approx(expected[product], rel=1e-5)
 
 
 def test_the_exclusion_list_is_never_recommended_to_anyone():

@@ -43,7 +43,7 @@ def fallback_score(product: int) -> float:
     return recent + ever / (1 + ALL_MAX)
 
 
-def tiny_bundle(seed: int = 1):
+def tiny_bundle(seed: int = 1, user_vector: str = "last"):
     """A randomly initialised TwoTowerModel over items 2..9 (product_id = 1000 + item_idx)."""
     from recsys_spark.models.bundle import ModelBundle
     from recsys_spark.models.two_tower import TwoTowerModel
@@ -51,7 +51,7 @@ def tiny_bundle(seed: int = 1):
     torch.manual_seed(seed)
     args = dict(num_items=NUM_ITEMS, num_categories=4, num_brands=3, num_price_buckets=3,
                 num_event_codes=S.NUM_EVENT_CODES, num_gap_buckets=S.NUM_GAP_BUCKETS, max_seq_len=MAX_SEQ_LEN,
-                dim=8, num_layers=1, num_heads=2, dropout=0.0)
+                dim=8, num_layers=1, num_heads=2, dropout=0.0, user_vector=user_vector)
     model = TwoTowerModel(**args)
     idx = np.arange(S.FIRST_ITEM_INDEX, NUM_ITEMS)
     vocab = pd.DataFrame({

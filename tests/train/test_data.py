@@ -16,7 +16,8 @@ from torch import nn
 from recsys_spark import schema as S
 from recsys_spark.errors import DataQualityError, InputError
 from recsys_spark.train import data
-from recsys_spark.train.loop import ranking_sums, save_checkpoint, state_checksum
+from recsys_spark.config import TrainConfig
+from recsys_spark.train.loop import lr_factor, ranking_sums, save_checkpoint, state_checksum
 
 pytestmark = pytest.mark.unit
 
@@ -169,6 +170,9 @@ class FixedScores(nn.Module):
     def user_vectors(self, items, events, gaps) -> torch.Tensor:
         return self.table[items[:, -1]]
 
+    def score_items(self, items, events, gaps, item_vecs, exclude=None) -> torch.Tensor:
+        return self.user_vectors(items, events, gaps) @ item_vecs.T
+
 
 def test_ranking_sums_match_hand_computed_ndcg_and_recall():
     # 6 item indices (0 pad, 1 OOV, real 2..5); k = 2.
@@ -200,3 +204,17 @@ def test_checkpoint_round_trip_and_checksum(tmp_path):
     loaded = torch.load(path, weights_only=False)
     assert loaded["epoch"] == 3 and state_checksum(loaded["model"]) == state_checksum(state)
     assert state_checksum({"w": torch.arange(4.0), "b": torch.zeros(2)}) != state_checksum(state)
+
+
+def test_lr_factor_warms_up_then_follows_a_half_cosine_to_the_floor():
+    tc = TrainConfig(warmup_steps=4, lr_schedule="cosine", min_lr_ratio=0.1)
+    total = 14  # 10 steps of decay after the warm-up
+    factors = [lr_factor(step, tc, total) for step in range(16)]
+    assert factors[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert factors[4] == pytest.approx(1.0)
+    # Halfway through the decay (step 9): the midpoint of 1 and the floor.
+    assert factors[9] == pytest.approx(0.1 + 0.9 * 0.5)
+    assert factors[14] == pytest.approx(0.1) and factors[15] == pytest.approx(0.1)  # stays at the floor
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:]))
+    constant = TrainConfig(warmup_steps=0, lr_schedule="constant")
+    assert [lr_factor(step, constant, total) for step in (0, 7, 20)] == [1.0, 1.0, 1.0]
