@@ -64,7 +64,8 @@ def top_k(
         for start in range(0, num_users, block_size):
             end = min(start + block_size, num_users)
             block_exclude = exclude[start:end] if exclude is not None else None
-            top, values = top_k_of_scores(user_vecs[start:end] @ item_vecs.T, k, block_exclude, blocked)
+            excluded = exclusion_mask(end - start, num_items, block_exclude, blocked)
+            top, values = top_k_of_scores(user_vecs[start:end] @ item_vecs.T, k, excluded)
             indices[start:end] = top
             scores[start:end] = values
     return indices, scores
@@ -87,25 +88,20 @@ def exclusion_mask(num_users: int, num_items: int, exclude: Sequence[np.ndarray]
     return mask
 
 
-def top_k_of_scores(
-    scores: Tensor, k: int, exclude: Sequence[np.ndarray] | None, blocked: Tensor
-) -> tuple[Tensor, Tensor]:
+def top_k_of_scores(scores: Tensor, k: int, excluded: Tensor) -> tuple[Tensor, Tensor]:
     """The K best items of each row of a score block, after masking.
 
     Args:
         scores: Tensor[B, N], changed in place (masked entries become -inf).
         k: items per row.
-        exclude: B int arrays of item indices to leave out (out-of-range ignored), or None.
-        blocked: BoolTensor[N], items left out for every row (see :func:`blocked_items`).
+        excluded: BoolTensor[B, N], True where the row never gets the item (see
+            :func:`exclusion_mask`).
 
     Returns:
         (indices LongTensor[B, k], scores Tensor[B, k]), best first; -1 / -inf in empty slots.
     """
     num_users, num_items = scores.shape
-    scores[:, blocked] = NEG_INF
-    if exclude is not None:
-        rows, cols = _pairs(exclude, num_items)
-        scores[rows, cols] = NEG_INF
+    scores.masked_fill_(excluded, NEG_INF)
     width = min(k, num_items)
     values, top = torch.topk(scores, width, dim=1)
     top[values == NEG_INF] = EMPTY_SLOT
@@ -199,11 +195,12 @@ class Ranker(ABC):
             excluded = None
             if exclude_seen:
                 excluded = exclude[start : start + block_size] if exclude is not None else int_arrays(block[S.SEEN_ITEMS])
+            mask = exclusion_mask(len(block), self.num_items, excluded, blocked)
             with torch.no_grad():
-                scores = self.score_block(block, exclusion_mask(len(block), self.num_items, excluded, blocked))
+                scores = self.score_block(block, mask)
             if not bool(torch.isfinite(scores).all()):
                 raise DataQualityError(f"the {self.name} ranker produced NaN or infinite scores")
-            top, values = top_k_of_scores(scores, k, excluded, blocked)
+            top, values = top_k_of_scores(scores, k, mask)
             parts.append((top.numpy(), values.float().numpy()))
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from recsys_spark import schema as S
+from recsys_spark.evaluation.ranking import blocked_items, exclusion_mask, int_arrays
 from recsys_spark.models.bundle import ModelBundle
 
 BUNDLE_ARTIFACT = "bundle"
@@ -68,10 +69,9 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
         if len(model_input) == 0:
             return pd.DataFrame({ITEM_IDS: pd.Series([], dtype=object), SCORES: pd.Series([], dtype=object)})
         hist = [_int_matrix(model_input[c]) for c in (S.HIST_ITEMS, S.HIST_EVENTS, S.HIST_GAPS)]
-        excluded = torch.from_numpy(self.product_ids < 0)[None, :].repeat(len(model_input), 1)
-        for i, seen in enumerate(model_input[S.SEEN_ITEMS]):
-            seen = np.asarray(seen if seen is not None else [], dtype=np.int64)
-            excluded[i, torch.from_numpy(seen[(seen >= 0) & (seen < excluded.shape[1])])] = True
+        known = torch.from_numpy(self.product_ids >= 0)
+        excluded = exclusion_mask(len(model_input), len(known), int_arrays(model_input[S.SEEN_ITEMS]),
+                                  blocked_items(len(known), known))
         with torch.no_grad():
             scores = self.model.score_items(*(torch.from_numpy(h) for h in hist), self.item_vecs, excluded)
         scores.masked_fill_(excluded, float("-inf"))

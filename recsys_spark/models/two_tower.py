@@ -247,7 +247,10 @@ class TwoTowerModel(nn.Module):
         vectors = self.sequence_vectors(items, events, gaps)
         if self.user_vector == "last":
             return vectors[:, -1]
-        return _mean_over_real_steps(vectors, items)
+        real = (items != S.PAD_INDEX).to(vectors.dtype)[..., None]
+        count = real.sum(dim=1)
+        mean = (vectors * real).sum(dim=1) / count.clamp_min(1.0)
+        return torch.where(count > 0, mean, vectors[:, -1])
 
     def score_items(self, items: Tensor, events: Tensor, gaps: Tensor, item_vecs: Tensor,
                     exclude: Tensor | None = None) -> Tensor:
@@ -298,11 +301,3 @@ class TwoTowerModel(nn.Module):
         eye = torch.eye(length, dtype=torch.bool, device=items.device)
         blocked = (future[None] | padded_key) & ~eye[None]
         return blocked.repeat_interleave(self.num_heads, dim=0)
-
-
-def _mean_over_real_steps(vectors: Tensor, items: Tensor) -> Tensor:
-    """Mean of vectors[B, L, D] over the non-pad steps; the last position's where there is none."""
-    real = (items != S.PAD_INDEX).to(vectors.dtype)[..., None]
-    count = real.sum(dim=1)
-    mean = (vectors * real).sum(dim=1) / count.clamp_min(1.0)
-    return torch.where(count > 0, mean, vectors[:, -1])

@@ -177,11 +177,15 @@ class ModelEncoder:
             return np.zeros(0, dtype=bool)
         return (self._items(users) >= S.FIRST_ITEM_INDEX).any(axis=1)
 
+    def _history(self, users: Users) -> list[Tensor]:
+        """items (in the model's vocabulary), events, gaps: LongTensor[B, L] each."""
+        return [torch.from_numpy(h) for h in (self._items(users), users.matrix(S.HIST_EVENTS),
+                                              users.matrix(S.HIST_GAPS))]
+
     def encode(self, users: Users) -> Tensor:
         """Args: B users with hist_items / hist_events / hist_gaps. Returns: Tensor[B, d] float32."""
-        history = [self._items(users), users.matrix(S.HIST_EVENTS), users.matrix(S.HIST_GAPS)]
         with torch.no_grad():
-            return self.module().user_vectors(*(torch.from_numpy(h) for h in history)).float()
+            return self.module().user_vectors(*self._history(users)).float()
 
     def score(self, users: Users, item_vectors: Tensor, excluded: tuple[np.ndarray, np.ndarray], out: Tensor) -> None:
         """Fill ``out`` [B, M] with the model's scores of the M items of ``item_vectors``.
@@ -196,9 +200,8 @@ class ModelEncoder:
             return
         mask = torch.zeros(out.shape, dtype=torch.bool)
         topk.mask_pairs(mask, *excluded, value=True)
-        history = [self._items(users), users.matrix(S.HIST_EVENTS), users.matrix(S.HIST_GAPS)]
         with torch.no_grad():
-            out.copy_(module.score_items(*(torch.from_numpy(h) for h in history), item_vectors, mask))
+            out.copy_(module.score_items(*self._history(users), item_vectors, mask))
 
 
 class VectorEncoder:

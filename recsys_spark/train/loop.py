@@ -27,6 +27,7 @@ from recsys_spark import io
 from recsys_spark import schema as S
 from recsys_spark.config import TrainConfig, from_dict
 from recsys_spark.errors import DataQualityError, InputError
+from recsys_spark.evaluation.ranking import blocked_items, exclusion_mask
 from recsys_spark.models.two_tower import TwoTowerModel
 from recsys_spark.train import data
 from recsys_spark.train.collective import Collective, HorovodCollective, SingleProcess, TorchCollective
@@ -502,14 +503,12 @@ def ranking_sums(model: TwoTowerModel, rows: data.EvalRows, k: int,
     was_training = model.training
     model.eval()
     item_vecs = model.item_vectors()
+    blocked = blocked_items(item_vecs.shape[0])
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     ndcg_sum, recall_sum, counted = 0.0, 0.0, 0
     for start in range(0, len(rows), EVAL_BLOCK_ROWS):
         end = min(start + EVAL_BLOCK_ROWS, len(rows))
-        excluded = torch.zeros(end - start, item_vecs.shape[0], dtype=torch.bool)
-        excluded[:, : S.FIRST_ITEM_INDEX] = True
-        for i, seen in enumerate(rows.seen_items[start:end]):
-            excluded[i, torch.from_numpy(seen[(seen >= 0) & (seen < excluded.shape[1])])] = True
+        excluded = exclusion_mask(end - start, item_vecs.shape[0], rows.seen_items[start:end], blocked)
         scores = model.score_items(
             torch.from_numpy(rows.hist_items[start:end]).to(device),
             torch.from_numpy(rows.hist_events[start:end]).to(device),
