@@ -3,7 +3,8 @@
 Layers, later wins:
   1. the dataclass defaults below (the built-in defaults; ``conf/base.yaml`` lists them all),
   2. a YAML profile given with ``--config`` (``extends:`` chains to another file),
-  3. dotted ``key=value`` overrides from the command line.
+  3. dotted ``section.key=value`` overrides from the command line (``section.key.entry=value``
+     sets one entry of a mapping).
 
 Unknown keys and values of the wrong type raise :class:`ConfigError` naming the key.
 Secrets never live here: the pseudonymisation key and tracking credentials are read from
@@ -38,6 +39,17 @@ class SparkConfig:
     show_progress: bool = True
     # Any further spark.* settings, passed through verbatim (e.g. executor resources).
     conf: dict[str, str] = field(default_factory=dict)
+    # No stage runs longer than this: past it, its Spark jobs are cancelled and it stops with an
+    # error naming this key, before it publishes anything.
+    stage_timeout_minutes: float = 720.0
+    # How long a stage waits for Spark to report an observed count after its action ended
+    # (normally milliseconds); past it the stage counts the rows directly instead.
+    observation_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        for key in ("stage_timeout_minutes", "observation_timeout_s"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"spark.{key} must be > 0 (every wait has a bound), got {getattr(self, key)}")
 
 
 @dataclass(frozen=True)
@@ -98,7 +110,25 @@ class GenerateConfig:
     null_id_rate: float = 0.002
     unknown_event_rate: float = 0.002
     missing_session_rate: float = 0.05
-    format: Literal["csv", "json"] = "csv"
+    # false: a log without faults or bots, whatever the rates above and n_bots say.
+    defects: bool = True
+    # 0: every user is active over the whole period. N: each user only in about N days from a
+    # uniformly drawn first day (sessions past the last day are cut), a thin tail of recent users.
+    user_active_days: int = 0
+    # Share of sessions that are ratings-like bursts: 100-300 views or purchases of distinct
+    # items, 1-2 seconds apart, within one day.
+    burst_share: float = 0.0
+    # Contract fields written empty on every row: any of brand, price, category_id, category_code.
+    empty_columns: list[str] = field(default_factory=list)
+    # Only events of these types are written (the others are dropped).
+    event_types: list[str] = field(default_factory=lambda: ["view", "cart", "remove_from_cart", "purchase"])
+    # Added to every product_id (e.g. 4611686018427387000 for ids near 2^62).
+    item_id_offset: int = 0
+    # event_time without its " UTC" suffix (clean reads it in clean.naive_timezone).
+    naive_timestamps: bool = False
+    # parquet: one file per day with the typed raw contract (schema.RAW_TYPED_SCHEMA); no
+    # malformed lines there (malformed_rate is ignored); compression=gzip is Parquet's codec.
+    format: Literal["csv", "json", "parquet"] = "csv"
     compression: Literal["none", "gzip"] = "none"
     seed: int = 42
 
@@ -128,6 +158,11 @@ class CleanConfig:
     bot_max_events_per_minute: int = 30
     # ... or more than this many distinct items in one session; its rows are counted, not kept.
     bot_max_distinct_items_per_session: int = 100
+    # When the bot rules flag more than this share of the (de-duplicated) rows, they probably do
+    # not fit the data (a ratings-like or bulk log): "warn" (report, run summary, MLflow tag) or
+    # "stop" (a DataQualityError before anything is published).
+    bot_max_row_share: float = 0.2
+    bot_share_action: Literal["warn", "stop"] = "warn"
     session_gap_minutes: int = 30
     # A session longer than this is split into pieces of at most this length.
     max_session_minutes: int = 240
@@ -137,6 +172,10 @@ class CleanConfig:
     allow_dev_key: bool = False
     # At most this many Parquet files per event date (also the parallelism of a one-day run).
     output_files_per_day: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.bot_max_row_share <= 1:
+            raise ConfigError(f"clean.bot_max_row_share must lie in [0, 1], got {self.bot_max_row_share}")
 
 
 @dataclass(frozen=True)
@@ -398,6 +437,9 @@ def load_config(config_path: str | os.PathLike | None = None, overrides: list[st
     Args:
         config_path: YAML file; ``extends: other.yaml`` (relative to it) is followed first.
         overrides: ``["train.epochs=3", "spark.master=local[4]"]``; values are YAML scalars.
+            ``section.key.entry=value`` sets one entry of a mapping and keeps its others
+            (``featurize.dq_max_null_rate.brand=1.0``); everything after the key is the entry's
+            name, dots included (``spark.conf.spark.executor.memory=4g``).
 
     Raises:
         ConfigError: unknown key, wrong type, bad override syntax, unreadable file.
@@ -409,18 +451,40 @@ def load_config(config_path: str | os.PathLike | None = None, overrides: list[st
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} is not of the form section.key=value")
-        parts = key.strip().split(".")
-        if len(parts) != 2:
+        section, _, rest = key.strip().partition(".")
+        name, dot, entry = rest.partition(".")
+        if not section or not name or (dot and not entry):
             raise ConfigError(f"override key {key!r} must be section.key (e.g. train.epochs)")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
-        merged.setdefault(parts[0], {})
-        if not isinstance(merged[parts[0]], dict):
-            raise ConfigError(f"section {parts[0]!r} must be a mapping")
-        merged[parts[0]][parts[1]] = value
+        merged.setdefault(section, {})
+        if not isinstance(merged[section], dict):
+            raise ConfigError(f"section {section!r} must be a mapping")
+        if entry:
+            # One entry of a mapping; the rest of it stays as the profile (or the default) has it.
+            value = {**_mapping_to_extend(section, name, merged[section], key.strip()), entry: value}
+        merged[section][name] = value
     return from_dict(merged)
+
+
+def _mapping_to_extend(section: str, name: str, values: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """The mapping an override ``section.name.<entry>=value`` adds its entry to: the one set so
+    far (profile, earlier override), else the default.
+
+    Raises:
+        ConfigError: an unknown section or key, or ``section.name`` is not a mapping.
+    """
+    hint = _field_type(section, name)
+    if typing.get_origin(hint) is not dict:
+        raise ConfigError(f"override key {key!r}: {section}.{name} is not a mapping, so it has no entries "
+                          f"(set it as {section}.{name}=value)")
+    if name not in values:
+        return getattr(_section_class(section)(), name)
+    if not isinstance(values[name], dict):
+        raise ConfigError(f"{section}.{name}: expected a mapping, got {_describe(values[name])}")
+    return values[name]
 
 
 def _read_layered_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
@@ -452,23 +516,32 @@ def _read_layered_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
 
 def from_dict(data: Mapping[str, Any]) -> Config:
     """Validate a nested mapping against :class:`Config` and build it."""
-    sections = {f.name: f for f in dataclasses.fields(Config)}
     kwargs: dict[str, Any] = {}
     for section, values in data.items():
-        if section not in sections:
-            raise ConfigError(_unknown(section, sections))
-        section_cls = _resolve(Config, sections[section])
+        section_cls = _section_class(section)
         if not isinstance(values, Mapping):
             raise ConfigError(f"section {section!r} must be a mapping, got {type(values).__name__}")
-        fields = {f.name: f for f in dataclasses.fields(section_cls)}
-        section_kwargs = {}
-        for key, value in values.items():
-            if key not in fields:
-                raise ConfigError(_unknown(f"{section}.{key}", {f"{section}.{k}" for k in fields}))
-            hint = _resolve(section_cls, fields[key])
-            section_kwargs[key] = _check(f"{section}.{key}", value, hint)
-        kwargs[section] = section_cls(**section_kwargs)
+        kwargs[section] = section_cls(
+            **{key: _check(f"{section}.{key}", value, _field_type(section, key)) for key, value in values.items()}
+        )
     return Config(**kwargs)
+
+
+def _section_class(section: str) -> type:
+    """The dataclass of a config section; ConfigError (with a did-you-mean) for an unknown one."""
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    if section not in sections:
+        raise ConfigError(_unknown(section, sections))
+    return _resolve(Config, sections[section])
+
+
+def _field_type(section: str, key: str) -> Any:
+    """The type hint of ``section.key``; ConfigError (with a did-you-mean) for an unknown key."""
+    section_cls = _section_class(section)
+    fields = {f.name: f for f in dataclasses.fields(section_cls)}
+    if key not in fields:
+        raise ConfigError(_unknown(f"{section}.{key}", {f"{section}.{k}" for k in fields}))
+    return _resolve(section_cls, fields[key])
 
 
 def _resolve(cls: type, f: dataclasses.Field) -> Any:

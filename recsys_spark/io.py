@@ -163,6 +163,14 @@ def read_clean(spark: SparkSession, path: str) -> DataFrame:
     return read_table(spark, path, S.CLEAN_SCHEMA, "paths.clean")
 
 
+def read_quarantine(spark: SparkSession, path: str) -> DataFrame:
+    """The quarantine (QUARANTINE_SCHEMA and ``load_date``); a run without a single bad row
+    leaves it without files, which reads as an empty table."""
+    require_input(spark, path, "paths.quarantine")
+    schema = T.StructType([*S.QUARANTINE_SCHEMA.fields, T.StructField(S.LOAD_DATE, T.DateType())])
+    return spark.read.schema(schema).parquet(path)
+
+
 def feature_path(features_root: str, table: str) -> str:
     if table not in S.FEATURE_TABLES and table != S.FEATURE_METADATA:
         raise ValueError(f"unknown feature table {table!r}")

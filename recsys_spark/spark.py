@@ -36,6 +36,13 @@ def get_session(cfg: SparkConfig) -> SparkSession:
         "spark.ui.showConsoleProgress": str(cfg.show_progress).lower(),
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
         "spark.sql.adaptive.enabled": "true",
+        # Adaptive execution replaces a finished stage whose output is empty by an empty relation,
+        # and with it any CollectMetrics node inside: Spark then never fulfils that Observation
+        # and Observation.get waits for ever (SPARK-54620; clean hung on every log without a bad
+        # row, its quarantine side being empty). Observed counts are read with a bound anyway
+        # (waits.observed); without this rule they also arrive when a side is empty.
+        "spark.sql.adaptive.optimizer.excludedRules":
+            "org.apache.spark.sql.execution.adaptive.AQEPropagateEmptyRelation",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         # Parquet written here is read by Petastorm / pyarrow: no INT96 timestamps.
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",

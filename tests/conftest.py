@@ -17,6 +17,21 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 os.environ.setdefault("RECSYS_PSEUDONYM_KEY", "test-key-not-secret")
 
+# A hang fails one test, with its stack, instead of the CI run at 90 minutes: every test gets
+# the time limit of its costliest marker (pytest-timeout; seconds, setup and teardown included,
+# so the first test to build the session-wide Spark fixture has room for it). An explicit
+# @pytest.mark.timeout(N) on a test wins.
+TIME_LIMITS_S = {"gpu": 900, "e2e": 1800, "distributed": 900, "unit": 300}
+DEFAULT_TIME_LIMIT_S = 600
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("timeout") is not None:
+            continue
+        limits = [s for marker, s in TIME_LIMITS_S.items() if item.get_closest_marker(marker) is not None]
+        item.add_marker(pytest.mark.timeout(max(limits, default=DEFAULT_TIME_LIMIT_S)))
+
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import re
+
 import pytest
 
 from recsys_spark.config import Config, PathsConfig, TrainConfig, load_config
-from recsys_spark.errors import ConfigError
+from recsys_spark.errors import ConfigError, InputError, relax_hint
+from recsys_spark.features.split import compute_cutoffs
 
 from tests.conftest import REPO
 
@@ -52,6 +56,86 @@ def test_overrides_are_typed_and_win_over_the_profile():
     assert isinstance(cfg.train.dropout, float)
 
 
+def test_nested_override_sets_one_entry_of_a_default_mapping():
+    cfg = load_config(None, ["featurize.dq_max_null_rate.brand=1.0", "train.event_weights.view=0.5",
+                             "clean.event_aliases.click=view"])
+    assert cfg.featurize.dq_max_null_rate == {"category_id": 0.5, "brand": 1.0, "price": 0.5}
+    assert cfg.train.event_weights == {"view": 0.5, "cart": 2.0, "remove_from_cart": 0.5, "purchase": 3.0}
+    assert cfg.clean.event_aliases == {"addtocart": "cart", "transaction": "purchase", "click": "view"}
+
+
+def test_nested_override_keeps_the_entries_a_profile_set(tmp_path):
+    path = tmp_path / "profile.yaml"
+    path.write_text("featurize:\n  dq_max_null_rate:\n    brand: 0.95\n    price: 0.4\n")
+    # A profile's mapping replaces the default one; an entry override changes that mapping only.
+    cfg = load_config(path, ["featurize.dq_max_null_rate.brand=1", "featurize.dq_max_null_rate.user_id=0"])
+    assert cfg.featurize.dq_max_null_rate == {"brand": 1.0, "price": 0.4, "user_id": 0.0}
+    # ... and so does it after a whole-mapping override earlier on the command line.
+    cfg = load_config(path, ["featurize.dq_max_null_rate={price: 0.2}", "featurize.dq_max_null_rate.brand=1"])
+    assert cfg.featurize.dq_max_null_rate == {"price": 0.2, "brand": 1.0}
+
+
+def test_nested_override_of_a_spark_conf_key_with_dots():
+    cfg = load_config(REPO / "conf" / "cluster.example.yaml",
+                      ["spark.conf.spark.executor.memory=24g", "spark.conf.spark.kryoserializer.buffer.max=512m"])
+    profile = load_config(REPO / "conf" / "cluster.example.yaml").spark.conf
+    assert cfg.spark.conf == {**profile, "spark.executor.memory": "24g", "spark.kryoserializer.buffer.max": "512m"}
+    assert profile["spark.executor.memory"] != "24g"  # the override changed something
+
+
+def test_a_wrong_profile_value_is_not_hidden_by_a_nested_override(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  event_weights: 3\n")
+    with pytest.raises(ConfigError, match="^train.event_weights: expected a mapping, got int 3$"):
+        load_config(path, ["train.event_weights.view=1"])
+
+
+def overrides_in(message: str) -> list[str]:
+    """The overrides of a message's ``(to accept it: ...)`` hint (errors.relax_hint)."""
+    found = re.search(r" \(to accept it: ([^()]+)\)$", message)
+    assert found, f"no hint at the end of {message!r}"
+    return found.group(1).split(" ")
+
+
+@pytest.mark.parametrize("value", [1.0, 0.34, 6.2, 1e-05, 3, "view", True])
+def test_relax_hint_reads_back_as_its_value(value):
+    key = {float: "featurize.dq_max_null_rate.brand", int: "train.epochs", str: "clean.event_aliases.click",
+           bool: "clean.allow_dev_key"}[type(value)]
+    [override] = overrides_in(f"a check failed {relax_hint(key, value)}")
+    cfg = load_config(None, [override])
+    section, name, *entry = key.split(".")
+    got = getattr(getattr(cfg, section), name)
+    assert (got[entry[0]] if entry else got) == value
+
+
+def _t(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc)
+
+
+@pytest.mark.parametrize("data_start, validation_days, test_days, hint", [
+    # Test from 01-05, so at most 1 validation day after 01-03 08:00.
+    ("2024-01-03 08:00:00", 2, 2, ["featurize.validation_days=1"]),
+    ("2024-01-01 08:00:00", 6, 2, ["featurize.validation_days=3"]),
+    # No validation day fits before 01-05: test from 01-06 leaves one.
+    ("2024-01-04 08:00:00", 2, 2, ["featurize.validation_days=1", "featurize.test_days=1"]),
+    ("2024-01-04 08:00:00", 1, 2, ["featurize.test_days=1"]),
+])
+def test_a_split_without_training_days_names_days_that_fit(data_start, validation_days, test_days, hint):
+    start, end = _t(data_start), _t("2024-01-06 15:30:00")
+    with pytest.raises(InputError) as err:
+        compute_cutoffs(start, end, validation_days, test_days)
+    assert overrides_in(str(err.value)) == hint
+    fc = load_config(None, [f"featurize.validation_days={validation_days}", f"featurize.test_days={test_days}",
+                            *hint]).featurize
+    assert compute_cutoffs(start, end, fc.validation_days, fc.test_days).validation > start
+
+
+def test_a_split_on_too_few_days_names_no_override():
+    with pytest.raises(InputError) as err:
+        compute_cutoffs(_t("2024-01-05 08:00:00"), _t("2024-01-06 15:30:00"), 1, 1)
+    assert "to accept it" not in str(err.value)
+
+
 def test_string_keys_take_yaml_dates_and_numbers_as_text():
     cfg = load_config(None, ["generate.start_date=2020-01-31", "spark.app_name=123"])
     assert cfg.generate.start_date == "2020-01-31"
@@ -72,6 +156,16 @@ def test_string_keys_take_yaml_dates_and_numbers_as_text():
         ("evaluate.ks=[10, x]", "evaluate.ks[1]: expected an integer, got str 'x'"),
         ("epochs", "override 'epochs' is not of the form section.key=value"),
         ("train=3", "override key 'train' must be section.key (e.g. train.epochs)"),
+        ("train.epochs.=3", "override key 'train.epochs.' must be section.key (e.g. train.epochs)"),
+        ("train.epochs.x=1", "override key 'train.epochs.x': train.epochs is not a mapping, so it has no entries "
+                             "(set it as train.epochs=value)"),
+        ("evaluate.ks.0=5", "override key 'evaluate.ks.0': evaluate.ks is not a mapping, so it has no entries "
+                            "(set it as evaluate.ks=value)"),
+        ("featurize.dq_max_nul_rate.brand=1", "unknown config key 'featurize.dq_max_nul_rate' "
+                                              "(did you mean 'featurize.dq_max_null_rate'?)"),
+        ("featuriz.dq_max_null_rate.brand=1", "unknown config key 'featuriz' (did you mean 'featurize'?)"),
+        ("featurize.dq_max_null_rate.brand=abc", "featurize.dq_max_null_rate.brand: expected a number, got str 'abc'"),
+        ("train.event_weights.view=[1]", "train.event_weights.view: expected a number, got list [1]"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):

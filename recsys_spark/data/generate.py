@@ -12,7 +12,14 @@ SASRec-style model has something to learn beyond popularity and co-occurrence:
 * views lead to carts and carts to purchases or removals; activity per user is heavy-tailed.
 
 On top come the faults of real logs, each at its configured rate and counted: exact duplicate
-lines, malformed lines, empty ids, unknown event types, missing sessions and a few bots.
+lines, malformed lines, empty ids, unknown event types, missing sessions and a few bots
+(``defects=false`` turns all of them off, whatever the rates say).
+
+Other shapes of real logs, each off by default (the default output does not change):
+``user_active_days`` (users active in a short window each: a thin tail of recent users),
+``burst_share`` (ratings-like bursts of 100-300 distinct items a user-minute's pace),
+``empty_columns``, ``event_types`` (e.g. purchases only), ``item_id_offset`` (ids near 2^62),
+``naive_timestamps`` and ``format=parquet``. :func:`regime_overrides` names a few mixes.
 
 Everything is vectorised with numpy across the sessions of a day and generated day by day, so
 memory stays bounded by one day of events; a seed gives byte-identical files.
@@ -20,6 +27,7 @@ memory stays bounded by one day of events; a seed gives byte-identical files.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import gzip
 import io
@@ -31,7 +39,10 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pyspark.sql import SparkSession
+from pyspark.sql import types as T
 
 from recsys_spark import schema as S
 from recsys_spark.config import Config, GenerateConfig, is_uri
@@ -47,6 +58,16 @@ MAX_SESSION_LENGTH = 200
 # Longer pauses would split one generated session in two under clean's 30-minute rule.
 MAX_VIEW_GAP_S = 20 * 60
 BOT_VIEWS = (150, 450)
+# A ratings-like burst: this many events (inclusive), this many seconds apart (inclusive).
+BURST_EVENTS = (100, 300)
+BURST_GAP_S = (1, 2)
+# Burst items are drawn for this many session-items at a time (bounds the memory of a day).
+BURST_DRAW_CELLS = 2_000_000
+EMPTYABLE_COLUMNS = (S.BRAND, S.PRICE, S.CATEGORY_ID, S.CATEGORY_CODE)
+# Product ids are drawn in [PRODUCT_ID_BASE, PRODUCT_ID_BASE + PRODUCT_ID_SPAN), then offset.
+PRODUCT_ID_BASE = 1_000_000
+PRODUCT_ID_SPAN = 99_000_000
+MAX_ITEM_ID_OFFSET = 2**63 - PRODUCT_ID_BASE - PRODUCT_ID_SPAN
 UNKNOWN_EVENT_TYPES = np.array(["wishlist", "VIEW ", "Purchase", "click", "add_to_cart "], dtype=object)
 NULL_CATEGORY_CODE_SHARE = 0.25
 NULL_BRAND_SHARE = 0.15
@@ -93,6 +114,51 @@ class DirtRates:
         )
 
 
+def effective_config(cfg: GenerateConfig) -> GenerateConfig:
+    """The settings the generator works with: with ``defects`` off, every fault rate and ``n_bots`` are 0.
+
+    A log made with ``defects=false`` is the same as one made with those keys set to 0.
+    """
+    if cfg.defects:
+        return cfg
+    return dataclasses.replace(
+        cfg,
+        n_bots=0,
+        duplicate_rate=0.0,
+        malformed_rate=0.0,
+        null_id_rate=0.0,
+        unknown_event_rate=0.0,
+        missing_session_rate=0.0,
+    )
+
+
+REGIMES: dict[str, tuple[str, ...]] = {
+    "demo": (),
+    # MovieLens-like: many ratings at once, users active for two months of four, no brand or price.
+    "ratings": (
+        "generate.days=120",
+        "generate.user_active_days=60",
+        "generate.burst_share=0.5",
+        "generate.empty_columns=[brand,price,category_code]",
+    ),
+    "long_tail": ("generate.n_items=20000", "generate.zipf_exponent=0.8"),
+}
+
+
+def regime_overrides(name: str) -> list[str]:
+    """The dotted overrides of a named data shape (``demo``: none; ``ratings``; ``long_tail``).
+
+    Put them before the caller's own overrides, which then win:
+    ``load_config(path, [*regime_overrides("ratings"), "generate.n_users=200"])``.
+
+    Raises:
+        ConfigError: an unknown name.
+    """
+    if name not in REGIMES:
+        raise ConfigError(f"unknown generator regime {name!r} (one of {', '.join(sorted(REGIMES))})")
+    return list(REGIMES[name])
+
+
 @dataclass(frozen=True)
 class World:
     """The fixed catalogue, users and session schedule behind a generated clickstream.
@@ -104,6 +170,7 @@ class World:
     item_category: np.ndarray  # int32 [n_items], index into the category arrays
     brand: np.ndarray  # object [n_items], None where unknown
     price: np.ndarray  # float64 [n_items], 2 decimals
+    popularity: np.ndarray  # float64 [n_items], Zipf weight (not normalised)
     complements: np.ndarray  # int32 [n_items, COMPLEMENTS_PER_ITEM]
     category_id: np.ndarray  # int64 [n_categories]
     category_code: np.ndarray  # object [n_categories], None where unknown
@@ -154,14 +221,14 @@ def validate(cfg: GenerateConfig) -> None:
             raise ConfigError(f"generate.{key} must be positive, got {getattr(cfg, key)}")
     if cfg.n_items < cfg.n_categories:
         raise ConfigError(f"generate.n_items ({cfg.n_items}) must be >= generate.n_categories ({cfg.n_categories})")
-    for key in ("sessions_per_user", "zipf_exponent", "n_bots"):
+    for key in ("sessions_per_user", "zipf_exponent", "n_bots", "user_active_days", "item_id_offset"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"generate.{key} must not be negative, got {getattr(cfg, key)}")
     if cfg.taste_concentration <= 0:
         raise ConfigError(f"generate.taste_concentration must be > 0, got {cfg.taste_concentration}")
     probabilities = (
         "p_same_category", "p_complement", "p_cart", "p_purchase", "p_remove_from_cart", "p_repeat_view",
-        "taste_drift", "duplicate_rate", "malformed_rate",
+        "taste_drift", "duplicate_rate", "malformed_rate", "burst_share",
     )  # fmt: skip
     for key in probabilities:
         if not 0.0 <= getattr(cfg, key) <= 1.0:
@@ -173,6 +240,17 @@ def validate(cfg: GenerateConfig) -> None:
         dt.date.fromisoformat(cfg.start_date)
     except ValueError:
         raise ConfigError(f"generate.start_date {cfg.start_date!r} is not an ISO date (YYYY-MM-DD)") from None
+    for column in cfg.empty_columns:
+        if column not in EMPTYABLE_COLUMNS:
+            raise ConfigError(f"generate.empty_columns: {column!r} is not one of {', '.join(EMPTYABLE_COLUMNS)}")
+    if not cfg.event_types:
+        raise ConfigError(f"generate.event_types must list at least one of {', '.join(S.EVENT_TYPES)}")
+    for event_type in cfg.event_types:
+        if event_type not in S.EVENT_TYPES:
+            raise ConfigError(f"generate.event_types: {event_type!r} is not one of {', '.join(S.EVENT_TYPES)}")
+    if cfg.item_id_offset > MAX_ITEM_ID_OFFSET:
+        raise ConfigError(f"generate.item_id_offset must be at most {MAX_ITEM_ID_OFFSET} (ids are 64-bit), "
+                          f"got {cfg.item_id_offset}")
 
 
 def build_world(cfg: GenerateConfig) -> World:
@@ -185,6 +263,7 @@ def build_world(cfg: GenerateConfig) -> World:
         A :class:`World`, the same for the same config.
     """
     validate(cfg)
+    cfg = effective_config(cfg)
     rng = np.random.default_rng([cfg.seed, 0])
     n_items, n_cat = cfg.n_items, cfg.n_categories
 
@@ -221,7 +300,8 @@ def build_world(cfg: GenerateConfig) -> World:
     brand = brand_names[category_brands[pick]].astype(object)
     brand[rng.random(n_items) < NULL_BRAND_SHARE] = None
     price = category_price[item_category] * rng.lognormal(0.0, 0.35, size=n_items)
-    product_id = rng.choice(99_000_000, size=n_items, replace=False).astype(np.int64) + 1_000_000
+    product_id = rng.choice(PRODUCT_ID_SPAN, size=n_items, replace=False).astype(np.int64) + PRODUCT_ID_BASE
+    product_id += cfg.item_id_offset
 
     n_users = cfg.n_users
     ids = rng.choice(90_000_000, size=n_users + cfg.n_bots, replace=False).astype(np.int64) + 510_000_000
@@ -239,6 +319,7 @@ def build_world(cfg: GenerateConfig) -> World:
         item_category=item_category,
         brand=brand,
         price=np.round(np.maximum(price, 0.5), 2),
+        popularity=popularity,
         complements=complements,
         category_id=category_id,
         category_code=category_code,
@@ -269,11 +350,22 @@ def _category_sampler(item_category: np.ndarray, popularity: np.ndarray, n_cat: 
 
 
 def _schedule(cfg: GenerateConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sessions of every user (heavy-tailed activity), sorted by day: user, day, start second."""
+    """Sessions of every user (heavy-tailed activity), sorted by day: user, day, start second.
+
+    With ``user_active_days`` N > 0 a user's sessions fall in the N days from a first day drawn
+    uniformly over the period; those past the last day are cut, as at the end of an export.
+    """
     activity = rng.lognormal(0.0, 1.0, size=cfg.n_users)
     sessions = rng.poisson(cfg.sessions_per_user * activity / activity.mean())
+    if sessions.sum() == 0 and cfg.sessions_per_user > 0:  # a log of a few users is never empty
+        sessions[np.argmax(activity)] = 1
     user = np.repeat(np.arange(cfg.n_users, dtype=np.int32), sessions)
-    day = rng.integers(0, cfg.days, size=len(user)).astype(np.int32)
+    if cfg.user_active_days:
+        first_day = rng.integers(0, cfg.days, size=cfg.n_users)
+        day = first_day[user] + rng.integers(0, cfg.user_active_days, size=len(user))
+        user, day = user[day < cfg.days], day[day < cfg.days].astype(np.int32)
+    else:
+        day = rng.integers(0, cfg.days, size=len(user)).astype(np.int32)
     hours = rng.choice(24, size=len(user), p=HOUR_WEIGHTS / HOUR_WEIGHTS.sum())
     start = (hours * 3600 + rng.integers(0, 3600, size=len(user))).astype(np.int64)
     by_day = np.argsort(day, kind="stable")
@@ -312,7 +404,9 @@ def generate_events(cfg: GenerateConfig, world: World | None = None) -> Iterator
     """Yield the clean events of each day, time-ordered, before any dirt is injected.
 
     Sessions that run past midnight continue in the next day; what runs past the last day is
-    cut off, as at the end of a real export.
+    cut off, as at the end of a real export. A ``burst_share`` of each day's sessions are
+    ratings-like bursts instead (see :func:`_burst_events`); events of types not in
+    ``event_types`` are dropped.
 
     Args:
         cfg: the generator's settings.
@@ -328,19 +422,26 @@ def generate_events(cfg: GenerateConfig, world: World | None = None) -> Iterator
     start = dt.date.fromisoformat(cfg.start_date)
     epoch0 = int(pd.Timestamp(start, tz="UTC").timestamp())
     day_bounds = np.searchsorted(world.session_day, np.arange(cfg.days + 1))
+    kept_types = [S.EVENT_TYPES.index(t) for t in cfg.event_types]
     carry = _empty_internal()
     for day in range(cfg.days):
         rng = np.random.default_rng([cfg.seed, 1, day])
-        sessions = slice(day_bounds[day], day_bounds[day + 1])
+        sessions: slice | np.ndarray = slice(day_bounds[day], day_bounds[day + 1])
+        bursts = _empty_internal()
+        if cfg.burst_share > 0:
+            sessions, bursts = _burst_events(cfg, world, np.arange(sessions.start, sessions.stop), day)
         parts = [
             carry,
             _session_events(cfg, world, rng, sessions, day_offset=day * SECONDS_PER_DAY),
             _bot_events(world, rng, day, day_offset=day * SECONDS_PER_DAY),
+            bursts,
         ]
         events = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else carry
         end = (day + 1) * SECONDS_PER_DAY
         today = events[events["t"] < end]
         carry = events[events["t"] >= end]
+        if len(kept_types) < len(S.EVENT_TYPES):
+            today = today[np.isin(today["etype"].to_numpy(), kept_types)]
         today = today.sort_values(["t", "session", "seq"], kind="stable")
         yield start + dt.timedelta(days=day), _to_typed(today, world, epoch0)
 
@@ -359,9 +460,9 @@ def _empty_internal() -> pd.DataFrame:
 
 
 def _session_events(
-    cfg: GenerateConfig, world: World, rng: np.random.Generator, sessions: slice, day_offset: int
+    cfg: GenerateConfig, world: World, rng: np.random.Generator, sessions: slice | np.ndarray, day_offset: int
 ) -> pd.DataFrame:
-    """All events of the sessions starting this day; ``t`` is seconds since the first midnight."""
+    """All events of the given sessions (those starting this day); ``t`` is seconds since the first midnight."""
     users = world.session_user[sessions].astype(np.int64)
     n = len(users)
     if n == 0:
@@ -429,6 +530,76 @@ def _session_events(
     )
 
 
+def _burst_events(
+    cfg: GenerateConfig, world: World, sessions: np.ndarray, day: int
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Turn a ``burst_share`` of the day's sessions into ratings-like bursts.
+
+    A burst is BURST_EVENTS events on distinct items (at most n_items), drawn without
+    replacement by popularity times the user's taste for their category, BURST_GAP_S seconds
+    apart (dozens a minute), each a purchase with probability ``p_purchase``, else a view.
+    It starts at the session's start, or earlier so that it ends the same day. Draws come from
+    their own random stream, so that the other sessions' draws depend on the split alone.
+
+    Args:
+        sessions: int [n], indices of the day's sessions in the world's schedule.
+
+    Returns:
+        (the indices of the other sessions, the bursts' events in the internal layout).
+    """
+    rng = np.random.default_rng([cfg.seed, 3, day])
+    is_burst = rng.random(len(sessions)) < cfg.burst_share
+    chosen = sessions[is_burst]
+    n = len(chosen)
+    if n == 0:
+        return sessions, _empty_internal()
+    users = world.session_user[chosen].astype(np.int64)
+    lengths = np.minimum(rng.integers(BURST_EVENTS[0], BURST_EVENTS[1] + 1, size=n), world.n_items)
+    owner = np.repeat(np.arange(n), lengths)
+    first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    elapsed = np.cumsum(rng.integers(BURST_GAP_S[0], BURST_GAP_S[1] + 1, size=len(owner)))
+    elapsed -= elapsed[first][owner]
+    duration = elapsed[first + lengths - 1]
+    begin = np.minimum(world.session_start[chosen], SECONDS_PER_DAY - 1 - duration)
+    day_offset = day * SECONDS_PER_DAY
+    late = rng.random(n) < cfg.taste_drift * ((day_offset + begin) / (cfg.days * SECONDS_PER_DAY))
+
+    # Gumbel top-k: the k largest of log(weight) + Gumbel noise, in order, are a draw of k
+    # items without replacement with probabilities proportional to weight.
+    n_cat, k = world.n_categories, int(lengths.max())
+    log_popularity = np.log(world.popularity)
+    items = np.empty(len(owner), dtype=np.int32)
+    step = max(1, BURST_DRAW_CELLS // world.n_items)
+    for lo in range(0, n, step):
+        block = slice(lo, min(n, lo + step))
+        u = users[block]
+        cdf = np.where(
+            late[block, None],
+            world.taste_late.reshape(-1, n_cat)[u],
+            world.taste_early.reshape(-1, n_cat)[u],
+        ) - u[:, None]
+        with np.errstate(divide="ignore"):
+            log_taste = np.log(np.diff(cdf, axis=1, prepend=0.0))
+        keys = log_popularity + log_taste[:, world.item_category] + rng.gumbel(size=(len(u), world.n_items))
+        top = np.argpartition(-keys, k - 1, axis=1)[:, :k]
+        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1, kind="stable"), 1)
+        for i, session in enumerate(range(block.start, block.stop)):
+            items[first[session] : first[session] + lengths[session]] = top[i, : lengths[session]]
+
+    etype = np.where(rng.random(len(owner)) < cfg.p_purchase, PURCHASE, VIEW).astype(np.int8)
+    events = pd.DataFrame(
+        {
+            "t": day_offset + begin[owner] + elapsed,
+            "seq": np.arange(len(owner), dtype=np.int64) - first[owner],
+            "etype": etype,
+            "item": items,
+            "user_id": world.user_id[users[owner]],
+            "session": _uuids(rng, n)[owner],
+        }
+    )
+    return sessions[~is_burst], events
+
+
 def _bot_events(world: World, rng: np.random.Generator, day: int, day_offset: int) -> pd.DataFrame:
     """Bursts of hundreds of views of distinct items, a few seconds apart."""
     todays = world.bot_day_sessions[world.bot_day_sessions[:, 1] == day, 0]
@@ -490,11 +661,13 @@ _NUMERIC_COLUMNS = {S.PRODUCT_ID, S.CATEGORY_ID, S.PRICE, S.USER_ID}
 _GARBAGE_ALPHABET = np.array(list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ <>/!?#;:=_-"))
 
 
-def to_raw_text(events: pd.DataFrame) -> pd.DataFrame:
+def to_raw_text(events: pd.DataFrame, naive: bool = False, empty_columns: tuple[str, ...] = ()) -> pd.DataFrame:
     """Render typed events as the raw contract's text values.
 
     Args:
         events: a frame from :func:`generate_events`.
+        naive: write event_time without its zone (``2019-10-01 00:00:04``).
+        empty_columns: columns set to null on every row.
 
     Returns:
         The same rows and columns as text (object dtype, None for null): event_time like
@@ -508,7 +681,7 @@ def to_raw_text(events: pd.DataFrame) -> pd.DataFrame:
     day_text = np.array([(epoch + dt.timedelta(days=int(d))).isoformat() for d in unique_days], dtype=object)
     cents = np.rint(events[S.PRICE].to_numpy() * 100).astype(np.int64)
     text = {
-        S.EVENT_TIME: day_text[inverse] + " " + _HMS[in_day] + " UTC",
+        S.EVENT_TIME: day_text[inverse] + " " + _HMS[in_day] + ("" if naive else " UTC"),
         S.EVENT_TYPE: events[S.EVENT_TYPE].to_numpy(dtype=object),
         S.PRODUCT_ID: _as_text(events[S.PRODUCT_ID].to_numpy()),
         S.CATEGORY_ID: _as_text(events[S.CATEGORY_ID].to_numpy()),
@@ -518,6 +691,8 @@ def to_raw_text(events: pd.DataFrame) -> pd.DataFrame:
         S.USER_ID: _as_text(events[S.USER_ID].to_numpy()),
         S.USER_SESSION: events[S.USER_SESSION].to_numpy(dtype=object),
     }
+    for column in empty_columns:
+        text[column] = np.full(len(events), None, dtype=object)
     return pd.DataFrame(text, columns=S.RAW_COLUMNS)
 
 
@@ -576,6 +751,33 @@ def inject_dirt(
         (lines, counts): object array of str, and the number of each fault
         (``duplicates``, ``malformed``, ``null_ids``, ``unknown_event_types``, ``missing_sessions``).
     """
+    rows, duplicated, counts = inject_row_faults(rows, rates, rng, protected)
+    n = len(rows)
+    lines = render_lines(rows, fmt)
+    n_malformed = int(rng.binomial(n, rates.malformed)) if np.any(~protected) else 0
+    sources = rng.choice(np.flatnonzero(~protected), size=n_malformed) if n_malformed else np.array([], dtype=np.int64)
+    malformed = np.array([_malformed(lines[i], rows.iloc[i], fmt, rng) for i in sources], dtype=object)
+
+    # Sort keys place each copy right after its original and each malformed line before a row.
+    before_row = rng.integers(0, n + 1, size=n_malformed) - 0.25
+    keys = np.concatenate([np.arange(n, dtype=np.float64), duplicated + 0.5, before_row])
+    all_lines = np.concatenate([lines, lines[duplicated], malformed])
+    return all_lines[np.argsort(keys, kind="stable")], {**counts, "malformed": n_malformed}
+
+
+def inject_row_faults(
+    rows: pd.DataFrame, rates: DirtRates, rng: np.random.Generator, protected: np.ndarray
+) -> tuple[pd.DataFrame, np.ndarray, dict[str, int]]:
+    """The field faults of :func:`inject_dirt` and the choice of the rows to duplicate.
+
+    Args:
+        rows, rates, rng, protected: as for :func:`inject_dirt`.
+
+    Returns:
+        (rows, duplicated, counts): the rows with their field faults (same order), int
+        [n_duplicated] the positions of the rows to copy, and the counts of ``duplicates``,
+        ``null_ids``, ``unknown_event_types`` and ``missing_sessions``.
+    """
     rows = rows.copy()
     n = len(rows)
     u = rng.random(n)
@@ -592,25 +794,21 @@ def inject_dirt(
     rows.loc[unknown, S.EVENT_TYPE] = rng.choice(UNKNOWN_EVENT_TYPES, size=int(unknown.sum()))
     rows.loc[missing, S.USER_SESSION] = None
     untouched = (u >= cut_missing) & ~protected
-
-    lines = render_lines(rows, fmt)
     duplicated = np.flatnonzero(untouched & (rng.random(n) < rates.duplicate))
-    n_malformed = int(rng.binomial(n, rates.malformed)) if np.any(~protected) else 0
-    sources = rng.choice(np.flatnonzero(~protected), size=n_malformed) if n_malformed else np.array([], dtype=np.int64)
-    malformed = np.array([_malformed(lines[i], rows.iloc[i], fmt, rng) for i in sources], dtype=object)
-
-    # Sort keys place each copy right after its original and each malformed line before a row.
-    before_row = rng.integers(0, n + 1, size=n_malformed) - 0.25
-    keys = np.concatenate([np.arange(n, dtype=np.float64), duplicated + 0.5, before_row])
-    all_lines = np.concatenate([lines, lines[duplicated], malformed])
     counts = {
         "duplicates": len(duplicated),
-        "malformed": n_malformed,
         "null_ids": int(null_ids.sum()),
         "unknown_event_types": int(unknown.sum()),
         "missing_sessions": int(missing.sum()),
     }
-    return all_lines[np.argsort(keys, kind="stable")], counts
+    return rows, duplicated, counts
+
+
+def with_duplicates(rows: pd.DataFrame, duplicated: np.ndarray) -> pd.DataFrame:
+    """``rows`` with a copy of each row in ``duplicated`` right after its original."""
+    keys = np.concatenate([np.arange(len(rows), dtype=np.float64), duplicated + 0.5])
+    both = pd.concat([rows, rows.iloc[duplicated]], ignore_index=True)
+    return both.iloc[np.argsort(keys, kind="stable")].reset_index(drop=True)
 
 
 def _malformed(line: str, row: pd.Series, fmt: str, rng: np.random.Generator) -> str:
@@ -628,9 +826,28 @@ def _malformed(line: str, row: pd.Series, fmt: str, rng: np.random.Generator) ->
 
 
 def day_file_name(day: dt.date, fmt: str, compression: str) -> str:
-    """``events-YYYY-MM-DD.csv``, ``.csv.gz``, ``.json`` or ``.json.gz``."""
-    suffix = ".gz" if compression == "gzip" else ""
+    """``events-YYYY-MM-DD.csv``, ``.csv.gz``, ``.json``, ``.json.gz`` or ``.parquet``."""
+    suffix = ".gz" if compression == "gzip" and fmt != "parquet" else ""
     return f"events-{day.isoformat()}.{fmt}{suffix}"
+
+
+_ARROW_TYPES = {T.StringType(): pa.string(), T.LongType(): pa.int64(), T.DoubleType(): pa.float64()}
+RAW_ARROW_SCHEMA = pa.schema([pa.field(f.name, _ARROW_TYPES[f.dataType], nullable=True) for f in S.RAW_TYPED_SCHEMA])
+
+
+def parquet_bytes(rows: pd.DataFrame, compression: str) -> bytes:
+    """One Parquet file of text rows, typed as ``schema.RAW_TYPED_SCHEMA`` (what clean reads).
+
+    Args:
+        rows: text rows with the columns ``schema.RAW_COLUMNS`` (None for null), numeric
+            columns holding numbers (an unknown event type is fine: event_type is text).
+        compression: ``"gzip"`` (Parquet's own codec) or ``"none"``.
+    """
+    arrays = [pa.array(rows[f.name].to_numpy(dtype=object), type=pa.string()).cast(f.type) for f in RAW_ARROW_SCHEMA]
+    table = pa.Table.from_arrays(arrays, schema=RAW_ARROW_SCHEMA)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="gzip" if compression == "gzip" else "none")
+    return sink.getvalue().to_pybytes()
 
 
 def run(spark: SparkSession | None, cfg: Config) -> dict:
@@ -639,16 +856,17 @@ def run(spark: SparkSession | None, cfg: Config) -> dict:
     A day's file replaces the one of an earlier run (written to a temporary name, then
     renamed; files of the same day in another format are removed). A URI destination is
     written through the Hadoop file system of the Spark session, with the same layout.
+    Parquet files hold no malformed lines (``malformed_rate`` is ignored, the count is 0).
 
     Args:
         spark: the session; only used when ``paths.raw`` is a URI (None will do otherwise).
         cfg: the whole config; ``generate`` and ``paths`` are read.
 
     Returns:
-        raw_path, files, events (lines written, headers excluded), users and items (distinct,
-        in the clean events), days, and dirt: the count of each injected fault.
+        raw_path, files, events (lines or Parquet rows written, headers excluded), users and
+        items (distinct, in the clean events), days, and dirt: the count of each injected fault.
     """
-    gen = cfg.generate
+    gen = effective_config(cfg.generate)
     world = build_world(gen)
     raw_path = cfg.paths.resolve("raw")
     rates = DirtRates.from_config(gen)
@@ -660,20 +878,26 @@ def run(spark: SparkSession | None, cfg: Config) -> dict:
     for day, events in generate_events(gen, world):
         protected = events[S.USER_ID].isin(world.bot_user_ids).to_numpy()
         rng = np.random.default_rng([gen.seed, 2, day.toordinal()])
-        lines, counts = inject_dirt(to_raw_text(events), rates, gen.format, rng, protected)
+        text = to_raw_text(events, gen.naive_timestamps, tuple(gen.empty_columns))
+        if gen.format == "parquet":
+            rows, duplicated, counts = inject_row_faults(text, rates, rng, protected)
+            rows = with_duplicates(rows, duplicated)
+            data, written = parquet_bytes(rows, gen.compression), len(rows)
+        else:
+            lines, counts = inject_dirt(text, rates, gen.format, rng, protected)
+            data, written = _day_bytes(lines, header, gen.compression), len(lines)
         for key, value in counts.items():
             dirt[key] += value
         dirt["bot_events"] += int(protected.sum())
         seen_users.update(np.unique(events[S.USER_ID].to_numpy()).tolist())
         seen_items[np.isin(world.product_id, events[S.PRODUCT_ID].to_numpy())] = True
         name = day_file_name(day, gen.format, gen.compression)
-        data = _day_bytes(lines, header, gen.compression)
         if is_uri(raw_path):
             _write_day_hadoop(spark, raw_path.rstrip("/"), day, name, data)
         else:
             _write_day_local(Path(raw_path), day, name, data)
         files += 1
-        events_written += len(lines)
+        events_written += written
     summary = {
         "raw_path": raw_path,
         "files": files,
@@ -683,7 +907,7 @@ def run(spark: SparkSession | None, cfg: Config) -> dict:
         "days": gen.days,
         "dirt": dirt,
     }
-    log.info("wrote %d %s file(s), %d lines, to %s; dirt %s", files, gen.format, events_written, raw_path, dirt)
+    log.info("wrote %d %s file(s), %d rows, to %s; dirt %s", files, gen.format, events_written, raw_path, dirt)
     return summary
 
 
@@ -701,7 +925,7 @@ def _day_bytes(lines: np.ndarray, header: str | None, compression: str) -> bytes
 
 def _other_names(day: dt.date, name: str) -> list[str]:
     """The file names the same day has in the other formats, removed on a re-run."""
-    names = {day_file_name(day, f, c) for f in ("csv", "json") for c in ("none", "gzip")}
+    names = {day_file_name(day, f, c) for f in ("csv", "json", "parquet") for c in ("none", "gzip")}
     return sorted(names - {name})
 
 

@@ -36,10 +36,10 @@ from typing import Any
 from pyspark.sql import Column, DataFrame, Observation, SparkSession, Window
 from pyspark.sql import functions as F
 
-from recsys_spark import io, tracking
+from recsys_spark import io, tracking, waits
 from recsys_spark import schema as S
 from recsys_spark.config import CleanConfig, Config
-from recsys_spark.errors import ConfigError, DataQualityError
+from recsys_spark.errors import ConfigError, DataQualityError, relax_hint
 from recsys_spark.etl import adapters, publish
 from recsys_spark.etl.pseudonym import (
     hmac_sha256_hex, pseudonym_key, pseudonym_or_empty, redact_csv_line, redact_json_line, with_key,
@@ -58,6 +58,7 @@ _MICROS_PER_SECOND = 1_000_000
 _MICROS_PER_MINUTE = 60 * _MICROS_PER_SECOND
 # Per-row flags of the clean pipeline (dropped before writing).
 _DUP, _NEAR, _DISTINCT, _SOURCE_START, _BOT = "_dup", "_near", "_distinct_items", "_source_start", "_bot"
+_FIRST = "_first_of_day"
 
 
 @dataclass(frozen=True)
@@ -154,8 +155,9 @@ def sessionise_and_flag_bots(events: DataFrame, rules: BehaviourRules) -> DataFr
         ``events`` with ``_session_start`` (micros: the start of the row's session before
         splitting), ``_piece`` (0 for the first ``max_session_minutes`` of a session, 1 for the
         next, ...) and ``_bot`` (the user-day has more than ``bot_max_events_per_minute`` events
-        in some 60 seconds or more than ``bot_max_distinct_items_per_session`` items in a session).
-        One sort and two window passes.
+        in some 60 seconds or more than ``bot_max_distinct_items_per_session`` items in a session)
+        and ``_first_of_day`` (the user-day's first row in time order). One sort and two window
+        passes.
     """
     order = [MICROS, S.PRODUCT_ID, S.EVENT_TYPE, S.USER_SESSION, *_DETAIL]
     in_time = Window.partitionBy(*_USER_DAY).orderBy(*order)
@@ -180,7 +182,8 @@ def sessionise_and_flag_bots(events: DataFrame, rules: BehaviourRules) -> DataFr
         F.max(_DISTINCT).over(user_day) > rules.bot_max_distinct_items_per_session
     )
     sessions = rated.select(
-        "*", F.when(missing, generated_start).otherwise(F.col(_SOURCE_START)).alias("_session_start"), bot.alias(_BOT))
+        "*", F.when(missing, generated_start).otherwise(F.col(_SOURCE_START)).alias("_session_start"), bot.alias(_BOT),
+        (F.row_number().over(in_time) == 1).alias(_FIRST))
     piece = F.floor((F.col(MICROS) - F.col("_session_start")) / (rules.max_session_minutes * _MICROS_PER_MINUTE))
     return sessions.select("*", piece.cast("int").alias("_piece")).drop("_too_fast", "_starts")
 
@@ -195,7 +198,46 @@ def session_ids(events: DataFrame) -> Column:
     return F.when(F.col("_piece") > 0, F.concat(base, F.lit("~"), F.col("_piece").cast("string"))).otherwise(base)
 
 
-def clean_events(valid: DataFrame, key: bytes, rules: BehaviourRules) -> tuple[DataFrame, list[Observation]]:
+@dataclass(frozen=True)
+class _Counted:
+    """One observed frame of :func:`clean_events`: its observation and, to count the same rows
+    directly when Spark does not report it, the frame and the aggregates."""
+
+    observation: Observation
+    frame: DataFrame
+    aggregates: tuple[Column, ...]
+
+    def counts(self, timeout_s: float) -> dict[str, int]:
+        values = waits.observed(self.observation, timeout_s)
+        if values is None:
+            values = self.frame.agg(*self.aggregates).first().asDict()
+        return {k: int(v or 0) for k, v in values.items()}
+
+
+@dataclass(frozen=True)
+class Fates:
+    """The counts :func:`clean_events` observes while its frame is written."""
+
+    counted: tuple[_Counted, ...]
+
+    def counts(self, timeout_s: float) -> dict[str, int]:
+        """``valid``, ``duplicates``, ``near_duplicates``, ``item_bot_rows`` and ``item_bot_users``
+        (user-days with a session of too many items), ``rate_bot_rows`` and ``rate_bot_users``
+        (user-days over the events-per-minute rule), ``bot_rows`` (both) and ``kept``. Call it
+        after an action has computed the frame; an observation Spark does not report within
+        ``timeout_s`` is counted again from its frame (SPARK-54620, see waits.py).
+        """
+        counts = {k: v for c in self.counted for k, v in c.counts(timeout_s).items()}
+        counts["bot_rows"] = counts["item_bot_rows"] + counts["rate_bot_rows"]
+        return counts
+
+
+def _observe(frame: DataFrame, name: str, *aggregates: Column) -> tuple[DataFrame, _Counted]:
+    observation = Observation(name)
+    return frame.observe(observation, *aggregates), _Counted(observation, frame, aggregates)
+
+
+def clean_events(valid: DataFrame, key: bytes, rules: BehaviourRules) -> tuple[DataFrame, Fates]:
     """Valid rows of :func:`parse_events` to clean events.
 
     Args:
@@ -205,15 +247,13 @@ def clean_events(valid: DataFrame, key: bytes, rules: BehaviourRules) -> tuple[D
 
     Returns:
         (CLEAN_SCHEMA columns with user_id the keyed pseudonym, sorted by event_date within
-        each partition; observations whose counts :func:`fate_counts` reads once the frame has
-        been computed by an action).
+        each partition; the :class:`Fates` whose counts are read once the frame has been
+        computed by an action).
     """
-    counted, many_items, fates = (Observation("clean_duplicates"), Observation("clean_item_bots"),
-                                  Observation("clean_bots"))
     # event_time is _micros as a timestamp: the sorts and windows carry only _micros, and
     # event_time is made again from it for the output.
-    flagged = flag_duplicates(valid.drop(S.EVENT_TIME), rules.near_duplicate_seconds).observe(
-        counted,
+    flagged, counted = _observe(
+        flag_duplicates(valid.drop(S.EVENT_TIME), rules.near_duplicate_seconds), "clean_duplicates",
         F.count(F.lit(1)).alias("valid"),
         F.count(F.when(F.col(_DUP), 1)).alias("duplicates"),
         F.count(F.when(F.col(_NEAR), 1)).alias("near_duplicates"),
@@ -221,13 +261,24 @@ def clean_events(valid: DataFrame, key: bytes, rules: BehaviourRules) -> tuple[D
     # User-days with a session of too many items are bots whatever their timing: they leave
     # before the sort in time order, on flag_duplicates' order (keyed user-day first, so no sort).
     # Every session keeps its first row through de-duplication, so the maximum is the same.
-    item_bot = F.max(_DISTINCT).over(Window.partitionBy(*_KEYED_USER_DAY)) > rules.bot_max_distinct_items_per_session
-    deduplicated = flagged.where(~F.col(_DUP) & ~F.col(_NEAR)).select("*", item_bot.alias("_item_bot")).observe(
-        many_items, F.count(F.when(F.col("_item_bot"), 1)).alias("item_bot_rows"))
-    behaviour = sessionise_and_flag_bots(
-        deduplicated.where(~F.col("_item_bot")).drop("_item_bot", _USER_KEY), rules).observe(
-        fates,
+    # One window on flag_duplicates' order (keyed user-day first, so no sort): the item rule's
+    # maximum, and each user-day's first row, which counts the user-day once.
+    in_day = Window.partitionBy(*_KEYED_USER_DAY).orderBy(S.USER_SESSION, S.PRODUCT_ID, S.EVENT_TYPE, MICROS, *_DETAIL)
+    item_bot = F.max(_DISTINCT).over(in_day.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing))
+    deduplicated, many_items = _observe(
+        flagged.where(~F.col(_DUP) & ~F.col(_NEAR)).select(
+            "*", (item_bot > rules.bot_max_distinct_items_per_session).alias("_item_bot"),
+            (F.row_number().over(in_day) == 1).alias(_FIRST)),
+        "clean_item_bots",
+        F.count(F.when(F.col(_FIRST), 1)).alias("user_days"),
+        F.count(F.when(F.col("_item_bot"), 1)).alias("item_bot_rows"),
+        F.count(F.when(F.col("_item_bot") & F.col(_FIRST), 1)).alias("item_bot_days"),
+    )
+    behaviour, fates = _observe(
+        sessionise_and_flag_bots(deduplicated.where(~F.col("_item_bot")).drop("_item_bot", _USER_KEY, _FIRST), rules),
+        "clean_bots",
         F.count(F.when(F.col(_BOT), 1)).alias("rate_bot_rows"),
+        F.count(F.when(F.col(_BOT) & F.col(_FIRST), 1)).alias("rate_bot_days"),
         F.count(F.when(~F.col(_BOT), 1)).alias("kept"),
     )
     keyed = with_key(behaviour.where(~F.col(_BOT)), key)
@@ -235,21 +286,7 @@ def clean_events(valid: DataFrame, key: bytes, rules: BehaviourRules) -> tuple[D
     out = pseudonymous.select(
         "*", session_ids(pseudonymous).alias(S.SESSION_ID), F.timestamp_micros(MICROS).alias(S.EVENT_TIME)
     ).drop(KEY_IPAD, KEY_OPAD)
-    return S.conform(out, S.CLEAN_SCHEMA), [counted, many_items, fates]
-
-
-def fate_counts(observations: list[Observation]) -> dict[str, int]:
-    """The counts of :func:`clean_events`' observations: ``valid``, ``duplicates``,
-    ``near_duplicates``, ``bot_rows`` (of user-days with too many items in a session, plus
-    those of the rate rule) and ``kept``. Call it after an action has computed the frame:
-    reading an observation waits for that.
-
-    Raises:
-        DataQualityError: an observation came back without counts.
-    """
-    counts = {k: int(v) for o in observations for k, v in _observed(o).items()}
-    counts["bot_rows"] = counts.pop("item_bot_rows") + counts.pop("rate_bot_rows")
-    return counts
+    return S.conform(out, S.CLEAN_SCHEMA), Fates((counted, many_items, fates))
 
 
 def quarantine_rows(rejected: DataFrame, key: bytes, layout: str, fmt: str) -> DataFrame:
@@ -305,13 +342,6 @@ class Outcome:
             )
 
 
-def _observed(observation: Observation) -> dict[str, Any]:
-    values = observation.get
-    if not values:
-        raise DataQualityError(f"clean: the counts of {observation._name} were not collected")
-    return values
-
-
 # ----------------------------------------------------------------------------- the stage
 
 
@@ -365,40 +395,45 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         # fill the cores that the window stage leaves idle in its last tasks and between jobs.
         # The pool is left (its write waited for) before the parsed rows are released.
         with materialised(parsed) as parsed, ThreadPoolExecutor(1, thread_name_prefix="quarantine") as pool:
-            read, rejections = Observation("clean_read"), Observation("clean_rejected")
             in_window = F.col(IN_WINDOW)
-            observed = parsed.observe(
-                read,
+            observed, read = _observe(
+                parsed, "clean_read",
                 F.count(F.when(in_window, 1)).alias("rows_read"),
                 F.count(F.when(~in_window, 1)).alias("outside_window"),
                 F.count(F.when(in_window & F.col(S.LOAD_DATE).isNull(), 1)).alias("undated"),
             )
             # The counts by reason over the rejected rows only: a few in a hundred, where nine
-            # conditional counts over every row read took seconds at 10M lines.
-            rejected = observed.where(in_window & F.col(S.REASON).isNotNull()).observe(
-                rejections,
+            # conditional counts over every row read took seconds at 10M lines. On a log without
+            # a single bad row this side is empty (see waits.observed).
+            rejected, rejections = _observe(
+                observed.where(in_window & F.col(S.REASON).isNotNull()), "clean_rejected",
                 *[F.count(F.when(F.col(S.REASON) == code, 1)).alias(code) for code in S.REASON_CODES],
             )
             quarantine = quarantine_rows(rejected, key, cc.input_layout, cc.input_format)
             log.info("clean: writing the quarantine; de-duplicating, sessionising and writing the clean events")
             quarantined = pool.submit(
                 io.write_partitioned, quarantine.repartition(S.LOAD_DATE), staged_quarantine, S.LOAD_DATE)
-            events, observations = clean_events(valid_events(parsed), key, behaviour)
+            events, fates = clean_events(valid_events(parsed), key, behaviour)
             io.write_partitioned(events, staged_clean, S.EVENT_DATE)
-            quarantined.result()
+            waits.result(quarantined, cfg.spark.stage_timeout_minutes * 60, "the quarantine's write",
+                         "spark.stage_timeout_minutes")
+            # Read while the parsed rows exist: a count Spark did not report is taken from them.
+            timeout_s = cfg.spark.observation_timeout_s
+            counts = {**read.counts(timeout_s), **rejections.counts(timeout_s)}
+            fate = fates.counts(timeout_s)
 
-        counts = {**_observed(read), **_observed(rejections)}
-        fates = fate_counts(observations)
         outcome = Outcome(
-            rows_read=int(counts["rows_read"]),
-            rows_kept=int(fates["kept"]),
-            duplicates=int(fates["duplicates"]),
-            near_duplicates=int(fates["near_duplicates"]),
-            bot_rows=int(fates["bot_rows"]),
-            rejected={code: int(counts[code]) for code in S.REASON_CODES},
-            outside_window=int(counts["outside_window"]),
+            rows_read=counts["rows_read"],
+            rows_kept=fate["kept"],
+            duplicates=fate["duplicates"],
+            near_duplicates=fate["near_duplicates"],
+            bot_rows=fate["bot_rows"],
+            rejected={code: counts[code] for code in S.REASON_CODES},
+            outside_window=counts["outside_window"],
         )
         outcome.check()
+        bots = bot_report(fate, behaviour)
+        check_bot_share(bots, cc)
         written = spark.read.schema(S.CLEAN_SCHEMA).parquet(staged_clean).count() if io.exists(spark, staged_clean) else 0
         if written != outcome.rows_kept:
             raise DataQualityError(f"clean wrote {written} rows to {staged_clean} but kept {outcome.rows_kept}")
@@ -413,12 +448,18 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         undated = [None] if int(counts["undated"]) or any(f.load_date is None for f in files) else []
         publish.swap_partitions(spark, staged_quarantine, quarantine_path, S.LOAD_DATE, [*dates, *undated], run_id)
 
-        report = build_report(outcome, dates, clean_path, quarantine_path)
+        report = build_report(outcome, dates, clean_path, quarantine_path, bots)
         io.write_json(spark, report_path, report)
         tracking.log_json(report, REPORT_FILE)
         metrics = {f"clean.{k}": v for k, v in report.items() if isinstance(v, int)}
         metrics.update({f"clean.rejected.{code}": n for code, n in outcome.rejected.items()})
+        metrics.update({f"clean.bots.{rule}.{k}": v for rule, figures in bots["rules"].items()
+                        for k, v in figures.items()})
+        metrics["clean.bots.row_share"] = bots["row_share"]
         mlflow.log_metrics(metrics)
+        if bots["warning"]:
+            mlflow.set_tag("clean.warning", bots["warning"])
+            log.warning("clean: %s", bots["warning"])
 
     log.info("clean: kept %d of %d rows (%d rejected, %d duplicates, %d near-duplicates, %d bot rows) over %d "
              "date(s)", outcome.rows_kept, outcome.rows_read, sum(outcome.rejected.values()), outcome.duplicates,
@@ -426,9 +467,10 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     return {**report, "report_path": report_path}
 
 
-def build_report(outcome: Outcome, dates: list[str], clean_path: str, quarantine_path: str) -> dict[str, Any]:
-    """The contents of clean_report.json."""
-    return {
+def build_report(outcome: Outcome, dates: list[str], clean_path: str, quarantine_path: str,
+                 bots: dict[str, Any]) -> dict[str, Any]:
+    """The contents of clean_report.json (and the stage's summary: a warning is printed with it)."""
+    report = {
         "rows_read": outcome.rows_read,
         "rows_kept": outcome.rows_kept,
         "rejected": dict(outcome.rejected),
@@ -436,7 +478,67 @@ def build_report(outcome: Outcome, dates: list[str], clean_path: str, quarantine
         "near_duplicates": outcome.near_duplicates,
         "bot_rows": outcome.bot_rows,
         "outside_window": outcome.outside_window,
+        "bots": bots,
         "dates": list(dates),
         "clean_path": clean_path,
         "quarantine_path": quarantine_path,
     }
+    if bots["warning"]:
+        report["warning"] = bots["warning"]
+    return report
+
+
+# ----------------------------------------------------------------------------- the bot rules' report
+
+BOT_RULES = {
+    "items_per_session": ("item_bot", "clean.bot_max_distinct_items_per_session"),
+    "events_per_minute": ("rate_bot", "clean.bot_max_events_per_minute"),
+}
+
+
+def bot_report(fate: dict[str, int], rules: BehaviourRules) -> dict[str, Any]:
+    """What each bot rule flagged, so that a user sees at once whether the rules fit the data.
+
+    Args:
+        fate: :meth:`Fates.counts`.
+
+    Returns:
+        ``rules``: per rule, the user-days and rows it flagged and their shares of the user-days
+        and of the de-duplicated rows that met the rules (the items rule is applied first: a
+        user-day that breaks both counts under it); ``row_share`` of both; ``warning`` (filled in
+        by :func:`check_bot_share`, empty here).
+    """
+    rows = fate["valid"] - fate["duplicates"] - fate["near_duplicates"]
+    days = fate["user_days"]
+    limits = {"items_per_session": rules.bot_max_distinct_items_per_session,
+              "events_per_minute": rules.bot_max_events_per_minute}
+    out: dict[str, Any] = {"rows": rows, "user_days": days, "rules": {}}
+    for rule, (prefix, _) in BOT_RULES.items():
+        flagged_rows, flagged_days = fate[f"{prefix}_rows"], fate[f"{prefix}_days"]
+        out["rules"][rule] = {
+            "limit": limits[rule],
+            "user_days": flagged_days,
+            "rows": flagged_rows,
+            "user_day_share": round(flagged_days / days, 6) if days else 0.0,
+            "row_share": round(flagged_rows / rows, 6) if rows else 0.0,
+        }
+    out["row_share"] = round(fate["bot_rows"] / rows, 6) if rows else 0.0
+    out["warning"] = ""
+    return out
+
+
+def check_bot_share(bots: dict[str, Any], cc: CleanConfig) -> None:
+    """Above ``clean.bot_max_row_share`` of the rows flagged as bots: a warning in ``bots`` (the
+    report, the run summary, MLflow), or, with ``clean.bot_share_action=stop``, a
+    DataQualityError before anything is published.
+    """
+    if bots["row_share"] <= cc.bot_max_row_share:
+        return
+    detail = ", ".join(f"{rule} over {BOT_RULES[rule][1]}={f['limit']}: {f['row_share']:.1%} of rows in "
+                       f"{f['user_days']} user-day(s)" for rule, f in bots["rules"].items() if f["rows"])
+    message = (f"the bot rules flagged {bots['row_share']:.1%} of the rows ({detail}), more than "
+               f"clean.bot_max_row_share={cc.bot_max_row_share:g}: they may not fit this data (a ratings-like or "
+               f"bulk log); raise the rule's limit, or {relax_hint('clean.bot_max_row_share', 1.0)}")
+    if cc.bot_share_action == "stop":
+        raise DataQualityError(f"clean: {message}")
+    bots["warning"] = message

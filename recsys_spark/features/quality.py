@@ -11,13 +11,14 @@ items, one bin each, plus one bin for every other item.
 from __future__ import annotations
 
 import math
+from decimal import ROUND_CEILING, Decimal
 from typing import Any, Mapping
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from recsys_spark import schema as S
-from recsys_spark.errors import ConfigError, DataQualityError
+from recsys_spark.errors import ConfigError, DataQualityError, relax_hint
 from recsys_spark.features.sequences import STEP_TIME
 from recsys_spark.features.split import Cutoffs, before
 
@@ -168,10 +169,22 @@ def evaluate_checks(report: Mapping[str, Any], thresholds: Mapping[str, Any]) ->
 
 
 def raise_on_failure(checks: list[dict[str, Any]], report_path: str) -> None:
-    """Raise :class:`DataQualityError` naming the first failed check, its value and threshold."""
+    """Raise :class:`DataQualityError` naming the first failed check, its value and threshold,
+    and the override of its key that every check of that key passes."""
     for check in checks:
         if not check["passed"]:
+            largest = max(c["value"] for c in checks if c["key"] == check["key"])
             raise DataQualityError(
                 f"data quality check {check['check']} = {check['value']:.4g} exceeds {check['key']} = "
-                f"{check['threshold']:.4g} (report: {report_path})"
+                f"{check['threshold']:.4g} (report: {report_path}) {relax_hint(check['key'], _rounded_up(largest))}"
             )
+
+
+def _rounded_up(value: float, digits: int = 2) -> float:
+    """``value`` rounded up to ``digits`` significant digits: a short threshold it does not exceed."""
+    if value <= 0:
+        return 0.0
+    # repr is the shortest text that reads back as the same float, and reading text back is
+    # monotonic: the float of anything rounded up from that text is >= value.
+    text = Decimal(repr(value))
+    return float(text.quantize(Decimal(1).scaleb(text.adjusted() - digits + 1), rounding=ROUND_CEILING))

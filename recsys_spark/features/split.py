@@ -14,7 +14,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from recsys_spark import schema as S
-from recsys_spark.errors import InputError
+from recsys_spark.errors import InputError, relax_hint
 
 
 @dataclass(frozen=True)
@@ -86,8 +86,28 @@ def compute_cutoffs(
             f"featurize: data from {data_start.isoformat()} to {data_end.isoformat()} leaves no training "
             f"period before the validation cutoff {validation.isoformat()} "
             f"(featurize.validation_days={validation_days}, featurize.test_days={test_days})"
+            f"{_fitting_days_hint(data_start, last_day, test, validation_days)}"
         )
     return Cutoffs(data_start=data_start, data_end=data_end, validation=validation, test=test)
+
+
+def _fitting_days_hint(data_start: dt.datetime, last_day: dt.datetime, test: dt.datetime, validation_days: int) -> str:
+    """A space and the override that leaves a training period: fewer validation days, else one
+    validation day and fewer test days; "" when the data spans too few days for any split."""
+
+    def days_fitting_before(cutoff: dt.datetime) -> int:  # the most whole days d with cutoff - d days > data_start
+        return -((data_start - cutoff) // dt.timedelta(days=1)) - 1
+
+    validation_days_fitting = days_fitting_before(test)
+    if validation_days_fitting >= 1:
+        return " " + relax_hint("featurize.validation_days", validation_days_fitting)
+    # With one validation day, validation = last_day - test_days days.
+    test_days_fitting = days_fitting_before(last_day)
+    if test_days_fitting < 1:
+        return ""
+    if validation_days == 1:
+        return " " + relax_hint("featurize.test_days", test_days_fitting)
+    return " " + relax_hint("featurize.validation_days", 1, ("featurize.test_days", test_days_fitting))
 
 
 def before(time: Column, cutoff: dt.datetime) -> Column:

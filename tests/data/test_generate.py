@@ -10,12 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
+from pyspark.sql import functions as F
 
 from recsys_spark import schema as S
-from recsys_spark.config import Config, GenerateConfig, PathsConfig
+from recsys_spark.config import Config, GenerateConfig, PathsConfig, load_config
 from recsys_spark.data import generate as G
 from recsys_spark.errors import ConfigError
+from recsys_spark.etl import adapters
+from recsys_spark.etl.validate import parse_event_time
 
 pytestmark = pytest.mark.unit
 
@@ -276,3 +280,204 @@ def test_out_of_range_settings_are_rejected_by_name():
         G.validate(GenerateConfig(p_cart=1.5))
     with pytest.raises(ConfigError, match="generate.n_items"):
         G.validate(GenerateConfig(n_items=5, n_categories=10))
+
+
+# ----------------------------------------------------------------------------- shapes of real logs
+
+
+def test_defects_off_gives_a_log_without_faults_or_bots_whatever_the_rates(tmp_path):
+    summary = G.run(None, _config(tmp_path / "off", defects=False, n_bots=2, **DIRTY))
+    zero = G.run(None, _config(tmp_path / "zero", **NO_DIRT))
+
+    assert summary["dirt"] == dict.fromkeys(G.DIRT_KINDS, 0)
+    files = _files(Path(summary["raw_path"]))
+    assert [p.read_bytes() for p in files] == [p.read_bytes() for p in _files(Path(zero["raw_path"]))]
+    rows = [row for path in files for row in _csv_lines(path)[1:]]
+    assert len(rows) == summary["events"] > 1000
+    col = {c: i for i, c in enumerate(S.RAW_COLUMNS)}
+    assert all(len(r) == len(S.RAW_COLUMNS) for r in rows)  # no malformed line
+    assert len({tuple(r) for r in rows}) == len(rows)  # no duplicate
+    assert {r[col[S.EVENT_TYPE]] for r in rows} == set(S.EVENT_TYPES)
+    for column in (S.USER_ID, S.PRODUCT_ID, S.USER_SESSION):
+        assert all(r[col[column]] != "" for r in rows), column
+    assert all(TIME_RE.match(r[col[S.EVENT_TIME]]) for r in rows)
+    assert len(G.build_world(GenerateConfig(**{**TINY, "defects": False, "n_bots": 2})).bot_user_ids) == 0
+
+
+@pytest.mark.parametrize("n_users, days", [(1, 6), (150, 1), (1, 1)])
+def test_a_single_user_or_a_single_day_gives_a_log(tmp_path, n_users, days):
+    summary = G.run(None, _config(tmp_path, n_users=n_users, days=days, defects=False))
+
+    files = _files(Path(summary["raw_path"]))
+    assert len(files) == days
+    df = pd.concat([pd.read_csv(p) for p in files], ignore_index=True)
+    assert len(df) == summary["events"] > 0
+    assert df[S.USER_ID].nunique() == summary["users"] <= n_users
+    assert df[S.EVENT_TIME].str[:10].isin([f"2019-10-0{d}" for d in range(1, days + 1)]).all()
+
+
+def test_user_active_days_leaves_a_thin_tail_of_recent_users():
+    def last_week_share(active_days: int) -> tuple[float, int]:
+        shape = {"n_users": 300, "days": 240, "sessions_per_user": 30.0, "user_active_days": active_days}
+        cfg = GenerateConfig(**{**TINY, **NO_DIRT, **shape})
+        events = _all_events(cfg)
+        recent = events[S.EVENT_TIME] >= pd.Timestamp("2019-10-01", tz="UTC") + pd.Timedelta(days=233)
+        days = events[S.EVENT_TIME].dt.floor("D").groupby(events[S.USER_ID])
+        widest = int((days.max() - days.min()).max().days)
+        return events.loc[recent, S.USER_ID].nunique() / events[S.USER_ID].nunique(), widest
+
+    # A first day uniform over 240 days and 10 active days: 16 of 240 first days reach the
+    # last week (~7%); without windows, 30 sessions in 240 days reach it for most users.
+    share, widest = last_week_share(10)
+    assert 0.01 < share < 0.12
+    assert widest <= 10  # 10 days of sessions, the last one may run past midnight
+    share, widest = last_week_share(0)
+    assert share > 0.3 and widest > 100
+
+
+def test_bursts_are_ratings_like_sessions_of_distinct_items():
+    cfg = GenerateConfig(**{**TINY, **NO_DIRT, "n_items": 400, "days": 3, "burst_share": 0.2})
+    events = _all_events(cfg)
+
+    size = events.groupby(S.USER_SESSION)[S.PRODUCT_ID].agg(["size", "nunique"])
+    bursts = size[size["size"] >= G.BURST_EVENTS[0]]
+    # ~150 users x 5 sessions x 0.2 = ~150 bursts.
+    assert 100 < len(bursts) < 200
+    assert (bursts["size"] == bursts["nunique"]).all() and bursts["nunique"].max() > 200
+    assert bursts["size"].between(*G.BURST_EVENTS).all()
+    in_bursts = events[events[S.USER_SESSION].isin(bursts.index)]
+    assert set(in_bursts[S.EVENT_TYPE]) == {"view", "purchase"}
+    for _, burst in in_bursts.groupby(S.USER_SESSION):
+        assert burst[S.EVENT_TIME].dt.date.nunique() == 1
+        seconds = (burst[S.EVENT_TIME].astype("int64") // 10**9).to_numpy()
+        assert np.isin(np.diff(seconds), [1, 2]).all()
+        # More than 30 events in some 60 s: clean's default bot rule sees it.
+        assert (np.arange(len(seconds)) - np.searchsorted(seconds, seconds - 59)).max() + 1 > 30
+    assert (size["size"] < 60).mean() > 0.7  # the other sessions stay short
+
+
+def test_empty_columns_are_empty_in_csv_and_null_in_json(tmp_path):
+    empty = ["brand", "price", "category_id", "category_code"]
+    csv_run = G.run(None, _config(tmp_path / "csv", days=2, empty_columns=empty, **NO_DIRT))
+    json_run = G.run(None, _config(tmp_path / "json", days=2, format="json", empty_columns=["brand"], **NO_DIRT))
+
+    rows = [r for p in _files(Path(csv_run["raw_path"])) for r in _csv_lines(p)[1:]]
+    assert len(rows) == csv_run["events"] > 0
+    for column in empty:
+        assert {r[S.RAW_COLUMNS.index(column)] for r in rows} == {""}
+    assert all(r[S.RAW_COLUMNS.index(S.PRODUCT_ID)] != "" for r in rows)
+    records = [json.loads(line) for p in _files(Path(json_run["raw_path"])) for line in p.read_text().splitlines()]
+    assert len(records) == json_run["events"] > 0
+    assert all(r[S.BRAND] is None and r[S.CATEGORY_CODE] != "" for r in records)
+    assert sum(r[S.PRICE] is not None for r in records) == len(records)
+
+
+def test_event_types_keep_only_the_listed_types(tmp_path):
+    every = _all_events(GenerateConfig(**{**TINY, **NO_DIRT}))
+    summary = G.run(None, _config(tmp_path, event_types=["purchase"], **NO_DIRT))
+
+    df = pd.concat([pd.read_csv(p) for p in _files(Path(summary["raw_path"]))], ignore_index=True)
+    assert set(df[S.EVENT_TYPE]) == {"purchase"}
+    # Dropping the other types changes no draw: the purchases of the full log, no more.
+    assert len(df) == summary["events"] == (every[S.EVENT_TYPE] == "purchase").sum() > 50
+
+
+def test_item_id_offset_moves_every_product_id(tmp_path):
+    offset = 4_611_686_018_427_387_000  # 2^62 - 904
+    moved = G.run(None, _config(tmp_path / "moved", days=2, item_id_offset=offset, **NO_DIRT))
+    plain = G.run(None, _config(tmp_path / "plain", days=2, **NO_DIRT))
+
+    def product_ids(summary: dict) -> list[int]:
+        index = S.RAW_COLUMNS.index(S.PRODUCT_ID)
+        return [int(r[index]) for p in _files(Path(summary["raw_path"])) for r in _csv_lines(p)[1:]]
+
+    ids = product_ids(moved)
+    assert len(ids) == moved["events"] > 0
+    assert all(offset + 1_000_000 <= i < offset + 100_000_000 < 2**63 for i in ids)
+    assert [i - offset for i in ids] == product_ids(plain)
+
+
+def test_naive_timestamps_have_no_zone(tmp_path):
+    naive = G.run(None, _config(tmp_path / "naive", days=2, naive_timestamps=True, **NO_DIRT))
+    zoned = G.run(None, _config(tmp_path / "zoned", days=2, **NO_DIRT))
+
+    for p, q in zip(_files(Path(naive["raw_path"])), _files(Path(zoned["raw_path"]))):
+        rows = [r for r in _csv_lines(p)[1:] if len(r) == len(S.RAW_COLUMNS)]
+        assert rows and all(re.match(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$", r[0]) for r in rows)
+        assert p.read_text().replace(" UTC", "") == q.read_text().replace(" UTC", "")
+
+
+def test_parquet_days_carry_the_typed_raw_contract_and_no_malformed_rows(tmp_path):
+    G.run(None, _config(tmp_path, days=2, **DIRTY))  # CSV files of the same days are replaced
+    summary = G.run(None, _config(tmp_path, format="parquet", compression="gzip", **DIRTY))
+    again = G.run(None, _config(tmp_path / "again", format="parquet", compression="gzip", **DIRTY))
+
+    files = _files(Path(summary["raw_path"]))
+    assert [p.name for p in files] == [f"events-2019-10-0{d}.parquet" for d in range(1, 7)]
+    assert [p.read_bytes() for p in files] == [p.read_bytes() for p in _files(Path(again["raw_path"]))]
+    tables = [pq.read_table(p) for p in files]
+    expected = {
+        S.EVENT_TIME: "string", S.EVENT_TYPE: "string", S.PRODUCT_ID: "int64", S.CATEGORY_ID: "int64",
+        S.CATEGORY_CODE: "string", S.BRAND: "string", S.PRICE: "double", S.USER_ID: "int64", S.USER_SESSION: "string",
+    }  # fmt: skip
+    assert all(dict(zip(t.schema.names, map(str, t.schema.types))) == expected for t in tables)
+    assert all(t.schema.names == S.RAW_COLUMNS for t in tables)
+    df = pd.concat([t.to_pandas() for t in tables], ignore_index=True)
+    assert len(df) == summary["events"]
+    dirt = summary["dirt"]
+    assert dirt["malformed"] == 0 and dirt["duplicates"] > 0 and dirt["null_ids"] > 0
+    assert df[S.USER_ID].isna().sum() + df[S.PRODUCT_ID].isna().sum() == dirt["null_ids"]
+    assert df[S.USER_SESSION].isna().sum() == dirt["missing_sessions"]
+    assert (~df[S.EVENT_TYPE].isin(S.EVENT_TYPES)).sum() == dirt["unknown_event_types"]
+    assert df.duplicated().sum() == dirt["duplicates"]
+    assert df[S.EVENT_TIME].str.match(TIME_RE.pattern).all()
+
+
+def test_parquet_is_read_by_the_rees46_adapter(spark, tmp_path):
+    offset = 4_611_686_018_427_387_000
+    cfg = _config(tmp_path, days=2, format="parquet", naive_timestamps=True, item_id_offset=offset,
+                  empty_columns=["price"], **NO_DIRT)
+    summary = G.run(None, cfg)
+    events = _all_events(cfg.generate)
+
+    raw = adapters.read_files(spark, adapters.list_input_files(spark, summary["raw_path"]), "rees46", "parquet")
+    got = raw.select(
+        F.unix_micros(parse_event_time(F.col(S.EVENT_TIME))).alias("micros"), S.PRODUCT_ID, S.PRICE, S.CORRUPT_RECORD
+    ).toPandas()
+    assert len(got) == summary["events"] == len(events) > 0
+    assert got[S.PRICE].isna().all() and got[S.CORRUPT_RECORD].isna().all()
+    # Naive times are read in clean.naive_timezone (UTC): the generated instants, exactly.
+    micros = (events[S.EVENT_TIME] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)
+    assert sorted(got["micros"]) == sorted(micros)
+    assert sorted(got[S.PRODUCT_ID].map(int)) == sorted(events[S.PRODUCT_ID])
+    assert min(got[S.PRODUCT_ID].map(int)) > offset
+
+
+@pytest.mark.parametrize(
+    "setting, key",
+    [
+        ({"empty_columns": ["brand", "colour"]}, "generate.empty_columns"),
+        ({"event_types": ["view", "click"]}, "generate.event_types"),
+        ({"event_types": []}, "generate.event_types"),
+        ({"item_id_offset": -1}, "generate.item_id_offset"),
+        ({"item_id_offset": 2**63 - 1}, "generate.item_id_offset"),
+        ({"burst_share": 1.5}, "generate.burst_share"),
+        ({"burst_share": -0.1}, "generate.burst_share"),
+        ({"user_active_days": -3}, "generate.user_active_days"),
+    ],
+)
+def test_new_settings_out_of_range_are_rejected_by_name(setting, key):
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        G.validate(GenerateConfig(**setting))
+
+
+def test_regime_overrides_come_first_and_the_callers_win():
+    cfg = load_config(None, [*G.regime_overrides("ratings"), "generate.days=10"]).generate
+    assert (cfg.burst_share, cfg.user_active_days, cfg.days) == (0.5, 60, 10)
+    assert cfg.empty_columns == ["brand", "price", "category_code"]
+    G.validate(cfg)
+    long_tail = load_config(None, G.regime_overrides("long_tail")).generate
+    assert (long_tail.n_items, long_tail.zipf_exponent) == (20000, 0.8)
+    assert G.regime_overrides("demo") == []
+    with pytest.raises(ConfigError, match="'movielens'"):
+        G.regime_overrides("movielens")

@@ -171,9 +171,9 @@ def test_random_mixes_reconcile_and_lose_no_good_row(spark, good, bad, copies):
     extra = [good_rows[0]] * copies
     parsed = parse_events(raw_frame(spark, good_rows + bad_rows + extra), WINDOW, Rules(max_price=1000.0)).cache()
     rejected = parsed.where(F.col(S.REASON).isNotNull()).count()
-    events, observations = clean.clean_events(valid_events(parsed), b"k", clean.BehaviourRules())
+    events, counted = clean.clean_events(valid_events(parsed), b"k", clean.BehaviourRules())
     kept = events.collect()
-    fates = clean.fate_counts(observations)
+    fates = counted.counts(timeout_s=30)
     clean.Outcome(rows_read=parsed.count(), rows_kept=len(kept), duplicates=fates["duplicates"],
                   near_duplicates=fates["near_duplicates"], bot_rows=fates["bot_rows"],
                   rejected={"any": rejected}).check()
@@ -231,3 +231,103 @@ def test_a_run_killed_midway_then_run_again_equals_an_uninterrupted_run(spark, t
     assert table_rows(spark, str(killed / "clean")) == table_rows(spark, str(whole / "clean"))
     assert table_rows(spark, str(killed / "quarantine")) == table_rows(spark, str(whole / "quarantine"))
     assert not (killed / "clean" / "_staging").exists() and not (killed / "quarantine" / "_staging").exists()
+
+
+# ----------------------------------------------------------------------------- logs without defects
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_run_finishes_on_a_log_without_a_single_bad_row(spark, tmp_path, monkeypatch):
+    # Every row valid: the quarantine side of the plan is empty. Spark's adaptive execution used
+    # to drop that side's observed counts, and clean waited for them for ever (SPARK-54620).
+    monkeypatch.setenv(KEY_ENV, "e2e-key")
+    root = tmp_path / "work"
+    day1 = [DAY1[0], DAY1[3], DAY1[4]]
+    day2 = [DAY2[0], DAY2[2]]
+    write_raw(root, day1=day1, day2=day2)
+    summary = clean.run(spark, load_config(None, overrides(root)))
+    assert (summary["rows_read"], summary["rows_kept"], summary["duplicates"], summary["near_duplicates"],
+            summary["bot_rows"]) == (5, 5, 0, 0, 0)
+    assert summary["rejected"] == {code: 0 for code in S.REASON_CODES}
+    assert io.read_clean(spark, summary["clean_path"]).count() == 5
+    assert io.read_quarantine(spark, summary["quarantine_path"]).count() == 0
+    assert summary["bots"]["rows"] == 5 and summary["bots"]["user_days"] == 4 and not summary["bots"]["warning"]
+
+
+@pytest.mark.timeout(120)
+def test_an_observation_spark_never_reports_is_counted_directly(spark):
+    # An observation whose frame never ran stands for one that Spark dropped from the plan: the
+    # bounded wait gives up and the same aggregates are computed from the frame.
+    frame = spark.createDataFrame([(1,), (2,), (3,)], "x int")
+    _, counted = clean._observe(frame, "never_run", F.count(F.when(F.col("x") > 1, 1)).alias("big"))
+    started = time.monotonic()
+    assert counted.counts(timeout_s=0.5) == {"big": 2}
+    assert time.monotonic() - started < 60
+
+
+@pytest.mark.timeout(120)
+def test_observed_counts_of_an_empty_side_arrive(spark, tmp_path):
+    # The session excludes AQE's empty-relation propagation: an observation behind a filter that
+    # keeps nothing, under a shuffle, is still reported (it was not, and Observation.get hung).
+    from recsys_spark import waits
+
+    frame = spark.createDataFrame([(1, "a"), (2, "b")], "x int, y string")
+    empty, counted = clean._observe(frame.where(F.col("x") > 5), "empty_side", F.count(F.lit(1)).alias("n"))
+    empty.repartition("y").write.parquet(str(tmp_path / "out"))
+    assert waits.observed(counted.observation, timeout_s=30) == {"n": 0}
+
+
+# ----------------------------------------------------------------------------- the bot rules' report
+
+FATE = {"valid": 110, "duplicates": 6, "near_duplicates": 4, "user_days": 20, "item_bot_rows": 30,
+        "item_bot_days": 2, "rate_bot_rows": 10, "rate_bot_days": 1, "bot_rows": 40, "kept": 60}
+
+
+def test_bot_report_gives_each_rules_user_days_rows_and_shares():
+    bots = clean.bot_report(FATE, clean.BehaviourRules(bot_max_events_per_minute=30,
+                                                       bot_max_distinct_items_per_session=100))
+    assert bots == {
+        "rows": 100, "user_days": 20, "row_share": 0.4, "warning": "",
+        "rules": {
+            "items_per_session": {"limit": 100, "user_days": 2, "rows": 30, "user_day_share": 0.1, "row_share": 0.3},
+            "events_per_minute": {"limit": 30, "user_days": 1, "rows": 10, "user_day_share": 0.05, "row_share": 0.1},
+        },
+    }
+
+
+def test_bot_share_over_the_limit_warns_or_stops_naming_the_keys():
+    rules = clean.BehaviourRules()
+    cfg = load_config(None, ["clean.bot_max_row_share=0.5"]).clean
+    quiet = clean.bot_report(FATE, rules)
+    clean.check_bot_share(quiet, cfg)
+    assert quiet["warning"] == ""
+
+    warned = clean.bot_report(FATE, rules)
+    clean.check_bot_share(warned, load_config(None, ["clean.bot_max_row_share=0.2"]).clean)
+    assert "40.0% of the rows" in warned["warning"] and "clean.bot_max_distinct_items_per_session=100" in warned[
+        "warning"] and "clean.bot_max_row_share=1.0" in warned["warning"]
+    assert "\n" not in warned["warning"]
+
+    stop = load_config(None, ["clean.bot_max_row_share=0.2", "clean.bot_share_action=stop"]).clean
+    with pytest.raises(DataQualityError, match=r"flagged 40\.0% .*clean\.bot_max_row_share=0\.2"):
+        clean.check_bot_share(clean.bot_report(FATE, rules), stop)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_a_log_of_bulk_ratings_gets_a_warning_and_a_stop_publishes_nothing(spark, tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "e2e-key")
+    root = tmp_path / "work"
+    # One user rates 40 items in 40 seconds (a bot by the default rate rule), another views 2.
+    day1 = [f"2019-10-01 12:00:{i:02d} UTC,purchase,{500 + i},9,,,2.5,777,r" for i in range(40)]
+    day1 += [DAY1[0], DAY1[3]]
+    write_raw(root, day1=day1, day2=[DAY2[0]])
+    stopped = overrides(root, "clean.bot_share_action=stop")
+    with pytest.raises(DataQualityError, match="clean.bot_max_events_per_minute=30"):
+        clean.run(spark, load_config(None, stopped))
+    assert not (root / "clean").exists() or not any((root / "clean").glob("event_date=*"))
+
+    summary = clean.run(spark, load_config(None, overrides(root)))
+    assert summary["bot_rows"] == 40 and summary["bots"]["rules"]["events_per_minute"]["rows"] == 40
+    assert summary["warning"].startswith("the bot rules flagged 93.0% of the rows")

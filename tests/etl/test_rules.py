@@ -123,11 +123,14 @@ def test_clean_events_counts_each_fate_and_hides_raw_ids(spark):
     rows = [event("keep", 0), event("dup", 0), event("near", 1), event("later", 100, product=2)]
     rows += [event(f"bot{i}", i, user=99, product=500 + i) for i in range(6)]  # 6 items: leaves before the rate rule
     rows += [event(f"fast{i}", 3 * i, user=98, product=600 + i % 2) for i in range(6)]  # 2 items, 6 in 15 s
-    out, observations = clean.clean_events(frame(spark, rows).drop("label"), b"k", RULES)
+    out, fates = clean.clean_events(frame(spark, rows).drop("label"), b"k", RULES)
     kept = out.collect()
-    counts = clean.fate_counts(observations)
-    assert counts == {"valid": 16, "duplicates": 1, "near_duplicates": 1, "bot_rows": 12, "kept": 2}
-    assert {o._name: o.get for o in observations}["clean_item_bots"] == {"item_bot_rows": 6}
+    counts = fates.counts(timeout_s=30)
+    # user-days: users 5 (keep, dup, near, later), 99 and 98, one day each
+    assert counts == {"valid": 16, "duplicates": 1, "near_duplicates": 1, "user_days": 3, "item_bot_rows": 6,
+                      "item_bot_days": 1, "rate_bot_rows": 6, "rate_bot_days": 1, "bot_rows": 12, "kept": 2}
+    assert {c.observation._name: c.observation.get for c in fates.counted}["clean_item_bots"] == {
+        "user_days": 3, "item_bot_rows": 6, "item_bot_days": 1}
     assert [(f.name, f.dataType) for f in out.schema.fields] == [(f.name, f.dataType) for f in S.CLEAN_SCHEMA.fields]
     assert {r[S.USER_ID] for r in kept} == {hmac.new(b"k", b"5", hashlib.sha256).hexdigest()[:16]}
     assert {r[S.SESSION_ID] for r in kept} == {"s1"}

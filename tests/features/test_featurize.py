@@ -432,7 +432,8 @@ def test_run_writes_every_table_with_its_schema_and_the_metadata(spark, tmp_path
 
     # The default thresholds stop the job: the validation day has no cart (train: 1 in 10 steps).
     with pytest.raises(DataQualityError, match=r"^data quality check drift.event_mix_psi.validation = 0.7\d* exceeds "
-                       r"featurize.dq_max_event_mix_psi = 0.25 \(report: .*featurize_quality.json\)$"):
+                       r"featurize.dq_max_event_mix_psi = 0.25 \(report: .*featurize_quality.json\) "
+                       r"\(to accept it: featurize.dq_max_event_mix_psi=0.7\d*\)$"):
         featurize.run(spark, cfg)
     failed = json.loads((tmp_path / "reports" / S.FEATURE_QUALITY_REPORT).read_text())
     assert failed["passed"] is False and failed["events"] == {"train": 10, "validation": 4, "test": 3}

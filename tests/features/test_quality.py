@@ -8,10 +8,12 @@ import pytest
 from pyspark.sql import functions as F
 
 from recsys_spark import schema as S
+from recsys_spark.config import load_config
 from recsys_spark.errors import ConfigError, DataQualityError
 from recsys_spark.features.quality import PSI_FLOOR, evaluate_checks, psi, quality_report, raise_on_failure
 from recsys_spark.features.sequences import STEP_TIME
 from tests.features.test_featurize import BUY, CART, CUTOFFS, VIEW, clean_events
+from tests.test_config import overrides_in
 
 pytestmark = pytest.mark.unit
 
@@ -73,12 +75,38 @@ def test_thresholds_stop_on_the_first_breach_naming_check_value_and_threshold(sp
         ("oov_rate.validation", False), ("oov_rate.test", True),
     ]
     with pytest.raises(DataQualityError, match=r"^data quality check drift.event_mix_psi.validation = 6.1\d* exceeds "
-                                               r"featurize.dq_max_event_mix_psi = 0.25 \(report: r.json\)$"):
+                                               r"featurize.dq_max_event_mix_psi = 0.25 \(report: r.json\) "
+                                               r"\(to accept it: featurize.dq_max_event_mix_psi=6.2\)$"):
         raise_on_failure(checks, "r.json")
     loose = {**THRESHOLDS, "dq_max_event_mix_psi": 10.0, "dq_max_popularity_psi": 10.0, "dq_max_oov_rate": 1.0}
     raise_on_failure(evaluate_checks(report, loose), "r.json")  # passes
     strict_nulls = {**loose, "dq_max_null_rate": {"brand": 0.3}}
-    with pytest.raises(DataQualityError, match=r"null_rate.brand = 0.3333 exceeds featurize.dq_max_null_rate.brand = 0.3"):
+    with pytest.raises(DataQualityError, match=r"null_rate.brand = 0.3333 exceeds featurize.dq_max_null_rate.brand = "
+                                               r"0.3 \(report: r.json\) \(to accept it: featurize.dq_max_null_rate.brand=0.34\)$"):
         raise_on_failure(evaluate_checks(report, strict_nulls), "r.json")
     with pytest.raises(ConfigError, match="featurize.dq_max_null_rate names 'colour'"):
         evaluate_checks(report, {**loose, "dq_max_null_rate": {"colour": 0.1}})
+
+
+def test_each_breach_names_an_override_that_lets_its_key_pass():
+    # A report breaching three keys; the event-mix PSI twice, the larger in test.
+    report = {"null_rate": {"brand": 1.0, "category_id": 0.0, "price": 1 / 3},
+              "oov_rate": {"validation": 0.55, "test": 0.2},
+              "drift": {"event_mix_psi": {"validation": 0.3, "test": 0.4123}, "popularity_psi": {"validation": 0.1}}}
+    overrides: list[str] = []
+    messages = []
+    for _ in range(4):
+        fc = load_config(None, overrides).featurize
+        thresholds = {k: getattr(fc, k) for k in ("dq_max_null_rate", "dq_max_event_mix_psi", "dq_max_popularity_psi",
+                                                  "dq_max_oov_rate")}
+        try:
+            raise_on_failure(evaluate_checks(report, thresholds), "r.json")
+            break
+        except DataQualityError as err:
+            messages.append(str(err))
+            overrides += overrides_in(str(err))
+    assert [m.split(" exceeds")[0] for m in messages] == [
+        "data quality check null_rate.brand = 1", "data quality check drift.event_mix_psi.validation = 0.3",
+        "data quality check oov_rate.validation = 0.55"]
+    assert overrides == ["featurize.dq_max_null_rate.brand=1.0", "featurize.dq_max_event_mix_psi=0.42",
+                         "featurize.dq_max_oov_rate=0.55"]
