@@ -3,16 +3,22 @@ DuckDB query (2 threads) on the same input, on the same machine, in the same run
 
     .venv/bin/python benchmarks/clean_bench.py --events 1000000 10000000
 
-For each size it writes a synthetic raw input (CSV, one file per day, in the REES46 contract,
-with duplicates, double clicks, malformed lines, bad ids, missing sessions and bots) with a
-vectorised bulk generator, then times
+For each size and case it writes a synthetic raw input (CSV, one file per day, in the REES46
+contract) with a vectorised bulk generator. Two cases (``--case``, default both):
+  default   duplicates, double clicks, malformed lines, null ids, missing sessions and bots
+            (58% of the rows at 10M are bot rows, which leave clean before its second sort)
+  bot_free  a well-formed log: 1% exact duplicate lines and nothing else, no bots, no rejected row
+Then it times
   spark clean      recsys_spark.etl.clean.run (parse, quarantine, rules, pseudonyms, Parquet by date)
   spark featurize  recsys_spark.features.featurize.run on its output
   duckdb clean     the same rules as SQL: typed parse with reason codes, malformed lines set
                    aside, exact and near duplicates, sessions, bots, HMAC pseudonyms, Parquet by date
-and prints events/s for each and the ratio spark clean / duckdb clean (target: <= 2.0 at 10M).
+and prints events/s for each and the ratio spark clean / duckdb clean (target: <= 2.0 at 10M, in
+both cases). The rows kept by Spark and DuckDB must agree, and the bot-free case must come out of
+clean as generated (no row rejected, no bot, its duplicates found): else it stops with an error.
 After clean it also times two floors inside it: Spark's CSV scan alone, and the scan plus
-clean's parsing and validation (no shuffle, no rules, nothing written).
+clean's parsing and validation (no shuffle, no rules, nothing written). ``--event-log DIR``
+writes Spark's event log (stage and task times) for a profile.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +51,37 @@ START = dt.date(2019, 10, 1)
 # ----------------------------------------------------------------------------- data
 
 
-def bulk_generate(raw: Path, n_events: int, seed: int = 7) -> dict[str, int]:
-    """Write about ``n_events`` raw lines as DAYS daily CSV files; returns counts of the dirt."""
+@dataclass(frozen=True)
+class Dirt:
+    """What :func:`bulk_generate` adds to a clickstream of sessions (the defaults: the default case).
+
+    ``bots``: a scripted bot a day (hundreds of views seconds apart), and users drawn from a
+    Zipf(1.3) law whose heaviest users run so many sessions at once that the rate rule flags
+    them (together 58% of the rows at 10M). Without: user activity is lognormal (the heaviest
+    of 250K users at 10M runs a few sessions a day) and sessions last at most 90 events (one
+    hour; no day-end clipping), so no user-day breaks a rule.
+    """
+
+    bots: bool = True
+    duplicate_share: float = 0.01  # exact copies of lines
+    near_duplicate_share: float = 0.005  # double clicks, 1 s after the original
+    null_id_share: float = 0.002
+    missing_session_share: float = 0.05
+    malformed_every: int = 500  # one line in this many, cut in half (at least one a day); 0: none
+
+
+CASES = {
+    "default": Dirt(),
+    "bot_free": Dirt(bots=False, near_duplicate_share=0.0, null_id_share=0.0, missing_session_share=0.0,
+                     malformed_every=0),
+}
+_MAX_BOT_FREE_SESSION = 90
+
+
+def bulk_generate(raw: Path, n_events: int, seed: int = 7, dirt: Dirt = Dirt()) -> dict[str, int]:
+    """Write about ``n_events`` raw lines as DAYS daily CSV files; returns counts of the dirt.
+
+    The default ``dirt`` writes the same bytes as before it was a parameter."""
     rng = np.random.default_rng(seed)
     raw.mkdir(parents=True, exist_ok=True)
     n_users = max(100, n_events // 40)
@@ -58,13 +94,21 @@ def bulk_generate(raw: Path, n_events: int, seed: int = 7) -> dict[str, int]:
     kinds = np.array(["view", "cart", "remove_from_cart", "purchase"], dtype=object)
     counts = dict(lines=0, duplicates=0, malformed=0, bots=0)
     per_day = n_events // DAYS
+    if not dirt.bots:
+        activity = rng.lognormal(0.0, 1.0, n_users)
+        activity /= activity.sum()
     for day in range(DAYS):
         date = START + dt.timedelta(days=day)
         n_sessions = max(1, per_day // 8)
         lengths = rng.geometric(1 / 8, n_sessions)
+        if not dirt.bots:
+            lengths = np.minimum(lengths, _MAX_BOT_FREE_SESSION)
         n = int(lengths.sum())
         session = np.repeat(np.arange(n_sessions), lengths)
-        user = (rng.zipf(1.3, n_sessions) % n_users)[session] + 510_000_000
+        if dirt.bots:
+            user = (rng.zipf(1.3, n_sessions) % n_users)[session] + 510_000_000
+        else:
+            user = rng.choice(n_users, n_sessions, p=activity)[session] + 510_000_000
         start = rng.integers(0, 86_400 - 3600, n_sessions)[session]
         step = np.arange(n) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         t = start + step * 40 + rng.integers(0, 30, n)
@@ -72,9 +116,9 @@ def bulk_generate(raw: Path, n_events: int, seed: int = 7) -> dict[str, int]:
         kind = kinds[np.minimum(rng.geometric(0.85, n) - 1, 3)]
         sessions = np.array([f"{day:02d}-{s:08x}-4000-8000-{s * 7919 % 16**8:08x}" for s in range(n_sessions)],
                             dtype=object)[session]
-        sessions[rng.random(n) < 0.05] = ""
+        sessions[rng.random(n) < dirt.missing_session_share] = ""
         # bots: a few users with hundreds of views a few seconds apart
-        n_bot = min(400, n // 200)
+        n_bot = min(400, n // 200) if dirt.bots else 0
         bot_t = rng.integers(0, 80_000) + np.cumsum(rng.integers(1, 4, n_bot))
         frame = pd.DataFrame({
             "t": np.concatenate([t, bot_t]),
@@ -94,17 +138,17 @@ def bulk_generate(raw: Path, n_events: int, seed: int = 7) -> dict[str, int]:
         stamp = pd.to_datetime(date) + pd.to_timedelta(seconds, unit="s")
         frame[S.EVENT_TIME] = stamp.strftime("%Y-%m-%d %H:%M:%S UTC")
         frame = frame.sort_values("t", kind="stable")
-        dup = frame.sample(frac=0.01, random_state=day)  # exact copies
-        near = frame.sample(frac=0.005, random_state=day + 100).copy()  # double clicks, 1 s later
+        dup = frame.sample(frac=dirt.duplicate_share, random_state=day)  # exact copies
+        near = frame.sample(frac=dirt.near_duplicate_share, random_state=day + 100).copy()  # double clicks
         near[S.EVENT_TIME] = (pd.to_datetime(near[S.EVENT_TIME].str[:19]) + pd.Timedelta(seconds=1)).dt.strftime(
             "%Y-%m-%d %H:%M:%S UTC")
         frame = pd.concat([frame, dup, near])[S.RAW_COLUMNS]
         # Nullable integers: a plain int column would turn float on the first None and be written
         # as "510000007.0", which clean (rightly) rejects as a bad id.
         frame[S.USER_ID] = frame[S.USER_ID].astype("Int64")
-        frame.loc[frame.sample(frac=0.002, random_state=day + 200).index, S.USER_ID] = None
+        frame.loc[frame.sample(frac=dirt.null_id_share, random_state=day + 200).index, S.USER_ID] = None
         lines = frame.to_csv(index=False, header=False).splitlines()
-        bad = max(1, len(lines) // 500)
+        bad = max(1, len(lines) // dirt.malformed_every) if dirt.malformed_every else 0
         lines += [lines[i][: len(lines[i]) // 2] for i in rng.integers(0, len(lines), bad)]
         counts["lines"] += len(lines)
         counts["duplicates"] += len(dup)
@@ -215,27 +259,39 @@ def duckdb_clean(raw: Path, out: Path, threads: int = 2) -> dict[str, int]:
 # ----------------------------------------------------------------------------- spark
 
 
-def spark_stages(root: Path, master: str, driver_memory: str, featurize: bool) -> dict[str, float]:
+def spark_stages(root: Path, master: str, driver_memory: str, featurize: bool,
+                 event_log: Path | None = None) -> dict[str, float]:
     from recsys_spark import tracking
     from recsys_spark.config import load_config
     from recsys_spark.etl import clean
     from recsys_spark.spark import get_session
 
     os.environ["RECSYS_BENCH_KEY"] = KEY.decode()
+    spark_conf = {"spark.ui.enabled": "false"}
+    if event_log is not None:
+        event_log.mkdir(parents=True, exist_ok=True)
+        spark_conf.update({"spark.eventLog.enabled": "true", "spark.eventLog.dir": str(event_log),
+                           "spark.eventLog.compress": "false"})
     cfg = load_config(None, [
         f"paths.root={root}", "clean.pseudonym_key_env=RECSYS_BENCH_KEY", f"spark.master={master}",
         f"spark.driver_memory={driver_memory}", "spark.shuffle_partitions=8", "spark.show_progress=false",
-        "spark.conf={spark.ui.enabled: 'false'}", "featurize.validation_days=3", "featurize.test_days=3",
+        "featurize.validation_days=3", "featurize.test_days=3",
+        *[f"spark.conf.{k}='{v}'" for k, v in spark_conf.items()],
     ])
     spark = get_session(cfg.spark)
     # The MLflow store exists before the clock starts, as it does in a deployment (creating
     # a fresh sqlite store runs its schema migrations: 10-15 s on the 2-vCPU VM).
     tracking.setup(cfg)
     try:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), jvm_cpu_s(spark)
         report = clean.run(spark, cfg)
-        out = {"spark_clean_s": time.perf_counter() - started, "spark_rows_read": report["rows_read"],
-               "spark_rows_kept": report["rows_kept"], **spark_floors(spark, cfg)}
+        out = {"spark_clean_s": time.perf_counter() - started, "spark_clean_cpu_s": _minus(jvm_cpu_s(spark), cpu),
+               "spark_rows_read": report["rows_read"],
+               "spark_rows_kept": report["rows_kept"], "spark_rejected": sum(report["rejected"].values()),
+               "spark_duplicates": report["duplicates"], "spark_near_duplicates": report["near_duplicates"],
+               "spark_bot_rows": report["bot_rows"]}
+        spark.sparkContext.setJobDescription("clean_bench floors")  # told apart in the event log
+        out.update(spark_floors(spark, cfg))
         if featurize:
             from recsys_spark.features import featurize as featurize_stage
 
@@ -248,6 +304,20 @@ def spark_stages(root: Path, master: str, driver_memory: str, featurize: bool) -
         return out
     finally:
         spark.stop()
+
+
+def jvm_cpu_s(spark) -> float | None:
+    """CPU seconds used so far by the JVM that runs Spark (a local master: all of it), read from
+    /proc; None where that cannot be read. On a loaded machine it moves much less than wall time."""
+    try:
+        fields = Path(f"/proc/{spark.sparkContext._gateway.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (AttributeError, OSError, IndexError, ValueError):
+        return None
+
+
+def _minus(after: float | None, before: float | None) -> float | None:
+    return None if after is None or before is None else after - before
 
 
 def spark_floors(spark, cfg) -> dict[str, float]:
@@ -271,53 +341,84 @@ def spark_floors(spark, cfg) -> dict[str, float]:
     return out
 
 
+def check_case(case: str, dirt: dict[str, int], spark: dict[str, float], duck: dict[str, int]) -> None:
+    """Stop, loudly, when Spark and DuckDB keep different rows, or the bot-free case's data did
+    not come out of clean as generated (then it would not measure what it claims to)."""
+    if spark["spark_rows_kept"] != duck["rows_kept"]:
+        raise SystemExit(f"{case}, {dirt['lines']:,} lines: Spark kept {spark['spark_rows_kept']:,} rows, DuckDB "
+                         f"{duck['rows_kept']:,}: the two cleans disagree")
+    if case == "bot_free":
+        expected = {"spark_rejected": 0, "spark_near_duplicates": 0, "spark_bot_rows": 0,
+                    "spark_duplicates": dirt["duplicates"], "spark_rows_read": dirt["lines"]}
+        wrong = {k: (spark[k], v) for k, v in expected.items() if spark[k] != v}
+        if wrong or duck["malformed"]:
+            raise SystemExit(f"bot_free, {dirt['lines']:,} lines: not the shape generated ((found, expected): "
+                             f"{wrong}, DuckDB malformed lines {duck['malformed']})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--case", choices=[*CASES, "both"], default="both",
+                        help="default: the generator's dirt and bots; bot_free: 1%% exact duplicates, nothing else")
     parser.add_argument("--workdir", default=None, help="where data and outputs go (default: a temp dir)")
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--driver-memory", default="4g")
     parser.add_argument("--no-featurize", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the data and outputs")
+    parser.add_argument("--event-log", type=Path, default=None,
+                        help="write Spark's event log (stage and task times) to this folder")
     parser.add_argument("--reuse-data", action="store_true",
                         help="reuse raw files a --keep run left in --workdir (their counts are in raw/_dirt.json)")
     args = parser.parse_args(argv)
     base = Path(args.workdir or tempfile.mkdtemp(prefix="clean_bench_"))
     threads = int(args.master[len("local["):-1]) if args.master.startswith("local[") else 2
+    cases = list(CASES) if args.case == "both" else [args.case]
     results = []
     for n in args.events:
-        root = base / f"n{n}"
-        marker = root / "raw" / "_dirt.json"
-        if args.reuse_data and marker.exists():
-            for stale in root.iterdir():
-                if stale.name != "raw":
-                    shutil.rmtree(stale, ignore_errors=True)
-            dirt = json.loads(marker.read_text())
-            print(f"[{n:,}] reusing {dirt['lines']:,} lines in {root / 'raw'}: {dirt}", flush=True)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-            started = time.perf_counter()
-            dirt = bulk_generate(root / "raw", n)
-            marker.write_text(json.dumps(dirt))
-            print(f"[{n:,}] generated {dirt['lines']:,} lines in {time.perf_counter() - started:.1f}s: {dirt}",
-                  flush=True)
-        started = time.perf_counter()
-        duck = duckdb_clean(root / "raw", (root / "duckdb").resolve(), threads)
-        duck_s = time.perf_counter() - started
-        print(f"[{n:,}] duckdb clean {duck_s:.1f}s {duck}", flush=True)
-        spark = spark_stages(root, args.master, args.driver_memory, not args.no_featurize)
-        print(f"[{n:,}] spark {spark}", flush=True)
-        results.append((dirt["lines"], spark, duck_s, duck))
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
+        for case in cases:
+            # The default case keeps its folder name, so --reuse-data finds data kept before cases.
+            root = base / (f"n{n}" if case == "default" else f"n{n}-{case}")
+            tag = f"[{n:,} {case}]"
+            marker = root / "raw" / "_dirt.json"
+            if args.reuse_data and marker.exists():
+                for stale in root.iterdir():
+                    if stale.name != "raw":
+                        shutil.rmtree(stale, ignore_errors=True)
+                dirt = json.loads(marker.read_text())
+                print(f"{tag} reusing {dirt['lines']:,} lines in {root / 'raw'}: {dirt}", flush=True)
+            else:
+                shutil.rmtree(root, ignore_errors=True)
+                started = time.perf_counter()
+                dirt = bulk_generate(root / "raw", n, dirt=CASES[case])
+                marker.write_text(json.dumps(dirt))
+                print(f"{tag} generated {dirt['lines']:,} lines in {time.perf_counter() - started:.1f}s: {dirt}",
+                      flush=True)
+            # DuckDB runs in this process: its CPU time is this process's (the Spark JVM is another).
+            started, cpu = time.perf_counter(), time.process_time()
+            duck = duckdb_clean(root / "raw", (root / "duckdb").resolve(), threads)
+            duck_s = time.perf_counter() - started
+            duck["cpu_s"] = time.process_time() - cpu
+            print(f"{tag} duckdb clean {duck_s:.1f}s {duck}", flush=True)
+            spark = spark_stages(root, args.master, args.driver_memory, not args.no_featurize, args.event_log)
+            print(f"{tag} spark {spark}", flush=True)
+            check_case(case, dirt, spark, duck)
+            results.append((case, dirt["lines"], spark, duck_s, duck))
+            if not args.keep:
+                shutil.rmtree(root, ignore_errors=True)
 
     print(f"\nclean / featurize, {args.master} vs DuckDB ({threads} threads), same input, same machine")
-    print(f"{'events':>12} {'spark clean s':>14} {'ev/s':>10} {'duckdb s':>9} {'ev/s':>10} {'ratio':>6} "
+    print("(cpu: CPU seconds of the Spark JVM during clean, and of DuckDB: steadier than wall time under load)")
+    print(f"{'case':>9} {'events':>12} {'spark clean s':>14} {'ev/s':>10} {'duckdb s':>9} {'ev/s':>10} {'ratio':>6} "
+          f"{'cpu spark/duckdb s':>19} {'ratio':>6} "
           f"{'scan s':>7} {'scan+parse s':>13} {'featurize s':>12} {'ev/s':>10} {'kept spark/duckdb':>20}")
-    for lines, spark, duck_s, duck in results:
+    for case, lines, spark, duck_s, duck in results:
         feat = spark.get("spark_featurize_s")
-        print(f"{lines:>12,} {spark['spark_clean_s']:>14.1f} {lines / spark['spark_clean_s']:>10,.0f} {duck_s:>9.1f} "
-              f"{lines / duck_s:>10,.0f} {spark['spark_clean_s'] / duck_s:>6.2f} "
+        cpu = spark["spark_clean_cpu_s"]
+        cpu_text, cpu_ratio = ("-", "-") if cpu is None else (f"{cpu:.0f}", f"{cpu / duck['cpu_s']:.2f}")
+        print(f"{case:>9} {lines:>12,} {spark['spark_clean_s']:>14.1f} {lines / spark['spark_clean_s']:>10,.0f} "
+              f"{duck_s:>9.1f} {lines / duck_s:>10,.0f} {spark['spark_clean_s'] / duck_s:>6.2f} "
+              f"{cpu_text:>11}/{duck['cpu_s']:<7.0f} {cpu_ratio:>6} "
               f"{spark['spark_scan_s']:>7.1f} {spark['spark_parse_s']:>13.1f} "
               f"{(f'{feat:.1f}' if feat else spark.get('spark_featurize_error', '-')[:12]):>12} "
               f"{(f'{lines / feat:,.0f}' if feat else '-'):>10} "

@@ -57,8 +57,21 @@ def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
 
 
 def stage_function(stage: str) -> Callable[[Any, Config], dict]:
+    """The stage's ``run(spark, cfg)``, bounded by ``spark.stage_timeout_minutes`` (see waits.py).
+
+    ``run`` itself is not bounded as a whole: it calls each stage through this function.
+    """
     module = importlib.import_module(STAGES[stage][0])
-    return module.run
+    if stage == "run":
+        return module.run
+
+    def bounded(spark: Any, cfg: Config) -> dict:
+        from recsys_spark.waits import stage_deadline
+
+        with stage_deadline(spark, stage, cfg.spark.stage_timeout_minutes):
+            return module.run(spark, cfg)
+
+    return bounded
 
 
 def run_stage(stage: str, argv: list[str] | None = None) -> int:

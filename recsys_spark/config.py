@@ -185,6 +185,9 @@ class FeaturizeConfig:
     validation_days: int = 3
     test_days: int = 3
     max_windows_per_user: int = 20
+    # Validation and test must each hold at least this many users with a new item, else the
+    # stage stops before training: a mean over a handful of users proves nothing.
+    min_eval_users: int = 100
     price_buckets: int = 10
     # Minimum training events for a category, brand or user to get its own index (others: OOV).
     min_category_count: int = 1
@@ -210,6 +213,9 @@ class FeaturizeConfig:
     dq_max_event_mix_psi: float = 0.25
     # PSI of item popularity (the top-k training items plus "other"), training vs later periods.
     dq_max_popularity_psi: float = 2.0
+    # Drift (both PSIs) of a period with fewer events than this is reported, not enforced: PSI
+    # between two small samples is mostly sampling noise (about bins / events).
+    dq_min_drift_events: int = 1000
     dq_popularity_top_k: int = 1000
     # Share of validation / test steps on items outside the vocabulary.
     dq_max_oov_rate: float = 0.5
@@ -224,6 +230,9 @@ class TrainConfig:
     #   runs the same function on a plain cluster.)
     launcher: Literal["horovod_spark", "torch_distributor", "local"] = "horovod_spark"
     num_proc: int = 2
+    # horovod_spark: the training processes must all have started (Spark task slots free) and met
+    # within this many seconds, else the stage stops with an error naming this key.
+    start_timeout_s: int = 600
     threads_per_proc: int = 1
     # Bind each training process (every thread of it: compute, reader, Horovod/gloo) to its own
     # threads_per_proc CPUs, local rank r taking CPUs r*t .. r*t+t-1 of those it may use, as
@@ -293,8 +302,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Raise ConfigError naming the first value out of range (types are checked by from_dict)."""
-        for key in ("num_proc", "threads_per_proc", "epochs", "batch_size", "embedding_dim", "num_layers",
-                    "num_heads", "target_horizon", "eval_k"):
+        for key in ("num_proc", "threads_per_proc", "start_timeout_s", "epochs", "batch_size", "embedding_dim",
+                    "num_layers", "num_heads", "target_horizon", "eval_k"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
         for key in ("warmup_steps", "uniform_negatives", "patience", "visit_gap_s"):
@@ -333,8 +342,8 @@ class EvaluateConfig:
     cold_user_threshold: int = 5
     # Head items: the most popular items that make up this share of interactions before the cutoff.
     head_share: float = 0.2
-    # Baselines ranked beside the model: any of popularity, cooccurrence, als.
-    baselines: list[str] = field(default_factory=lambda: ["popularity", "cooccurrence", "als"])
+    # Baselines ranked beside the model: any of popularity, cooccurrence, als, ease.
+    baselines: list[str] = field(default_factory=lambda: ["popularity", "cooccurrence", "als", "ease"])
     # Co-occurrence grid (tuned on validation): max step distance of a pair, weight decay per
     # step back in the user's history, similarity (count | cosine).
     cooccurrence_windows: list[int] = field(default_factory=lambda: [1, 3, 10])
@@ -346,12 +355,38 @@ class EvaluateConfig:
     als_alphas: list[float] = field(default_factory=lambda: [1.0, 10.0])
     als_max_iter: int = 10
     als_seed: int = 11
+    # EASE grid (Steck 2019; tuned on validation): the L2 weight lambda, and the recency decay:
+    # an item weighs decay**t, t the steps from the end of a training window or of the user's
+    # history to its latest step there (1.0 = plain, binary EASE).
+    ease_lambdas: list[float] = field(default_factory=lambda: [10.0, 100.0, 500.0, 2000.0])
+    ease_decays: list[float] = field(default_factory=lambda: [1.0, 0.8])
+    # EASE inverts an items x items matrix on the driver (float64, about 24 n^2 bytes: 9.6 GB at
+    # 20,000 items) and each Spark worker holds n x n float32 weights: above this many items
+    # with training interactions it is skipped, with a log line, and the run goes on without it.
+    ease_max_items: int = 20000
     # Registry gate: auto (by the margins below), force (always promote), block (never).
     promotion: Literal["auto", "force", "block"] = "auto"
     # The challenger must beat the champion's primary metric by more than this (absolute).
     gate_min_improvement: float = 0.0
     # ... and lose at most this much coverage@K (absolute; K of the primary metric).
     gate_max_coverage_loss: float = 0.05
+    # Intervals: a percentile bootstrap over the test users (evaluation/intervals.py), with this
+    # many resamples, this seed and this level; the gate reads the lower bound of the paired
+    # difference challenger - champion, which must exceed gate_min_improvement.
+    bootstrap_samples: int = 1000
+    bootstrap_seed: int = 5
+    confidence: float = 0.95
+
+    def __post_init__(self) -> None:
+        """Raise ConfigError naming the first EASE setting out of range (types are checked by from_dict)."""
+        ease = "ease" in self.baselines  # an unused grid may be empty
+        if (ease and not self.ease_lambdas) or not all(v > 0 for v in self.ease_lambdas):
+            raise ConfigError(f"evaluate.ease_lambdas must be a non-empty list of values > 0, got {self.ease_lambdas}")
+        if (ease and not self.ease_decays) or not all(0 < v <= 1 for v in self.ease_decays):
+            raise ConfigError(f"evaluate.ease_decays must be a non-empty list of values in (0, 1], got "
+                              f"{self.ease_decays}")
+        if self.ease_max_items < 1:
+            raise ConfigError(f"evaluate.ease_max_items must be >= 1, got {self.ease_max_items}")
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,9 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     summary (``pipeline/summary.json``); a failure tags it with ``failed_stage``.
 
     Returns:
-        where the recommendations, the MLflow run and the registered model are, and the
-        headline metric of the model and the popularity baseline.
+        where the recommendations, the MLflow run and the registered model are, the primary
+        metric of the model and of every baseline with its interval and users, and the paired
+        differences of the model with each of them.
     """
     import mlflow
 
@@ -61,6 +62,9 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
                 raise
             mlflow.log_metric(f"seconds.{stage}", round(time.time() - started, 1))
         tag_data_ranges(parent.info.run_id, experiment_id, data_ranges(spark, cfg, summaries))
+        warnings = {stage: summary["warning"] for stage, summary in summaries.items() if summary.get("warning")}
+        for stage, warning in warnings.items():
+            mlflow.set_tag(f"warning.{stage}", warning[:5000])
         tracking.log_json(json.loads(json.dumps(summaries, default=str)), SUMMARY_ARTIFACT)
 
     evaluation = summaries["evaluate"]
@@ -79,10 +83,19 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
                     f"(version {summaries['train'].get('version')})"),
         "gate": f"{evaluation.get('gate')} (champion: version {evaluation.get('champion_version')})",
     }
-    # The primary metric of the model and of every baseline, as ranked in the same run.
-    result.update({key: round(value, 4) for key, value in evaluation.items()
-                   if key.endswith(f".{metric}") and isinstance(value, float)})
+    # The primary metric of the model and of every baseline, as ranked in the same run, with its
+    # interval and users ("0.1858 [0.1710, 0.2010] (1,168 users)"), then the paired differences
+    # of the model with each of them (model_vs_<other>, already such strings).
+    for key, value in evaluation.items():
+        if key.endswith(f".{metric}") and isinstance(value, float):
+            result[key] = evaluation.get(f"{key}.interval", round(value, 4))
+        elif key.endswith(f".{metric}") and isinstance(value, str):
+            result[key] = value
+    if "users_evaluated" in evaluation:
+        result["users_evaluated"] = evaluation["users_evaluated"]
     result["evaluation_report"] = evaluation.get("html_report")
+    # What a stage warned about (e.g. bot rules that flag most rows) is repeated last, where it is seen.
+    result.update({f"WARNING ({stage})": warning for stage, warning in warnings.items()})
     result["open the MLflow UI"] = "make mlflow-ui, then http://127.0.0.1:5000"
     return result
 

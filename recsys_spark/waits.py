@@ -84,6 +84,8 @@ def stage_deadline(spark: Any, stage: str, timeout_minutes: float, grace_s: floa
     """
     fired, ended = threading.Event(), threading.Event()
     lock = threading.Lock()
+    # Only the main thread can be interrupted; elsewhere cancelling the Spark jobs must do.
+    in_main = threading.current_thread() is threading.main_thread()
 
     def fire() -> None:
         with lock:
@@ -97,7 +99,7 @@ def stage_deadline(spark: Any, stage: str, timeout_minutes: float, grace_s: floa
                 spark.sparkContext.cancelAllJobs()
             except Exception:  # the context may be gone already; the interrupt below still comes
                 log.debug("cancelAllJobs failed", exc_info=True)
-        if not ended.wait(grace_s):
+        if in_main and not ended.wait(grace_s):
             with lock:
                 if not ended.is_set():
                     _thread.interrupt_main()

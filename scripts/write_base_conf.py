@@ -33,8 +33,19 @@ def main() -> None:
         lines.append(yaml.safe_dump({section: values}, sort_keys=False, default_flow_style=False).rstrip())
         lines.append("")
     path = Path(__file__).resolve().parent.parent / "conf" / "base.yaml"
-    path.write_text("\n".join(lines))
+    text = keep_inline_comments("\n".join(lines), path.read_text() if path.exists() else "")
+    path.write_text(text)
     print(f"wrote {path}")
+
+
+def keep_inline_comments(text: str, previous: str) -> str:
+    """Carry over the hand-written `# ...` after a key of the previous file (same line, same value)."""
+    comments = {}
+    for line in previous.splitlines():
+        body, sep, comment = line.partition("  #")
+        if sep and body.strip() and not body.lstrip().startswith("#"):
+            comments[body.rstrip()] = line
+    return "\n".join(comments.get(line.rstrip(), line) for line in text.splitlines()) + "\n"
 
 
 if __name__ == "__main__":

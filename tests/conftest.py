@@ -73,6 +73,7 @@ def tiny_overrides_at(folder: Path) -> list[str]:
         "clean.allow_dev_key=true",
         "featurize.validation_days=2",
         "featurize.test_days=2",
+        "featurize.min_eval_users=1",  # a tiny sample: a few dozen users per period
         "featurize.max_seq_len=20",
         "featurize.train_files=2",
         "featurize.row_group_mb=1",

@@ -58,7 +58,7 @@ def test_packaged_zip_imports_without_site_packages(tmp_path):
     out = subprocess.run(
         [sys.executable, "-S", "-c", f"import sys; sys.path.insert(0, {str(zpath)!r}); "
          "import recsys_spark, recsys_spark.errors; print(recsys_spark.__file__)"],
-        capture_output=True, text=True, cwd=tmp_path,
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(zpath / "recsys_spark" / "__init__.py")

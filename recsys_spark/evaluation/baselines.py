@@ -1,7 +1,7 @@
-"""The baselines a model must beat: item-item co-occurrence and implicit ALS (Spark MLlib).
+"""The baselines a model must beat: item-item co-occurrence, implicit ALS (Spark MLlib) and EASE.
 
-Both learn from the training windows only (``features/train``: what the model learns from),
-and both rank the whole catalogue through :class:`~recsys_spark.evaluation.ranking.Ranker`, so
+All learn from the training windows only (``features/train``: what the model learns from),
+and all rank the whole catalogue through :class:`~recsys_spark.evaluation.ranking.Ranker`, so
 they are measured by exactly the code that measures the model.
 
 Co-occurrence: two steps of one training window, ``d`` steps apart with ``1 <= d <= window``,
@@ -14,11 +14,20 @@ and the distinct items in it as interactions of strength 1. Evaluated users are 
 their vector is the ALS user update of Spark's implicit solver (Hu, Koren & Volinsky 2008;
 regularisation scaled by the user's number of items, as Spark does) given their items before
 the cutoff and the fitted item factors.
+
+EASE (Steck, "Embarrassingly Shallow Autoencoders for Sparse Data", WWW 2019): X has one row
+per training window, as ALS's users (the windows carry no user id), and one column per item
+with training interactions. ``B = -P / diag(P)`` with ``P = (X'X + lambda I)^-1`` and
+``diag(B) = 0``; a user's scores are ``x_u B``. Recency, the same on both sides: an entry
+weighs ``decay**age``, age the steps from the end of the window (X) or of the user's history
+(x_u) to the item's latest step, so decay 1.0 is plain, binary EASE. Steps, not time: the
+training windows hold gap buckets, not timestamps.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -32,6 +41,8 @@ from torch import Tensor
 
 from recsys_spark import schema as S
 from recsys_spark.evaluation.ranking import Ranker, int_arrays, int_matrix
+
+log = logging.getLogger(__name__)
 
 SIMILARITIES = ("count", "cosine")
 
@@ -293,6 +304,224 @@ class AlsRanker(Ranker):
     def user_vectors(self, batch: pd.DataFrame) -> Tensor:
         seen = int_arrays(batch[S.SEEN_ITEMS])
         return torch.from_numpy(fold_in(self.item_vecs.numpy(), seen, self.reg_param, self.alpha))
+
+
+# ----------------------------------------------------------------------------- EASE
+
+EASE_A, EASE_B = "item_a", "item_b"
+
+
+def ease_items(train_counts: np.ndarray, max_items: int) -> np.ndarray | None:
+    """The items EASE models: those with interactions in the training period.
+
+    Args:
+        train_counts: int [N], the train_count of every item index (0 where absent).
+        max_items: the largest catalogue whose items x items inverse is computed.
+
+    Returns:
+        int64 [n], the modelled item indices in increasing order, or None (and a log line)
+        when n > max_items.
+    """
+    items = np.flatnonzero(np.asarray(train_counts) > 0).astype(np.int64)
+    n = len(items)
+    if n > max_items:
+        log.warning("evaluate: EASE skipped: %d items > evaluate.ease_max_items=%d (an %d x %d inverse)",
+                    n, max_items, n, n)
+        return None
+    return items
+
+
+def ease_columns(items: np.ndarray, num_items: int) -> np.ndarray:
+    """int64 [N]: the EASE row / column of every item index, -1 for items it does not model."""
+    columns = np.full(num_items, -1, dtype=np.int64)
+    columns[items] = np.arange(len(items))
+    return columns
+
+
+def recency_entries(
+    items: np.ndarray, columns: np.ndarray, older: Sequence[np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct modelled items of each row, with the age of their latest step.
+
+    The age of a step is its distance in steps from the row's last step (0 = the last one);
+    an item met several times takes its latest step. Items of ``older`` not among the steps
+    get age L (older than every step).
+
+    Args:
+        items: int [B, L], step items left-padded (the last column is the latest step).
+        columns: int64 [N] from :func:`ease_columns`.
+        older: B int arrays of earlier items of each row (e.g. seen_items), or None.
+
+    Returns:
+        (rows, cols, ages), int64 [m] each, sorted by (row, col): one entry per row and
+        distinct modelled item, ``cols`` in EASE columns.
+    """
+    batch, length = items.shape
+    inside = (items >= 0) & (items < len(columns))
+    cols = np.where(inside, columns[np.where(inside, items, 0)], -1).ravel()
+    rows = np.repeat(np.arange(batch, dtype=np.int64), length)
+    ages = np.tile(np.arange(length - 1, -1, -1, dtype=np.int64), batch)
+    if older is not None:
+        extra = np.concatenate([np.asarray(o, dtype=np.int64) for o in older] + [np.zeros(0, np.int64)])
+        extra_rows = np.repeat(np.arange(batch, dtype=np.int64), [len(o) for o in older])
+        ok = (extra >= 0) & (extra < len(columns))
+        rows = np.concatenate([rows, extra_rows[ok]])
+        cols = np.concatenate([cols, columns[extra[ok]]])
+        ages = np.concatenate([ages, np.full(int(ok.sum()), length, dtype=np.int64)])
+    keep = cols >= 0
+    rows, cols, ages = rows[keep], cols[keep], ages[keep]
+    order = np.lexsort((ages, cols, rows))
+    rows, cols, ages = rows[order], cols[order], ages[order]
+    first = np.ones(len(rows), dtype=bool)
+    first[1:] = (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])
+    return rows[first], cols[first], ages[first]
+
+
+def ease_gram_entries(train: DataFrame, columns: np.ndarray, decays: Sequence[float]) -> DataFrame:
+    """The entries of G = X'X for each decay, X having one row per training window.
+
+    ``X[w, i] = decay**age`` with age the steps from the end of window w to its latest step
+    of item i (:func:`recency_entries`), 0 if the window lacks i: decay 1.0 gives the binary
+    X of plain EASE (ALS's interactions: each window a user, its distinct items).
+
+    Args:
+        train: training windows (schema.TRAIN_SCHEMA; item_seq is used).
+        columns: int64 [N] from :func:`ease_columns`.
+        decays: the decays, each in (0, 1].
+
+    Returns:
+        item_a <= item_b (EASE columns) and one double column ``g<j>`` per decays[j]: the sum
+        over windows of X[w, a] * X[w, b] (only nonzero entries of the upper triangle).
+    """
+    n = int(columns.max(initial=-1)) + 1
+    schema = T.StructType(
+        [T.StructField(EASE_A, T.IntegerType(), False), T.StructField(EASE_B, T.IntegerType(), False)]
+        + [T.StructField(f"g{j}", T.DoubleType(), False) for j in range(len(decays))]
+    )
+    chunk = 1024  # windows at once: chunk x (L + 1)^2 candidate pairs
+
+    def pair_sums(batches):
+        for batch in batches:
+            for start in range(0, len(batch), chunk):
+                rows, cols, ages = recency_entries(int_matrix(batch[S.ITEM_SEQ].iloc[start : start + chunk]), columns)
+                if len(rows) == 0:
+                    continue
+                a, b, age_sums = _pairs_within_rows(rows, cols, ages)
+                keys, inverse = np.unique(a * n + b, return_inverse=True)
+                yield pd.DataFrame(
+                    {
+                        EASE_A: (keys // n).astype(np.int32),
+                        EASE_B: (keys % n).astype(np.int32),
+                        **{f"g{j}": np.bincount(inverse, weights=np.power(float(d), age_sums), minlength=len(keys))
+                           for j, d in enumerate(decays)},
+                    }
+                )
+
+    entries = train.select(S.ITEM_SEQ).mapInPandas(pair_sums, schema)
+    return entries.groupBy(EASE_A, EASE_B).agg(*[F.sum(f"g{j}").alias(f"g{j}") for j in range(len(decays))])
+
+
+def _pairs_within_rows(rows: np.ndarray, cols: np.ndarray, ages: np.ndarray):
+    """Every pair (a, b), a <= b, of entries of the same row, and the sum of their ages.
+
+    Args: rows, cols, ages from :func:`recency_entries` (sorted by row, distinct cols per row).
+    Returns: (a, b, age_sum), int64 [p] each.
+    """
+    counts = np.bincount(rows)
+    slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    width = int(counts.max())
+    padded_cols = np.full((len(counts), width), -1, dtype=np.int64)
+    padded_ages = np.zeros((len(counts), width), dtype=np.int64)
+    padded_cols[rows, slot], padded_ages[rows, slot] = cols, ages
+    a, b = padded_cols[:, :, None], padded_cols[:, None, :]
+    keep = (a >= 0) & (a <= b)  # b >= a >= 0
+    age_sums = padded_ages[:, :, None] + padded_ages[:, None, :]
+    return (np.broadcast_to(a, keep.shape)[keep], np.broadcast_to(b, keep.shape)[keep], age_sums[keep])
+
+
+def gram_matrix(entries: pd.DataFrame, decay_no: int, size: int) -> np.ndarray:
+    """G of one decay as a dense symmetric matrix.
+
+    Args:
+        entries: :func:`ease_gram_entries` rows (collected to the driver).
+        decay_no: j of the ``g<j>`` column.
+        size: n, the number of EASE columns.
+
+    Returns:
+        float64 [n, n].
+    """
+    gram = np.zeros((size, size), dtype=np.float64)
+    a, b = entries[EASE_A].to_numpy(dtype=np.int64), entries[EASE_B].to_numpy(dtype=np.int64)
+    values = entries[f"g{decay_no}"].to_numpy(dtype=np.float64)
+    gram[a, b] = values
+    gram[b, a] = values
+    return gram
+
+
+def fit_ease(gram: np.ndarray, lam: float) -> np.ndarray:
+    """The EASE item-item weights (Steck 2019): ``P = (G + lam I)^-1``, ``B = -P / diag(P)``
+    (column j divided by P[j, j]), ``diag(B) = 0``.
+
+    The inverse is computed in float64; peak memory is about 3 x 8 n^2 bytes (G, G + lam I, P).
+
+    Args:
+        gram: float64 [n, n], G = X'X (see :func:`gram_matrix`); not modified.
+        lam: the L2 weight, > 0 (G + lam I is then positive definite).
+
+    Returns:
+        float32 [n, n], B; a user's scores are ``x_u @ B``.
+    """
+    regularised = torch.from_numpy(np.asarray(gram, dtype=np.float64)).clone()
+    regularised.diagonal().add_(float(lam))
+    weights = torch.linalg.inv(regularised)
+    del regularised
+    weights.div_(-weights.diagonal().clone()[None, :])
+    weights.diagonal().zero_()
+    return weights.float().numpy()
+
+
+class EaseRanker(Ranker):
+    """EASE: a user's scores are ``x_u @ B``, x_u their recency-weighted items.
+
+    ``x_u[i] = decay**age`` of the latest step of item i in hist_items (age 0 = the last
+    step, as in :func:`recency_entries`); items of seen_items older than the history weigh
+    ``decay**L``. Decay 1.0 gives the binary x_u of plain EASE (every item before the cutoff).
+
+    Args:
+        items: int64 [n], the item index of every EASE column (see :func:`ease_items`).
+        weights: float32 [n, n], B from :func:`fit_ease`.
+        decay: in (0, 1], the decay the weights were fitted with.
+        num_items: N.
+        allowed: BoolTensor[N] or None.
+    """
+
+    name = "ease"
+
+    def __init__(self, items: np.ndarray, weights: np.ndarray, decay: float, num_items: int,
+                 allowed: Tensor | None = None):
+        super().__init__(torch.zeros(num_items, 0), allowed)
+        self.items = torch.from_numpy(np.asarray(items, dtype=np.int64))
+        self.columns = ease_columns(np.asarray(items, dtype=np.int64), num_items)
+        self.weights = torch.from_numpy(np.asarray(weights, dtype=np.float32))
+        self.decay = decay
+
+    def user_vectors(self, batch: pd.DataFrame) -> Tensor:
+        """The user's weights over items (an N-wide vector; the item side is the identity)."""
+        return self.score_block(batch)
+
+    def score_block(self, batch: pd.DataFrame, excluded: Tensor | None = None) -> Tensor:
+        rows, cols, ages = recency_entries(int_matrix(batch[S.HIST_ITEMS]), self.columns,
+                                           int_arrays(batch[S.SEEN_ITEMS]))
+        history = torch.sparse_coo_tensor(
+            torch.from_numpy(np.stack([rows, cols])),
+            torch.from_numpy(np.power(float(self.decay), ages).astype(np.float32)),
+            (len(batch), len(self.items)),
+            is_coalesced=True,  # recency_entries: sorted by (row, col), no duplicates
+            check_invariants=False,
+        )
+        scores = torch.zeros(len(batch), self.num_items)
+        scores[:, self.items] = torch.sparse.mm(history, self.weights)
+        return scores
 
 
 # ----------------------------------------------------------------------------- grids

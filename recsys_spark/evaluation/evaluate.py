@@ -38,6 +38,7 @@ from recsys_spark import schema as S
 from recsys_spark.config import Config, EvaluateConfig
 from recsys_spark.errors import ConfigError, InputError
 from recsys_spark.evaluation import baselines as B
+from recsys_spark.evaluation import intervals as I
 from recsys_spark.evaluation import report as R
 from recsys_spark.evaluation.metrics import (
     MRR,
@@ -63,8 +64,10 @@ REPORT_FILE = "evaluation.json"
 HTML_FILE = "evaluation.html"
 
 # Rankers of the test comparison.
-MODEL, CHAMPION, POPULARITY, COOCCURRENCE, ALS = "model", "champion", "popularity", "cooccurrence", "als"
-BASELINES = (POPULARITY, COOCCURRENCE, ALS)
+MODEL, CHAMPION, POPULARITY, COOCCURRENCE, ALS, EASE = "model", "champion", "popularity", "cooccurrence", "als", "ease"
+BASELINES = (POPULARITY, COOCCURRENCE, ALS, EASE)
+# The baselines fitted on the training windows and tuned on validation (popularity is not).
+TUNED_BASELINES = (COOCCURRENCE, ALS, EASE)
 
 # Segments: every user; users by history size; targets by popularity and by strongest event.
 ALL = "all"
@@ -281,6 +284,57 @@ def summarise(per_user: DataFrame, ks: Sequence[int], catalogue_size: int) -> di
     return out
 
 
+def per_user_values(per_user: DataFrame, names: Sequence[str]) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """The per-user values of segment ``all`` on the driver: only these columns, as numpy.
+
+    Args:
+        per_user: the output of :func:`per_user_metrics` (persist it first).
+        names: the metric columns to collect (of all_metric_names(ks)).
+
+    Returns:
+        (user ids [U] sorted, ranker names [R] sorted, float64 [U, R, M] in the order of
+        ``names``, NaN where a ranker has no row for a user); see intervals.by_user.
+    """
+    frame = (
+        per_user.where(F.col(SEGMENT) == ALL)
+        .select(RANKER, S.USER_ID, *[F.col(f"`{name}`") for name in names])
+        .toPandas()
+    )
+    return I.by_user(frame[S.USER_ID].to_numpy(), frame[RANKER].to_numpy(),
+                     frame[list(names)].to_numpy(dtype=np.float64).reshape(len(frame), len(names)))
+
+
+def pair_name(a: str, b: str) -> str:
+    """The name of the paired comparison a - b in the report and MLflow: ``model_vs_als``."""
+    return f"{a}_vs_{b}"
+
+
+def compare_rankers(
+    values: np.ndarray, rankers: Sequence[str], ks: Sequence[int], primary: str, ec: EvaluateConfig
+) -> tuple[dict[str, dict[str, I.Interval]], dict[str, dict[str, I.Interval]]]:
+    """Every per-user metric of every ranker with its bootstrap interval, and the paired
+    differences model - champion and model - each baseline, all from the same resamples.
+
+    Args:
+        values: float [U, R, M] from :func:`per_user_values` with M = all_metric_names(ks).
+        rankers: the R ranker names of axis 1.
+        ks, primary: the cut-offs and the primary metric; the pairs are compared on the
+            headline metrics that are means over users (coverage@K is not).
+        ec: bootstrap_samples, bootstrap_seed, confidence.
+
+    Returns:
+        ({ranker: {metric: Interval}}, {"model_vs_<other>": {metric: Interval}}), the champion
+        first among the others.
+    """
+    names = all_metric_names(ks)
+    paired_metrics = [name for name in headline_metrics(primary, ks) if name in names]
+    others = sorted((r for r in rankers if r != MODEL), key=lambda r: (r != CHAMPION, r))
+    pairs = [(MODEL, other) for other in others] if MODEL in rankers else []
+    singles, paired = I.compare(values, rankers, names, pairs, paired_metrics,
+                                ec.bootstrap_samples, ec.bootstrap_seed, ec.confidence)
+    return singles, {pair_name(a, b): found for (a, b), found in paired.items()}
+
+
 def excluded_items(events: DataFrame, item_vocab: DataFrame, cutoff: dt.datetime, event_types: Sequence[str]) -> DataFrame:
     """Per user, the vocabulary items they had one of ``event_types`` on before ``cutoff``.
 
@@ -319,10 +373,16 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     """Tune the baselines on validation, compare model, champion and baselines on test, run
     the registry gate and write the report.
 
+    Every per-user metric of every ranker gets a bootstrap interval over the test users, and
+    the model is compared with the champion and each baseline by paired differences (see
+    :func:`compare_rankers`); the gate reads the lower bound of model - champion.
+
     Returns:
         a flat summary: model_version, ``<ranker>.<metric>`` for every ranker and the metrics
         at the primary metric's K (e.g. ``model.ndcg@20``, ``als.recall@20``; every K is in
-        the report and MLflow), the gate's verdict, users, the report paths.
+        the report and MLflow), ``<ranker>.<primary>.interval`` and ``model_vs_<other>.<primary>``
+        (e.g. ``"+0.0123 [+0.0040, +0.0200] (1,168 users)"``), the gate's verdict, users,
+        users_evaluated, the report paths.
     """
     import mlflow
 
@@ -331,6 +391,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     ec = cfg.evaluate
     ks = sorted(set(ec.ks))
     check_config(ec)
+    check_interval_config(ec)
     root = cfg.paths.resolve("features")
     metadata_path = io.feature_path(root, S.FEATURE_METADATA)
     io.require_input(spark, metadata_path, "paths.features")
@@ -354,7 +415,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 
     with tracking.stage_run(cfg, "evaluate") as active:
         tuning: dict[str, Any] = {}
-        if {COOCCURRENCE, ALS} & set(ec.baselines):
+        if set(TUNED_BASELINES) & set(ec.baselines):
             validation = io.read_table(spark, io.feature_path(root, "validation"), S.EVAL_SCHEMA, "paths.features")
             train = io.read_table(spark, io.feature_path(root, "train"), S.TRAIN_SCHEMA, "paths.features")
             excluded = _exclusions(spark, cfg, vocab_df, metadata, "validation_cutoff")
@@ -370,11 +431,15 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         rows = with_exclusions(test.where(F.size(S.TARGET_ITEMS) > 0), excluded)
         per_user = per_user_metrics(rows, rankers, ks, ec.block_size, stats, ec.cold_user_threshold).persist()
         results = summarise(per_user, ks, catalogue_size=len(vocab))
+        _, ranker_names, user_values = per_user_values(per_user, all_metric_names(ks))
         per_user.unpersist()
         if MODEL not in results:
             raise InputError(f"{io.feature_path(root, 'test')} holds no user with a target item")
 
         primary = ec.primary_metric
+        intervals, paired = compare_rankers(user_values, ranker_names, ks, primary, ec)
+        log.info("evaluate: %.0f%% bootstrap intervals over %d users (%d resamples)",
+                 100 * ec.confidence, user_values.shape[0], ec.bootstrap_samples)
         decision = registry.decide(
             challenger_version=version,
             challenger=results[MODEL][ALL],
@@ -386,6 +451,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             max_coverage_loss=ec.gate_max_coverage_loss,
             promotion=ec.promotion,
             champion_note=champion_note,
+            difference=paired.get(pair_name(MODEL, CHAMPION), {}).get(primary),
+            confidence=ec.confidence,
         )
         log.info("evaluate: gate %s version %s: %s", decision.verdict, version, "; ".join(decision.reasons))
 
@@ -399,16 +466,22 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             "primary_metric": primary,
             "users": users_total,
             "users_with_targets": results[MODEL][ALL][USERS],
+            "users_evaluated": int(user_values.shape[0]),
             "catalogue_size": len(vocab),
             "head_items": int(stats.is_head.sum()),
             "definitions": R.DEFINITIONS | {
                 "head": f"the most popular items that make up {ec.head_share:.0%} of interactions before the cutoff",
                 "cold_users": f"fewer than {ec.cold_user_threshold} distinct items before the cutoff",
                 "excluded": f"items the user had {'/'.join(ec.exclude_seen_event_types) or 'no'} events on",
+                "intervals": f"{ec.confidence:.0%} percentile bootstrap over the test users ({ec.bootstrap_samples} "
+                             f"resamples, seed {ec.bootstrap_seed}); coverage@K has none",
             },
             "rankers": {ranker: values[ALL] for ranker, values in results.items()},
             "segments": results,
             "baselines": tuning,
+            "bootstrap": {"samples": ec.bootstrap_samples, "seed": ec.bootstrap_seed, "confidence": ec.confidence},
+            "intervals": I.as_bounds(intervals),
+            "paired": I.as_differences(paired),
             "gate": decision.as_dict(),
             "mlflow_run_id": active.info.run_id,
         }
@@ -420,22 +493,29 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         io.write_text(spark, html_path, html)
         mlflow.log_text(html, HTML_FILE)
         registry.apply_decision(cfg, decision, ec.champion_alias, active.info.run_id)
-        _tag_model_version(cfg, version, results[MODEL][ALL], results, primary, active.info.run_id)
+        _tag_model_version(cfg, version, results[MODEL][ALL], results, primary, active.info.run_id,
+                           intervals, paired)
 
     log.info(
         "evaluate: model version %s on %d users\n%s\ngate: %s (%s)",
-        version, report["users_with_targets"], table(report["rankers"], ks), decision.verdict,
+        version, report["users_with_targets"], table(report["rankers"], ks, intervals, primary), decision.verdict,
         "; ".join(decision.reasons),
     )
     summary: dict[str, Any] = {"model_version": version}
-    for ranker, values in report["rankers"].items():
+    for ranker, metrics in report["rankers"].items():
         for name in headline_metrics(primary, ks):
-            summary[f"{ranker}.{name}"] = values[name]
+            summary[f"{ranker}.{name}"] = metrics[name]
+        if primary in intervals.get(ranker, {}):
+            summary[f"{ranker}.{primary}.interval"] = intervals[ranker][primary].describe()
+    for pair, differences in paired.items():
+        if primary in differences:
+            summary[f"{pair}.{primary}"] = differences[primary].describe(signed=True)
     summary.update(
         {
             "gate": decision.verdict,
             "champion_version": version if decision.promote else champion_version,
             "users": report["users_with_targets"],
+            "users_evaluated": report["users_evaluated"],
             "report": report_path,
             "html_report": html_path,
         }
@@ -453,13 +533,19 @@ def tune_baselines(
     num_items: int,
     allowed: np.ndarray,
 ) -> tuple[dict[str, Callable[[], Ranker]], dict[str, Any]]:
-    """Fit every grid point of the co-occurrence and ALS baselines on ``train``, rank the
+    """Fit every grid point of the co-occurrence, ALS and EASE baselines on ``train``, rank the
     validation users with all of them in one pass, and keep the best of each family.
 
+    EASE is skipped (with a log line) above ``evaluate.ease_max_items`` items. Each of its
+    points is an n x n float32 matrix held by every Python worker that ranks it, so a pass
+    holds at most ease_max_items^2 of those floats: all points go in the one pass while
+    points x n^2 <= ease_max_items^2 (8 points: n <= 10,600 at the default cap), else the
+    rest follow in further passes. After each pass only the best EASE point's weights are kept.
+
     Returns:
-        ({"cooccurrence": builder, "als": builder} for the chosen points (those in
-        ec.baselines), {family: {"chosen": params, "metric": primary, "grid": [{params...,
-        metric values}]}}).
+        ({"cooccurrence": builder, "als": builder, "ease": builder} for the chosen points
+        (those in ec.baselines and not skipped), {family: {"chosen": params, "metric": primary,
+        "grid": [{params..., metric values}]}}).
     """
     context = spark.sparkContext
     candidates: dict[str, Callable[[], Ranker]] = {}
@@ -500,20 +586,48 @@ def tune_baselines(
             )
             points[label] = (ALS, params)
 
-    stats = ItemStats.from_vocab(vocab, S.TRAIN_COUNT, num_items, ec.head_share)
-    log.info("evaluate: ranking validation users with %d baseline grid points", len(candidates))
-    per_user = per_user_metrics(
-        validation.where(F.size(S.TARGET_ITEMS) > 0), candidates, ks, ec.block_size, stats, segments=False
-    ).persist()
-    results = summarise(per_user, ks, catalogue_size=len(vocab))
-    per_user.unpersist()
-    if not results:
-        raise InputError("features/validation holds no user with a target item: cannot tune the baselines")
+    ease_passes: list[list[dict[str, Any]]] = []
+    if EASE in ec.baselines:
+        items = B.ease_items(vocab_column(vocab, S.TRAIN_COUNT, num_items)[0], ec.ease_max_items)
+        if items is not None:
+            log.info("evaluate: EASE: X'X of %d items for decays %s", len(items), ec.ease_decays)
+            entries = B.ease_gram_entries(train, B.ease_columns(items, num_items), ec.ease_decays).toPandas()
+            ease_grid = B.grid(**{"lambda": ec.ease_lambdas, "decay": ec.ease_decays})
+            per_pass = max(1, ec.ease_max_items ** 2 // max(len(items), 1) ** 2)
+            ease_passes = [ease_grid[i : i + per_pass] for i in range(0, len(ease_grid), per_pass)]
+    if not candidates and not ease_passes:
+        return {}, {}
 
+    stats = ItemStats.from_vocab(vocab, S.TRAIN_COUNT, num_items, ec.head_share)
+    rows = validation.where(F.size(S.TARGET_ITEMS) > 0)
     primary = ec.primary_metric
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    ease_bc: dict[str, Any] = {}
+    for pass_no in range(max(1, len(ease_passes))):
+        ranked = dict(candidates) if pass_no == 0 else {}
+        for params in ease_passes[pass_no] if ease_passes else []:
+            label = B.grid_label(EASE, params)
+            log.info("evaluate: fitting EASE: %s", label)
+            gram = B.gram_matrix(entries, ec.ease_decays.index(params["decay"]), len(items))
+            ease_bc[label] = context.broadcast((items, B.fit_ease(gram, params["lambda"])))
+            del gram
+            ranked[label] = candidates[label] = functools.partial(_ease_ranker, ease_bc[label], params["decay"],
+                                                                  allowed)
+            points[label] = (EASE, params)
+        log.info("evaluate: ranking validation users with %d baseline grid points", len(ranked))
+        per_user = per_user_metrics(rows, ranked, ks, ec.block_size, stats, segments=False).persist()
+        results.update(summarise(per_user, ks, catalogue_size=len(vocab)))
+        per_user.unpersist()
+        if not results:
+            raise InputError("features/validation holds no user with a target item: cannot tune the baselines")
+        if ease_bc:  # keep the weights of the best EASE point so far only (first wins ties: grid order)
+            best = max(ease_bc, key=lambda label: results[label][ALL][primary])
+            for label in [label for label in ease_bc if label != best]:
+                ease_bc.pop(label).destroy()
+
     chosen: dict[str, Callable[[], Ranker]] = {}
     tuning: dict[str, Any] = {}
-    for family in (COOCCURRENCE, ALS):
+    for family in TUNED_BASELINES:
         labels = [label for label, (fam, _) in points.items() if fam == family]
         if not labels:
             continue
@@ -587,6 +701,16 @@ def check_config(ec: EvaluateConfig) -> None:
         raise ConfigError(f"evaluate.als_max_iter: expected a positive integer, got {ec.als_max_iter}")
 
 
+def check_interval_config(ec: EvaluateConfig) -> None:
+    """Raise ConfigError naming the first bootstrap setting that cannot work."""
+    if ec.bootstrap_samples < 1:
+        raise ConfigError(f"evaluate.bootstrap_samples: expected a positive integer, got {ec.bootstrap_samples}")
+    if ec.bootstrap_seed < 0:
+        raise ConfigError(f"evaluate.bootstrap_seed: expected >= 0, got {ec.bootstrap_seed}")
+    if not 0 < ec.confidence < 1:
+        raise ConfigError(f"evaluate.confidence: expected a level in (0, 1), e.g. 0.95, got {ec.confidence}")
+
+
 def check_same_vocabulary(bundle, vocab: pd.DataFrame, num_items: int, version: str) -> None:
     """Raise InputError unless the model was trained on the item vocabulary of ``paths.features``."""
     features_ids = np.full(num_items, -1, dtype=np.int64)
@@ -629,8 +753,11 @@ def _exclusions(spark: SparkSession, cfg: Config, vocab_df: DataFrame, metadata:
 
 
 def _log_to_mlflow(report: Mapping[str, Any], decision, ks: Sequence[int]) -> None:
-    """Headline metrics of every ranker (overall; the primary metric per segment), the tuned
-    baseline settings as params, the gate as tags, the JSON report and the figures."""
+    """Headline metrics of every ranker (overall; the primary metric per segment), their
+    intervals (``<ranker>.<metric>.ci_low`` / ``.ci_high``), the paired differences
+    (``paired.<a>_vs_<b>.<metric>.diff`` / ``.low`` / ``.high`` / ``.users``),
+    ``users_evaluated``, the tuned baseline settings as params, the gate as tags, the JSON
+    report and the figures."""
     import mlflow
 
     primary = report["primary_metric"]
@@ -644,6 +771,16 @@ def _log_to_mlflow(report: Mapping[str, Any], decision, ks: Sequence[int]) -> No
             if segment != ALL:
                 metrics[mlflow_key(f"{ranker}.{segment}.{primary}")] = values[primary]
                 metrics[f"{ranker}.{segment}.users"] = values[USERS]
+    for ranker, bounds in report.get("intervals", {}).items():
+        for name, (low, high) in bounds.items():
+            metrics[mlflow_key(f"{ranker}.{name}.ci_low")] = low
+            metrics[mlflow_key(f"{ranker}.{name}.ci_high")] = high
+    for pair, differences in report.get("paired", {}).items():
+        for name, found in differences.items():
+            for field in ("diff", "low", "high", "users"):
+                metrics[mlflow_key(f"paired.{pair}.{name}.{field}")] = found[field]
+    if "users_evaluated" in report:
+        metrics["users_evaluated"] = report["users_evaluated"]
     mlflow.log_metrics(metrics)
     params = {
         f"baseline.{family}.{key}": value
@@ -660,13 +797,25 @@ def _log_to_mlflow(report: Mapping[str, Any], decision, ks: Sequence[int]) -> No
 
 
 def _tag_model_version(cfg: Config, version: str, model: Mapping[str, float], results: Mapping, primary: str,
-                       run_id: str) -> None:
-    """Tag the evaluated version with its primary metric and the baselines' on the same data."""
+                       run_id: str, intervals: Mapping[str, Mapping[str, I.Interval]] | None = None,
+                       paired: Mapping[str, Mapping[str, I.Interval]] | None = None) -> None:
+    """Tag the evaluated version with its primary metric and the baselines' on the same data,
+    its interval and users (``eval.<primary>.ci_low`` / ``.ci_high``, ``eval.users``) and the
+    paired differences on it (``eval.model_vs_<other>.<primary>``: "+0.0123 [..] (n users)")."""
     from mlflow import MlflowClient
 
     client = MlflowClient()
     name = cfg.mlflow.registered_model
     client.set_model_version_tag(name, version, mlflow_key(f"eval.{primary}"), f"{model[primary]:.6f}")
+    found = (intervals or {}).get(MODEL, {}).get(primary)
+    if found is not None:
+        client.set_model_version_tag(name, version, mlflow_key(f"eval.{primary}.ci_low"), f"{found.low:.6f}")
+        client.set_model_version_tag(name, version, mlflow_key(f"eval.{primary}.ci_high"), f"{found.high:.6f}")
+        client.set_model_version_tag(name, version, "eval.users", str(found.users))
+    for pair, differences in (paired or {}).items():
+        if primary in differences:
+            client.set_model_version_tag(name, version, mlflow_key(f"eval.{pair}.{primary}"),
+                                         differences[primary].describe(signed=True))
     for ranker, values in results.items():
         if ranker != MODEL:
             client.set_model_version_tag(name, version, mlflow_key(f"eval.{ranker}.{primary}"),
@@ -699,10 +848,23 @@ def _als_ranker(factors_bc, label: str, reg_param: float, alpha: float, present:
     return B.AlsRanker(factors_bc.value[label], reg_param, alpha, torch.from_numpy(present))
 
 
-def table(results: Mapping[str, Mapping[str, float]], ks: Sequence[int]) -> str:
-    """The headline numbers of every ranker (overall) as a small fixed-width text table."""
+def _ease_ranker(weights_bc, decay: float, present: np.ndarray) -> B.EaseRanker:
+    items, weights = weights_bc.value
+    return B.EaseRanker(items, weights, decay, len(present), torch.from_numpy(present))
+
+
+def table(results: Mapping[str, Mapping[str, float]], ks: Sequence[int],
+          intervals: Mapping[str, Mapping[str, I.Interval]] | None = None, primary: str | None = None) -> str:
+    """The headline numbers of every ranker (overall) as a small fixed-width text table, then
+    its users and, given ``intervals`` ({ranker: {metric: Interval}}), the interval of ``primary``."""
     columns = [c for k in sorted(ks) for c in (f"recall@{k}", f"ndcg@{k}", f"map@{k}", f"coverage@{k}")] + [MRR]
-    lines = [f"{'ranker':<13}" + "".join(f"{c:>13}" for c in columns)]
+    with_interval = intervals is not None and primary is not None
+    lines = [f"{'ranker':<13}" + "".join(f"{c:>13}" for c in columns) + f"{USERS:>9}"
+             + (f"  {primary} interval" if with_interval else "")]
     for ranker, values in results.items():
-        lines.append(f"{ranker:<13}" + "".join(f"{values[c]:>13.4f}" for c in columns))
+        line = f"{ranker:<13}" + "".join(f"{values[c]:>13.4f}" for c in columns) + f"{values.get(USERS, ''):>9}"
+        found = intervals.get(ranker, {}).get(primary) if with_interval else None
+        if found is not None:
+            line += f"  [{found.low:.4f}, {found.high:.4f}]"
+        lines.append(line)
     return "\n".join(lines)

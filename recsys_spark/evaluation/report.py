@@ -27,6 +27,12 @@ DEFINITIONS = {
     "head_share@K": "share of top-K items that are head items (popularity bias)",
     "baselines": "co-occurrence and ALS are fitted on the training windows and tuned on validation by the primary "
                  "metric; popularity ranks by interactions before the cutoff",
+    "value [low, high]": "the mean over the test users and its percentile bootstrap interval (users resampled with "
+                         "replacement); with few users it is wide, and a difference inside it is noise",
+    "paired difference": "a - b: the mean of the per-user differences over the users both were measured on, with "
+                         "its bootstrap interval from the same resamples; an interval above 0 means a beats b on "
+                         "these users beyond sampling noise; the gate requires its lower bound (model - champion) "
+                         "to exceed evaluate.gate_min_improvement",
 }
 
 _SEGMENT_LABELS = {
@@ -45,16 +51,22 @@ def figures(report: Mapping[str, Any]) -> dict[str, Any]:
     """The report's plots as matplotlib Figures.
 
     Returns:
-        {"curves": Recall@K and NDCG@K against K per ranker, "popularity_bias": head share of
-        the top K per ranker, "segments": the primary metric per segment and ranker}.
+        {"curves": Recall@K and NDCG@K against K per ranker (shaded: their intervals, when the
+        report has them), "popularity_bias": head share of the top K per ranker, "segments": the
+        primary metric per segment and ranker, and "paired" (when the report has paired
+        differences): model - each other ranker on the primary metric, with its interval}.
     """
     from matplotlib.figure import Figure
 
     ks, rankers = report["ks"], report["rankers"]
     curves = Figure(figsize=(10, 3.8))
+    bounds = report.get("intervals", {})
     for axis, (metric, title) in zip(curves.subplots(1, 2), (("recall", "Recall@K"), ("ndcg", "NDCG@K"))):
         for ranker, values in rankers.items():
-            axis.plot(ks, [values[f"{metric}@{k}"] for k in ks], marker="o", label=ranker)
+            (line,) = axis.plot(ks, [values[f"{metric}@{k}"] for k in ks], marker="o", label=ranker)
+            band = [bounds.get(ranker, {}).get(f"{metric}@{k}") for k in ks]
+            if all(b is not None for b in band):
+                axis.fill_between(ks, [b[0] for b in band], [b[1] for b in band], color=line.get_color(), alpha=0.15)
         axis.set(xlabel="K", ylabel=title, title=f"{title}, full ranking, test users", xscale="log", xticks=ks)
         axis.set_xticklabels([str(k) for k in ks])
         axis.grid(alpha=0.3)
@@ -86,7 +98,44 @@ def figures(report: Mapping[str, Any]) -> dict[str, Any]:
     axis.tick_params(axis="x", labelsize=8)
     axis.legend(fontsize=8)
     seg_fig.tight_layout()
-    return {"curves": curves, "popularity_bias": bias, "segments": seg_fig}
+    out = {"curves": curves, "popularity_bias": bias, "segments": seg_fig}
+    pairs = {pair: found[primary] for pair, found in report.get("paired", {}).items() if primary in found}
+    if pairs:
+        out["paired"] = paired_figure(pairs, primary, report.get("bootstrap", {}).get("confidence"))
+    return out
+
+
+def paired_figure(pairs: Mapping[str, Mapping[str, float]], metric: str, confidence: float | None = None):
+    """The paired differences on one metric as points with their intervals, one row per pair.
+
+    Args:
+        pairs: {"model_vs_als": {"diff", "low", "high", "users"}}.
+        metric: e.g. "ndcg@20" (the axis label).
+        confidence: the intervals' level, for the title (None: not said).
+
+    Returns:
+        a matplotlib Figure.
+    """
+    from matplotlib.figure import Figure
+
+    names = list(pairs)
+    figure = Figure(figsize=(8, 1.2 + 0.5 * len(names)))
+    axis = figure.subplots()
+    colours = ["tab:green" if pairs[n]["low"] > 0 else "tab:red" if pairs[n]["high"] < 0 else "tab:gray"
+               for n in names]
+    rows = list(range(len(names)))
+    axis.hlines(rows, [pairs[n]["low"] for n in names], [pairs[n]["high"] for n in names], colors=colours,
+                linewidth=2)
+    axis.scatter([pairs[n]["diff"] for n in names], rows, c=colours, zorder=3)
+    axis.axvline(0.0, color="black", linewidth=1)
+    axis.set_yticks(rows)
+    axis.set_yticklabels([f"{n.replace('_vs_', ' - ')} ({pairs[n]['users']:,} users)" for n in names])
+    axis.invert_yaxis()
+    level = f"{confidence:.0%} " if confidence else ""
+    axis.set(xlabel=f"difference in {metric}", title=f"Paired differences on {metric}, {level}bootstrap intervals")
+    axis.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    return figure
 
 
 def _grouped_bars(axis, groups: Sequence[str], values: Mapping[str, Sequence[float]]) -> None:
@@ -126,6 +175,7 @@ _TEMPLATE = """<!doctype html>
  th:first-child, td:first-child { text-align: left; }
  th { background: #f3f3f3; }
  .best { font-weight: bold; background: #eef7ee; }
+ .above { background: #e6f4e6; } .below { background: #fbeee6; }
  .gate { padding: 0.8em 1em; border-radius: 6px; margin: 1em 0; }
  .promoted { background: #e6f4e6; border: 1px solid #7b7; }
  .not_promoted { background: #fbeee6; border: 1px solid #d96; }
@@ -136,6 +186,9 @@ _TEMPLATE = """<!doctype html>
 <p>{{ r.users_with_targets }} test users with targets (of {{ r.users }}), a catalogue of {{ r.catalogue_size }}
 items ({{ r.head_items }} head items). Primary metric: <b>{{ r.primary_metric }}</b>.
 MLflow run <code>{{ r.mlflow_run_id }}</code>.</p>
+{% if boot %}<p>Every mean over users is shown as <code>value [low, high]</code>: its {{ "%.0f" | format(100 * boot.confidence) }}%
+percentile bootstrap interval over the {{ r.users_evaluated }} users evaluated ({{ boot.samples }} resamples of the
+users, seed {{ boot.seed }}). Coverage is measured over the catalogue and has none.</p>{% endif %}
 
 <div class="gate {{ r.gate.verdict }}"><b>Registry gate: {{ r.gate.verdict | replace("_", " ") }}</b>
 (challenger version {{ r.gate.challenger_version }}, {{ r.champion_alias }} was
@@ -143,13 +196,25 @@ MLflow run <code>{{ r.mlflow_run_id }}</code>.</p>
 
 <h2>Model against baselines (test)</h2>
 {% for k in r.ks %}
-<table><tr><th>ranker</th>{% for m in metrics_at(k) %}<th>{{ m }}</th>{% endfor %}</tr>
-{% for ranker, values in r.rankers.items() %}<tr><td>{{ ranker }}</td>
-{% for m in metrics_at(k) %}<td class="{{ 'best' if best.get(m) == ranker else '' }}">{{ "%.4f" | format(values[m]) }}</td>{% endfor %}
+<table><tr><th>ranker</th><th>users</th>{% for m in metrics_at(k) %}<th>{{ m }}</th>{% endfor %}</tr>
+{% for ranker, values in r.rankers.items() %}<tr><td>{{ ranker }}</td><td>{{ values.get("users", "") }}</td>
+{% for m in metrics_at(k) %}<td class="{{ 'best' if best.get(m) == ranker else '' }}">{{ cell(ranker, m) }}</td>{% endfor %}
 </tr>{% endfor %}</table>
 {% endfor %}
-<p>MRR: {% for ranker, values in r.rankers.items() %}{{ ranker }} {{ "%.4f" | format(values.mrr) }}{{ ", " if not loop.last }}{% endfor %}</p>
+<p>MRR: {% for ranker, values in r.rankers.items() %}{{ ranker }} {{ cell(ranker, "mrr") }}{{ ", " if not loop.last }}{% endfor %}</p>
 <img src="data:image/png;base64,{{ images.curves }}" alt="Recall@K and NDCG@K curves">
+
+{% if paired %}
+<h2>Paired differences (test)</h2>
+<p>The model minus each other ranker: the mean of the per-user differences over the users both ranked, with its
+bootstrap interval. Green: above 0 beyond sampling noise; red: below; uncoloured: not distinguishable on these users.</p>
+<table><tr><th>comparison</th><th>users</th>{% for m in paired_metrics %}<th>{{ m }}</th>{% endfor %}</tr>
+{% for pair, found in paired.items() %}<tr><td>{{ pair | replace("_vs_", " - ") }}</td>
+<td>{{ found[paired_metrics[0]].users }}</td>
+{% for m in paired_metrics %}<td class="{{ side(found[m]) }}">{{ difference(found[m]) }}</td>{% endfor %}
+</tr>{% endfor %}</table>
+{% if images.paired %}<img src="data:image/png;base64,{{ images.paired }}" alt="paired differences with intervals">{% endif %}
+{% endif %}
 
 <h2>Popularity bias</h2>
 <img src="data:image/png;base64,{{ images.popularity_bias }}" alt="head share of the top K">
@@ -180,7 +245,9 @@ def render_html(report: Mapping[str, Any]) -> str:
 
     Args:
         report: the evaluation report (see evaluate.run): ks, rankers, segments, baselines,
-            gate, definitions, counts.
+            gate, definitions, counts; optionally bootstrap, intervals ({ranker: {metric:
+            [low, high]}}), users_evaluated and paired ({pair: {metric: {diff, low, high,
+            users}}}), shown where present.
 
     Returns:
         the HTML text.
@@ -195,8 +262,27 @@ def render_html(report: Mapping[str, Any]) -> str:
     # Highlight the best ranker of each metric where higher is better (not the popularity bias).
     best = {m: max(report["rankers"], key=lambda r: report["rankers"][r][m]) for m in names if "head_share" not in m}
     segments = [s for s in _SEGMENT_LABELS if s in report["segments"].get("model", {})]
+    bounds = report.get("intervals", {})
+    paired = report.get("paired", {})
+    paired_metrics = list(next(iter(paired.values()), {}))
+
+    def cell(ranker: str, metric: str) -> str:
+        """``value [low, high]``, or the value alone where it has no interval (coverage)."""
+        value = report["rankers"][ranker][metric]
+        found = bounds.get(ranker, {}).get(metric)
+        return f"{value:.4f} [{found[0]:.4f}, {found[1]:.4f}]" if found else f"{value:.4f}"
+
+    def difference(found: Mapping[str, float]) -> str:
+        return f"{found['diff']:+.4f} [{found['low']:+.4f}, {found['high']:+.4f}]"
+
+    def side(found: Mapping[str, float]) -> str:
+        return "above" if found["low"] > 0 else "below" if found["high"] < 0 else ""
+
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     images = {name: png_base64(fig) for name, fig in figures(report).items()}
+    images.setdefault("paired", "")
     return env.from_string(_TEMPLATE).render(
-        r=report, images=images, metrics_at=metrics_at, best=best, segments=segments
+        r=report, images=images, metrics_at=metrics_at, best=best, segments=segments, cell=cell,
+        paired=paired, paired_metrics=paired_metrics, difference=difference, side=side,
+        boot=report.get("bootstrap"),
     )

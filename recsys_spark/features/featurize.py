@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 from recsys_spark import io, tracking
 from recsys_spark import schema as S
 from recsys_spark.config import Config, FeaturizeConfig
-from recsys_spark.errors import ConfigError, DataQualityError, InputError
+from recsys_spark.errors import ConfigError, DataQualityError, InputError, relax_hint
 from recsys_spark.features import quality
 from recsys_spark.features import vocab as V
 from recsys_spark.features.layout import block_mb, plan_train_files, shuffle_for_training, window_bytes
@@ -49,6 +49,7 @@ def check_config(fc: FeaturizeConfig) -> None:
         "max_windows_per_user": 1, "price_buckets": 1, "train_files": 1, "row_group_mb": 1,
         "min_category_count": 1, "min_brand_count": 1, "min_user_count": 1, "popularity_days": 1,
         "dq_popularity_top_k": 1, "dq_max_event_mix_psi": 0, "dq_max_popularity_psi": 0, "dq_max_oov_rate": 0,
+        "dq_min_drift_events": 0, "min_eval_users": 1,
     }
     for key, minimum in minimums.items():
         if getattr(fc, key) < minimum:
@@ -98,6 +99,29 @@ def load_vocabs(spark: SparkSession, features_root: str, steps: DataFrame, cutof
         vocabs[spec.kind] = table
     vocabs["item"] = V.recount_items(vocabs["item"], steps, cutoffs).persist()
     return vocabs
+
+
+def check_eval_users(counts: dict[str, int], cutoffs: Cutoffs, fc: FeaturizeConfig) -> None:
+    """Stop, before anything is written or trained, when validation or test holds fewer than
+    ``featurize.min_eval_users`` users with a new item: metrics averaged over a handful of users
+    cannot tell one ranker from another, and early stopping on them is noise.
+
+    Raises:
+        DataQualityError: naming the period, its size, the keys that widen it and the override
+            that accepts it (none when the period is empty: nothing could be evaluated).
+    """
+    periods = (("validation", cutoffs.validation, "featurize.validation_days", fc.validation_days),
+               ("test", cutoffs.test, "featurize.test_days", fc.test_days))
+    for period, start, key, days in periods:
+        users = counts[f"{period}_users"]
+        if users >= fc.min_eval_users:
+            continue
+        accept = f" {relax_hint('featurize.min_eval_users', users)}" if users else ""
+        raise DataQualityError(
+            f"featurize: the {period} period ({days} day(s) from {start.date().isoformat()}) holds {users} user(s) "
+            f"with a new item, fewer than featurize.min_eval_users={fc.min_eval_users}: metrics over so few users "
+            f"say nothing; give it more days ({key}={days * 2}) or more data{accept}"
+        )
 
 
 def combined_version(versions: dict[str, dict[str, Any]]) -> str:
@@ -196,6 +220,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         checks = quality.evaluate_checks(report, {
             "dq_max_null_rate": fc.dq_max_null_rate, "dq_max_event_mix_psi": fc.dq_max_event_mix_psi,
             "dq_max_popularity_psi": fc.dq_max_popularity_psi, "dq_max_oov_rate": fc.dq_max_oov_rate,
+            "dq_min_drift_events": fc.dq_min_drift_events,
         })
         report = {**report, "cutoffs": cutoffs.as_dict(), "checks": checks,
                   "passed": all(c["passed"] for c in checks)}
@@ -221,6 +246,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         totals = raw_steps.agg(F.count("*"), F.countDistinct(S.USER_ID)).first()
         counts = {"steps": int(totals[0]), "users": int(totals[1]), **counts}
         progress(f"leakage guard passed {counts}")
+        check_eval_users(counts, cutoffs, fc)
 
         files = plan_train_files(counts["train_windows"], window_bytes(length), fc.row_group_mb,
                                  fc.train_files, max(1, cfg.train.num_proc))

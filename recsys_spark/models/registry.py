@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from recsys_spark.config import Config
 from recsys_spark.errors import ConfigError, InputError
@@ -114,14 +114,21 @@ def decide(
     max_coverage_loss: float = 0.05,
     promotion: str = "auto",
     champion_note: str = "",
+    difference: Sequence[float] | None = None,
+    confidence: float = 0.95,
 ) -> GateDecision:
     """The registry gate, as a pure function of the two models' test metrics.
 
     In ``auto`` mode the challenger is promoted when there is no champion to compare with
     (no version holds the alias, or ``champion`` is None because it could not be evaluated,
     explained by ``champion_note``), or when both hold:
-      - ``challenger[primary] - champion[primary] > min_improvement`` (absolute), and
+      - the LOWER bound of the paired difference challenger - champion on ``primary_metric``
+        (``difference``: per user, over the users both were measured on; see
+        :mod:`recsys_spark.evaluation.intervals`) is ``> min_improvement`` (absolute): a better
+        mean on a handful of users is not enough, the difference must be clear of noise;
       - ``champion[coverage] - challenger[coverage] <= max_coverage_loss`` (absolute).
+    When ``difference`` is None (the primary metric is not a mean over users, e.g. coverage@K,
+    so it has no interval) the point values are compared instead, and the reasons say so.
     ``force`` promotes and ``block`` refuses whatever the metrics say (the automatic verdict
     is still given among the reasons). A challenger that already is the champion stays so.
 
@@ -133,6 +140,9 @@ def decide(
         min_improvement, max_coverage_loss: the margins above.
         promotion: "auto", "force" or "block".
         champion_note: why ``champion`` is None although a champion version exists.
+        difference: (mean, low, high, users) of the paired difference challenger - champion
+            on ``primary_metric`` (an intervals.Interval), or None (see above).
+        confidence: the level of ``difference``'s interval, for the reasons' text.
 
     Returns:
         GateDecision.
@@ -152,14 +162,27 @@ def decide(
                                f"{': ' + champion_note if champion_note else ''}; the challenger replaces it "
                                f"({primary_metric} {value:.4f})"]
     else:
-        gain = value - champion[primary_metric]
+        means = f"{primary_metric}: challenger {value:.4f} vs champion {champion[primary_metric]:.4f}"
+        if difference is not None:
+            diff, low, high, users = difference
+            better = bool(low > min_improvement)  # False for a NaN bound (no user in common)
+            primary_check = (
+                better,
+                f"{means}, paired difference {diff:+.4f} [{low:+.4f}, {high:+.4f}] ({confidence:.0%} interval, "
+                f"{int(users):,} users): lower bound {'above' if better else 'not above'} the required "
+                f"{min_improvement:+.4f}",
+            )
+        else:
+            gain = value - champion[primary_metric]
+            better = gain > min_improvement
+            primary_check = (
+                better,
+                f"{means} ({gain:+.4f}, {'more' if better else 'not more'} than the required {min_improvement:+.4f}; "
+                f"point values: {primary_metric} has no interval over users)",
+            )
         loss = champion[coverage_metric] - challenger[coverage_metric]
         checks = [
-            (
-                gain > min_improvement,
-                f"{primary_metric}: challenger {value:.4f} vs champion {champion[primary_metric]:.4f} ({gain:+.4f}, "
-                f"{'more' if gain > min_improvement else 'not more'} than the required {min_improvement:+.4f})",
-            ),
+            primary_check,
             (
                 loss <= max_coverage_loss,
                 f"{coverage_metric}: challenger {challenger[coverage_metric]:.4f} vs champion "

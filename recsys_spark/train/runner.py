@@ -14,6 +14,7 @@ from recsys_spark.config import Config
 from recsys_spark.errors import DataQualityError
 from recsys_spark.models.bundle import ModelBundle
 from recsys_spark.train.loop import metric_key, train_fn
+from recsys_spark.waits import WaitTimeout
 
 log = logging.getLogger(__name__)
 
@@ -181,10 +182,16 @@ def launch(spark: SparkSession, cfg: Config, run_id: str | None, tracking_uri: s
         return [distributor.run(train_fn, *args, "torch")]
 
     import horovod.spark
+    from horovod.runner.common.util.timeout import TimeoutException
 
-    return horovod.spark.run(
-        train_fn, args=args, num_proc=tc.num_proc, use_mpi=False, use_gloo=True, verbose=1,
-    )
+    try:
+        return horovod.spark.run(
+            train_fn, args=args, num_proc=tc.num_proc, use_mpi=False, use_gloo=True, verbose=1,
+            start_timeout=tc.start_timeout_s,
+        )
+    except TimeoutException:
+        raise WaitTimeout(f"the {tc.num_proc} Horovod processes did not all start within train.start_timeout_s="
+                          f"{tc.start_timeout_s} (free Spark task slots: lower train.num_proc or add executors)") from None
 
 
 def check_ranks(results: list[dict[str, Any]]) -> dict[str, Any]:

@@ -40,7 +40,8 @@ def airflow_home(tmp_path_factory) -> Path:
     )
     if "airflow" in sys.modules:
         raise RuntimeError("airflow was imported before its home was set; import it inside tests only")
-    out = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True, text=True,
+                         timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     return home
 

@@ -53,7 +53,7 @@ def test_dag_runs_one_date_end_to_end(airflow_home, tmp_path, tiny_overrides, mo
     recsys("clean", "--config", str(config), f"clean.end_date={RUN_DATE - dt.timedelta(days=1)}", cwd=tmp_path)
     zip_path = tmp_path / "dist" / "recsys_spark.zip"
     recsys_zip = subprocess.run([str(MAIN_PYTHON), "-m", "recsys_spark.packaging", str(zip_path)],
-                                capture_output=True, text=True, cwd=REPO)
+                                capture_output=True, text=True, cwd=REPO, timeout=300)
     assert recsys_zip.returncode == 0, recsys_zip.stderr
     clean = root / "clean"
     before = {d: day_files(clean / f"event_date={d}") for d in ("2019-10-01", "2019-10-11")}

@@ -122,3 +122,93 @@ def test_rankers_never_return_pad_oov_or_disallowed_items(pairs):
     top, _ = ranker.recommend(history_rows([[2]], seen=[[2]]), 8)
     # 4 remaining real items (4, 5, 6, 7); item 4 co-occurs with 2, the rest score 0.
     assert top[0, 0] == 4 and sorted(top[0, :4]) == [4, 5, 6, 7] and (top[0, 4:] == -1).all()
+
+
+# ----------------------------------------------------------------------------- EASE
+
+# A tiny X by hand: 5 users (rows) x the 5 modelled items 2..6 (columns); items 0, 1 (pad,
+# OOV) and 7 (no training interaction) are not modelled.
+EASE_ITEMS = np.array([2, 3, 4, 5, 6])
+EASE_X = np.array(
+    [
+        [1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0],
+        [0, 1, 1, 1, 0],
+        [0, 0, 1, 1, 1],
+        [1, 0, 0, 1, 1],
+    ],
+    dtype=np.float64,
+)
+
+
+def ease_reference(x: np.ndarray, lam: float) -> np.ndarray:
+    """Steck's closed form, plainly: P = (X'X + lam I)^-1, B = I - P diagMat(1 / diag(P))."""
+    p = np.linalg.inv(x.T @ x + lam * np.eye(x.shape[1]))
+    return np.eye(x.shape[1]) - p @ np.diag(1.0 / np.diag(p))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("lam", [0.5, 10.0])
+def test_ease_weights_equal_the_numpy_reference_with_a_zero_diagonal(lam):
+    weights = B.fit_ease(EASE_X.T @ EASE_X, lam)
+    assert weights.dtype == np.float32 and weights.shape == (5, 5)
+    np.testing.assert_allclose(weights, ease_reference(EASE_X, lam), rtol=1e-5, atol=1e-7)
+    assert (np.diag(weights) == 0).all()
+    assert not np.allclose(weights, weights.T)  # columns scaled by 1 / P_jj: not symmetric
+
+
+@pytest.mark.unit
+def test_ease_ranker_scores_the_history_by_the_reference_and_excludes_seen_items():
+    lam = 1.0
+    ranker = B.EaseRanker(EASE_ITEMS, B.fit_ease(EASE_X.T @ EASE_X, lam), decay=1.0, num_items=NUM_ITEMS)
+    # User 0 met 2 then 3 (and 1, OOV); user 1 met 5, with 4 seen before the history.
+    rows = history_rows([[2, 1, 3], [5]], seen=[[1, 2, 3], [4, 5]])
+    reference = np.zeros((2, NUM_ITEMS))
+    reference[:, EASE_ITEMS] = np.array([[1, 1, 0, 0, 0], [0, 0, 1, 1, 0]]) @ ease_reference(EASE_X, lam)
+    np.testing.assert_allclose(ranker.score_block(rows).numpy(), reference, rtol=1e-5, atol=1e-6)
+
+    top, scores = ranker.recommend(rows, 4)
+    for user, seen in enumerate([{1, 2, 3}, {4, 5}]):
+        eligible = [i for i in range(S.FIRST_ITEM_INDEX, NUM_ITEMS) if i not in seen]
+        expected = sorted(eligible, key=lambda i: -reference[user, i])[:4]
+        assert top[user].tolist() == expected
+        np.testing.assert_allclose(scores[user], reference[user, expected], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.unit
+def test_ease_recency_weights_the_latest_step_of_each_item_by_decay_to_its_age():
+    weights = B.fit_ease(EASE_X.T @ EASE_X, 1.0)
+    ranker = B.EaseRanker(EASE_ITEMS, weights, decay=0.5, num_items=NUM_ITEMS)
+    # History (L = 4) 3, 5, 3, 4: 4 is the last step (age 0), 3 last met at age 1 (its step at
+    # age 3 does not count), 5 at age 2; 2 is only in seen_items, older than the history: age 4.
+    rows = history_rows([[3, 5, 3, 4]], seen=[[2, 3, 4, 5]])
+    x = {2: 0.5 ** 4, 3: 0.5, 4: 1.0, 5: 0.25}  # by hand
+    x_u = np.array([x.get(i, 0.0) for i in EASE_ITEMS])
+    expected = np.zeros(NUM_ITEMS)
+    expected[EASE_ITEMS] = x_u @ ease_reference(EASE_X, 1.0)
+    np.testing.assert_allclose(ranker.score_block(rows).numpy()[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_ease_gram_weights_each_window_item_by_decay_to_the_age_of_its_latest_step(spark):
+    items = np.array([2, 3, 4, 5])  # OOV (1) and pad (0) are not modelled
+    entries = B.ease_gram_entries(train_frame(spark), B.ease_columns(items, NUM_ITEMS), [1.0, 0.5]).toPandas()
+    assert (entries[B.EASE_A] <= entries[B.EASE_B]).all()
+    # By hand. Window [0, 2, 3, 4, 2]: 2 at age 0 (its step at age 3 does not count), 4 at 1,
+    # 3 at 2. Window [0, 0, 3, 5, 1]: 5 at age 1, 3 at age 2. Columns: items 2, 3, 4, 5.
+    for j, x in enumerate(
+        [
+            np.array([[1, 1, 1, 0], [0, 1, 0, 1]], dtype=np.float64),  # decay 1.0: ALS's interactions
+            np.array([[1, 0.25, 0.5, 0], [0, 0.25, 0, 0.5]]),
+        ]
+    ):
+        np.testing.assert_allclose(B.gram_matrix(entries, j, len(items)), x.T @ x, rtol=1e-12)
+
+
+@pytest.mark.unit
+def test_ease_is_skipped_above_the_catalogue_cap_with_a_log_line(caplog):
+    counts = np.array([0, 0, 5, 0, 1, 2, 0, 7])  # 4 items with training interactions
+    np.testing.assert_array_equal(B.ease_items(counts, max_items=4), [2, 4, 5, 7])
+    with caplog.at_level("WARNING", logger=B.__name__):
+        assert B.ease_items(counts, max_items=3) is None
+    assert caplog.messages == ["evaluate: EASE skipped: 4 items > evaluate.ease_max_items=3 (an 4 x 4 inverse)"]
+    np.testing.assert_array_equal(B.ease_columns(np.array([2, 4, 5, 7]), 8), [-1, -1, 0, -1, 1, 2, -1, 3])

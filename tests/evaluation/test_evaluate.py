@@ -15,6 +15,7 @@ from recsys_spark import schema as S
 from recsys_spark.config import EvaluateConfig, from_dict
 from recsys_spark.errors import ConfigError, InputError
 from recsys_spark.evaluation import evaluate
+from recsys_spark.evaluation import intervals as I
 from recsys_spark.evaluation.metrics import metric_names
 
 from tests.evaluation.test_metrics import pandas_reference
@@ -48,6 +49,8 @@ POPULARITY = {
     "head_share@1": (0 + 1 + 1 + 0) / 4,  # item 2 tops u2 and u3
     "head_share@2": (0 + 1 / 2 + 1 / 2 + 0) / 4,
 }
+# ndcg@2 of popularity per user u1..u4 (the bootstrap resamples these).
+POPULARITY_NDCG2 = [1.0, 0.0, 1.0, G2]
 # ndcg@2 of popularity per segment (cold: fewer than 2 seen items, i.e. u1, u2, u3).
 POPULARITY_SEGMENTS = {
     "cold_users": (1 + 0 + 1) / 3,
@@ -127,8 +130,9 @@ def workspace(spark, tmp_path_factory):
         yield cfg, bundle, version
 
 
-def model_expectation(bundle) -> dict[str, float]:
-    """The model's metrics by brute force over its own towers and the pandas reference."""
+def model_per_user(bundle):
+    """The model's per-user metrics (u1..u4) and top lists by brute force over its own towers
+    and the pandas reference."""
     users = [u for u in TEST_USERS if u[3]]
     module = bundle.build_module()
     hist = torch.tensor([u[1] for u in users])
@@ -137,7 +141,12 @@ def model_expectation(bundle) -> dict[str, float]:
         user_vecs = module.user_vectors(hist, events, torch.zeros_like(hist)).double().numpy()
         item_vecs = module.item_vectors().double().numpy()
     ranked = brute_force(user_vecs, item_vecs, max(KS), [u[2] for u in users])
-    per_user = pandas_reference(ranked, [np.array(u[3]) for u in users], KS)
+    return pandas_reference(ranked, [np.array(u[3]) for u in users], KS), ranked
+
+
+def model_expectation(bundle) -> dict[str, float]:
+    """The model's metrics by brute force over its own towers and the pandas reference."""
+    per_user, ranked = model_per_user(bundle)
     out = per_user.mean().to_dict()
     for k in KS:
         out[f"coverage@{k}"] = len(np.unique(ranked[:, :k])) / (NUM_ITEMS - 2)
@@ -160,12 +169,23 @@ def test_evaluate_stage_compares_the_model_with_tuned_baselines_and_promotes_the
         assert summary[f"model.{name}"] == pytest.approx(model[name], abs=1e-6), name
     for ranker in ("cooccurrence", "als"):
         assert 0.0 <= summary[f"{ranker}.ndcg@2"] <= 1.0
-    assert summary["users"] == 4
+    assert summary["users"] == summary["users_evaluated"] == 4
+
+    # Intervals: the bootstrap over u1..u4 of each user's value, from evaluate.bootstrap_seed.
+    ec = cfg.evaluate
+    boot = (ec.bootstrap_samples, ec.bootstrap_seed, ec.confidence)
+    popularity = I.mean_interval(np.array(POPULARITY_NDCG2), *boot)
+    assert popularity.low < popularity.mean < popularity.high and popularity.users == 4
+    assert summary["popularity.ndcg@2.interval"] == popularity.describe()
+    model_users = model_per_user(bundle)[0]["ndcg@2"].to_numpy()
+    versus = I.mean_interval(model_users - np.array(POPULARITY_NDCG2), *boot)
+    assert summary["model_vs_popularity.ndcg@2"] == versus.describe(signed=True)
+    assert versus.mean == pytest.approx(model["ndcg@2"] - POPULARITY["ndcg@2"], abs=1e-6)
 
     report = json.loads(open(summary["report"]).read())
     assert summary["report"] == f"{cfg.paths.resolve('reports')}/evaluation.json"
     assert (report["users"], report["users_with_targets"], report["catalogue_size"], report["head_items"]) == (5, 4, 6, 1)
-    assert set(report["rankers"]) == {"model", "popularity", "cooccurrence", "als"}
+    assert set(report["rankers"]) == {"model", "popularity", "cooccurrence", "als", "ease"}
     for name, value in POPULARITY.items():
         assert report["rankers"]["popularity"][name] == pytest.approx(value, abs=1e-9), name
     for name in metric_names(KS) + ["coverage@1", "coverage@2"]:
@@ -173,6 +193,23 @@ def test_evaluate_stage_compares_the_model_with_tuned_baselines_and_promotes_the
     for segment, value in POPULARITY_SEGMENTS.items():
         assert report["segments"]["popularity"][segment]["ndcg@2"] == pytest.approx(value, abs=1e-9), segment
     assert report["segments"]["model"]["cold_users"]["users"] == 3
+    # Every per-user metric of every ranker has its interval (coverage, over the catalogue, none),
+    # and the model is compared with every baseline, paired, on the headline metrics.
+    assert report["users_evaluated"] == 4
+    assert report["bootstrap"] == {"samples": 1000, "seed": 5, "confidence": 0.95}
+    assert set(report["intervals"]) == set(report["rankers"])
+    for ranker, bounds in report["intervals"].items():
+        assert set(bounds) == set(evaluate.all_metric_names(KS)), ranker
+        for name, (low, high) in bounds.items():
+            assert low <= report["rankers"][ranker][name] + 1e-12 and report["rankers"][ranker][name] <= high + 1e-12
+    assert report["intervals"]["popularity"]["ndcg@2"] == [popularity.low, popularity.high]
+    assert set(report["paired"]) == {f"model_vs_{r}" for r in report["rankers"] if r != "model"}
+    assert set(report["paired"]["model_vs_popularity"]) == {
+        "ndcg@2", "recall@2", "map@2", "hitrate@2", "mrr", "novelty@2", "diversity@2", "head_share@2"
+    }
+    assert report["paired"]["model_vs_popularity"]["ndcg@2"] == {
+        "diff": versus.mean, "low": versus.low, "high": versus.high, "users": 4
+    }
 
     # Baselines: every grid point ranked on validation, the best by ndcg@2 kept for test.
     cooc, als = report["baselines"]["cooccurrence"], report["baselines"]["als"]
@@ -193,12 +230,24 @@ def test_evaluate_stage_compares_the_model_with_tuned_baselines_and_promotes_the
     assert run.data.metrics["model.mrr"] == pytest.approx(model["mrr"], abs=1e-6)
     assert run.data.metrics["popularity.cold_users.ndcg_at_2"] == pytest.approx(POPULARITY_SEGMENTS["cold_users"])
     assert run.data.params["baseline.als.rank"] == "2"
+    assert run.data.metrics["popularity.ndcg_at_2.ci_low"] == pytest.approx(popularity.low)
+    assert run.data.metrics["popularity.ndcg_at_2.ci_high"] == pytest.approx(popularity.high)
+    assert run.data.metrics["paired.model_vs_popularity.ndcg_at_2.diff"] == pytest.approx(versus.mean)
+    assert run.data.metrics["paired.model_vs_popularity.ndcg_at_2.low"] == pytest.approx(versus.low)
+    assert run.data.metrics["paired.model_vs_popularity.ndcg_at_2.high"] == pytest.approx(versus.high)
+    assert run.data.metrics["paired.model_vs_popularity.ndcg_at_2.users"] == 4
+    assert run.data.metrics["users_evaluated"] == 4
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"evaluation.json", "evaluation.html", "curves.png", "popularity_bias.png", "segments.png"} <= artifacts
+    assert {"evaluation.json", "evaluation.html", "curves.png", "popularity_bias.png", "segments.png",
+            "paired.png"} <= artifacts
     html = open(summary["html_report"]).read()
-    assert html.count("data:image/png;base64,") == 3 and "Registry gate: promoted" in html
+    assert html.count("data:image/png;base64,") == 4 and "Registry gate: promoted" in html
+    assert f"{POPULARITY['ndcg@2']:.4f} [{popularity.low:.4f}, {popularity.high:.4f}]" in html
+    assert "<td>model - popularity</td>" in html
     tags = client.get_model_version(cfg.mlflow.registered_model, version).tags
     assert float(tags["eval.ndcg_at_2"]) == pytest.approx(model["ndcg@2"], abs=1e-5)
+    assert tags["eval.users"] == "4"
+    assert tags["eval.model_vs_popularity.ndcg_at_2"] == versus.describe(signed=True)
     assert float(tags["eval.popularity.ndcg_at_2"]) == pytest.approx(POPULARITY["ndcg@2"], abs=1e-5)
     assert tags["eval.run_id"] == run.info.run_id
     assert tags["gate.decision"] == "promoted" and tags["gate.run_id"] == run.info.run_id
@@ -222,9 +271,21 @@ def test_a_new_challenger_is_compared_with_the_champion_on_the_same_test_data(sp
     expected = {"model": model_expectation(tiny_bundle(seed=1)), "champion": model_expectation(champion_bundle)}
     for ranker, values in expected.items():
         assert report["rankers"][ranker]["ndcg@2"] == pytest.approx(values["ndcg@2"], abs=1e-6), ranker
+    # The gate read the paired difference model - champion on the same users.
+    assert set(report["paired"]) == {"model_vs_champion", "model_vs_popularity"}
+    paired = report["paired"]["model_vs_champion"]["ndcg@2"]
+    users = [u for u in TEST_USERS if u[3]]
+    expected = I.mean_interval(model_per_user(tiny_bundle(seed=1))[0]["ndcg@2"].to_numpy()
+                               - model_per_user(champion_bundle)[0]["ndcg@2"].to_numpy(), 1000, 5, 0.95)
+    assert (paired["diff"], paired["users"]) == (pytest.approx(expected.mean, abs=1e-6), len(users))
+    assert paired["low"] == pytest.approx(expected.low, abs=1e-6)
+    assert paired["high"] == pytest.approx(expected.high, abs=1e-6)
+    difference = (paired["diff"], paired["low"], paired["high"], paired["users"])
     decision = registry.decide(challenger, report["rankers"]["model"], champion, report["rankers"]["champion"],
-                               "ndcg@2", "coverage@2", 0.0, 1.0)
+                               "ndcg@2", "coverage@2", 0.0, 1.0, difference=difference)
     assert report["gate"] == decision.as_dict()
+    assert "paired difference" in report["gate"]["reasons"][0]  # coverage passes here: the primary decides
+    assert decision.promote == (paired["low"] > 0.0)
     assert registry.alias_version(cfg, "champion") == (challenger if decision.promote else champion)
 
 
@@ -310,9 +371,61 @@ def test_gate_coverage_and_headline_metrics():
     assert evaluate.headline_metrics("mrr", KS)[:2] == ["mrr", "recall@2"]
 
 
+def test_per_user_values_collect_segment_all_by_user_and_ranker(spark):
+    def row(ranker, segment, user, value):
+        names = evaluate.all_metric_names(KS)
+        return (ranker, segment, user, 1, *[value + i for i in range(len(names))], [2, 3])
+
+    rows = [row("model", "all", "u2", 0.5), row("model", "all", "u1", 0.25), row("popularity", "all", "u1", 1.0),
+            row("model", "cold_users", "u1", 9.0)]  # other segments are left out
+    per_user = spark.createDataFrame(rows, evaluate.per_user_schema(KS))
+    users, rankers, values = evaluate.per_user_values(per_user, ["ndcg@2", "mrr"])
+    names = evaluate.all_metric_names(KS)
+    assert users.tolist() == ["u1", "u2"] and rankers == ["model", "popularity"]
+    ndcg, mrr = names.index("ndcg@2"), names.index("mrr")
+    assert values[:, 0].tolist() == [[0.25 + ndcg, 0.25 + mrr], [0.5 + ndcg, 0.5 + mrr]]
+    assert values[0, 1].tolist() == [1.0 + ndcg, 1.0 + mrr] and np.isnan(values[1, 1]).all()
+
+
+@pytest.mark.unit
+def test_compare_rankers_pairs_the_model_with_the_champion_and_every_baseline():
+    names = evaluate.all_metric_names(KS)
+    rng = np.random.default_rng(0)
+    values = rng.random((6, 4, len(names)))
+    rankers = ["als", "champion", "model", "popularity"]
+    ec = replace(EvaluateConfig(), bootstrap_samples=200)
+    singles, paired = evaluate.compare_rankers(values, rankers, KS, "ndcg@2", ec)
+    assert set(singles) == set(rankers) and all(set(m) == set(names) for m in singles.values())
+    assert list(paired) == ["model_vs_champion", "model_vs_als", "model_vs_popularity"]
+    assert list(paired["model_vs_als"]) == [n for n in evaluate.headline_metrics("ndcg@2", KS) if n != "coverage@2"]
+    ndcg = names.index("ndcg@2")
+    assert singles["als"]["ndcg@2"] == I.mean_interval(values[:, 0, ndcg], 200, ec.bootstrap_seed, ec.confidence)
+    assert paired["model_vs_als"]["ndcg@2"] == I.mean_interval(values[:, 2, ndcg] - values[:, 0, ndcg], 200,
+                                                               ec.bootstrap_seed, ec.confidence)
+    # Without the model (it never happens in run) there is nothing to pair.
+    assert evaluate.compare_rankers(values[:, :2], rankers[:2], KS, "ndcg@2", ec)[1] == {}
+
+
+@pytest.mark.unit
+def test_bootstrap_settings_are_checked_before_any_work():
+    ok = EvaluateConfig()
+    evaluate.check_interval_config(ok)
+    for key, change in {"bootstrap_samples": 0, "bootstrap_seed": -1, "confidence": 1.0}.items():
+        with pytest.raises(ConfigError, match=rf"evaluate\.{key}"):
+            evaluate.check_interval_config(replace(ok, **{key: change}))
+    with pytest.raises(ConfigError, match=r"evaluate\.confidence"):
+        evaluate.check_interval_config(replace(ok, confidence=0.0))
+
+
 @pytest.mark.unit
 def test_table_shows_every_ranker():
     values = {**POPULARITY, **{f"{m}@{k}": 0.5 for m in ("novelty", "diversity") for k in KS}}
     text = evaluate.table({"model": values, "popularity": values}, KS)
     assert text.splitlines()[0].split()[:5] == ["ranker", "recall@1", "ndcg@1", "map@1", "coverage@1"]
     assert [line.split()[0] for line in text.splitlines()[1:]] == ["model", "popularity"]
+    with_users = {"model": {**values, "users": 1168}, "popularity": {**values, "users": 1168}}
+    found = {"model": {"ndcg@2": I.Interval(0.5, 0.4, 0.61, 1168)}}
+    text = evaluate.table(with_users, KS, found, "ndcg@2")
+    assert text.splitlines()[0].endswith("users  ndcg@2 interval")
+    assert text.splitlines()[1].endswith(" 1168  [0.4000, 0.6100]")
+    assert text.splitlines()[2].endswith(" 1168")

@@ -65,6 +65,53 @@ def test_html_is_self_contained_escaped_and_complete():
     assert "als: chosen rank=8</h3>" in html and "0.2000" in html
 
 
+def with_intervals() -> dict:
+    """report() with what evaluate adds: intervals of every per-user metric, paired differences."""
+    out = report()
+    out["bootstrap"] = {"samples": 1000, "seed": 5, "confidence": 0.95}
+    out["users_evaluated"] = 10
+    out["intervals"] = {
+        r: {m: [v - 0.01, v + 0.01] for m, v in values.items() if m != "users" and not m.startswith("coverage")}
+        for r, values in out["rankers"].items()
+    }
+    out["paired"] = {
+        "model_vs_als": {"ndcg@10": {"diff": 0.05, "low": 0.01, "high": 0.09, "users": 10},
+                         "recall@10": {"diff": 0.02, "low": -0.01, "high": 0.05, "users": 10}},
+        "model_vs_popularity": {"ndcg@10": {"diff": -0.04, "low": -0.07, "high": -0.02, "users": 10},
+                                "recall@10": {"diff": 0.0, "low": 0.0, "high": 0.0, "users": 10}},
+    }
+    return out
+
+
+def test_html_shows_every_interval_with_its_users_and_the_paired_differences():
+    html = R.render_html(with_intervals())
+    ndcg = values(1.0)["ndcg@10"]
+    assert f'<td class="best">{ndcg:.4f} [{ndcg - 0.01:.4f}, {ndcg + 0.01:.4f}]</td>' in html
+    # coverage is over the catalogue: no interval
+    assert f'<td class="best">{values(1.0)["coverage@10"]:.4f}</td>' in html
+    assert "<th>ranker</th><th>users</th>" in html and "<td>model</td><td>10</td>" in html
+    assert "95%\npercentile bootstrap interval over the 10 users evaluated (1000 resamples" in html
+    assert "<td>model - als</td>\n<td>10</td>" in html
+    assert '<td class="above">+0.0500 [+0.0100, +0.0900]</td>' in html
+    assert '<td class="">+0.0200 [-0.0100, +0.0500]</td>' in html
+    assert '<td class="below">-0.0400 [-0.0700, -0.0200]</td>' in html
+    assert len(re.findall(r'src="data:image/png;base64,([^"]+)"', html)) == 4
+
+
+def test_the_paired_figure_draws_each_difference_with_its_interval():
+    figs = R.figures(with_intervals())
+    assert set(figs) == {"curves", "popularity_bias", "segments", "paired"}
+    axis = figs["paired"].axes[0]
+    assert [t.get_text() for t in axis.get_yticklabels()] == ["model - als (10 users)", "model - popularity (10 users)"]
+    assert axis.get_xlabel() == "difference in ndcg@10"
+    (points,) = axis.collections[-1:]
+    assert points.get_offsets()[:, 0].tolist() == [0.05, -0.04]
+    segments = [seg[:, 0].tolist() for seg in axis.collections[0].get_segments()]
+    assert segments == [pytest.approx([0.01, 0.09]), pytest.approx([-0.07, -0.02])]
+    # The curves shade every ranker's interval.
+    assert [len(ax.collections) for ax in figs["curves"].axes] == [3, 3]
+
+
 def test_grid_table_lists_the_best_point_first():
     text = R.grid_table(report()["baselines"]["als"]["grid"], "ndcg@10")
     assert text.splitlines()[0].split() == ["rank", "ndcg@10"]

@@ -426,14 +426,16 @@ def test_run_writes_every_table_with_its_schema_and_the_metadata(spark, tmp_path
         "featurize.train_files=2",
         "featurize.row_group_mb=1",
         "featurize.min_brand_count=1",
+        "featurize.dq_min_drift_events=1",  # drift of a 4-event period is enforced here
+        "featurize.min_eval_users=1",
     ]
     cfg = load_config(None, overrides)
     io.write_partitioned(clean_events(spark, rows), cfg.paths.resolve("clean"), S.EVENT_DATE)
 
     # The default thresholds stop the job: the validation day has no cart (train: 1 in 10 steps).
     with pytest.raises(DataQualityError, match=r"^data quality check drift.event_mix_psi.validation = 0.7\d* exceeds "
-                       r"featurize.dq_max_event_mix_psi = 0.25 \(report: .*featurize_quality.json\) "
-                       r"\(to accept it: featurize.dq_max_event_mix_psi=0.7\d*\)$"):
+                       r"featurize.dq_max_event_mix_psi = 0.25( and \d more check\(s\))? \(report: .*featurize_quality.json\) "
+                       r"\(to accept it: featurize.dq_max_event_mix_psi=0.7\d*[^()]*\)$"):
         featurize.run(spark, cfg)
     failed = json.loads((tmp_path / "reports" / S.FEATURE_QUALITY_REPORT).read_text())
     assert failed["passed"] is False and failed["events"] == {"train": 10, "validation": 4, "test": 3}
@@ -513,3 +515,15 @@ def test_run_rejects_a_window_length_below_one(tmp_path):
     cfg = load_config(None, [f"paths.root={tmp_path}", "featurize.max_seq_len=0"])
     with pytest.raises(ConfigError, match="featurize.max_seq_len must be >= 1"):
         featurize.run(None, cfg)
+
+
+def test_too_few_evaluation_users_stop_naming_the_keys():
+    cutoffs = CUTOFFS
+    fc = load_config(None, ["featurize.min_eval_users=100", "featurize.test_days=3"]).featurize
+    featurize.check_eval_users({"validation_users": 100, "test_users": 100}, cutoffs, fc)
+    with pytest.raises(DataQualityError, match=r"^featurize: the test period \(3 day\(s\) from .*\) holds 14 user\(s\) "
+                       r"with a new item, fewer than featurize.min_eval_users=100: .*featurize.test_days=6\) or more "
+                       r"data \(to accept it: featurize.min_eval_users=14\)$"):
+        featurize.check_eval_users({"validation_users": 100, "test_users": 14}, cutoffs, fc)
+    with pytest.raises(DataQualityError, match=r"the validation period .* holds 0 user\(s\).*more data$"):
+        featurize.check_eval_users({"validation_users": 0, "test_users": 100}, cutoffs, fc)

@@ -75,9 +75,15 @@ def test_thresholds_stop_on_the_first_breach_naming_check_value_and_threshold(sp
         ("oov_rate.validation", False), ("oov_rate.test", True),
     ]
     with pytest.raises(DataQualityError, match=r"^data quality check drift.event_mix_psi.validation = 6.1\d* exceeds "
-                                               r"featurize.dq_max_event_mix_psi = 0.25 \(report: r.json\) "
-                                               r"\(to accept it: featurize.dq_max_event_mix_psi=6.2\)$"):
+                                               r"featurize.dq_max_event_mix_psi = 0.25 and 3 more check\(s\) "
+                                               r"\(report: r.json\) \(to accept it: featurize.dq_max_event_mix_psi=6.2 "
+                                               r"featurize.dq_max_popularity_psi=\d.*featurize.dq_max_oov_rate=1.0\)$") as err:
         raise_on_failure(checks, "r.json")
+    # One re-run with the hint's overrides passes every check.
+    hinted = load_config(None, overrides_in(str(err.value))).featurize
+    raise_on_failure(evaluate_checks(report, {**THRESHOLDS, "dq_max_event_mix_psi": hinted.dq_max_event_mix_psi,
+                                              "dq_max_popularity_psi": hinted.dq_max_popularity_psi,
+                                              "dq_max_oov_rate": hinted.dq_max_oov_rate}), "r.json")
     loose = {**THRESHOLDS, "dq_max_event_mix_psi": 10.0, "dq_max_popularity_psi": 10.0, "dq_max_oov_rate": 1.0}
     raise_on_failure(evaluate_checks(report, loose), "r.json")  # passes
     strict_nulls = {**loose, "dq_max_null_rate": {"brand": 0.3}}
@@ -88,25 +94,14 @@ def test_thresholds_stop_on_the_first_breach_naming_check_value_and_threshold(sp
         evaluate_checks(report, {**loose, "dq_max_null_rate": {"colour": 0.1}})
 
 
-def test_each_breach_names_an_override_that_lets_its_key_pass():
-    # A report breaching three keys; the event-mix PSI twice, the larger in test.
-    report = {"null_rate": {"brand": 1.0, "category_id": 0.0, "price": 1 / 3},
-              "oov_rate": {"validation": 0.55, "test": 0.2},
-              "drift": {"event_mix_psi": {"validation": 0.3, "test": 0.4123}, "popularity_psi": {"validation": 0.1}}}
-    overrides: list[str] = []
-    messages = []
-    for _ in range(4):
-        fc = load_config(None, overrides).featurize
-        thresholds = {k: getattr(fc, k) for k in ("dq_max_null_rate", "dq_max_event_mix_psi", "dq_max_popularity_psi",
-                                                  "dq_max_oov_rate")}
-        try:
-            raise_on_failure(evaluate_checks(report, thresholds), "r.json")
-            break
-        except DataQualityError as err:
-            messages.append(str(err))
-            overrides += overrides_in(str(err))
-    assert [m.split(" exceeds")[0] for m in messages] == [
-        "data quality check null_rate.brand = 1", "data quality check drift.event_mix_psi.validation = 0.3",
-        "data quality check oov_rate.validation = 0.55"]
-    assert overrides == ["featurize.dq_max_null_rate.brand=1.0", "featurize.dq_max_event_mix_psi=0.42",
-                         "featurize.dq_max_oov_rate=0.55"]
+def test_drift_of_a_period_with_few_events_is_reported_not_enforced(spark):
+    report = _report(spark)
+    # The periods have 1 (validation) and 2 (test) events; at least 2 enforces test only.
+    checks = {c["check"]: c for c in evaluate_checks(report, {**THRESHOLDS, "dq_min_drift_events": 2})}
+    assert checks["drift.event_mix_psi.test"]["passed"] is False
+    assert "not_enforced" not in checks["drift.event_mix_psi.test"]
+    for name in ("drift.event_mix_psi.validation", "drift.popularity_psi.validation"):
+        assert checks[name]["passed"] is True
+        assert checks[name]["not_enforced"] == "fewer than featurize.dq_min_drift_events=2 events in the period"
+    assert checks["drift.event_mix_psi.validation"]["value"] == report["drift"]["event_mix_psi"]["validation"]
+    assert checks["oov_rate.validation"]["passed"] is False  # only drift depends on the period's size

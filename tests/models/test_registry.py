@@ -12,27 +12,75 @@ PRIMARY, COVERAGE = "ndcg@20", "coverage@20"
 CHAMPION = {PRIMARY: 0.100, COVERAGE: 0.50}
 
 
-def decide(challenger, champion=CHAMPION, champion_version="1", **kwargs):
+def decide(challenger, champion=CHAMPION, champion_version="1", difference=None, **kwargs):
+    """The gate with a margin of 0.005; ``difference`` defaults to a clear one: the means' gap
+    with a +/-0.002 interval over 1,000 users."""
+    if difference is None and champion is not None:
+        gap = challenger[PRIMARY] - champion[PRIMARY]
+        difference = (gap, gap - 0.002, gap + 0.002, 1000)
     settings = dict(primary_metric=PRIMARY, coverage_metric=COVERAGE, min_improvement=0.005, max_coverage_loss=0.05)
-    return registry.decide("2", challenger, champion_version, champion, **(settings | kwargs))
+    return registry.decide("2", challenger, champion_version, champion, difference=difference,
+                           **(settings | kwargs))
 
 
 @pytest.mark.unit
-def test_a_better_challenger_is_promoted():
-    decision = decide({PRIMARY: 0.110, COVERAGE: 0.48})  # +0.010 > 0.005; coverage -0.02 within 0.05
+def test_a_challenger_clearly_better_on_the_paired_lower_bound_is_promoted():
+    decision = decide({PRIMARY: 0.110, COVERAGE: 0.48})  # low +0.008 > 0.005; coverage -0.02 within 0.05
     assert decision.promote and decision.verdict == "promoted"
     assert (decision.challenger_version, decision.champion_version) == ("2", "1")
-    assert decision.reasons[0].startswith("ndcg@20: challenger 0.1100 vs champion 0.1000 (+0.0100, more than")
+    assert decision.reasons[0] == (
+        "ndcg@20: challenger 0.1100 vs champion 0.1000, paired difference +0.0100 [+0.0080, +0.0120] "
+        "(95% interval, 1,000 users): lower bound above the required +0.0050"
+    )
     assert "within the allowed 0.0500" in decision.reasons[1]
+
+
+@pytest.mark.unit
+def test_a_better_mean_whose_lower_bound_does_not_clear_the_margin_is_not_promoted():
+    # +0.030 on average, but on 14 users the interval reaches down to -0.010: noise.
+    noisy = decide({PRIMARY: 0.130, COVERAGE: 0.50}, difference=(0.030, -0.010, 0.070, 14))
+    assert not noisy.promote and noisy.verdict == "not_promoted"
+    assert noisy.reasons[0] == (
+        "ndcg@20: challenger 0.1300 vs champion 0.1000, paired difference +0.0300 [-0.0100, +0.0700] "
+        "(95% interval, 14 users): lower bound not above the required +0.0050"
+    )
+    # Above 0, but not above the margin; exactly on it is not above it either.
+    assert not decide({PRIMARY: 0.130, COVERAGE: 0.5}, difference=(0.030, 0.004, 0.056, 900)).promote
+    assert not decide({PRIMARY: 0.130, COVERAGE: 0.5}, difference=(0.030, 0.005, 0.055, 900)).promote
+    assert decide({PRIMARY: 0.130, COVERAGE: 0.5}, difference=(0.030, 0.004, 0.056, 900), min_improvement=0.0).promote
+    # No user in common: no bound, no promotion.
+    nan = float("nan")
+    assert not decide({PRIMARY: 0.130, COVERAGE: 0.5}, difference=(nan, nan, nan, 0), min_improvement=-1.0).promote
+    # The level is the one given.
+    at_90 = decide({PRIMARY: 0.130, COVERAGE: 0.5}, difference=(0.03, 0.01, 0.05, 90), confidence=0.9)
+    assert "(90% interval, 90 users)" in at_90.reasons[0]
+
+
+@pytest.mark.unit
+def test_the_gate_reads_the_paired_bound_not_the_means():
+    # The means say -0.010, the paired difference over the users both ranked says +0.020
+    # [+0.010, +0.030]: the difference decides.
+    decision = decide({PRIMARY: 0.090, COVERAGE: 0.50}, difference=(0.020, 0.010, 0.030, 500))
+    assert decision.promote
 
 
 @pytest.mark.unit
 def test_a_challenger_not_better_by_the_margin_is_not_promoted():
     worse = decide({PRIMARY: 0.090, COVERAGE: 0.60})
-    assert not worse.promote and "not more than the required +0.0050" in worse.reasons[0]
-    barely = decide({PRIMARY: 0.104, COVERAGE: 0.60})  # +0.004: better, but not by the margin
+    assert not worse.promote and "lower bound not above the required +0.0050" in worse.reasons[0]
+    barely = decide({PRIMARY: 0.106, COVERAGE: 0.60})  # low +0.006 - 0.002 = +0.004 < 0.005
     assert not barely.promote and barely.verdict == "not_promoted"
-    assert decide({PRIMARY: 0.104, COVERAGE: 0.60}, min_improvement=0.0).promote
+    assert decide({PRIMARY: 0.106, COVERAGE: 0.60}, min_improvement=0.0).promote
+
+
+@pytest.mark.unit
+def test_without_an_interval_the_point_values_are_compared_and_the_reason_says_so():
+    # A primary metric that is no mean over users (coverage@K) has no interval.
+    point = registry.decide("2", {PRIMARY: 0.110, COVERAGE: 0.5}, "1", CHAMPION, PRIMARY, COVERAGE, 0.005, 0.05)
+    assert point.promote
+    assert point.reasons[0] == ("ndcg@20: challenger 0.1100 vs champion 0.1000 (+0.0100, more than the required "
+                                "+0.0050; point values: ndcg@20 has no interval over users)")
+    assert not registry.decide("2", {PRIMARY: 0.104, COVERAGE: 0.5}, "1", CHAMPION, PRIMARY, COVERAGE, 0.005).promote
 
 
 @pytest.mark.unit
@@ -40,6 +88,7 @@ def test_a_challenger_that_loses_too_much_coverage_is_not_promoted():
     decision = decide({PRIMARY: 0.150, COVERAGE: 0.40})  # much better ndcg, coverage -0.10
     assert not decision.promote
     assert decision.reasons[0].startswith("coverage@20: challenger 0.4000 vs champion 0.5000 (loss +0.1000, beyond")
+    assert decision.reasons[1].startswith("ndcg@20: challenger 0.1500 vs champion 0.1000, paired difference +0.0500")
     assert decide({PRIMARY: 0.150, COVERAGE: 0.40}, max_coverage_loss=0.1).promote
 
 
@@ -48,6 +97,8 @@ def test_force_and_block_override_the_metrics_and_say_so():
     forced = decide({PRIMARY: 0.05, COVERAGE: 0.1}, promotion="force")
     assert forced.promote
     assert forced.reasons[:2] == ("forced by evaluate.promotion=force", "the automatic gate would have kept the champion")
+    noisy = decide({PRIMARY: 0.2, COVERAGE: 0.6}, difference=(0.1, -0.01, 0.2, 14), promotion="force")
+    assert noisy.promote and noisy.reasons[1] == "the automatic gate would have kept the champion"
     blocked = decide({PRIMARY: 0.2, COVERAGE: 0.6}, promotion="block")
     assert not blocked.promote
     assert blocked.reasons[:2] == ("blocked by evaluate.promotion=block", "the automatic gate would have promoted")
@@ -108,7 +159,8 @@ def test_apply_decision_moves_the_champion_alias_and_tags_the_version(store):
     assert tags["gate.decision"] == "promoted" and tags["gate.champion_version"] == "none"
     assert tags["gate.run_id"] == "r1" and tags["gate.reasons"].startswith("no champion yet")
 
-    worse = registry.decide("2", {PRIMARY: 0.05, COVERAGE: 0.5}, "1", CHAMPION, PRIMARY, COVERAGE)
+    worse = registry.decide("2", {PRIMARY: 0.05, COVERAGE: 0.5}, "1", CHAMPION, PRIMARY, COVERAGE,
+                            difference=(-0.05, -0.07, -0.03, 100))
     registry.apply_decision(cfg, worse, "champion")
     assert registry.alias_version(cfg, "champion") == "1"
     tags = client.get_model_version(name, "2").tags

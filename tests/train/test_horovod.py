@@ -132,3 +132,15 @@ def test_local_launcher_trains_in_process(spark, tmp_path):
     assert bundle.build_module().training is False
     # train.threads_per_proc (1) applied only during the in-process run.
     assert torch.get_num_threads() == 2
+
+
+@pytest.mark.timeout(300)
+def test_horovod_that_cannot_start_all_processes_stops_naming_the_key(spark, tmp_path):
+    from recsys_spark.waits import WaitTimeout
+
+    # local[2] has two task slots: the third process never starts.
+    cfg = load_config(None, [f"paths.root={tmp_path}", "train.launcher=horovod_spark", "train.num_proc=3",
+                             "train.start_timeout_s=15"])
+    with pytest.raises(WaitTimeout, match=r"did not all start within train.start_timeout_s=15"):
+        runner.launch(spark, cfg, None, None)
+    assert spark.range(4).count() == 4  # the session is free again

@@ -1,0 +1,123 @@
+"""The shapes real logs have, each through the whole pipeline (``recsys run``) at tiny size.
+
+Our generator's default shape carries every kind of defect on every day; real logs mostly carry
+none, span months with a thin recent tail, come in bursts, lack columns. Each shape here either
+runs end to end, with clean's counts reconciling, or stops early with a one-line error that
+names the config key to change (and then runs with that change).
+"""
+
+from __future__ import annotations
+
+import json
+import pandas as pd
+import pytest
+
+from recsys_spark import schema as S
+from recsys_spark.cli import stage_function
+from recsys_spark.config import load_config
+from recsys_spark.errors import RecsysError
+
+from tests.conftest import tiny_overrides_at
+from tests.test_config import overrides_in
+
+pytestmark = pytest.mark.e2e
+
+# A tiny pipeline: one process, one epoch, popularity as the only baseline (the shapes test the
+# data path; the model's quality is measured by benchmarks/quality_bench.py).
+FAST = ["train.launcher=local", "train.epochs=1", "evaluate.baselines=[popularity]", "generate.n_users=150",
+        "generate.days=8", "featurize.validation_days=1", "featurize.test_days=1", "score.explore_share=0.0"]
+
+SHAPES = {
+    "no_defects": ["generate.defects=false"],
+    "one_day": ["generate.days=1"],
+    "long_span_thin_tail": ["generate.days=210", "generate.user_active_days=10", "generate.n_users=300",
+                            "generate.sessions_per_user=3"],
+    "ratings_bursts": ["generate.burst_share=0.3", "generate.defects=false"],
+    "no_brand_price_category": ["generate.empty_columns=[brand,price,category_id,category_code]"],
+    "purchases_only": ["generate.event_types=[purchase]", "generate.p_cart=0.6", "generate.p_purchase=0.9",
+                       "generate.sessions_per_user=12"],
+    "single_user": ["generate.n_users=1", "generate.sessions_per_user=60", "generate.n_items=60"],
+    "item_ids_near_2_62": ["generate.item_id_offset=4611686018427387000"],
+    "naive_timestamps": ["generate.naive_timestamps=true"],
+    "gzip_csv": ["generate.compression=gzip"],
+    "json_lines": ["generate.format=json", "clean.input_format=json"],
+    "parquet": ["generate.format=parquet", "clean.input_format=parquet"],
+}
+
+
+# A shape the pipeline cannot serve stops early, naming the key to change.
+EXPECTED_STOPS = {
+    # The temporal split needs whole days for training, validation and test.
+    "one_day": "featurize.validation_days",
+    # One user: no period holds enough users to evaluate anything.
+    "single_user": "featurize.min_eval_users",
+}
+
+
+def run_pipeline(spark, overrides: list[str]) -> dict:
+    return stage_function("run")(spark, load_config(None, overrides))
+
+
+def run_following_hints(spark, overrides: list[str], rounds: int = 3) -> tuple[dict, list[str]]:
+    """Run; when a check stops the run, run again with the overrides its message gives.
+
+    Returns:
+        (the run's summary, the overrides added from hints).
+    """
+    added: list[str] = []
+    for _ in range(rounds):
+        try:
+            return run_pipeline(spark, [*overrides, *added]), added
+        except RecsysError as exc:
+            message = str(exc)
+            assert "\n" not in message, message
+            hint = overrides_in(message) if "(to accept it:" in message else []
+            if not hint:
+                raise
+            added += hint
+    raise AssertionError(f"still stopped after {rounds} runs with {added}")
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_shape_runs_end_to_end_or_stops_naming_the_key(spark, tmp_path, shape):
+    overrides = [*tiny_overrides_at(tmp_path), *FAST, *SHAPES[shape]]
+    if shape in EXPECTED_STOPS:
+        with pytest.raises(RecsysError) as stopped:
+            run_following_hints(spark, overrides)
+        assert EXPECTED_STOPS[shape] in str(stopped.value) and "\n" not in str(stopped.value)
+        # It stopped before training: nothing was registered, no features were published.
+        assert not (tmp_path / "work" / "features").exists()
+        return
+
+    summary, hinted = run_following_hints(spark, overrides)
+    report = json.loads((tmp_path / "work" / "reports" / "clean_report.json").read_text())
+    rejected = sum(report["rejected"].values())
+    assert report["rows_read"] == (report["rows_kept"] + rejected + report["duplicates"]
+                                   + report["near_duplicates"] + report["bot_rows"])
+    assert report["rows_kept"] > 0 and summary["users_scored"] >= 1
+    recommendations = pd.read_parquet(tmp_path / "work" / "recommendations")
+    assert len(recommendations) > 0
+    CHECKS.get(shape, lambda *_: None)(report, recommendations, hinted)
+
+
+def _no_defects(report, recommendations, hinted):
+    assert sum(report["rejected"].values()) == 0 and report["duplicates"] == 0 and report["bot_rows"] == 0
+
+
+def _bursts(report, recommendations, hinted):
+    # The default bot rules flag most burst rows: the run says so rather than dropping them quietly.
+    assert report["bots"]["rules"]["events_per_minute"]["rows"] > 0
+    if report["bots"]["row_share"] > 0.2:
+        assert report["warning"].startswith("the bot rules flagged")
+
+
+def _empty_columns(report, recommendations, hinted):
+    assert "featurize.dq_max_null_rate.brand=1.0" in hinted
+
+
+def _big_ids(report, recommendations, hinted):
+    assert recommendations[S.ITEM_ID].min() >= 4611686018427387000
+
+
+CHECKS = {"no_defects": _no_defects, "ratings_bursts": _bursts, "no_brand_price_category": _empty_columns,
+          "item_ids_near_2_62": _big_ids}
