@@ -378,7 +378,8 @@ class EvaluateConfig:
     confidence: float = 0.95
 
     def __post_init__(self) -> None:
-        """Raise ConfigError naming the first EASE setting out of range (types are checked by from_dict)."""
+        """Raise ConfigError naming the first EASE or bootstrap setting out of range (types are checked
+        by from_dict): before Spark starts, not after training."""
         ease = "ease" in self.baselines  # an unused grid may be empty
         if (ease and not self.ease_lambdas) or not all(v > 0 for v in self.ease_lambdas):
             raise ConfigError(f"evaluate.ease_lambdas must be a non-empty list of values > 0, got {self.ease_lambdas}")
@@ -387,6 +388,12 @@ class EvaluateConfig:
                               f"{self.ease_decays}")
         if self.ease_max_items < 1:
             raise ConfigError(f"evaluate.ease_max_items must be >= 1, got {self.ease_max_items}")
+        if self.bootstrap_samples < 1:
+            raise ConfigError(f"evaluate.bootstrap_samples: expected a positive integer, got {self.bootstrap_samples}")
+        if self.bootstrap_seed < 0:
+            raise ConfigError(f"evaluate.bootstrap_seed: expected >= 0, got {self.bootstrap_seed}")
+        if not 0 < self.confidence < 1:
+            raise ConfigError(f"evaluate.confidence: expected a level in (0, 1), e.g. 0.95, got {self.confidence}")
 
 
 @dataclass(frozen=True)

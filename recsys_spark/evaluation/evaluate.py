@@ -391,7 +391,6 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     ec = cfg.evaluate
     ks = sorted(set(ec.ks))
     check_config(ec)
-    check_interval_config(ec)
     root = cfg.paths.resolve("features")
     metadata_path = io.feature_path(root, S.FEATURE_METADATA)
     io.require_input(spark, metadata_path, "paths.features")
@@ -699,16 +698,6 @@ def check_config(ec: EvaluateConfig) -> None:
             raise ConfigError(f"evaluate.{key}: invalid grid {values}")
     if ALS in ec.baselines and ec.als_max_iter < 1:
         raise ConfigError(f"evaluate.als_max_iter: expected a positive integer, got {ec.als_max_iter}")
-
-
-def check_interval_config(ec: EvaluateConfig) -> None:
-    """Raise ConfigError naming the first bootstrap setting that cannot work."""
-    if ec.bootstrap_samples < 1:
-        raise ConfigError(f"evaluate.bootstrap_samples: expected a positive integer, got {ec.bootstrap_samples}")
-    if ec.bootstrap_seed < 0:
-        raise ConfigError(f"evaluate.bootstrap_seed: expected >= 0, got {ec.bootstrap_seed}")
-    if not 0 < ec.confidence < 1:
-        raise ConfigError(f"evaluate.confidence: expected a level in (0, 1), e.g. 0.95, got {ec.confidence}")
 
 
 def check_same_vocabulary(bundle, vocab: pd.DataFrame, num_items: int, version: str) -> None:

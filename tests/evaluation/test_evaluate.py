@@ -12,7 +12,7 @@ import torch
 
 from recsys_spark import io
 from recsys_spark import schema as S
-from recsys_spark.config import EvaluateConfig, from_dict
+from recsys_spark.config import EvaluateConfig, from_dict, load_config
 from recsys_spark.errors import ConfigError, InputError
 from recsys_spark.evaluation import evaluate
 from recsys_spark.evaluation import intervals as I
@@ -407,14 +407,13 @@ def test_compare_rankers_pairs_the_model_with_the_champion_and_every_baseline():
 
 
 @pytest.mark.unit
-def test_bootstrap_settings_are_checked_before_any_work():
-    ok = EvaluateConfig()
-    evaluate.check_interval_config(ok)
-    for key, change in {"bootstrap_samples": 0, "bootstrap_seed": -1, "confidence": 1.0}.items():
-        with pytest.raises(ConfigError, match=rf"evaluate\.{key}"):
-            evaluate.check_interval_config(replace(ok, **{key: change}))
-    with pytest.raises(ConfigError, match=r"evaluate\.confidence"):
-        evaluate.check_interval_config(replace(ok, confidence=0.0))
+def test_bootstrap_settings_are_checked_when_the_config_is_built():
+    for key, value in {"bootstrap_samples": 0, "bootstrap_seed": -1, "confidence": 1.0}.items():
+        with pytest.raises(ConfigError, match=rf"^evaluate\.{key}"):
+            load_config(None, [f"evaluate.{key}={value}"])
+    with pytest.raises(ConfigError, match=r"^evaluate\.confidence"):
+        load_config(None, ["evaluate.confidence=0.0"])
+    load_config(None, ["evaluate.confidence=0.9", "evaluate.bootstrap_samples=10"])
 
 
 @pytest.mark.unit
