@@ -221,9 +221,10 @@ class Fates:
     counted: tuple[_Counted, ...]
 
     def counts(self, timeout_s: float) -> dict[str, int]:
-        """``valid``, ``duplicates``, ``near_duplicates``, ``item_bot_rows`` and ``item_bot_users``
-        (user-days with a session of too many items), ``rate_bot_rows`` and ``rate_bot_users``
-        (user-days over the events-per-minute rule), ``bot_rows`` (both) and ``kept``. Call it
+        """``valid``, ``duplicates``, ``near_duplicates``, ``user_days`` (of the de-duplicated rows),
+        ``item_bot_rows`` and ``item_bot_days`` (user-days with a session of too many items),
+        ``rate_bot_rows`` and ``rate_bot_days`` (user-days over the events-per-minute rule),
+        ``bot_rows`` (both) and ``kept``. Call it
         after an action has computed the frame; an observation Spark does not report within
         ``timeout_s`` is counted again from its frame (SPARK-54620, see waits.py).
         """
@@ -490,9 +491,10 @@ def build_report(outcome: Outcome, dates: list[str], clean_path: str, quarantine
 
 # ----------------------------------------------------------------------------- the bot rules' report
 
+# rule -> (prefix of its counts in Fates.counts, its limit: a field of BehaviourRules and CleanConfig)
 BOT_RULES = {
-    "items_per_session": ("item_bot", "clean.bot_max_distinct_items_per_session"),
-    "events_per_minute": ("rate_bot", "clean.bot_max_events_per_minute"),
+    "items_per_session": ("item_bot", "bot_max_distinct_items_per_session"),
+    "events_per_minute": ("rate_bot", "bot_max_events_per_minute"),
 }
 
 
@@ -510,13 +512,11 @@ def bot_report(fate: dict[str, int], rules: BehaviourRules) -> dict[str, Any]:
     """
     rows = fate["valid"] - fate["duplicates"] - fate["near_duplicates"]
     days = fate["user_days"]
-    limits = {"items_per_session": rules.bot_max_distinct_items_per_session,
-              "events_per_minute": rules.bot_max_events_per_minute}
     out: dict[str, Any] = {"rows": rows, "user_days": days, "rules": {}}
-    for rule, (prefix, _) in BOT_RULES.items():
+    for rule, (prefix, limit) in BOT_RULES.items():
         flagged_rows, flagged_days = fate[f"{prefix}_rows"], fate[f"{prefix}_days"]
         out["rules"][rule] = {
-            "limit": limits[rule],
+            "limit": getattr(rules, limit),
             "user_days": flagged_days,
             "rows": flagged_rows,
             "user_day_share": round(flagged_days / days, 6) if days else 0.0,
@@ -534,7 +534,7 @@ def check_bot_share(bots: dict[str, Any], cc: CleanConfig) -> None:
     """
     if bots["row_share"] <= cc.bot_max_row_share:
         return
-    detail = ", ".join(f"{rule} over {BOT_RULES[rule][1]}={f['limit']}: {f['row_share']:.1%} of rows in "
+    detail = ", ".join(f"{rule} over clean.{BOT_RULES[rule][1]}={f['limit']}: {f['row_share']:.1%} of rows in "
                        f"{f['user_days']} user-day(s)" for rule, f in bots["rules"].items() if f["rows"])
     message = (f"the bot rules flagged {bots['row_share']:.1%} of the rows ({detail}), more than "
                f"clean.bot_max_row_share={cc.bot_max_row_share:g}: they may not fit this data (a ratings-like or "

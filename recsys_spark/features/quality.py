@@ -149,6 +149,11 @@ def evaluate_checks(report: Mapping[str, Any], thresholds: Mapping[str, Any]) ->
         ConfigError: a null-rate threshold names a column that clean does not have.
     """
     checks = []
+    # The PSI of two samples of one distribution is about (bins - 1) x (1/n_train + 1/n_period):
+    # on a period of a few hundred events it is noise, whatever the data (a thin recent tail,
+    # one user). Such a period's drift is reported, not enforced.
+    min_events = thresholds.get("dq_min_drift_events", 0)
+    enough = {p: report.get("events", {}).get(p, 0) >= min_events for p in PERIODS}
 
     def add(check: str, value: float, key: str, threshold: float, enforced: bool = True) -> None:
         entry = {"check": check, "value": value, "threshold": threshold, "key": f"featurize.{key}",
@@ -156,12 +161,6 @@ def evaluate_checks(report: Mapping[str, Any], thresholds: Mapping[str, Any]) ->
         if not enforced:
             entry["not_enforced"] = f"fewer than featurize.dq_min_drift_events={min_events} events in the period"
         checks.append(entry)
-
-    # The PSI of two samples of one distribution is about (bins - 1) x (1/n_train + 1/n_period):
-    # on a period of a few hundred events it is noise, whatever the data (a thin recent tail,
-    # one user). Such a period's drift is reported, not enforced.
-    min_events = thresholds.get("dq_min_drift_events", 0)
-    enough = {p: report.get("events", {}).get(p, 0) >= min_events for p in PERIODS}
 
     for column, threshold in sorted(thresholds["dq_max_null_rate"].items()):
         if column not in report["null_rate"]:
