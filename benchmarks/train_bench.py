@@ -107,7 +107,7 @@ def train_config(root: Path, features: Path, epochs: int, batch_size: int, pin: 
     return load_config(None, [
         f"paths.root={root}", f"paths.features={features}", "train.launcher=local", f"train.epochs={epochs}",
         f"train.batch_size={batch_size}", "train.threads_per_proc=1", "train.device=cpu", "train.patience=0",
-        f"train.pin_cpus={str(pin).lower()}",
+        f"train.pin_cpus={str(pin).lower()}", "train.eval_every_steps=0", "train.max_steps=1000000",
     ]).to_dict()
 
 

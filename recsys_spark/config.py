@@ -188,6 +188,10 @@ class FeaturizeConfig:
     # Validation and test must each hold at least this many users with a new item, else the
     # stage stops before training: a mean over a handful of users proves nothing.
     min_eval_users: int = 100
+    # ... and at least this share of all users (the users of a thin recent tail are a minority
+    # whose metrics say little about the rest). Under evaluate.protocol=auto, a temporal split
+    # below either minimum switches to leave_last_out.
+    min_eval_user_share: float = 0.05
     price_buckets: int = 10
     # Minimum training events for a category, brand or user to get its own index (others: OOV).
     min_category_count: int = 1
@@ -250,7 +254,19 @@ class TrainConfig:
     amp: bool = True
     # Continue from <paths.checkpoints>/last.pt (model, optimizer, scheduler, RNG states) if present.
     resume: bool = False
-    epochs: int = 12
+    # The training budget, in optimiser steps (each: batch_size windows on every rank). Training
+    # ends at it (in mid-pass if need be) or earlier by early stopping; the learning rate warms up
+    # over warmup_steps and decays over the budget. A budget in steps fits any data size: 12
+    # epochs were 384 steps on the demo and 228 on a real log of 1,000 users (issue 20).
+    max_steps: int = 3000
+    # At most this many passes over the training windows (a cap; the budget is max_steps).
+    epochs: int = 100
+    # Validate (and decide early stopping) every this many steps and at the end of every pass;
+    # 0: at the end of every pass only. Checkpoints for train.resume are written at pass ends.
+    eval_every_steps: int = 500
+    # Validation ranks at most this many users (a seeded sample of features/validation): under
+    # evaluate.protocol=leave_last_out nearly every user is a validation user.
+    validation_users: int = 20000
     # Windows per step and rank; the learning rate is per rank too (x num_proc in all).
     batch_size: int = 64
     lr: float = 0.0015
@@ -282,9 +298,9 @@ class TrainConfig:
     )
     # Validation NDCG@eval_k / Recall@eval_k, computed every epoch over the whole catalogue.
     eval_k: int = 20
-    # Early stopping: stop after `patience` epochs without a validation NDCG gain above
-    # `min_delta` (0 = never stop early); the best epoch's weights are kept either way.
-    # Validation NDCG is noisy from epoch to epoch on small data: 2 epochs without a gain
+    # Early stopping: stop after `patience` evaluations without a validation NDCG gain above
+    # `min_delta` (0 = never stop early); the best evaluation's weights are kept either way.
+    # Validation NDCG is noisy from one evaluation to the next on small data: 2 without a gain
     # happen early in a run that goes on improving.
     patience: int = 4
     min_delta: float = 0.0
@@ -302,11 +318,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Raise ConfigError naming the first value out of range (types are checked by from_dict)."""
-        for key in ("num_proc", "threads_per_proc", "start_timeout_s", "epochs", "batch_size", "embedding_dim",
-                    "num_layers", "num_heads", "target_horizon", "eval_k"):
+        for key in ("num_proc", "threads_per_proc", "start_timeout_s", "max_steps", "epochs", "validation_users",
+                    "batch_size", "embedding_dim", "num_layers", "num_heads", "target_horizon", "eval_k"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("warmup_steps", "uniform_negatives", "patience", "visit_gap_s"):
+        for key in ("eval_every_steps", "warmup_steps", "uniform_negatives", "patience", "visit_gap_s"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
         if self.horovod_cycle_time_ms < 0:
@@ -323,7 +339,133 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    """The opt-in hyper-parameter search of the train stage (train/search.py): Optuna's TPE
+    sampler draws train settings from ``space``, each trial a training run scored on validation
+    (the best NDCG@train.eval_k of its run), and the stage then trains its model with the best."""
+
+    # Trials before the final training (each a whole training run); 0 = no search, the default.
+    trials: int = 0
+    # Bound on the whole search (Optuna's timeout): no trial starts after it, one under way
+    # finishes. Below spark.stage_timeout_minutes: the final training runs in the same stage.
+    timeout_minutes: float = 360.0
+    # Seeds the sampler: the same seed, space and data draw the same trials.
+    seed: int = 23
+    # train key -> [low, high] (a uniform range, real or integer by the key's type), [low, high,
+    # log] (log-uniform, low > 0), or the choices: three or more integers, or the values of a
+    # true/false or text key (two numbers are always a range). A value the train section refuses
+    # in combination (embedding_dim not a multiple of num_heads) prunes its trial.
+    space: dict[str, list[Any]] = field(default_factory=lambda: {
+        "lr": [0.0003, 0.006, "log"],
+        "dropout": [0.0, 0.4],
+        "embedding_dim": [32, 64, 128],
+        "max_steps": [1500, 6000],  # half to twice train.max_steps' default
+    })
+
+    def __post_init__(self) -> None:
+        """Raise ConfigError naming the first setting out of range or entry of ``space`` of neither
+        form (types are checked by from_dict; the space's values against the train section by
+        load_config)."""
+        if self.trials < 0:
+            raise ConfigError(f"search.trials must be >= 0, got {self.trials}")
+        if not self.timeout_minutes > 0:
+            raise ConfigError(f"search.timeout_minutes must be > 0 (every wait has a bound), got "
+                              f"{self.timeout_minutes}")
+        if self.trials and not self.space:
+            raise ConfigError(f"search.space names no train key to search (search.trials={self.trials})")
+        # Parsed, each value of its key's type (YAML reads `1e-3` as text): what is logged is what is searched.
+        object.__setattr__(self, "space", {d.key: d.spec for d in parse_space(self.space)})
+
+
+@dataclass(frozen=True)
+class SearchDimension:
+    """One entry of ``search.space``, parsed: a range of ``train.<key>`` or its choices."""
+
+    key: str
+    kind: Literal["float", "int", "choice"]
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+
+    @property
+    def spec(self) -> list[Any]:
+        """The entry of ``search.space`` that this was parsed from, its values typed."""
+        if self.kind == "choice":
+            return list(self.choices)
+        return [self.low, self.high, "log"] if self.log else [self.low, self.high]
+
+    @property
+    def ends(self) -> tuple[Any, ...]:
+        """The values every draw lies between (low, high) or among (the choices)."""
+        return self.choices if self.kind == "choice" else (self.low, self.high)
+
+
+# Train keys a search may not vary, and why.
+NOT_SEARCHABLE = {
+    "eval_k": "it sets the objective (validation NDCG@train.eval_k), which must compare across trials",
+    "resume": "every trial and the final training start from scratch",
+}
+
+
+def parse_space(space: Mapping[str, Any]) -> list[SearchDimension]:
+    """Parse ``search.space`` (the format: see :class:`SearchConfig`).
+
+    Raises:
+        ConfigError: naming ``search.space.<key>``: not a train key (with a did-you-mean), a key
+            that cannot be searched, or a list that is neither a range nor choices of its type.
+    """
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    dimensions = []
+    for key, spec in space.items():
+        name = f"search.space.{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean 'search.space.{close[0]}'?)" if close else ""
+            raise ConfigError(f"{name}: the train section has no key {key!r}{hint}")
+        if key in NOT_SEARCHABLE:
+            raise ConfigError(f"{name}: train.{key} cannot be searched: {NOT_SEARCHABLE[key]}")
+        hint = _resolve(TrainConfig, fields[key])
+        if not isinstance(spec, list) or not spec:
+            raise ConfigError(f"{name}: expected a list ([low, high], [low, high, log] or the choices), got "
+                              f"{_describe(spec)}")
+        numeric = hint in (int, float)
+        log_scale = numeric and len(spec) == 3 and spec[2] == "log"
+        bounds = spec[:2] if log_scale else spec
+        if hint is float or (hint is int and len(bounds) == 2):
+            if len(bounds) != 2:
+                raise ConfigError(f"{name}: train.{key} is a real number: give a range [low, high] or [low, high, "
+                                  f"log], got {spec!r}")
+            low, high = (_check(f"{name}[{i}]", value, hint) for i, value in enumerate(bounds))
+            if not low < high:
+                raise ConfigError(f"{name}: the range's low ({low}) must be below its high ({high})")
+            if log_scale and not low > 0:
+                raise ConfigError(f"{name}: a log range needs low > 0, got {low}")
+            dimensions.append(SearchDimension(key, "int" if hint is int else "float", low, high, log_scale))
+        elif numeric or hint in (bool, str) or typing.get_origin(hint) is Literal:
+            choices = [_check(f"{name}[{i}]", value, hint) for i, value in enumerate(spec)]
+            if len(choices) < 2 or len(set(choices)) != len(choices):
+                raise ConfigError(f"{name}: give at least two different choices (or a range [low, high] of a "
+                                  f"number), got {spec!r}")
+            dimensions.append(SearchDimension(key, "choice", choices=tuple(choices)))
+        else:
+            kind = {dict: "a mapping", list: "a list"}.get(typing.get_origin(hint), repr(hint))
+            raise ConfigError(f"{name}: train.{key} is {kind}; only numbers, true/false and text keys can be "
+                              "searched")
+    return dimensions
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
+    # How featurize splits the data into training, validation and test (features/split.py):
+    #   temporal: global cutoffs, the last featurize.test_days days are the test period and the
+    #     featurize.validation_days before them validation (what production serves: tomorrow);
+    #   leave_last_out: each user's last new item is the test target, the one before it the
+    #     validation target, training sees the user's steps before that (SASRec, RecBole);
+    #   auto: temporal when its validation and test periods each hold enough users (see
+    #     featurize.min_eval_users and min_eval_user_share), else leave_last_out, with a warning
+    #     in the run summary. A log with a thin recent tail gets leave_last_out.
+    protocol: Literal["auto", "temporal", "leave_last_out"] = "auto"
     # Cut-offs K of every @K metric (recall, ndcg, map, hitrate, coverage, novelty, ...).
     ks: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
     # Compares rankers, tunes the baselines on validation and drives the registry gate.
@@ -437,6 +579,7 @@ class Config:
     clean: CleanConfig = field(default_factory=CleanConfig)
     featurize: FeaturizeConfig = field(default_factory=FeaturizeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
 
@@ -508,7 +651,37 @@ def load_config(config_path: str | os.PathLike | None = None, overrides: list[st
             # One entry of a mapping; the rest of it stays as the profile (or the default) has it.
             value = {**_mapping_to_extend(section, name, merged[section], key.strip()), entry: value}
         merged[section][name] = value
-    return from_dict(merged)
+    cfg = from_dict(merged)
+    check_search(cfg)
+    return cfg
+
+
+def check_search(cfg: Config) -> None:
+    """The search's settings against the rest of the config, when the search is on (a search
+    that cannot run stops here, not after its first trial). The trials' and the final
+    training's configs are built from a checked one and are not checked again.
+
+    Raises:
+        ConfigError: naming the key: train.resume set, a search that leaves the final training
+            no time in spark.stage_timeout_minutes, or an end of a range (or a choice) of
+            ``search.space`` that the train section refuses on its own.
+    """
+    search = cfg.search
+    if not search.trials:
+        return
+    if cfg.train.resume:
+        raise ConfigError(f"search.trials={search.trials} with train.resume=true: the trials and the final "
+                          "training start from scratch (set train.resume=false)")
+    if search.timeout_minutes >= cfg.spark.stage_timeout_minutes:
+        raise ConfigError(f"search.timeout_minutes ({search.timeout_minutes:g}) must be below "
+                          f"spark.stage_timeout_minutes ({cfg.spark.stage_timeout_minutes:g}): the final training "
+                          "runs in the same stage, after the search")
+    for dimension in parse_space(search.space):
+        for value in dimension.ends:
+            try:
+                dataclasses.replace(cfg.train, **{dimension.key: value})
+            except ConfigError as exc:
+                raise ConfigError(f"search.space.{dimension.key}: {value!r} is refused: {exc}") from None
 
 
 def _mapping_to_extend(section: str, name: str, values: Mapping[str, Any], key: str) -> dict[str, Any]:
@@ -597,6 +770,8 @@ def _unknown(key: str, known: Any) -> str:
 
 
 def _check(key: str, value: Any, hint: Any) -> Any:
+    if hint is Any:  # checked by its section (search.space: parse_space)
+        return value
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin is Literal:

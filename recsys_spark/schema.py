@@ -257,10 +257,23 @@ USER_FEATURES_SCHEMA = T.StructType(
     ]
 )
 
+# Each user's cutoffs (features/split.py): the same instants for every user under the temporal
+# protocol, the user's validation and test target times under leave_last_out (far in the future
+# for a training-only user). Evaluation filters each user's exclusions by them.
+VALIDATION_AT = "validation_at"
+TEST_AT = "test_at"
+USER_SPLIT_SCHEMA = T.StructType(
+    [
+        T.StructField(USER_ID, T.StringType(), False),
+        T.StructField(VALIDATION_AT, T.TimestampType(), False),
+        T.StructField(TEST_AT, T.TimestampType(), False),
+    ]
+)
+
 # Sub-folders of paths.features.
 FEATURE_TABLES = (
     "item_vocab", "train", "validation", "test", "user_history",
-    "category_vocab", "brand_vocab", "user_vocab", "item_features", "user_features",
+    "category_vocab", "brand_vocab", "user_vocab", "item_features", "user_features", "user_split",
 )
 FEATURE_METADATA = "metadata.json"
 # The data-quality report of featurize, under paths.reports.

@@ -16,6 +16,8 @@ NOTES = {
     "# environment variable named by pseudonym_key_env; allow_dev_key is for local demos only.",
     "featurize": "Vocabularies, behaviour sequences, the temporal split and the training file layout.",
     "train": "The two-tower sequential model and its data-parallel training.",
+    "search": "Opt-in hyper-parameter search of the train stage (trials > 0): Optuna trials on validation,\n"
+    "# nested MLflow runs `trial <n>`, then the final training with the best values.",
     "evaluate": "Full-ranking evaluation against baselines.",
     "score": "Batch top-K scoring from the registered model.",
 }

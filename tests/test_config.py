@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from recsys_spark.config import Config, PathsConfig, TrainConfig, load_config
+from recsys_spark.config import Config, PathsConfig, TrainConfig, load_config, parse_space
 from recsys_spark.errors import ConfigError, InputError, relax_hint
 from recsys_spark.features.split import compute_cutoffs
 
@@ -244,3 +244,58 @@ def test_train_values_out_of_range_fail_fast_naming_the_key(overrides, message):
         TrainConfig(**overrides)
     with pytest.raises(ConfigError, match=message):  # the same through a command-line override
         load_config(None, [f"train.{key}={value}" for key, value in overrides.items()])
+
+
+def test_search_is_off_by_default_and_its_space_is_parsed_to_typed_values():
+    assert Config().search.trials == 0
+    cfg = load_config(None, ["search.trials=4", "search.space.lr=[1e-4, 1e-2, log]", "search.space.num_layers=[1, 3]",
+                             "search.space.user_vector=[mean, mixture]"])
+    assert cfg.search.space == {"lr": [0.0001, 0.01, "log"], "dropout": [0.0, 0.4], "embedding_dim": [32, 64, 128],
+                                "max_steps": [1500, 6000], "num_layers": [1, 3], "user_vector": ["mean", "mixture"]}
+    assert [(d.key, d.kind, d.log) for d in parse_space(cfg.search.space)] == [
+        ("lr", "float", True), ("dropout", "float", False), ("embedding_dim", "choice", False),
+        ("max_steps", "int", False), ("num_layers", "int", False), ("user_vector", "choice", False)]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["search.trials=-1"], "search.trials must be >= 0, got -1"),
+    (["search.timeout_minutes=0"], "search.timeout_minutes must be > 0 (every wait has a bound), got 0.0"),
+    (["search.space.lrr=[0.1, 0.2]"], "search.space.lrr: the train section has no key 'lrr' (did you mean "
+                                      "'search.space.lr'?)"),
+    (["search.space.eval_k=[10, 20]"], "search.space.eval_k: train.eval_k cannot be searched: it sets the objective "
+                                       "(validation NDCG@train.eval_k), which must compare across trials"),
+    (["search.space.lr=0.1"], "search.space.lr: expected a list, got float 0.1"),
+    (["search.space.lr=[]"], "search.space.lr: expected a list ([low, high], [low, high, log] or the choices), got "
+                             "list []"),
+    (["search.space.dropout=[0.1, 0.2, 0.3]"], "search.space.dropout: train.dropout is a real number: give a range "
+                                                "[low, high] or [low, high, log], got [0.1, 0.2, 0.3]"),
+    (["search.space.dropout=[0.3, 0.1]"], "search.space.dropout: the range's low (0.3) must be below its high (0.1)"),
+    (["search.space.lr=[0, 0.1, log]"], "search.space.lr: a log range needs low > 0, got 0.0"),
+    (["search.space.lr=[0.001, fast]"], "search.space.lr[1]: expected a number, got str 'fast'"),
+    (["search.space.num_layers=[1, 2.5]"], "search.space.num_layers[1]: expected an integer, got float 2.5"),
+    (["search.space.num_layers=[2]"], "search.space.num_layers: give at least two different choices (or a range "
+                                      "[low, high] of a number), got [2]"),
+    (["search.space.launcher=[local, mpi]"], "search.space.launcher[1]: 'mpi' is not one of 'horovod_spark', "
+                                             "'torch_distributor', 'local'"),
+    (["search.space.event_weights=[1, 2]"], "search.space.event_weights: train.event_weights is a mapping; only "
+                                            "numbers, true/false and text keys can be searched"),
+    # Checked against the train section only when the search is on.
+    (["search.trials=2", "search.space.dropout=[0.1, 1.0]"], "search.space.dropout: 1.0 is refused: train.dropout "
+                                                              "must lie in [0, 1), got 1.0"),
+    (["search.trials=2", "search.space.embedding_dim=[32, 33, 64]"], "search.space.embedding_dim: 33 is refused: "
+     "train.embedding_dim (33) must be a multiple of train.num_heads (2)"),
+    (["search.trials=2", "search.space={}"], "search.space names no train key to search (search.trials=2)"),
+    (["search.trials=2", "train.resume=true"], "search.trials=2 with train.resume=true: the trials and the final "
+                                               "training start from scratch (set train.resume=false)"),
+    (["search.trials=2", "search.timeout_minutes=720"], "search.timeout_minutes (720) must be below "
+     "spark.stage_timeout_minutes (720): the final training runs in the same stage, after the search"),
+])
+def test_a_bad_search_setting_fails_fast_naming_the_key(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert str(err.value) == message
+
+
+def test_an_unused_search_space_is_not_checked_against_the_train_section():
+    cfg = load_config(None, ["search.space.embedding_dim=[32, 33, 64]"])  # search.trials=0: off
+    assert cfg.search.space["embedding_dim"] == [32, 33, 64]

@@ -47,8 +47,6 @@ SHAPES = {
 
 # A shape the pipeline cannot serve stops early, naming the key to change.
 EXPECTED_STOPS = {
-    # The temporal split needs whole days for training, validation and test.
-    "one_day": "featurize.validation_days",
     # One user: no period holds enough users to evaluate anything.
     "single_user": "featurize.min_eval_users",
 }
@@ -97,7 +95,20 @@ def test_shape_runs_end_to_end_or_stops_naming_the_key(spark, tmp_path, shape):
     assert report["rows_kept"] > 0 and summary["users_scored"] >= 1
     recommendations = pd.read_parquet(tmp_path / "work" / "recommendations")
     assert len(recommendations) > 0
+    metadata = json.loads((tmp_path / "work" / "features" / "metadata.json").read_text())
     CHECKS.get(shape, lambda *_: None)(report, recommendations, hinted)
+    if shape in LEAVE_LAST_OUT:
+        # Too short for a temporal split, or a recent tail too thin for one: evaluate.protocol=auto
+        # takes leave_last_out and the run summary says so.
+        assert metadata["protocol"] == "leave_last_out"
+        assert summary["WARNING (featurize)"].startswith("evaluate.protocol=auto chose leave_last_out: ")
+    else:
+        assert metadata["protocol"] == "temporal" and "WARNING (featurize)" not in summary
+
+
+# Shapes the temporal split cannot evaluate: one day leaves no training period; 210 days of
+# users active 10 days each leave a handful of users in the last days.
+LEAVE_LAST_OUT = {"one_day", "long_span_thin_tail"}
 
 
 def _no_defects(report, recommendations, hinted):

@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -50,6 +50,7 @@ from recsys_spark.evaluation.metrics import (
     self_information,
 )
 from recsys_spark.evaluation.ranking import ModelRanker, PopularityRanker, Ranker, int_arrays, vocab_column
+from recsys_spark.features.split import before
 
 log = logging.getLogger(__name__)
 
@@ -335,13 +336,14 @@ def compare_rankers(
     return singles, {pair_name(a, b): found for (a, b), found in paired.items()}
 
 
-def excluded_items(events: DataFrame, item_vocab: DataFrame, cutoff: dt.datetime, event_types: Sequence[str]) -> DataFrame:
+def excluded_items(events: DataFrame, item_vocab: DataFrame, cutoff: dt.datetime | Column,
+                   event_types: Sequence[str]) -> DataFrame:
     """Per user, the vocabulary items they had one of ``event_types`` on before ``cutoff``.
 
     Args:
-        events: clean events (schema.CLEAN_SCHEMA).
+        events: clean events (schema.CLEAN_SCHEMA), with the cutoff column when it is one.
         item_vocab: schema.ITEM_VOCAB_SCHEMA (small, broadcast).
-        cutoff: aware datetime; events strictly before it count.
+        cutoff: aware datetime, or a timestamp column (each user's); events strictly before it count.
         event_types: e.g. ["purchase"].
 
     Returns:
@@ -349,7 +351,7 @@ def excluded_items(events: DataFrame, item_vocab: DataFrame, cutoff: dt.datetime
     """
     index = F.broadcast(item_vocab.select(S.PRODUCT_ID, S.ITEM_IDX))
     return (
-        events.where((F.col(S.EVENT_TIME) < F.lit(cutoff)) & F.col(S.EVENT_TYPE).isin(list(event_types)))
+        events.where(before(F.col(S.EVENT_TIME), cutoff) & F.col(S.EVENT_TYPE).isin(list(event_types)))
         .join(index, S.PRODUCT_ID)
         .groupBy(S.USER_ID)
         .agg(F.array_sort(F.collect_set(F.col(S.ITEM_IDX).cast("int"))).alias(EXCLUDE_ITEMS))
@@ -417,14 +419,14 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         if set(TUNED_BASELINES) & set(ec.baselines):
             validation = io.read_table(spark, io.feature_path(root, "validation"), S.EVAL_SCHEMA, "paths.features")
             train = io.read_table(spark, io.feature_path(root, "train"), S.TRAIN_SCHEMA, "paths.features")
-            excluded = _exclusions(spark, cfg, vocab_df, metadata, "validation_cutoff")
+            excluded = _exclusions(spark, cfg, vocab_df, S.VALIDATION_AT)
             tuned, tuning = tune_baselines(
                 spark, ec, ks, train, with_exclusions(validation, excluded), vocab, num_items, present
             )
             rankers.update(tuned)
 
         stats = ItemStats.from_vocab(vocab, S.PRETEST_COUNT, num_items, ec.head_share)
-        excluded = _exclusions(spark, cfg, vocab_df, metadata, "test_cutoff")
+        excluded = _exclusions(spark, cfg, vocab_df, S.TEST_AT)
         users_total = test.count()
         log.info("evaluate: ranking %d test users with %s", users_total, ", ".join(rankers))
         rows = with_exclusions(test.where(F.size(S.TARGET_ITEMS) > 0), excluded)
@@ -463,12 +465,15 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             "champion_version": champion_version,
             "ks": ks,
             "primary_metric": primary,
+            "protocol": metadata.get("protocol", "temporal"),
+            "protocol_reason": metadata.get("protocol_reason", ""),
             "users": users_total,
             "users_with_targets": results[MODEL][ALL][USERS],
             "users_evaluated": int(user_values.shape[0]),
             "catalogue_size": len(vocab),
             "head_items": int(stats.is_head.sum()),
             "definitions": R.DEFINITIONS | {
+                "split": R.SPLITS.get(metadata.get("protocol", "temporal"), ""),
                 "head": f"the most popular items that make up {ec.head_share:.0%} of interactions before the cutoff",
                 "cold_users": f"fewer than {ec.cold_user_threshold} distinct items before the cutoff",
                 "excluded": f"items the user had {'/'.join(ec.exclude_seen_event_types) or 'no'} events on",
@@ -500,7 +505,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         version, report["users_with_targets"], table(report["rankers"], ks, intervals, primary), decision.verdict,
         "; ".join(decision.reasons),
     )
-    summary: dict[str, Any] = {"model_version": version}
+    summary: dict[str, Any] = {"model_version": version, "protocol": report["protocol"]}
     for ranker, metrics in report["rankers"].items():
         for name in headline_metrics(primary, ks):
             summary[f"{ranker}.{name}"] = metrics[name]
@@ -728,17 +733,17 @@ def _champion(cfg: Config, ec: EvaluateConfig, challenger: str, vocab: pd.DataFr
     return bundle, version, ""
 
 
-def _exclusions(spark: SparkSession, cfg: Config, vocab_df: DataFrame, metadata: Mapping, cutoff_key: str):
-    """user_id -> exclude_items before the split's cutoff, or None when every event type is
-    excluded (the features' seen_items are exactly that)."""
+def _exclusions(spark: SparkSession, cfg: Config, vocab_df: DataFrame, cutoff_column: str):
+    """user_id -> exclude_items before each user's cutoff (``cutoff_column`` of the features'
+    user_split table: validation_at or test_at), or None when every event type is excluded (the
+    features' seen_items are exactly that)."""
     types = cfg.evaluate.exclude_seen_event_types
     if set(types) == set(S.EVENT_TYPES):
         return None
-    if cutoff_key not in metadata:
-        raise InputError(f"{io.feature_path(cfg.paths.resolve('features'), S.FEATURE_METADATA)} lacks {cutoff_key}")
-    cutoff = dt.datetime.fromisoformat(metadata[cutoff_key])
-    events = io.read_clean(spark, cfg.paths.resolve("clean"))
-    return excluded_items(events, vocab_df, cutoff, types)
+    path = io.feature_path(cfg.paths.resolve("features"), "user_split")
+    cutoffs = io.read_table(spark, path, S.USER_SPLIT_SCHEMA, "paths.features").select(S.USER_ID, cutoff_column)
+    events = io.read_clean(spark, cfg.paths.resolve("clean")).join(cutoffs, S.USER_ID)
+    return excluded_items(events, vocab_df, F.col(cutoff_column), types)
 
 
 def _log_to_mlflow(report: Mapping[str, Any], decision, ks: Sequence[int]) -> None:

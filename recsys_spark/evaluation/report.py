@@ -13,6 +13,15 @@ import base64
 import io
 from typing import Any, Mapping, Sequence
 
+# How featurize split the data (evaluate.protocol; features/split.py).
+SPLITS = {
+    "temporal": "global cutoffs: the test users are those with a new item in the last featurize.test_days days, "
+                "ranked from their history before that period",
+    "leave_last_out": "per user: each user's last new item is the test target, ranked from the user's steps "
+                      "before it; training holds every user's steps before their validation target (so other "
+                      "users' later events), as in SASRec and RecBole",
+}
+
 DEFINITIONS = {
     "protocol": "full ranking over the whole catalogue (never sampled); a user's already-seen items are excluded; "
                 "targets are the items a user first met after the cutoff",
@@ -185,6 +194,7 @@ _TEMPLATE = """<!doctype html>
 <h1>Offline evaluation: {{ r.registered_model }} version {{ r.model_version }}</h1>
 <p>{{ r.users_with_targets }} test users with targets (of {{ r.users }}), a catalogue of {{ r.catalogue_size }}
 items ({{ r.head_items }} head items). Primary metric: <b>{{ r.primary_metric }}</b>.
+{% if r.get("protocol") %}Split: <b>{{ r.protocol }}</b>{% if r.get("protocol_reason") %} ({{ r.protocol_reason }}){% endif %}.{% endif %}
 MLflow run <code>{{ r.mlflow_run_id }}</code>.</p>
 {% if boot %}<p>Every mean over users is shown as <code>value [low, high]</code>: its {{ "%.0f" | format(100 * boot.confidence) }}%
 percentile bootstrap interval over the {{ r.users_evaluated }} users evaluated ({{ boot.samples }} resamples of the

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import math
 import time
 from typing import Any
 
@@ -20,7 +21,7 @@ from pyspark.sql import functions as F
 
 from recsys_spark import io, tracking
 from recsys_spark import schema as S
-from recsys_spark.config import Config, FeaturizeConfig
+from recsys_spark.config import Config, EvaluateConfig, FeaturizeConfig
 from recsys_spark.errors import ConfigError, DataQualityError, InputError, relax_hint
 from recsys_spark.features import quality
 from recsys_spark.features import vocab as V
@@ -34,8 +35,20 @@ from recsys_spark.features.sequences import (
     history_rows,
     train_windows,
 )
+from recsys_spark.features.sequences import STEP_POS, STEP_TIME
 from recsys_spark.features.snapshots import item_features, snapshot_times, user_features
-from recsys_spark.features.split import Cutoffs, before, compute_cutoffs, data_range
+from recsys_spark.features.split import (
+    AUTO,
+    LEAVE_LAST_OUT,
+    TEMPORAL,
+    Split,
+    before,
+    compute_cutoffs,
+    data_range,
+    leave_last_out_split,
+    temporal_eval_users,
+    temporal_split,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,26 +67,31 @@ def check_config(fc: FeaturizeConfig) -> None:
     for key, minimum in minimums.items():
         if getattr(fc, key) < minimum:
             raise ConfigError(f"featurize.{key} must be >= {minimum}, got {getattr(fc, key)}")
+    if not 0 <= fc.min_eval_user_share <= 1:
+        raise ConfigError(f"featurize.min_eval_user_share must lie in [0, 1], got {fc.min_eval_user_share}")
     for column, rate in fc.dq_max_null_rate.items():
         if not 0 <= rate <= 1:
             raise ConfigError(f"featurize.dq_max_null_rate.{column} must be in [0, 1], got {rate}")
 
 
-def build_vocabs(steps: DataFrame, events: DataFrame, cutoffs: Cutoffs, fc: FeaturizeConfig) -> dict[str, DataFrame]:
-    """Build the four vocabularies from the training period.
+def build_vocabs(steps: DataFrame, events: DataFrame, split: Split, fc: FeaturizeConfig) -> dict[str, DataFrame]:
+    """Build the four vocabularies from the training part.
+
+    Args:
+        steps, events: frames the split is attached to (``split.attach``).
 
     Returns:
         {"item", "category", "brand", "user"}: frames of vocab.SPECS' schemas.
     """
-    train_events = events.where(before(F.col(S.EVENT_TIME), cutoffs.validation))
+    train_events = events.where(before(F.col(S.EVENT_TIME), split.validation))
     category = V.build_value_vocab(train_events, V.CATEGORY, fc.min_category_count).persist()
     brand = V.build_value_vocab(train_events, V.BRAND, fc.min_brand_count).persist()
     user = V.build_value_vocab(train_events, V.USER, fc.min_user_count).persist()
-    item = V.build_item_vocab(steps, events, cutoffs, fc.min_item_count, fc.price_buckets, category, brand)
+    item = V.build_item_vocab(steps, events, split, fc.min_item_count, fc.price_buckets, category, brand)
     return {"item": item.persist(), "category": category, "brand": brand, "user": user}
 
 
-def load_vocabs(spark: SparkSession, features_root: str, steps: DataFrame, cutoffs: Cutoffs) -> dict[str, DataFrame]:
+def load_vocabs(spark: SparkSession, features_root: str, steps: DataFrame, split: Split) -> dict[str, DataFrame]:
     """The vocabularies saved under ``features_root`` (``featurize.vocab_from``), checked
     against the versions in its metadata.json; item counts are recounted on ``steps``.
 
@@ -97,11 +115,11 @@ def load_vocabs(spark: SparkSession, features_root: str, steps: DataFrame, cutof
         if found != expected:
             raise DataQualityError(f"{path} has vocabulary version {found}, its metadata.json records {expected}")
         vocabs[spec.kind] = table
-    vocabs["item"] = V.recount_items(vocabs["item"], steps, cutoffs).persist()
+    vocabs["item"] = V.recount_items(vocabs["item"], steps, split).persist()
     return vocabs
 
 
-def check_eval_users(counts: dict[str, int], cutoffs: Cutoffs, fc: FeaturizeConfig) -> None:
+def check_eval_users(counts: dict[str, int], split: Split, fc: FeaturizeConfig) -> None:
     """Stop, before anything is written or trained, when validation or test holds fewer than
     ``featurize.min_eval_users`` users with a new item: metrics averaged over a handful of users
     cannot tell one ranker from another, and early stopping on them is noise.
@@ -110,18 +128,63 @@ def check_eval_users(counts: dict[str, int], cutoffs: Cutoffs, fc: FeaturizeConf
         DataQualityError: naming the period, its size, the keys that widen it and the override
             that accepts it (none when the period is empty: nothing could be evaluated).
     """
-    periods = (("validation", cutoffs.validation, "featurize.validation_days", fc.validation_days),
-               ("test", cutoffs.test, "featurize.test_days", fc.test_days))
-    for period, start, key, days in periods:
+    for period in ("validation", "test"):
         users = counts[f"{period}_users"]
         if users >= fc.min_eval_users:
             continue
         accept = f" {relax_hint('featurize.min_eval_users', users)}" if users else ""
+        if split.per_user:
+            where = (f"featurize: under evaluate.protocol=leave_last_out, {users} user(s) have a {period} target "
+                     f"(a new item in the vocabulary after at least two others)")
+            widen = "more data"
+        else:
+            key, days = (("featurize.validation_days", fc.validation_days) if period == "validation"
+                         else ("featurize.test_days", fc.test_days))
+            start = split.cutoffs.validation if period == "validation" else split.cutoffs.test
+            where = (f"featurize: the {period} period ({days} day(s) from {start.date().isoformat()}) holds "
+                     f"{users} user(s) with a new item")
+            widen = f"more days ({key}={days * 2}), evaluate.protocol=leave_last_out or more data"
         raise DataQualityError(
-            f"featurize: the {period} period ({days} day(s) from {start.date().isoformat()}) holds {users} user(s) "
-            f"with a new item, fewer than featurize.min_eval_users={fc.min_eval_users}: metrics over so few users "
-            f"say nothing; give it more days ({key}={days * 2}) or more data{accept}"
+            f"{where}, fewer than featurize.min_eval_users={fc.min_eval_users}: metrics over so few users "
+            f"say nothing; give it {widen}{accept}"
         )
+
+
+def choose_split(steps: DataFrame, events: DataFrame, fc: FeaturizeConfig, ec: EvaluateConfig) -> Split:
+    """The split of ``evaluate.protocol``; under "auto", temporal when its periods each hold at
+    least max(featurize.min_eval_users, featurize.min_eval_user_share x users) users with a new
+    item (an upper bound, counted before any table is built), else leave_last_out.
+
+    Raises:
+        InputError: ``temporal`` on data that leaves no training period (naming the keys).
+        DataQualityError: ``temporal`` whose periods hold too few users (naming
+            evaluate.protocol); leave_last_out's own minimum is checked on the built tables.
+    """
+    start, end = data_range(events)
+    if ec.protocol == LEAVE_LAST_OUT:
+        return leave_last_out_split(steps, start, end, STEP_POS, STEP_TIME, "evaluate.protocol=leave_last_out")
+    try:
+        cutoffs = compute_cutoffs(start, end, fc.validation_days, fc.test_days)
+    except InputError as exc:
+        if ec.protocol == TEMPORAL:
+            raise
+        reason = f"evaluate.protocol=auto chose leave_last_out: {str(exc).removeprefix('featurize: ')}"
+        return leave_last_out_split(steps, start, end, STEP_POS, STEP_TIME, reason)
+    found = temporal_eval_users(steps, cutoffs, STEP_TIME)
+    needed = max(fc.min_eval_users, math.ceil(fc.min_eval_user_share * found["users"]))
+    short = [period for period in ("validation", "test") if found[f"{period}_users"] < needed]
+    if not short:
+        return temporal_split(cutoffs, f"evaluate.protocol={ec.protocol}: validation and test hold "
+                                       f"{found['validation_users']:,} and {found['test_users']:,} users")
+    held = ", ".join(f"{period} {found[f'{period}_users']:,}" for period in short)
+    measured = (f"the temporal split's periods hold too few users with a new item ({held} of {found['users']:,} "
+                f"users; at least {needed:,} needed: featurize.min_eval_users={fc.min_eval_users}, "
+                f"featurize.min_eval_user_share={fc.min_eval_user_share})")
+    if ec.protocol == TEMPORAL:
+        raise DataQualityError(f"featurize: {measured}: set evaluate.protocol=leave_last_out (or auto), "
+                               "or give the periods more days")
+    return leave_last_out_split(steps, start, end, STEP_POS, STEP_TIME,
+                                f"evaluate.protocol=auto chose leave_last_out: {measured}")
 
 
 def combined_version(versions: dict[str, dict[str, Any]]) -> str:
@@ -131,15 +194,16 @@ def combined_version(versions: dict[str, dict[str, Any]]) -> str:
 
 
 def build_metadata(
-    versions: dict[str, dict[str, Any]], cutoffs: Cutoffs, price_buckets: int, max_seq_len: int,
+    versions: dict[str, dict[str, Any]], split: Split, price_buckets: int, max_seq_len: int,
     counts: dict[str, int], extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The contents of metadata.json: embedding table sizes, vocabulary versions, cutoffs (ISO)
+    """The contents of metadata.json: embedding table sizes, vocabulary versions, the protocol
+    and its cutoffs (ISO; null under leave_last_out, whose cutoffs are per user in user_split)
     and counts.
 
     Args:
         versions: {kind: vocab.version(...)} for the four vocabularies.
-        cutoffs, price_buckets, max_seq_len: as configured / computed.
+        split, price_buckets, max_seq_len: as configured / computed.
         counts: row counts.
         extra: further keys (snapshots, train_files, quality report path).
     """
@@ -154,17 +218,23 @@ def build_metadata(
         "max_seq_len": max_seq_len,
         "vocab": versions,
         "vocab_version": combined_version(versions),
-        **cutoffs.as_dict(),
+        **split.as_dict(),
         "counts": counts,
         **(extra or {}),
     }
 
 
-def _snapshots(events: DataFrame, cutoffs: Cutoffs, fc: FeaturizeConfig, vocabs: dict[str, DataFrame]):
-    times = snapshot_times(cutoffs)
-    items = [item_features(events, name, as_of, fc.popularity_days, fc.price_buckets, vocabs)
+def _snapshots(events: DataFrame, split: Split, fc: FeaturizeConfig, vocabs: dict[str, DataFrame]):
+    """Item and user snapshots "train", "test", "serve" (see snapshots.snapshot_times): each from
+    the events before its instant, and under leave_last_out from the events of the split's part
+    (before each user's validation target, before the test target, all)."""
+    times = snapshot_times(split)
+    parts = {"train": split.validation, "test": split.test, "serve": None}
+    past = {name: events if cutoff is None else events.where(before(F.col(S.EVENT_TIME), cutoff))
+            for name, cutoff in parts.items()} if split.per_user else {name: events for name in times}
+    items = [item_features(past[name], name, as_of, fc.popularity_days, fc.price_buckets, vocabs)
              for name, as_of in times.items()]
-    users = [user_features(events, name, as_of, vocabs["user"]) for name, as_of in times.items()]
+    users = [user_features(past[name], name, as_of, vocabs["user"]) for name, as_of in times.items()]
     return _union(items).persist(), _union(users).persist(), times
 
 
@@ -202,27 +272,32 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 
     with tracking.stage_run(cfg, "featurize"):
         events = io.read_clean(spark, clean_path)
-        cutoffs = compute_cutoffs(*data_range(events), fc.validation_days, fc.test_days)
-        progress(f"cutoffs {cutoffs.as_dict()}")
-
         # Every table is built from the steps: collapse them once. Vocabularies are small and
         # broadcast into each table's plan; the checked frames are written as they were checked.
-        raw_steps = add_gap_buckets(collapse_steps(events)).persist()
+        collapsed = add_gap_buckets(collapse_steps(events)).persist()
+        split = choose_split(collapsed, events, fc, cfg.evaluate)
+        if split.per_user:
+            log.warning("featurize: %s", split.reason)
+        progress(f"split {split.as_dict()} ({split.reason})")
+        # Under leave_last_out every event and step carries its user's cutoffs from here on.
+        events, raw_steps = split.attach(events), split.attach(collapsed)
+        if split.per_user:
+            raw_steps = raw_steps.persist()
         if fc.vocab_from:
-            vocabs = load_vocabs(spark, fc.vocab_from, raw_steps, cutoffs)
+            vocabs = load_vocabs(spark, fc.vocab_from, raw_steps, split)
         else:
-            vocabs = build_vocabs(raw_steps, events, cutoffs, fc)
+            vocabs = build_vocabs(raw_steps, events, split, fc)
         versions = {spec.kind: V.version(vocabs[spec.kind], spec) for spec in V.SPECS}
         progress("vocabularies " + ", ".join(f"{kind} {v['size']}" for kind, v in versions.items()))
 
         # Data quality first: a breach stops the job before the expensive tables.
-        report = quality.quality_report(events, raw_steps, vocabs["item"], cutoffs, fc.dq_popularity_top_k)
+        report = quality.quality_report(events, raw_steps, vocabs["item"], split, fc.dq_popularity_top_k)
         checks = quality.evaluate_checks(report, {
             "dq_max_null_rate": fc.dq_max_null_rate, "dq_max_event_mix_psi": fc.dq_max_event_mix_psi,
             "dq_max_popularity_psi": fc.dq_max_popularity_psi, "dq_max_oov_rate": fc.dq_max_oov_rate,
             "dq_min_drift_events": fc.dq_min_drift_events,
         })
-        report = {**report, "cutoffs": cutoffs.as_dict(), "checks": checks,
+        report = {**report, "cutoffs": split.as_dict(), "checks": checks,
                   "passed": all(c["passed"] for c in checks)}
         report_path = cfg.paths.resolve("reports").rstrip("/") + "/" + S.FEATURE_QUALITY_REPORT
         io.write_json(spark, report_path, report)
@@ -232,21 +307,21 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         progress(f"data quality: {len(checks)} checks passed")
 
         steps = encode_items(raw_steps, vocabs["item"])
-        train = train_windows(steps, cutoffs.validation, length, fc.max_windows_per_user).persist()
-        validation = eval_rows(steps, cutoffs.validation, cutoffs.test, length).persist()
-        test = eval_rows(steps, cutoffs.test, None, length).persist()
+        train = train_windows(steps, split.validation, length, fc.max_windows_per_user).persist()
+        validation = eval_rows(steps, split.validation, split.test, length).persist()
+        test = eval_rows(steps, split.test, None, length).persist()
         user_history = history_rows(steps, None, length)
-        items, users, times = _snapshots(events, cutoffs, fc, vocabs)
+        items, users, times = _snapshots(events, split, fc, vocabs)
 
         counts = check_no_leakage(
             train=train, item_vocab=vocabs["item"], steps=raw_steps, validation=validation, test=test,
-            cutoffs=cutoffs, item_features=items, user_features=users, events=events,
-            popularity_days=fc.popularity_days,
+            cutoffs=split, item_features=items, user_features=users, events=events,
+            popularity_days=fc.popularity_days, train_as_of=times["train"],
         )
         totals = raw_steps.agg(F.count("*"), F.countDistinct(S.USER_ID)).first()
         counts = {"steps": int(totals[0]), "users": int(totals[1]), **counts}
         progress(f"leakage guard passed {counts}")
-        check_eval_users(counts, cutoffs, fc)
+        check_eval_users(counts, split, fc)
 
         files = plan_train_files(counts["train_windows"], window_bytes(length), fc.row_group_mb,
                                  fc.train_files, max(1, cfg.train.num_proc))
@@ -264,6 +339,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         io.write_table(S.conform(user_history, S.USER_HISTORY_SCHEMA), paths["user_history"])
         io.write_table(items, paths["item_features"])
         io.write_table(users, paths["user_features"])
+        io.write_table(S.conform(split.user_table(raw_steps), S.USER_SPLIT_SCHEMA), paths["user_split"])
         progress(f"wrote {len(paths)} tables under {root}")
 
         extra = {
@@ -272,7 +348,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             "quality_report": report_path,
             "vocab_from": fc.vocab_from,
         }
-        metadata = build_metadata(versions, cutoffs, fc.price_buckets, length, counts, extra)
+        extra["protocol_reason"] = split.reason
+        metadata = build_metadata(versions, split, fc.price_buckets, length, counts, extra)
         metadata_path = io.feature_path(root, S.FEATURE_METADATA)
         io.write_json(spark, metadata_path, metadata)
         tracking.log_json(metadata, S.FEATURE_METADATA)
@@ -280,10 +357,14 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
                            **{f"vocab.{kind}.version": v["version"] for kind, v in versions.items()}})
         mlflow.log_metrics({**counts, "featurize_s": time.monotonic() - started})
 
-        for df in (raw_steps, train, validation, test, items, users, *vocabs.values()):
+        mlflow.set_tag("protocol", split.protocol)
+        for df in (collapsed, raw_steps, train, validation, test, items, users, *vocabs.values()):
             df.unpersist()
 
-    log.info("featurize: wrote %s in %.0f s (vocab %s, %s)", root, time.monotonic() - started,
-             metadata["vocab_version"], counts)
-    return {"features": root, **paths, "metadata": metadata_path, "quality_report": report_path,
-            "vocab_version": metadata["vocab_version"], **cutoffs.as_dict(), **counts}
+    log.info("featurize: wrote %s in %.0f s (protocol %s, vocab %s, %s)", root, time.monotonic() - started,
+             split.protocol, metadata["vocab_version"], counts)
+    summary = {"features": root, **paths, "metadata": metadata_path, "quality_report": report_path,
+               "vocab_version": metadata["vocab_version"], **split.as_dict(), **counts}
+    if cfg.evaluate.protocol == AUTO and split.protocol == LEAVE_LAST_OUT:  # switched: say so in the summary
+        summary["warning"] = split.reason
+    return summary

@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 from recsys_spark import schema as S
 from recsys_spark.errors import DataQualityError
 from recsys_spark.features.sequences import HIST_END, STEP_TIME, WINDOW_TIMES
-from recsys_spark.features.split import Cutoffs, before
+from recsys_spark.features.split import Cutoffs, Split, before
 
 _RECOUNT = "recount"
 
@@ -22,11 +22,12 @@ def check_no_leakage(
     steps: DataFrame,
     validation: DataFrame,
     test: DataFrame,
-    cutoffs: Cutoffs,
+    cutoffs: Cutoffs | Split,
     item_features: DataFrame | None = None,
     user_features: DataFrame | None = None,
     events: DataFrame | None = None,
     popularity_days: int = 0,
+    train_as_of: dt.datetime | None = None,
 ) -> dict[str, int]:
     """Check the split on the computed frames, before the time columns are dropped.
 
@@ -44,9 +45,11 @@ def check_no_leakage(
         item_vocab: schema.ITEM_VOCAB_SCHEMA.
         steps: the step frame (product_id, step_time).
         validation, test: sequences.eval_rows output (with hist_end).
-        cutoffs: the split.
+        cutoffs: the split; a per-user :class:`Split` (leave_last_out) checks every row against
+            its user's cutoffs (``steps`` and ``events`` carry them; the other frames are joined).
         item_features, user_features: schema.ITEM_FEATURES_SCHEMA / USER_FEATURES_SCHEMA rows
             (optional; with them, ``events``: the clean events, and ``popularity_days``).
+        train_as_of: the "train" snapshot's as_of (default: the validation cutoff).
 
     Returns:
         Row counts: {"train_windows", "items_in_vocab", "validation_users", "test_users"} and,
@@ -55,6 +58,10 @@ def check_no_leakage(
     Raises:
         DataQualityError: naming the table and the number of offending rows.
     """
+    split = cutoffs if isinstance(cutoffs, Split) else None
+    attach = split.attach if split is not None else (lambda frame: frame)
+    validation_cutoff = split.describe("validation") if split else f"the validation cutoff {cutoffs.validation.isoformat()}"
+    test_cutoff = split.describe("test") if split else f"the test cutoff {cutoffs.test.isoformat()}"
     recount = (
         steps.where(before(F.col(STEP_TIME), cutoffs.validation))
         .groupBy(S.PRODUCT_ID)
@@ -63,19 +70,21 @@ def check_no_leakage(
     vocab = item_vocab.join(recount, S.PRODUCT_ID, "left")
     late_step = ~before(F.array_max(WINDOW_TIMES), cutoffs.validation)
     checks = [
-        ("train", "train_windows", train, late_step | (F.col(WINDOW_TIMES) != F.array_sort(WINDOW_TIMES)),
-         f"hold a step at or after the validation cutoff {cutoffs.validation.isoformat()} "
-         "or steps out of time order"),
+        ("train", "train_windows", attach(train),
+         late_step | (F.col(WINDOW_TIMES) != F.array_sort(WINDOW_TIMES)),
+         f"hold a step at or after {validation_cutoff} or steps out of time order"),
         ("item_vocab", "items_in_vocab", vocab, F.col(S.TRAIN_COUNT) != F.coalesce(F.col(_RECOUNT), F.lit(0)),
-         f"have a train_count other than their steps before {cutoffs.validation.isoformat()}"),
-        ("validation", "validation_users", validation, ~before(F.col(HIST_END), cutoffs.validation),
-         f"have a history step at or after the window start {cutoffs.validation.isoformat()}"),
-        ("test", "test_users", test, ~before(F.col(HIST_END), cutoffs.test),
-         f"have a history step at or after the window start {cutoffs.test.isoformat()}"),
+         f"have a train_count other than their steps before {validation_cutoff}"),
+        ("validation", "validation_users", attach(validation), ~before(F.col(HIST_END), cutoffs.validation),
+         f"have a history step at or after {validation_cutoff}"),
+        ("test", "test_users", attach(test), ~before(F.col(HIST_END), cutoffs.test),
+         f"have a history step at or after {test_cutoff}"),
     ]
     seen_late = (F.col(S.LAST_SEEN) >= F.col(S.AS_OF)) | (F.col(S.FIRST_SEEN) >= F.col(S.AS_OF))
-    train_as_of = cutoffs.validation
-    past = events.where(before(F.col(S.EVENT_TIME), train_as_of)) if events is not None else None
+    train_as_of = train_as_of or cutoffs.validation
+    # The "train" snapshot's events: before the validation cutoff (each user's, per-user).
+    past = (events.where(before(F.col(S.EVENT_TIME), cutoffs.validation) & before(F.col(S.EVENT_TIME), train_as_of))
+            if events is not None else None)
     recounts = {
         "item_features": (S.PRODUCT_ID, S.POPULARITY, lambda e: e.where(
             F.col(S.EVENT_TIME) >= F.lit(train_as_of - dt.timedelta(days=popularity_days)))),
@@ -92,8 +101,8 @@ def check_no_leakage(
         rows = df.join(recount, key, "left")
         wrong = (F.col(S.SNAPSHOT) == "train") & (F.col(column) != F.coalesce(F.col(_RECOUNT), F.lit(0)))
         checks.append((table, count_name, rows, seen_late | wrong,
-                       f"use an event at or after their as_of (or, as of {train_as_of.isoformat()}, "
-                       f"have a {column} other than its recount)"))
+                       f"use an event at or after their as_of (or, in the train snapshot, "
+                       f"have a {column} other than its recount before {validation_cutoff})"))
     counts = {}
     for table, count_name, df, leaks, what in checks:
         total, offending = _count(df, leaks)

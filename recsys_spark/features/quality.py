@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from recsys_spark import schema as S
 from recsys_spark.errors import ConfigError, DataQualityError, relax_hint
 from recsys_spark.features.sequences import STEP_TIME
-from recsys_spark.features.split import Cutoffs, before
+from recsys_spark.features.split import Cutoffs, Split, before
 
 PERIODS = ("train", "validation", "test")
 PSI_FLOOR = 1e-4
@@ -28,7 +28,7 @@ _PERIOD = "period"
 _OTHER = "other"
 
 
-def period_of(time: Column, cutoffs: Cutoffs) -> Column:
+def period_of(time: Column, cutoffs: Cutoffs | Split) -> Column:
     """"train", "validation" or "test" for an event time."""
     return (
         F.when(before(time, cutoffs.validation), F.lit("train"))
@@ -54,7 +54,7 @@ def psi(expected: Mapping[Any, float], actual: Mapping[Any, float], floor: float
     return value
 
 
-def quality_report(events: DataFrame, steps: DataFrame, item_vocab: DataFrame, cutoffs: Cutoffs,
+def quality_report(events: DataFrame, steps: DataFrame, item_vocab: DataFrame, cutoffs: Cutoffs | Split,
                    top_k: int) -> dict[str, Any]:
     """Measure the clean events (four small aggregations).
 

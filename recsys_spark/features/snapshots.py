@@ -3,6 +3,8 @@
 A snapshot is computed from the events strictly before its ``as_of`` instant and nothing else:
 "train" as of the validation cutoff (what training and validation may condition on), "test" as
 of the test cutoff, "serve" as of the midnight after the last event (what batch scoring sees).
+Under leave_last_out, whose cutoffs are per user, every snapshot is as of the serve instant and
+"train" / "test" are computed from the events of the split's part only (featurize passes them).
 """
 
 from __future__ import annotations
@@ -14,15 +16,21 @@ from pyspark.sql import functions as F
 
 from recsys_spark import schema as S
 from recsys_spark.features import vocab as V
-from recsys_spark.features.split import Cutoffs, before
+from recsys_spark.features.split import Cutoffs, Split, before
 
 _SECONDS_PER_DAY = 86_400.0
 
 
-def snapshot_times(cutoffs: Cutoffs) -> dict[str, dt.datetime]:
-    """{"train": validation cutoff, "test": test cutoff, "serve": the midnight after data_end}."""
+def snapshot_times(cutoffs: Cutoffs | Split) -> dict[str, dt.datetime]:
+    """{"train": validation cutoff, "test": test cutoff, "serve": the midnight after data_end};
+    all three the serve instant for a per-user split."""
     last_day = cutoffs.data_end.replace(hour=0, minute=0, second=0, microsecond=0)
-    return {"train": cutoffs.validation, "test": cutoffs.test, "serve": last_day + dt.timedelta(days=1)}
+    serve = last_day + dt.timedelta(days=1)
+    if isinstance(cutoffs, Split):
+        if cutoffs.per_user:
+            return {"train": serve, "test": serve, "serve": serve}
+        cutoffs = cutoffs.cutoffs
+    return {"train": cutoffs.validation, "test": cutoffs.test, "serve": serve}
 
 
 def _days_between(earlier: Column, later: Column) -> Column:

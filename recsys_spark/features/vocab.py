@@ -20,7 +20,7 @@ from pyspark.sql import types as T
 from recsys_spark import schema as S
 from recsys_spark.features.ranking import row_numbers
 from recsys_spark.features.sequences import STEP_TIME
-from recsys_spark.features.split import Cutoffs, before
+from recsys_spark.features.split import Cutoffs, Split, before
 
 _RANK = "_rank"
 
@@ -105,7 +105,7 @@ def lookup(values: Column, vocab: DataFrame, spec: VocabSpec, frame: DataFrame, 
 def build_item_vocab(
     steps: DataFrame,
     events: DataFrame,
-    cutoffs: Cutoffs,
+    cutoffs: Cutoffs | Split,
     min_item_count: int,
     price_buckets: int,
     categories: DataFrame,
@@ -123,7 +123,8 @@ def build_item_vocab(
     Args:
         steps: steps with product_id and step_time (see sequences.collapse_steps).
         events: clean events (schema.CLEAN_SCHEMA), for category, brand and price.
-        cutoffs: the split; training = before ``cutoffs.validation``.
+        cutoffs: the split; training = before ``cutoffs.validation`` (under leave_last_out,
+            ``steps`` and ``events`` carry each user's cutoffs: see split.Split.attach).
         min_item_count: minimum training steps for an item to get its own index.
         price_buckets: number of price buckets.
         categories, brands: schema.CATEGORY_VOCAB_SCHEMA / BRAND_VOCAB_SCHEMA.
@@ -139,7 +140,7 @@ def build_item_vocab(
     return S.conform(add_price_buckets(items, price_buckets), S.ITEM_VOCAB_SCHEMA)
 
 
-def item_counts(steps: DataFrame, cutoffs: Cutoffs) -> DataFrame:
+def item_counts(steps: DataFrame, cutoffs: Cutoffs | Split) -> DataFrame:
     """product_id, train_count (steps before the validation cutoff), pretest_count (before test).
 
     Products with no step before the test cutoff are left out.
@@ -154,7 +155,7 @@ def item_counts(steps: DataFrame, cutoffs: Cutoffs) -> DataFrame:
     )
 
 
-def recount_items(item_vocab: DataFrame, steps: DataFrame, cutoffs: Cutoffs) -> DataFrame:
+def recount_items(item_vocab: DataFrame, steps: DataFrame, cutoffs: Cutoffs | Split) -> DataFrame:
     """A reused item vocabulary with train_count / pretest_count counted on ``steps``.
 
     Indices and side features stay as saved; the counts (the logQ popularity of training and

@@ -70,12 +70,14 @@ class EvalRows:
         return len(self.target_items)
 
 
-def read_eval_rows(path: str, rank: int = 0, size: int = 1) -> EvalRows:
+def read_eval_rows(path: str, rank: int = 0, size: int = 1, limit: int | None = None, seed: int = 0) -> EvalRows:
     """Rows ``i % size == rank`` of an evaluation table (schema.EVAL_SCHEMA), in file order.
 
     Args:
         path: the ``features/validation`` (or ``test``) Parquet table.
         rank, size: which slice to keep.
+        limit: keep a sample of at most this many rows of the table first (the same on every
+            rank: drawn with ``seed``, kept in file order); None keeps all.
 
     Raises:
         InputError: a missing table or column.
@@ -89,6 +91,8 @@ def read_eval_rows(path: str, rank: int = 0, size: int = 1) -> EvalRows:
     if missing:
         raise InputError(f"{path} lacks column(s) {', '.join(missing)}")
     frame: pd.DataFrame = dataset.to_table(columns=columns).to_pandas()
+    if limit is not None and len(frame) > limit:
+        frame = frame.sample(n=limit, random_state=seed).sort_index()
     frame = frame.iloc[rank::size]
     return EvalRows(
         hist_items=_stack(frame[S.HIST_ITEMS]),

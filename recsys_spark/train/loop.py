@@ -36,6 +36,8 @@ from recsys_spark.train.loss import RetrievalTask, event_weight_table, popularit
 EVAL_BLOCK_ROWS = 256
 SHUFFLE_BUFFER_BATCHES = 4
 LAST_CHECKPOINT = "last.pt"
+# The weights of the best evaluation so far (rank 0), rewritten at every new best.
+BEST_WEIGHTS = "best.pt"
 # Which collective each launcher's processes use ("horovod" also serves `horovodrun`).
 BACKENDS = {"horovod_spark": "horovod", "torch_distributor": "torch", "local": "single"}
 
@@ -106,17 +108,20 @@ def train_fn(cfg_dict: dict[str, Any], run_id: str | None, tracking_uri: str | N
 
     Args:
         cfg_dict: the resolved config, ``Config.to_dict()`` (plain data, so it pickles to tasks).
-        run_id: the MLflow run that rank 0 logs per-epoch metrics to; None logs nothing.
+        run_id: the MLflow run that rank 0 logs each evaluation's metrics to (at its optimiser
+            step); None logs nothing.
         tracking_uri: the MLflow store of ``run_id``.
         backend: the collective ("horovod", "torch", "single"); None follows ``train.launcher``.
-        on_checkpoint: called with the epoch number on every rank once rank 0 has written that
-            epoch's checkpoint (tests use it to kill a run at a checkpoint boundary).
+        on_checkpoint: called with the pass (epoch) number on every rank once rank 0 has written
+            that pass's checkpoint (tests use it to kill a run at a checkpoint boundary).
 
     Returns:
         rank 0: {"state_dict": best weights (CPU tensors), "model_args", "history" (one dict
-        per epoch, resumed epochs included), "best_epoch", "stopped_early", "resumed_from",
-        "rank", "size", "checksum", "steps"}; other ranks: {"rank", "size", "checksum" (sha256
-        of the final weights), "steps"}.
+        per evaluation, resumed ones included: "evaluation", "epoch" (the pass it fell in),
+        "step" and the metrics), "best_evaluation" (1-based, into history), "best_epoch",
+        "best_step", "stopped_early", "stop_reason", "resumed_from", "rank", "size",
+        "checksum", "steps"}; other ranks: {"rank", "size", "checksum" (sha256 of the final
+        weights), "steps"}.
     """
     cfg = from_dict(cfg_dict)
     tc = cfg.train
@@ -159,7 +164,8 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
     features = cfg.paths.resolve("features")
     metadata = data.read_metadata(features)
     item_vocab = data.read_item_vocab(io.feature_path(features, "item_vocab"))
-    validation = data.read_eval_rows(io.feature_path(features, "validation"), rank, size)
+    validation = data.read_eval_rows(io.feature_path(features, "validation"), rank, size,
+                                     limit=tc.validation_users, seed=tc.seed)
     model_args = model_args_from(metadata, tc)
     item_features = data.item_feature_arrays(item_vocab, model_args["num_items"])
 
@@ -185,8 +191,10 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
     peak_lr = tc.lr * size
     optimizer = torch.optim.AdamW(task.parameters(), lr=peak_lr, weight_decay=tc.weight_decay)
     train_path = io.feature_path(features, "train")
-    # Steps per epoch as if the shards were even (uneven shards stop a little earlier).
-    total_steps = tc.epochs * math.ceil(data.open_dataset(train_path).count_rows() / (tc.batch_size * size))
+    # Steps per pass as if the shards were even (uneven shards stop a little earlier); the
+    # learning rate decays over the steps the run may take.
+    steps_per_pass = math.ceil(data.open_dataset(train_path).count_rows() / (tc.batch_size * size))
+    total_steps = min(tc.max_steps, tc.epochs * steps_per_pass)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, functools.partial(lr_factor, tc=tc, total_steps=total_steps)
     )
@@ -199,7 +207,8 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
     checkpoints = cfg.paths.resolve("checkpoints")
     history: list[dict[str, float]] = []
     best_state: dict[str, Tensor] | None = None
-    best_epoch, best_ndcg, bad_epochs, step, first_epoch, stopped = 0, float("-inf"), 0, 0, 1, False
+    best: dict[str, Any] = {"evaluation": 0, "epoch": 0, "step": 0, "ndcg": float("-inf"), "bad_evaluations": 0}
+    step, first_epoch, stopped, stop_reason = 0, 1, False, ""
     resumed_from = 0
     if tc.resume:
         # Rank 0 reads the checkpoint and hands it to every rank: on a cluster only the
@@ -216,11 +225,10 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
             history = list(checkpoint["history"])
             step, resumed_from = int(checkpoint["step"]), int(checkpoint["epoch"])
             first_epoch = resumed_from + 1
-            best = checkpoint["best"]
-            best_epoch, best_ndcg, bad_epochs = int(best["epoch"]), float(best["ndcg"]), int(best["bad_epochs"])
-            stopped = bool(checkpoint.get("stopped", False))
-            if is_main and best_epoch:
-                best_state = read_checkpoint(checkpoints, epoch_file(best_epoch))["model"]
+            best = dict(checkpoint["best"])
+            stopped, stop_reason = bool(checkpoint.get("stopped", False)), checkpoint.get("stop_reason", "")
+            if is_main and best["evaluation"]:
+                best_state = read_checkpoint(checkpoints, BEST_WEIGHTS)["model"]
             if is_main:
                 print(f"resuming after epoch {resumed_from} from {checkpoints}/{LAST_CHECKPOINT}", flush=True)
         elif is_main:
@@ -229,19 +237,69 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
 
     client = _mlflow_client(tracking_uri) if is_main and run_id else None
     if client is not None:
-        for past in history:  # a resumed run's curve starts at epoch 1, like an uninterrupted one
-            for key, value in past.items():
-                if key != "epoch":
-                    client.log_metric(run_id, key, value, step=int(past["epoch"]))
+        for past in history:  # a resumed run's curve starts at its first evaluation, like an uninterrupted one
+            log_evaluation(client, run_id, past)
     params = [p for p in task.parameters() if p.requires_grad]
 
+    # What the steps since the last evaluation did: summed on every rank, all-reduced at the next.
+    since = Accumulated()
+
+    def evaluate(epoch: int) -> None:
+        """Validate, append to the history, log, keep the best weights, decide early stopping."""
+        nonlocal best_state, stopped, stop_reason
+        train_s = time.perf_counter() - since.started
+        totals = comm.allreduce(
+            torch.tensor([since.loss_sum, since.targets, since.windows, since.wait_s / max(train_s, 1e-9),
+                          since.norm_sum, since.batches], dtype=torch.float64),
+        )
+        if not history and totals[2] == 0:
+            raise DataQualityError(
+                f"no training windows reached the {size} rank(s): is {train_path} empty, or split "
+                "into fewer row groups than train.num_proc?"
+            )
+        # Every rank ranks its slice of the validation users; the sums are all-reduced, so
+        # every rank sees the same NDCG and takes the same early-stopping decision.
+        ndcg, recall = validation_metrics(model, validation, tc.eval_k, comm, device)
+        release_free_memory()
+        # The largest resident set of any rank so far: flat after the first pass, or something leaks.
+        peak_rss = comm.allreduce(torch.tensor([peak_rss_mb()], dtype=torch.float64), op="max")
+        metrics = {
+            "train_loss": float(totals[0] / max(totals[1], 1)),
+            metric_key("val_ndcg", tc.eval_k): ndcg,
+            metric_key("val_recall", tc.eval_k): recall,
+            "examples_per_s": float(totals[2]) / max(train_s, 1e-9),
+            "data_wait_share": float(totals[3]) / size,
+            "grad_norm": float(totals[4] / max(totals[5], 1)),
+            "lr": float(scheduler.get_last_lr()[0]),
+            "train_s": train_s,
+            "peak_rss_mb": float(peak_rss[0]),
+        }
+        entry = {"evaluation": len(history) + 1, "epoch": epoch, "step": step, **metrics}
+        history.append(entry)
+        if ndcg > best["ndcg"] + tc.min_delta:
+            best.update(evaluation=entry["evaluation"], epoch=epoch, step=step, ndcg=ndcg, bad_evaluations=0)
+            if is_main:
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                save_weights(checkpoints, BEST_WEIGHTS, {"model": best_state, "model_args": model_args,
+                                                         "config": cfg_dict, "best": dict(best)})
+        else:
+            best["bad_evaluations"] += 1
+        if tc.patience > 0 and best["bad_evaluations"] >= tc.patience and step < total_steps:
+            stopped, stop_reason = True, (f"no gain in validation NDCG@{tc.eval_k} for {best['bad_evaluations']} "
+                                          f"evaluation(s)")
+        if is_main:
+            print(f"step {step} (pass {epoch}): " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
+            if client is not None:
+                log_evaluation(client, run_id, entry)
+        since.reset()
+
     for epoch in range(first_epoch, tc.epochs + 1):
-        if stopped:
+        if stopped or step >= tc.max_steps:
             break
         module.train()
-        loss_sum, targets_sum, windows, wait_s, norm_sum = 0.0, 0, 0, 0.0, 0.0
-        started = time.perf_counter()
-        progress = tqdm(desc=f"epoch {epoch}/{tc.epochs}", unit="batch", disable=not is_main, mininterval=2)
+        since.reset()
+        progress = tqdm(desc=f"pass {epoch}", unit="step", disable=not is_main, mininterval=2,
+                        initial=step, total=total_steps)
         with data.train_batches(
             train_path, rank, size, tc.batch_size, seed=tc.seed * 1000 + epoch,
             shuffle_buffer=SHUFFLE_BUFFER_BATCHES * tc.batch_size,
@@ -252,78 +310,49 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
             # read after it: the check rides along with the step's gradient allreduce instead of
             # holding every rank at a synchronisation point of its own.
             def fetch():
-                nonlocal wait_s
                 fetch_start = time.perf_counter()
                 batch = next(batches, None)
-                wait_s += time.perf_counter() - fetch_start
+                since.wait_s += time.perf_counter() - fetch_start
                 return batch, comm.allreduce_async(torch.tensor([int(batch is not None)]), op="min")
 
             upcoming, everyone_has = fetch()
-            while int(everyone_has().item()) == 1:
+            # Every rank takes the same steps and evaluations, so all leave this loop at the same
+            # step; an agreement started and not read yet is read before leaving, on every rank.
+            unread = True
+            while step < tc.max_steps and not stopped:
+                unread = False
+                if int(everyone_has().item()) != 1:
+                    break
                 batch = tuple(t.to(device, non_blocking=True) for t in upcoming)
                 upcoming, everyone_has = fetch()
+                unread = True
                 optimizer.zero_grad()
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     loss, n_targets = module(*batch, generator=negatives_rng)
                 (scaler.scale(loss) if scaler is not None else loss).backward()
-                norm_sum += comm.step(optimizer, params, tc.grad_clip, scaler)
+                norm = comm.step(optimizer, params, tc.grad_clip, scaler)
                 scheduler.step()
                 step += 1
                 batch_loss = float(loss.detach())
-                loss_sum += batch_loss * n_targets
-                targets_sum += n_targets
-                windows += batch[0].shape[0]
+                since.add(batch_loss, n_targets, batch[0].shape[0], norm)
                 progress.update(1)
                 if is_main:
                     progress.set_postfix(loss=f"{batch_loss:.3f}",
-                                         ex_s=f"{windows * size / (time.perf_counter() - started):.0f}")
+                                         ex_s=f"{since.windows * size / (time.perf_counter() - since.started):.0f}")
+                if tc.eval_every_steps and step % tc.eval_every_steps == 0 and step < tc.max_steps:
+                    evaluate(epoch)
+            if unread:
+                everyone_has()
         progress.close()
-        train_s = time.perf_counter() - started
-        batches_done = float(progress.n)
-        totals = comm.allreduce(
-            torch.tensor([loss_sum, targets_sum, windows, wait_s / max(train_s, 1e-9), norm_sum, batches_done],
-                         dtype=torch.float64),
-        )
-        if epoch == 1 and totals[2] == 0:
-            raise DataQualityError(
-                f"no training windows reached the {size} rank(s): is {train_path} empty, or split "
-                "into fewer row groups than train.num_proc?"
-            )
-
-        # Every rank ranks its slice of the validation users; the sums are all-reduced, so
-        # every rank sees the same NDCG and takes the same early-stopping decision.
-        ndcg, recall = validation_metrics(model, validation, tc.eval_k, comm, device)
-        release_free_memory()
-        # The largest resident set of any rank so far: flat from epoch 2 on, or something leaks.
-        peak_rss = comm.allreduce(torch.tensor([peak_rss_mb()], dtype=torch.float64), op="max")
-        metrics = {
-            "train_loss": float(totals[0] / max(totals[1], 1)),
-            metric_key("val_ndcg", tc.eval_k): ndcg,
-            metric_key("val_recall", tc.eval_k): recall,
-            "examples_per_s": float(totals[2]) / max(train_s, 1e-9),
-            "data_wait_share": float(totals[3]) / size,
-            "grad_norm": float(totals[4] / max(totals[5], 1)),
-            "lr": float(scheduler.get_last_lr()[0]),
-            "epoch_s": train_s,
-            "peak_rss_mb": float(peak_rss[0]),
-            "steps": float(step),
-        }
-        history.append({"epoch": epoch, **metrics})
-        if ndcg > best_ndcg + tc.min_delta:
-            best_ndcg, best_epoch, bad_epochs = ndcg, epoch, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()} if is_main else None
-        else:
-            bad_epochs += 1
-        stopped = tc.patience > 0 and bad_epochs >= tc.patience and epoch < tc.epochs
+        if since.batches or not history:
+            evaluate(epoch)
+        if not stopped and step >= tc.max_steps:
+            stopped, stop_reason = True, f"reached train.max_steps={tc.max_steps}"
 
         # Each rank's RNG states go into rank 0's checkpoint, so a resumed run draws the same
         # negatives and dropout masks as an uninterrupted one.
         rng_states = comm.allgather_object(rng_state(negatives_rng))
         if is_main:
-            print(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
-            if client is not None:
-                for key, value in metrics.items():
-                    client.log_metric(run_id, key, value, step=epoch)
             save_checkpoint(checkpoints, {
                 "epoch": epoch,
                 "step": step,
@@ -334,14 +363,15 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
                 "model_args": model_args,
                 "config": cfg_dict,
                 "history": history,
-                "best": {"epoch": best_epoch, "ndcg": best_ndcg, "bad_epochs": bad_epochs},
+                "best": dict(best),
                 "stopped": stopped,
+                "stop_reason": stop_reason,
                 "world_size": size,
                 "rng": rng_states,
             })
             if stopped:
-                print(f"early stop: no gain in validation NDCG@{tc.eval_k} for {bad_epochs} epoch(s); "
-                      f"keeping epoch {best_epoch} ({best_ndcg:.4f})", flush=True)
+                print(f"stopped at step {step}: {stop_reason}; keeping evaluation {best['evaluation']} "
+                      f"(step {best['step']}, validation NDCG@{tc.eval_k} {best['ndcg']:.4f})", flush=True)
         if on_checkpoint is not None:
             on_checkpoint(epoch)
 
@@ -350,10 +380,40 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
               "rank_checksums": comm.allgather_object(checksum)}
     if is_main:
         if best_state is None:
-            raise DataQualityError(f"training ran no epoch (train.epochs={tc.epochs}, resumed after {resumed_from})")
-        result.update(state_dict=best_state, model_args=model_args, history=history, best_epoch=best_epoch,
-                      stopped_early=stopped, resumed_from=resumed_from)
+            raise DataQualityError(f"training ran no step (train.max_steps={tc.max_steps}, train.epochs={tc.epochs}, "
+                                   f"resumed after pass {resumed_from})")
+        result.update(state_dict=best_state, model_args=model_args, history=history,
+                      best_evaluation=best["evaluation"], best_epoch=best["epoch"], best_step=best["step"],
+                      stopped_early=stop_reason.startswith("no gain"), stop_reason=stop_reason,
+                      resumed_from=resumed_from)
     return result
+
+
+class Accumulated:
+    """Sums over the steps since the last evaluation (this rank's)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum, self.targets, self.windows, self.batches = 0.0, 0, 0, 0
+        self.wait_s, self.norm_sum = 0.0, 0.0
+        self.started = time.perf_counter()
+
+    def add(self, loss: float, targets: int, windows: int, norm: float) -> None:
+        self.loss_sum += loss * targets
+        self.targets += targets
+        self.windows += windows
+        self.norm_sum += norm
+        self.batches += 1
+
+
+def log_evaluation(client, run_id: str, entry: dict[str, float]) -> None:
+    """One evaluation's metrics on the MLflow run, at its optimiser step (and its pass)."""
+    step = int(entry["step"])
+    for key, value in entry.items():
+        if key not in ("evaluation", "step"):
+            client.log_metric(run_id, key, float(value), step=step)
 
 
 # Allocations from this size up get their own mmap and go back to the OS when freed.
@@ -551,6 +611,11 @@ def epoch_file(epoch: int) -> str:
     return f"epoch_{epoch:03d}.pt"
 
 
+def save_weights(directory: str, name: str, payload: dict[str, Any]) -> None:
+    """``torch.save(payload)`` to ``<directory>/<name>`` (written atomically, like checkpoints)."""
+    _write_atomically(directory, name, payload)
+
+
 def save_checkpoint(directory: str, checkpoint: dict[str, Any]) -> str:
     """``torch.save`` to ``<directory>/epoch_<n>.pt`` and ``last.pt`` (local path or URI).
 
@@ -560,21 +625,31 @@ def save_checkpoint(directory: str, checkpoint: dict[str, Any]) -> str:
     Returns:
         the path of the epoch's file.
     """
-    import pyarrow.fs as pafs
-
     buffer = _bytes_io.BytesIO()
     torch.save(checkpoint, buffer)
+    written = [_write_bytes(directory, name, buffer.getvalue())
+               for name in (epoch_file(checkpoint["epoch"]), LAST_CHECKPOINT)]
+    return written[0]
+
+
+def _write_atomically(directory: str, name: str, payload: dict[str, Any]) -> str:
+    buffer = _bytes_io.BytesIO()
+    torch.save(payload, buffer)
+    return _write_bytes(directory, name, buffer.getvalue())
+
+
+def _write_bytes(directory: str, name: str, data: bytes) -> str:
+    """Write ``data`` to ``<directory>/<name>`` through a ``.partial`` file and a rename."""
+    import pyarrow.fs as pafs
+
     filesystem, inner = pafs.FileSystem.from_uri(io.local_uri(directory))
     filesystem.create_dir(inner, recursive=True)
-    written = ""
-    for name in (epoch_file(checkpoint["epoch"]), LAST_CHECKPOINT):
-        path = inner.rstrip("/") + "/" + name
-        partial = path + ".partial"
-        with filesystem.open_output_stream(partial) as out:
-            out.write(buffer.getvalue())
-        filesystem.move(partial, path)
-        written = written or path
-    return written
+    path = inner.rstrip("/") + "/" + name
+    partial = path + ".partial"
+    with filesystem.open_output_stream(partial) as out:
+        out.write(data)
+    filesystem.move(partial, path)
+    return path
 
 
 def read_checkpoint(directory: str, name: str = LAST_CHECKPOINT) -> dict[str, Any]:

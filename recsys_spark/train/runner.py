@@ -22,8 +22,12 @@ log = logging.getLogger(__name__)
 def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     """Train on ``paths.features``, log the model as a pyfunc and register it with an alias.
 
+    With ``search.trials > 0`` a hyper-parameter search (train/search.py) runs first, in this
+    stage's MLflow run, and the model is trained with the best train values it found.
+
     Returns:
-        {"run_id", "model_uri", "version", "best_epoch", "val_ndcg_at_<K>", "examples_per_s", ...}.
+        {"run_id", "model_uri", "version", "best_evaluation", "best_step", "best_epoch", "val_ndcg_at_<K>", "examples_per_s", ...,
+        and after a search "search_best": {"params", "val_ndcg_at_<K>", "trial", "trials"}}.
     """
     features = cfg.paths.resolve("features")
     io.read_json(spark, io.feature_path(features, S.FEATURE_METADATA))  # fails fast, by name
@@ -35,8 +39,38 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     with tracking.stage_run(cfg, "train") as active:
         run_id = active.info.run_id
         log_inputs(features, spark)
+        found = None
+        if cfg.search.trials:
+            found, cfg = search_first(spark, cfg, run_id)
         results = launch(spark, cfg, run_id, cfg.tracking_uri)
-        return finish(cfg, results, item_vocab, run_id)
+        summary = finish(cfg, results, item_vocab, run_id)
+        if found is not None:
+            summary["search_best"] = {
+                "params": found["best_params"], found["metric"]: round(found["best_value"], 5),
+                "trial": found["best_trial"],
+                "trials": ", ".join(f"{found[state]} {state}" for state in ("complete", "failed", "pruned")),
+            }
+        return summary
+
+
+def search_first(spark: SparkSession, cfg: Config, run_id: str) -> tuple[dict[str, Any], Config]:
+    """Run the hyper-parameter search inside the stage's run ``run_id``.
+
+    Returns:
+        (search's result, ``cfg`` with the best train values: the final training's config).
+    """
+    import mlflow
+
+    from recsys_spark.train.search import search, with_train_values
+
+    found = search(spark, cfg, run_id, cfg.tracking_uri)
+    chosen = found["best_params"]
+    log.info("search: training the model with trial %d's values (%s %.4f): %s", found["best_trial"],
+             found["metric"], found["best_value"], ", ".join(f"train.{k}={v}" for k, v in chosen.items()))
+    # The run's train.* params keep the values given (MLflow params cannot change); the tag,
+    # the search.best.* params and the model's own config hold the values it was trained with.
+    mlflow.set_tag("search.chosen", json.dumps(chosen))
+    return found, with_train_values(cfg, chosen)
 
 
 def finish(cfg: Config, results: list[dict[str, Any]], item_vocab, run_id: str) -> dict[str, Any]:
@@ -60,11 +94,13 @@ def finish(cfg: Config, results: list[dict[str, Any]], item_vocab, run_id: str) 
         "train.world_size": str(main.get("size", len(results))),
         "train.rank_checksums": json.dumps(checksums),
         "train.stopped_early": str(main.get("stopped_early", False)).lower(),
+        "train.stop_reason": main.get("stop_reason") or "the pass cap train.epochs",
         "train.resumed_from_epoch": str(main.get("resumed_from", 0)),
     })
 
     history = main["history"]
-    best = history[main["best_epoch"] - 1]
+    best = history[main["best_evaluation"] - 1]
+    at = {"best_evaluation": main["best_evaluation"], "best_step": best["step"], "best_epoch": best["epoch"]}
     metric = metric_key("val_ndcg", cfg.train.eval_k)
     recall = metric_key("val_recall", cfg.train.eval_k)
     bundle = ModelBundle(
@@ -72,12 +108,11 @@ def finish(cfg: Config, results: list[dict[str, Any]], item_vocab, run_id: str) 
         state_dict=main["state_dict"],
         item_vocab=item_vocab,
         config=cfg.to_dict(),
-        metrics={"best_epoch": main["best_epoch"], metric: best[metric], recall: best[recall]},
+        metrics={**at, metric: best[metric], recall: best[recall]},
     )
     mlflow.log_metrics({f"best_{metric}": best[metric], f"best_{recall}": best[recall],
-                        "best_epoch": float(main["best_epoch"])})
-    tracking.log_json({"model_args": main["model_args"], "history": history,
-                       "best_epoch": main["best_epoch"]}, "training/history.json")
+                        **{key: float(value) for key, value in at.items()}})
+    tracking.log_json({"model_args": main["model_args"], "history": history, **at}, "training/history.json")
     tracking.log_figure(training_curve(history, cfg.train.eval_k), "training/curve.png")
 
     from recsys_spark.models.pyfunc import log_model
@@ -87,8 +122,9 @@ def finish(cfg: Config, results: list[dict[str, Any]], item_vocab, run_id: str) 
     client = MlflowClient()
     client.update_model_version(cfg.mlflow.registered_model, version, description=(
         f"Two-tower sequential recommender (SASRec-style user tower), trained by run {run_id} with "
-        f"launcher {cfg.train.launcher} on {main.get('size', len(results))} process(es); best epoch "
-        f"{main['best_epoch']} of {len(history)}: validation NDCG@{cfg.train.eval_k} {best[metric]:.4f}, "
+        f"launcher {cfg.train.launcher} on {main.get('size', len(results))} process(es); best evaluation "
+        f"{main['best_evaluation']} of {len(history)} (step {best['step']} of {history[-1]['step']}, pass "
+        f"{best['epoch']}): validation NDCG@{cfg.train.eval_k} {best[metric]:.4f}, "
         f"Recall@{cfg.train.eval_k} {best[recall]:.4f} (full ranking, seen items excluded)."
     ))
     client.set_registered_model_alias(cfg.mlflow.registered_model, cfg.mlflow.alias, version)
@@ -97,8 +133,10 @@ def finish(cfg: Config, results: list[dict[str, Any]], item_vocab, run_id: str) 
         "run_id": run_id,
         "model_uri": f"models:/{cfg.mlflow.registered_model}@{cfg.mlflow.alias}",
         "version": version,
-        "best_epoch": main["best_epoch"],
-        "epochs_run": len(history),
+        **at,
+        "steps": history[-1]["step"],
+        "evaluations": len(history),
+        "epochs_run": history[-1]["epoch"],
         metric: round(best[metric], 5),
         recall: round(best[recall], 5),
         "examples_per_s": round(history[-1]["examples_per_s"], 1),
@@ -210,20 +248,21 @@ def check_ranks(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def training_curve(history: list[dict[str, float]], k: int):
-    """A two-panel matplotlib figure: train loss and validation NDCG@k / Recall@k per epoch."""
+    """A two-panel matplotlib figure: train loss and validation NDCG@k / Recall@k per evaluation,
+    against the optimiser step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    epochs = [h["epoch"] for h in history]
+    steps = [h["step"] for h in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
-    left.plot(epochs, [h["train_loss"] for h in history], marker="o")
-    left.set(xlabel="epoch", ylabel="train loss (sampled softmax)", title="training loss")
+    left.plot(steps, [h["train_loss"] for h in history], marker="o")
+    left.set(xlabel="optimiser step", ylabel="train loss (sampled softmax)", title="training loss")
     for key in (metric_key("val_ndcg", k), metric_key("val_recall", k)):
-        right.plot(epochs, [h[key] for h in history], marker="o", label=key)
-    right.set(xlabel="epoch", title="validation (full ranking)")
+        right.plot(steps, [h[key] for h in history], marker="o", label=key)
+    right.set(xlabel="optimiser step", title="validation (full ranking)")
     right.legend()
     for axis in (left, right):
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))

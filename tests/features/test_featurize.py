@@ -35,7 +35,7 @@ from recsys_spark.features.sequences import (
     train_windows,
 )
 from recsys_spark.features.snapshots import item_features, user_features
-from recsys_spark.features.split import Cutoffs, compute_cutoffs, data_range
+from recsys_spark.features.split import Cutoffs, compute_cutoffs, data_range, temporal_split
 from recsys_spark.features import vocab as V
 
 pytestmark = pytest.mark.unit
@@ -450,7 +450,7 @@ def test_run_writes_every_table_with_its_schema_and_the_metadata(spark, tmp_path
                "test": S.EVAL_SCHEMA, "user_history": S.USER_HISTORY_SCHEMA,
                "category_vocab": S.CATEGORY_VOCAB_SCHEMA, "brand_vocab": S.BRAND_VOCAB_SCHEMA,
                "user_vocab": S.USER_VOCAB_SCHEMA, "item_features": S.ITEM_FEATURES_SCHEMA,
-               "user_features": S.USER_FEATURES_SCHEMA}
+               "user_features": S.USER_FEATURES_SCHEMA, "user_split": S.USER_SPLIT_SCHEMA}
     assert set(schemas) == set(S.FEATURE_TABLES)
     tables = {}
     for name, schema in schemas.items():
@@ -494,7 +494,8 @@ def test_run_writes_every_table_with_its_schema_and_the_metadata(spark, tmp_path
         "validation_cutoff": "2024-01-03T00:00:00+00:00", "test_cutoff": "2024-01-04T00:00:00+00:00",
         "snapshots": {"train": "2024-01-03T00:00:00+00:00", "test": "2024-01-04T00:00:00+00:00",
                       "serve": "2024-01-05T00:00:00+00:00"},
-        "train_files": 2, "vocab_from": "",
+        "train_files": 2, "vocab_from": "", "protocol": "temporal",
+        "protocol_reason": "evaluate.protocol=auto: validation and test hold 3 and 3 users",
         "counts": {"steps": 16, "users": 3, "items_in_vocab": 4, "train_windows": 3,
                    "validation_users": 2, "test_users": 1, "item_feature_rows": 4 + 5 + 6,
                    "user_feature_rows": 9},
@@ -511,6 +512,103 @@ def test_run_writes_every_table_with_its_schema_and_the_metadata(spark, tmp_path
     assert stage_run.data.params["vocab.item.version"] == vocab_meta["item"]["version"]
 
 
+# The toy log of the test above: u1 new items 100 200 300 400 500, u2 200 300 400 100 600,
+# u3 300 (view + cart: one step) 200 500 100.
+TOY_VISITS = [
+    ("u1", "01 10", 100), ("u1", "01 11", 200), ("u1", "02 12", 100), ("u1", "02 13", 300),
+    ("u1", "03 14", 200), ("u1", "03 15", 400), ("u1", "04 16", 500),
+    ("u2", "01 10", 200), ("u2", "01 11", 300), ("u2", "02 12", 400), ("u2", "03 13", 100), ("u2", "04 14", 600),
+    ("u3", "02 10", 300), ("u3", "02 11", 300), ("u3", "02 12", 200), ("u3", "03 13", 500), ("u3", "04 14", 100),
+]
+LOOSE_QUALITY = ["featurize.dq_max_event_mix_psi=1.0", "featurize.dq_max_popularity_psi=20",
+                 "featurize.dq_max_oov_rate=1.0", "featurize.min_brand_count=1"]
+
+
+def write_toy(spark, cfg, visits=TOY_VISITS):
+    rows = [
+        (user, f"2024-01-{when}:00:00", CART if (user, when) == ("u3", "02 11") else VIEW, product, 7, "acme", 1.0 * product)
+        for user, when, product in visits
+    ]
+    io.write_partitioned(clean_events(spark, rows), cfg.paths.resolve("clean"), S.EVENT_DATE)
+
+
+def test_leave_last_out_splits_each_user_at_their_last_two_new_items(spark, tmp_path):
+    cfg = load_config(None, [f"paths.root={tmp_path}", "evaluate.protocol=leave_last_out", "featurize.max_seq_len=3",
+                             "featurize.min_item_count=1", "featurize.train_files=2", "featurize.row_group_mb=1",
+                             "featurize.min_eval_users=1", *LOOSE_QUALITY])
+    write_toy(spark, cfg)
+    summary = featurize.run(spark, cfg)
+    root = cfg.paths.resolve("features")
+    read = lambda name: spark.read.parquet(io.feature_path(root, name))  # noqa: E731
+
+    # Validation / test targets: u1 400 (03 15) / 500 (04 16), u2 100 (03 13) / 600 (04 14),
+    # u3 500 (03 13) / 100 (04 14). Training: u1 100 200 100 300 200, u2 200 300 400, u3 300 200.
+    split = {r[S.USER_ID]: (r[S.VALIDATION_AT].day, r[S.VALIDATION_AT].hour, r[S.TEST_AT].day, r[S.TEST_AT].hour)
+             for r in read("user_split").collect()}
+    assert split == {"u1": (3, 15, 4, 16), "u2": (3, 13, 4, 14), "u3": (3, 13, 4, 14)}
+    # Training steps: 200 x4, 300 x3, 100 x2, 400 x1 -> 2, 3, 4, 5. Before each test target:
+    # 100 3, 200 4, 300 3, 400 2 (and 500 once, outside the vocabulary).
+    vocab = {r[S.PRODUCT_ID]: (r[S.ITEM_IDX], r[S.TRAIN_COUNT], r[S.PRETEST_COUNT]) for r in read("item_vocab").collect()}
+    assert vocab == {200: (2, 4, 4), 300: (3, 3, 3), 100: (4, 2, 3), 400: (5, 1, 2)}
+    # L = 3: u1's five steps make two windows [200 100 300 200] and [100 200]; the temporal
+    # split gave u1 one window, without its step of 01-03 14:00.
+    assert sorted(r[S.ITEM_SEQ] for r in read("train").collect()) == [
+        [0, 0, 3, 2], [0, 0, 4, 2], [0, 2, 3, 5], [2, 4, 3, 2]]
+    assert by_user(read("validation"), S.TARGET_ITEMS) == {"u1": ([5],), "u2": ([4],)}  # u3's 500: OOV
+    assert by_user(read("test"), S.HIST_ITEMS, S.SEEN_ITEMS, S.TARGET_ITEMS) == {"u3": ([3, 2, 1], [2, 3], [4])}
+    # The "train" snapshot counts each user's events before their validation target.
+    n_events = {r[S.USER_ID]: r[S.N_EVENTS] for r in read("user_features").where("snapshot = 'train'").collect()}
+    assert n_events == {"u1": 5, "u2": 3, "u3": 3}
+    metadata = json.loads((tmp_path / "features" / S.FEATURE_METADATA).read_text())
+    assert (metadata["protocol"], metadata["validation_cutoff"], metadata["test_cutoff"]) == ("leave_last_out", None, None)
+    assert metadata["counts"]["validation_users"] == 2 and metadata["counts"]["test_users"] == 1
+    assert summary["protocol"] == "leave_last_out" and "warning" not in summary
+
+
+def test_auto_switches_to_leave_last_out_when_the_test_period_is_thin_and_says_so(spark, tmp_path):
+    # Five users over days 1-3 (user i visits products 10..15 from 10 + i on, two a day), and u1
+    # on day 5 (999, new and unknown, then 11): the temporal test period would hold one user in
+    # five, below featurize.min_eval_user_share = 0.5.
+    visits = [(f"u{i + 1}", f"0{k // 2 + 1} 1{k % 2}", 10 + (k + i) % 6) for i in range(5) for k in range(6)]
+    visits += [("u1", "05 10", 999), ("u1", "05 11", 11)]
+    overrides = [f"paths.root={tmp_path}", "featurize.validation_days=1", "featurize.test_days=1",
+                 "featurize.min_item_count=1", "featurize.min_eval_users=1", "featurize.min_eval_user_share=0.5",
+                 *LOOSE_QUALITY]
+    cfg = load_config(None, overrides)
+    write_toy(spark, cfg, visits)
+    summary = featurize.run(spark, cfg)
+    assert summary["protocol"] == "leave_last_out"
+    assert summary["warning"].startswith("evaluate.protocol=auto chose leave_last_out: the temporal split's periods "
+                                         "hold too few users with a new item (validation 0, test 1 of 5 users; "
+                                         "at least 3 needed")
+    # Test targets: u1 999 (outside the vocabulary: no row), u2..u5 their sixth product, which
+    # other users trained on; validation targets: every user's second-to-last new product.
+    root = cfg.paths.resolve("features")
+    assert {r[S.USER_ID] for r in spark.read.parquet(io.feature_path(root, "test")).collect()} == {"u2", "u3", "u4", "u5"}
+    assert spark.read.parquet(io.feature_path(root, "validation")).count() == 5
+
+    explicit = load_config(None, [*overrides, "evaluate.protocol=temporal"])
+    with pytest.raises(DataQualityError, match=r"^featurize: the temporal split's periods hold too few users .*: set "
+                       r"evaluate.protocol=leave_last_out \(or auto\), or give the periods more days$"):
+        featurize.run(spark, explicit)
+
+
+def test_auto_uses_leave_last_out_on_a_log_too_short_for_the_temporal_split(spark, tmp_path):
+    # One day: u1 visits 10..14, u2 12, 13, 14, 10, 11 (each trains the other's targets).
+    visits = [(user, f"01 1{slot}", 10 + (slot + 2 * i) % 5) for i, user in enumerate(("u1", "u2")) for slot in range(5)]
+    cfg = load_config(None, [f"paths.root={tmp_path}", "featurize.min_item_count=1", "featurize.min_eval_users=1",
+                             *LOOSE_QUALITY])
+    write_toy(spark, cfg, visits)
+    summary = featurize.run(spark, cfg)
+    assert summary["protocol"] == "leave_last_out" and "leaves no training period" in summary["warning"]
+    with pytest.raises(InputError, match="featurize.validation_days"):
+        featurize.run(spark, load_config(None, [*cfg_overrides(cfg), "evaluate.protocol=temporal"]))
+
+
+def cfg_overrides(cfg) -> list[str]:
+    return [f"paths.root={cfg.paths.root}", "featurize.min_item_count=1", "featurize.min_eval_users=1", *LOOSE_QUALITY]
+
+
 def test_run_rejects_a_window_length_below_one(tmp_path):
     cfg = load_config(None, [f"paths.root={tmp_path}", "featurize.max_seq_len=0"])
     with pytest.raises(ConfigError, match="featurize.max_seq_len must be >= 1"):
@@ -518,12 +616,12 @@ def test_run_rejects_a_window_length_below_one(tmp_path):
 
 
 def test_too_few_evaluation_users_stop_naming_the_keys():
-    cutoffs = CUTOFFS
+    cutoffs = temporal_split(CUTOFFS)
     fc = load_config(None, ["featurize.min_eval_users=100", "featurize.test_days=3"]).featurize
     featurize.check_eval_users({"validation_users": 100, "test_users": 100}, cutoffs, fc)
     with pytest.raises(DataQualityError, match=r"^featurize: the test period \(3 day\(s\) from .*\) holds 14 user\(s\) "
-                       r"with a new item, fewer than featurize.min_eval_users=100: .*featurize.test_days=6\) or more "
-                       r"data \(to accept it: featurize.min_eval_users=14\)$"):
+                       r"with a new item, fewer than featurize.min_eval_users=100: .*featurize.test_days=6\), "
+                       r"evaluate.protocol=leave_last_out or more data \(to accept it: featurize.min_eval_users=14\)$"):
         featurize.check_eval_users({"validation_users": 100, "test_users": 14}, cutoffs, fc)
     with pytest.raises(DataQualityError, match=r"the validation period .* holds 0 user\(s\).*more data$"):
         featurize.check_eval_users({"validation_users": 0, "test_users": 100}, cutoffs, fc)

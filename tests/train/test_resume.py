@@ -13,14 +13,14 @@ import torch
 
 from recsys_spark.config import load_config
 from recsys_spark.errors import InputError
-from recsys_spark.train.loop import LAST_CHECKPOINT, read_checkpoint, state_checksum, train_fn
+from recsys_spark.train.loop import BEST_WEIGHTS, LAST_CHECKPOINT, read_checkpoint, state_checksum, train_fn
 
 from tests.train.test_data import write_features
 
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
-TIMING_KEYS = {"examples_per_s", "data_wait_share", "epoch_s", "peak_rss_mb"}
+TIMING_KEYS = {"examples_per_s", "data_wait_share", "train_s", "peak_rss_mb"}
 
 # Dies by SIGKILL right after rank 0 has written the checkpoint of epoch 1: no cleanup, no
 # `finally`, exactly what a lost executor or an OOM kill leaves behind.
@@ -68,11 +68,14 @@ def features(tmp_path_factory) -> Path:
 
 
 def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, features):
-    whole = train(overrides(tmp_path / "whole", features))
+    # Evaluations every 2 steps as well as at pass ends: the resumed run repeats them exactly.
+    whole = train(overrides(tmp_path / "whole", features, eval_every_steps=2))
+    assert len(whole["history"]) > 3
 
     killed_root = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", KILLED_RUN, json.dumps(overrides(killed_root, features))],
+    proc = subprocess.run([sys.executable, "-c", KILLED_RUN,
+                           json.dumps(overrides(killed_root, features, eval_every_steps=2))],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
     last = read_checkpoint(str(killed_root / "checkpoints"), LAST_CHECKPOINT)
@@ -80,12 +83,12 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, f
     assert set(last) >= {"model", "optimizer", "scheduler", "rng", "config", "model_args", "best", "history"}
     assert set(last["rng"][0]) >= {"python", "numpy", "torch", "negatives"}
 
-    resumed = train(overrides(killed_root, features, resume="true"))
+    resumed = train(overrides(killed_root, features, resume="true", eval_every_steps=2))
 
     assert resumed["resumed_from"] == 1
     assert resumed["checksum"] == whole["checksum"]  # the final weights, bit for bit
     assert state_checksum(resumed["state_dict"]) == state_checksum(whole["state_dict"])  # the best epoch's
-    assert resumed["best_epoch"] == whole["best_epoch"] and resumed["steps"] == whole["steps"]
+    assert resumed["best_evaluation"] == whole["best_evaluation"] and resumed["steps"] == whole["steps"]
     assert without_timings(resumed["history"]) == without_timings(whole["history"])
 
 
@@ -109,10 +112,30 @@ def test_training_is_deterministic_on_cpu_for_a_seed(tmp_path, features):
     assert one["checksum"] == two["checksum"] != other["checksum"]
 
 
-def test_early_stopping_keeps_the_best_epoch(tmp_path, features):
-    # lr = 0: the weights never move, so validation NDCG never improves on epoch 1's.
-    result = train(overrides(tmp_path, features, epochs=5, lr=0.0, patience=2))
-    assert result["stopped_early"] is True
-    assert [h["epoch"] for h in result["history"]] == [1, 2, 3]
-    assert result["best_epoch"] == 1
+def test_early_stopping_counts_evaluations_and_keeps_the_best(tmp_path, features):
+    # lr = 0: the weights never move, so validation NDCG never improves on the first evaluation's.
+    result = train(overrides(tmp_path, features, epochs=5, lr=0.0, patience=2, eval_every_steps=0))
+    assert result["stopped_early"] is True and result["stop_reason"].startswith("no gain in validation NDCG@20 for 2")
+    assert [(h["evaluation"], h["epoch"]) for h in result["history"]] == [(1, 1), (2, 2), (3, 3)]
+    assert (result["best_evaluation"], result["best_epoch"]) == (1, 1)
     assert read_checkpoint(str(tmp_path / "checkpoints"))["stopped"] is True
+    best = read_checkpoint(str(tmp_path / "checkpoints"), BEST_WEIGHTS)["model"]
+    assert state_checksum(best) == state_checksum(result["state_dict"])
+
+
+def test_the_budget_is_in_steps_and_evaluations_fall_inside_passes(tmp_path, features):
+    one_pass = train(overrides(tmp_path / "pass", features, epochs=1, eval_every_steps=0))["steps"]
+    assert one_pass >= 4
+    budget, every = one_pass + one_pass // 2, one_pass // 2  # ends in mid-pass 2
+    result = train(overrides(tmp_path / "budget", features, epochs=5, max_steps=budget, eval_every_steps=every))
+
+    assert result["steps"] == budget and result["stop_reason"] == f"reached train.max_steps={budget}"
+    assert result["stopped_early"] is False
+    # Every `every` steps and at the end of each pass (or of the budget), never twice at one step.
+    expected = sorted(set(range(every, budget, every)) | {one_pass, budget})
+    history = result["history"]
+    assert [h["step"] for h in history] == expected
+    assert [h["evaluation"] for h in history] == list(range(1, len(expected) + 1))
+    assert [h["epoch"] for h in history] == [1 if step <= one_pass else 2 for step in expected]
+    # The learning rate decays over the budget: at its end it is min_lr_ratio x the peak.
+    assert history[-1]["lr"] == pytest.approx(0.01 * 0.05)

@@ -37,12 +37,13 @@ def test_model_args_come_from_metadata_and_config():
         model_args_from({"max_seq_len": 20}, TrainConfig())
 
 
-def test_training_curve_plots_every_epoch():
-    history = [{"epoch": e, "train_loss": 5.0 - e, metric_key("val_ndcg", 10): 0.1 * e,
+def test_training_curve_plots_every_evaluation_against_its_step():
+    history = [{"evaluation": e, "epoch": 1, "step": 50 * e, "train_loss": 5.0 - e, metric_key("val_ndcg", 10): 0.1 * e,
                 metric_key("val_recall", 10): 0.2 * e} for e in (1, 2, 3)]
     fig = training_curve(history, 10)
     loss_axis, val_axis = fig.axes
     assert list(loss_axis.lines[0].get_ydata()) == [4.0, 3.0, 2.0]
+    assert list(loss_axis.lines[0].get_xdata()) == [50, 100, 150] and loss_axis.get_xlabel() == "optimiser step"
     assert [line.get_label() for line in val_axis.lines] == ["val_ndcg_at_10", "val_recall_at_10"]
 
 

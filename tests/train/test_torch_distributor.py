@@ -36,5 +36,6 @@ def test_torch_distributor_trains_two_ddp_processes_and_registers(spark, tmp_pat
     assert version == summary["version"] == "1"
     import torch
 
-    best = torch.load(tmp_path / "checkpoints" / f"epoch_{summary['best_epoch']:03d}.pt", weights_only=False)
-    assert state_checksum(bundle.state_dict) == state_checksum(best["model"]) and best["world_size"] == 2
+    best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=False)
+    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    assert state_checksum(bundle.state_dict) == state_checksum(best["model"]) and last["world_size"] == 2
