@@ -66,6 +66,7 @@ def figures(report: Mapping[str, Any]) -> dict[str, Any]:
         differences): model - each other ranker on the primary metric, with its interval}.
     """
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullLocator
 
     ks, rankers = report["ks"], report["rankers"]
     curves = Figure(figsize=(10, 3.8))
@@ -78,6 +79,8 @@ def figures(report: Mapping[str, Any]) -> dict[str, Any]:
                 axis.fill_between(ks, [b[0] for b in band], [b[1] for b in band], color=line.get_color(), alpha=0.15)
         axis.set(xlabel="K", ylabel=title, title=f"{title}, full ranking, test users", xscale="log", xticks=ks)
         axis.set_xticklabels([str(k) for k in ks])
+        # Only the chosen Ks are labelled: a log axis would add minor labels (6x10^0, 3x10^1 ...).
+        axis.xaxis.set_minor_locator(NullLocator())
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     curves.tight_layout()

@@ -15,6 +15,7 @@ import math
 import os
 import random
 import socket
+import sys
 import time
 import warnings
 from typing import Any, Callable
@@ -34,6 +35,7 @@ from recsys_spark.train.collective import Collective, HorovodCollective, SingleP
 from recsys_spark.train.loss import RetrievalTask, event_weight_table, popularity
 
 EVAL_BLOCK_ROWS = 256
+PROGRESS_LOG_INTERVAL_S = 30
 SHUFFLE_BUFFER_BATCHES = 4
 LAST_CHECKPOINT = "last.pt"
 # The weights of the best evaluation so far (rank 0), rewritten at every new best.
@@ -298,8 +300,10 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
             break
         module.train()
         since.reset()
-        progress = tqdm(desc=f"pass {epoch}", unit="step", disable=not is_main, mininterval=2,
-                        initial=step, total=total_steps)
+        # Rank 0 only; where stderr is a log rather than a terminal (Spark executors, Horovod's
+        # forwarded output) every refresh is a new line, so at most one every 30 s there.
+        progress = tqdm(desc=f"pass {epoch}", unit="step", disable=not is_main, initial=step, total=total_steps,
+                        mininterval=2 if sys.stderr.isatty() else PROGRESS_LOG_INTERVAL_S)
         with data.train_batches(
             train_path, rank, size, tc.batch_size, seed=tc.seed * 1000 + epoch,
             shuffle_buffer=SHUFFLE_BUFFER_BATCHES * tc.batch_size,

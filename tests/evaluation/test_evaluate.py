@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from pyspark.sql import functions as F
 
 from recsys_spark import io
 from recsys_spark import schema as S
@@ -329,6 +330,22 @@ def test_exclusions_by_event_type_come_from_the_clean_events_before_the_cutoff(s
     got = {r[S.USER_ID]: list(r[evaluate.EXCLUDE_ITEMS]) for r in joined.collect()}
     assert got == {"u1": [2], "u2": [4], "u3": [], "u4": [], "u5": []}
     assert evaluate.with_exclusions(test, None) is test
+
+
+def test_exclusions_follow_each_users_own_cutoff(spark):
+    import datetime as dt
+
+    day = lambda d: dt.datetime(2019, 10, d, 12, tzinfo=dt.timezone.utc)  # noqa: E731
+    events = [(day(1), "purchase", 1002, "u1"), (day(5), "purchase", 1003, "u1"),
+              (day(1), "purchase", 1004, "u2"), (day(5), "purchase", 1005, "u2")]
+    rows = [(t, e, p, None, None, None, None, u, "s", t.date()) for t, e, p, u in events]
+    clean = spark.createDataFrame(rows, S.CLEAN_SCHEMA)
+    vocab = spark.createDataFrame([(i, 1000 + i, 0, 0, 0, 1, 1) for i in range(2, 8)], S.ITEM_VOCAB_SCHEMA)
+    # leave_last_out: u1's test target on day 3, u2's on day 9.
+    cutoffs = spark.createDataFrame([("u1", day(2), day(3)), ("u2", day(8), day(9))], S.USER_SPLIT_SCHEMA)
+    joined = clean.join(cutoffs.select(S.USER_ID, S.TEST_AT), S.USER_ID)
+    excluded = evaluate.excluded_items(joined, vocab, F.col(S.TEST_AT), ["purchase"])
+    assert {r[S.USER_ID]: list(r[evaluate.EXCLUDE_ITEMS]) for r in excluded.collect()} == {"u1": [2], "u2": [4, 5]}
 
 
 @pytest.mark.unit

@@ -44,6 +44,9 @@ def test_figures_plot_every_ranker():
     assert set(figs) == {"curves", "popularity_bias", "segments"}
     assert [ax.get_ylabel() for ax in figs["curves"].axes] == ["Recall@K", "NDCG@K"]
     assert [len(ax.get_lines()) for ax in figs["curves"].axes] == [3, 3]
+    for axis in figs["curves"].axes:  # the chosen Ks, and nothing else, label the K axis
+        assert [label.get_text() for label in axis.get_xticklabels()] == [str(k) for k in KS]
+        assert len(axis.xaxis.get_minorticklocs()) == 0
     recall = figs["curves"].axes[0].get_lines()[0]
     assert list(recall.get_ydata()) == [values(1.0)["recall@5"], values(1.0)["recall@10"]]
     bars = figs["popularity_bias"].axes[0].patches

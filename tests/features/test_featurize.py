@@ -35,7 +35,7 @@ from recsys_spark.features.sequences import (
     train_windows,
 )
 from recsys_spark.features.snapshots import item_features, user_features
-from recsys_spark.features.split import Cutoffs, compute_cutoffs, data_range, temporal_split
+from recsys_spark.features.split import Cutoffs, Split, compute_cutoffs, data_range, temporal_split
 from recsys_spark.features import vocab as V
 
 pytestmark = pytest.mark.unit
@@ -367,6 +367,32 @@ def test_leakage_guard_names_the_table_and_the_offending_rows(spark, table, plan
     inputs[table] = planted(inputs)
     with pytest.raises(DataQualityError, match=f"leakage in {table}: {message}"):
         check_no_leakage(**inputs, cutoffs=CUTOFFS)
+
+
+def test_leakage_guard_checks_each_row_against_its_own_users_cutoffs(spark):
+    # leave_last_out: p's cutoffs two days before the global ones; r and s keep the global ones.
+    inputs = _guard_inputs(spark)
+    early = {"p": (t("2024-01-01 00:00:00"), t("2024-01-03 00:00:00"))}
+    users = spark.createDataFrame(
+        [(user, *early.get(user, (CUTOFFS.validation, CUTOFFS.test))) for user in ("p", "q", "r", "s")],
+        S.USER_SPLIT_SCHEMA)
+    split = Split("leave_last_out", CUTOFFS.data_start, CUTOFFS.data_end, users=users)
+    # The tables built on the global cutoffs: p's training window and validation history now
+    # lie after p's own validation target.
+    with pytest.raises(DataQualityError, match=r"^leakage in train: 1 of 1 rows hold a step at or after each user's "
+                       r"validation target"):
+        check_no_leakage(**{**inputs, "steps": split.attach(inputs["steps"])}, cutoffs=split)
+    # Built on the per-user cutoffs, they pass.
+    steps = split.attach(inputs["steps"])
+    rebuilt = {
+        "train": train_windows(steps, split.validation, 3, 5),
+        "item_vocab": _vocab(steps, split),
+        "steps": steps,
+        "validation": eval_rows(steps, split.validation, split.test, 3),
+        "test": eval_rows(steps, split.test, None, 3),
+    }
+    counts = check_no_leakage(**rebuilt, cutoffs=split)
+    assert counts["train_windows"] == inputs["train"].count() - 1  # p has no step before 01-01
 
 
 def _feature_events(spark):

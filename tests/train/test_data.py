@@ -138,6 +138,18 @@ def test_eval_rows_are_sliced_by_rank(features):
         data.read_eval_rows(str(features / "nowhere"))
 
 
+def test_a_validation_sample_is_the_same_on_every_rank_and_split_between_them(features):
+    table = pq.read_table(features / "validation").to_pylist()
+    whole = data.read_eval_rows(str(features / "validation"), limit=10, seed=3)
+    assert len(whole) == 10 < len(table)
+    parts = [data.read_eval_rows(str(features / "validation"), rank, 2, limit=10, seed=3) for rank in (0, 1)]
+    assert parts[0].hist_items.tolist() + parts[1].hist_items.tolist() != [] and sorted(
+        parts[0].hist_items.tolist() + parts[1].hist_items.tolist()) == sorted(whole.hist_items.tolist())
+    assert data.read_eval_rows(str(features / "validation"), limit=10, seed=4).hist_items.tolist() != \
+        whole.hist_items.tolist()
+    assert len(data.read_eval_rows(str(features / "validation"), limit=1000)) == len(table)
+
+
 def test_metadata_and_item_features(features):
     assert data.read_metadata(str(features))["num_items"] == 32
     with pytest.raises(InputError, match="metadata"):
