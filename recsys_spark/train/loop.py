@@ -8,7 +8,6 @@ MLflow metrics, checkpoints) happens on rank 0 only, behind one ``is_main`` flag
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io as _bytes_io
 import math
@@ -197,8 +196,10 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
     # learning rate decays over the steps the run may take.
     steps_per_pass = math.ceil(data.open_dataset(train_path).count_rows() / (tc.batch_size * size))
     total_steps = min(tc.max_steps, tc.epochs * steps_per_pass)
+    # The schedule's factor times the plateau scale (1, then plateau_factor after each plateau).
+    plateau = {"scale": 1.0, "decays": 0}
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, functools.partial(lr_factor, tc=tc, total_steps=total_steps)
+        optimizer, lambda at: lr_factor(at, tc, total_steps) * plateau["scale"]
     )
     # hvd.DistributedOptimizer (made below, after the checkpoint is restored) wraps the optimizer
     # in a new object, so the scheduler never sees its step() and warns on every epoch that it
@@ -228,6 +229,7 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
             step, resumed_from = int(checkpoint["step"]), int(checkpoint["epoch"])
             first_epoch = resumed_from + 1
             best = dict(checkpoint["best"])
+            plateau.update(checkpoint.get("plateau", {}))
             stopped, stop_reason = bool(checkpoint.get("stopped", False)), checkpoint.get("stop_reason", "")
             if is_main and best["evaluation"]:
                 best_state = read_checkpoint(checkpoints, BEST_WEIGHTS)["model"]
@@ -287,8 +289,18 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
         else:
             best["bad_evaluations"] += 1
         if tc.patience > 0 and best["bad_evaluations"] >= tc.patience and step < total_steps:
-            stopped, stop_reason = True, (f"no gain in validation NDCG@{tc.eval_k} for {best['bad_evaluations']} "
-                                          f"evaluation(s)")
+            if plateau["decays"] < tc.plateau_decays:
+                plateau["decays"] += 1
+                plateau["scale"] *= tc.plateau_factor
+                for group in scheduler.optimizer.param_groups:  # from the next step on, not the one after
+                    group["lr"] *= tc.plateau_factor
+                best["bad_evaluations"] = 0
+                if is_main:
+                    print(f"plateau at step {step}: learning rate x{tc.plateau_factor} "
+                          f"({plateau['decays']} of train.plateau_decays={tc.plateau_decays})", flush=True)
+            else:
+                stopped, stop_reason = True, (f"no gain in validation NDCG@{tc.eval_k} for "
+                                              f"{best['bad_evaluations']} evaluation(s)")
         if is_main:
             print(f"step {step} (pass {epoch}): " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
             if client is not None:
@@ -368,6 +380,7 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
                 "config": cfg_dict,
                 "history": history,
                 "best": dict(best),
+                "plateau": dict(plateau),
                 "stopped": stopped,
                 "stop_reason": stop_reason,
                 "world_size": size,

@@ -114,13 +114,25 @@ def test_training_is_deterministic_on_cpu_for_a_seed(tmp_path, features):
 
 def test_early_stopping_counts_evaluations_and_keeps_the_best(tmp_path, features):
     # lr = 0: the weights never move, so validation NDCG never improves on the first evaluation's.
-    result = train(overrides(tmp_path, features, epochs=5, lr=0.0, patience=2, eval_every_steps=0))
+    result = train(overrides(tmp_path, features, epochs=5, lr=0.0, patience=2, eval_every_steps=0,
+                             plateau_decays=0))
     assert result["stopped_early"] is True and result["stop_reason"].startswith("no gain in validation NDCG@20 for 2")
     assert [(h["evaluation"], h["epoch"]) for h in result["history"]] == [(1, 1), (2, 2), (3, 3)]
     assert (result["best_evaluation"], result["best_epoch"]) == (1, 1)
     assert read_checkpoint(str(tmp_path / "checkpoints"))["stopped"] is True
     best = read_checkpoint(str(tmp_path / "checkpoints"), BEST_WEIGHTS)["model"]
     assert state_checksum(best) == state_checksum(result["state_dict"])
+
+
+def test_a_plateau_first_cuts_the_learning_rate_then_stops(tmp_path, features):
+    # No evaluation after the first can gain min_delta = 1: every one is a plateau step.
+    result = train(overrides(tmp_path, features, epochs=8, patience=2, min_delta=1.0, eval_every_steps=0,
+                             lr_schedule="constant", warmup_steps=0, plateau_decays=1, plateau_factor=0.1))
+    # Evaluations 2-3 make the first plateau (the rate drops to a tenth), 4-5 the second (stop).
+    assert [h["evaluation"] for h in result["history"]] == [1, 2, 3, 4, 5]
+    assert [h["lr"] for h in result["history"]] == pytest.approx([0.01, 0.01, 0.01, 0.001, 0.001])
+    assert result["stopped_early"] is True and result["best_evaluation"] == 1
+    assert read_checkpoint(str(tmp_path / "checkpoints"))["plateau"] == {"scale": pytest.approx(0.1), "decays": 1}
 
 
 def test_the_budget_is_in_steps_and_evaluations_fall_inside_passes(tmp_path, features):
