@@ -75,7 +75,7 @@ REGIME_SETTINGS = {
     "ratings": ("clean.bot_max_events_per_minute=300", "clean.bot_max_distinct_items_per_session=1000"),
 }
 HINT = re.compile(r"\(to accept it: ([^()]+)\)\s*$")
-DEFAULT_USERS = 4000
+DEFAULT_USERS = 1000
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -408,8 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join([Path(sys.executable).relative_to(REPO).as_posix() if sys.executable.startswith(str(REPO))
                         else sys.executable, *sys.argv])
     before = code_fingerprint()
+    import recsys_spark
+
     print(f"quality bench {dt.datetime.now().isoformat(timespec='seconds')}: regimes {', '.join(regimes)}, "
-          f"{args.users:,} users, under {out}; code {before}", flush=True)
+          f"{args.users:,} users, under {out}; code {before} ({Path(recsys_spark.__file__).parent})", flush=True)
 
     from recsys_spark.spark import get_session
 
