@@ -14,6 +14,7 @@ the environment (see ``CleanConfig.pseudonym_key_env``).
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import difflib
 import os
 import types
@@ -24,7 +25,46 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
+from recsys_spark import schema as S
 from recsys_spark.errors import ConfigError
+
+# Every range and consistency check of a section lives in its dataclass's __post_init__, so that a
+# mistake in any stage's settings stops `recsys <any stage>` before Spark starts.
+EVENT_TYPES = tuple(S.EVENT_TYPES)
+BASELINES = ("popularity", "cooccurrence", "als", "ease")
+COOCCURRENCE_SIMILARITIES = ("count", "cosine")
+# The clean events' columns (schema.CLEAN_SCHEMA), for featurize.dq_max_null_rate.
+CLEAN_COLUMNS = tuple(f.name for f in S.CLEAN_SCHEMA.fields)
+# Contract fields the generator may write empty (generate.empty_columns).
+EMPTYABLE_COLUMNS = (S.BRAND, S.PRICE, S.CATEGORY_ID, S.CATEGORY_CODE)
+# Generated product ids are drawn in [PRODUCT_ID_BASE, PRODUCT_ID_BASE + PRODUCT_ID_SPAN), then
+# offset by generate.item_id_offset, which keeps them below 2^63.
+PRODUCT_ID_BASE = 1_000_000
+PRODUCT_ID_SPAN = 99_000_000
+MAX_ITEM_ID_OFFSET = 2**63 - PRODUCT_ID_BASE - PRODUCT_ID_SPAN
+
+
+def _at_least(section: str, values: Any, minimums: Mapping[str, float]) -> None:
+    """Raise ConfigError naming the first ``section.key`` below its minimum."""
+    for key, minimum in minimums.items():
+        if getattr(values, key) < minimum:
+            raise ConfigError(f"{section}.{key} must be >= {minimum}, got {getattr(values, key)}")
+
+
+def iso_date(key: str, value: str) -> dt.date | None:
+    """``value`` as a date ("" -> None). Raises: ConfigError naming ``key``."""
+    if not value:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"{key}: {value!r} is not an ISO date (YYYY-MM-DD)") from None
+
+
+def _unknown(key: str, values, known) -> None:
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{key}: unknown value(s) {unknown}; known: {list(known)}")
 
 URI_SCHEMES = ("hdfs://", "s3a://", "s3://", "gs://", "abfss://", "wasbs://", "dbfs:/", "file:/")
 
@@ -132,6 +172,42 @@ class GenerateConfig:
     compression: Literal["none", "gzip"] = "none"
     seed: int = 42
 
+    def __post_init__(self) -> None:
+        """Raise :class:`ConfigError` naming the first ``generate.*`` key out of range."""
+        positive = ("n_users", "n_items", "n_categories", "n_brands", "days", "mean_session_length")
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"generate.{key} must be positive, got {getattr(self, key)}")
+        if self.n_items < self.n_categories:
+            raise ConfigError(f"generate.n_items ({self.n_items}) must be >= generate.n_categories ({self.n_categories})")
+        for key in ("sessions_per_user", "zipf_exponent", "n_bots", "user_active_days", "item_id_offset"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"generate.{key} must not be negative, got {getattr(self, key)}")
+        if self.taste_concentration <= 0:
+            raise ConfigError(f"generate.taste_concentration must be > 0, got {self.taste_concentration}")
+        probabilities = (
+            "p_same_category", "p_complement", "p_cart", "p_purchase", "p_remove_from_cart", "p_repeat_view",
+            "taste_drift", "duplicate_rate", "malformed_rate", "burst_share",
+        )  # fmt: skip
+        for key in probabilities:
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"generate.{key} must be in [0, 1], got {getattr(self, key)}")
+        faults = (self.null_id_rate, self.unknown_event_rate, self.missing_session_rate)
+        if min(faults) < 0 or sum(faults) > 1:
+            raise ConfigError("generate.null_id_rate, unknown_event_rate and missing_session_rate must be >= 0, sum <= 1")
+        iso_date("generate.start_date", self.start_date)
+        for column in self.empty_columns:
+            if column not in EMPTYABLE_COLUMNS:
+                raise ConfigError(f"generate.empty_columns: {column!r} is not one of {', '.join(EMPTYABLE_COLUMNS)}")
+        if not self.event_types:
+            raise ConfigError(f"generate.event_types must list at least one of {', '.join(EVENT_TYPES)}")
+        for event_type in self.event_types:
+            if event_type not in EVENT_TYPES:
+                raise ConfigError(f"generate.event_types: {event_type!r} is not one of {', '.join(EVENT_TYPES)}")
+        if self.item_id_offset > MAX_ITEM_ID_OFFSET:
+            raise ConfigError(f"generate.item_id_offset must be at most {MAX_ITEM_ID_OFFSET} (ids are 64-bit), "
+                              f"got {self.item_id_offset}")
+
 
 @dataclass(frozen=True)
 class CleanConfig:
@@ -174,8 +250,21 @@ class CleanConfig:
     output_files_per_day: int = 2
 
     def __post_init__(self) -> None:
+        """Raise ConfigError naming the first clean setting out of range."""
+        _at_least("clean", self, {"near_duplicate_seconds": 0, "bot_max_events_per_minute": 1,
+                                  "bot_max_distinct_items_per_session": 1, "session_gap_minutes": 1,
+                                  "max_session_minutes": 1, "output_files_per_day": 1})
         if not 0 <= self.bot_max_row_share <= 1:
             raise ConfigError(f"clean.bot_max_row_share must lie in [0, 1], got {self.bot_max_row_share}")
+        if not self.max_price > 0:
+            raise ConfigError(f"clean.max_price must be positive, got {self.max_price}")
+        for source, target in self.event_aliases.items():
+            if target not in EVENT_TYPES:
+                raise ConfigError(f"clean.event_aliases.{source}: {target!r} is not one of "
+                                  f"{', '.join(map(repr, EVENT_TYPES))}")
+        start, end = iso_date("clean.start_date", self.start_date), iso_date("clean.end_date", self.end_date)
+        if start and end and start > end:
+            raise ConfigError(f"clean.start_date {start} is after clean.end_date {end}")
 
 
 @dataclass(frozen=True)
@@ -223,6 +312,26 @@ class FeaturizeConfig:
     dq_popularity_top_k: int = 1000
     # Share of validation / test steps on items outside the vocabulary.
     dq_max_oov_rate: float = 0.5
+
+    def __post_init__(self) -> None:
+        """Raise ConfigError naming the first featurize setting out of range, or a null-rate
+        threshold on a column the clean events do not have."""
+        _at_least("featurize", self, {
+            "max_seq_len": 1, "min_item_count": 1, "validation_days": 1, "test_days": 1,
+            "max_windows_per_user": 1, "price_buckets": 1, "train_files": 1, "row_group_mb": 1,
+            "min_category_count": 1, "min_brand_count": 1, "min_user_count": 1, "popularity_days": 1,
+            "dq_popularity_top_k": 1, "dq_max_event_mix_psi": 0, "dq_max_popularity_psi": 0, "dq_max_oov_rate": 0,
+            "dq_min_drift_events": 0, "min_eval_users": 1,
+        })
+        if not 0 <= self.min_eval_user_share <= 1:
+            raise ConfigError(f"featurize.min_eval_user_share must lie in [0, 1], got {self.min_eval_user_share}")
+        for column, rate in self.dq_max_null_rate.items():
+            if column not in CLEAN_COLUMNS:
+                close = difflib.get_close_matches(column, CLEAN_COLUMNS, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else f"; the columns: {', '.join(CLEAN_COLUMNS)}"
+                raise ConfigError(f"featurize.dq_max_null_rate.{column}: no such column of the clean events{hint}")
+            if not 0 <= rate <= 1:
+                raise ConfigError(f"featurize.dq_max_null_rate.{column} must be in [0, 1], got {rate}")
 
 
 @dataclass(frozen=True)
@@ -546,6 +655,45 @@ class EvaluateConfig:
             raise ConfigError(f"evaluate.bootstrap_seed: expected >= 0, got {self.bootstrap_seed}")
         if not 0 < self.confidence < 1:
             raise ConfigError(f"evaluate.confidence: expected a level in (0, 1), e.g. 0.95, got {self.confidence}")
+        from recsys_spark.evaluation.metrics import coverage_names, list_metric_names, metric_names
+
+        ks = list(self.ks)
+        if not ks or min(ks) < 1:
+            raise ConfigError(f"evaluate.ks: expected positive cut-offs, got {ks}")
+        known = metric_names(ks) + coverage_names(ks) + list_metric_names(ks)
+        if self.primary_metric not in known:
+            raise ConfigError(f"evaluate.primary_metric: {self.primary_metric!r} is not one of {', '.join(known)}")
+        if self.block_size < 1:
+            raise ConfigError(f"evaluate.block_size: expected a positive integer, got {self.block_size}")
+        unknown = sorted(set(self.exclude_seen_event_types) - set(EVENT_TYPES))
+        if unknown:
+            raise ConfigError(f"evaluate.exclude_seen_event_types: unknown event type(s) {unknown}; known: "
+                              f"{list(EVENT_TYPES)}")
+        unknown = sorted(set(self.baselines) - set(BASELINES))
+        if unknown:
+            raise ConfigError(f"evaluate.baselines: unknown baseline(s) {unknown}; known: {list(BASELINES)}")
+        if not 0 < self.head_share <= 1:
+            raise ConfigError(f"evaluate.head_share: expected a share in (0, 1], got {self.head_share}")
+        if self.cold_user_threshold < 0:
+            raise ConfigError(f"evaluate.cold_user_threshold: expected >= 0, got {self.cold_user_threshold}")
+        if self.champion_alias == self.model_alias:
+            raise ConfigError(f"evaluate.champion_alias: must differ from evaluate.model_alias ({self.model_alias!r})")
+        if self.gate_max_coverage_loss < 0:
+            raise ConfigError(f"evaluate.gate_max_coverage_loss: expected >= 0, got {self.gate_max_coverage_loss}")
+        grids = {
+            "cooccurrence_windows": (self.cooccurrence_windows, lambda v: v >= 1),
+            "cooccurrence_decays": (self.cooccurrence_decays, lambda v: 0 < v <= 1),
+            "cooccurrence_similarities": (self.cooccurrence_similarities, lambda v: v in COOCCURRENCE_SIMILARITIES),
+            "als_ranks": (self.als_ranks, lambda v: v >= 1),
+            "als_reg_params": (self.als_reg_params, lambda v: v > 0),
+            "als_alphas": (self.als_alphas, lambda v: v >= 0),
+        }
+        for key, (values, valid) in grids.items():
+            family = "cooccurrence" if key.startswith("cooc") else "als"
+            if family in self.baselines and (not values or not all(valid(v) for v in values)):
+                raise ConfigError(f"evaluate.{key}: invalid grid {values}")
+        if "als" in self.baselines and self.als_max_iter < 1:
+            raise ConfigError(f"evaluate.als_max_iter: expected a positive integer, got {self.als_max_iter}")
 
 
 @dataclass(frozen=True)
@@ -578,6 +726,21 @@ class ScoreConfig:
     seed: int = 13
     # Partition written (ISO date); empty = today (UTC). Re-running a date replaces it.
     run_date: str = ""
+
+    def __post_init__(self) -> None:
+        """Raise ConfigError naming the first invalid score setting."""
+        _at_least("score", self, {"top_k": 1, "block_size": 1, "popular_days": 1, "category_cap": 0,
+                                  "model_version": 0})
+        if not 0.0 <= self.explore_share <= 1.0:
+            raise ConfigError(f"score.explore_share must lie in [0, 1], got {self.explore_share}")
+        if not 0.0 < self.explore_pool_share <= 1.0:
+            raise ConfigError(f"score.explore_pool_share must lie in (0, 1], got {self.explore_pool_share}")
+        unknown = [t for t in self.exclude_event_types if t not in EVENT_TYPES]
+        if unknown:
+            raise ConfigError(f"score.exclude_event_types: {unknown} not among {list(EVENT_TYPES)}")
+        if not self.model_version and not self.model_alias:
+            raise ConfigError("score.model_alias is empty and score.model_version is 0: name the model to score with")
+        iso_date("score.run_date", self.run_date)
 
 
 @dataclass(frozen=True)

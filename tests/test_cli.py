@@ -35,6 +35,36 @@ def test_config_errors_are_one_line_with_exit_2(args, expected):
     assert out.stderr.strip() == expected
 
 
+# One bad key of each section; every stage checks every section before Spark starts (a mistake
+# in evaluate's settings stops `recsys clean` at once, not hours later after training).
+BAD_KEYS = {
+    "spark": ("spark.observation_timeout_s=0", "spark.observation_timeout_s must be > 0 (every wait has a bound), got 0.0"),
+    "generate": ("generate.p_cart=1.5", "generate.p_cart must be in [0, 1], got 1.5"),
+    "clean": ("clean.session_gap_minutes=0", "clean.session_gap_minutes must be >= 1, got 0"),
+    "featurize": ("featurize.dq_max_null_rate.prize=0.5",
+                  "featurize.dq_max_null_rate.prize: no such column of the clean events (did you mean price?)"),
+    "train": ("train.plateau_factor=0", "train.plateau_factor must lie in (0, 1], got 0.0"),
+    "search": ("search.trials=-1", "search.trials must be >= 0, got -1"),
+    "evaluate": ("evaluate.ks=[0,10]", "evaluate.ks: expected positive cut-offs, got [0, 10]"),
+    "score": ("score.run_date=yesterday", "score.run_date: 'yesterday' is not an ISO date (YYYY-MM-DD)"),
+}
+
+
+@pytest.mark.parametrize("section", list(BAD_KEYS))
+@pytest.mark.parametrize("stage", ["clean", "train"])
+def test_a_bad_key_of_any_section_stops_any_stage_before_spark_starts(tmp_path, stage, section):
+    override, message = BAD_KEYS[section]
+    code = ("import sys, recsys_spark.spark as s\n"
+            "def refuse(*a, **k): raise SystemExit('Spark was started')\n"
+            "s.get_session = refuse\n"
+            "from recsys_spark.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    out = subprocess.run([sys.executable, "-c", code, stage, f"paths.root={tmp_path}", override],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip() == f"recsys {stage}: error: {message}"
+
+
 @pytest.mark.parametrize("stage, key", [("clean", "raw"), ("featurize", "clean"), ("train", "features"), ("score", "features")])
 def test_missing_input_path_is_one_line_naming_path_and_key(tmp_path, stage, key):
     out = _recsys(stage, f"paths.root={tmp_path}")

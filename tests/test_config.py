@@ -44,7 +44,7 @@ def test_cluster_example_sets_cluster_keys():
 def test_overrides_are_typed_and_win_over_the_profile():
     cfg = load_config(
         REPO / "conf" / "local.yaml",
-        ["train.epochs=3", "train.lr=1e-3", "spark.master=local[4]", "evaluate.ks=[5, 50]",
+        ["train.epochs=3", "train.lr=1e-3", "spark.master=local[4]", "evaluate.ks=[5, 50]", "evaluate.primary_metric=ndcg@50",
          "clean.allow_dev_key=false", "train.event_weights={view: 1, purchase: 5}", "train.dropout=0"],
     )
     assert cfg.train.epochs == 3
@@ -99,7 +99,7 @@ def overrides_in(message: str) -> list[str]:
 
 @pytest.mark.parametrize("value", [1.0, 0.34, 6.2, 1e-05, 3, "view", True])
 def test_relax_hint_reads_back_as_its_value(value):
-    key = {float: "featurize.dq_max_null_rate.brand", int: "train.epochs", str: "clean.event_aliases.click",
+    key = {float: "featurize.dq_max_popularity_psi", int: "train.epochs", str: "clean.event_aliases.click",
            bool: "clean.allow_dev_key"}[type(value)]
     [override] = overrides_in(f"a check failed {relax_hint(key, value)}")
     cfg = load_config(None, [override])

@@ -45,7 +45,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 
 from recsys_spark import schema as S
-from recsys_spark.config import Config, GenerateConfig, is_uri
+from recsys_spark.config import PRODUCT_ID_BASE, PRODUCT_ID_SPAN, Config, GenerateConfig, is_uri
 from recsys_spark.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -63,11 +63,6 @@ BURST_EVENTS = (100, 300)
 BURST_GAP_S = (1, 2)
 # Burst items are drawn for this many session-items at a time (bounds the memory of a day).
 BURST_DRAW_CELLS = 2_000_000
-EMPTYABLE_COLUMNS = (S.BRAND, S.PRICE, S.CATEGORY_ID, S.CATEGORY_CODE)
-# Product ids are drawn in [PRODUCT_ID_BASE, PRODUCT_ID_BASE + PRODUCT_ID_SPAN), then offset.
-PRODUCT_ID_BASE = 1_000_000
-PRODUCT_ID_SPAN = 99_000_000
-MAX_ITEM_ID_OFFSET = 2**63 - PRODUCT_ID_BASE - PRODUCT_ID_SPAN
 UNKNOWN_EVENT_TYPES = np.array(["wishlist", "VIEW ", "Purchase", "click", "add_to_cart "], dtype=object)
 NULL_CATEGORY_CODE_SHARE = 0.25
 NULL_BRAND_SHARE = 0.15
@@ -213,46 +208,6 @@ class World:
 # ----------------------------------------------------------------------------- world
 
 
-def validate(cfg: GenerateConfig) -> None:
-    """Raise :class:`ConfigError` naming the first ``generate.*`` key out of range."""
-    positive = ("n_users", "n_items", "n_categories", "n_brands", "days", "mean_session_length")
-    for key in positive:
-        if getattr(cfg, key) <= 0:
-            raise ConfigError(f"generate.{key} must be positive, got {getattr(cfg, key)}")
-    if cfg.n_items < cfg.n_categories:
-        raise ConfigError(f"generate.n_items ({cfg.n_items}) must be >= generate.n_categories ({cfg.n_categories})")
-    for key in ("sessions_per_user", "zipf_exponent", "n_bots", "user_active_days", "item_id_offset"):
-        if getattr(cfg, key) < 0:
-            raise ConfigError(f"generate.{key} must not be negative, got {getattr(cfg, key)}")
-    if cfg.taste_concentration <= 0:
-        raise ConfigError(f"generate.taste_concentration must be > 0, got {cfg.taste_concentration}")
-    probabilities = (
-        "p_same_category", "p_complement", "p_cart", "p_purchase", "p_remove_from_cart", "p_repeat_view",
-        "taste_drift", "duplicate_rate", "malformed_rate", "burst_share",
-    )  # fmt: skip
-    for key in probabilities:
-        if not 0.0 <= getattr(cfg, key) <= 1.0:
-            raise ConfigError(f"generate.{key} must be in [0, 1], got {getattr(cfg, key)}")
-    row_faults = cfg.null_id_rate + cfg.unknown_event_rate + cfg.missing_session_rate
-    if min(cfg.null_id_rate, cfg.unknown_event_rate, cfg.missing_session_rate) < 0 or row_faults > 1:
-        raise ConfigError("generate.null_id_rate, unknown_event_rate and missing_session_rate must be >= 0, sum <= 1")
-    try:
-        dt.date.fromisoformat(cfg.start_date)
-    except ValueError:
-        raise ConfigError(f"generate.start_date {cfg.start_date!r} is not an ISO date (YYYY-MM-DD)") from None
-    for column in cfg.empty_columns:
-        if column not in EMPTYABLE_COLUMNS:
-            raise ConfigError(f"generate.empty_columns: {column!r} is not one of {', '.join(EMPTYABLE_COLUMNS)}")
-    if not cfg.event_types:
-        raise ConfigError(f"generate.event_types must list at least one of {', '.join(S.EVENT_TYPES)}")
-    for event_type in cfg.event_types:
-        if event_type not in S.EVENT_TYPES:
-            raise ConfigError(f"generate.event_types: {event_type!r} is not one of {', '.join(S.EVENT_TYPES)}")
-    if cfg.item_id_offset > MAX_ITEM_ID_OFFSET:
-        raise ConfigError(f"generate.item_id_offset must be at most {MAX_ITEM_ID_OFFSET} (ids are 64-bit), "
-                          f"got {cfg.item_id_offset}")
-
-
 def build_world(cfg: GenerateConfig) -> World:
     """Draw the catalogue, the users with their tastes and activity, and the session schedule.
 
@@ -262,7 +217,6 @@ def build_world(cfg: GenerateConfig) -> World:
     Returns:
         A :class:`World`, the same for the same config.
     """
-    validate(cfg)
     cfg = effective_config(cfg)
     rng = np.random.default_rng([cfg.seed, 0])
     n_items, n_cat = cfg.n_items, cfg.n_categories

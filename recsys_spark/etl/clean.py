@@ -63,27 +63,17 @@ _FIRST = "_first_of_day"
 
 @dataclass(frozen=True)
 class BehaviourRules:
-    """The parameters of the rules that look at several rows (from CleanConfig)."""
+    """The parameters of the rules that look at several rows: CleanConfig's, checked there
+    (defaults are its defaults)."""
 
-    near_duplicate_seconds: int = 1
-    bot_max_events_per_minute: int = 30
-    bot_max_distinct_items_per_session: int = 100
-    session_gap_minutes: int = 30
-    max_session_minutes: int = 240
+    near_duplicate_seconds: int = CleanConfig.near_duplicate_seconds
+    bot_max_events_per_minute: int = CleanConfig.bot_max_events_per_minute
+    bot_max_distinct_items_per_session: int = CleanConfig.bot_max_distinct_items_per_session
+    session_gap_minutes: int = CleanConfig.session_gap_minutes
+    max_session_minutes: int = CleanConfig.max_session_minutes
 
     @classmethod
     def from_config(cls, cc: CleanConfig) -> "BehaviourRules":
-        """Raises ConfigError naming the key of a value out of range."""
-        checks = {
-            "clean.near_duplicate_seconds": (cc.near_duplicate_seconds, 0),
-            "clean.bot_max_events_per_minute": (cc.bot_max_events_per_minute, 1),
-            "clean.bot_max_distinct_items_per_session": (cc.bot_max_distinct_items_per_session, 1),
-            "clean.session_gap_minutes": (cc.session_gap_minutes, 1),
-            "clean.max_session_minutes": (cc.max_session_minutes, 1),
-        }
-        for key, (value, least) in checks.items():
-            if value < least:
-                raise ConfigError(f"{key} must be at least {least}, got {value}")
         return cls(cc.near_duplicate_seconds, cc.bot_max_events_per_minute, cc.bot_max_distinct_items_per_session,
                    cc.session_gap_minutes, cc.max_session_minutes)
 

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from recsys_spark import schema as S
+from recsys_spark.config import CleanConfig, iso_date
 from recsys_spark.errors import ConfigError
-
-if TYPE_CHECKING:
-    from recsys_spark.config import CleanConfig
 
 _MICROS_PER_DAY = 86_400 * 1_000_000
 
@@ -52,8 +50,7 @@ class EventWindow:
         """
         if now.tzinfo is None:
             raise ConfigError("the processed window needs an aware 'now' (UTC), got a naive datetime")
-        start = _iso_date("clean.start_date", start_date)
-        end = _iso_date("clean.end_date", end_date)
+        start, end = iso_date("clean.start_date", start_date), iso_date("clean.end_date", end_date)
         if start and end and start > end:
             raise ConfigError(f"clean.start_date {start} is after clean.end_date {end}")
         return cls(start, end, now)
@@ -67,35 +64,16 @@ class EventWindow:
 
 @dataclass(frozen=True)
 class Rules:
-    """The validation rules' parameters (from CleanConfig)."""
+    """The validation rules' parameters: CleanConfig's, checked there (defaults are its defaults)."""
 
-    max_price: float = 1_000_000.0
+    max_price: float = CleanConfig.max_price
     event_aliases: Mapping[str, str] | None = None
-    naive_timezone: str = "UTC"
-    files_per_day: int = 1
-
-    def __post_init__(self) -> None:
-        for source, target in (self.event_aliases or {}).items():
-            if target not in S.EVENT_TYPES:
-                raise ConfigError(f"clean.event_aliases.{source}: {target!r} is not one of "
-                                  f"{', '.join(map(repr, S.EVENT_TYPES))}")
-        if not self.max_price > 0:
-            raise ConfigError(f"clean.max_price must be positive, got {self.max_price}")
-        if self.files_per_day < 1:
-            raise ConfigError(f"clean.output_files_per_day must be at least 1, got {self.files_per_day}")
+    naive_timezone: str = CleanConfig.naive_timezone
+    files_per_day: int = CleanConfig.output_files_per_day
 
     @classmethod
     def from_config(cls, cc: CleanConfig) -> Rules:
         return cls(cc.max_price, dict(cc.event_aliases), cc.naive_timezone, cc.output_files_per_day)
-
-
-def _iso_date(key: str, value: str) -> dt.date | None:
-    if not value:
-        return None
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise ConfigError(f"{key}: {value!r} is not an ISO date (YYYY-MM-DD)") from None
 
 
 def _text(column: str) -> Column:

@@ -40,11 +40,12 @@ from pyspark.sql import types as T
 from torch import Tensor
 
 from recsys_spark import schema as S
+from recsys_spark.config import COOCCURRENCE_SIMILARITIES
 from recsys_spark.evaluation.ranking import Ranker, int_arrays, int_matrix
 
 log = logging.getLogger(__name__)
 
-SIMILARITIES = ("count", "cosine")
+SIMILARITIES = COOCCURRENCE_SIMILARITIES
 
 _A, _B, _D = "item_a", "item_b", "distance"
 

@@ -35,14 +35,16 @@ from pyspark.sql import types as T
 
 from recsys_spark import io, tracking
 from recsys_spark import schema as S
+from recsys_spark import config as C
 from recsys_spark.config import Config, EvaluateConfig
-from recsys_spark.errors import ConfigError, InputError
+from recsys_spark.errors import InputError
 from recsys_spark.evaluation import baselines as B
 from recsys_spark.evaluation import intervals as I
 from recsys_spark.evaluation import report as R
 from recsys_spark.evaluation.metrics import (
     MRR,
     batch_metrics,
+    coverage_names,
     head_items,
     list_metric_names,
     list_metrics,
@@ -66,7 +68,7 @@ HTML_FILE = "evaluation.html"
 
 # Rankers of the test comparison.
 MODEL, CHAMPION, POPULARITY, COOCCURRENCE, ALS, EASE = "model", "champion", "popularity", "cooccurrence", "als", "ease"
-BASELINES = (POPULARITY, COOCCURRENCE, ALS, EASE)
+BASELINES = C.BASELINES  # (POPULARITY, COOCCURRENCE, ALS, EASE)
 # The baselines fitted on the training windows and tuned on validation (popularity is not).
 TUNED_BASELINES = (COOCCURRENCE, ALS, EASE)
 
@@ -80,10 +82,6 @@ TARGET_EVENT_SEGMENTS = {
     "purchase_targets": (S.EVENT_CODE["purchase"],),
 }
 SEGMENTS = (ALL, COLD_USERS, WARM_USERS, HEAD_TARGETS, TAIL_TARGETS, *TARGET_EVENT_SEGMENTS)
-
-
-def coverage_names(ks: Sequence[int]) -> list[str]:
-    return [f"coverage@{k}" for k in sorted(ks)]
 
 
 def all_metric_names(ks: Sequence[int]) -> list[str]:
@@ -392,7 +390,6 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 
     ec = cfg.evaluate
     ks = sorted(set(ec.ks))
-    check_config(ec)
     root = cfg.paths.resolve("features")
     metadata_path = io.feature_path(root, S.FEATURE_METADATA)
     io.require_input(spark, metadata_path, "paths.features")
@@ -663,46 +660,6 @@ def gate_coverage_metric(primary: str, ks: Sequence[int]) -> str:
     """coverage@K for the primary metric's K (the largest K for MRR)."""
     _, _, k = primary.partition("@")
     return f"coverage@{k}" if k else f"coverage@{max(ks)}"
-
-
-def check_config(ec: EvaluateConfig) -> None:
-    """Raise ConfigError naming the first evaluate setting that cannot work."""
-    ks = list(ec.ks)
-    if not ks or min(ks) < 1:
-        raise ConfigError(f"evaluate.ks: expected positive cut-offs, got {ks}")
-    known = metric_names(ks) + coverage_names(ks) + list_metric_names(ks)
-    if ec.primary_metric not in known:
-        raise ConfigError(f"evaluate.primary_metric: {ec.primary_metric!r} is not one of {', '.join(known)}")
-    if ec.block_size < 1:
-        raise ConfigError(f"evaluate.block_size: expected a positive integer, got {ec.block_size}")
-    unknown = sorted(set(ec.exclude_seen_event_types) - set(S.EVENT_TYPES))
-    if unknown:
-        raise ConfigError(f"evaluate.exclude_seen_event_types: unknown event type(s) {unknown}; known: {S.EVENT_TYPES}")
-    unknown = sorted(set(ec.baselines) - set(BASELINES))
-    if unknown:
-        raise ConfigError(f"evaluate.baselines: unknown baseline(s) {unknown}; known: {list(BASELINES)}")
-    if not 0 < ec.head_share <= 1:
-        raise ConfigError(f"evaluate.head_share: expected a share in (0, 1], got {ec.head_share}")
-    if ec.cold_user_threshold < 0:
-        raise ConfigError(f"evaluate.cold_user_threshold: expected >= 0, got {ec.cold_user_threshold}")
-    if ec.champion_alias == ec.model_alias:
-        raise ConfigError(f"evaluate.champion_alias: must differ from evaluate.model_alias ({ec.model_alias!r})")
-    if ec.gate_max_coverage_loss < 0:
-        raise ConfigError(f"evaluate.gate_max_coverage_loss: expected >= 0, got {ec.gate_max_coverage_loss}")
-    grids = {
-        "cooccurrence_windows": (ec.cooccurrence_windows, lambda v: v >= 1),
-        "cooccurrence_decays": (ec.cooccurrence_decays, lambda v: 0 < v <= 1),
-        "cooccurrence_similarities": (ec.cooccurrence_similarities, lambda v: v in B.SIMILARITIES),
-        "als_ranks": (ec.als_ranks, lambda v: v >= 1),
-        "als_reg_params": (ec.als_reg_params, lambda v: v > 0),
-        "als_alphas": (ec.als_alphas, lambda v: v >= 0),
-    }
-    for key, (values, valid) in grids.items():
-        family = COOCCURRENCE if key.startswith("cooc") else ALS
-        if family in ec.baselines and (not values or not all(valid(v) for v in values)):
-            raise ConfigError(f"evaluate.{key}: invalid grid {values}")
-    if ALS in ec.baselines and ec.als_max_iter < 1:
-        raise ConfigError(f"evaluate.als_max_iter: expected a positive integer, got {ec.als_max_iter}")
 
 
 def check_same_vocabulary(bundle, vocab: pd.DataFrame, num_items: int, version: str) -> None:

@@ -41,6 +41,11 @@ def metric_names(ks: Sequence[int]) -> list[str]:
     return names + [MRR]
 
 
+def coverage_names(ks: Sequence[int]) -> list[str]:
+    """Args: ks. Returns: ["coverage@10", ...] (catalogue metrics, one value per ranker, no per-user value)."""
+    return [f"coverage@{k}" for k in sorted(ks)]
+
+
 def list_metric_names(ks: Sequence[int]) -> list[str]:
     """Args: ks, e.g. [10]. Returns: ["novelty@10", "diversity@10", "head_share@10"]."""
     return [f"{metric}@{k}" for k in sorted(ks) for metric in LIST_METRICS]

@@ -52,26 +52,7 @@ from recsys_spark.features.split import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run", "check_config", "build_vocabs", "load_vocabs", "build_metadata", "shuffle_for_training"]
-
-
-def check_config(fc: FeaturizeConfig) -> None:
-    """Raise :class:`ConfigError` naming the first featurize setting below its minimum."""
-    minimums = {
-        "max_seq_len": 1, "min_item_count": 1, "validation_days": 1, "test_days": 1,
-        "max_windows_per_user": 1, "price_buckets": 1, "train_files": 1, "row_group_mb": 1,
-        "min_category_count": 1, "min_brand_count": 1, "min_user_count": 1, "popularity_days": 1,
-        "dq_popularity_top_k": 1, "dq_max_event_mix_psi": 0, "dq_max_popularity_psi": 0, "dq_max_oov_rate": 0,
-        "dq_min_drift_events": 0, "min_eval_users": 1,
-    }
-    for key, minimum in minimums.items():
-        if getattr(fc, key) < minimum:
-            raise ConfigError(f"featurize.{key} must be >= {minimum}, got {getattr(fc, key)}")
-    if not 0 <= fc.min_eval_user_share <= 1:
-        raise ConfigError(f"featurize.min_eval_user_share must lie in [0, 1], got {fc.min_eval_user_share}")
-    for column, rate in fc.dq_max_null_rate.items():
-        if not 0 <= rate <= 1:
-            raise ConfigError(f"featurize.dq_max_null_rate.{column} must be in [0, 1], got {rate}")
+__all__ = ["run", "build_vocabs", "load_vocabs", "build_metadata", "shuffle_for_training"]
 
 
 def build_vocabs(steps: DataFrame, events: DataFrame, split: Split, fc: FeaturizeConfig) -> dict[str, DataFrame]:
@@ -255,7 +236,6 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     import mlflow
 
     fc = cfg.featurize
-    check_config(fc)
     clean_path = cfg.paths.resolve("clean")
     io.require_input(spark, clean_path, "paths.clean")
     root = cfg.paths.resolve("features")

@@ -31,7 +31,7 @@ from pyspark.sql import types as T
 from recsys_spark import io, tracking
 from recsys_spark import schema as S
 from recsys_spark.config import Config, ScoreConfig
-from recsys_spark.errors import ConfigError, DataQualityError, InputError
+from recsys_spark.errors import DataQualityError, InputError
 from recsys_spark.scoring import inputs
 from recsys_spark.scoring.recommender import (
     ITEM_IDS,
@@ -62,26 +62,9 @@ WIDE_SPARK_SCHEMA = T.StructType([
 RANKED_SCHEMA = T.StructType([S.RECOMMENDATION_SCHEMA[c] for c in (S.USER_ID, S.RANK, S.ITEM_ID, S.SCORE, S.SOURCE)])
 
 
-def check_config(sc: ScoreConfig) -> str:
-    """Raise :class:`ConfigError` naming the first invalid score setting. Returns: the run date (ISO)."""
-    for key, minimum in {"top_k": 1, "block_size": 1, "popular_days": 1, "category_cap": 0, "model_version": 0}.items():
-        if getattr(sc, key) < minimum:
-            raise ConfigError(f"score.{key} must be >= {minimum}, got {getattr(sc, key)}")
-    if not 0.0 <= sc.explore_share <= 1.0:
-        raise ConfigError(f"score.explore_share must lie in [0, 1], got {sc.explore_share}")
-    if not 0.0 < sc.explore_pool_share <= 1.0:
-        raise ConfigError(f"score.explore_pool_share must lie in (0, 1], got {sc.explore_pool_share}")
-    unknown = [t for t in sc.exclude_event_types if t not in S.EVENT_TYPES]
-    if unknown:
-        raise ConfigError(f"score.exclude_event_types: {unknown} not among {S.EVENT_TYPES}")
-    if not sc.model_version and not sc.model_alias:
-        raise ConfigError("score.model_alias is empty and score.model_version is 0: name the model to score with")
-    run_date = sc.run_date or dt.datetime.now(dt.timezone.utc).date().isoformat()
-    try:
-        dt.date.fromisoformat(run_date)
-    except ValueError:
-        raise ConfigError(f"score.run_date: {run_date!r} is not an ISO date (YYYY-MM-DD)") from None
-    return run_date
+def run_date_of(sc: ScoreConfig) -> str:
+    """The partition this run writes: ``score.run_date`` (checked by ScoreConfig), else today (UTC)."""
+    return sc.run_date or dt.datetime.now(dt.timezone.utc).date().isoformat()
 
 
 def check_alias(cfg: Config) -> None:
@@ -298,7 +281,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     from recsys_spark.models import registry
 
     sc = cfg.score
-    run_date = check_config(sc)
+    run_date = run_date_of(sc)
     root = cfg.paths.resolve("features")
     histories = io.read_table(spark, io.feature_path(root, "user_history"), S.USER_HISTORY_SCHEMA, "paths.features")
     feature_vocab = io.read_table(spark, io.feature_path(root, "item_vocab"), S.ITEM_VOCAB_SCHEMA, "paths.features")

@@ -9,6 +9,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recsys_spark import schema as S
+from recsys_spark.config import CleanConfig
 from recsys_spark.errors import ConfigError
 from recsys_spark.etl.validate import (
     BUCKET, IN_WINDOW, MICROS, ORIGINAL, EventWindow, Rules, parse_events, valid_events,
@@ -147,6 +148,8 @@ def test_rules_and_window_check_their_config():
     with pytest.raises(ConfigError, match="after"):
         EventWindow.from_config("2019-10-02", "2019-10-01", now)
     with pytest.raises(ConfigError, match="clean.event_aliases.addtocart: 'basket'"):
-        Rules(event_aliases={"addtocart": "basket"})
+        CleanConfig(event_aliases={"addtocart": "basket"})
     with pytest.raises(ConfigError, match="clean.output_files_per_day"):
-        Rules(files_per_day=0)
+        CleanConfig(output_files_per_day=0)
+    with pytest.raises(ConfigError, match="clean.start_date 2019-10-02 is after clean.end_date 2019-10-01"):
+        CleanConfig(start_date="2019-10-02", end_date="2019-10-01")
