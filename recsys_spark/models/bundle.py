@@ -22,6 +22,10 @@ from recsys_spark.models.two_tower import TwoTowerModel
 FORMAT_VERSION = 1
 
 
+# What a model was built with when its model_args predate the key (the options came later).
+LEGACY_MODEL_ARGS = {"use_user_features": False, "use_interest_pooling": False, "user_vector": "last"}
+
+
 @dataclass
 class ModelBundle:
     """Args:
@@ -81,8 +85,12 @@ class ModelBundle:
             return cls.from_bytes(src.read())
 
     def build_module(self) -> TwoTowerModel:
-        """Returns: the TwoTowerModel with the trained weights, in eval mode."""
-        model = TwoTowerModel(**self.model_args)
+        """Returns: the TwoTowerModel with the trained weights, in eval mode.
+
+        A bundle saved before an option existed lacks its key in model_args; it was trained
+        without it (LEGACY_MODEL_ARGS), whatever today's default.
+        """
+        model = TwoTowerModel(**{**LEGACY_MODEL_ARGS, **self.model_args})
         model.load_state_dict(self.state_dict)
         return model.eval()
 

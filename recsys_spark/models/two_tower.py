@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recsys_spark import schema as S
+from recsys_spark.config import TrainConfig
 
 USER_VECTORS = ("last", "mean", "mixture")
 # Most float32 logits a "mixture" score computes at once (users x steps x items): 64 MiB.
@@ -134,10 +135,13 @@ class TwoTowerModel(nn.Module):
             targets). "last" rebuilds models trained before it existed.
     """
 
+    # The hyper-parameters' defaults are TrainConfig's (one place for each default).
     def __init__(self, num_items: int, num_categories: int, num_brands: int, num_price_buckets: int,
-                 num_event_codes: int, num_gap_buckets: int, max_seq_len: int, dim: int = 64,
-                 num_layers: int = 2, num_heads: int = 2, dropout: float = 0.1,
-                 use_user_features: bool = False, use_interest_pooling: bool = False, user_vector: str = "last"):
+                 num_event_codes: int, num_gap_buckets: int, max_seq_len: int, dim: int = TrainConfig.embedding_dim,
+                 num_layers: int = TrainConfig.num_layers, num_heads: int = TrainConfig.num_heads,
+                 dropout: float = TrainConfig.dropout, use_user_features: bool = TrainConfig.user_features,
+                 use_interest_pooling: bool = TrainConfig.interest_pooling,
+                 user_vector: str = TrainConfig.user_vector):
         super().__init__()
         if user_vector not in USER_VECTORS:
             raise ValueError(f"user_vector must be one of {', '.join(USER_VECTORS)}, got {user_vector!r}")

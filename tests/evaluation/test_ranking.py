@@ -165,7 +165,8 @@ def tiny_bundle(seed: int = 0):
     torch.manual_seed(seed)
     args = dict(num_items=NUM_ITEMS, num_categories=3, num_brands=3, num_price_buckets=3,
                 num_event_codes=S.NUM_EVENT_CODES, num_gap_buckets=S.NUM_GAP_BUCKETS, max_seq_len=MAX_SEQ_LEN,
-                dim=8, num_layers=1, num_heads=2, dropout=0.0)
+                dim=8, num_layers=1, num_heads=2, dropout=0.0,
+                use_user_features=False, use_interest_pooling=False, user_vector="last")
     model = TwoTowerModel(**args)
     idx = np.arange(2, NUM_ITEMS)
     vocab = pd.DataFrame(

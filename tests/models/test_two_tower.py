@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from recsys_spark import schema as S
 from recsys_spark.models import two_tower
+from recsys_spark.models.bundle import ModelBundle
 from recsys_spark.models.two_tower import HistoryFeatures, TwoTowerModel
 from recsys_spark.train.loss import (
     RetrievalTask, event_weight_table, horizon_index, popularity, sampled_softmax_loss,
@@ -25,7 +28,7 @@ def make_model(dropout: float = 0.0, user_features: bool = True, interest_poolin
         num_items=NUM_ITEMS, num_categories=3, num_brands=4, num_price_buckets=3,
         num_event_codes=S.NUM_EVENT_CODES, num_gap_buckets=S.NUM_GAP_BUCKETS, max_seq_len=LENGTH,
         dim=DIM, num_layers=2, num_heads=2, dropout=dropout, use_user_features=user_features,
-        use_interest_pooling=interest_pooling,
+        use_interest_pooling=interest_pooling, user_vector="last",
     )
     model.set_item_features(
         torch.arange(NUM_ITEMS) % 3, torch.arange(NUM_ITEMS) % 4, torch.arange(NUM_ITEMS) % 3
@@ -107,11 +110,14 @@ def test_user_features_change_the_user_vector_and_old_bundles_rebuild_without_th
         assert not torch.allclose(with_features.user_vectors(items, events, gaps)[1],
                                   with_features.user_vectors(items, more_purchases, gaps)[1])
     assert not any(k.startswith("user_feature_mlp") for k in without.state_dict())
-    # A model saved before user features existed has no such key in model_args: default off.
-    rebuilt = TwoTowerModel(num_items=NUM_ITEMS, num_categories=3, num_brands=4, num_price_buckets=3,
-                            num_event_codes=S.NUM_EVENT_CODES, num_gap_buckets=S.NUM_GAP_BUCKETS,
-                            max_seq_len=LENGTH, dim=DIM, num_layers=2, num_heads=2, dropout=0.0)
-    rebuilt.load_state_dict(without.state_dict())
+    # A bundle saved before user features existed has no such key in model_args: built without.
+    old_args = dict(num_items=NUM_ITEMS, num_categories=3, num_brands=4, num_price_buckets=3,
+                    num_event_codes=S.NUM_EVENT_CODES, num_gap_buckets=S.NUM_GAP_BUCKETS,
+                    max_seq_len=LENGTH, dim=DIM, num_layers=2, num_heads=2, dropout=0.0)
+    vocab = pd.DataFrame({S.ITEM_IDX: np.arange(2, NUM_ITEMS), S.PRODUCT_ID: np.arange(2, NUM_ITEMS) + 1000})
+    rebuilt = ModelBundle(model_args=old_args, state_dict=without.state_dict(), item_vocab=vocab,
+                          config={}).build_module()
+    assert rebuilt.history_features is None and rebuilt.user_vector == "last"
 
 
 def test_padded_steps_are_ignored_by_the_user_vector():

@@ -51,7 +51,8 @@ def tiny_bundle(seed: int = 1, user_vector: str = "last"):
     torch.manual_seed(seed)
     args = dict(num_items=NUM_ITEMS, num_categories=4, num_brands=3, num_price_buckets=3,
                 num_event_codes=S.NUM_EVENT_CODES, num_gap_buckets=S.NUM_GAP_BUCKETS, max_seq_len=MAX_SEQ_LEN,
-                dim=8, num_layers=1, num_heads=2, dropout=0.0, user_vector=user_vector)
+                dim=8, num_layers=1, num_heads=2, dropout=0.0, user_vector=user_vector,
+                use_user_features=False, use_interest_pooling=False)
     model = TwoTowerModel(**args)
     idx = np.arange(S.FIRST_ITEM_INDEX, NUM_ITEMS)
     vocab = pd.DataFrame({
