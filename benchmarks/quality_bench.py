@@ -1,7 +1,7 @@
 """Benchmark: the model against tuned baselines on each of the generator's data shapes, under
 ``evaluate.protocol=leave_last_out`` (issue 20, item 5).
 
-    .venv/bin/python benchmarks/quality_bench.py                                   # demo, ratings, long_tail
+    nice -n 10 .venv/bin/python benchmarks/quality_bench.py                        # demo, ratings, long_tail
     .venv/bin/python benchmarks/quality_bench.py --regimes ratings --users 2000 --out /tmp/qb
     .venv/bin/python benchmarks/quality_bench.py --set train.max_steps=1500 --set long_tail:evaluate.ease_max_items=5000
 
@@ -9,7 +9,8 @@ For each regime (``recsys_spark.data.generate.REGIMES``: ``demo``, ``ratings``, 
 runs the whole pipeline in this process (``recsys run``'s function: generate, clean, featurize,
 train, evaluate, score) with ``conf/local.yaml``, the regime's generator overrides,
 ``generate.n_users=--users``, ``evaluate.protocol=leave_last_out`` and a fresh
-``paths.root=<--out>/<regime>`` (its own data, features and MLflow store, so no champion). The
+``paths.root=<--out>/<regime>`` (its own data, features and MLflow store, so no champion); the
+ratings regime also gets the README's bot rules for a ratings log (``REGIME_SETTINGS``). The
 baselines are tuned on validation over ``conf/base.yaml``'s grids, read from that file
 (``--grids base``, the default: co-occurrence, ALS and EASE); ``--grids ease`` keeps
 ``conf/local.yaml``'s single points for co-occurrence and ALS (chosen on the demo's data under the
@@ -26,7 +27,9 @@ of the paired interval above 0? And each regime's wall time.
 
 A run stopped by a data threshold (an error ending ``(to accept it: key=value ...)``, e.g. the
 ratings regime's empty brand and price columns) is run again with those overrides, which the
-output lists (``--no-follow-hints``: stop instead). Any other error stops the bench.
+output lists (``--no-follow-hints``: stop instead). Any other error ends that regime's run: it is
+reported (with the figures of evaluate when that stage had finished before it), the other regimes
+run, and the bench exits with status 1.
 ``--set key=value`` (repeatable) adds an override to every regime, ``--set regime:key=value`` to
 one; both come last and win. Every stage is bounded by ``spark.stage_timeout_minutes``
 (``--stage-timeout-minutes``, default 60 here).
@@ -75,6 +78,9 @@ REGIME_SETTINGS = {
     "ratings": ("clean.bot_max_events_per_minute=300", "clean.bot_max_distinct_items_per_session=1000"),
 }
 HINT = re.compile(r"\(to accept it: ([^()]+)\)\s*$")
+# generate.n_users: at the demo's 4,000 the demo alone took 676 s on 2 vCPUs (and long_tail's EASE
+# would invert ~16,000 x 16,000 matrices); at 1,000 the three regimes took 23-27 min there
+# (benchmarks/RESULTS.md).
 DEFAULT_USERS = 1000
 
 
@@ -155,6 +161,7 @@ class Outcome:
     clean: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    failed_stage: str = ""
     ease_items: int | None = None
     ease_max_items: int = 0
     baselines: list[str] = field(default_factory=list)
@@ -181,10 +188,24 @@ def run_regime(spark, regime: str, root: Path, overrides: list[str], follow_hint
             accepted += [item for item in hint.group(1).split() if item not in accepted]
             print(f"[{regime}] running again, accepting: {' '.join(accepted)}", flush=True)
             continue
+        except Exception as exc:  # not the data's doing (a bug?): report it, and what the run measured before it
+            outcome = Outcome(regime, root, time.perf_counter() - started, attempt, accepted, overrides,
+                              error=last_error_line(exc))
+            print(f"[{regime}] the run FAILED: {outcome.error}", flush=True)
+            if (Path(cfg.paths.resolve("reports")) / "evaluation.json").exists():  # evaluate finished first
+                read_back(outcome, cfg)
+            return outcome
         outcome = Outcome(regime, root, time.perf_counter() - started, attempt, accepted, overrides, summary=summary)
         read_back(outcome, cfg)
         return outcome
     raise AssertionError("unreachable")
+
+
+def last_error_line(exc: BaseException) -> str:
+    """The line that names the error: for a Spark task's failure, the Python worker's last one."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    named = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Invalid|Interrupt)\b.*:", line)]
+    return f"{type(exc).__name__}: {(named or lines or [''])[-1][:300]}"
 
 
 def read_back(outcome: Outcome, cfg: Config) -> None:
@@ -207,12 +228,12 @@ def read_back(outcome: Outcome, cfg: Config) -> None:
     outcome.ease_max_items = cfg.evaluate.ease_max_items
     vocab = pd.read_parquet(features / "item_vocab", columns=["train_count"])
     outcome.ease_items = int((vocab["train_count"] > 0).sum())  # what baselines.ease_items models
-    outcome.train, outcome.stage_seconds = mlflow_facts(cfg)
+    outcome.train, outcome.stage_seconds, outcome.failed_stage = mlflow_facts(cfg)
 
 
-def mlflow_facts(cfg: Config) -> tuple[dict[str, Any], dict[str, float]]:
+def mlflow_facts(cfg: Config) -> tuple[dict[str, Any], dict[str, float], str]:
     """(the latest train run's tags, metrics and training/history.json; the latest pipeline run's
-    seconds.<stage> metrics) from the regime's own MLflow store."""
+    seconds.<stage> metrics; its failed_stage tag, "" if none) from the regime's own MLflow store."""
     from mlflow import MlflowClient
 
     from recsys_spark.tracking import TAG_STAGE
@@ -235,7 +256,7 @@ def mlflow_facts(cfg: Config) -> tuple[dict[str, Any], dict[str, float]]:
     seconds = {} if pipeline is None else {
         key.removeprefix("seconds."): value for key, value in pipeline.data.metrics.items() if key.startswith("seconds.")
     }
-    return facts, seconds
+    return facts, seconds, "" if pipeline is None else pipeline.data.tags.get("failed_stage", "")
 
 
 # ----------------------------------------------------------------------------- printing
@@ -266,7 +287,7 @@ def others(report: dict[str, Any]) -> list[str]:
 
 def verdict(outcome: Outcome) -> tuple[bool, str]:
     """(met, why): met when EASE ran and every baseline's paired lower bound on NDCG@20 is above 0."""
-    if outcome.error:
+    if not outcome.report:
         return False, f"no result: the run stopped ({outcome.error})"
     report = outcome.report
     problems = []
@@ -293,13 +314,20 @@ def ease_skip_reason(outcome: Outcome) -> str:
     return "not in evaluate.baselines" if EASE not in outcome.baselines else "absent for a reason the report does not give"
 
 
+def stage_of(outcome: Outcome) -> str:
+    return f" in stage {outcome.failed_stage}" if outcome.failed_stage else ""
+
+
 def print_regime(outcome: Outcome) -> None:
     print(f"\n=== {outcome.regime} ===")
     if outcome.accepted:
         print(f"accepted data thresholds (from the run's own hint): {' '.join(outcome.accepted)}")
     if outcome.error:
-        print(f"STOPPED after {outcome.attempts} attempt(s), {outcome.seconds:.0f} s: {outcome.error}")
-        return
+        print(f"the run FAILED{stage_of(outcome)} after {outcome.attempts} attempt(s), {outcome.seconds:.0f} s: "
+              f"{outcome.error}")
+        if not outcome.report:
+            return
+        print("evaluate had finished: its figures follow")
     report, meta, clean = outcome.report, outcome.metadata, outcome.clean
     print(f"clean: {clean['rows_read']:,} rows read, {clean['rows_kept']:,} kept, {clean['bot_rows']:,} bot rows "
           f"({clean['bot_rows'] / max(clean['rows_read'], 1):.1%})")
@@ -355,7 +383,9 @@ def print_summary(outcomes: list[Outcome], users: int, command: str, fingerprint
           "(paired 95% lower bound > 0)? ===")
     for outcome in outcomes:
         met, why = verdict(outcome)
-        print(f"{outcome.regime:<10} {'MET' if met else 'NOT MET: ' + why}")
+        failed = f" (figures from evaluate; the run then failed{stage_of(outcome)}: {outcome.error})" \
+            if outcome.error and outcome.report else ""
+        print(f"{outcome.regime:<10} {'MET' if met else 'NOT MET: ' + why}{failed}")
     print("\nwall time per regime (the whole pipeline, retries included):")
     for outcome in outcomes:
         retries = f", {outcome.attempts} attempts" if outcome.attempts > 1 else ""
@@ -372,12 +402,12 @@ def print_summary(outcomes: list[Outcome], users: int, command: str, fingerprint
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--regimes", default=",".join(REGIMES),
                         help=f"comma-separated, of {', '.join(REGIMES)} (default: all)")
     parser.add_argument("--out", type=Path, default=None,
                         help="each regime runs under OUT/<regime>, which must not exist (default: a new temp dir)")
-    parser.add_argument("--users", type=int, default=DEFAULT_USERS, help="generate.n_users of every regime")
+    parser.add_argument("--users", type=int, default=DEFAULT_USERS, help=f"generate.n_users of every regime (default {DEFAULT_USERS})")
     parser.add_argument("--grids", choices=["base", "ease"], default="base",
                         help="base: conf/base.yaml's grids for co-occurrence, ALS and EASE; "
                              "ease: only EASE's (the others keep conf/local.yaml's demo points)")

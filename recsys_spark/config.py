@@ -37,6 +37,8 @@ COOCCURRENCE_SIMILARITIES = ("count", "cosine")
 CLEAN_COLUMNS = tuple(f.name for f in S.CLEAN_SCHEMA.fields)
 # Contract fields the generator may write empty (generate.empty_columns).
 EMPTYABLE_COLUMNS = (S.BRAND, S.PRICE, S.CATEGORY_ID, S.CATEGORY_CODE)
+# How a model turns its history into scores while it trains under train.user_vector=auto.
+TRAINING_USER_VECTOR = "mixture"
 # Generated product ids are drawn in [PRODUCT_ID_BASE, PRODUCT_ID_BASE + PRODUCT_ID_SPAN), then
 # offset by generate.item_id_offset, which keeps them below 2^63.
 PRODUCT_ID_BASE = 1_000_000
@@ -429,7 +431,11 @@ class TrainConfig:
     # still get; an item scores the log of their mean: several interests stay apart), "mean"
     # (one dot product with the mean vector: what an ANN index can serve), or "last" (the last
     # step's vector, as SASRec). Training is the same for all three (benchmarks/RESULTS.md).
-    user_vector: Literal["last", "mean", "mixture"] = "mixture"
+    # "auto": validate with the mixture while training, then rank the validation users with the
+    # best weights in all three ways and keep the best (under leave_last_out, whose target is
+    # the very next new item, "last" led on every generated regime; on the demo's temporal
+    # split the mixture led).
+    user_vector: Literal["auto", "last", "mean", "mixture"] = "auto"
     seed: int = 7
 
     def __post_init__(self) -> None:

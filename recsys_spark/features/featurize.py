@@ -275,7 +275,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         checks = quality.evaluate_checks(report, {
             "dq_max_null_rate": fc.dq_max_null_rate, "dq_max_event_mix_psi": fc.dq_max_event_mix_psi,
             "dq_max_popularity_psi": fc.dq_max_popularity_psi, "dq_max_oov_rate": fc.dq_max_oov_rate,
-            "dq_min_drift_events": fc.dq_min_drift_events,
+            "dq_min_drift_events": fc.dq_min_drift_events, "per_user_split": split.per_user,
         })
         report = {**report, "cutoffs": split.as_dict(), "checks": checks,
                   "passed": all(c["passed"] for c in checks)}

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recsys_spark import schema as S
-from recsys_spark.config import TrainConfig
+from recsys_spark.config import TRAINING_USER_VECTOR, TrainConfig
 
 USER_VECTORS = ("last", "mean", "mixture")
 # Most float32 logits a "mixture" score computes at once (users x steps x items): 64 MiB.
@@ -141,7 +141,7 @@ class TwoTowerModel(nn.Module):
                  num_layers: int = TrainConfig.num_layers, num_heads: int = TrainConfig.num_heads,
                  dropout: float = TrainConfig.dropout, use_user_features: bool = TrainConfig.user_features,
                  use_interest_pooling: bool = TrainConfig.interest_pooling,
-                 user_vector: str = TrainConfig.user_vector):
+                 user_vector: str = TRAINING_USER_VECTOR):
         super().__init__()
         if user_vector not in USER_VECTORS:
             raise ValueError(f"user_vector must be one of {', '.join(USER_VECTORS)}, got {user_vector!r}")

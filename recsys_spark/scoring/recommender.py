@@ -82,18 +82,21 @@ class ItemSpace:
         return np.where(ordered[at] == product_ids, self._sorted[at], -1).astype(np.int64)
 
 
-def category_codes(raw: np.ndarray, known: np.ndarray) -> np.ndarray:
+def category_codes(values: np.ndarray, present: np.ndarray, known: np.ndarray) -> np.ndarray:
     """Dense codes of raw category ids: the position in ``known`` (sorted, distinct), -1 if absent/null.
 
+    Ids stay int64 all the way: real category ids (REES46's, the generator's) lie above 2^53,
+    where a float64 no longer tells neighbours apart.
+
     Args:
-        raw: float or int array [n] of category_id (NaN = null).
+        values: int64 [n] category_id (any value where null).
+        present: bool [n], False where the category is null.
         known: int64 [C], sorted distinct category ids.
     """
-    raw = np.asarray(raw, dtype=np.float64)
-    present = ~np.isnan(raw)
-    values = np.where(present, raw, 0).astype(np.int64)
+    values = np.asarray(values, dtype=np.int64)
+    present = np.asarray(present, dtype=bool)
     if len(known) == 0:
-        return np.full(len(raw), -1, dtype=np.int64)
+        return np.full(len(values), -1, dtype=np.int64)
     at = np.minimum(np.searchsorted(known, values), len(known) - 1)
     return np.where(present & (known[at] == values), at, -1).astype(np.int64)
 
@@ -135,9 +138,11 @@ class Users:
         values = column.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
         return np.repeat(np.arange(len(column), dtype=np.int64), lengths), values
 
-    def floats(self, name: str) -> np.ndarray:
-        """A numeric column. Returns: float64 [B], NaN where null."""
-        return self.column(name).cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+    def nullable_ints(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """An integer column, exactly. Returns: (int64 [B] values, 0 where null; bool [B] present)."""
+        column = self.column(name)
+        present = column.is_valid().to_numpy(zero_copy_only=False)
+        return column.fill_null(0).cast(pa.int64()).to_numpy(zero_copy_only=False), present
 
 
 class ModelEncoder:
@@ -316,7 +321,7 @@ class Recommender:
         space, rules = self.plan.fallback_items, self.rules
         scores = self._buffer("fallback", len(users), len(space))
         # The user's own category first (a bonus above any popularity), then the rest.
-        codes = torch.from_numpy(category_codes(users.floats(USER_CATEGORY), self.plan.categories))
+        codes = torch.from_numpy(category_codes(*users.nullable_ints(USER_CATEGORY), self.plan.categories))
         bonus = float(self.popularity.max()) + 1.0 if len(space) else 0.0
         same = (self.fallback_categories[None, :] == codes[:, None]) & (codes[:, None] >= 0)
         torch.add(self.popularity[None, :], same.float(), alpha=bonus, out=scores)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 from pyspark import Broadcast
 from pyspark.sql import DataFrame, SparkSession
@@ -117,6 +118,9 @@ def read_exclusions(spark: SparkSession, path: str) -> np.ndarray:
     return np.sort(values)
 
 
+NULLABLE_INTS = {pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype()}
+
+
 def build_plan(
     bundle,
     item_vectors: np.ndarray,
@@ -140,9 +144,12 @@ def build_plan(
         catalogue (every product of paths.clean minus exclusions, by recent popularity, ties by
         all-time popularity), the exploration pool and the list rules.
     """
-    categories = np.unique(stats[S.CATEGORY_ID].dropna().to_numpy(dtype=np.int64))
+    category = stats[S.CATEGORY_ID].astype("Int64")  # nullable and exact (ids lie above 2^53)
+    present = category.notna().to_numpy()
+    values = category.fillna(0).to_numpy(dtype=np.int64)
+    categories = np.unique(values[present])
     stats_space = ItemSpace(stats[S.PRODUCT_ID].to_numpy(dtype=np.int64), np.zeros(len(stats), dtype=np.int64))
-    stat_codes = category_codes(stats[S.CATEGORY_ID].to_numpy(dtype=np.float64), categories)
+    stat_codes = category_codes(values, present, categories)
     recent = stats[inputs.RECENT_USERS].to_numpy(dtype=np.float64)
     ever = stats[inputs.ALL_USERS].to_numpy(dtype=np.float64)
 
@@ -303,7 +310,9 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             raise InputError(f"{clean_path} holds no events (config key paths.clean)")
         last_event = dt.datetime.fromtimestamp(last_micros / 1e6, tz=dt.timezone.utc)
         since = last_event - dt.timedelta(days=sc.popular_days)
-        stats = inputs.product_stats(events, since).toPandas()
+        # Through Arrow with nullable integers: toPandas() turns a long column with nulls into
+        # float64, which rounds category ids above 2^53.
+        stats = inputs.product_stats(events, since).toArrow().to_pandas(types_mapper=NULLABLE_INTS.get)
         with torch.no_grad():
             item_vectors = bundle.build_module().item_vectors().numpy()
         feature_items = feature_vocab.select(S.ITEM_IDX, S.PRODUCT_ID).toPandas()

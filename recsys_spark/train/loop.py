@@ -25,7 +25,7 @@ from torch import Tensor
 
 from recsys_spark import io
 from recsys_spark import schema as S
-from recsys_spark.config import TrainConfig, from_dict
+from recsys_spark.config import TRAINING_USER_VECTOR, TrainConfig, from_dict
 from recsys_spark.errors import DataQualityError, InputError
 from recsys_spark.evaluation.ranking import blocked_items, exclusion_mask
 from recsys_spark.models.two_tower import TwoTowerModel
@@ -558,7 +558,7 @@ def model_args_from(metadata: dict[str, Any], tc: TrainConfig) -> dict[str, Any]
         "dropout": tc.dropout,
         "use_user_features": tc.user_features,
         "use_interest_pooling": tc.interest_pooling,
-        "user_vector": tc.user_vector,
+        "user_vector": TRAINING_USER_VECTOR if tc.user_vector == "auto" else tc.user_vector,
     }
 
 

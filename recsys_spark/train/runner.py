@@ -103,8 +103,17 @@ def finish(cfg: Config, results: list[dict[str, Any]], item_vocab, run_id: str) 
     at = {"best_evaluation": main["best_evaluation"], "best_step": best["step"], "best_epoch": best["epoch"]}
     metric = metric_key("val_ndcg", cfg.train.eval_k)
     recall = metric_key("val_recall", cfg.train.eval_k)
+    model_args = dict(main["model_args"])
+    if cfg.train.user_vector == "auto":
+        by_mode = user_vector_scores(cfg, model_args, main["state_dict"])
+        chosen = max(by_mode, key=lambda mode: (by_mode[mode], mode == model_args["user_vector"]))
+        log.info("train: user_vector=auto chose %s on validation (NDCG@%d %s)", chosen, cfg.train.eval_k,
+                 ", ".join(f"{mode} {value:.4f}" for mode, value in by_mode.items()))
+        mlflow.log_metrics({f"{metric}.user_vector_{mode}": value for mode, value in by_mode.items()})
+        mlflow.set_tag("train.user_vector", chosen)
+        model_args["user_vector"] = chosen
     bundle = ModelBundle(
-        model_args=main["model_args"],
+        model_args=model_args,
         state_dict=main["state_dict"],
         item_vocab=item_vocab,
         config=cfg.to_dict(),
@@ -112,7 +121,7 @@ def finish(cfg: Config, results: list[dict[str, Any]], item_vocab, run_id: str) 
     )
     mlflow.log_metrics({f"best_{metric}": best[metric], f"best_{recall}": best[recall],
                         **{key: float(value) for key, value in at.items()}})
-    tracking.log_json({"model_args": main["model_args"], "history": history, **at}, "training/history.json")
+    tracking.log_json({"model_args": model_args, "history": history, **at}, "training/history.json")
     tracking.log_figure(training_curve(history, cfg.train.eval_k), "training/curve.png")
 
     from recsys_spark.models.pyfunc import log_model
@@ -134,6 +143,7 @@ def finish(cfg: Config, results: list[dict[str, Any]], item_vocab, run_id: str) 
         "model_uri": f"models:/{cfg.mlflow.registered_model}@{cfg.mlflow.alias}",
         "version": version,
         **at,
+        "user_vector": model_args["user_vector"],
         "steps": history[-1]["step"],
         "evaluations": len(history),
         "epochs_run": history[-1]["epoch"],
@@ -245,6 +255,29 @@ def check_ranks(results: list[dict[str, Any]]) -> dict[str, Any]:
     if len(set(checksums)) != 1:
         raise DataQualityError(f"the {len(checksums)} training ranks ended with different weights")
     return main
+
+
+def user_vector_scores(cfg: Config, model_args: dict[str, Any], state_dict) -> dict[str, float]:
+    """Validation NDCG@train.eval_k of the trained weights under each user-vector mode
+    (the same seeded sample of at most train.validation_users users that training validated on).
+
+    Returns:
+        {mode: mean NDCG} in models.two_tower.USER_VECTORS order.
+    """
+    from recsys_spark.models.two_tower import USER_VECTORS, TwoTowerModel
+    from recsys_spark.train import data
+    from recsys_spark.train.loop import ranking_sums
+
+    tc = cfg.train
+    rows = data.read_eval_rows(io.feature_path(cfg.paths.resolve("features"), "validation"),
+                               limit=tc.validation_users, seed=tc.seed)
+    scores = {}
+    for mode in USER_VECTORS:
+        model = TwoTowerModel(**{**model_args, "user_vector": mode})
+        model.load_state_dict(state_dict)
+        ndcg_sum, _, counted = ranking_sums(model.eval(), rows, tc.eval_k)
+        scores[mode] = ndcg_sum / counted if counted else 0.0
+    return scores
 
 
 def training_curve(history: list[dict[str, float]], k: int):

@@ -635,10 +635,9 @@ def cfg_overrides(cfg) -> list[str]:
     return [f"paths.root={cfg.paths.root}", "featurize.min_item_count=1", "featurize.min_eval_users=1", *LOOSE_QUALITY]
 
 
-def test_run_rejects_a_window_length_below_one(tmp_path):
-    cfg = load_config(None, [f"paths.root={tmp_path}", "featurize.max_seq_len=0"])
+def test_a_window_length_below_one_is_rejected_with_the_config(tmp_path):
     with pytest.raises(ConfigError, match="featurize.max_seq_len must be >= 1"):
-        featurize.run(None, cfg)
+        load_config(None, [f"paths.root={tmp_path}", "featurize.max_seq_len=0"])
 
 
 def test_too_few_evaluation_users_stop_naming_the_keys():

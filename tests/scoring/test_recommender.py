@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import torch
 
@@ -17,6 +18,7 @@ from recsys_spark.scoring.recommender import (
     USER_KEY,
     ItemSpace,
     Recommender,
+    Users,
     category_codes,
 )
 from recsys_spark.scoring.score import RANKED_SCHEMA, build_plan, vocab_remap
@@ -32,31 +34,40 @@ BOUGHT = {"known": [1004], "cold_cat": [], "cold_none": [], "cold_buyer": [2000]
 LATEST_CATEGORY = {"known": 77, "cold_cat": 99, "cold_none": None, "cold_buyer": 88}
 
 
-def stats_frame() -> pd.DataFrame:
+def stats_frame(offset: int = 0) -> pd.DataFrame:
     return pd.DataFrame({
         S.PRODUCT_ID: list(STATS),
-        S.CATEGORY_ID: pd.array([CATEGORY[p] for p in STATS], dtype="Int64"),
+        S.CATEGORY_ID: pd.array([None if CATEGORY[p] is None else CATEGORY[p] + offset for p in STATS], dtype="Int64"),
         inputs.RECENT_USERS: [r for r, _ in STATS.values()],
         inputs.ALL_USERS: [a for _, a in STATS.values()],
     })
 
 
-def batch(users=USERS) -> pd.DataFrame:
+def batch(users=USERS, offset: int = 0) -> pd.DataFrame:
     frame = history_frame(users)
     frame[EXCLUDE_PRODUCTS] = [BOUGHT[u] for u in frame[S.USER_ID]]
-    frame[USER_CATEGORY] = pd.array([LATEST_CATEGORY[u] for u in frame[S.USER_ID]], dtype="Int64").astype("float64")
+    latest = [LATEST_CATEGORY[u] for u in frame[S.USER_ID]]
+    frame[USER_CATEGORY] = pd.array([None if c is None else c + offset for c in latest], dtype="Int64")
     frame[USER_KEY] = np.arange(len(frame), dtype=np.int64) * 7919 + 1
     return frame
 
 
-def recommender(bundle=None, excluded=(), feature_vocab=None, **rules) -> Recommender:
+def recommender(bundle=None, excluded=(), feature_vocab=None, offset: int = 0, **rules) -> Recommender:
     bundle = bundle or tiny_bundle()
     module = bundle.build_module()
     with torch.no_grad():
         vectors = module.item_vectors().numpy()
     vocab = bundle.item_vocab if feature_vocab is None else feature_vocab
     sc = ScoreConfig(top_k=K, block_size=2, **{"explore_share": 0.0, **rules})
-    return Recommender(build_plan(bundle, vectors, vocab, stats_frame(), np.array(sorted(excluded), np.int64), sc))
+    return Recommender(build_plan(bundle, vectors, vocab, stats_frame(offset), np.array(sorted(excluded), np.int64), sc))
+
+
+def test_category_ids_above_2_to_the_53_keep_cold_users_in_their_category():
+    # REES46's and the generator's category ids lie near 2^61: as float64, 99 + 2^61 and
+    # 88 + 2^61 are the same number. The lists are those of small ids.
+    big = 2053013552000000000
+    small, large = recommender().recommend(batch()), recommender(offset=big).recommend(batch(offset=big))
+    assert lists(large) == lists(small) and lists(large)["cold_cat"] == [1007, 1008, 3000]
 
 
 def lists(out: pd.DataFrame) -> dict[str, list[int]]:
@@ -189,4 +200,11 @@ def test_histories_are_read_with_the_models_vocabulary():
 def test_item_space_lookup_and_category_codes():
     space = ItemSpace(np.array([30, 10, 20]), np.zeros(3, np.int64))
     assert space.index_of(np.array([10, 20, 30, 40, 5])).tolist() == [1, 2, 0, -1, -1]
-    assert category_codes(np.array([88.0, np.nan, 77.0, 66.0]), np.array([77, 88])).tolist() == [1, -1, 0, -1]
+    present = np.array([True, False, True, True])
+    assert category_codes(np.array([88, 0, 77, 66]), present, np.array([77, 88])).tolist() == [1, -1, 0, -1]
+    # Real category ids lie above 2^53, where neighbours share a float64: kept exact.
+    big = 2053013552000000007
+    assert category_codes(np.array([big, big + 1]), np.array([True, True]), np.array([big + 1])).tolist() == [-1, 0]
+    users = Users(pa.record_batch([pa.array([big, None], pa.int64())], names=["c"]))
+    values, valid = users.nullable_ints("c")
+    assert values.tolist() == [big, 0] and valid.tolist() == [True, False]

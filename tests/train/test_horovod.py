@@ -97,6 +97,11 @@ def test_horovod_on_spark_trains_registers_and_round_trips(spark, tmp_path):
     assert f"best evaluation {summary['best_evaluation']} of {EPOCHS}" in registered.description
     bundle, version = load_bundle(cfg)
     assert version == "1"
+    # train.user_vector=auto: the three ways were ranked on validation and the best was kept.
+    by_mode = {mode: run.data.metrics[f"val_ndcg_at_20.user_vector_{mode}"] for mode in ("last", "mean", "mixture")}
+    best_mode = max(by_mode, key=lambda mode: (by_mode[mode], mode == "mixture"))  # ties: the training mode
+    assert bundle.model_args["user_vector"] == run.data.tags["train.user_vector"] == best_mode
+    assert by_mode["mixture"] == pytest.approx(summary["val_ndcg_at_20"], abs=1e-4)  # what training validated
     # The registered weights are the best evaluation's, as saved by rank 0.
     best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=False)
     assert state_checksum(bundle.state_dict) == state_checksum(best["model"])
