@@ -63,11 +63,6 @@ def iso_date(key: str, value: str) -> dt.date | None:
         raise ConfigError(f"{key}: {value!r} is not an ISO date (YYYY-MM-DD)") from None
 
 
-def _unknown(key: str, values, known) -> None:
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(f"{key}: unknown value(s) {unknown}; known: {list(known)}")
-
 URI_SCHEMES = ("hdfs://", "s3a://", "s3://", "gs://", "abfss://", "wasbs://", "dbfs:/", "file:/")
 
 

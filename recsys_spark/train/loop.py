@@ -630,7 +630,9 @@ def epoch_file(epoch: int) -> str:
 
 def save_weights(directory: str, name: str, payload: dict[str, Any]) -> None:
     """``torch.save(payload)`` to ``<directory>/<name>`` (written atomically, like checkpoints)."""
-    _write_atomically(directory, name, payload)
+    buffer = _bytes_io.BytesIO()
+    torch.save(payload, buffer)
+    _write_bytes(directory, name, buffer.getvalue())
 
 
 def save_checkpoint(directory: str, checkpoint: dict[str, Any]) -> str:
@@ -647,12 +649,6 @@ def save_checkpoint(directory: str, checkpoint: dict[str, Any]) -> str:
     written = [_write_bytes(directory, name, buffer.getvalue())
                for name in (epoch_file(checkpoint["epoch"]), LAST_CHECKPOINT)]
     return written[0]
-
-
-def _write_atomically(directory: str, name: str, payload: dict[str, Any]) -> str:
-    buffer = _bytes_io.BytesIO()
-    torch.save(payload, buffer)
-    return _write_bytes(directory, name, buffer.getvalue())
 
 
 def _write_bytes(directory: str, name: str, data: bytes) -> str:
