@@ -1,4 +1,4 @@
-"""Vocabulary ranking: the parallel two-pass row numbers of ``features/ranking.py`` against the
+"""Vocabulary ranking: the parallel two-pass row numbers of ``features/row_numbers.py`` against the
 global ``row_number().over(Window.orderBy(...))`` it replaced (all rows in one task).
 
     .venv/bin/python benchmarks/vocab_ranking.py --rows 2000000 --master 'local[2]'
@@ -16,7 +16,7 @@ from pyspark.sql import Window
 from pyspark.sql import functions as F
 
 from recsys_spark.config import SparkConfig
-from recsys_spark.features.ranking import row_numbers
+from recsys_spark.features.row_numbers import row_numbers
 from recsys_spark.spark import get_session
 
 

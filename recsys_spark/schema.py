@@ -121,6 +121,8 @@ CLEAN_SCHEMA = T.StructType(
 PAD_INDEX = 0
 OOV_INDEX = 1
 FIRST_ITEM_INDEX = 2
+# A slot of a top-K list left empty (fewer eligible items than K); empty slots only trail.
+EMPTY_SLOT = -1
 
 ITEM_IDX = "item_idx"
 CATEGORY_IDX = "category_idx"

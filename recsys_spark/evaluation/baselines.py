@@ -1,7 +1,7 @@
 """The baselines a model must beat: item-item co-occurrence, implicit ALS (Spark MLlib) and EASE.
 
 All learn from the training windows only (``features/train``: what the model learns from),
-and all rank the whole catalogue through :class:`~recsys_spark.evaluation.ranking.Ranker`, so
+and all rank the whole catalogue through :class:`~recsys_spark.evaluation.rankers.Ranker`, so
 they are measured by exactly the code that measures the model.
 
 Co-occurrence: two steps of one training window, ``d`` steps apart with ``1 <= d <= window``,
@@ -41,7 +41,8 @@ from torch import Tensor
 
 from recsys_spark import schema as S
 from recsys_spark.config import COOCCURRENCE_SIMILARITIES
-from recsys_spark.evaluation.ranking import Ranker, int_arrays, int_matrix
+from recsys_spark.evaluation.rankers import Ranker
+from recsys_spark.models.ranking import int_arrays, int_matrix
 
 log = logging.getLogger(__name__)
 

@@ -51,7 +51,8 @@ from recsys_spark.evaluation.metrics import (
     metric_names,
     self_information,
 )
-from recsys_spark.evaluation.ranking import ModelRanker, PopularityRanker, Ranker, int_arrays, vocab_column
+from recsys_spark.evaluation.rankers import ModelRanker, PopularityRanker, Ranker, vocab_column
+from recsys_spark.models.ranking import int_arrays
 from recsys_spark.features.split import before
 
 log = logging.getLogger(__name__)

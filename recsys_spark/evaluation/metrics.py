@@ -29,7 +29,8 @@ from typing import Sequence
 
 import numpy as np
 
-EMPTY_SLOT = -1
+from recsys_spark.schema import EMPTY_SLOT
+
 MRR = "mrr"
 ACCURACY_METRICS = ("recall", "ndcg", "map", "hitrate")
 LIST_METRICS = ("novelty", "diversity", "head_share")

@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recsys_spark import schema as S
-from recsys_spark.features.ranking import row_numbers
+from recsys_spark.features.row_numbers import row_numbers
 from recsys_spark.features.sequences import STEP_TIME
 from recsys_spark.features.split import Cutoffs, Split, before
 

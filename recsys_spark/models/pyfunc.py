@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from recsys_spark import schema as S
-from recsys_spark.evaluation.ranking import blocked_items, exclusion_mask, int_arrays
+from recsys_spark.models import ranking
 from recsys_spark.models.bundle import ModelBundle
 
 BUNDLE_ARTIFACT = "bundle"
@@ -60,7 +60,8 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
 
         Returns:
             DataFrame [rows] with item_ids (list of K product_id) and scores (list of K float),
-            best first; pad, OOV, unknown and seen items are never returned.
+            best first; pad, OOV, unknown and seen items are never returned, so a user with fewer
+            than K other items gets a shorter list.
         """
         k = int((params or {}).get("k", DEFAULT_K))
         missing = [c for c in INPUT_COLUMNS if c not in model_input.columns]
@@ -68,25 +69,18 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
             raise ValueError(f"model input lacks column(s) {', '.join(missing)}")
         if len(model_input) == 0:
             return pd.DataFrame({ITEM_IDS: pd.Series([], dtype=object), SCORES: pd.Series([], dtype=object)})
-        hist = [_int_matrix(model_input[c]) for c in (S.HIST_ITEMS, S.HIST_EVENTS, S.HIST_GAPS)]
         known = torch.from_numpy(self.product_ids >= 0)
-        excluded = exclusion_mask(len(model_input), len(known), int_arrays(model_input[S.SEEN_ITEMS]),
-                                  blocked_items(len(known), known))
-        with torch.no_grad():
-            scores = self.model.score_items(*(torch.from_numpy(h) for h in hist), self.item_vecs, excluded)
-        scores.masked_fill_(excluded, float("-inf"))
-        k = min(k, int(torch.isfinite(scores).sum(dim=1).min()))
-        top = torch.topk(scores, k, dim=1)
+        top, scores = ranking.rank_histories(
+            self.model, [ranking.int_matrix(model_input[c]) for c in (S.HIST_ITEMS, S.HIST_EVENTS, S.HIST_GAPS)],
+            self.item_vecs, k, ranking.pairs_of(ranking.int_arrays(model_input[S.SEEN_ITEMS])),
+            ranking.blocked_items(len(known), known))
+        filled = top != S.EMPTY_SLOT  # empty slots only trail: a user with fewer eligible items gets a shorter list
         return pd.DataFrame(
             {
-                ITEM_IDS: [self.product_ids[row].tolist() for row in top.indices.numpy()],
-                SCORES: [row.tolist() for row in top.values.numpy()],
+                ITEM_IDS: [self.product_ids[row[keep]].tolist() for row, keep in zip(top, filled)],
+                SCORES: [row[keep].tolist() for row, keep in zip(scores, filled)],
             }
         )
-
-
-def _int_matrix(column: pd.Series) -> np.ndarray:
-    return np.stack([np.asarray(v, dtype=np.float64).astype(np.int64) for v in column])
 
 
 def example_input(bundle: ModelBundle, rows: int = 2) -> pd.DataFrame:

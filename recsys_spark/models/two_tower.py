@@ -1,10 +1,10 @@
 """The two-tower sequential recommender: an item tower and a SASRec-style user tower.
 
 Pure ``nn.Module``s: nothing here knows about Horovod, Spark, Petastorm or the loss
-(the training wrapper is :class:`recsys_spark.train.loss.RetrievalTask`). Scores are built
-from dot products of the user tower's vector after each history step and item vectors
-(:meth:`TwoTowerModel.score_items`): one per item for a single user vector, or one per step
-and item for the mixture of the steps' softmaxes.
+(the training wrapper is :class:`recsys_spark.train.loss.RetrievalTask`). The model gives the
+user tower's vector after each history step (:meth:`TwoTowerModel.sequence_vectors`) and every
+item's vector (:meth:`TwoTowerModel.item_vectors`); how they become item scores and lists
+(the ``user_vector`` modes, exclusions, top K) is :mod:`recsys_spark.models.ranking`'s.
 
 Item index conventions come from :mod:`recsys_spark.schema`: 0 is padding, 1 is
 out-of-vocabulary, real items start at 2. Sequences are left-padded, so the most recent
@@ -19,10 +19,8 @@ from torch import Tensor, nn
 
 from recsys_spark import schema as S
 from recsys_spark.config import TRAINING_USER_VECTOR, TrainConfig
+from recsys_spark.models.ranking import USER_VECTORS
 
-USER_VECTORS = ("last", "mean", "mixture")
-# Most float32 logits a "mixture" score computes at once (users x steps x items): 64 MiB.
-MIXTURE_CHUNK_LOGITS = 1 << 24
 
 
 class ItemTower(nn.Module):
@@ -125,14 +123,9 @@ class TwoTowerModel(nn.Module):
         use_interest_pooling: add the running mean of the item vectors of steps 0..t (projected
             to ``dim``): a direct path for the user's long-term taste beside the attention, which
             favours the current session. False rebuilds models trained before it existed.
-        user_vector: how :meth:`score_items` turns the vectors after every step into item
-            scores. "last": the vector after the last step (as SASRec); "mean": the mean of
-            the vectors after every real step; both are one dot product per item.
-            "mixture": each real step's vector defines a softmax over the candidate items (its
-            prediction of what comes next), and an item's score is the log of their mean
-            probability: a user with several interests keeps each of them, where the mean
-            vector blurs them into one. Training does not use it (every position has its own
-            targets). "last" rebuilds models trained before it existed.
+        user_vector: how the vectors after every step become item scores when ranking, one of
+            ``models.ranking.USER_VECTORS`` (see that module). Training does not use it (every
+            position has its own targets). "last" rebuilds models trained before it existed.
     """
 
     # The hyper-parameters' defaults are TrainConfig's (one place for each default).
@@ -239,59 +232,6 @@ class TwoTowerModel(nn.Module):
             x = x + self.interest_mlp(running_mean)
         x = self.output_norm(x)
         return torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)
-
-    def user_vectors(self, items: Tensor, events: Tensor, gaps: Tensor) -> Tensor:
-        """One vector per history: the last position's ("last"), else the mean over real steps.
-
-        Args: items, events, gaps LongTensor[B, L] (left-padded). Returns: Tensor[B, d + 1].
-        An all-pad history gets its last position's vector. With ``user_vector="mixture"``
-        this mean is what an approximate-nearest-neighbour index can use; exact scores come
-        from :meth:`score_items`.
-        """
-        vectors = self.sequence_vectors(items, events, gaps)
-        if self.user_vector == "last":
-            return vectors[:, -1]
-        real = (items != S.PAD_INDEX).to(vectors.dtype)[..., None]
-        count = real.sum(dim=1)
-        mean = (vectors * real).sum(dim=1) / count.clamp_min(1.0)
-        return torch.where(count > 0, mean, vectors[:, -1])
-
-    def score_items(self, items: Tensor, events: Tensor, gaps: Tensor, item_vecs: Tensor,
-                    exclude: Tensor | None = None) -> Tensor:
-        """The score of every candidate item for each history (higher = recommend first).
-
-        Args:
-            items, events, gaps: LongTensor[B, L], left-padded histories.
-            item_vecs: Tensor[N, d + 1], the candidates' vectors (rows of :meth:`item_vectors`,
-                all of them or a subset).
-            exclude: BoolTensor[B, N], True for a candidate this user is never shown (seen
-                items, pad, OOV), or None. Only "mixture" reads it: each step's softmax is
-                taken over the candidates left, so no probability goes to items the user
-                cannot get. Excluded candidates still get a finite score.
-
-        Returns:
-            FloatTensor[B, N]. "last" and "mean": the dot product with :meth:`user_vectors`.
-            "mixture": log((1 / T) sum_t softmax_t(i)) over the T real steps t of the history,
-            softmax_t over the candidates not excluded, of the dot products with the vector after
-            step t (an all-pad history uses its last position).
-        """
-        if self.user_vector != "mixture":
-            return (self.user_vectors(items, events, gaps) @ item_vecs.T).float()
-        vectors = self.sequence_vectors(items, events, gaps)
-        real = items != S.PAD_INDEX
-        real = torch.where(real.any(dim=1, keepdim=True), real, torch.arange(items.shape[1], device=items.device) ==
-                           items.shape[1] - 1)
-        log_weight = torch.log(real.float() / real.sum(dim=1, keepdim=True))  # -inf at pad steps
-        chunk = max(1, MIXTURE_CHUNK_LOGITS // max(1, items.shape[1] * item_vecs.shape[0]))
-        parts = []
-        for start in range(0, items.shape[0], chunk):
-            rows = slice(start, start + chunk)
-            logits = torch.einsum("bld,nd->bln", vectors[rows], item_vecs).float()
-            allowed = logits if exclude is None else logits.masked_fill(exclude[rows, None, :], float("-inf"))
-            norm = torch.logsumexp(allowed, dim=2, keepdim=True)
-            norm = torch.where(torch.isfinite(norm), norm, torch.zeros_like(norm))  # nothing left: no renormalising
-            parts.append(torch.logsumexp(logits - norm + log_weight[rows, :, None], dim=1))
-        return torch.cat(parts) if parts else torch.zeros(0, item_vecs.shape[0], device=item_vecs.device)
 
     def _attention_mask(self, items: Tensor) -> Tensor:
         """Bool mask [B * heads, L, L], True = may not attend: the future and padded keys.

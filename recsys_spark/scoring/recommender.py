@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from recsys_spark import schema as S
+from recsys_spark.models import ranking
 from recsys_spark.scoring import topk
 
 SOURCE_MODEL = "model"
@@ -190,23 +191,23 @@ class ModelEncoder:
     def encode(self, users: Users) -> Tensor:
         """Args: B users with hist_items / hist_events / hist_gaps. Returns: Tensor[B, d] float32."""
         with torch.no_grad():
-            return self.module().user_vectors(*self._history(users)).float()
+            return ranking.user_vectors(self.module(), *self._history(users)).float()
 
     def score(self, users: Users, item_vectors: Tensor, excluded: tuple[np.ndarray, np.ndarray], out: Tensor) -> None:
         """Fill ``out`` [B, M] with the model's scores of the M items of ``item_vectors``.
 
         Args:
             excluded: (row, item) pairs the users are never shown: a "mixture" model leaves
-                them out of its softmax (``TwoTowerModel.score_items``); they are masked later.
+                them out of its softmax (``ranking.score_items``); they are masked later.
         """
         module = self.module()
         if module.user_vector != "mixture":
+            # ranking.score_items' dot product, written into the task's reused buffer.
             torch.matmul(self.encode(users), item_vectors.T, out=out)
             return
-        mask = torch.zeros(out.shape, dtype=torch.bool)
-        topk.mask_pairs(mask, *excluded, value=True)
+        mask = ranking.exclusion_mask(len(users), item_vectors.shape[0], excluded)
         with torch.no_grad():
-            out.copy_(module.score_items(*self._history(users), item_vectors, mask))
+            out.copy_(ranking.score_items(module, *self._history(users), item_vectors, mask))
 
 
 class VectorEncoder:
@@ -306,7 +307,7 @@ class Recommender:
         excluded = _excluded(users, space)
         with torch.no_grad():
             self.plan.encoder.score(users, self.model_vectors, excluded, scores)
-        topk.mask_pairs(scores, *excluded)
+        ranking.mask_pairs(scores, *excluded)
         explore = slots = None
         if rules.explore_share > 0 and len(self.plan.explore_pool):
             keys = users.column(USER_KEY).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -325,9 +326,9 @@ class Recommender:
         bonus = float(self.popularity.max()) + 1.0 if len(space) else 0.0
         same = (self.fallback_categories[None, :] == codes[:, None]) & (codes[:, None] >= 0)
         torch.add(self.popularity[None, :], same.float(), alpha=bonus, out=scores)
-        topk.mask_pairs(scores, *_excluded(users, space))
+        ranking.mask_pairs(scores, *_excluded(users, space))
         ranked = topk.rank(scores, rules.k, space.categories, rules.category_cap)
-        ranked.scores = np.where(ranked.items >= 0, space.popularity[np.maximum(ranked.items, 0)], topk.NEG_INF)
+        ranked.scores = np.where(ranked.items >= 0, space.popularity[np.maximum(ranked.items, 0)], ranking.NEG_INF)
         return ranked, space.product_ids, np.full(ranked.items.shape, SOURCES.index(SOURCE_FALLBACK), dtype=np.int8)
 
 

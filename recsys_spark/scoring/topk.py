@@ -1,9 +1,11 @@
-"""Exact top-K of one block of users, with a per-category cap and exploration slots.
+"""The score stage's list rules, as steps after the shared top K: a per-category cap and
+exploration slots.
 
 Pure numpy / torch, no Spark and no model: the score stage calls these inside its Spark
 tasks on a [block, items] score matrix, the benchmark and the tests call them directly.
-Conventions: an item is a column of the score matrix (its index in an item space); an
-excluded item scores -inf; an empty slot holds item -1 (empty slots only ever trail).
+Conventions are :mod:`recsys_spark.models.ranking`'s (whose top K this builds on): an item is a
+column of the score matrix; an excluded item scores -inf; an empty slot holds
+``schema.EMPTY_SLOT`` (empty slots only ever trail).
 """
 
 from __future__ import annotations
@@ -14,21 +16,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-EMPTY = -1
-NEG_INF = float("-inf")
+from recsys_spark.models.ranking import NEG_INF, top_k_of_scores
+from recsys_spark.schema import EMPTY_SLOT
 # With a category cap, the greedy pass first looks this many times K deep; rows it cannot fill
 # from there (one category dominates the top) are redone over the whole catalogue.
 CAP_DEPTH = 4
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def mask_pairs(scores: Tensor, rows: np.ndarray, items: np.ndarray, value: float | bool = NEG_INF) -> None:
-    """Set ``scores[row, item] = value`` (-inf by default) for every (row, item) pair (in place;
-    items out of range ignored)."""
-    keep = (items >= 0) & (items < scores.shape[1])
-    if keep.any():
-        scores[torch.from_numpy(rows[keep]), torch.from_numpy(items[keep])] = value
 
 
 def uniforms(keys: np.ndarray, count: int, offset: int = 0) -> np.ndarray:
@@ -90,9 +84,9 @@ def first_n(values: np.ndarray, keep: np.ndarray, n: np.ndarray | int, width: in
     keep = keep & (rank <= np.broadcast_to(np.asarray(n)[..., None] if np.ndim(n) else n, rank.shape))
     order = np.argsort(~keep, axis=1, kind="stable")[:, :width]
     out = np.take_along_axis(values, order, axis=1)
-    out[~np.take_along_axis(keep, order, axis=1)] = EMPTY
+    out[~np.take_along_axis(keep, order, axis=1)] = EMPTY_SLOT
     if out.shape[1] < width:
-        out = np.pad(out, ((0, 0), (0, width - out.shape[1])), constant_values=EMPTY)
+        out = np.pad(out, ((0, 0), (0, width - out.shape[1])), constant_values=EMPTY_SLOT)
     return out
 
 
@@ -114,7 +108,7 @@ def draw_explore(scores: Tensor, pool: np.ndarray, slots: np.ndarray, draws: np.
     """
     k = slots.shape[1]
     if len(pool) == 0 or not slots.any():
-        return np.full(slots.shape, EMPTY, dtype=np.int64)
+        return np.full(slots.shape, EMPTY_SLOT, dtype=np.int64)
     picks = pool[np.minimum((draws * len(pool)).astype(np.int64), len(pool) - 1)]
     rows = torch.arange(scores.shape[0])[:, None]
     allowed = torch.isfinite(scores[rows, torch.from_numpy(picks)]).numpy()
@@ -160,13 +154,13 @@ def rank(
     """
     num_rows, num_items = scores.shape
     if explore is None or slots is None:
-        explore = np.full((num_rows, 0), EMPTY, dtype=np.int64)
+        explore = np.full((num_rows, 0), EMPTY_SLOT, dtype=np.int64)
         slots = np.zeros((num_rows, k), dtype=bool)
     if cap < 0 or k < 1:
         raise ValueError(f"k ({k}) must be positive and cap ({cap}) non-negative")
     if cap == 0 and not (explore >= 0).any():
-        values, top = torch.topk(scores, min(k, num_items), dim=1)
-        return _pad(top.numpy(), values.numpy(), np.zeros(top.shape, dtype=bool), k)
+        top, values = top_k_of_scores(scores, k)
+        return Ranked(top.numpy(), values.float().numpy(), np.zeros(top.shape, dtype=bool))
 
     rows = torch.arange(num_rows)[:, None]
     picked = torch.from_numpy(np.maximum(explore, 0))
@@ -188,9 +182,7 @@ def rank(
 
 def _greedy(scores, depth, explore, pick_scores, codes, cap, k):
     """Candidates (picks first, then the top ``depth`` by score) filtered by the cap; first k kept."""
-    values, top = torch.topk(scores, depth, dim=1)
-    values, top = values.numpy(), top.numpy()
-    top = np.where(values == NEG_INF, EMPTY, top)
+    top, values = (t.numpy() for t in top_k_of_scores(scores, depth))
     cand = np.concatenate([explore, top], axis=1)
     cand_values = np.concatenate([pick_scores, values], axis=1)
     is_pick = np.zeros(cand.shape, dtype=bool)
@@ -205,7 +197,7 @@ def _greedy(scores, depth, explore, pick_scores, codes, cap, k):
     order = first_n(np.arange(cand.shape[1])[None, :].repeat(len(cand), 0), keep, k, k)
     taken = order >= 0
     safe = np.maximum(order, 0)
-    items = np.where(taken, np.take_along_axis(cand, safe, 1), EMPTY)
+    items = np.where(taken, np.take_along_axis(cand, safe, 1), EMPTY_SLOT)
     vals = np.where(taken, np.take_along_axis(cand_values, safe, 1), NEG_INF).astype(np.float32)
     picks = taken & np.take_along_axis(is_pick, safe, 1)
     return items, vals, picks
@@ -231,13 +223,3 @@ def _place(items, values, is_pick, slots, k) -> Ranked:
         np.take_along_axis(out_values, order, 1),
         np.take_along_axis(out_pick, order, 1),
     )
-
-
-def _pad(items: np.ndarray, values: np.ndarray, explore: np.ndarray, k: int) -> Ranked:
-    items = np.where(values == NEG_INF, EMPTY, items)
-    extra = k - items.shape[1]
-    if extra > 0:
-        items = np.pad(items, ((0, 0), (0, extra)), constant_values=EMPTY)
-        values = np.pad(values, ((0, 0), (0, extra)), constant_values=NEG_INF)
-        explore = np.pad(explore, ((0, 0), (0, extra)), constant_values=False)
-    return Ranked(items.astype(np.int64), values.astype(np.float32), explore)

@@ -27,7 +27,8 @@ from recsys_spark import io
 from recsys_spark import schema as S
 from recsys_spark.config import TRAINING_USER_VECTOR, TrainConfig, from_dict
 from recsys_spark.errors import DataQualityError, InputError
-from recsys_spark.evaluation.ranking import blocked_items, exclusion_mask
+from recsys_spark.evaluation import metrics
+from recsys_spark.models import ranking
 from recsys_spark.models.two_tower import TwoTowerModel
 from recsys_spark.train import data
 from recsys_spark.train.collective import Collective, HorovodCollective, SingleProcess, TorchCollective
@@ -563,47 +564,42 @@ def model_args_from(metadata: dict[str, Any], tc: TrainConfig) -> dict[str, Any]
 
 
 @torch.no_grad()
-def ranking_sums(model: TwoTowerModel, rows: data.EvalRows, k: int,
-                 device: torch.device | None = None) -> tuple[float, float, int]:
-    """Full-ranking NDCG@k and Recall@k summed over rows with at least one target.
-
-    Every item is scored; pad, OOV and the row's seen items are excluded. Relevance is binary;
-    NDCG's ideal DCG covers min(k, |targets|) positions, Recall@k = hits / |targets|.
+def validation_lists(model: TwoTowerModel, rows: data.EvalRows, k: int, device: torch.device | None = None,
+                     mode: str | None = None) -> np.ndarray:
+    """Every row's top k through ``models.ranking`` (the path evaluation and scoring take): all
+    items ranked, pad, OOV and the row's seen items excluded.
 
     Args:
         device: where the model lives (CPU when None); scores are computed there.
+        mode: a ``ranking.USER_VECTORS`` entry, or None for the model's own.
+
+    Returns:
+        int64 [R, k] item indices, best first, schema.EMPTY_SLOT in empty slots.
+    """
+    was_training = model.training
+    model.eval()
+    item_vecs = model.item_vectors()
+    top, _ = ranking.rank_histories(model, [rows.hist_items, rows.hist_events, rows.hist_gaps], item_vecs, k,
+                                    ranking.pairs_of(rows.seen_items), ranking.blocked_items(item_vecs.shape[0]),
+                                    EVAL_BLOCK_ROWS, mode, device)
+    model.train(was_training)
+    return top
+
+
+def ranking_sums(model: TwoTowerModel, rows: data.EvalRows, k: int, device: torch.device | None = None,
+                 mode: str | None = None) -> tuple[float, float, int]:
+    """NDCG@k and Recall@k (``evaluation.metrics``) of :func:`validation_lists`, summed over the
+    rows with at least one target.
 
     Returns:
         (sum of NDCG@k, sum of Recall@k, number of rows counted).
     """
-    device = device or torch.device("cpu")
-    was_training = model.training
-    model.eval()
-    item_vecs = model.item_vectors()
-    blocked = blocked_items(item_vecs.shape[0])
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    ndcg_sum, recall_sum, counted = 0.0, 0.0, 0
-    for start in range(0, len(rows), EVAL_BLOCK_ROWS):
-        end = min(start + EVAL_BLOCK_ROWS, len(rows))
-        excluded = exclusion_mask(end - start, item_vecs.shape[0], rows.seen_items[start:end], blocked)
-        scores = model.score_items(
-            torch.from_numpy(rows.hist_items[start:end]).to(device),
-            torch.from_numpy(rows.hist_events[start:end]).to(device),
-            torch.from_numpy(rows.hist_gaps[start:end]).to(device),
-            item_vecs, excluded.to(device),
-        ).float().cpu()
-        scores.masked_fill_(excluded, float("-inf"))
-        top = torch.topk(scores, min(k, scores.shape[1]), dim=1).indices.numpy()
-        for i, targets in enumerate(rows.target_items[start:end]):
-            if len(targets) == 0:
-                continue
-            hits = np.isin(top[i], targets)
-            ideal = discounts[: min(k, len(targets))].sum()
-            ndcg_sum += float((hits * discounts[: len(hits)]).sum() / ideal)
-            recall_sum += float(hits.sum() / len(targets))
-            counted += 1
-    model.train(was_training)
-    return ndcg_sum, recall_sum, counted
+    counted = np.flatnonzero([len(t) > 0 for t in rows.target_items])
+    if len(counted) == 0:
+        return 0.0, 0.0, 0
+    top = validation_lists(model, rows, k, device, mode)
+    per_user = metrics.batch_metrics(top[counted], [rows.target_items[i] for i in counted], [k])
+    return float(per_user[f"ndcg@{k}"].sum()), float(per_user[f"recall@{k}"].sum()), len(counted)
 
 
 def validation_metrics(model: TwoTowerModel, rows: data.EvalRows, k: int, comm: Collective,

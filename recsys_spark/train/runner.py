@@ -262,20 +262,21 @@ def user_vector_scores(cfg: Config, model_args: dict[str, Any], state_dict) -> d
     (the same seeded sample of at most train.validation_users users that training validated on).
 
     Returns:
-        {mode: mean NDCG} in models.two_tower.USER_VECTORS order.
+        {mode: mean NDCG} in models.ranking.USER_VECTORS order.
     """
-    from recsys_spark.models.two_tower import USER_VECTORS, TwoTowerModel
+    from recsys_spark.models.ranking import USER_VECTORS
+    from recsys_spark.models.two_tower import TwoTowerModel
     from recsys_spark.train import data
     from recsys_spark.train.loop import ranking_sums
 
     tc = cfg.train
     rows = data.read_eval_rows(io.feature_path(cfg.paths.resolve("features"), "validation"),
                                limit=tc.validation_users, seed=tc.seed)
+    model = TwoTowerModel(**model_args)
+    model.load_state_dict(state_dict)
     scores = {}
     for mode in USER_VECTORS:
-        model = TwoTowerModel(**{**model_args, "user_vector": mode})
-        model.load_state_dict(state_dict)
-        ndcg_sum, _, counted = ranking_sums(model.eval(), rows, tc.eval_k)
+        ndcg_sum, _, counted = ranking_sums(model.eval(), rows, tc.eval_k, mode=mode)
         scores[mode] = ndcg_sum / counted if counted else 0.0
     return scores
 

@@ -12,7 +12,7 @@ import torch
 from recsys_spark import schema as S
 from recsys_spark.evaluation import baselines as B
 
-from tests.evaluation.test_ranking import history_rows
+from tests.evaluation.test_rankers import history_rows
 
 NUM_ITEMS = 8
 

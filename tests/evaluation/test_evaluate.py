@@ -13,6 +13,7 @@ from pyspark.sql import functions as F
 
 from recsys_spark import io
 from recsys_spark import schema as S
+from recsys_spark.models import ranking
 from recsys_spark.config import EvaluateConfig, from_dict, load_config
 from recsys_spark.errors import ConfigError, InputError
 from recsys_spark.evaluation import evaluate
@@ -20,7 +21,8 @@ from recsys_spark.evaluation import intervals as I
 from recsys_spark.evaluation.metrics import metric_names
 
 from tests.evaluation.test_metrics import pandas_reference
-from tests.evaluation.test_ranking import MAX_SEQ_LEN, NUM_ITEMS, brute_force, tiny_bundle
+from tests.evaluation.test_rankers import MAX_SEQ_LEN, NUM_ITEMS, tiny_bundle
+from tests.models.test_ranking import brute_force
 
 KS = [1, 2]
 G2 = 1 / math.log2(3)
@@ -139,7 +141,7 @@ def model_per_user(bundle):
     hist = torch.tensor([u[1] for u in users])
     events = torch.tensor([[1 if i else 0 for i in u[1]] for u in users])
     with torch.no_grad():
-        user_vecs = module.user_vectors(hist, events, torch.zeros_like(hist)).double().numpy()
+        user_vecs = ranking.user_vectors(module, hist, events, torch.zeros_like(hist)).double().numpy()
         item_vecs = module.item_vectors().double().numpy()
     ranked = brute_force(user_vecs, item_vecs, max(KS), [u[2] for u in users])
     return pandas_reference(ranked, [np.array(u[3]) for u in users], KS), ranked

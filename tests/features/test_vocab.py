@@ -11,7 +11,7 @@ from recsys_spark import schema as S
 from recsys_spark.errors import DataQualityError, InputError
 from recsys_spark.features import vocab as V
 from recsys_spark.features.featurize import load_vocabs
-from recsys_spark.features.ranking import row_numbers
+from recsys_spark.features.row_numbers import row_numbers
 from recsys_spark.features.sequences import STEP_TIME, encode_items
 from tests.features.test_featurize import CUTOFFS, VIEW, clean_events
 

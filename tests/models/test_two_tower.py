@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from recsys_spark import schema as S
-from recsys_spark.models import two_tower
+from recsys_spark.models import ranking
 from recsys_spark.models.bundle import ModelBundle
 from recsys_spark.models.two_tower import HistoryFeatures, TwoTowerModel
 from recsys_spark.train.loss import (
@@ -48,7 +48,7 @@ def test_output_shapes_and_user_vector_is_last_position():
     items, events, gaps = batch()
     with torch.no_grad():
         seq = model.sequence_vectors(items, events, gaps)
-        users = model.user_vectors(items, events, gaps)
+        users = ranking.user_vectors(model, items, events, gaps)
         catalogue = model.item_vectors()
     # d + 1: the last component carries the item bias (users: a constant 1).
     assert seq.shape == (3, LENGTH, DIM + 1)
@@ -62,7 +62,7 @@ def test_shorter_sequences_are_accepted_and_longer_ones_refused():
     model = make_model()
     items, events, gaps = batch()
     with torch.no_grad():
-        assert model.user_vectors(items[:, 2:], events[:, 2:], gaps[:, 2:]).shape == (3, DIM + 1)
+        assert ranking.user_vectors(model, items[:, 2:], events[:, 2:], gaps[:, 2:]).shape == (3, DIM + 1)
     too_long = torch.zeros(1, LENGTH + 1, dtype=torch.long)
     with pytest.raises(ValueError, match="max_seq_len"):
         model.sequence_vectors(too_long, too_long, too_long)
@@ -107,8 +107,8 @@ def test_user_features_change_the_user_vector_and_old_bundles_rebuild_without_th
     more_purchases = events.clone()
     more_purchases[1, :4] = S.EVENT_CODE["purchase"]
     with torch.no_grad():
-        assert not torch.allclose(with_features.user_vectors(items, events, gaps)[1],
-                                  with_features.user_vectors(items, more_purchases, gaps)[1])
+        assert not torch.allclose(ranking.user_vectors(with_features, items, events, gaps)[1],
+                                  ranking.user_vectors(with_features, items, more_purchases, gaps)[1])
     assert not any(k.startswith("user_feature_mlp") for k in without.state_dict())
     # A bundle saved before user features existed has no such key in model_args: built without.
     old_args = dict(num_items=NUM_ITEMS, num_categories=3, num_brands=4, num_price_buckets=3,
@@ -128,8 +128,8 @@ def test_padded_steps_are_ignored_by_the_user_vector():
     noisy_gaps = gaps.clone()
     noisy_gaps[0, :2] = 7
     with torch.no_grad():
-        clean = model.user_vectors(items[:1], events[:1], gaps[:1])
-        shifted = model.user_vectors(noisy[:1], events[:1], noisy_gaps[:1])
+        clean = ranking.user_vectors(model, items[:1], events[:1], gaps[:1])
+        shifted = ranking.user_vectors(model, noisy[:1], events[:1], noisy_gaps[:1])
     torch.testing.assert_close(clean, shifted)
 
 
@@ -296,59 +296,3 @@ def test_horizon_targets_spread_over_the_steps_the_window_has_left():
     assert horizon_index(torch.tensor([[3, 3, 3]]), horizon).tolist() == [[2, 2, 2]]
 
 
-def test_mean_user_vector_averages_the_real_positions_only():
-    last = make_model()
-    mean = make_model()
-    mean.load_state_dict(last.state_dict())
-    mean.user_vector = "mean"
-    items = torch.tensor([[0, 0, 5, 6, 7], [0, 0, 0, 0, 0]])
-    events = torch.tensor([[0, 0, 1, 1, 2], [0, 0, 0, 0, 0]])
-    gaps = torch.tensor([[0, 0, 0, 3, 4], [0, 0, 0, 0, 0]])
-    with torch.no_grad():
-        seq = last.sequence_vectors(items, events, gaps)
-        torch.testing.assert_close(last.user_vectors(items, events, gaps), seq[:, -1])
-        got = mean.user_vectors(items, events, gaps)
-    # Row 0: the mean over its three real steps (pad positions 0 and 1 left out); row 1 has no
-    # real step and falls back to its last position.
-    torch.testing.assert_close(got[0], seq[0, 2:].mean(dim=0))
-    torch.testing.assert_close(got[1], seq[1, -1])
-    assert float(got[0, -1]) == pytest.approx(1.0)  # the item bias's weight stays 1
-    with pytest.raises(ValueError, match="user_vector"):
-        TwoTowerModel(num_items=10, num_categories=2, num_brands=2, num_price_buckets=2, num_event_codes=5,
-                      num_gap_buckets=4, max_seq_len=5, user_vector="max")
-
-
-def test_mixture_scores_are_the_log_mean_softmax_over_steps_of_the_items_left(monkeypatch):
-    model = make_model()
-    model.user_vector = "mixture"
-    items = torch.tensor([[0, 0, 5, 6, 7], [0, 0, 0, 0, 0]])
-    events = torch.tensor([[0, 0, 1, 1, 2], [0, 0, 0, 0, 0]])
-    gaps = torch.tensor([[0, 0, 0, 3, 4], [0, 0, 0, 0, 0]])
-    candidates = torch.tensor([2, 3, 4, 8, 9])
-    exclude = torch.tensor([[False, True, False, False, True], [False] * 5])
-    with torch.no_grad():
-        seq = model.sequence_vectors(items, events, gaps)
-        vecs = model.item_vectors()[candidates]
-        got = model.score_items(items, events, gaps, vecs, exclude)
-        unmasked = model.score_items(items, events, gaps, vecs)
-    # By hand, row 0: its three real steps t = 2, 3, 4, each a softmax over candidates 2, 4, 8
-    # (3 and 9 are excluded from the normaliser but still scored), averaged.
-    logits = seq[0, 2:] @ vecs.T  # [3 steps, 5 candidates]
-    norm = torch.logsumexp(logits[:, [0, 2, 3]], dim=1, keepdim=True)
-    expected = torch.log(torch.exp(logits - norm).mean(dim=0))
-    torch.testing.assert_close(got[0], expected)
-    # The kept candidates' probabilities sum to 1; the excluded ones are finite.
-    assert float(got[0, [0, 2, 3]].exp().sum()) == pytest.approx(1.0, abs=1e-5)
-    assert bool(torch.isfinite(got).all())
-    # Row 1 (no real step) uses its last position alone; nothing excluded: a plain log-softmax.
-    torch.testing.assert_close(got[1], torch.log_softmax(seq[1, -1] @ vecs.T, dim=0))
-    torch.testing.assert_close(unmasked[0], torch.log(torch.softmax(logits, dim=1).mean(dim=0)))
-    # Chunked over users (one at a time), the same scores.
-    monkeypatch.setattr(two_tower, "MIXTURE_CHUNK_LOGITS", 1)
-    with torch.no_grad():
-        torch.testing.assert_close(model.score_items(items, events, gaps, vecs, exclude), got)
-    # "last" and "mean" score by the dot product and ignore the exclusions.
-    model.user_vector = "mean"
-    with torch.no_grad():
-        torch.testing.assert_close(model.score_items(items, events, gaps, vecs, exclude),
-                                   model.user_vectors(items, events, gaps) @ vecs.T)

@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 
 from recsys_spark import schema as S
+from recsys_spark.models import ranking
 
 NUM_ITEMS = 10  # item_idx 2..9 are products 1002..1009
 MAX_SEQ_LEN = 4
@@ -102,7 +103,7 @@ def model_scores(bundle, hist_items: list[int]) -> dict[int, float]:
     module = bundle.build_module()
     items = torch.tensor([hist_items])
     with torch.no_grad():
-        user = module.user_vectors(items, (items > 0).long(), torch.zeros_like(items))[0].double()
+        user = ranking.user_vectors(module, items, (items > 0).long(), torch.zeros_like(items))[0].double()
         vecs = module.item_vectors().double()
     return {PRODUCT + i: float(user @ vecs[i]) for i in range(S.FIRST_ITEM_INDEX, NUM_ITEMS)}
 

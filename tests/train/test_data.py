@@ -179,11 +179,10 @@ class FixedScores(nn.Module):
     def item_vectors(self) -> torch.Tensor:
         return torch.eye(self.table.shape[1])
 
-    def user_vectors(self, items, events, gaps) -> torch.Tensor:
-        return self.table[items[:, -1]]
+    user_vector = "last"
 
-    def score_items(self, items, events, gaps, item_vecs, exclude=None) -> torch.Tensor:
-        return self.user_vectors(items, events, gaps) @ item_vecs.T
+    def sequence_vectors(self, items, events, gaps) -> torch.Tensor:
+        return self.table[items]
 
 
 def test_ranking_sums_match_hand_computed_ndcg_and_recall():

@@ -1,4 +1,4 @@
-"""Exact blocked top-K and the rankers built on it."""
+"""The rankers evaluation compares, ranking through models.ranking."""
 
 from __future__ import annotations
 
@@ -12,61 +12,14 @@ from torch import nn
 
 from recsys_spark import schema as S
 from recsys_spark.errors import DataQualityError
-from recsys_spark.evaluation.ranking import ModelRanker, PopularityRanker, top_k, vocab_column
+from recsys_spark.evaluation.rankers import ModelRanker, PopularityRanker, vocab_column
+from recsys_spark.models import ranking
+
+from tests.models.test_ranking import brute_force
 
 pytestmark = pytest.mark.unit
 
 NEG_INF = float("-inf")
-
-
-def brute_force(user_vecs: np.ndarray, item_vecs: np.ndarray, k: int, exclude: list[list[int]]) -> np.ndarray:
-    scores = user_vecs @ item_vecs.T
-    scores[:, : S.FIRST_ITEM_INDEX] = -np.inf
-    for row, items in enumerate(exclude):
-        scores[row, items] = -np.inf
-    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
-
-
-def test_top_k_equals_a_brute_force_argsort_for_any_block_size():
-    rng = np.random.default_rng(3)
-    users, items = rng.normal(size=(7, 4)), rng.normal(size=(15, 4))
-    exclude = [rng.choice(np.arange(15), size=rng.integers(0, 5), replace=False).tolist() for _ in range(7)]
-    expected = brute_force(users, items, 5, exclude)
-    for block_size in (1, 3, 7, 100):
-        indices, scores = top_k(
-            torch.from_numpy(users), torch.from_numpy(items), 5, [np.array(e) for e in exclude], block_size
-        )
-        np.testing.assert_array_equal(indices.numpy(), expected)
-        np.testing.assert_allclose(scores.numpy(), np.take_along_axis(users @ items.T, expected, axis=1))
-
-
-def test_pad_oov_excluded_and_disallowed_items_are_never_returned():
-    # Item vectors along one axis: the user's scores are the items' values, pad/OOV the best.
-    values = torch.tensor([[9.0], [8.0], [1.0], [5.0], [4.0], [3.0], [2.0]])
-    user = torch.ones(1, 1)
-    indices, _ = top_k(user, values, 3)
-    assert indices.tolist() == [[3, 4, 5]]
-    indices, _ = top_k(user, values, 3, exclude=[np.array([3, 99, -4])])  # out-of-range entries ignored
-    assert indices.tolist() == [[4, 5, 6]]
-    allowed = torch.tensor([True, True, True, True, False, True, True])
-    indices, _ = top_k(user, values, 3, exclude=[np.array([3])], allowed=allowed)
-    assert indices.tolist() == [[5, 6, 2]]
-
-
-def test_top_k_leaves_empty_slots_when_the_catalogue_runs_out():
-    values = torch.tensor([[0.0], [0.0], [1.0], [2.0], [3.0]])
-    indices, scores = top_k(torch.ones(2, 1), values, 6, exclude=[np.array([4]), np.array([], dtype=np.int64)])
-    assert indices.tolist() == [[3, 2, -1, -1, -1, -1], [4, 3, 2, -1, -1, -1]]
-    assert scores.tolist() == [[2.0, 1.0] + [NEG_INF] * 4, [3.0, 2.0, 1.0] + [NEG_INF] * 3]
-
-
-def test_top_k_rejects_non_finite_vectors_and_bad_arguments():
-    with pytest.raises(DataQualityError, match="NaN"):
-        top_k(torch.tensor([[float("nan")]]), torch.ones(4, 1), 2)
-    with pytest.raises(ValueError, match="exclude"):
-        top_k(torch.ones(2, 1), torch.ones(4, 1), 2, exclude=[np.array([2])])
-    with pytest.raises(ValueError, match="positive"):
-        top_k(torch.ones(2, 1), torch.ones(4, 1), 0)
 
 
 def history_rows(last_items: list[list[int]], seen: list[list[int]], length: int = 4) -> pd.DataFrame:
@@ -93,11 +46,10 @@ class LastItemModel(nn.Module):
     def item_vectors(self) -> torch.Tensor:
         return self.vecs
 
-    def user_vectors(self, items, events, gaps) -> torch.Tensor:
-        return self.vecs[items[:, -1]]
+    user_vector = "last"
 
-    def score_items(self, items, events, gaps, item_vecs, exclude=None) -> torch.Tensor:
-        return self.user_vectors(items, events, gaps) @ item_vecs.T
+    def sequence_vectors(self, items, events, gaps) -> torch.Tensor:
+        return self.vecs[items]
 
 
 STAND_IN_VECS = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.2, 0.8]])
@@ -116,23 +68,22 @@ def test_model_ranker_ranks_by_dot_product_of_the_towers():
     assert top.tolist() == [[2, 3, 5], [4, 5, 3]]
 
 
-class MixtureStandIn(LastItemModel):
-    """Records the exclusion mask the ranker hands over; scores = last item's dot product."""
+class RecordingRanker(ModelRanker):
+    """Records the exclusion mask the ranking path hands to the scorer (a "mixture" model reads it)."""
 
-    def score_items(self, items, events, gaps, item_vecs, exclude=None) -> torch.Tensor:
-        self.exclude = exclude.clone()
-        return self.user_vectors(items, events, gaps) @ item_vecs.T
+    def score_block(self, batch, excluded=None):
+        self.exclude = excluded.clone()
+        return super().score_block(batch, excluded)
 
 
 def test_model_ranker_tells_the_model_what_each_user_may_not_get():
-    model = MixtureStandIn(STAND_IN_VECS)
-    ranker = ModelRanker(model, allowed=torch.tensor([True, True, True, True, True, False]))
+    ranker = RecordingRanker(LastItemModel(STAND_IN_VECS), allowed=torch.tensor([True, True, True, True, True, False]))
     rows = history_rows([[2], [3, 4]], seen=[[2], [4]])
     ranker.recommend(rows, 2, exclude_seen=True)
     # Pad and OOV, the blocked item 5, and each row's seen items.
-    assert model.exclude.tolist() == [[True, True, True, False, False, True], [True, True, False, False, True, True]]
+    assert ranker.exclude.tolist() == [[True, True, True, False, False, True], [True, True, False, False, True, True]]
     ranker.recommend(rows, 2, exclude_seen=False)
-    assert model.exclude.tolist() == [[True, True, False, False, False, True]] * 2
+    assert ranker.exclude.tolist() == [[True, True, False, False, False, True]] * 2
 
 
 def test_popularity_ranker_gives_everyone_the_most_popular_unseen_items():
@@ -192,8 +143,7 @@ def test_model_ranker_on_the_real_model_agrees_with_brute_force_and_the_pyfunc()
 
     module = bundle.build_module()
     with torch.no_grad():
-        users = module.user_vectors(*(torch.tensor(rows[c].tolist()) for c in (S.HIST_ITEMS, S.HIST_EVENTS,
-                                                                                S.HIST_GAPS)))
+        users = ranking.user_vectors(module, *ranking.history_tensors(rows))
         items = module.item_vectors()
     expected = brute_force(users.double().numpy(), items.double().numpy(), 3, rows[S.SEEN_ITEMS].tolist())
     np.testing.assert_array_equal(top, expected)
