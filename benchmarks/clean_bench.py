@@ -40,7 +40,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from recsys_spark import schema as S  # noqa: E402
+from recsys_spark import schema  # noqa: E402
 from recsys_spark.etl.pseudonym import hmac_pads  # noqa: E402
 
 KEY = b"benchmark-key"
@@ -122,38 +122,38 @@ def bulk_generate(raw: Path, n_events: int, seed: int = 7, dirt: Dirt = Dirt()) 
         bot_t = rng.integers(0, 80_000) + np.cumsum(rng.integers(1, 4, n_bot))
         frame = pd.DataFrame({
             "t": np.concatenate([t, bot_t]),
-            S.EVENT_TYPE: np.concatenate([kind, np.full(n_bot, "view", dtype=object)]),
-            S.PRODUCT_ID: np.concatenate([item, rng.integers(0, n_items, n_bot)]) + 1_000_000,
+            schema.EVENT_TYPE: np.concatenate([kind, np.full(n_bot, "view", dtype=object)]),
+            schema.PRODUCT_ID: np.concatenate([item, rng.integers(0, n_items, n_bot)]) + 1_000_000,
             "item": np.concatenate([item, rng.integers(0, n_items, n_bot)]),
-            S.USER_ID: np.concatenate([user, np.full(n_bot, 599_000_000 + day)]),
-            S.USER_SESSION: np.concatenate([sessions, np.full(n_bot, f"bot-{day}", dtype=object)]),
+            schema.USER_ID: np.concatenate([user, np.full(n_bot, 599_000_000 + day)]),
+            schema.USER_SESSION: np.concatenate([sessions, np.full(n_bot, f"bot-{day}", dtype=object)]),
         })
         counts["bots"] += n_bot
         it = frame["item"].to_numpy()
-        frame[S.CATEGORY_ID] = category_ids[item_category[it]]
-        frame[S.CATEGORY_CODE] = "electronics.smartphone"
-        frame[S.BRAND] = brands[item_brand[it]]
-        frame[S.PRICE] = item_price[it]
+        frame[schema.CATEGORY_ID] = category_ids[item_category[it]]
+        frame[schema.CATEGORY_CODE] = "electronics.smartphone"
+        frame[schema.BRAND] = brands[item_brand[it]]
+        frame[schema.PRICE] = item_price[it]
         seconds = np.clip(frame["t"].to_numpy(), 0, 86_399)
         stamp = pd.to_datetime(date) + pd.to_timedelta(seconds, unit="s")
-        frame[S.EVENT_TIME] = stamp.strftime("%Y-%m-%d %H:%M:%S UTC")
+        frame[schema.EVENT_TIME] = stamp.strftime("%Y-%m-%d %H:%M:%S UTC")
         frame = frame.sort_values("t", kind="stable")
         dup = frame.sample(frac=dirt.duplicate_share, random_state=day)  # exact copies
         near = frame.sample(frac=dirt.near_duplicate_share, random_state=day + 100).copy()  # double clicks
-        near[S.EVENT_TIME] = (pd.to_datetime(near[S.EVENT_TIME].str[:19]) + pd.Timedelta(seconds=1)).dt.strftime(
+        near[schema.EVENT_TIME] = (pd.to_datetime(near[schema.EVENT_TIME].str[:19]) + pd.Timedelta(seconds=1)).dt.strftime(
             "%Y-%m-%d %H:%M:%S UTC")
-        frame = pd.concat([frame, dup, near])[S.RAW_COLUMNS]
+        frame = pd.concat([frame, dup, near])[schema.RAW_COLUMNS]
         # Nullable integers: a plain int column would turn float on the first None and be written
         # as "510000007.0", which clean (rightly) rejects as a bad id.
-        frame[S.USER_ID] = frame[S.USER_ID].astype("Int64")
-        frame.loc[frame.sample(frac=dirt.null_id_share, random_state=day + 200).index, S.USER_ID] = None
+        frame[schema.USER_ID] = frame[schema.USER_ID].astype("Int64")
+        frame.loc[frame.sample(frac=dirt.null_id_share, random_state=day + 200).index, schema.USER_ID] = None
         lines = frame.to_csv(index=False, header=False).splitlines()
         bad = max(1, len(lines) // dirt.malformed_every) if dirt.malformed_every else 0
         lines += [lines[i][: len(lines[i]) // 2] for i in rng.integers(0, len(lines), bad)]
         counts["lines"] += len(lines)
         counts["duplicates"] += len(dup)
         counts["malformed"] += bad
-        (raw / f"events-{date.isoformat()}.csv").write_text(",".join(S.RAW_COLUMNS) + "\n" + "\n".join(lines) + "\n")
+        (raw / f"events-{date.isoformat()}.csv").write_text(",".join(schema.RAW_COLUMNS) + "\n" + "\n".join(lines) + "\n")
     return counts
 
 
@@ -170,7 +170,7 @@ def duckdb_clean(raw: Path, out: Path, threads: int = 2) -> dict[str, int]:
     con.execute("SET enable_progress_bar=false")
     con.execute(f"SET threads={threads}")
     con.execute(f"SET temp_directory='{out}/tmp'")
-    columns = ", ".join(f"'{c}': 'VARCHAR'" for c in S.RAW_COLUMNS)
+    columns = ", ".join(f"'{c}': 'VARCHAR'" for c in schema.RAW_COLUMNS)
     hmac = lambda x: (f"substr(sha256(unhex('{opad.hex()}') || unhex(sha256(unhex('{ipad.hex()}') || "  # noqa: E731
                       f"CAST({x} AS VARCHAR)::BLOB))), 1, 16)")
     con.execute(f"""

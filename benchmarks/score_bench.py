@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from recsys_spark import schema as S  # noqa: E402
+from recsys_spark import schema  # noqa: E402
 from recsys_spark.scoring.recommender import (  # noqa: E402
     EXCLUDE_PRODUCTS,
     USER_CATEGORY,
@@ -68,21 +68,21 @@ def make_plan(items: np.ndarray, k: int, block_size: int) -> ScoringPlan:
 def user_frame(spark, vectors: np.ndarray, partitions: int):
     from pyspark.sql import types as T
 
-    schema = T.StructType([
-        T.StructField(S.USER_ID, T.StringType()),
+    struct = T.StructType([
+        T.StructField(schema.USER_ID, T.StringType()),
         T.StructField(USER_VECTOR, T.ArrayType(T.FloatType())),
         T.StructField(EXCLUDE_PRODUCTS, T.ArrayType(T.LongType())),
         T.StructField(USER_CATEGORY, T.LongType()),
         T.StructField(USER_KEY, T.LongType()),
     ])
     frame = pd.DataFrame({
-        S.USER_ID: [f"u{i}" for i in range(len(vectors))],
+        schema.USER_ID: [f"u{i}" for i in range(len(vectors))],
         USER_VECTOR: list(vectors),
         EXCLUDE_PRODUCTS: [np.zeros(0, np.int64)] * len(vectors),
         USER_CATEGORY: pd.array([None] * len(vectors), dtype="Int64"),
         USER_KEY: np.arange(len(vectors), dtype=np.int64),
     })
-    df = spark.createDataFrame(frame, schema).repartition(partitions).cache()
+    df = spark.createDataFrame(frame, struct).repartition(partitions).cache()
     df.count()
     return df
 
@@ -108,8 +108,8 @@ def peak_memory(df, plan_bc):
                 users += block.num_rows
         yield pa.RecordBatch.from_pydict({"users": [users], "peak_mib": [(_status_kb("VmHWM") - base) / 1024]})
 
-    schema = T.StructType([T.StructField("users", T.LongType()), T.StructField("peak_mib", T.DoubleType())])
-    return df.mapInArrow(probe, schema).toPandas()
+    struct = T.StructType([T.StructField("users", T.LongType()), T.StructField("peak_mib", T.DoubleType())])
+    return df.mapInArrow(probe, struct).toPandas()
 
 
 def _status_kb(field: str) -> int:

@@ -36,7 +36,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from recsys_spark import schema as S  # noqa: E402
+from recsys_spark import schema  # noqa: E402
 from recsys_spark.config import load_config  # noqa: E402
 from recsys_spark.train import data  # noqa: E402
 from recsys_spark.train.loop import train_fn  # noqa: E402
@@ -47,7 +47,7 @@ INT_LIST = pa.list_(pa.field("element", pa.int32(), nullable=False))
 def synthetic_features(root: Path, windows: int, num_items: int, seq_len: int, seed: int = 0) -> None:
     """A featurised dataset as ``recsys featurize`` lays it out: 4 train files, item tastes by category."""
     rng = np.random.default_rng(seed)
-    real = np.arange(S.FIRST_ITEM_INDEX, num_items)
+    real = np.arange(schema.FIRST_ITEM_INDEX, num_items)
     categories = 40
     item_category = rng.integers(0, categories, num_items)
     by_category = [real[item_category[real] == c] for c in range(categories)]
@@ -61,7 +61,7 @@ def synthetic_features(root: Path, windows: int, num_items: int, seq_len: int, s
         return out
 
     def window(length: int) -> tuple[list[int], list[int], list[int]]:
-        pad = [S.PAD_INDEX] * (seq_len + 1 - length)
+        pad = [schema.PAD_INDEX] * (seq_len + 1 - length)
         events = rng.choice([1, 1, 1, 1, 2, 3, 4], length).tolist()
         gaps = [0] + rng.integers(1, 20, length - 1).tolist()
         return pad + session(length), pad + events, pad + gaps
@@ -71,35 +71,35 @@ def synthetic_features(root: Path, windows: int, num_items: int, seq_len: int, s
     for f, part in enumerate(np.array_split(np.arange(windows), 4)):
         table = pa.table({
             name: pa.array([rows[i][c] for i in part], INT_LIST)
-            for c, name in enumerate((S.ITEM_SEQ, S.EVENT_SEQ, S.GAP_SEQ))
+            for c, name in enumerate((schema.ITEM_SEQ, schema.EVENT_SEQ, schema.GAP_SEQ))
         })
         pq.write_table(table, root / "train" / f"part-{f:05d}.parquet", row_group_size=max(1, len(part) // 4))
     validation = []
     for u in range(256):
         items, events, gaps = window(seq_len + 1)
         validation.append({
-            S.USER_ID: f"u{u}", S.HIST_ITEMS: items[:-3], S.HIST_EVENTS: events[:-3],
-            S.HIST_GAPS: gaps[:-3], S.SEEN_ITEMS: items[:-3], S.TARGET_ITEMS: items[-3:], S.TARGET_EVENTS: events[-3:],
+            schema.USER_ID: f"u{u}", schema.HIST_ITEMS: items[:-3], schema.HIST_EVENTS: events[:-3],
+            schema.HIST_GAPS: gaps[:-3], schema.SEEN_ITEMS: items[:-3], schema.TARGET_ITEMS: items[-3:], schema.TARGET_EVENTS: events[-3:],
         })
     for row in validation:  # histories are max_seq_len long, left-padded
-        for key in (S.HIST_ITEMS, S.HIST_EVENTS, S.HIST_GAPS):
+        for key in (schema.HIST_ITEMS, schema.HIST_EVENTS, schema.HIST_GAPS):
             row[key] = [0] * (seq_len - len(row[key])) + row[key]
     (root / "validation").mkdir()
     pq.write_table(pa.Table.from_pylist(validation), root / "validation" / "part-00000.parquet")
     counts = np.bincount(np.concatenate([np.asarray(r[0]) for r in rows]), minlength=num_items)
     (root / "item_vocab").mkdir()
     pq.write_table(pa.table({
-        S.ITEM_IDX: pa.array(real, pa.int32()),
-        S.PRODUCT_ID: pa.array(100000 + real, pa.int64()),
-        S.CATEGORY_IDX: pa.array(item_category[real], pa.int32()),
-        S.BRAND_IDX: pa.array(real % 50, pa.int32()),
-        S.PRICE_BUCKET: pa.array(1 + real % 10, pa.int32()),
-        S.TRAIN_COUNT: pa.array(counts[real], pa.int64()),
-        S.PRETEST_COUNT: pa.array(counts[real], pa.int64()),
+        schema.ITEM_IDX: pa.array(real, pa.int32()),
+        schema.PRODUCT_ID: pa.array(100000 + real, pa.int64()),
+        schema.CATEGORY_IDX: pa.array(item_category[real], pa.int32()),
+        schema.BRAND_IDX: pa.array(real % 50, pa.int32()),
+        schema.PRICE_BUCKET: pa.array(1 + real % 10, pa.int32()),
+        schema.TRAIN_COUNT: pa.array(counts[real], pa.int64()),
+        schema.PRETEST_COUNT: pa.array(counts[real], pa.int64()),
     }), root / "item_vocab" / "part-00000.parquet")
-    (root / S.FEATURE_METADATA).write_text(json.dumps({
+    (root / schema.FEATURE_METADATA).write_text(json.dumps({
         "num_items": num_items, "num_categories": categories, "num_brands": 50, "num_price_buckets": 11,
-        "num_event_codes": S.NUM_EVENT_CODES, "num_gap_buckets": S.NUM_GAP_BUCKETS, "max_seq_len": seq_len,
+        "num_event_codes": schema.NUM_EVENT_CODES, "num_gap_buckets": schema.NUM_GAP_BUCKETS, "max_seq_len": seq_len,
     }))
 
 
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         features = Path(args.features) if args.features else tmp / "features"
         if not args.features:
-            synthetic_features(features, args.windows, args.items + S.FIRST_ITEM_INDEX, args.seq_len)
+            synthetic_features(features, args.windows, args.items + schema.FIRST_ITEM_INDEX, args.seq_len)
         print(f"data: {features} ({pq.ParquetDataset(str(features / 'train')).read().num_rows} windows)", flush=True)
 
         peta, arrow = reader_throughput(str(features / "train"), args.batch_size)

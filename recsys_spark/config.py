@@ -25,18 +25,18 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.errors import ConfigError
 
 # Every range and consistency check of a section lives in its dataclass's __post_init__, so that a
 # mistake in any stage's settings stops `recsys <any stage>` before Spark starts.
-EVENT_TYPES = tuple(S.EVENT_TYPES)
+EVENT_TYPES = tuple(schema.EVENT_TYPES)
 BASELINES = ("popularity", "cooccurrence", "als", "ease")
 COOCCURRENCE_SIMILARITIES = ("count", "cosine")
 # The clean events' columns (schema.CLEAN_SCHEMA), for featurize.dq_max_null_rate.
-CLEAN_COLUMNS = tuple(f.name for f in S.CLEAN_SCHEMA.fields)
+CLEAN_COLUMNS = tuple(f.name for f in schema.CLEAN_SCHEMA.fields)
 # Contract fields the generator may write empty (generate.empty_columns).
-EMPTYABLE_COLUMNS = (S.BRAND, S.PRICE, S.CATEGORY_ID, S.CATEGORY_CODE)
+EMPTYABLE_COLUMNS = (schema.BRAND, schema.PRICE, schema.CATEGORY_ID, schema.CATEGORY_CODE)
 # How a model turns its history into scores while it trains under train.user_vector=auto.
 TRAINING_USER_VECTOR = "mixture"
 # Generated product ids are drawn in [PRODUCT_ID_BASE, PRODUCT_ID_BASE + PRODUCT_ID_SPAN), then

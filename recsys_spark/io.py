@@ -15,7 +15,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.config import is_uri
 from recsys_spark.errors import InputError
 
@@ -97,13 +97,13 @@ def read_raw(spark: SparkSession, path: str, fmt: str) -> DataFrame:
         DataFrame of RAW_COLUMNS (strings), ``_corrupt_record`` and ``source_file``.
     """
     # A new StructType: StructType.add would change the shared schema in place.
-    text_schema = T.StructType(S.RAW_TEXT_SCHEMA.fields + [T.StructField(S.CORRUPT_RECORD, T.StringType(), True)])
+    text_schema = T.StructType(schema.RAW_TEXT_SCHEMA.fields + [T.StructField(schema.CORRUPT_RECORD, T.StringType(), True)])
     if fmt == "csv":
         df = (
             spark.read.schema(text_schema)
             .option("header", "true")
             .option("mode", "PERMISSIVE")
-            .option("columnNameOfCorruptRecord", S.CORRUPT_RECORD)
+            .option("columnNameOfCorruptRecord", schema.CORRUPT_RECORD)
             .option("enforceSchema", "false")
             .csv(path)
         )
@@ -111,17 +111,17 @@ def read_raw(spark: SparkSession, path: str, fmt: str) -> DataFrame:
         df = (
             spark.read.schema(text_schema)
             .option("mode", "PERMISSIVE")
-            .option("columnNameOfCorruptRecord", S.CORRUPT_RECORD)
+            .option("columnNameOfCorruptRecord", schema.CORRUPT_RECORD)
             .option("primitivesAsString", "true")
             .json(path)
         )
     elif fmt == "parquet":
-        df = spark.read.schema(S.RAW_TYPED_SCHEMA).parquet(path)
-        df = df.select(*[F.col(c).cast("string").alias(c) for c in S.RAW_COLUMNS])
-        df = df.withColumn(S.CORRUPT_RECORD, F.lit(None).cast("string"))
+        df = spark.read.schema(schema.RAW_TYPED_SCHEMA).parquet(path)
+        df = df.select(*[F.col(c).cast("string").alias(c) for c in schema.RAW_COLUMNS])
+        df = df.withColumn(schema.CORRUPT_RECORD, F.lit(None).cast("string"))
     else:
         raise InputError(f"clean.input_format {fmt!r} is not one of 'csv', 'json', 'parquet'")
-    return df.withColumn(S.SOURCE_FILE, F.input_file_name())
+    return df.withColumn(schema.SOURCE_FILE, F.input_file_name())
 
 
 # ----------------------------------------------------------------------------- tables
@@ -149,29 +149,29 @@ def write_table(df: DataFrame, path: str, row_group_mb: int | None = None) -> No
     writer.parquet(path)
 
 
-def read_table(spark: SparkSession, path: str, schema: T.StructType, key: str) -> DataFrame:
+def read_table(spark: SparkSession, path: str, struct: T.StructType, key: str) -> DataFrame:
     """Read a Parquet table of a known layer; missing input or columns fail by name."""
     require_input(spark, path, key)
     df = spark.read.parquet(path)
-    missing = [f.name for f in schema.fields if f.name not in df.columns]
+    missing = [f.name for f in struct.fields if f.name not in df.columns]
     if missing:
         raise InputError(f"{path} lacks column(s) {', '.join(missing)} (config key {key})")
-    return S.conform(df, schema)
+    return schema.conform(df, struct)
 
 
 def read_clean(spark: SparkSession, path: str) -> DataFrame:
-    return read_table(spark, path, S.CLEAN_SCHEMA, "paths.clean")
+    return read_table(spark, path, schema.CLEAN_SCHEMA, "paths.clean")
 
 
 def read_quarantine(spark: SparkSession, path: str) -> DataFrame:
     """The quarantine (QUARANTINE_SCHEMA and ``load_date``); a run without a single bad row
     leaves it without files, which reads as an empty table."""
     require_input(spark, path, "paths.quarantine")
-    schema = T.StructType([*S.QUARANTINE_SCHEMA.fields, T.StructField(S.LOAD_DATE, T.DateType())])
-    return spark.read.schema(schema).parquet(path)
+    struct = T.StructType([*schema.QUARANTINE_SCHEMA.fields, T.StructField(schema.LOAD_DATE, T.DateType())])
+    return spark.read.schema(struct).parquet(path)
 
 
 def feature_path(features_root: str, table: str) -> str:
-    if table not in S.FEATURE_TABLES and table != S.FEATURE_METADATA:
+    if table not in schema.FEATURE_TABLES and table != schema.FEATURE_METADATA:
         raise ValueError(f"unknown feature table {table!r}")
     return features_root.rstrip("/") + "/" + table

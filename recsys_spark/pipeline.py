@@ -10,7 +10,7 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from recsys_spark import io, tracking
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.config import Config
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def data_ranges(spark: SparkSession | None, cfg: Config, summaries: dict[str, di
     dates = sorted(summaries.get("clean", {}).get("dates") or [])
     if dates:
         ranges["clean"] = (dates[0], dates[-1])
-    metadata_path = io.feature_path(cfg.paths.resolve("features"), S.FEATURE_METADATA)
+    metadata_path = io.feature_path(cfg.paths.resolve("features"), schema.FEATURE_METADATA)
     if io.exists(spark, metadata_path):
         features_range = tracking.data_range_of_features(io.read_json(spark, metadata_path))
         if features_range is not None:

@@ -7,7 +7,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
 
@@ -26,10 +26,10 @@ def test_recsys_run_end_to_end(tiny_pipeline):
 
     # Recommendations: the documented schema, K per user, no seen item.
     recs = pq.read_table(root / "recommendations").to_pandas()
-    assert set(S.RECOMMENDATION_SCHEMA.fieldNames()) <= set(recs.columns)
-    per_user = recs.groupby(S.USER_ID)[S.RANK].agg(["count", "min", "max"])
+    assert set(schema.RECOMMENDATION_SCHEMA.fieldNames()) <= set(recs.columns)
+    per_user = recs.groupby(schema.USER_ID)[schema.RANK].agg(["count", "min", "max"])
     assert (per_user["count"] == 10).all() and (per_user["min"] == 1).all() and (per_user["max"] == 10).all()
-    assert set(recs[S.SOURCE]) <= {"model", "fallback", "explore"}
+    assert set(recs[schema.SOURCE]) <= {"model", "fallback", "explore"}
 
     # Evaluation ran both the model and the popularity baseline.
     report = json.loads((root / "reports" / "evaluation.json").read_text())

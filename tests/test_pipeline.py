@@ -7,7 +7,7 @@ import json
 import pytest
 
 from recsys_spark import pipeline
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.config import load_config
 
 pytestmark = pytest.mark.unit
@@ -17,7 +17,7 @@ def test_data_ranges_come_from_the_clean_dates_and_the_features_metadata(tmp_pat
     cfg = load_config(None, [f"paths.root={tmp_path}"])
     features = tmp_path / "features"
     features.mkdir()
-    (features / S.FEATURE_METADATA).write_text(json.dumps(
+    (features / schema.FEATURE_METADATA).write_text(json.dumps(
         {"data_start": "2019-10-02T00:10:00+00:00", "data_end": "2019-10-12T23:50:00+00:00"}))
     summaries = {"clean": {"dates": ["2019-10-03", "2019-10-01", "2019-10-12"]}}
 

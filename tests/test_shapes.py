@@ -12,7 +12,7 @@ import json
 import pandas as pd
 import pytest
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.cli import stage_function
 from recsys_spark.config import load_config
 from recsys_spark.errors import RecsysError
@@ -127,7 +127,7 @@ def _empty_columns(report, recommendations, hinted):
 
 
 def _big_ids(report, recommendations, hinted):
-    assert recommendations[S.ITEM_ID].min() >= 4611686018427387000
+    assert recommendations[schema.ITEM_ID].min() >= 4611686018427387000
 
 
 CHECKS = {"no_defects": _no_defects, "ratings_bursts": _bursts, "no_brand_price_category": _empty_columns,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.packaging import build_zip
 
 from tests.conftest import REPO
@@ -45,11 +45,11 @@ def test_spark_submit_generate_then_clean(tmp_path):
     clean = _submit("clean", zip_path, root)
     assert clean.returncode == 0, clean.stderr[-3000:]
     assert "== recsys clean: done" in clean.stdout
-    days = sorted(p.name for p in (root / "clean").iterdir() if p.name.startswith(f"{S.EVENT_DATE}="))
+    days = sorted(p.name for p in (root / "clean").iterdir() if p.name.startswith(f"{schema.EVENT_DATE}="))
     assert len(days) == 3
     table = pq.read_table(root / "clean")
     assert table.num_rows > 0
-    assert set(S.CLEAN_SCHEMA.fieldNames()) <= set(table.column_names)
+    assert set(schema.CLEAN_SCHEMA.fieldNames()) <= set(table.column_names)
 
 
 def test_spark_submit_reports_bad_config_in_one_line(tmp_path):

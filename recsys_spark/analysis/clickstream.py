@@ -11,7 +11,7 @@ from typing import Literal
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.errors import ConfigError
 
 FUNNEL_STAGES = ("view", "cart", "purchase")
@@ -26,13 +26,13 @@ def event_counts(events: DataFrame) -> DataFrame:
         event_type, events, users, sessions, share (of all events); in schema.EVENT_TYPES order.
     """
     total = events.count()
-    order = F.array_position(F.array(*[F.lit(t) for t in S.EVENT_TYPES]), F.col(S.EVENT_TYPE))
+    order = F.array_position(F.array(*[F.lit(t) for t in schema.EVENT_TYPES]), F.col(schema.EVENT_TYPE))
     return (
-        events.groupBy(S.EVENT_TYPE)
+        events.groupBy(schema.EVENT_TYPE)
         .agg(
             F.count(F.lit(1)).alias("events"),
-            F.countDistinct(S.USER_ID).alias("users"),
-            F.countDistinct(S.SESSION_ID).alias("sessions"),
+            F.countDistinct(schema.USER_ID).alias("users"),
+            F.countDistinct(schema.SESSION_ID).alias("sessions"),
         )
         .withColumn("share", F.col("events") / F.lit(max(total, 1)))
         .orderBy(order)
@@ -49,8 +49,8 @@ def event_funnel(events: DataFrame, stages: tuple[str, ...] = FUNNEL_STAGES) -> 
         stage, sessions, users (with at least one such session), rate (of the first stage's
         sessions), step_rate (of the previous stage's sessions); one row per stage, in order.
     """
-    flags = events.groupBy(S.USER_ID, S.SESSION_ID).agg(
-        *[F.max((F.col(S.EVENT_TYPE) == stage).cast("int")).alias(stage) for stage in stages]
+    flags = events.groupBy(schema.USER_ID, schema.SESSION_ID).agg(
+        *[F.max((F.col(schema.EVENT_TYPE) == stage).cast("int")).alias(stage) for stage in stages]
     )
     reached = []
     for i, stage in enumerate(stages):
@@ -59,7 +59,7 @@ def event_funnel(events: DataFrame, stages: tuple[str, ...] = FUNNEL_STAGES) -> 
             condition = condition & (F.col(earlier) == 1)
         reached += [
             F.count(F.when(condition, 1)).alias(f"{i}_sessions"),
-            F.countDistinct(F.when(condition, F.col(S.USER_ID))).alias(f"{i}_users"),
+            F.countDistinct(F.when(condition, F.col(schema.USER_ID))).alias(f"{i}_users"),
         ]
     row = flags.agg(*reached).first()
     spark = events.sparkSession
@@ -83,12 +83,12 @@ def sessions(events: DataFrame) -> DataFrame:
         user_id, session_id, start (timestamp), events, items (distinct products),
         duration_s (last event - first event, seconds), purchased (bool).
     """
-    return events.groupBy(S.USER_ID, S.SESSION_ID).agg(
-        F.min(S.EVENT_TIME).alias("start"),
+    return events.groupBy(schema.USER_ID, schema.SESSION_ID).agg(
+        F.min(schema.EVENT_TIME).alias("start"),
         F.count(F.lit(1)).alias("events"),
-        F.countDistinct(S.PRODUCT_ID).alias("items"),
-        ((F.unix_micros(F.max(S.EVENT_TIME)) - F.unix_micros(F.min(S.EVENT_TIME))) / 1e6).alias("duration_s"),
-        F.max(F.col(S.EVENT_TYPE) == "purchase").alias("purchased"),
+        F.countDistinct(schema.PRODUCT_ID).alias("items"),
+        ((F.unix_micros(F.max(schema.EVENT_TIME)) - F.unix_micros(F.min(schema.EVENT_TIME))) / 1e6).alias("duration_s"),
+        F.max(F.col(schema.EVENT_TYPE) == "purchase").alias("purchased"),
     )
 
 
@@ -101,8 +101,8 @@ def session_summary(per_session: DataFrame) -> DataFrame:
     """
     return per_session.agg(
         F.count(F.lit(1)).alias("sessions"),
-        F.countDistinct(S.USER_ID).alias("users"),
-        (F.count(F.lit(1)) / F.countDistinct(S.USER_ID)).alias("sessions_per_user"),
+        F.countDistinct(schema.USER_ID).alias("users"),
+        (F.count(F.lit(1)) / F.countDistinct(schema.USER_ID)).alias("sessions_per_user"),
         F.avg("events").alias("mean_events"),
         F.median("events").alias("median_events"),
         F.median("duration_s").alias("median_duration_s"),
@@ -124,16 +124,16 @@ def item_popularity(events: DataFrame) -> DataFrame:
         rank (1 = most popular), product_id, interactions, share (of all events),
         cumulative_share, item_share (rank / number of items): the long-tail (Lorenz) curve.
     """
-    counts = events.groupBy(S.PRODUCT_ID).agg(F.count(F.lit(1)).alias("interactions"))
+    counts = events.groupBy(schema.PRODUCT_ID).agg(F.count(F.lit(1)).alias("interactions"))
     # The whole item table in one window: one row per item, small beside the events.
-    ordered = Window.orderBy(F.desc("interactions"), F.asc(S.PRODUCT_ID))
+    ordered = Window.orderBy(F.desc("interactions"), F.asc(schema.PRODUCT_ID))
     everything = Window.partitionBy(F.lit(1))
     return (
         counts.withColumn("rank", F.row_number().over(ordered))
         .withColumn("share", F.col("interactions") / F.sum("interactions").over(everything))
         .withColumn("cumulative_share", F.sum("share").over(ordered.rowsBetween(Window.unboundedPreceding, 0)))
         .withColumn("item_share", F.col("rank") / F.count(F.lit(1)).over(everything))
-        .select("rank", S.PRODUCT_ID, "interactions", "share", "cumulative_share", "item_share")
+        .select("rank", schema.PRODUCT_ID, "interactions", "share", "cumulative_share", "item_share")
         .orderBy("rank")
     )
 
@@ -174,7 +174,7 @@ def _check_period(period: str) -> None:
 
 
 def _period_start(period: str):
-    return F.to_date(F.date_trunc(period, F.col(S.EVENT_DATE).cast("timestamp")))
+    return F.to_date(F.date_trunc(period, F.col(schema.EVENT_DATE).cast("timestamp")))
 
 
 def active_users(events: DataFrame, period: Period = "day") -> DataFrame:
@@ -186,7 +186,7 @@ def active_users(events: DataFrame, period: Period = "day") -> DataFrame:
     _check_period(period)
     return (
         events.groupBy(_period_start(period).alias("period_start"))
-        .agg(F.countDistinct(S.USER_ID).alias("active_users"))
+        .agg(F.countDistinct(schema.USER_ID).alias("active_users"))
         .orderBy("period_start")
     )
 
@@ -221,14 +221,14 @@ def cohort_retention(events: DataFrame, period: Period = "week") -> DataFrame:
         ordered by cohort and offset. Periods without any active user of a cohort have no row.
     """
     _check_period(period)
-    active = events.select(S.USER_ID, _period_start(period).alias("active")).distinct()
-    first = active.groupBy(S.USER_ID).agg(F.min("active").alias("cohort"))
+    active = events.select(schema.USER_ID, _period_start(period).alias("active")).distinct()
+    first = active.groupBy(schema.USER_ID).agg(F.min("active").alias("cohort"))
     if period == "month":
         offset = F.months_between("active", "cohort").cast("int")
     else:
         offset = (F.datediff("active", "cohort") / (7 if period == "week" else 1)).cast("int")
-    counts = active.join(first, S.USER_ID).groupBy("cohort", offset.alias("offset")).agg(
-        F.countDistinct(S.USER_ID).alias("users")
+    counts = active.join(first, schema.USER_ID).groupBy("cohort", offset.alias("offset")).agg(
+        F.countDistinct(schema.USER_ID).alias("users")
     )
     sizes = counts.where(F.col("offset") == 0).select("cohort", F.col("users").alias("cohort_size"))
     return (
@@ -245,4 +245,4 @@ def item_catalogue(events: DataFrame) -> DataFrame:
         product_id, category_code, brand: the largest non-null value seen (a product keeps
         one category and brand in practice; the largest makes the choice deterministic).
     """
-    return events.groupBy(S.PRODUCT_ID).agg(F.max(S.CATEGORY_CODE).alias(S.CATEGORY_CODE), F.max(S.BRAND).alias(S.BRAND))
+    return events.groupBy(schema.PRODUCT_ID).agg(F.max(schema.CATEGORY_CODE).alias(schema.CATEGORY_CODE), F.max(schema.BRAND).alias(schema.BRAND))

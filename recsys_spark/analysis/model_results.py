@@ -16,10 +16,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.errors import InputError
 
-EVENT_NAMES = {code: name for name, code in S.EVENT_CODE.items()}
+EVENT_NAMES = {code: name for name, code in schema.EVENT_CODE.items()}
 
 
 # ----------------------------------------------------------------------------- reading
@@ -56,7 +56,7 @@ def read_table(path: str, columns: Sequence[str] | None = None, filters: list | 
     return pq.read_table(path, columns=list(columns) if columns else None, filters=filters).to_pandas()
 
 
-def latest_partition(path: str, column: str = S.RUN_DATE) -> str:
+def latest_partition(path: str, column: str = schema.RUN_DATE) -> str:
     """The largest ``<column>=<value>`` partition value under a local folder (ISO dates sort).
 
     Raises:
@@ -185,7 +185,7 @@ def nearest_items(item_vecs: np.ndarray, product_ids: np.ndarray, queries: Seque
         # Stable sort on -similarity: ties keep item-index order.
         best = np.argsort(-similarity, kind="stable")[:count]
         rows += [(int(query), rank, int(product_ids[j]), float(similarity[j])) for rank, j in enumerate(best, 1)]
-    return pd.DataFrame(rows, columns=["query", "rank", S.PRODUCT_ID, "similarity"])
+    return pd.DataFrame(rows, columns=["query", "rank", schema.PRODUCT_ID, "similarity"])
 
 
 def item_space(bundle) -> tuple[np.ndarray, np.ndarray]:
@@ -199,7 +199,7 @@ def item_space(bundle) -> tuple[np.ndarray, np.ndarray]:
 
 def history_length(hist_items: Sequence[int]) -> int:
     """Steps of a left-padded history that are not padding."""
-    return int(np.count_nonzero(np.asarray(hist_items) != S.PAD_INDEX))
+    return int(np.count_nonzero(np.asarray(hist_items) != schema.PAD_INDEX))
 
 
 def pick_user(user_history: pd.DataFrame, recommended_users: Sequence[str]) -> str:
@@ -208,12 +208,12 @@ def pick_user(user_history: pd.DataFrame, recommended_users: Sequence[str]) -> s
     Raises:
         InputError: no user has both.
     """
-    candidates = user_history[user_history[S.USER_ID].isin(set(recommended_users))]
+    candidates = user_history[user_history[schema.USER_ID].isin(set(recommended_users))]
     if candidates.empty:
         raise InputError("no user of user_history has recommendations")
-    lengths = candidates[S.HIST_ITEMS].map(history_length)
-    ranked = candidates.assign(_length=lengths).sort_values(["_length", S.USER_ID], ascending=[False, True])
-    return str(ranked[S.USER_ID].iloc[0])
+    lengths = candidates[schema.HIST_ITEMS].map(history_length)
+    ranked = candidates.assign(_length=lengths).sort_values(["_length", schema.USER_ID], ascending=[False, True])
+    return str(ranked[schema.USER_ID].iloc[0])
 
 
 def history_and_recommendations(
@@ -231,9 +231,9 @@ def history_and_recommendations(
         step (1 = the most recent), viewed_product_id, event (view, cart, ...),
         rank, recommended_item_id, score, source; a side shorter than the other is left empty.
     """
-    items = np.asarray(history[S.HIST_ITEMS], dtype=np.int64)
-    events = np.asarray(history[S.HIST_EVENTS], dtype=np.int64)
-    real = items != S.PAD_INDEX
+    items = np.asarray(history[schema.HIST_ITEMS], dtype=np.int64)
+    events = np.asarray(history[schema.HIST_EVENTS], dtype=np.int64)
+    real = items != schema.PAD_INDEX
     items, events = items[real][::-1][:n], events[real][::-1][:n]
     lookup = np.asarray(product_ids, dtype=np.int64)
     past = pd.DataFrame(
@@ -243,16 +243,16 @@ def history_and_recommendations(
             "event": [EVENT_NAMES.get(int(e), "?") for e in events],
         }
     )
-    recs = recommendations.sort_values(S.RANK).head(n)
+    recs = recommendations.sort_values(schema.RANK).head(n)
     future = pd.DataFrame(
         {
-            S.RANK: recs[S.RANK].to_numpy(),
-            "recommended_item_id": recs[S.ITEM_ID].to_numpy(),
-            S.SCORE: recs[S.SCORE].to_numpy(),
-            S.SOURCE: recs[S.SOURCE].to_numpy(),
+            schema.RANK: recs[schema.RANK].to_numpy(),
+            "recommended_item_id": recs[schema.ITEM_ID].to_numpy(),
+            schema.SCORE: recs[schema.SCORE].to_numpy(),
+            schema.SOURCE: recs[schema.SOURCE].to_numpy(),
         }
     )
-    return pd.concat([past, future], axis=1).astype({"step": "Int64", "viewed_product_id": "Int64", S.RANK: "Int64",
+    return pd.concat([past, future], axis=1).astype({"step": "Int64", "viewed_product_id": "Int64", schema.RANK: "Int64",
                                                      "recommended_item_id": "Int64"})
 
 
@@ -263,8 +263,8 @@ def with_catalogue(frame: pd.DataFrame, catalogue: pd.DataFrame, column: str, pr
         catalogue: product_id, category_code, brand (e.g. clickstream.item_catalogue().toPandas()).
         prefix: put before the added columns' names (to label two product columns).
     """
-    labels = catalogue[[S.PRODUCT_ID, S.CATEGORY_CODE, S.BRAND]].rename(
-        columns={S.PRODUCT_ID: column, S.CATEGORY_CODE: prefix + S.CATEGORY_CODE, S.BRAND: prefix + S.BRAND}
+    labels = catalogue[[schema.PRODUCT_ID, schema.CATEGORY_CODE, schema.BRAND]].rename(
+        columns={schema.PRODUCT_ID: column, schema.CATEGORY_CODE: prefix + schema.CATEGORY_CODE, schema.BRAND: prefix + schema.BRAND}
     )
     return frame.merge(labels.astype({column: frame[column].dtype}), on=column, how="left")
 
@@ -286,11 +286,11 @@ def user_table(
     Raises:
         InputError: the user has no history row.
     """
-    rows = user_history[user_history[S.USER_ID] == user_id]
+    rows = user_history[user_history[schema.USER_ID] == user_id]
     if rows.empty:
         raise InputError(f"user {user_id!r} is not in user_history")
     table = history_and_recommendations(
-        rows.iloc[0], recommendations[recommendations[S.USER_ID] == user_id], product_ids, n
+        rows.iloc[0], recommendations[recommendations[schema.USER_ID] == user_id], product_ids, n
     )
     if catalogue is not None:
         table = with_catalogue(table, catalogue, "viewed_product_id", prefix="viewed_")

@@ -44,14 +44,14 @@ import pyarrow.parquet as pq
 from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.config import PRODUCT_ID_BASE, PRODUCT_ID_SPAN, Config, GenerateConfig, is_uri
 from recsys_spark.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 SECONDS_PER_DAY = 86_400
-VIEW, CART, REMOVE, PURCHASE = (S.EVENT_TYPES.index(t) for t in ("view", "cart", "remove_from_cart", "purchase"))
+VIEW, CART, REMOVE, PURCHASE = (schema.EVENT_TYPES.index(t) for t in ("view", "cart", "remove_from_cart", "purchase"))
 DIRT_KINDS = ("duplicates", "malformed", "null_ids", "unknown_event_types", "bot_events", "missing_sessions")
 COMPLEMENTS_PER_ITEM = 3
 MAX_SESSION_LENGTH = 200
@@ -376,7 +376,7 @@ def generate_events(cfg: GenerateConfig, world: World | None = None) -> Iterator
     start = dt.date.fromisoformat(cfg.start_date)
     epoch0 = int(pd.Timestamp(start, tz="UTC").timestamp())
     day_bounds = np.searchsorted(world.session_day, np.arange(cfg.days + 1))
-    kept_types = [S.EVENT_TYPES.index(t) for t in cfg.event_types]
+    kept_types = [schema.EVENT_TYPES.index(t) for t in cfg.event_types]
     carry = _empty_internal()
     for day in range(cfg.days):
         rng = np.random.default_rng([cfg.seed, 1, day])
@@ -394,7 +394,7 @@ def generate_events(cfg: GenerateConfig, world: World | None = None) -> Iterator
         end = (day + 1) * SECONDS_PER_DAY
         today = events[events["t"] < end]
         carry = events[events["t"] >= end]
-        if len(kept_types) < len(S.EVENT_TYPES):
+        if len(kept_types) < len(schema.EVENT_TYPES):
             today = today[np.isin(today["etype"].to_numpy(), kept_types)]
         today = today.sort_values(["t", "session", "seq"], kind="stable")
         yield start + dt.timedelta(days=day), _to_typed(today, world, epoch0)
@@ -595,15 +595,15 @@ def _to_typed(events: pd.DataFrame, world: World, epoch0: int) -> pd.DataFrame:
     category = world.item_category[item]
     return pd.DataFrame(
         {
-            S.EVENT_TIME: pd.to_datetime(events["t"].to_numpy() + epoch0, unit="s", utc=True),
-            S.EVENT_TYPE: np.array(S.EVENT_TYPES, dtype=object)[events["etype"].to_numpy()],
-            S.PRODUCT_ID: world.product_id[item],
-            S.CATEGORY_ID: world.category_id[category],
-            S.CATEGORY_CODE: world.category_code[category],
-            S.BRAND: world.brand[item],
-            S.PRICE: world.price[item],
-            S.USER_ID: events["user_id"].to_numpy(),
-            S.USER_SESSION: events["session"].to_numpy(),
+            schema.EVENT_TIME: pd.to_datetime(events["t"].to_numpy() + epoch0, unit="s", utc=True),
+            schema.EVENT_TYPE: np.array(schema.EVENT_TYPES, dtype=object)[events["etype"].to_numpy()],
+            schema.PRODUCT_ID: world.product_id[item],
+            schema.CATEGORY_ID: world.category_id[category],
+            schema.CATEGORY_CODE: world.category_code[category],
+            schema.BRAND: world.brand[item],
+            schema.PRICE: world.price[item],
+            schema.USER_ID: events["user_id"].to_numpy(),
+            schema.USER_SESSION: events["session"].to_numpy(),
         }
     )
 
@@ -611,7 +611,7 @@ def _to_typed(events: pd.DataFrame, world: World, epoch0: int) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- text and dirt
 
 _HMS = np.array([f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}" for s in range(SECONDS_PER_DAY)], dtype=object)
-_NUMERIC_COLUMNS = {S.PRODUCT_ID, S.CATEGORY_ID, S.PRICE, S.USER_ID}
+_NUMERIC_COLUMNS = {schema.PRODUCT_ID, schema.CATEGORY_ID, schema.PRICE, schema.USER_ID}
 _GARBAGE_ALPHABET = np.array(list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ <>/!?#;:=_-"))
 
 
@@ -627,27 +627,27 @@ def to_raw_text(events: pd.DataFrame, naive: bool = False, empty_columns: tuple[
         The same rows and columns as text (object dtype, None for null): event_time like
         ``2019-10-01 00:00:04 UTC``, prices with 2 decimals, ids as integers.
     """
-    seconds = (events[S.EVENT_TIME] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+    seconds = (events[schema.EVENT_TIME] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
     seconds = seconds.to_numpy(dtype=np.int64)
     days, in_day = np.divmod(seconds, SECONDS_PER_DAY)
     unique_days, inverse = np.unique(days, return_inverse=True)
     epoch = dt.date(1970, 1, 1)
     day_text = np.array([(epoch + dt.timedelta(days=int(d))).isoformat() for d in unique_days], dtype=object)
-    cents = np.rint(events[S.PRICE].to_numpy() * 100).astype(np.int64)
+    cents = np.rint(events[schema.PRICE].to_numpy() * 100).astype(np.int64)
     text = {
-        S.EVENT_TIME: day_text[inverse] + " " + _HMS[in_day] + ("" if naive else " UTC"),
-        S.EVENT_TYPE: events[S.EVENT_TYPE].to_numpy(dtype=object),
-        S.PRODUCT_ID: _as_text(events[S.PRODUCT_ID].to_numpy()),
-        S.CATEGORY_ID: _as_text(events[S.CATEGORY_ID].to_numpy()),
-        S.CATEGORY_CODE: events[S.CATEGORY_CODE].to_numpy(dtype=object),
-        S.BRAND: events[S.BRAND].to_numpy(dtype=object),
-        S.PRICE: _as_text(cents, lambda c: f"{c // 100}.{c % 100:02d}"),
-        S.USER_ID: _as_text(events[S.USER_ID].to_numpy()),
-        S.USER_SESSION: events[S.USER_SESSION].to_numpy(dtype=object),
+        schema.EVENT_TIME: day_text[inverse] + " " + _HMS[in_day] + ("" if naive else " UTC"),
+        schema.EVENT_TYPE: events[schema.EVENT_TYPE].to_numpy(dtype=object),
+        schema.PRODUCT_ID: _as_text(events[schema.PRODUCT_ID].to_numpy()),
+        schema.CATEGORY_ID: _as_text(events[schema.CATEGORY_ID].to_numpy()),
+        schema.CATEGORY_CODE: events[schema.CATEGORY_CODE].to_numpy(dtype=object),
+        schema.BRAND: events[schema.BRAND].to_numpy(dtype=object),
+        schema.PRICE: _as_text(cents, lambda c: f"{c // 100}.{c % 100:02d}"),
+        schema.USER_ID: _as_text(events[schema.USER_ID].to_numpy()),
+        schema.USER_SESSION: events[schema.USER_SESSION].to_numpy(dtype=object),
     }
     for column in empty_columns:
         text[column] = np.full(len(events), None, dtype=object)
-    return pd.DataFrame(text, columns=S.RAW_COLUMNS)
+    return pd.DataFrame(text, columns=schema.RAW_COLUMNS)
 
 
 def _as_text(values: np.ndarray, fmt=str) -> np.ndarray:
@@ -673,10 +673,10 @@ def render_lines(rows: pd.DataFrame, fmt: str) -> np.ndarray:
     if len(rows) == 0:
         return np.array([], dtype=object)
     if fmt == "csv":
-        cols = [rows[c].fillna("") for c in S.RAW_COLUMNS]
+        cols = [rows[c].fillna("") for c in schema.RAW_COLUMNS]
         return cols[0].str.cat(cols[1:], sep=",").to_numpy(dtype=object)
     tokens = []
-    for c in S.RAW_COLUMNS:
+    for c in schema.RAW_COLUMNS:
         values = rows[c]
         rendered = values if c in _NUMERIC_COLUMNS else '"' + values + '"'
         tokens.append(f'"{c}":' + rendered.where(values.notna(), "null"))
@@ -743,10 +743,10 @@ def inject_row_faults(
     unknown = (u >= cut_null) & (u < cut_unknown)
     missing = (u >= cut_unknown) & (u < cut_missing)
     null_user = null_ids & (rng.random(n) < 0.5)
-    rows.loc[null_user, S.USER_ID] = None
-    rows.loc[null_ids & ~null_user, S.PRODUCT_ID] = None
-    rows.loc[unknown, S.EVENT_TYPE] = rng.choice(UNKNOWN_EVENT_TYPES, size=int(unknown.sum()))
-    rows.loc[missing, S.USER_SESSION] = None
+    rows.loc[null_user, schema.USER_ID] = None
+    rows.loc[null_ids & ~null_user, schema.PRODUCT_ID] = None
+    rows.loc[unknown, schema.EVENT_TYPE] = rng.choice(UNKNOWN_EVENT_TYPES, size=int(unknown.sum()))
+    rows.loc[missing, schema.USER_SESSION] = None
     untouched = (u >= cut_missing) & ~protected
     duplicated = np.flatnonzero(untouched & (rng.random(n) < rates.duplicate))
     counts = {
@@ -786,7 +786,7 @@ def day_file_name(day: dt.date, fmt: str, compression: str) -> str:
 
 
 _ARROW_TYPES = {T.StringType(): pa.string(), T.LongType(): pa.int64(), T.DoubleType(): pa.float64()}
-RAW_ARROW_SCHEMA = pa.schema([pa.field(f.name, _ARROW_TYPES[f.dataType], nullable=True) for f in S.RAW_TYPED_SCHEMA])
+RAW_ARROW_SCHEMA = pa.schema([pa.field(f.name, _ARROW_TYPES[f.dataType], nullable=True) for f in schema.RAW_TYPED_SCHEMA])
 
 
 def parquet_bytes(rows: pd.DataFrame, compression: str) -> bytes:
@@ -824,13 +824,13 @@ def run(spark: SparkSession | None, cfg: Config) -> dict:
     world = build_world(gen)
     raw_path = cfg.paths.resolve("raw")
     rates = DirtRates.from_config(gen)
-    header = ",".join(S.RAW_COLUMNS) if gen.format == "csv" else None
+    header = ",".join(schema.RAW_COLUMNS) if gen.format == "csv" else None
     seen_users: set[int] = set()
     seen_items = np.zeros(world.n_items, dtype=bool)
     dirt = dict.fromkeys(DIRT_KINDS, 0)
     files = events_written = 0
     for day, events in generate_events(gen, world):
-        protected = events[S.USER_ID].isin(world.bot_user_ids).to_numpy()
+        protected = events[schema.USER_ID].isin(world.bot_user_ids).to_numpy()
         rng = np.random.default_rng([gen.seed, 2, day.toordinal()])
         text = to_raw_text(events, gen.naive_timestamps, tuple(gen.empty_columns))
         if gen.format == "parquet":
@@ -843,8 +843,8 @@ def run(spark: SparkSession | None, cfg: Config) -> dict:
         for key, value in counts.items():
             dirt[key] += value
         dirt["bot_events"] += int(protected.sum())
-        seen_users.update(np.unique(events[S.USER_ID].to_numpy()).tolist())
-        seen_items[np.isin(world.product_id, events[S.PRODUCT_ID].to_numpy())] = True
+        seen_users.update(np.unique(events[schema.USER_ID].to_numpy()).tolist())
+        seen_items[np.isin(world.product_id, events[schema.PRODUCT_ID].to_numpy())] = True
         name = day_file_name(day, gen.format, gen.compression)
         if is_uri(raw_path):
             _write_day_hadoop(spark, raw_path.rstrip("/"), day, name, data)

@@ -31,7 +31,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.errors import ConfigError, InputError
 
 LAYOUTS = ("rees46", "retailrocket", "yoochoose")
@@ -40,7 +40,7 @@ YOOCHOOSE_CLICK_COLUMNS = ["session_id", "timestamp", "item_id", "category"]
 YOOCHOOSE_BUY_COLUMNS = ["session_id", "timestamp", "item_id", "price", "quantity"]
 # Position of the user id in a raw CSV line of each layout: a quarantined line that could not be
 # parsed has that field replaced by its pseudonym (see pseudonym.redact_line).
-USER_FIELD = {"rees46": S.RAW_COLUMNS.index(S.USER_ID), "retailrocket": 1, "yoochoose": 0}
+USER_FIELD = {"rees46": schema.RAW_COLUMNS.index(schema.USER_ID), "retailrocket": 1, "yoochoose": 0}
 _FILE_NAME = "_file_name"
 _DATE_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})")
 _YOOCHOOSE_MAX_CATEGORY = 12
@@ -140,7 +140,7 @@ def check_header(spark: SparkSession, path: str, expected: list[str]) -> None:
 
 
 def _text_schema(columns: list[str]) -> T.StructType:
-    return T.StructType([T.StructField(c, T.StringType(), True) for c in [*columns, S.CORRUPT_RECORD]])
+    return T.StructType([T.StructField(c, T.StringType(), True) for c in [*columns, schema.CORRUPT_RECORD]])
 
 
 def _file_name() -> Column:
@@ -155,7 +155,7 @@ def _csv(spark: SparkSession, paths: list[str], columns: list[str], header: bool
         .option("header", str(header).lower())
         .option("enforceSchema", "true")  # the header was checked by name above
         .option("mode", "PERMISSIVE")
-        .option("columnNameOfCorruptRecord", S.CORRUPT_RECORD)
+        .option("columnNameOfCorruptRecord", schema.CORRUPT_RECORD)
         .csv(paths)
     )
     return df.select("*", _file_name())
@@ -164,21 +164,21 @@ def _csv(spark: SparkSession, paths: list[str], columns: list[str], header: bool
 def _rees46(spark: SparkSession, paths: list[str], fmt: str) -> DataFrame:
     if fmt == "csv":
         for path in paths:
-            check_header(spark, path, S.RAW_COLUMNS)
-        return _csv(spark, paths, S.RAW_COLUMNS, header=True)
+            check_header(spark, path, schema.RAW_COLUMNS)
+        return _csv(spark, paths, schema.RAW_COLUMNS, header=True)
     if fmt == "json":
         df = (
-            spark.read.schema(_text_schema(S.RAW_COLUMNS))
+            spark.read.schema(_text_schema(schema.RAW_COLUMNS))
             .option("mode", "PERMISSIVE")
-            .option("columnNameOfCorruptRecord", S.CORRUPT_RECORD)
+            .option("columnNameOfCorruptRecord", schema.CORRUPT_RECORD)
             .option("primitivesAsString", "true")
             .json(paths)
         )
         return df.select("*", _file_name())
     if fmt == "parquet":
-        df = spark.read.schema(S.RAW_TYPED_SCHEMA).parquet(*paths)
-        return df.select(*[F.col(c).cast("string").alias(c) for c in S.RAW_COLUMNS],
-                         F.lit(None).cast("string").alias(S.CORRUPT_RECORD), _file_name())
+        df = spark.read.schema(schema.RAW_TYPED_SCHEMA).parquet(*paths)
+        return df.select(*[F.col(c).cast("string").alias(c) for c in schema.RAW_COLUMNS],
+                         F.lit(None).cast("string").alias(schema.CORRUPT_RECORD), _file_name())
     raise ConfigError(f"clean.input_format {fmt!r} is not one of 'csv', 'json', 'parquet'")
 
 
@@ -198,16 +198,16 @@ def _retailrocket(spark: SparkSession, paths: list[str]) -> DataFrame:
         check_header(spark, path, RETAILROCKET_COLUMNS)
     df = _csv(spark, paths, RETAILROCKET_COLUMNS, header=True)
     return df.select(
-        epoch_millis_text(F.col("timestamp")).alias(S.EVENT_TIME),
-        F.col("event").alias(S.EVENT_TYPE),
-        F.col("itemid").alias(S.PRODUCT_ID),
-        _null().alias(S.CATEGORY_ID),
-        _null().alias(S.CATEGORY_CODE),
-        _null().alias(S.BRAND),
-        _null().alias(S.PRICE),
-        F.col("visitorid").alias(S.USER_ID),
-        _null().alias(S.USER_SESSION),
-        F.col(S.CORRUPT_RECORD),
+        epoch_millis_text(F.col("timestamp")).alias(schema.EVENT_TIME),
+        F.col("event").alias(schema.EVENT_TYPE),
+        F.col("itemid").alias(schema.PRODUCT_ID),
+        _null().alias(schema.CATEGORY_ID),
+        _null().alias(schema.CATEGORY_CODE),
+        _null().alias(schema.BRAND),
+        _null().alias(schema.PRICE),
+        F.col("visitorid").alias(schema.USER_ID),
+        _null().alias(schema.USER_SESSION),
+        F.col(schema.CORRUPT_RECORD),
         F.col(_FILE_NAME),
     )
 
@@ -222,31 +222,31 @@ def _yoochoose(spark: SparkSession, paths: list[str]) -> DataFrame:
         is_number = category.rlike(r"^[0-9]+$")
         small = is_number & (F.length(category) <= 2) & (category.try_cast("int") <= _YOOCHOOSE_MAX_CATEGORY)
         parts.append(c.select(
-            F.col("timestamp").alias(S.EVENT_TIME),
-            F.lit("view").alias(S.EVENT_TYPE),
-            F.col("item_id").alias(S.PRODUCT_ID),
-            F.when(small & (category != "0"), category).alias(S.CATEGORY_ID),
-            F.when(category == "S", F.lit("special_offer")).alias(S.CATEGORY_CODE),
-            F.when(is_number & ~small, category).alias(S.BRAND),
-            _null().alias(S.PRICE),
-            F.col("session_id").alias(S.USER_ID),
-            F.col("session_id").alias(S.USER_SESSION),
-            F.col(S.CORRUPT_RECORD),
+            F.col("timestamp").alias(schema.EVENT_TIME),
+            F.lit("view").alias(schema.EVENT_TYPE),
+            F.col("item_id").alias(schema.PRODUCT_ID),
+            F.when(small & (category != "0"), category).alias(schema.CATEGORY_ID),
+            F.when(category == "S", F.lit("special_offer")).alias(schema.CATEGORY_CODE),
+            F.when(is_number & ~small, category).alias(schema.BRAND),
+            _null().alias(schema.PRICE),
+            F.col("session_id").alias(schema.USER_ID),
+            F.col("session_id").alias(schema.USER_SESSION),
+            F.col(schema.CORRUPT_RECORD),
             F.col(_FILE_NAME),
         ))
     if buys:
         b = _csv(spark, buys, YOOCHOOSE_BUY_COLUMNS, header=False)
         parts.append(b.select(
-            F.col("timestamp").alias(S.EVENT_TIME),
-            F.lit("purchase").alias(S.EVENT_TYPE),
-            F.col("item_id").alias(S.PRODUCT_ID),
-            _null().alias(S.CATEGORY_ID),
-            _null().alias(S.CATEGORY_CODE),
-            _null().alias(S.BRAND),
-            F.col("price").alias(S.PRICE),
-            F.col("session_id").alias(S.USER_ID),
-            F.col("session_id").alias(S.USER_SESSION),
-            F.col(S.CORRUPT_RECORD),
+            F.col("timestamp").alias(schema.EVENT_TIME),
+            F.lit("purchase").alias(schema.EVENT_TYPE),
+            F.col("item_id").alias(schema.PRODUCT_ID),
+            _null().alias(schema.CATEGORY_ID),
+            _null().alias(schema.CATEGORY_CODE),
+            _null().alias(schema.BRAND),
+            F.col("price").alias(schema.PRICE),
+            F.col("session_id").alias(schema.USER_ID),
+            F.col("session_id").alias(schema.USER_SESSION),
+            F.col(schema.CORRUPT_RECORD),
             F.col(_FILE_NAME),
         ))
     out = parts[0]
@@ -289,6 +289,6 @@ def read_files(spark: SparkSession, files: list[InputFile], layout: str, fmt: st
         load_date = F.lit(None).cast("date")
     return df.select(
         *[c for c in df.columns if c != _FILE_NAME],
-        F.input_file_name().alias(S.SOURCE_FILE),
-        load_date.cast("date").alias(S.LOAD_DATE),
+        F.input_file_name().alias(schema.SOURCE_FILE),
+        load_date.cast("date").alias(schema.LOAD_DATE),
     )

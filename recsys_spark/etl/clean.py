@@ -37,7 +37,7 @@ from pyspark.sql import Column, DataFrame, Observation, SparkSession, Window
 from pyspark.sql import functions as F
 
 from recsys_spark import io, tracking, waits
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.config import CleanConfig, Config
 from recsys_spark.errors import ConfigError, DataQualityError, relax_hint
 from recsys_spark.etl import adapters, publish
@@ -92,10 +92,10 @@ class BehaviourRules:
 # comparison went the slow way (a synthetic 10M-row sort: 11.0-13.1 s against 8.8-10.3 s led
 # by the hash; within the noise of whole clean runs). The hash only groups rows; the user-day
 # columns stay in the key, so a collision merges nothing.
-_USER_DAY = [S.EVENT_DATE, BUCKET, S.USER_ID]
+_USER_DAY = [schema.EVENT_DATE, BUCKET, schema.USER_ID]
 _USER_KEY = "_user_key"
 _KEYED_USER_DAY = [_USER_KEY, *_USER_DAY]
-_DETAIL = [S.CATEGORY_ID, S.CATEGORY_CODE, S.BRAND, S.PRICE]
+_DETAIL = [schema.CATEGORY_ID, schema.CATEGORY_CODE, schema.BRAND, schema.PRICE]
 
 
 def flag_duplicates(events: DataFrame, near_duplicate_seconds: int) -> DataFrame:
@@ -109,8 +109,8 @@ def flag_duplicates(events: DataFrame, near_duplicate_seconds: int) -> DataFrame
     event time of that source session in the day, micros).
     One sort and one window pass.
     """
-    by_session = [*_KEYED_USER_DAY, S.USER_SESSION]
-    kind = [S.PRODUCT_ID, S.EVENT_TYPE]
+    by_session = [*_KEYED_USER_DAY, schema.USER_SESSION]
+    kind = [schema.PRODUCT_ID, schema.EVENT_TYPE]
     # One window group per source session, its rows ordered by item and type, then time: the
     # previous row is the previous event of the same item and type when those two match. (A
     # group per session, item and type split the same rows into more, smaller groups, and
@@ -119,16 +119,16 @@ def flag_duplicates(events: DataFrame, near_duplicate_seconds: int) -> DataFrame
     whole_session = in_session.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
     identity = F.struct(*kind, MICROS, *_DETAIL)
     previous = F.col("_previous")
-    same_kind = F.coalesce(previous[S.PRODUCT_ID].eqNullSafe(F.col(S.PRODUCT_ID))
-                           & previous[S.EVENT_TYPE].eqNullSafe(F.col(S.EVENT_TYPE)), F.lit(False))
+    same_kind = F.coalesce(previous[schema.PRODUCT_ID].eqNullSafe(F.col(schema.PRODUCT_ID))
+                           & previous[schema.EVENT_TYPE].eqNullSafe(F.col(schema.EVENT_TYPE)), F.lit(False))
     is_dup = identity.eqNullSafe(previous)
     is_near = ~is_dup & same_kind & (F.col(MICROS) - previous[MICROS] <= near_duplicate_seconds * _MICROS_PER_SECOND)
-    keyed = events.withColumn(_USER_KEY, F.xxhash64(S.EVENT_DATE, S.USER_ID))
+    keyed = events.withColumn(_USER_KEY, F.xxhash64(schema.EVENT_DATE, schema.USER_ID))
     ordered = keyed.sortWithinPartitions(*by_session, *kind, MICROS, *_DETAIL)
     windowed = ordered.select(
         "*",
         F.lag(identity).over(in_session).alias("_previous"),
-        F.size(F.collect_set(S.PRODUCT_ID).over(whole_session)).alias(_DISTINCT),
+        F.size(F.collect_set(schema.PRODUCT_ID).over(whole_session)).alias(_DISTINCT),
         F.min(MICROS).over(whole_session).alias(_SOURCE_START),
     )
     return windowed.select("*", is_dup.alias(_DUP), F.coalesce(is_near, F.lit(False)).alias(_NEAR)).drop("_previous")
@@ -149,14 +149,14 @@ def sessionise_and_flag_bots(events: DataFrame, rules: BehaviourRules) -> DataFr
         and ``_first_of_day`` (the user-day's first row in time order). One sort and two window
         passes.
     """
-    order = [MICROS, S.PRODUCT_ID, S.EVENT_TYPE, S.USER_SESSION, *_DETAIL]
+    order = [MICROS, schema.PRODUCT_ID, schema.EVENT_TYPE, schema.USER_SESSION, *_DETAIL]
     in_time = Window.partitionBy(*_USER_DAY).orderBy(*order)
     before = in_time.rowsBetween(Window.unboundedPreceding, -1)
     so_far = in_time.rowsBetween(Window.unboundedPreceding, Window.currentRow)
     # The whole user-day, on in_time's order: computed in the same pass as so_far's window.
     user_day = in_time.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
 
-    missing = F.col(S.USER_SESSION).isNull()
+    missing = F.col(schema.USER_SESSION).isNull()
     previous_missing = F.last(F.when(missing, F.col(MICROS)), ignorenulls=True).over(before)
     starts = missing & F.coalesce(F.col(MICROS) - previous_missing > rules.session_gap_minutes * _MICROS_PER_MINUTE,
                                   F.lit(True))
@@ -183,8 +183,8 @@ def session_ids(events: DataFrame) -> Column:
     (pseudonymous user, session start in microseconds), plus ``~<piece>`` after a split.
     Needs the pseudonymised user_id."""
     generated = F.substring(
-        F.sha2(F.concat_ws("|", F.col(S.USER_ID), F.col("_session_start").cast("string")), 256), 1, _SESSION_HEX_CHARS)
-    base = F.coalesce(F.col(S.USER_SESSION), generated)
+        F.sha2(F.concat_ws("|", F.col(schema.USER_ID), F.col("_session_start").cast("string")), 256), 1, _SESSION_HEX_CHARS)
+    base = F.coalesce(F.col(schema.USER_SESSION), generated)
     return F.when(F.col("_piece") > 0, F.concat(base, F.lit("~"), F.col("_piece").cast("string"))).otherwise(base)
 
 
@@ -244,7 +244,7 @@ def clean_events(valid: DataFrame, key: bytes, rules: BehaviourRules) -> tuple[D
     # event_time is _micros as a timestamp: the sorts and windows carry only _micros, and
     # event_time is made again from it for the output.
     flagged, counted = _observe(
-        flag_duplicates(valid.drop(S.EVENT_TIME), rules.near_duplicate_seconds), "clean_duplicates",
+        flag_duplicates(valid.drop(schema.EVENT_TIME), rules.near_duplicate_seconds), "clean_duplicates",
         F.count(F.lit(1)).alias("valid"),
         F.count(F.when(F.col(_DUP), 1)).alias("duplicates"),
         F.count(F.when(F.col(_NEAR), 1)).alias("near_duplicates"),
@@ -254,7 +254,7 @@ def clean_events(valid: DataFrame, key: bytes, rules: BehaviourRules) -> tuple[D
     # Every session keeps its first row through de-duplication, so the maximum is the same.
     # One window on flag_duplicates' order (keyed user-day first, so no sort): the item rule's
     # maximum, and each user-day's first row, which counts the user-day once.
-    in_day = Window.partitionBy(*_KEYED_USER_DAY).orderBy(S.USER_SESSION, S.PRODUCT_ID, S.EVENT_TYPE, MICROS, *_DETAIL)
+    in_day = Window.partitionBy(*_KEYED_USER_DAY).orderBy(schema.USER_SESSION, schema.PRODUCT_ID, schema.EVENT_TYPE, MICROS, *_DETAIL)
     item_bot = F.max(_DISTINCT).over(in_day.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing))
     deduplicated, many_items = _observe(
         flagged.where(~F.col(_DUP) & ~F.col(_NEAR)).select(
@@ -273,11 +273,11 @@ def clean_events(valid: DataFrame, key: bytes, rules: BehaviourRules) -> tuple[D
         F.count(F.when(~F.col(_BOT), 1)).alias("kept"),
     )
     keyed = with_key(behaviour.where(~F.col(_BOT)), key)
-    pseudonymous = keyed.withColumn(S.USER_ID, hmac_sha256_hex(F.col(S.USER_ID)))
+    pseudonymous = keyed.withColumn(schema.USER_ID, hmac_sha256_hex(F.col(schema.USER_ID)))
     out = pseudonymous.select(
-        "*", session_ids(pseudonymous).alias(S.SESSION_ID), F.timestamp_micros(MICROS).alias(S.EVENT_TIME)
+        "*", session_ids(pseudonymous).alias(schema.SESSION_ID), F.timestamp_micros(MICROS).alias(schema.EVENT_TIME)
     ).drop(KEY_IPAD, KEY_OPAD)
-    return S.conform(out, S.CLEAN_SCHEMA), Fates((counted, many_items, fates))
+    return schema.conform(out, schema.CLEAN_SCHEMA), Fates((counted, many_items, fates))
 
 
 def quarantine_rows(rejected: DataFrame, key: bytes, layout: str, fmt: str) -> DataFrame:
@@ -290,10 +290,10 @@ def quarantine_rows(rejected: DataFrame, key: bytes, layout: str, fmt: str) -> D
     """
     keyed = with_key(rejected, key)
     original = F.col(ORIGINAL)
-    fields = [pseudonym_or_empty(original[c]).alias(c) if c == S.USER_ID else original[c].alias(c)
-              for c in S.RAW_COLUMNS]
+    fields = [pseudonym_or_empty(original[c]).alias(c) if c == schema.USER_ID else original[c].alias(c)
+              for c in schema.RAW_COLUMNS]
     as_json = F.to_json(F.struct(*fields), {"ignoreNullFields": "false"})
-    line = F.col(S.CORRUPT_RECORD)
+    line = F.col(schema.CORRUPT_RECORD)
     as_csv = redact_csv_line(line, adapters.USER_FIELD[layout])
     if layout == "rees46" and fmt == "json":
         redacted = F.when(F.ltrim(line).startswith("{"), redact_json_line(line)).otherwise(as_csv)
@@ -301,7 +301,7 @@ def quarantine_rows(rejected: DataFrame, key: bytes, layout: str, fmt: str) -> D
         redacted = as_csv
     record = F.when(line.isNotNull(), redacted).otherwise(as_json)
     return keyed.select(
-        F.col(S.REASON), record.alias(S.RAW_RECORD), F.col(S.SOURCE_FILE), F.col(S.LOAD_DATE)
+        F.col(schema.REASON), record.alias(schema.RAW_RECORD), F.col(schema.SOURCE_FILE), F.col(schema.LOAD_DATE)
     )
 
 
@@ -379,8 +379,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         # hash falls: the window stage waits for its largest partition (10M lines, 8 partitions:
         # 0.34M to 2.05M rows each by hash). _bucket becomes that spread value: still one
         # value per (day, user bucket), so it still names one output file per task and day.
-        day_bucket = F.unix_date(F.col(S.EVENT_DATE)) * rules.files_per_day + F.col(BUCKET)
-        parsed = (parse_events(raw, window, rules).drop(S.EVENT_TIME)
+        day_bucket = F.unix_date(F.col(schema.EVENT_DATE)) * rules.files_per_day + F.col(BUCKET)
+        parsed = (parse_events(raw, window, rules).drop(schema.EVENT_TIME)
                   .withColumn(BUCKET, spread_key(day_bucket, partitions)).repartition(partitions, BUCKET))
         # The quarantine's write runs on a thread beside the clean events' write: its small jobs
         # fill the cores that the window stage leaves idle in its last tasks and between jobs.
@@ -391,21 +391,21 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
                 parsed, "clean_read",
                 F.count(F.when(in_window, 1)).alias("rows_read"),
                 F.count(F.when(~in_window, 1)).alias("outside_window"),
-                F.count(F.when(in_window & F.col(S.LOAD_DATE).isNull(), 1)).alias("undated"),
+                F.count(F.when(in_window & F.col(schema.LOAD_DATE).isNull(), 1)).alias("undated"),
             )
             # The counts by reason over the rejected rows only: a few in a hundred, where nine
             # conditional counts over every row read took seconds at 10M lines. On a log without
             # a single bad row this side is empty (see waits.observed).
             rejected, rejections = _observe(
-                observed.where(in_window & F.col(S.REASON).isNotNull()), "clean_rejected",
-                *[F.count(F.when(F.col(S.REASON) == code, 1)).alias(code) for code in S.REASON_CODES],
+                observed.where(in_window & F.col(schema.REASON).isNotNull()), "clean_rejected",
+                *[F.count(F.when(F.col(schema.REASON) == code, 1)).alias(code) for code in schema.REASON_CODES],
             )
             quarantine = quarantine_rows(rejected, key, cc.input_layout, cc.input_format)
             log.info("clean: writing the quarantine; de-duplicating, sessionising and writing the clean events")
             quarantined = pool.submit(
-                io.write_partitioned, quarantine.repartition(S.LOAD_DATE), staged_quarantine, S.LOAD_DATE)
+                io.write_partitioned, quarantine.repartition(schema.LOAD_DATE), staged_quarantine, schema.LOAD_DATE)
             events, fates = clean_events(valid_events(parsed), key, behaviour)
-            io.write_partitioned(events, staged_clean, S.EVENT_DATE)
+            io.write_partitioned(events, staged_clean, schema.EVENT_DATE)
             waits.result(quarantined, cfg.spark.stage_timeout_minutes * 60, "the quarantine's write",
                          "spark.stage_timeout_minutes")
             # Read while the parsed rows exist: a count Spark did not report is taken from them.
@@ -419,13 +419,13 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             duplicates=fate["duplicates"],
             near_duplicates=fate["near_duplicates"],
             bot_rows=fate["bot_rows"],
-            rejected={code: counts[code] for code in S.REASON_CODES},
+            rejected={code: counts[code] for code in schema.REASON_CODES},
             outside_window=counts["outside_window"],
         )
         outcome.check()
         bots = bot_report(fate, behaviour)
         check_bot_share(bots, cc)
-        written = spark.read.schema(S.CLEAN_SCHEMA).parquet(staged_clean).count() if io.exists(spark, staged_clean) else 0
+        written = spark.read.schema(schema.CLEAN_SCHEMA).parquet(staged_clean).count() if io.exists(spark, staged_clean) else 0
         if written != outcome.rows_kept:
             raise DataQualityError(f"clean wrote {written} rows to {staged_clean} but kept {outcome.rows_kept}")
 
@@ -433,11 +433,11 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         # partition); an open one the dates found in the input.
         closed = window.dates()
         dates = [d.isoformat() for d in closed] if closed is not None else sorted(
-            set(publish.staged_values(spark, staged_clean, S.EVENT_DATE))
-            | set(publish.staged_values(spark, staged_quarantine, S.LOAD_DATE)))
-        publish.swap_partitions(spark, staged_clean, clean_path, S.EVENT_DATE, list(dates), run_id)
+            set(publish.staged_values(spark, staged_clean, schema.EVENT_DATE))
+            | set(publish.staged_values(spark, staged_quarantine, schema.LOAD_DATE)))
+        publish.swap_partitions(spark, staged_clean, clean_path, schema.EVENT_DATE, list(dates), run_id)
         undated = [None] if int(counts["undated"]) or any(f.load_date is None for f in files) else []
-        publish.swap_partitions(spark, staged_quarantine, quarantine_path, S.LOAD_DATE, [*dates, *undated], run_id)
+        publish.swap_partitions(spark, staged_quarantine, quarantine_path, schema.LOAD_DATE, [*dates, *undated], run_id)
 
         report = build_report(outcome, dates, clean_path, quarantine_path, bots)
         io.write_json(spark, report_path, report)

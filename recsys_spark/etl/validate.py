@@ -14,7 +14,7 @@ from typing import Mapping
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.config import CleanConfig, iso_date
 from recsys_spark.errors import ConfigError
 
@@ -29,7 +29,7 @@ ORIGINAL = "_original"  # the text fields of a rejected row (null for valid rows
 IN_WINDOW = "_in_window"  # false for rows of an undated file dated outside the processed window
 
 # The typed columns of a valid event, in contract order, plus its UTC date.
-EVENT_COLUMNS = [*S.RAW_COLUMNS, S.EVENT_DATE]
+EVENT_COLUMNS = [*schema.RAW_COLUMNS, schema.EVENT_DATE]
 
 
 @dataclass(frozen=True)
@@ -151,80 +151,80 @@ def parse_events(raw: DataFrame, window: EventWindow, rules: Rules) -> DataFrame
     # more than once, while one select with the expressions inlined recomputed them in every
     # WHEN branch of the reason (subexpression elimination skips conditional branches): the
     # parse took 58 s on 2M lines that way, 18 s this way (scan included).
-    text = {c: f"_text_{c}" for c in S.RAW_COLUMNS}
-    texts = raw.select("*", *[_text(c).alias(text[c]) for c in S.RAW_COLUMNS])
+    text = {c: f"_text_{c}" for c in schema.RAW_COLUMNS}
+    texts = raw.select("*", *[_text(c).alias(text[c]) for c in schema.RAW_COLUMNS])
     values = texts.select(
         "*",
-        parse_event_time(F.col(text[S.EVENT_TIME]), rules.naive_timezone).alias(S.EVENT_TIME + "_"),
-        normalise_event_type(F.col(text[S.EVENT_TYPE]), rules.event_aliases).alias(S.EVENT_TYPE + "_"),
-        *[_as_long(F.col(text[c])).alias(c + "_") for c in (S.PRODUCT_ID, S.CATEGORY_ID, S.USER_ID)],
-        F.col(text[S.PRICE]).try_cast("double").alias(S.PRICE + "_"),
+        parse_event_time(F.col(text[schema.EVENT_TIME]), rules.naive_timezone).alias(schema.EVENT_TIME + "_"),
+        normalise_event_type(F.col(text[schema.EVENT_TYPE]), rules.event_aliases).alias(schema.EVENT_TYPE + "_"),
+        *[_as_long(F.col(text[c])).alias(c + "_") for c in (schema.PRODUCT_ID, schema.CATEGORY_ID, schema.USER_ID)],
+        F.col(text[schema.PRICE]).try_cast("double").alias(schema.PRICE + "_"),
     )
-    values = values.withColumn(S.EVENT_DATE + "_", utc_date(F.col(S.EVENT_TIME + "_")))
+    values = values.withColumn(schema.EVENT_DATE + "_", utc_date(F.col(schema.EVENT_TIME + "_")))
     event_time, event_date, event_type, product_id, category_id, user_id, price = (
-        F.col(c + "_") for c in (S.EVENT_TIME, S.EVENT_DATE, S.EVENT_TYPE, S.PRODUCT_ID, S.CATEGORY_ID, S.USER_ID,
-                                 S.PRICE)
+        F.col(c + "_") for c in (schema.EVENT_TIME, schema.EVENT_DATE, schema.EVENT_TYPE, schema.PRODUCT_ID, schema.CATEGORY_ID, schema.USER_ID,
+                                 schema.PRICE)
     )
-    file_date = F.col(S.LOAD_DATE)
-    staged_load_date = S.LOAD_DATE + "_"
+    file_date = F.col(schema.LOAD_DATE)
+    staged_load_date = schema.LOAD_DATE + "_"
 
     broken = {
-        S.REASON_MALFORMED: F.col(S.CORRUPT_RECORD).isNotNull(),
-        S.REASON_BAD_TIME: event_time.isNull(),
-        S.REASON_OUT_OF_WINDOW: file_date.isNotNull() & (event_date != file_date),
-        S.REASON_FUTURE: event_time > F.lit(window.not_after),
-        S.REASON_NULL_USER: F.col(text[S.USER_ID]).isNull(),
-        S.REASON_NULL_PRODUCT: F.col(text[S.PRODUCT_ID]).isNull(),
-        S.REASON_BAD_ID: (
-            user_id.isNull() | product_id.isNull() | (F.col(text[S.CATEGORY_ID]).isNotNull() & category_id.isNull())
+        schema.REASON_MALFORMED: F.col(schema.CORRUPT_RECORD).isNotNull(),
+        schema.REASON_BAD_TIME: event_time.isNull(),
+        schema.REASON_OUT_OF_WINDOW: file_date.isNotNull() & (event_date != file_date),
+        schema.REASON_FUTURE: event_time > F.lit(window.not_after),
+        schema.REASON_NULL_USER: F.col(text[schema.USER_ID]).isNull(),
+        schema.REASON_NULL_PRODUCT: F.col(text[schema.PRODUCT_ID]).isNull(),
+        schema.REASON_BAD_ID: (
+            user_id.isNull() | product_id.isNull() | (F.col(text[schema.CATEGORY_ID]).isNotNull() & category_id.isNull())
         ),
-        S.REASON_UNKNOWN_EVENT: event_type.isNull() | ~event_type.isin(S.EVENT_TYPES),
-        S.REASON_BAD_PRICE: F.col(text[S.PRICE]).isNotNull()
+        schema.REASON_UNKNOWN_EVENT: event_type.isNull() | ~event_type.isin(schema.EVENT_TYPES),
+        schema.REASON_BAD_PRICE: F.col(text[schema.PRICE]).isNotNull()
         & (price.isNull() | F.isnan(price) | (price < 0) | (price > F.lit(rules.max_price))),
     }
     reason = None
-    for code in S.REASON_CODES:  # one CASE WHEN in rule order: the first rule broken wins
+    for code in schema.REASON_CODES:  # one CASE WHEN in rule order: the first rule broken wins
         condition = F.coalesce(broken[code], F.lit(False))
         reason = F.when(condition, F.lit(code)) if reason is None else reason.when(condition, F.lit(code))
 
     # A malformed line's fields are not trusted: it is attributed to its file's date only.
-    load_date = F.when(F.col(S.CORRUPT_RECORD).isNotNull(), file_date).otherwise(F.coalesce(file_date, event_date))
+    load_date = F.when(F.col(schema.CORRUPT_RECORD).isNotNull(), file_date).otherwise(F.coalesce(file_date, event_date))
     in_window = F.lit(True)
     if window.start is not None:
         in_window = in_window & ~(F.col(staged_load_date) < F.lit(window.start)).eqNullSafe(True)
     if window.end is not None:
         in_window = in_window & ~(F.col(staged_load_date) > F.lit(window.end)).eqNullSafe(True)
 
-    dated = values.select("*", load_date.alias(staged_load_date), reason.alias(S.REASON))
+    dated = values.select("*", load_date.alias(staged_load_date), reason.alias(schema.REASON))
     typed = dated.select(
-        event_time.alias(S.EVENT_TIME),
-        event_type.alias(S.EVENT_TYPE),
-        product_id.alias(S.PRODUCT_ID),
-        category_id.alias(S.CATEGORY_ID),
-        F.col(text[S.CATEGORY_CODE]).alias(S.CATEGORY_CODE),
-        F.col(text[S.BRAND]).alias(S.BRAND),
-        price.alias(S.PRICE),
-        user_id.alias(S.USER_ID),
-        F.col(text[S.USER_SESSION]).alias(S.USER_SESSION),
-        event_date.alias(S.EVENT_DATE),
-        F.col(staged_load_date).alias(S.LOAD_DATE),
+        event_time.alias(schema.EVENT_TIME),
+        event_type.alias(schema.EVENT_TYPE),
+        product_id.alias(schema.PRODUCT_ID),
+        category_id.alias(schema.CATEGORY_ID),
+        F.col(text[schema.CATEGORY_CODE]).alias(schema.CATEGORY_CODE),
+        F.col(text[schema.BRAND]).alias(schema.BRAND),
+        price.alias(schema.PRICE),
+        user_id.alias(schema.USER_ID),
+        F.col(text[schema.USER_SESSION]).alias(schema.USER_SESSION),
+        event_date.alias(schema.EVENT_DATE),
+        F.col(staged_load_date).alias(schema.LOAD_DATE),
         in_window.alias(IN_WINDOW),
-        F.col(S.REASON),
-        F.struct(*[F.col(c) for c in S.RAW_COLUMNS]).alias(ORIGINAL),
-        F.col(S.CORRUPT_RECORD),
-        F.col(S.SOURCE_FILE),
+        F.col(schema.REASON),
+        F.struct(*[F.col(c) for c in schema.RAW_COLUMNS]).alias(ORIGINAL),
+        F.col(schema.CORRUPT_RECORD),
+        F.col(schema.SOURCE_FILE),
     )
-    rejected = F.col(S.REASON).isNotNull()
+    rejected = F.col(schema.REASON).isNotNull()
     return typed.select(
-        F.unix_micros(S.EVENT_TIME).alias(MICROS),
+        F.unix_micros(schema.EVENT_TIME).alias(MICROS),
         *EVENT_COLUMNS,
-        S.LOAD_DATE,
-        F.pmod(F.xxhash64(S.USER_ID), F.lit(rules.files_per_day)).cast("int").alias(BUCKET),
+        schema.LOAD_DATE,
+        F.pmod(F.xxhash64(schema.USER_ID), F.lit(rules.files_per_day)).cast("int").alias(BUCKET),
         IN_WINDOW,
-        S.REASON,
+        schema.REASON,
         F.when(rejected, F.col(ORIGINAL)).alias(ORIGINAL),
-        F.when(rejected, F.col(S.CORRUPT_RECORD)).alias(S.CORRUPT_RECORD),
-        F.when(rejected, F.col(S.SOURCE_FILE)).alias(S.SOURCE_FILE),
+        F.when(rejected, F.col(schema.CORRUPT_RECORD)).alias(schema.CORRUPT_RECORD),
+        F.when(rejected, F.col(schema.SOURCE_FILE)).alias(schema.SOURCE_FILE),
     )
 
 
@@ -236,4 +236,4 @@ def valid_events(parsed: DataFrame) -> DataFrame:
     load date (the event date here) are dropped: every sort of clean would carry them.
     """
     keep = [c for c in (MICROS, *EVENT_COLUMNS, BUCKET) if c in parsed.columns]
-    return parsed.where(F.col(S.REASON).isNull() & F.col(IN_WINDOW)).select(*keep)
+    return parsed.where(F.col(schema.REASON).isNull() & F.col(IN_WINDOW)).select(*keep)

@@ -39,7 +39,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from torch import Tensor
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.config import COOCCURRENCE_SIMILARITIES
 from recsys_spark.evaluation.rankers import Ranker
 from recsys_spark.models.ranking import int_arrays, int_matrix
@@ -125,7 +125,7 @@ def cooccurrence_pairs(train: DataFrame, windows: Sequence[int]) -> DataFrame:
         the number of step pairs of the pair at distance <= window.
     """
     widest = max(windows)
-    seq = F.col(S.ITEM_SEQ)
+    seq = F.col(schema.ITEM_SEQ)
     # For every distance d and position p: (seq[p], seq[p + d], d) as a struct (1-based slices).
     pairs = F.flatten(
         F.transform(
@@ -140,7 +140,7 @@ def cooccurrence_pairs(train: DataFrame, windows: Sequence[int]) -> DataFrame:
     )
     steps = train.select(F.explode(pairs).alias("pair")).select("pair.*")
     steps = steps.where(
-        (F.col(_A) >= S.FIRST_ITEM_INDEX) & (F.col(_B) >= S.FIRST_ITEM_INDEX) & (F.col(_A) != F.col(_B))
+        (F.col(_A) >= schema.FIRST_ITEM_INDEX) & (F.col(_B) >= schema.FIRST_ITEM_INDEX) & (F.col(_A) != F.col(_B))
     )
     canonical = steps.select(
         F.least(_A, _B).alias(_A), F.greatest(_A, _B).alias(_B), F.col(_D)
@@ -195,10 +195,10 @@ class CooccurrenceRanker(Ranker):
         return self.score_block(batch)
 
     def score_block(self, batch: pd.DataFrame, excluded: Tensor | None = None) -> Tensor:
-        items = int_matrix(batch[S.HIST_ITEMS])  # [B, L], left-padded: the latest step is last
+        items = int_matrix(batch[schema.HIST_ITEMS])  # [B, L], left-padded: the latest step is last
         length = items.shape[1]
         weights = np.power(float(self.decay), np.arange(length - 1, -1, -1, dtype=np.float64))
-        weights = np.where(items >= S.FIRST_ITEM_INDEX, weights[None, :], 0.0)
+        weights = np.where(items >= schema.FIRST_ITEM_INDEX, weights[None, :], 0.0)
         return torch.from_numpy(self.matrix.weighted_rows(weights, items))
 
 
@@ -213,12 +213,12 @@ def als_interactions(train: DataFrame) -> DataFrame:
     Returns:
         window_id (int, 0..windows - 1), item (int), rating (float).
     """
-    indexed = train.select(S.ITEM_SEQ).rdd.zipWithIndex().map(lambda pair: (pair[1], pair[0][0]))
-    schema = T.StructType(
-        [T.StructField(ALS_USER, T.LongType(), False), T.StructField(S.ITEM_SEQ, T.ArrayType(T.IntegerType()), True)]
+    indexed = train.select(schema.ITEM_SEQ).rdd.zipWithIndex().map(lambda pair: (pair[1], pair[0][0]))
+    struct = T.StructType(
+        [T.StructField(ALS_USER, T.LongType(), False), T.StructField(schema.ITEM_SEQ, T.ArrayType(T.IntegerType()), True)]
     )
-    windows = train.sparkSession.createDataFrame(indexed, schema)
-    items = F.array_distinct(F.filter(S.ITEM_SEQ, lambda i: i >= S.FIRST_ITEM_INDEX))
+    windows = train.sparkSession.createDataFrame(indexed, struct)
+    items = F.array_distinct(F.filter(schema.ITEM_SEQ, lambda i: i >= schema.FIRST_ITEM_INDEX))
     return windows.select(
         F.col(ALS_USER).cast("int").alias(ALS_USER), F.explode(items).alias(ALS_ITEM), F.lit(1.0).alias(ALS_RATING)
     )
@@ -304,7 +304,7 @@ class AlsRanker(Ranker):
         self.alpha = alpha
 
     def user_vectors(self, batch: pd.DataFrame) -> Tensor:
-        seen = int_arrays(batch[S.SEEN_ITEMS])
+        seen = int_arrays(batch[schema.SEEN_ITEMS])
         return torch.from_numpy(fold_in(self.item_vecs.numpy(), seen, self.reg_param, self.alpha))
 
 
@@ -396,7 +396,7 @@ def ease_gram_entries(train: DataFrame, columns: np.ndarray, decays: Sequence[fl
         over windows of X[w, a] * X[w, b] (only nonzero entries of the upper triangle).
     """
     n = int(columns.max(initial=-1)) + 1
-    schema = T.StructType(
+    struct = T.StructType(
         [T.StructField(EASE_A, T.IntegerType(), False), T.StructField(EASE_B, T.IntegerType(), False)]
         + [T.StructField(f"g{j}", T.DoubleType(), False) for j in range(len(decays))]
     )
@@ -405,7 +405,7 @@ def ease_gram_entries(train: DataFrame, columns: np.ndarray, decays: Sequence[fl
     def pair_sums(batches):
         for batch in batches:
             for start in range(0, len(batch), chunk):
-                rows, cols, ages = recency_entries(int_matrix(batch[S.ITEM_SEQ].iloc[start : start + chunk]), columns)
+                rows, cols, ages = recency_entries(int_matrix(batch[schema.ITEM_SEQ].iloc[start : start + chunk]), columns)
                 if len(rows) == 0:
                     continue
                 a, b, age_sums = _pairs_within_rows(rows, cols, ages)
@@ -419,7 +419,7 @@ def ease_gram_entries(train: DataFrame, columns: np.ndarray, decays: Sequence[fl
                     }
                 )
 
-    entries = train.select(S.ITEM_SEQ).mapInPandas(pair_sums, schema)
+    entries = train.select(schema.ITEM_SEQ).mapInPandas(pair_sums, struct)
     return entries.groupBy(EASE_A, EASE_B).agg(*[F.sum(f"g{j}").alias(f"g{j}") for j in range(len(decays))])
 
 
@@ -512,8 +512,8 @@ class EaseRanker(Ranker):
         return self.score_block(batch)
 
     def score_block(self, batch: pd.DataFrame, excluded: Tensor | None = None) -> Tensor:
-        rows, cols, ages = recency_entries(int_matrix(batch[S.HIST_ITEMS]), self.columns,
-                                           int_arrays(batch[S.SEEN_ITEMS]))
+        rows, cols, ages = recency_entries(int_matrix(batch[schema.HIST_ITEMS]), self.columns,
+                                           int_arrays(batch[schema.SEEN_ITEMS]))
         history = torch.sparse_coo_tensor(
             torch.from_numpy(np.stack([rows, cols])),
             torch.from_numpy(np.power(float(self.decay), ages).astype(np.float32)),

@@ -34,13 +34,12 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recsys_spark import io, tracking
-from recsys_spark import schema as S
-from recsys_spark import config as C
+from recsys_spark import schema
 from recsys_spark.config import Config, EvaluateConfig
 from recsys_spark.errors import InputError
-from recsys_spark.evaluation import baselines as B
-from recsys_spark.evaluation import intervals as I
-from recsys_spark.evaluation import report as R
+from recsys_spark.evaluation import baselines
+from recsys_spark.evaluation.intervals import Interval, as_bounds, as_differences, by_user, compare
+from recsys_spark.evaluation.report import DEFINITIONS, SPLITS, figures, grid_table, render_html
 from recsys_spark.evaluation.metrics import (
     MRR,
     batch_metrics,
@@ -69,7 +68,6 @@ HTML_FILE = "evaluation.html"
 
 # Rankers of the test comparison.
 MODEL, CHAMPION, POPULARITY, COOCCURRENCE, ALS, EASE = "model", "champion", "popularity", "cooccurrence", "als", "ease"
-BASELINES = C.BASELINES  # (POPULARITY, COOCCURRENCE, ALS, EASE)
 # The baselines fitted on the training windows and tuned on validation (popularity is not).
 TUNED_BASELINES = (COOCCURRENCE, ALS, EASE)
 
@@ -78,9 +76,9 @@ ALL = "all"
 COLD_USERS, WARM_USERS = "cold_users", "warm_users"
 HEAD_TARGETS, TAIL_TARGETS = "head_targets", "tail_targets"
 TARGET_EVENT_SEGMENTS = {
-    "view_targets": (S.EVENT_CODE["view"],),
-    "cart_targets": (S.EVENT_CODE["cart"], S.EVENT_CODE["remove_from_cart"]),
-    "purchase_targets": (S.EVENT_CODE["purchase"],),
+    "view_targets": (schema.EVENT_CODE["view"],),
+    "cart_targets": (schema.EVENT_CODE["cart"], schema.EVENT_CODE["remove_from_cart"]),
+    "purchase_targets": (schema.EVENT_CODE["purchase"],),
 }
 SEGMENTS = (ALL, COLD_USERS, WARM_USERS, HEAD_TARGETS, TAIL_TARGETS, *TARGET_EVENT_SEGMENTS)
 
@@ -100,7 +98,7 @@ def per_user_schema(ks: Sequence[int]) -> T.StructType:
         [
             T.StructField(RANKER, T.StringType(), False),
             T.StructField(SEGMENT, T.StringType(), False),
-            T.StructField(S.USER_ID, T.StringType(), False),
+            T.StructField(schema.USER_ID, T.StringType(), False),
             T.StructField(NUM_TARGETS, T.IntegerType(), False),
             *[T.StructField(name, T.DoubleType(), False) for name in all_metric_names(ks)],
             T.StructField(TOP_ITEMS, T.ArrayType(T.IntegerType(), False), False),
@@ -130,7 +128,7 @@ class ItemStats:
         """Args: vocab rows of schema.ITEM_VOCAB_SCHEMA; count_column, the interactions before
         the evaluated split's cutoff (train_count for validation, pretest_count for test)."""
         counts, _ = vocab_column(vocab, count_column, num_items)
-        categories, _ = vocab_column(vocab, S.CATEGORY_IDX, num_items)
+        categories, _ = vocab_column(vocab, schema.CATEGORY_IDX, num_items)
         return cls(self_information(counts), head_items(counts, head_share), categories)
 
 
@@ -212,18 +210,18 @@ def per_user_metrics(
         for batch in batches:
             if batch.empty:
                 continue
-            targets = int_arrays(batch[S.TARGET_ITEMS])
+            targets = int_arrays(batch[schema.TARGET_ITEMS])
             parts = segments_of(
                 targets,
-                int_arrays(batch[S.TARGET_EVENTS]),
-                np.fromiter((len(s) for s in int_arrays(batch[S.SEEN_ITEMS])), dtype=np.int64, count=len(batch)),
+                int_arrays(batch[schema.TARGET_EVENTS]),
+                np.fromiter((len(s) for s in int_arrays(batch[schema.SEEN_ITEMS])), dtype=np.int64, count=len(batch)),
                 stats.is_head,
                 cold_user_threshold,
             )
             if not segments:
                 parts = {ALL: parts[ALL]}
             exclude = int_arrays(batch[EXCLUDE_ITEMS]) if has_exclude else None
-            users = batch[S.USER_ID].to_numpy()
+            users = batch[schema.USER_ID].to_numpy()
             for name, ranker in built.items():
                 top, _ = ranker.recommend(batch, k_max, exclude_seen=True, block_size=block_size, exclude=exclude)
                 lists = list_metrics(top, ks, stats.self_info, stats.is_head, stats.categories)
@@ -235,7 +233,7 @@ def per_user_metrics(
                         {
                             RANKER: name,
                             SEGMENT: segment,
-                            S.USER_ID: users[index],
+                            schema.USER_ID: users[index],
                             NUM_TARGETS: np.fromiter((len(t) for t in segment_targets), np.int32, len(index)),
                             **{metric: values[metric] for metric in accuracy_names},
                             **{metric: column[index] for metric, column in lists.items()},
@@ -266,7 +264,7 @@ def summarise(per_user: DataFrame, ks: Sequence[int], catalogue_size: int) -> di
     ranked = (
         per_user.where(F.col(SEGMENT) == ALL)
         .select(RANKER, F.posexplode(TOP_ITEMS).alias(position, item))
-        .where(F.col(item) >= S.FIRST_ITEM_INDEX)
+        .where(F.col(item) >= schema.FIRST_ITEM_INDEX)
     )
     distinct = ranked.groupBy(RANKER).agg(
         *[F.countDistinct(F.when(F.col(position) < k, F.col(item))).alias(f"distinct@{k}") for k in sorted(ks)]
@@ -297,10 +295,10 @@ def per_user_values(per_user: DataFrame, names: Sequence[str]) -> tuple[np.ndarr
     """
     frame = (
         per_user.where(F.col(SEGMENT) == ALL)
-        .select(RANKER, S.USER_ID, *[F.col(f"`{name}`") for name in names])
+        .select(RANKER, schema.USER_ID, *[F.col(f"`{name}`") for name in names])
         .toPandas()
     )
-    return I.by_user(frame[S.USER_ID].to_numpy(), frame[RANKER].to_numpy(),
+    return by_user(frame[schema.USER_ID].to_numpy(), frame[RANKER].to_numpy(),
                      frame[list(names)].to_numpy(dtype=np.float64).reshape(len(frame), len(names)))
 
 
@@ -311,7 +309,7 @@ def pair_name(a: str, b: str) -> str:
 
 def compare_rankers(
     values: np.ndarray, rankers: Sequence[str], ks: Sequence[int], primary: str, ec: EvaluateConfig
-) -> tuple[dict[str, dict[str, I.Interval]], dict[str, dict[str, I.Interval]]]:
+) -> tuple[dict[str, dict[str, Interval]], dict[str, dict[str, Interval]]]:
     """Every per-user metric of every ranker with its bootstrap interval, and the paired
     differences model - champion and model - each baseline, all from the same resamples.
 
@@ -330,7 +328,7 @@ def compare_rankers(
     paired_metrics = [name for name in headline_metrics(primary, ks) if name in names]
     others = sorted((r for r in rankers if r != MODEL), key=lambda r: (r != CHAMPION, r))
     pairs = [(MODEL, other) for other in others] if MODEL in rankers else []
-    singles, paired = I.compare(values, rankers, names, pairs, paired_metrics,
+    singles, paired = compare(values, rankers, names, pairs, paired_metrics,
                                 ec.bootstrap_samples, ec.bootstrap_seed, ec.confidence)
     return singles, {pair_name(a, b): found for (a, b), found in paired.items()}
 
@@ -348,12 +346,12 @@ def excluded_items(events: DataFrame, item_vocab: DataFrame, cutoff: dt.datetime
     Returns:
         user_id, exclude_items (sorted distinct item_idx).
     """
-    index = F.broadcast(item_vocab.select(S.PRODUCT_ID, S.ITEM_IDX))
+    index = F.broadcast(item_vocab.select(schema.PRODUCT_ID, schema.ITEM_IDX))
     return (
-        events.where(before(F.col(S.EVENT_TIME), cutoff) & F.col(S.EVENT_TYPE).isin(list(event_types)))
-        .join(index, S.PRODUCT_ID)
-        .groupBy(S.USER_ID)
-        .agg(F.array_sort(F.collect_set(F.col(S.ITEM_IDX).cast("int"))).alias(EXCLUDE_ITEMS))
+        events.where(before(F.col(schema.EVENT_TIME), cutoff) & F.col(schema.EVENT_TYPE).isin(list(event_types)))
+        .join(index, schema.PRODUCT_ID)
+        .groupBy(schema.USER_ID)
+        .agg(F.array_sort(F.collect_set(F.col(schema.ITEM_IDX).cast("int"))).alias(EXCLUDE_ITEMS))
     )
 
 
@@ -363,7 +361,7 @@ def with_exclusions(rows: DataFrame, excluded: DataFrame | None) -> DataFrame:
     if excluded is None:
         return rows
     empty = F.array().cast(T.ArrayType(T.IntegerType()))
-    joined = rows.join(excluded, S.USER_ID, "left")
+    joined = rows.join(excluded, schema.USER_ID, "left")
     return joined.withColumn(EXCLUDE_ITEMS, F.coalesce(F.col(EXCLUDE_ITEMS), empty))
 
 
@@ -392,14 +390,14 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     ec = cfg.evaluate
     ks = sorted(set(ec.ks))
     root = cfg.paths.resolve("features")
-    metadata_path = io.feature_path(root, S.FEATURE_METADATA)
+    metadata_path = io.feature_path(root, schema.FEATURE_METADATA)
     io.require_input(spark, metadata_path, "paths.features")
     metadata = io.read_json(spark, metadata_path)
     num_items = int(metadata["num_items"])
-    vocab_df = io.read_table(spark, io.feature_path(root, "item_vocab"), S.ITEM_VOCAB_SCHEMA, "paths.features")
+    vocab_df = io.read_table(spark, io.feature_path(root, "item_vocab"), schema.ITEM_VOCAB_SCHEMA, "paths.features")
     vocab = vocab_df.toPandas()
-    test = io.read_table(spark, io.feature_path(root, "test"), S.EVAL_SCHEMA, "paths.features")
-    _, present = vocab_column(vocab, S.PRETEST_COUNT, num_items)
+    test = io.read_table(spark, io.feature_path(root, "test"), schema.EVAL_SCHEMA, "paths.features")
+    _, present = vocab_column(vocab, schema.PRETEST_COUNT, num_items)
 
     bundle, version = registry.load_bundle(cfg, alias=ec.model_alias)
     check_same_vocabulary(bundle, vocab, num_items, version)
@@ -410,24 +408,24 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     if champion_bundle is not None:
         rankers[CHAMPION] = _broadcast_model(context, champion_bundle)
     if POPULARITY in ec.baselines:
-        rankers[POPULARITY] = functools.partial(_popularity_ranker, vocab_column(vocab, S.PRETEST_COUNT, num_items)[0], present)
+        rankers[POPULARITY] = functools.partial(_popularity_ranker, vocab_column(vocab, schema.PRETEST_COUNT, num_items)[0], present)
 
     with tracking.stage_run(cfg, "evaluate") as active:
         tuning: dict[str, Any] = {}
         if set(TUNED_BASELINES) & set(ec.baselines):
-            validation = io.read_table(spark, io.feature_path(root, "validation"), S.EVAL_SCHEMA, "paths.features")
-            train = io.read_table(spark, io.feature_path(root, "train"), S.TRAIN_SCHEMA, "paths.features")
-            excluded = _exclusions(spark, cfg, vocab_df, S.VALIDATION_AT)
+            validation = io.read_table(spark, io.feature_path(root, "validation"), schema.EVAL_SCHEMA, "paths.features")
+            train = io.read_table(spark, io.feature_path(root, "train"), schema.TRAIN_SCHEMA, "paths.features")
+            excluded = _exclusions(spark, cfg, vocab_df, schema.VALIDATION_AT)
             tuned, tuning = tune_baselines(
                 spark, ec, ks, train, with_exclusions(validation, excluded), vocab, num_items, present
             )
             rankers.update(tuned)
 
-        stats = ItemStats.from_vocab(vocab, S.PRETEST_COUNT, num_items, ec.head_share)
-        excluded = _exclusions(spark, cfg, vocab_df, S.TEST_AT)
+        stats = ItemStats.from_vocab(vocab, schema.PRETEST_COUNT, num_items, ec.head_share)
+        excluded = _exclusions(spark, cfg, vocab_df, schema.TEST_AT)
         users_total = test.count()
         log.info("evaluate: ranking %d test users with %s", users_total, ", ".join(rankers))
-        rows = with_exclusions(test.where(F.size(S.TARGET_ITEMS) > 0), excluded)
+        rows = with_exclusions(test.where(F.size(schema.TARGET_ITEMS) > 0), excluded)
         per_user = per_user_metrics(rows, rankers, ks, ec.block_size, stats, ec.cold_user_threshold).persist()
         results = summarise(per_user, ks, catalogue_size=len(vocab))
         _, ranker_names, user_values = per_user_values(per_user, all_metric_names(ks))
@@ -470,8 +468,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             "users_evaluated": int(user_values.shape[0]),
             "catalogue_size": len(vocab),
             "head_items": int(stats.is_head.sum()),
-            "definitions": R.DEFINITIONS | {
-                "split": R.SPLITS.get(metadata.get("protocol", "temporal"), ""),
+            "definitions": DEFINITIONS | {
+                "split": SPLITS.get(metadata.get("protocol", "temporal"), ""),
                 "head": f"the most popular items that make up {ec.head_share:.0%} of interactions before the cutoff",
                 "cold_users": f"fewer than {ec.cold_user_threshold} distinct items before the cutoff",
                 "excluded": f"items the user had {'/'.join(ec.exclude_seen_event_types) or 'no'} events on",
@@ -482,15 +480,15 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             "segments": results,
             "baselines": tuning,
             "bootstrap": {"samples": ec.bootstrap_samples, "seed": ec.bootstrap_seed, "confidence": ec.confidence},
-            "intervals": I.as_bounds(intervals),
-            "paired": I.as_differences(paired),
+            "intervals": as_bounds(intervals),
+            "paired": as_differences(paired),
             "gate": decision.as_dict(),
             "mlflow_run_id": active.info.run_id,
         }
         _log_to_mlflow(report, decision, ks)
         reports = cfg.paths.resolve("reports").rstrip("/")
         report_path, html_path = f"{reports}/{REPORT_FILE}", f"{reports}/{HTML_FILE}"
-        html = R.render_html(report)
+        html = render_html(report)
         io.write_json(spark, report_path, report)
         io.write_text(spark, html_path, html)
         mlflow.log_text(html, HTML_FILE)
@@ -555,34 +553,34 @@ def tune_baselines(
 
     if COOCCURRENCE in ec.baselines:
         log.info("evaluate: counting co-occurrences within %s steps", ec.cooccurrence_windows)
-        pairs = B.cooccurrence_pairs(train, ec.cooccurrence_windows).toPandas()
+        pairs = baselines.cooccurrence_pairs(train, ec.cooccurrence_windows).toPandas()
         matrices = {
-            (window, similarity): B.similarity_matrix(pairs, window, similarity, num_items)
+            (window, similarity): baselines.similarity_matrix(pairs, window, similarity, num_items)
             for window in ec.cooccurrence_windows
             for similarity in ec.cooccurrence_similarities
         }
         matrices_bc = context.broadcast(matrices)
-        for params in B.grid(window=ec.cooccurrence_windows, decay=ec.cooccurrence_decays,
+        for params in baselines.grid(window=ec.cooccurrence_windows, decay=ec.cooccurrence_decays,
                              similarity=ec.cooccurrence_similarities):
-            label = B.grid_label(COOCCURRENCE, params)
+            label = baselines.grid_label(COOCCURRENCE, params)
             candidates[label] = functools.partial(
                 _cooccurrence_ranker, matrices_bc, (params["window"], params["similarity"]), params["decay"], allowed
             )
             points[label] = (COOCCURRENCE, params)
 
     if ALS in ec.baselines:
-        interactions = B.als_interactions(train).persist()
-        als_grid = B.grid(rank=ec.als_ranks, reg_param=ec.als_reg_params, alpha=ec.als_alphas)
+        interactions = baselines.als_interactions(train).persist()
+        als_grid = baselines.grid(rank=ec.als_ranks, reg_param=ec.als_reg_params, alpha=ec.als_alphas)
         factors = {}
         for i, params in enumerate(als_grid, start=1):
-            label = B.grid_label(ALS, params)
+            label = baselines.grid_label(ALS, params)
             log.info("evaluate: fitting ALS %d/%d: %s", i, len(als_grid), label)
-            factors[label] = B.fit_als(interactions, num_items, params["rank"], params["reg_param"], params["alpha"],
+            factors[label] = baselines.fit_als(interactions, num_items, params["rank"], params["reg_param"], params["alpha"],
                                        ec.als_max_iter, ec.als_seed)
         interactions.unpersist()
         factors_bc = context.broadcast(factors)
         for params in als_grid:
-            label = B.grid_label(ALS, params)
+            label = baselines.grid_label(ALS, params)
             candidates[label] = functools.partial(
                 _als_ranker, factors_bc, label, params["reg_param"], params["alpha"], allowed
             )
@@ -590,28 +588,28 @@ def tune_baselines(
 
     ease_passes: list[list[dict[str, Any]]] = []
     if EASE in ec.baselines:
-        items = B.ease_items(vocab_column(vocab, S.TRAIN_COUNT, num_items)[0], ec.ease_max_items)
+        items = baselines.ease_items(vocab_column(vocab, schema.TRAIN_COUNT, num_items)[0], ec.ease_max_items)
         if items is not None:
             log.info("evaluate: EASE: X'X of %d items for decays %s", len(items), ec.ease_decays)
-            entries = B.ease_gram_entries(train, B.ease_columns(items, num_items), ec.ease_decays).toPandas()
-            ease_grid = B.grid(**{"lambda": ec.ease_lambdas, "decay": ec.ease_decays})
+            entries = baselines.ease_gram_entries(train, baselines.ease_columns(items, num_items), ec.ease_decays).toPandas()
+            ease_grid = baselines.grid(**{"lambda": ec.ease_lambdas, "decay": ec.ease_decays})
             per_pass = max(1, ec.ease_max_items ** 2 // max(len(items), 1) ** 2)
             ease_passes = [ease_grid[i : i + per_pass] for i in range(0, len(ease_grid), per_pass)]
     if not candidates and not ease_passes:
         return {}, {}
 
-    stats = ItemStats.from_vocab(vocab, S.TRAIN_COUNT, num_items, ec.head_share)
-    rows = validation.where(F.size(S.TARGET_ITEMS) > 0)
+    stats = ItemStats.from_vocab(vocab, schema.TRAIN_COUNT, num_items, ec.head_share)
+    rows = validation.where(F.size(schema.TARGET_ITEMS) > 0)
     primary = ec.primary_metric
     results: dict[str, dict[str, dict[str, float]]] = {}
     ease_bc: dict[str, Any] = {}
     for pass_no in range(max(1, len(ease_passes))):
         ranked = dict(candidates) if pass_no == 0 else {}
         for params in ease_passes[pass_no] if ease_passes else []:
-            label = B.grid_label(EASE, params)
+            label = baselines.grid_label(EASE, params)
             log.info("evaluate: fitting EASE: %s", label)
-            gram = B.gram_matrix(entries, ec.ease_decays.index(params["decay"]), len(items))
-            ease_bc[label] = context.broadcast((items, B.fit_ease(gram, params["lambda"])))
+            gram = baselines.gram_matrix(entries, ec.ease_decays.index(params["decay"]), len(items))
+            ease_bc[label] = context.broadcast((items, baselines.fit_ease(gram, params["lambda"])))
             del gram
             ranked[label] = candidates[label] = functools.partial(_ease_ranker, ease_bc[label], params["decay"],
                                                                   allowed)
@@ -642,7 +640,7 @@ def tune_baselines(
         tuning[family] = {"chosen": points[best][1], "metric": primary, "split": "validation", "grid": grid_rows}
         log.info(
             "evaluate: %s tuned on validation: %s (%s %.4f)\n%s",
-            family, points[best][1], primary, results[best][ALL][primary], R.grid_table(grid_rows, primary),
+            family, points[best][1], primary, results[best][ALL][primary], grid_table(grid_rows, primary),
         )
     return chosen, tuning
 
@@ -666,7 +664,7 @@ def gate_coverage_metric(primary: str, ks: Sequence[int]) -> str:
 def check_same_vocabulary(bundle, vocab: pd.DataFrame, num_items: int, version: str) -> None:
     """Raise InputError unless the model was trained on the item vocabulary of ``paths.features``."""
     features_ids = np.full(num_items, -1, dtype=np.int64)
-    features_ids[vocab[S.ITEM_IDX].to_numpy(dtype=np.int64)] = vocab[S.PRODUCT_ID].to_numpy()
+    features_ids[vocab[schema.ITEM_IDX].to_numpy(dtype=np.int64)] = vocab[schema.PRODUCT_ID].to_numpy()
     if bundle.model_args["num_items"] != num_items or not np.array_equal(bundle.product_ids(), features_ids):
         raise InputError(
             f"model version {version} was trained on another item vocabulary than paths.features "
@@ -696,11 +694,11 @@ def _exclusions(spark: SparkSession, cfg: Config, vocab_df: DataFrame, cutoff_co
     user_split table: validation_at or test_at), or None when every event type is excluded (the
     features' seen_items are exactly that)."""
     types = cfg.evaluate.exclude_seen_event_types
-    if set(types) == set(S.EVENT_TYPES):
+    if set(types) == set(schema.EVENT_TYPES):
         return None
     path = io.feature_path(cfg.paths.resolve("features"), "user_split")
-    cutoffs = io.read_table(spark, path, S.USER_SPLIT_SCHEMA, "paths.features").select(S.USER_ID, cutoff_column)
-    events = io.read_clean(spark, cfg.paths.resolve("clean")).join(cutoffs, S.USER_ID)
+    cutoffs = io.read_table(spark, path, schema.USER_SPLIT_SCHEMA, "paths.features").select(schema.USER_ID, cutoff_column)
+    events = io.read_clean(spark, cfg.paths.resolve("clean")).join(cutoffs, schema.USER_ID)
     return excluded_items(events, vocab_df, F.col(cutoff_column), types)
 
 
@@ -744,13 +742,13 @@ def _log_to_mlflow(report: Mapping[str, Any], decision, ks: Sequence[int]) -> No
     mlflow.set_tags({"gate.decision": decision.verdict, "gate.reasons": " | ".join(decision.reasons)[:5000],
                      "model_version": report["model_version"]})
     tracking.log_json(report, REPORT_FILE)
-    for name, figure in R.figures(report).items():
+    for name, figure in figures(report).items():
         tracking.log_figure(figure, f"{name}.png")
 
 
 def _tag_model_version(cfg: Config, version: str, model: Mapping[str, float], results: Mapping, primary: str,
-                       run_id: str, intervals: Mapping[str, Mapping[str, I.Interval]] | None = None,
-                       paired: Mapping[str, Mapping[str, I.Interval]] | None = None) -> None:
+                       run_id: str, intervals: Mapping[str, Mapping[str, Interval]] | None = None,
+                       paired: Mapping[str, Mapping[str, Interval]] | None = None) -> None:
     """Tag the evaluated version with its primary metric and the baselines' on the same data,
     its interval and users (``eval.<primary>.ci_low`` / ``.ci_high``, ``eval.users``) and the
     paired differences on it (``eval.model_vs_<other>.<primary>``: "+0.0123 [..] (n users)")."""
@@ -792,21 +790,21 @@ def _popularity_ranker(counts: np.ndarray, present: np.ndarray) -> PopularityRan
     return PopularityRanker(counts, torch.from_numpy(present))
 
 
-def _cooccurrence_ranker(matrices_bc, key, decay: float, present: np.ndarray) -> B.CooccurrenceRanker:
-    return B.CooccurrenceRanker(matrices_bc.value[key], decay, torch.from_numpy(present))
+def _cooccurrence_ranker(matrices_bc, key, decay: float, present: np.ndarray) -> baselines.CooccurrenceRanker:
+    return baselines.CooccurrenceRanker(matrices_bc.value[key], decay, torch.from_numpy(present))
 
 
-def _als_ranker(factors_bc, label: str, reg_param: float, alpha: float, present: np.ndarray) -> B.AlsRanker:
-    return B.AlsRanker(factors_bc.value[label], reg_param, alpha, torch.from_numpy(present))
+def _als_ranker(factors_bc, label: str, reg_param: float, alpha: float, present: np.ndarray) -> baselines.AlsRanker:
+    return baselines.AlsRanker(factors_bc.value[label], reg_param, alpha, torch.from_numpy(present))
 
 
-def _ease_ranker(weights_bc, decay: float, present: np.ndarray) -> B.EaseRanker:
+def _ease_ranker(weights_bc, decay: float, present: np.ndarray) -> baselines.EaseRanker:
     items, weights = weights_bc.value
-    return B.EaseRanker(items, weights, decay, len(present), torch.from_numpy(present))
+    return baselines.EaseRanker(items, weights, decay, len(present), torch.from_numpy(present))
 
 
 def table(results: Mapping[str, Mapping[str, float]], ks: Sequence[int],
-          intervals: Mapping[str, Mapping[str, I.Interval]] | None = None, primary: str | None = None) -> str:
+          intervals: Mapping[str, Mapping[str, Interval]] | None = None, primary: str | None = None) -> str:
     """The headline numbers of every ranker (overall) as a small fixed-width text table, then
     its users and, given ``intervals`` ({ranker: {metric: Interval}}), the interval of ``primary``."""
     columns = [c for k in sorted(ks) for c in (f"recall@{k}", f"ndcg@{k}", f"map@{k}", f"coverage@{k}")] + [MRR]

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.errors import DataQualityError
 from recsys_spark.models import ranking
 
@@ -79,7 +79,7 @@ class Ranker(ABC):
             raise ValueError(f"exclude holds {len(exclude)} lists for {len(batch)} users")
         excluded = None
         if exclude_seen:
-            excluded = ranking.pairs_of(exclude if exclude is not None else ranking.int_arrays(batch[S.SEEN_ITEMS]))
+            excluded = ranking.pairs_of(exclude if exclude is not None else ranking.int_arrays(batch[schema.SEEN_ITEMS]))
         return ranking.rank(lambda rows, mask: self.score_block(batch.iloc[rows], mask), len(batch), self.num_items,
                             k, excluded, ranking.blocked_items(self.num_items, self.allowed), block_size, self.name)
 
@@ -134,7 +134,7 @@ class PopularityRanker(Ranker):
     @classmethod
     def from_vocab(cls, item_vocab: pd.DataFrame, num_items: int) -> "PopularityRanker":
         """Args: item_vocab rows of schema.ITEM_VOCAB_SCHEMA; num_items N. Only its items are allowed."""
-        counts, allowed = vocab_column(item_vocab, S.PRETEST_COUNT, num_items)
+        counts, allowed = vocab_column(item_vocab, schema.PRETEST_COUNT, num_items)
         return cls(counts, torch.from_numpy(allowed))
 
     def user_vectors(self, batch: pd.DataFrame) -> Tensor:
@@ -147,9 +147,9 @@ def vocab_column(item_vocab: pd.DataFrame, column: str, num_items: int) -> tuple
     Returns:
         (values int64 [num_items], 0 where absent; present bool [num_items]).
     """
-    idx = item_vocab[S.ITEM_IDX].to_numpy(dtype=np.int64)
-    if len(idx) and (idx.min() < S.FIRST_ITEM_INDEX or idx.max() >= num_items):
-        raise DataQualityError(f"item_vocab holds item_idx outside [{S.FIRST_ITEM_INDEX}, {num_items})")
+    idx = item_vocab[schema.ITEM_IDX].to_numpy(dtype=np.int64)
+    if len(idx) and (idx.min() < schema.FIRST_ITEM_INDEX or idx.max() >= num_items):
+        raise DataQualityError(f"item_vocab holds item_idx outside [{schema.FIRST_ITEM_INDEX}, {num_items})")
     values = np.zeros(num_items, dtype=np.int64)
     present = np.zeros(num_items, dtype=bool)
     values[idx] = item_vocab[column].to_numpy(dtype=np.int64)

@@ -20,11 +20,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recsys_spark import io, tracking
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.config import Config, EvaluateConfig, FeaturizeConfig
 from recsys_spark.errors import ConfigError, DataQualityError, InputError, relax_hint
 from recsys_spark.features import quality
-from recsys_spark.features import vocab as V
+from recsys_spark.features import vocab
 from recsys_spark.features.layout import block_mb, plan_train_files, shuffle_for_training, window_bytes
 from recsys_spark.features.leakage import check_no_leakage
 from recsys_spark.features.sequences import (
@@ -64,11 +64,11 @@ def build_vocabs(steps: DataFrame, events: DataFrame, split: Split, fc: Featuriz
     Returns:
         {"item", "category", "brand", "user"}: frames of vocab.SPECS' schemas.
     """
-    train_events = events.where(before(F.col(S.EVENT_TIME), split.validation))
-    category = V.build_value_vocab(train_events, V.CATEGORY, fc.min_category_count).persist()
-    brand = V.build_value_vocab(train_events, V.BRAND, fc.min_brand_count).persist()
-    user = V.build_value_vocab(train_events, V.USER, fc.min_user_count).persist()
-    item = V.build_item_vocab(steps, events, split, fc.min_item_count, fc.price_buckets, category, brand)
+    train_events = events.where(before(F.col(schema.EVENT_TIME), split.validation))
+    category = vocab.build_value_vocab(train_events, vocab.CATEGORY, fc.min_category_count).persist()
+    brand = vocab.build_value_vocab(train_events, vocab.BRAND, fc.min_brand_count).persist()
+    user = vocab.build_value_vocab(train_events, vocab.USER, fc.min_user_count).persist()
+    item = vocab.build_item_vocab(steps, events, split, fc.min_item_count, fc.price_buckets, category, brand)
     return {"item": item.persist(), "category": category, "brand": brand, "user": user}
 
 
@@ -81,22 +81,22 @@ def load_vocabs(spark: SparkSession, features_root: str, steps: DataFrame, split
         DataQualityError: a table whose content does not match its recorded version.
     """
     key = "featurize.vocab_from"
-    metadata_path = io.feature_path(features_root, S.FEATURE_METADATA)
+    metadata_path = io.feature_path(features_root, schema.FEATURE_METADATA)
     io.require_input(spark, metadata_path, key)
     recorded = io.read_json(spark, metadata_path).get("vocab")
     if not isinstance(recorded, dict):
         raise InputError(f"{metadata_path} records no vocabulary versions (config key {key}): re-run featurize there")
     vocabs = {}
-    for spec in V.SPECS:
+    for spec in vocab.SPECS:
         path = io.feature_path(features_root, spec.table)
         # Materialised: the reused tables must not depend on files this run may overwrite.
         table = io.read_table(spark, path, spec.schema, key).localCheckpoint(eager=True)
         expected = recorded.get(spec.kind, {}).get("version")
-        found = V.version(table, spec)["version"]
+        found = vocab.version(table, spec)["version"]
         if found != expected:
             raise DataQualityError(f"{path} has vocabulary version {found}, its metadata.json records {expected}")
         vocabs[spec.kind] = table
-    vocabs["item"] = V.recount_items(vocabs["item"], steps, split).persist()
+    vocabs["item"] = vocab.recount_items(vocabs["item"], steps, split).persist()
     return vocabs
 
 
@@ -194,8 +194,8 @@ def build_metadata(
         "num_brands": versions["brand"]["num_indices"],
         "num_users": versions["user"]["num_indices"],
         "num_price_buckets": price_buckets + 1,
-        "num_event_codes": S.NUM_EVENT_CODES,
-        "num_gap_buckets": S.NUM_GAP_BUCKETS,
+        "num_event_codes": schema.NUM_EVENT_CODES,
+        "num_gap_buckets": schema.NUM_GAP_BUCKETS,
         "max_seq_len": max_seq_len,
         "vocab": versions,
         "vocab_version": combined_version(versions),
@@ -211,7 +211,7 @@ def _snapshots(events: DataFrame, split: Split, fc: FeaturizeConfig, vocabs: dic
     (before each user's validation target, before the test target, all)."""
     times = snapshot_times(split)
     parts = {"train": split.validation, "test": split.test, "serve": None}
-    past = {name: events if cutoff is None else events.where(before(F.col(S.EVENT_TIME), cutoff))
+    past = {name: events if cutoff is None else events.where(before(F.col(schema.EVENT_TIME), cutoff))
             for name, cutoff in parts.items()} if split.per_user else {name: events for name in times}
     items = [item_features(past[name], name, as_of, fc.popularity_days, fc.price_buckets, vocabs)
              for name, as_of in times.items()]
@@ -267,7 +267,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             vocabs = load_vocabs(spark, fc.vocab_from, raw_steps, split)
         else:
             vocabs = build_vocabs(raw_steps, events, split, fc)
-        versions = {spec.kind: V.version(vocabs[spec.kind], spec) for spec in V.SPECS}
+        versions = {spec.kind: vocab.version(vocabs[spec.kind], spec) for spec in vocab.SPECS}
         progress("vocabularies " + ", ".join(f"{kind} {v['size']}" for kind, v in versions.items()))
 
         # Data quality first: a breach stops the job before the expensive tables.
@@ -279,9 +279,9 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         })
         report = {**report, "cutoffs": split.as_dict(), "checks": checks,
                   "passed": all(c["passed"] for c in checks)}
-        report_path = cfg.paths.resolve("reports").rstrip("/") + "/" + S.FEATURE_QUALITY_REPORT
+        report_path = cfg.paths.resolve("reports").rstrip("/") + "/" + schema.FEATURE_QUALITY_REPORT
         io.write_json(spark, report_path, report)
-        tracking.log_json(report, S.FEATURE_QUALITY_REPORT)
+        tracking.log_json(report, schema.FEATURE_QUALITY_REPORT)
         mlflow.log_metrics({f"dq.{c['check']}": float(c["value"]) for c in checks})
         quality.raise_on_failure(checks, report_path)
         progress(f"data quality: {len(checks)} checks passed")
@@ -298,28 +298,28 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             cutoffs=split, item_features=items, user_features=users, events=events,
             popularity_days=fc.popularity_days, train_as_of=times["train"],
         )
-        totals = raw_steps.agg(F.count("*"), F.countDistinct(S.USER_ID)).first()
+        totals = raw_steps.agg(F.count("*"), F.countDistinct(schema.USER_ID)).first()
         counts = {"steps": int(totals[0]), "users": int(totals[1]), **counts}
         progress(f"leakage guard passed {counts}")
         check_eval_users(counts, split, fc)
 
         files = plan_train_files(counts["train_windows"], window_bytes(length), fc.row_group_mb,
                                  fc.train_files, max(1, cfg.train.num_proc))
-        paths = {name: io.feature_path(root, name) for name in S.FEATURE_TABLES}
-        for spec in V.SPECS:
-            table = S.conform(vocabs[spec.kind], spec.schema).repartition(1).sortWithinPartitions(spec.index)
+        paths = {name: io.feature_path(root, name) for name in schema.FEATURE_TABLES}
+        for spec in vocab.SPECS:
+            table = schema.conform(vocabs[spec.kind], spec.schema).repartition(1).sortWithinPartitions(spec.index)
             io.write_table(table, paths[spec.table])
         io.write_table(
-            S.conform(shuffle_for_training(train, files, fc.shuffle_seed), S.TRAIN_SCHEMA),
+            schema.conform(shuffle_for_training(train, files, fc.shuffle_seed), schema.TRAIN_SCHEMA),
             paths["train"],
             block_mb(fc.row_group_mb),
         )
-        io.write_table(S.conform(validation, S.EVAL_SCHEMA), paths["validation"])
-        io.write_table(S.conform(test, S.EVAL_SCHEMA), paths["test"])
-        io.write_table(S.conform(user_history, S.USER_HISTORY_SCHEMA), paths["user_history"])
+        io.write_table(schema.conform(validation, schema.EVAL_SCHEMA), paths["validation"])
+        io.write_table(schema.conform(test, schema.EVAL_SCHEMA), paths["test"])
+        io.write_table(schema.conform(user_history, schema.USER_HISTORY_SCHEMA), paths["user_history"])
         io.write_table(items, paths["item_features"])
         io.write_table(users, paths["user_features"])
-        io.write_table(S.conform(split.user_table(raw_steps), S.USER_SPLIT_SCHEMA), paths["user_split"])
+        io.write_table(schema.conform(split.user_table(raw_steps), schema.USER_SPLIT_SCHEMA), paths["user_split"])
         progress(f"wrote {len(paths)} tables under {root}")
 
         extra = {
@@ -330,9 +330,9 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         }
         extra["protocol_reason"] = split.reason
         metadata = build_metadata(versions, split, fc.price_buckets, length, counts, extra)
-        metadata_path = io.feature_path(root, S.FEATURE_METADATA)
+        metadata_path = io.feature_path(root, schema.FEATURE_METADATA)
         io.write_json(spark, metadata_path, metadata)
-        tracking.log_json(metadata, S.FEATURE_METADATA)
+        tracking.log_json(metadata, schema.FEATURE_METADATA)
         mlflow.log_params({"vocab_version": metadata["vocab_version"],
                            **{f"vocab.{kind}.version": v["version"] for kind, v in versions.items()}})
         mlflow.log_metrics({**counts, "featurize_s": time.monotonic() - started})

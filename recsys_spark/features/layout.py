@@ -13,7 +13,7 @@ import math
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.features.sequences import WINDOW_NO
 
 _SHUFFLE_KEY = "shuffle_key"
@@ -55,7 +55,7 @@ def shuffle_for_training(windows: DataFrame, files: int, seed: int) -> DataFrame
     windows apart, so that a batch is a mix of users. The order depends only on the data
     and the seed.
     """
-    key = F.xxhash64(F.col(S.USER_ID), F.col(WINDOW_NO), F.lit(seed))
+    key = F.xxhash64(F.col(schema.USER_ID), F.col(WINDOW_NO), F.lit(seed))
     return (
         windows.withColumn(_SHUFFLE_KEY, key)
         .repartition(files)

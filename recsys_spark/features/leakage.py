@@ -7,7 +7,7 @@ import datetime as dt
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.errors import DataQualityError
 from recsys_spark.features.sequences import HIST_END, STEP_TIME, WINDOW_TIMES
 from recsys_spark.features.split import Cutoffs, Split, before
@@ -64,31 +64,31 @@ def check_no_leakage(
     test_cutoff = split.describe("test") if split else f"the test cutoff {cutoffs.test.isoformat()}"
     recount = (
         steps.where(before(F.col(STEP_TIME), cutoffs.validation))
-        .groupBy(S.PRODUCT_ID)
+        .groupBy(schema.PRODUCT_ID)
         .agg(F.count("*").alias(_RECOUNT))
     )
-    vocab = item_vocab.join(recount, S.PRODUCT_ID, "left")
+    vocab = item_vocab.join(recount, schema.PRODUCT_ID, "left")
     late_step = ~before(F.array_max(WINDOW_TIMES), cutoffs.validation)
     checks = [
         ("train", "train_windows", attach(train),
          late_step | (F.col(WINDOW_TIMES) != F.array_sort(WINDOW_TIMES)),
          f"hold a step at or after {validation_cutoff} or steps out of time order"),
-        ("item_vocab", "items_in_vocab", vocab, F.col(S.TRAIN_COUNT) != F.coalesce(F.col(_RECOUNT), F.lit(0)),
+        ("item_vocab", "items_in_vocab", vocab, F.col(schema.TRAIN_COUNT) != F.coalesce(F.col(_RECOUNT), F.lit(0)),
          f"have a train_count other than their steps before {validation_cutoff}"),
         ("validation", "validation_users", attach(validation), ~before(F.col(HIST_END), cutoffs.validation),
          f"have a history step at or after {validation_cutoff}"),
         ("test", "test_users", attach(test), ~before(F.col(HIST_END), cutoffs.test),
          f"have a history step at or after {test_cutoff}"),
     ]
-    seen_late = (F.col(S.LAST_SEEN) >= F.col(S.AS_OF)) | (F.col(S.FIRST_SEEN) >= F.col(S.AS_OF))
+    seen_late = (F.col(schema.LAST_SEEN) >= F.col(schema.AS_OF)) | (F.col(schema.FIRST_SEEN) >= F.col(schema.AS_OF))
     train_as_of = train_as_of or cutoffs.validation
     # The "train" snapshot's events: before the validation cutoff (each user's, per-user).
-    past = (events.where(before(F.col(S.EVENT_TIME), cutoffs.validation) & before(F.col(S.EVENT_TIME), train_as_of))
+    past = (events.where(before(F.col(schema.EVENT_TIME), cutoffs.validation) & before(F.col(schema.EVENT_TIME), train_as_of))
             if events is not None else None)
     recounts = {
-        "item_features": (S.PRODUCT_ID, S.POPULARITY, lambda e: e.where(
-            F.col(S.EVENT_TIME) >= F.lit(train_as_of - dt.timedelta(days=popularity_days)))),
-        "user_features": (S.USER_ID, S.N_EVENTS, lambda e: e),
+        "item_features": (schema.PRODUCT_ID, schema.POPULARITY, lambda e: e.where(
+            F.col(schema.EVENT_TIME) >= F.lit(train_as_of - dt.timedelta(days=popularity_days)))),
+        "user_features": (schema.USER_ID, schema.N_EVENTS, lambda e: e),
     }
     for table, count_name, df in (("item_features", "item_feature_rows", item_features),
                                   ("user_features", "user_feature_rows", user_features)):
@@ -99,7 +99,7 @@ def check_no_leakage(
         key, column, counted = recounts[table]
         recount = counted(past).groupBy(key).agg(F.count("*").alias(_RECOUNT))
         rows = df.join(recount, key, "left")
-        wrong = (F.col(S.SNAPSHOT) == "train") & (F.col(column) != F.coalesce(F.col(_RECOUNT), F.lit(0)))
+        wrong = (F.col(schema.SNAPSHOT) == "train") & (F.col(column) != F.coalesce(F.col(_RECOUNT), F.lit(0)))
         checks.append((table, count_name, rows, seen_late | wrong,
                        f"use an event at or after their as_of (or, in the train snapshot, "
                        f"have a {column} other than its recount before {validation_cutoff})"))

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.errors import ConfigError, DataQualityError, relax_hint
 from recsys_spark.features.sequences import STEP_TIME
 from recsys_spark.features.split import Cutoffs, Split, before
@@ -71,33 +71,33 @@ def quality_report(events: DataFrame, steps: DataFrame, item_vocab: DataFrame, c
         {period: share of steps outside the vocabulary}, "drift": {"event_mix_psi" and
         "popularity_psi": {"validation", "test"}}} (periods without events are left out of drift).
     """
-    columns = [f.name for f in S.CLEAN_SCHEMA.fields]
+    columns = [f.name for f in schema.CLEAN_SCHEMA.fields]
     # Exact distinct counts: Spark's HyperLogLog at 1% error took 9.3 s on the demo's 170k events,
     # the exact counts 0.9 s.
     row = events.agg(
         F.count("*").alias("rows"),
         *[F.count(F.when(F.col(c).isNull(), 1)).alias(f"null_{c}") for c in columns],
-        F.count_distinct(S.USER_ID).alias("users"),
-        F.count_distinct(S.PRODUCT_ID).alias("items"),
-        F.count_distinct(S.CATEGORY_ID).alias("categories"),
-        F.count_distinct(S.BRAND).alias("brands"),
-        F.count_distinct(S.SESSION_ID).alias("sessions"),
+        F.count_distinct(schema.USER_ID).alias("users"),
+        F.count_distinct(schema.PRODUCT_ID).alias("items"),
+        F.count_distinct(schema.CATEGORY_ID).alias("categories"),
+        F.count_distinct(schema.BRAND).alias("brands"),
+        F.count_distinct(schema.SESSION_ID).alias("sessions"),
     ).first()
     rows = int(row["rows"])
     null_rate = {c: (row[f"null_{c}"] / rows if rows else 0.0) for c in columns}
     cardinality = {k: int(row[k]) for k in ("users", "items", "categories", "brands", "sessions")}
 
-    dated = events.withColumn(_PERIOD, period_of(F.col(S.EVENT_TIME), cutoffs))
+    dated = events.withColumn(_PERIOD, period_of(F.col(schema.EVENT_TIME), cutoffs))
     mix_counts: dict[str, dict[str, int]] = {p: {} for p in PERIODS}
-    for r in dated.groupBy(_PERIOD, S.EVENT_TYPE).count().collect():
-        mix_counts[r[_PERIOD]][r[S.EVENT_TYPE]] = int(r["count"])
+    for r in dated.groupBy(_PERIOD, schema.EVENT_TYPE).count().collect():
+        mix_counts[r[_PERIOD]][r[schema.EVENT_TYPE]] = int(r["count"])
     totals = {p: sum(mix_counts[p].values()) for p in PERIODS}
-    event_mix = {p: {t: mix_counts[p].get(t, 0) / totals[p] for t in S.EVENT_TYPES} for p in PERIODS if totals[p]}
+    event_mix = {p: {t: mix_counts[p].get(t, 0) / totals[p] for t in schema.EVENT_TYPES} for p in PERIODS if totals[p]}
 
-    known = F.broadcast(item_vocab.select(S.PRODUCT_ID, F.lit(1).alias("_known")))
+    known = F.broadcast(item_vocab.select(schema.PRODUCT_ID, F.lit(1).alias("_known")))
     oov = (
         steps.withColumn(_PERIOD, period_of(F.col(STEP_TIME), cutoffs))
-        .join(known, S.PRODUCT_ID, "left")
+        .join(known, schema.PRODUCT_ID, "left")
         .groupBy(_PERIOD)
         .agg(F.count("*").alias("n"), F.count(F.when(F.col("_known").isNull(), 1)).alias("oov"))
         .collect()
@@ -105,12 +105,12 @@ def quality_report(events: DataFrame, steps: DataFrame, item_vocab: DataFrame, c
     oov_rate = {r[_PERIOD]: r["oov"] / r["n"] for r in oov}
 
     top = [
-        r[S.PRODUCT_ID]
-        for r in dated.where(F.col(_PERIOD) == "train").groupBy(S.PRODUCT_ID).count()
-        .orderBy(F.desc("count"), F.asc(S.PRODUCT_ID)).limit(top_k).collect()
+        r[schema.PRODUCT_ID]
+        for r in dated.where(F.col(_PERIOD) == "train").groupBy(schema.PRODUCT_ID).count()
+        .orderBy(F.desc("count"), F.asc(schema.PRODUCT_ID)).limit(top_k).collect()
     ]
-    top_df = F.broadcast(events.sparkSession.createDataFrame([(p,) for p in top], f"{S.PRODUCT_ID} long"))
-    binned = dated.join(top_df.withColumn("_bin", F.col(S.PRODUCT_ID).cast("string")), S.PRODUCT_ID, "left")
+    top_df = F.broadcast(events.sparkSession.createDataFrame([(p,) for p in top], f"{schema.PRODUCT_ID} long"))
+    binned = dated.join(top_df.withColumn("_bin", F.col(schema.PRODUCT_ID).cast("string")), schema.PRODUCT_ID, "left")
     popularity: dict[str, dict[str, int]] = {p: {} for p in PERIODS}
     for r in binned.groupBy(_PERIOD, F.coalesce("_bin", F.lit(_OTHER)).alias("_bin")).count().collect():
         popularity[r[_PERIOD]][r["_bin"]] = int(r["count"])

@@ -13,7 +13,7 @@ from typing import Mapping
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.features.split import before
 
 # Columns of the intermediate step frame (one row per step), internal to this stage.
@@ -36,7 +36,7 @@ def literal_map(mapping: Mapping) -> Column:
     return F.create_map(*[F.lit(x) for pair in mapping.items() for x in pair])
 
 
-_CODE_OF_STRENGTH = {S.EVENT_STRENGTH[t]: S.EVENT_CODE[t] for t in S.EVENT_TYPES}
+_CODE_OF_STRENGTH = {schema.EVENT_STRENGTH[t]: schema.EVENT_CODE[t] for t in schema.EVENT_TYPES}
 
 
 def collapse_steps(events: DataFrame) -> DataFrame:
@@ -53,21 +53,21 @@ def collapse_steps(events: DataFrame) -> DataFrame:
         One row per step: user_id, step_pos (int, 1.. per user), step_time (the run's first
         event time), product_id, event_strength and event_code of the run's strongest event.
     """
-    order = Window.partitionBy(S.USER_ID).orderBy(S.EVENT_TIME, EVENT_STRENGTH, S.EVENT_TYPE, S.PRODUCT_ID)
+    order = Window.partitionBy(schema.USER_ID).orderBy(schema.EVENT_TIME, EVENT_STRENGTH, schema.EVENT_TYPE, schema.PRODUCT_ID)
     running = order.rowsBetween(Window.unboundedPreceding, Window.currentRow)
-    previous = F.lag(S.PRODUCT_ID).over(order)
+    previous = F.lag(schema.PRODUCT_ID).over(order)
     return (
         events.select(
-            S.USER_ID,
-            S.EVENT_TIME,
-            S.EVENT_TYPE,
-            S.PRODUCT_ID,
-            literal_map(S.EVENT_STRENGTH)[F.col(S.EVENT_TYPE)].alias(EVENT_STRENGTH),
+            schema.USER_ID,
+            schema.EVENT_TIME,
+            schema.EVENT_TYPE,
+            schema.PRODUCT_ID,
+            literal_map(schema.EVENT_STRENGTH)[F.col(schema.EVENT_TYPE)].alias(EVENT_STRENGTH),
         )
-        .withColumn(_STARTS_STEP, (previous.isNull() | (previous != F.col(S.PRODUCT_ID))).cast("int"))
+        .withColumn(_STARTS_STEP, (previous.isNull() | (previous != F.col(schema.PRODUCT_ID))).cast("int"))
         .withColumn(STEP_POS, F.sum(_STARTS_STEP).over(running).cast("int"))
-        .groupBy(S.USER_ID, STEP_POS, S.PRODUCT_ID)
-        .agg(F.min(S.EVENT_TIME).alias(STEP_TIME), F.max(EVENT_STRENGTH).alias(EVENT_STRENGTH))
+        .groupBy(schema.USER_ID, STEP_POS, schema.PRODUCT_ID)
+        .agg(F.min(schema.EVENT_TIME).alias(STEP_TIME), F.max(EVENT_STRENGTH).alias(EVENT_STRENGTH))
         .withColumn(EVENT_CODE, literal_map(_CODE_OF_STRENGTH)[F.col(EVENT_STRENGTH)])
     )
 
@@ -81,14 +81,14 @@ def gap_bucket(seconds: Column) -> Column:
     Returns:
         int Column in 0..schema.NUM_GAP_BUCKETS - 1.
     """
-    powers = F.array(*[F.lit(2**k) for k in range(1, S.MAX_GAP_LOG2 + 1)])
+    powers = F.array(*[F.lit(2**k) for k in range(1, schema.MAX_GAP_LOG2 + 1)])
     floor_log2 = F.size(F.filter(powers, lambda p: p <= seconds + 1))
     return F.when(seconds.isNull(), F.lit(0)).otherwise(floor_log2 + 1).cast("int")
 
 
 def add_gap_buckets(steps: DataFrame) -> DataFrame:
     """Add ``gap_bucket``: the bucket of whole seconds since the user's previous step (0 for the first)."""
-    order = Window.partitionBy(S.USER_ID).orderBy(STEP_POS)
+    order = Window.partitionBy(schema.USER_ID).orderBy(STEP_POS)
     micros = F.unix_micros(F.col(STEP_TIME)) - F.unix_micros(F.lag(STEP_TIME).over(order))
     return steps.withColumn(GAP_BUCKET, gap_bucket(F.floor(micros / 1_000_000)))
 
@@ -100,21 +100,21 @@ def encode_items(steps: DataFrame, item_vocab: DataFrame) -> DataFrame:
         steps: any frame with product_id.
         item_vocab: schema.ITEM_VOCAB_SCHEMA (product_id unique); small, so broadcast.
     """
-    index = F.broadcast(item_vocab.select(S.PRODUCT_ID, S.ITEM_IDX))
-    return steps.join(index, S.PRODUCT_ID, "left").withColumn(
-        S.ITEM_IDX, F.coalesce(F.col(S.ITEM_IDX), F.lit(S.OOV_INDEX)).cast("int")
+    index = F.broadcast(item_vocab.select(schema.PRODUCT_ID, schema.ITEM_IDX))
+    return steps.join(index, schema.PRODUCT_ID, "left").withColumn(
+        schema.ITEM_IDX, F.coalesce(F.col(schema.ITEM_IDX), F.lit(schema.OOV_INDEX)).cast("int")
     )
 
 
 def left_pad(values: Column, length: int) -> Column:
     """Prefix an int array with 0 (padding) up to ``length`` elements."""
-    return F.concat(F.array_repeat(F.lit(S.PAD_INDEX), F.lit(length) - F.size(values)), values)
+    return F.concat(F.array_repeat(F.lit(schema.PAD_INDEX), F.lit(length) - F.size(values)), values)
 
 
 def _user_sequences(steps: DataFrame) -> DataFrame:
     """user_id and ``steps``: the user's steps as structs, sorted by step_pos."""
-    step = F.struct(STEP_POS, S.ITEM_IDX, EVENT_CODE, GAP_BUCKET, STEP_TIME)
-    return steps.groupBy(S.USER_ID).agg(F.array_sort(F.collect_list(step)).alias(_STEPS))
+    step = F.struct(STEP_POS, schema.ITEM_IDX, EVENT_CODE, GAP_BUCKET, STEP_TIME)
+    return steps.groupBy(schema.USER_ID).agg(F.array_sort(F.collect_list(step)).alias(_STEPS))
 
 
 def _field(name: str):
@@ -150,13 +150,13 @@ def train_windows(
     return (
         _user_sequences(steps.where(before(F.col(STEP_TIME), validation_cutoff)))
         .where(n >= 2)
-        .select(S.USER_ID, _STEPS, F.explode(F.sequence(F.lit(0), count - 1)).alias(WINDOW_NO))
+        .select(schema.USER_ID, _STEPS, F.explode(F.sequence(F.lit(0), count - 1)).alias(WINDOW_NO))
         .select(
-            S.USER_ID,
+            schema.USER_ID,
             WINDOW_NO,
-            left_pad(F.transform(window, _field(S.ITEM_IDX)), width).alias(S.ITEM_SEQ),
-            left_pad(F.transform(window, _field(EVENT_CODE)), width).alias(S.EVENT_SEQ),
-            left_pad(F.transform(window, _field(GAP_BUCKET)), width).alias(S.GAP_SEQ),
+            left_pad(F.transform(window, _field(schema.ITEM_IDX)), width).alias(schema.ITEM_SEQ),
+            left_pad(F.transform(window, _field(EVENT_CODE)), width).alias(schema.EVENT_SEQ),
+            left_pad(F.transform(window, _field(GAP_BUCKET)), width).alias(schema.GAP_SEQ),
             F.transform(window, _field(STEP_TIME)).alias(WINDOW_TIMES),
         )
     )
@@ -177,13 +177,13 @@ def history_rows(steps: DataFrame, cutoff: dt.datetime | None, max_seq_len: int)
     """
     history = steps if cutoff is None else steps.where(before(F.col(STEP_TIME), cutoff))
     last = F.slice(_STEPS, F.greatest(F.lit(1), F.size(_STEPS) - max_seq_len + 1), max_seq_len)
-    items = F.transform(_STEPS, _field(S.ITEM_IDX))
+    items = F.transform(_STEPS, _field(schema.ITEM_IDX))
     return _user_sequences(history).select(
-        S.USER_ID,
-        left_pad(F.transform(last, _field(S.ITEM_IDX)), max_seq_len).alias(S.HIST_ITEMS),
-        left_pad(F.transform(last, _field(EVENT_CODE)), max_seq_len).alias(S.HIST_EVENTS),
-        left_pad(F.transform(last, _field(GAP_BUCKET)), max_seq_len).alias(S.HIST_GAPS),
-        F.array_sort(F.array_distinct(F.filter(items, lambda i: i >= S.FIRST_ITEM_INDEX))).alias(S.SEEN_ITEMS),
+        schema.USER_ID,
+        left_pad(F.transform(last, _field(schema.ITEM_IDX)), max_seq_len).alias(schema.HIST_ITEMS),
+        left_pad(F.transform(last, _field(EVENT_CODE)), max_seq_len).alias(schema.HIST_EVENTS),
+        left_pad(F.transform(last, _field(GAP_BUCKET)), max_seq_len).alias(schema.HIST_GAPS),
+        F.array_sort(F.array_distinct(F.filter(items, lambda i: i >= schema.FIRST_ITEM_INDEX))).alias(schema.SEEN_ITEMS),
         F.array_max(F.transform(_STEPS, _field(STEP_TIME))).alias(HIST_END),
     )
 
@@ -206,22 +206,22 @@ def eval_rows(
         event on each.
     """
     history = history_rows(steps, window_start, max_seq_len)
-    in_window = ~before(F.col(STEP_TIME), window_start) & (F.col(S.ITEM_IDX) >= S.FIRST_ITEM_INDEX)
+    in_window = ~before(F.col(STEP_TIME), window_start) & (F.col(schema.ITEM_IDX) >= schema.FIRST_ITEM_INDEX)
     if window_end is not None:
         in_window &= before(F.col(STEP_TIME), window_end)
-    target = F.struct(STEP_POS, S.ITEM_IDX, literal_map(_CODE_OF_STRENGTH)[F.col(EVENT_STRENGTH)].alias(EVENT_CODE))
+    target = F.struct(STEP_POS, schema.ITEM_IDX, literal_map(_CODE_OF_STRENGTH)[F.col(EVENT_STRENGTH)].alias(EVENT_CODE))
     targets = (
         steps.where(in_window)
-        .groupBy(S.USER_ID, S.ITEM_IDX)
+        .groupBy(schema.USER_ID, schema.ITEM_IDX)
         .agg(F.min(STEP_POS).alias(STEP_POS), F.max(EVENT_STRENGTH).alias(EVENT_STRENGTH))
-        .join(history.select(S.USER_ID, S.SEEN_ITEMS), S.USER_ID)
-        .where(~F.array_contains(S.SEEN_ITEMS, F.col(S.ITEM_IDX)))
-        .groupBy(S.USER_ID)
+        .join(history.select(schema.USER_ID, schema.SEEN_ITEMS), schema.USER_ID)
+        .where(~F.array_contains(schema.SEEN_ITEMS, F.col(schema.ITEM_IDX)))
+        .groupBy(schema.USER_ID)
         .agg(F.array_sort(F.collect_list(target)).alias(_STEPS))
         .select(
-            S.USER_ID,
-            F.transform(_STEPS, _field(S.ITEM_IDX)).alias(S.TARGET_ITEMS),
-            F.transform(_STEPS, _field(EVENT_CODE)).alias(S.TARGET_EVENTS),
+            schema.USER_ID,
+            F.transform(_STEPS, _field(schema.ITEM_IDX)).alias(schema.TARGET_ITEMS),
+            F.transform(_STEPS, _field(EVENT_CODE)).alias(schema.TARGET_EVENTS),
         )
     )
-    return history.join(targets, S.USER_ID)
+    return history.join(targets, schema.USER_ID)

@@ -14,8 +14,8 @@ import datetime as dt
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from recsys_spark import schema as S
-from recsys_spark.features import vocab as V
+from recsys_spark import schema
+from recsys_spark.features import vocab
 from recsys_spark.features.split import Cutoffs, Split, before
 
 _SECONDS_PER_DAY = 86_400.0
@@ -67,27 +67,27 @@ def item_features(
     Returns:
         schema.ITEM_FEATURES_SCHEMA rows.
     """
-    past = events.where(before(F.col(S.EVENT_TIME), as_of))
+    past = events.where(before(F.col(schema.EVENT_TIME), as_of))
     window_start = as_of - dt.timedelta(days=popularity_days)
-    stats = past.groupBy(S.PRODUCT_ID).agg(
-        F.count(F.when(F.col(S.EVENT_TIME) >= F.lit(window_start), 1)).cast("long").alias(S.POPULARITY),
-        F.min(S.EVENT_TIME).alias(S.FIRST_SEEN),
-        F.max(S.EVENT_TIME).alias(S.LAST_SEEN),
+    stats = past.groupBy(schema.PRODUCT_ID).agg(
+        F.count(F.when(F.col(schema.EVENT_TIME) >= F.lit(window_start), 1)).cast("long").alias(schema.POPULARITY),
+        F.min(schema.EVENT_TIME).alias(schema.FIRST_SEEN),
+        F.max(schema.EVENT_TIME).alias(schema.LAST_SEEN),
     )
-    items = stats.join(V.item_side_features(past), S.PRODUCT_ID)
-    log_price = F.log1p(F.col(S.PRICE))
+    items = stats.join(vocab.item_side_features(past), schema.PRODUCT_ID)
+    log_price = F.log1p(F.col(schema.PRICE))
     moments = items.agg(F.avg(log_price).alias("mean"), F.stddev_pop(log_price).alias("std")).first()
     mean, std = moments["mean"] or 0.0, moments["std"] or 0.0
     z = (log_price - F.lit(mean)) / F.lit(std) if std > 0 else F.lit(0.0)
-    items = V.add_price_buckets(items, price_buckets).withColumn(S.LOG_PRICE_Z, F.coalesce(z, F.lit(0.0)))
-    items = V.lookup(F.col(S.PRODUCT_ID), vocabs["item"], V.ITEM, items, S.ITEM_IDX)
-    items = V.lookup(F.col(S.CATEGORY_ID), vocabs["category"], V.CATEGORY, items, S.CATEGORY_IDX)
-    items = V.lookup(F.col(S.BRAND), vocabs["brand"], V.BRAND, items, S.BRAND_IDX)
-    return S.conform(
-        items.withColumn(S.SNAPSHOT, F.lit(name))
-        .withColumn(S.AS_OF, F.lit(as_of))
-        .withColumn(S.AGE_DAYS, _days_between(F.col(S.FIRST_SEEN), F.col(S.AS_OF))),
-        S.ITEM_FEATURES_SCHEMA,
+    items = vocab.add_price_buckets(items, price_buckets).withColumn(schema.LOG_PRICE_Z, F.coalesce(z, F.lit(0.0)))
+    items = vocab.lookup(F.col(schema.PRODUCT_ID), vocabs["item"], vocab.ITEM, items, schema.ITEM_IDX)
+    items = vocab.lookup(F.col(schema.CATEGORY_ID), vocabs["category"], vocab.CATEGORY, items, schema.CATEGORY_IDX)
+    items = vocab.lookup(F.col(schema.BRAND), vocabs["brand"], vocab.BRAND, items, schema.BRAND_IDX)
+    return schema.conform(
+        items.withColumn(schema.SNAPSHOT, F.lit(name))
+        .withColumn(schema.AS_OF, F.lit(as_of))
+        .withColumn(schema.AGE_DAYS, _days_between(F.col(schema.FIRST_SEEN), F.col(schema.AS_OF))),
+        schema.ITEM_FEATURES_SCHEMA,
     )
 
 
@@ -106,23 +106,23 @@ def user_features(events: DataFrame, name: str, as_of: dt.datetime, users: DataF
     Returns:
         schema.USER_FEATURES_SCHEMA rows.
     """
-    past = events.where(before(F.col(S.EVENT_TIME), as_of))
+    past = events.where(before(F.col(schema.EVENT_TIME), as_of))
     by_type = [
-        F.count(F.when(F.col(S.EVENT_TYPE) == kind, 1)).cast("long").alias(S.EVENT_COUNT_COLUMNS[kind])
-        for kind in S.EVENT_TYPES
+        F.count(F.when(F.col(schema.EVENT_TYPE) == kind, 1)).cast("long").alias(schema.EVENT_COUNT_COLUMNS[kind])
+        for kind in schema.EVENT_TYPES
     ]
-    stats = past.groupBy(S.USER_ID).agg(
+    stats = past.groupBy(schema.USER_ID).agg(
         *by_type,
-        F.count("*").cast("long").alias(S.N_EVENTS),
-        F.countDistinct(S.SESSION_ID).cast("long").alias(S.N_SESSIONS),
-        F.min(S.EVENT_TIME).alias(S.FIRST_SEEN),
-        F.max(S.EVENT_TIME).alias(S.LAST_SEEN),
+        F.count("*").cast("long").alias(schema.N_EVENTS),
+        F.countDistinct(schema.SESSION_ID).cast("long").alias(schema.N_SESSIONS),
+        F.min(schema.EVENT_TIME).alias(schema.FIRST_SEEN),
+        F.max(schema.EVENT_TIME).alias(schema.LAST_SEEN),
     )
-    stats = V.lookup(F.col(S.USER_ID), users, V.USER, stats, S.USER_IDX)
-    return S.conform(
-        stats.withColumn(S.SNAPSHOT, F.lit(name))
-        .withColumn(S.AS_OF, F.lit(as_of))
-        .withColumn(S.PURCHASE_RATE, F.col(S.EVENT_COUNT_COLUMNS["purchase"]) / F.col(S.N_EVENTS))
-        .withColumn(S.RECENCY_DAYS, _days_between(F.col(S.LAST_SEEN), F.col(S.AS_OF))),
-        S.USER_FEATURES_SCHEMA,
+    stats = vocab.lookup(F.col(schema.USER_ID), users, vocab.USER, stats, schema.USER_IDX)
+    return schema.conform(
+        stats.withColumn(schema.SNAPSHOT, F.lit(name))
+        .withColumn(schema.AS_OF, F.lit(as_of))
+        .withColumn(schema.PURCHASE_RATE, F.col(schema.EVENT_COUNT_COLUMNS["purchase"]) / F.col(schema.N_EVENTS))
+        .withColumn(schema.RECENCY_DAYS, _days_between(F.col(schema.LAST_SEEN), F.col(schema.AS_OF))),
+        schema.USER_FEATURES_SCHEMA,
     )

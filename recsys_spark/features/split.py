@@ -27,7 +27,7 @@ from typing import Literal
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.errors import InputError, relax_hint
 
 
@@ -52,7 +52,7 @@ class Cutoffs:
         }
 
 
-def data_range(events: DataFrame, time_col: str = S.EVENT_TIME) -> tuple[dt.datetime, dt.datetime]:
+def data_range(events: DataFrame, time_col: str = schema.EVENT_TIME) -> tuple[dt.datetime, dt.datetime]:
     """First and last event time as aware UTC datetimes (one small aggregation).
 
     Read as epoch microseconds so that the driver's local time zone cannot shift them.
@@ -136,8 +136,8 @@ def _from_micros(micros: int) -> dt.datetime:
 
 TEMPORAL, LEAVE_LAST_OUT, AUTO = "temporal", "leave_last_out", "auto"
 # Per-user cutoff columns (leave_last_out), on the frames Split.attach joins them to.
-VALIDATION_AT = S.VALIDATION_AT
-TEST_AT = S.TEST_AT
+VALIDATION_AT = schema.VALIDATION_AT
+TEST_AT = schema.TEST_AT
 # A user needs a training step's item, a validation target and a test target.
 LEAVE_LAST_OUT_MIN_NEW_ITEMS = 3
 # The cutoffs of a training-only user: every step lies before them.
@@ -191,7 +191,7 @@ class Split:
         if not self.per_user or VALIDATION_AT in frame.columns:
             return frame
         far = F.lit(FAR_FUTURE)
-        return (frame.join(self.users, S.USER_ID, "left")
+        return (frame.join(self.users, schema.USER_ID, "left")
                 .withColumn(VALIDATION_AT, F.coalesce(F.col(VALIDATION_AT), far))
                 .withColumn(TEST_AT, F.coalesce(F.col(TEST_AT), far)))
 
@@ -200,7 +200,7 @@ class Split:
         what evaluate filters each user's exclusions by."""
         if self.per_user:
             return self.users
-        return (steps.select(S.USER_ID).distinct()
+        return (steps.select(schema.USER_ID).distinct()
                 .withColumn(VALIDATION_AT, F.lit(self.cutoffs.validation))
                 .withColumn(TEST_AT, F.lit(self.cutoffs.test)))
 
@@ -232,11 +232,11 @@ def leave_last_out_cutoffs(steps: DataFrame, step_pos: str, step_time: str) -> D
     Returns:
         user_id, validation_at, test_at: one row per user.
     """
-    firsts = steps.groupBy(S.USER_ID, S.PRODUCT_ID).agg(
+    firsts = steps.groupBy(schema.USER_ID, schema.PRODUCT_ID).agg(
         F.min(step_pos).alias(_FIRST_POS), F.min(step_time).alias(_FIRST_TIME))
-    latest = Window.partitionBy(S.USER_ID).orderBy(F.desc(_FIRST_POS))
+    latest = Window.partitionBy(schema.USER_ID).orderBy(F.desc(_FIRST_POS))
     ranked = firsts.withColumn(_RANK, F.row_number().over(latest))
-    per_user = ranked.groupBy(S.USER_ID).agg(
+    per_user = ranked.groupBy(schema.USER_ID).agg(
         F.count("*").alias(_NEW),
         F.max(F.when(F.col(_RANK) == 2, F.col(_FIRST_TIME))).alias(VALIDATION_AT),
         F.max(F.when(F.col(_RANK) == 1, F.col(_FIRST_TIME))).alias(TEST_AT),
@@ -244,7 +244,7 @@ def leave_last_out_cutoffs(steps: DataFrame, step_pos: str, step_time: str) -> D
     enough = F.col(_NEW) >= LEAVE_LAST_OUT_MIN_NEW_ITEMS
     far = F.lit(FAR_FUTURE)
     return per_user.select(
-        S.USER_ID,
+        schema.USER_ID,
         F.when(enough, F.col(VALIDATION_AT)).otherwise(far).alias(VALIDATION_AT),
         F.when(enough, F.col(TEST_AT)).otherwise(far).alias(TEST_AT),
     )
@@ -265,9 +265,9 @@ def temporal_eval_users(steps: DataFrame, cutoffs: Cutoffs, step_time: str) -> d
     Returns:
         {"users", "validation_users", "test_users"} (one aggregation).
     """
-    firsts = steps.groupBy(S.USER_ID, S.PRODUCT_ID).agg(F.min(step_time).alias(_FIRST_TIME))
+    firsts = steps.groupBy(schema.USER_ID, schema.PRODUCT_ID).agg(F.min(step_time).alias(_FIRST_TIME))
     first = F.col(_FIRST_TIME)
-    per_user = firsts.groupBy(S.USER_ID).agg(
+    per_user = firsts.groupBy(schema.USER_ID).agg(
         F.min(first).alias("_start"),
         F.max((~before(first, cutoffs.validation) & before(first, cutoffs.test)).cast("int")).alias("_validation"),
         F.max((~before(first, cutoffs.test)).cast("int")).alias("_test"),

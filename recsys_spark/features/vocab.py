@@ -17,7 +17,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.features.row_numbers import row_numbers
 from recsys_spark.features.sequences import STEP_TIME
 from recsys_spark.features.split import Cutoffs, Split, before
@@ -38,13 +38,13 @@ class VocabSpec:
     first_index: int
 
 
-ITEM = VocabSpec("item", "item_vocab", S.PRODUCT_ID, S.ITEM_IDX, S.ITEM_VOCAB_SCHEMA, S.OOV_INDEX, S.FIRST_ITEM_INDEX)
-CATEGORY = VocabSpec("category", "category_vocab", S.CATEGORY_ID, S.CATEGORY_IDX, S.CATEGORY_VOCAB_SCHEMA,
-                     S.VOCAB_OOV_INDEX, S.VOCAB_FIRST_INDEX)
-BRAND = VocabSpec("brand", "brand_vocab", S.BRAND, S.BRAND_IDX, S.BRAND_VOCAB_SCHEMA,
-                  S.VOCAB_OOV_INDEX, S.VOCAB_FIRST_INDEX)
-USER = VocabSpec("user", "user_vocab", S.USER_ID, S.USER_IDX, S.USER_VOCAB_SCHEMA,
-                 S.VOCAB_OOV_INDEX, S.VOCAB_FIRST_INDEX)
+ITEM = VocabSpec("item", "item_vocab", schema.PRODUCT_ID, schema.ITEM_IDX, schema.ITEM_VOCAB_SCHEMA, schema.OOV_INDEX, schema.FIRST_ITEM_INDEX)
+CATEGORY = VocabSpec("category", "category_vocab", schema.CATEGORY_ID, schema.CATEGORY_IDX, schema.CATEGORY_VOCAB_SCHEMA,
+                     schema.VOCAB_OOV_INDEX, schema.VOCAB_FIRST_INDEX)
+BRAND = VocabSpec("brand", "brand_vocab", schema.BRAND, schema.BRAND_IDX, schema.BRAND_VOCAB_SCHEMA,
+                  schema.VOCAB_OOV_INDEX, schema.VOCAB_FIRST_INDEX)
+USER = VocabSpec("user", "user_vocab", schema.USER_ID, schema.USER_IDX, schema.USER_VOCAB_SCHEMA,
+                 schema.VOCAB_OOV_INDEX, schema.VOCAB_FIRST_INDEX)
 SPECS = (ITEM, CATEGORY, BRAND, USER)
 
 
@@ -59,8 +59,8 @@ def index_by_count(counts: DataFrame, spec: VocabSpec, min_count: int) -> DataFr
     Returns:
         ``counts``' kept rows with ``spec.index`` (int), by descending count, ties by value.
     """
-    kept = counts.where(F.col(S.TRAIN_COUNT) >= min_count)
-    ranked = row_numbers(kept, [F.desc(S.TRAIN_COUNT), F.asc(spec.key)], _RANK, start=spec.first_index)
+    kept = counts.where(F.col(schema.TRAIN_COUNT) >= min_count)
+    ranked = row_numbers(kept, [F.desc(schema.TRAIN_COUNT), F.asc(spec.key)], _RANK, start=spec.first_index)
     return ranked.withColumn(spec.index, F.col(_RANK).cast("int")).drop(_RANK)
 
 
@@ -78,9 +78,9 @@ def build_value_vocab(train_events: DataFrame, spec: VocabSpec, min_count: int) 
     counts = (
         train_events.where(F.col(spec.key).isNotNull())
         .groupBy(spec.key)
-        .agg(F.count("*").cast("long").alias(S.TRAIN_COUNT))
+        .agg(F.count("*").cast("long").alias(schema.TRAIN_COUNT))
     )
-    return S.conform(index_by_count(counts, spec, min_count), spec.schema)
+    return schema.conform(index_by_count(counts, spec, min_count), spec.schema)
 
 
 def lookup(values: Column, vocab: DataFrame, spec: VocabSpec, frame: DataFrame, out: str) -> DataFrame:
@@ -93,7 +93,7 @@ def lookup(values: Column, vocab: DataFrame, spec: VocabSpec, frame: DataFrame, 
     if spec is not USER:
         index = F.broadcast(index)
     joined = frame.join(index, values == F.col("_vocab_key"), "left")
-    null_index = S.PAD_INDEX if spec is ITEM else S.VOCAB_NULL_INDEX
+    null_index = schema.PAD_INDEX if spec is ITEM else schema.VOCAB_NULL_INDEX
     code = (
         F.when(values.isNull(), F.lit(null_index))
         .when(F.col("_vocab_idx").isNull(), F.lit(spec.oov_index))
@@ -133,11 +133,11 @@ def build_item_vocab(
         DataFrame with schema.ITEM_VOCAB_SCHEMA, one row per vocabulary item.
     """
     items = index_by_count(item_counts(steps, cutoffs), ITEM, min_item_count)
-    side = item_side_features(events.where(before(F.col(S.EVENT_TIME), cutoffs.validation)))
-    items = items.join(side, S.PRODUCT_ID, "left")
-    items = lookup(F.col(S.CATEGORY_ID), categories, CATEGORY, items, S.CATEGORY_IDX)
-    items = lookup(F.col(S.BRAND), brands, BRAND, items, S.BRAND_IDX)
-    return S.conform(add_price_buckets(items, price_buckets), S.ITEM_VOCAB_SCHEMA)
+    side = item_side_features(events.where(before(F.col(schema.EVENT_TIME), cutoffs.validation)))
+    items = items.join(side, schema.PRODUCT_ID, "left")
+    items = lookup(F.col(schema.CATEGORY_ID), categories, CATEGORY, items, schema.CATEGORY_IDX)
+    items = lookup(F.col(schema.BRAND), brands, BRAND, items, schema.BRAND_IDX)
+    return schema.conform(add_price_buckets(items, price_buckets), schema.ITEM_VOCAB_SCHEMA)
 
 
 def item_counts(steps: DataFrame, cutoffs: Cutoffs | Split) -> DataFrame:
@@ -147,10 +147,10 @@ def item_counts(steps: DataFrame, cutoffs: Cutoffs | Split) -> DataFrame:
     """
     return (
         steps.where(before(F.col(STEP_TIME), cutoffs.test))
-        .groupBy(S.PRODUCT_ID)
+        .groupBy(schema.PRODUCT_ID)
         .agg(
-            _count_if(before(F.col(STEP_TIME), cutoffs.validation)).alias(S.TRAIN_COUNT),
-            F.count("*").cast("long").alias(S.PRETEST_COUNT),
+            _count_if(before(F.col(STEP_TIME), cutoffs.validation)).alias(schema.TRAIN_COUNT),
+            F.count("*").cast("long").alias(schema.PRETEST_COUNT),
         )
     )
 
@@ -162,17 +162,17 @@ def recount_items(item_vocab: DataFrame, steps: DataFrame, cutoffs: Cutoffs | Sp
     the popularity baseline of evaluation) always come from this run's training period.
     """
     counts = item_counts(steps, cutoffs)
-    kept = item_vocab.drop(S.TRAIN_COUNT, S.PRETEST_COUNT).join(counts, S.PRODUCT_ID, "left")
-    return S.conform(kept.fillna(0, [S.TRAIN_COUNT, S.PRETEST_COUNT]), S.ITEM_VOCAB_SCHEMA)
+    kept = item_vocab.drop(schema.TRAIN_COUNT, schema.PRETEST_COUNT).join(counts, schema.PRODUCT_ID, "left")
+    return schema.conform(kept.fillna(0, [schema.TRAIN_COUNT, schema.PRETEST_COUNT]), schema.ITEM_VOCAB_SCHEMA)
 
 
 def item_side_features(events: DataFrame) -> DataFrame:
     """Per product: its most frequent category and brand (ties by the smaller value) and
     median price over ``events`` (nulls skipped; null when it never has one)."""
-    return events.groupBy(S.PRODUCT_ID).agg(
-        F.mode(S.CATEGORY_ID, deterministic=True).alias(S.CATEGORY_ID),
-        F.mode(S.BRAND, deterministic=True).alias(S.BRAND),
-        F.median(S.PRICE).alias(S.PRICE),
+    return events.groupBy(schema.PRODUCT_ID).agg(
+        F.mode(schema.CATEGORY_ID, deterministic=True).alias(schema.CATEGORY_ID),
+        F.mode(schema.BRAND, deterministic=True).alias(schema.BRAND),
+        F.median(schema.PRICE).alias(schema.PRICE),
     )
 
 
@@ -183,14 +183,14 @@ def add_price_buckets(items: DataFrame, price_buckets: int) -> DataFrame:
     (price, product_id) and k is the largest number at the item's price, so equal prices share
     a bucket. Items without a price get 0.
     """
-    priced = items.where(F.col(S.PRICE).isNotNull()).select(S.PRODUCT_ID, S.PRICE)
-    numbered = row_numbers(priced, [F.asc(S.PRICE), F.asc(S.PRODUCT_ID)], _RANK)
+    priced = items.where(F.col(schema.PRICE).isNotNull()).select(schema.PRODUCT_ID, schema.PRICE)
+    numbered = row_numbers(priced, [F.asc(schema.PRICE), F.asc(schema.PRODUCT_ID)], _RANK)
     n = numbered.count()
-    at_or_below = numbered.groupBy(S.PRICE).agg(F.max(_RANK).alias(_RANK))
+    at_or_below = numbered.groupBy(schema.PRICE).agg(F.max(_RANK).alias(_RANK))
     bucket = F.ceil(F.col(_RANK) * price_buckets / F.lit(max(n, 1)))
-    with_rank = items.join(F.broadcast(at_or_below), S.PRICE, "left")
+    with_rank = items.join(F.broadcast(at_or_below), schema.PRICE, "left")
     return with_rank.withColumn(
-        S.PRICE_BUCKET, F.when(F.col(S.PRICE).isNull(), F.lit(0)).otherwise(bucket).cast("int")
+        schema.PRICE_BUCKET, F.when(F.col(schema.PRICE).isNull(), F.lit(0)).otherwise(bucket).cast("int")
     ).drop(_RANK)
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.models.two_tower import TwoTowerModel
 
 FORMAT_VERSION = 1
@@ -45,7 +45,7 @@ class ModelBundle:
     def to_bytes(self) -> bytes:
         """Serialise with ``torch.save`` (tensors, plain dicts and numpy arrays only)."""
         buffer = io.BytesIO()
-        vocab = {c: self.item_vocab[c].to_numpy() for c in S.ITEM_VOCAB_SCHEMA.fieldNames()}
+        vocab = {c: self.item_vocab[c].to_numpy() for c in schema.ITEM_VOCAB_SCHEMA.fieldNames()}
         torch.save(
             {
                 "format_version": FORMAT_VERSION,
@@ -97,5 +97,5 @@ class ModelBundle:
     def product_ids(self) -> np.ndarray:
         """Returns: int64 array [num_items], the product_id of each item_idx (-1 for pad, OOV, gaps)."""
         out = np.full(self.model_args["num_items"], -1, dtype=np.int64)
-        out[self.item_vocab[S.ITEM_IDX].to_numpy(dtype=np.int64)] = self.item_vocab[S.PRODUCT_ID].to_numpy()
+        out[self.item_vocab[schema.ITEM_IDX].to_numpy(dtype=np.int64)] = self.item_vocab[schema.PRODUCT_ID].to_numpy()
         return out

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.models import ranking
 from recsys_spark.models.bundle import ModelBundle
 
@@ -23,7 +23,7 @@ BUNDLE_ARTIFACT = "bundle"
 BUNDLE_FILE = "model_bundle.pt"
 ITEM_IDS = "item_ids"
 SCORES = "scores"
-INPUT_COLUMNS = (S.HIST_ITEMS, S.HIST_EVENTS, S.HIST_GAPS, S.SEEN_ITEMS)
+INPUT_COLUMNS = (schema.HIST_ITEMS, schema.HIST_EVENTS, schema.HIST_GAPS, schema.SEEN_ITEMS)
 DEFAULT_K = 10
 
 
@@ -71,10 +71,10 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
             return pd.DataFrame({ITEM_IDS: pd.Series([], dtype=object), SCORES: pd.Series([], dtype=object)})
         known = torch.from_numpy(self.product_ids >= 0)
         top, scores = ranking.rank_histories(
-            self.model, [ranking.int_matrix(model_input[c]) for c in (S.HIST_ITEMS, S.HIST_EVENTS, S.HIST_GAPS)],
-            self.item_vecs, k, ranking.pairs_of(ranking.int_arrays(model_input[S.SEEN_ITEMS])),
+            self.model, [ranking.int_matrix(model_input[c]) for c in (schema.HIST_ITEMS, schema.HIST_EVENTS, schema.HIST_GAPS)],
+            self.item_vecs, k, ranking.pairs_of(ranking.int_arrays(model_input[schema.SEEN_ITEMS])),
             ranking.blocked_items(len(known), known))
-        filled = top != S.EMPTY_SLOT  # empty slots only trail: a user with fewer eligible items gets a shorter list
+        filled = top != schema.EMPTY_SLOT  # empty slots only trail: a user with fewer eligible items gets a shorter list
         return pd.DataFrame(
             {
                 ITEM_IDS: [self.product_ids[row[keep]].tolist() for row, keep in zip(top, filled)],
@@ -86,17 +86,17 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
 def example_input(bundle: ModelBundle, rows: int = 2) -> pd.DataFrame:
     """A small, valid input: short histories of the first vocabulary items, left-padded."""
     length = bundle.model_args["max_seq_len"]
-    items = bundle.item_vocab[S.ITEM_IDX].to_numpy(dtype=np.int64)[: 2 * rows]
+    items = bundle.item_vocab[schema.ITEM_IDX].to_numpy(dtype=np.int64)[: 2 * rows]
     out = []
     for r in range(rows):
-        hist = items[r::rows][:2].tolist() or [S.OOV_INDEX]
-        pad = [S.PAD_INDEX] * (length - len(hist))
+        hist = items[r::rows][:2].tolist() or [schema.OOV_INDEX]
+        pad = [schema.PAD_INDEX] * (length - len(hist))
         out.append(
             {
-                S.HIST_ITEMS: pad + hist,
-                S.HIST_EVENTS: pad + [S.EVENT_CODE["view"]] * len(hist),
-                S.HIST_GAPS: pad + [0] + [5] * (len(hist) - 1),
-                S.SEEN_ITEMS: hist,
+                schema.HIST_ITEMS: pad + hist,
+                schema.HIST_EVENTS: pad + [schema.EVENT_CODE["view"]] * len(hist),
+                schema.HIST_GAPS: pad + [0] + [5] * (len(hist) - 1),
+                schema.SEEN_ITEMS: hist,
             }
         )
     return pd.DataFrame(out)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.config import TRAINING_USER_VECTOR, TrainConfig
 from recsys_spark.models.ranking import USER_VECTORS
 
@@ -33,7 +33,7 @@ class ItemTower(nn.Module):
     def __init__(self, num_items: int, num_categories: int, num_brands: int, num_price_buckets: int, dim: int,
                  dropout: float):
         super().__init__()
-        self.id_embedding = nn.Embedding(num_items, dim, padding_idx=S.PAD_INDEX)
+        self.id_embedding = nn.Embedding(num_items, dim, padding_idx=schema.PAD_INDEX)
         self.category_embedding = nn.Embedding(num_categories, dim)
         self.brand_embedding = nn.Embedding(num_brands, dim)
         self.price_embedding = nn.Embedding(num_price_buckets, dim)
@@ -46,7 +46,7 @@ class ItemTower(nn.Module):
         for emb in (self.id_embedding, self.category_embedding, self.brand_embedding, self.price_embedding):
             nn.init.normal_(emb.weight, std=0.05)
         with torch.no_grad():
-            self.id_embedding.weight[S.PAD_INDEX].zero_()
+            self.id_embedding.weight[schema.PAD_INDEX].zero_()
 
     def forward(self, items: Tensor) -> Tensor:
         """Args: items LongTensor[...] of item indices. Returns: Tensor[..., dim]."""
@@ -86,7 +86,7 @@ class HistoryFeatures(nn.Module):
 
     def forward(self, items: Tensor, events: Tensor, gaps: Tensor) -> Tensor:
         """Args: items, events, gaps LongTensor[B, L], left-padded. Returns: FloatTensor[B, L, size]."""
-        real = (items != S.PAD_INDEX).float()
+        real = (items != schema.PAD_INDEX).float()
         n = real.cumsum(dim=1)
         safe_n = n.clamp_min(1.0)
         # One-hot events [B, L, E-1] (code 0 is padding), counted up to each position.
@@ -96,7 +96,7 @@ class HistoryFeatures(nn.Module):
         # repeat[b, t] = item t occurred at some step s < t (pad excluded).
         length = items.shape[1]
         earlier = torch.ones(length, length, dtype=torch.bool, device=items.device).tril(-1)
-        same = (items[:, :, None] == items[:, None, :]) & earlier[None] & (items != S.PAD_INDEX)[:, None, :]
+        same = (items[:, :, None] == items[:, None, :]) & earlier[None] & (items != schema.PAD_INDEX)[:, None, :]
         repeats = (same.any(dim=2).float() * real).cumsum(dim=1)
         return torch.cat([
             torch.log1p(n)[..., None],
@@ -227,7 +227,7 @@ class TwoTowerModel(nn.Module):
         if self.history_features is not None:
             x = x + self.user_feature_mlp(self.history_features(items, events, gaps))
         if self.interest_mlp is not None:
-            real = (items != S.PAD_INDEX).to(step_items.dtype)[..., None]
+            real = (items != schema.PAD_INDEX).to(step_items.dtype)[..., None]
             running_mean = (step_items * real).cumsum(dim=1) / real.cumsum(dim=1).clamp_min(1.0)
             x = x + self.interest_mlp(running_mean)
         x = self.output_norm(x)
@@ -241,7 +241,7 @@ class TwoTowerModel(nn.Module):
         """
         batch, length = items.shape
         future = torch.ones(length, length, dtype=torch.bool, device=items.device).triu(1)
-        padded_key = (items == S.PAD_INDEX)[:, None, :]
+        padded_key = (items == schema.PAD_INDEX)[:, None, :]
         eye = torch.eye(length, dtype=torch.bool, device=items.device)
         blocked = (future[None] | padded_key) & ~eye[None]
         return blocked.repeat_interleave(self.num_heads, dim=0)

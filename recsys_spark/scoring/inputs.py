@@ -10,7 +10,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.scoring.recommender import EXCLUDE_PRODUCTS, USER_CATEGORY, USER_KEY
 
 RECENT_USERS = "recent_users"  # distinct users with an event on the product in the recent window
@@ -18,15 +18,15 @@ ALL_USERS = "all_users"  # distinct users with an event on the product, all time
 
 CONTEXT_SCHEMA = T.StructType(
     [
-        T.StructField(S.USER_ID, T.StringType(), False),
+        T.StructField(schema.USER_ID, T.StringType(), False),
         T.StructField(EXCLUDE_PRODUCTS, T.ArrayType(T.LongType(), False), False),
         T.StructField(USER_CATEGORY, T.LongType(), True),
     ]
 )
 PRODUCT_STATS_SCHEMA = T.StructType(
     [
-        T.StructField(S.PRODUCT_ID, T.LongType(), False),
-        T.StructField(S.CATEGORY_ID, T.LongType(), True),
+        T.StructField(schema.PRODUCT_ID, T.LongType(), False),
+        T.StructField(schema.CATEGORY_ID, T.LongType(), True),
         T.StructField(RECENT_USERS, T.LongType(), False),
         T.StructField(ALL_USERS, T.LongType(), False),
     ]
@@ -45,13 +45,13 @@ def user_context(events: DataFrame, exclude_event_types: Sequence[str]) -> DataF
         CONTEXT_SCHEMA: user_id, exclude_products (sorted distinct product ids), user_category
         (category_id of the user's latest event that has one; ties by the larger id; null if none).
     """
-    excluded = F.when(F.col(S.EVENT_TYPE).isin(list(exclude_event_types)), F.col(S.PRODUCT_ID))
-    latest = F.max(F.when(F.col(S.CATEGORY_ID).isNotNull(), F.struct(S.EVENT_TIME, S.CATEGORY_ID)))
-    out = events.groupBy(S.USER_ID).agg(
+    excluded = F.when(F.col(schema.EVENT_TYPE).isin(list(exclude_event_types)), F.col(schema.PRODUCT_ID))
+    latest = F.max(F.when(F.col(schema.CATEGORY_ID).isNotNull(), F.struct(schema.EVENT_TIME, schema.CATEGORY_ID)))
+    out = events.groupBy(schema.USER_ID).agg(
         F.array_sort(F.array_distinct(F.collect_list(excluded))).alias(EXCLUDE_PRODUCTS),  # nulls skipped
-        latest[S.CATEGORY_ID].alias(USER_CATEGORY),
+        latest[schema.CATEGORY_ID].alias(USER_CATEGORY),
     )
-    return S.conform(out, CONTEXT_SCHEMA)
+    return schema.conform(out, CONTEXT_SCHEMA)
 
 
 def product_stats(events: DataFrame, recent_since: dt.datetime) -> DataFrame:
@@ -65,13 +65,13 @@ def product_stats(events: DataFrame, recent_since: dt.datetime) -> DataFrame:
         PRODUCT_STATS_SCHEMA; category_id is the product's most frequent one (ties by the
         smaller id), null when it never has one.
     """
-    recent = F.col(S.EVENT_TIME) >= F.lit(recent_since)
-    out = events.groupBy(S.PRODUCT_ID).agg(
-        F.mode(S.CATEGORY_ID, deterministic=True).alias(S.CATEGORY_ID),
-        F.count_distinct(F.when(recent, F.col(S.USER_ID))).alias(RECENT_USERS),
-        F.count_distinct(S.USER_ID).alias(ALL_USERS),
+    recent = F.col(schema.EVENT_TIME) >= F.lit(recent_since)
+    out = events.groupBy(schema.PRODUCT_ID).agg(
+        F.mode(schema.CATEGORY_ID, deterministic=True).alias(schema.CATEGORY_ID),
+        F.count_distinct(F.when(recent, F.col(schema.USER_ID))).alias(RECENT_USERS),
+        F.count_distinct(schema.USER_ID).alias(ALL_USERS),
     )
-    return S.conform(out, PRODUCT_STATS_SCHEMA)
+    return schema.conform(out, PRODUCT_STATS_SCHEMA)
 
 
 def scoring_rows(histories: DataFrame, context: DataFrame, seed: int, run_date: str) -> DataFrame:
@@ -88,10 +88,10 @@ def scoring_rows(histories: DataFrame, context: DataFrame, seed: int, run_date: 
         histories' columns plus exclude_products (empty when the user has no context),
         user_category and user_key (long).
     """
-    joined = histories.join(context, S.USER_ID, "left")
+    joined = histories.join(context, schema.USER_ID, "left")
     return joined.select(
-        *[F.col(c) for c in S.USER_HISTORY_SCHEMA.fieldNames()],
+        *[F.col(c) for c in schema.USER_HISTORY_SCHEMA.fieldNames()],
         F.coalesce(F.col(EXCLUDE_PRODUCTS), F.array().cast(T.ArrayType(T.LongType()))).alias(EXCLUDE_PRODUCTS),
         F.col(USER_CATEGORY),
-        F.xxhash64(F.col(S.USER_ID), F.lit(seed), F.lit(run_date)).alias(USER_KEY),
+        F.xxhash64(F.col(schema.USER_ID), F.lit(seed), F.lit(run_date)).alias(USER_KEY),
     )

@@ -25,7 +25,7 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.models import ranking
 from recsys_spark.scoring import topk
 
@@ -44,7 +44,7 @@ SCORES = "scores"  # array<float>
 SOURCE_CODES = "source_codes"  # array<byte>: the position of each item's source in SOURCES
 
 WIDE_SCHEMA = pa.schema([
-    pa.field(S.USER_ID, pa.string()),
+    pa.field(schema.USER_ID, pa.string()),
     pa.field(ITEM_IDS, pa.list_(pa.int64())),
     pa.field(SCORES, pa.list_(pa.float32())),
     pa.field(SOURCE_CODES, pa.list_(pa.int8())),
@@ -172,21 +172,21 @@ class ModelEncoder:
         return self._module
 
     def _items(self, users: Users) -> np.ndarray:
-        raw = users.matrix(S.HIST_ITEMS)
+        raw = users.matrix(schema.HIST_ITEMS)
         inside = (raw >= 0) & (raw < len(self.remap))
-        items = np.where(inside, self.remap[np.clip(raw, 0, len(self.remap) - 1)], S.OOV_INDEX)
-        return np.where(raw == S.PAD_INDEX, S.PAD_INDEX, items)
+        items = np.where(inside, self.remap[np.clip(raw, 0, len(self.remap) - 1)], schema.OOV_INDEX)
+        return np.where(raw == schema.PAD_INDEX, schema.PAD_INDEX, items)
 
     def known(self, users: Users) -> np.ndarray:
         """Returns: bool [B], True where the history holds an item the model knows."""
         if len(users) == 0:
             return np.zeros(0, dtype=bool)
-        return (self._items(users) >= S.FIRST_ITEM_INDEX).any(axis=1)
+        return (self._items(users) >= schema.FIRST_ITEM_INDEX).any(axis=1)
 
     def _history(self, users: Users) -> list[Tensor]:
         """items (in the model's vocabulary), events, gaps: LongTensor[B, L] each."""
-        return [torch.from_numpy(h) for h in (self._items(users), users.matrix(S.HIST_EVENTS),
-                                              users.matrix(S.HIST_GAPS))]
+        return [torch.from_numpy(h) for h in (self._items(users), users.matrix(schema.HIST_EVENTS),
+                                              users.matrix(schema.HIST_GAPS))]
 
     def encode(self, users: Users) -> Tensor:
         """Args: B users with hist_items / hist_events / hist_gaps. Returns: Tensor[B, d] float32."""
@@ -286,7 +286,7 @@ class Recommender:
         for rows, block in ((np.flatnonzero(known), self._model_block), (np.flatnonzero(~known), self._fallback_block)):
             for start in range(0, len(rows), size):
                 part = users.take(rows[start : start + size])
-                yield _wide(part.column(S.USER_ID), *block(part))
+                yield _wide(part.column(schema.USER_ID), *block(part))
 
     def recommend(self, frame: pd.DataFrame) -> pd.DataFrame:
         """:meth:`blocks` on a pandas frame, in long format (RANKED columns): for tests and notebooks."""
@@ -380,9 +380,9 @@ def long_frame(wide: pa.RecordBatch) -> pd.DataFrame:
     lengths = np.diff(wide.column(1).offsets.to_numpy())
     starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
     return pd.DataFrame({
-        S.USER_ID: np.repeat(np.asarray(wide.column(0).to_pylist(), dtype=object), lengths),
-        S.RANK: (np.arange(lengths.sum()) - starts + 1).astype(np.int32),
-        S.ITEM_ID: wide.column(1).flatten().to_numpy().astype(np.int64),
-        S.SCORE: wide.column(2).flatten().to_numpy().astype(np.float32),
-        S.SOURCE: np.asarray(SOURCES, dtype=object)[wide.column(3).flatten().to_numpy().astype(np.int64)],
+        schema.USER_ID: np.repeat(np.asarray(wide.column(0).to_pylist(), dtype=object), lengths),
+        schema.RANK: (np.arange(lengths.sum()) - starts + 1).astype(np.int32),
+        schema.ITEM_ID: wide.column(1).flatten().to_numpy().astype(np.int64),
+        schema.SCORE: wide.column(2).flatten().to_numpy().astype(np.float32),
+        schema.SOURCE: np.asarray(SOURCES, dtype=object)[wide.column(3).flatten().to_numpy().astype(np.int64)],
     })

@@ -30,7 +30,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recsys_spark import io, tracking
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.config import Config, ScoreConfig
 from recsys_spark.errors import DataQualityError, InputError
 from recsys_spark.scoring import inputs
@@ -54,13 +54,13 @@ log = logging.getLogger(__name__)
 
 # What a scoring task yields: one row per user (recommender.WIDE_SCHEMA), exploded in Spark.
 WIDE_SPARK_SCHEMA = T.StructType([
-    T.StructField(S.USER_ID, T.StringType()),
+    T.StructField(schema.USER_ID, T.StringType()),
     T.StructField(ITEM_IDS, T.ArrayType(T.LongType())),
     T.StructField(SCORES, T.ArrayType(T.FloatType())),
     T.StructField(SOURCE_CODES, T.ArrayType(T.ByteType())),
 ])
 # The exploded rows; model name, version and run date are added as constants.
-RANKED_SCHEMA = T.StructType([S.RECOMMENDATION_SCHEMA[c] for c in (S.USER_ID, S.RANK, S.ITEM_ID, S.SCORE, S.SOURCE)])
+RANKED_SCHEMA = T.StructType([schema.RECOMMENDATION_SCHEMA[c] for c in (schema.USER_ID, schema.RANK, schema.ITEM_ID, schema.SCORE, schema.SOURCE)])
 
 
 def run_date_of(sc: ScoreConfig) -> str:
@@ -107,13 +107,13 @@ def read_exclusions(spark: SparkSession, path: str) -> np.ndarray:
     io.require_input(spark, path, key)
     is_csv = path.rstrip("/").lower().endswith((".csv", ".csv.gz"))
     df = spark.read.option("header", "true").csv(path) if is_csv else spark.read.parquet(path)
-    if S.PRODUCT_ID not in df.columns:
-        raise InputError(f"{path} has no {S.PRODUCT_ID} column (config key {key}); columns: {df.columns}")
-    ids = df.select(F.col(S.PRODUCT_ID).cast("string").alias("raw"), F.col(S.PRODUCT_ID).cast("long").alias("id"))
+    if schema.PRODUCT_ID not in df.columns:
+        raise InputError(f"{path} has no {schema.PRODUCT_ID} column (config key {key}); columns: {df.columns}")
+    ids = df.select(F.col(schema.PRODUCT_ID).cast("string").alias("raw"), F.col(schema.PRODUCT_ID).cast("long").alias("id"))
     bad = ids.where(F.col("id").isNull())
     if not bad.isEmpty():
         example = bad.first()["raw"]
-        raise DataQualityError(f"{path}: {bad.count()} {S.PRODUCT_ID} value(s) are not integer ids, e.g. {example!r} ({key})")
+        raise DataQualityError(f"{path}: {bad.count()} {schema.PRODUCT_ID} value(s) are not integer ids, e.g. {example!r} ({key})")
     values = ids.select("id").distinct().toPandas()["id"].to_numpy(dtype=np.int64)
     return np.sort(values)
 
@@ -144,18 +144,18 @@ def build_plan(
         catalogue (every product of paths.clean minus exclusions, by recent popularity, ties by
         all-time popularity), the exploration pool and the list rules.
     """
-    category = stats[S.CATEGORY_ID].astype("Int64")  # nullable and exact (ids lie above 2^53)
+    category = stats[schema.CATEGORY_ID].astype("Int64")  # nullable and exact (ids lie above 2^53)
     present = category.notna().to_numpy()
     values = category.fillna(0).to_numpy(dtype=np.int64)
     categories = np.unique(values[present])
-    stats_space = ItemSpace(stats[S.PRODUCT_ID].to_numpy(dtype=np.int64), np.zeros(len(stats), dtype=np.int64))
+    stats_space = ItemSpace(stats[schema.PRODUCT_ID].to_numpy(dtype=np.int64), np.zeros(len(stats), dtype=np.int64))
     stat_codes = category_codes(values, present, categories)
     recent = stats[inputs.RECENT_USERS].to_numpy(dtype=np.float64)
     ever = stats[inputs.ALL_USERS].to_numpy(dtype=np.float64)
 
     vocab = bundle.item_vocab
-    model_products = vocab[S.PRODUCT_ID].to_numpy(dtype=np.int64)
-    model_idx = vocab[S.ITEM_IDX].to_numpy(dtype=np.int64)
+    model_products = vocab[schema.PRODUCT_ID].to_numpy(dtype=np.int64)
+    model_idx = vocab[schema.ITEM_IDX].to_numpy(dtype=np.int64)
     keep = ~np.isin(model_products, excluded)
     model_products, model_idx = model_products[keep], model_idx[keep]
     at = stats_space.index_of(model_products)
@@ -188,14 +188,14 @@ def vocab_remap(feature_vocab: pd.DataFrame, model_vocab: pd.DataFrame) -> np.nd
         int64 [max feature item_idx + 1]: pad -> pad, OOV -> OOV, a product the model was not
         trained with -> OOV.
     """
-    feature_idx = feature_vocab[S.ITEM_IDX].to_numpy(dtype=np.int64)
-    size = max(S.FIRST_ITEM_INDEX, int(feature_idx.max()) + 1 if len(feature_idx) else 0)
-    remap = np.full(size, S.OOV_INDEX, dtype=np.int64)
-    remap[S.PAD_INDEX] = S.PAD_INDEX
-    model = ItemSpace(model_vocab[S.PRODUCT_ID].to_numpy(dtype=np.int64), np.zeros(len(model_vocab), np.int64))
-    at = model.index_of(feature_vocab[S.PRODUCT_ID].to_numpy(dtype=np.int64))
-    model_idx = model_vocab[S.ITEM_IDX].to_numpy(dtype=np.int64)
-    remap[feature_idx] = np.where(at >= 0, model_idx[np.maximum(at, 0)], S.OOV_INDEX)
+    feature_idx = feature_vocab[schema.ITEM_IDX].to_numpy(dtype=np.int64)
+    size = max(schema.FIRST_ITEM_INDEX, int(feature_idx.max()) + 1 if len(feature_idx) else 0)
+    remap = np.full(size, schema.OOV_INDEX, dtype=np.int64)
+    remap[schema.PAD_INDEX] = schema.PAD_INDEX
+    model = ItemSpace(model_vocab[schema.PRODUCT_ID].to_numpy(dtype=np.int64), np.zeros(len(model_vocab), np.int64))
+    at = model.index_of(feature_vocab[schema.PRODUCT_ID].to_numpy(dtype=np.int64))
+    model_idx = model_vocab[schema.ITEM_IDX].to_numpy(dtype=np.int64)
+    remap[feature_idx] = np.where(at >= 0, model_idx[np.maximum(at, 0)], schema.OOV_INDEX)
     return remap
 
 
@@ -222,23 +222,23 @@ def recommend(rows: DataFrame, plan: Broadcast) -> DataFrame:
     wide = rows.mapInArrow(score_partition, WIDE_SPARK_SCHEMA)
     entry = F.posexplode(F.arrays_zip(ITEM_IDS, SCORES, SOURCE_CODES)).alias("position", "entry")
     sources = F.array(*[F.lit(s) for s in SOURCES])
-    return wide.select(S.USER_ID, entry).select(
-        S.USER_ID,
-        (F.col("position") + 1).cast("int").alias(S.RANK),
-        F.col(f"entry.{ITEM_IDS}").alias(S.ITEM_ID),
-        F.col(f"entry.{SCORES}").alias(S.SCORE),
-        F.element_at(sources, F.col(f"entry.{SOURCE_CODES}").cast("int") + 1).alias(S.SOURCE),
+    return wide.select(schema.USER_ID, entry).select(
+        schema.USER_ID,
+        (F.col("position") + 1).cast("int").alias(schema.RANK),
+        F.col(f"entry.{ITEM_IDS}").alias(schema.ITEM_ID),
+        F.col(f"entry.{SCORES}").alias(schema.SCORE),
+        F.element_at(sources, F.col(f"entry.{SOURCE_CODES}").cast("int") + 1).alias(schema.SOURCE),
     )
 
 
 def with_run_columns(ranked: DataFrame, model_name: str, model_version: str, run_date: str) -> DataFrame:
     """Args: RANKED_SCHEMA rows; the constants to add. Returns: schema.RECOMMENDATION_SCHEMA columns."""
     constants = {
-        S.MODEL_NAME: F.lit(model_name),
-        S.MODEL_VERSION: F.lit(model_version),
-        S.RUN_DATE: F.lit(run_date).cast(T.DateType()),
+        schema.MODEL_NAME: F.lit(model_name),
+        schema.MODEL_VERSION: F.lit(model_version),
+        schema.RUN_DATE: F.lit(run_date).cast(T.DateType()),
     }
-    return ranked.select(*[constants.get(f.name, F.col(f.name)).alias(f.name) for f in S.RECOMMENDATION_SCHEMA])
+    return ranked.select(*[constants.get(f.name, F.col(f.name)).alias(f.name) for f in schema.RECOMMENDATION_SCHEMA])
 
 
 def summarize(written: DataFrame, users: int, k: int) -> dict[str, int]:
@@ -247,10 +247,10 @@ def summarize(written: DataFrame, users: int, k: int) -> dict[str, int]:
     Raises:
         DataQualityError: rows for more users than were scored, or more than K per user.
     """
-    per_user = written.groupBy(S.USER_ID).agg(
+    per_user = written.groupBy(schema.USER_ID).agg(
         F.count(F.lit(1)).alias("n"),
-        F.max((F.col(S.SOURCE) == SOURCE_FALLBACK).cast("int")).alias("fallback"),
-        F.sum((F.col(S.SOURCE) == SOURCE_EXPLORE).cast("int")).alias("explore"),
+        F.max((F.col(schema.SOURCE) == SOURCE_FALLBACK).cast("int")).alias("fallback"),
+        F.sum((F.col(schema.SOURCE) == SOURCE_EXPLORE).cast("int")).alias("explore"),
     )
     totals = per_user.agg(
         F.count(F.lit(1)).alias("users"),
@@ -290,8 +290,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     sc = cfg.score
     run_date = run_date_of(sc)
     root = cfg.paths.resolve("features")
-    histories = io.read_table(spark, io.feature_path(root, "user_history"), S.USER_HISTORY_SCHEMA, "paths.features")
-    feature_vocab = io.read_table(spark, io.feature_path(root, "item_vocab"), S.ITEM_VOCAB_SCHEMA, "paths.features")
+    histories = io.read_table(spark, io.feature_path(root, "user_history"), schema.USER_HISTORY_SCHEMA, "paths.features")
+    feature_vocab = io.read_table(spark, io.feature_path(root, "item_vocab"), schema.ITEM_VOCAB_SCHEMA, "paths.features")
     clean_path = cfg.paths.resolve("clean")
     io.require_input(spark, clean_path, "paths.clean")
     events = io.read_clean(spark, clean_path)
@@ -305,7 +305,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 
     with tracking.stage_run(cfg, "score", run_date=run_date):
         mlflow.set_tags({"model_version": version, "registered_model": cfg.mlflow.registered_model})
-        last_micros = events.agg(F.unix_micros(F.max(S.EVENT_TIME))).first()[0]
+        last_micros = events.agg(F.unix_micros(F.max(schema.EVENT_TIME))).first()[0]
         if last_micros is None:
             raise InputError(f"{clean_path} holds no events (config key paths.clean)")
         last_event = dt.datetime.fromtimestamp(last_micros / 1e6, tz=dt.timezone.utc)
@@ -315,9 +315,9 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         stats = inputs.product_stats(events, since).toArrow().to_pandas(types_mapper=NULLABLE_INTS.get)
         with torch.no_grad():
             item_vectors = bundle.build_module().item_vectors().numpy()
-        feature_items = feature_vocab.select(S.ITEM_IDX, S.PRODUCT_ID).toPandas()
+        feature_items = feature_vocab.select(schema.ITEM_IDX, schema.PRODUCT_ID).toPandas()
         plan = build_plan(bundle, item_vectors, feature_items, stats, excluded, sc)
-        known = int((plan.encoder.remap >= S.FIRST_ITEM_INDEX).sum())
+        known = int((plan.encoder.remap >= schema.FIRST_ITEM_INDEX).sum())
         log.info("score: model catalogue %d items (%d products excluded), fallback catalogue %d products, "
                  "exploration pool %d; the model knows %d of the %d items of features/item_vocab",
                  len(plan.model_items), len(excluded), len(plan.fallback_items), len(plan.explore_pool), known,
@@ -330,16 +330,16 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             ranked = recommend(rows, broadcast)
             out = cfg.paths.resolve("recommendations")
             io.write_partitioned(with_run_columns(ranked, cfg.mlflow.registered_model, version, run_date), out,
-                                 S.RUN_DATE)
+                                 schema.RUN_DATE)
         finally:
             broadcast.destroy()
-        written = spark.read.parquet(out).where(F.col(S.RUN_DATE) == F.lit(run_date).cast(T.DateType()))
+        written = spark.read.parquet(out).where(F.col(schema.RUN_DATE) == F.lit(run_date).cast(T.DateType()))
         summary = summarize(written, users, sc.top_k)
         summary.update({"model_catalogue": len(plan.model_items), "excluded_items": int(len(excluded))})
         mlflow.log_metrics({f"score.{name}": value for name, value in summary.items()})
     if summary["users_short_of_k"]:
         log.warning("score: %d users got fewer than %d items (exclusions or score.category_cap leave too few)",
                     summary["users_short_of_k"], sc.top_k)
-    log.info("score: wrote %s/%s=%s: %s", out, S.RUN_DATE, run_date, summary)
+    log.info("score: wrote %s/%s=%s: %s", out, schema.RUN_DATE, run_date, summary)
     return {"recommendations_path": out, "run_date": run_date, "model": model_uri, "model_version": version,
             **summary}

@@ -19,11 +19,11 @@ import pyarrow.dataset as ds
 import torch
 
 from recsys_spark import io
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.errors import InputError
 
-TRAIN_COLUMNS = (S.ITEM_SEQ, S.EVENT_SEQ, S.GAP_SEQ)
-HISTORY_COLUMNS = (S.HIST_ITEMS, S.HIST_EVENTS, S.HIST_GAPS)
+TRAIN_COLUMNS = (schema.ITEM_SEQ, schema.EVENT_SEQ, schema.GAP_SEQ)
+HISTORY_COLUMNS = (schema.HIST_ITEMS, schema.HIST_EVENTS, schema.HIST_GAPS)
 
 
 @contextlib.contextmanager
@@ -53,7 +53,7 @@ def train_batches(path: str, rank: int, size: int, batch_size: int, seed: int,
     ) as reader:
         torch.manual_seed(seed)  # BatchedDataLoader's shuffling buffer draws from torch's RNG
         loader = BatchedDataLoader(reader, batch_size=batch_size, shuffling_queue_capacity=shuffle_buffer)
-        yield ((b[S.ITEM_SEQ].long(), b[S.EVENT_SEQ].long(), b[S.GAP_SEQ].long()) for b in loader)
+        yield ((b[schema.ITEM_SEQ].long(), b[schema.EVENT_SEQ].long(), b[schema.GAP_SEQ].long()) for b in loader)
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def read_eval_rows(path: str, rank: int = 0, size: int = 1, limit: int | None = 
     Raises:
         InputError: a missing table or column.
     """
-    columns = [*HISTORY_COLUMNS, S.SEEN_ITEMS, S.TARGET_ITEMS]
+    columns = [*HISTORY_COLUMNS, schema.SEEN_ITEMS, schema.TARGET_ITEMS]
     try:
         dataset = open_dataset(path)
     except (FileNotFoundError, OSError) as exc:
@@ -95,11 +95,11 @@ def read_eval_rows(path: str, rank: int = 0, size: int = 1, limit: int | None = 
         frame = frame.sample(n=limit, random_state=seed).sort_index()
     frame = frame.iloc[rank::size]
     return EvalRows(
-        hist_items=_stack(frame[S.HIST_ITEMS]),
-        hist_events=_stack(frame[S.HIST_EVENTS]),
-        hist_gaps=_stack(frame[S.HIST_GAPS]),
-        seen_items=[np.asarray(v, dtype=np.int64) for v in frame[S.SEEN_ITEMS]],
-        target_items=[np.asarray(v, dtype=np.int64) for v in frame[S.TARGET_ITEMS]],
+        hist_items=_stack(frame[schema.HIST_ITEMS]),
+        hist_events=_stack(frame[schema.HIST_EVENTS]),
+        hist_gaps=_stack(frame[schema.HIST_GAPS]),
+        seen_items=[np.asarray(v, dtype=np.int64) for v in frame[schema.SEEN_ITEMS]],
+        target_items=[np.asarray(v, dtype=np.int64) for v in frame[schema.TARGET_ITEMS]],
     )
 
 
@@ -123,7 +123,7 @@ def read_metadata(features_root: str) -> dict:
 
     import pyarrow.fs as pafs
 
-    path = io.feature_path(features_root, S.FEATURE_METADATA)
+    path = io.feature_path(features_root, schema.FEATURE_METADATA)
     filesystem, inner = pafs.FileSystem.from_uri(io.local_uri(path))
     try:
         with filesystem.open_input_stream(inner) as stream:
@@ -134,12 +134,12 @@ def read_metadata(features_root: str) -> dict:
 
 def read_item_vocab(path: str) -> pd.DataFrame:
     """The item vocabulary (schema.ITEM_VOCAB_SCHEMA) as pandas, read without Spark."""
-    columns = S.ITEM_VOCAB_SCHEMA.fieldNames()
+    columns = schema.ITEM_VOCAB_SCHEMA.fieldNames()
     dataset = open_dataset(path)
     missing = [c for c in columns if c not in dataset.schema.names]
     if missing:
         raise InputError(f"{path} lacks column(s) {', '.join(missing)}")
-    return dataset.to_table(columns=columns).to_pandas().sort_values(S.ITEM_IDX, ignore_index=True)
+    return dataset.to_table(columns=columns).to_pandas().sort_values(schema.ITEM_IDX, ignore_index=True)
 
 
 def item_feature_arrays(item_vocab: pd.DataFrame, num_items: int) -> dict[str, np.ndarray]:
@@ -158,13 +158,13 @@ def item_feature_arrays(item_vocab: pd.DataFrame, num_items: int) -> dict[str, n
     """
     from recsys_spark.errors import DataQualityError
 
-    idx = item_vocab[S.ITEM_IDX].to_numpy(dtype=np.int64)
-    if len(idx) and (idx.min() < S.FIRST_ITEM_INDEX or idx.max() >= num_items):
-        raise DataQualityError(f"item_vocab.item_idx outside {S.FIRST_ITEM_INDEX}..{num_items - 1} (num_items)")
+    idx = item_vocab[schema.ITEM_IDX].to_numpy(dtype=np.int64)
+    if len(idx) and (idx.min() < schema.FIRST_ITEM_INDEX or idx.max() >= num_items):
+        raise DataQualityError(f"item_vocab.item_idx outside {schema.FIRST_ITEM_INDEX}..{num_items - 1} (num_items)")
     if len(np.unique(idx)) != len(idx):
         raise DataQualityError("item_vocab lists an item_idx more than once")
     out = {}
-    for column in (S.CATEGORY_IDX, S.BRAND_IDX, S.PRICE_BUCKET, S.TRAIN_COUNT):
+    for column in (schema.CATEGORY_IDX, schema.BRAND_IDX, schema.PRICE_BUCKET, schema.TRAIN_COUNT):
         values = np.zeros(num_items, dtype=np.int64)
         values[idx] = item_vocab[column].to_numpy(dtype=np.int64)
         out[column] = values

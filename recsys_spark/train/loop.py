@@ -24,10 +24,10 @@ import torch
 from torch import Tensor
 
 from recsys_spark import io
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.config import TRAINING_USER_VECTOR, TrainConfig, from_dict
 from recsys_spark.errors import DataQualityError, InputError
-from recsys_spark.evaluation import metrics
+from recsys_spark.evaluation.metrics import batch_metrics
 from recsys_spark.models import ranking
 from recsys_spark.models.two_tower import TwoTowerModel
 from recsys_spark.train import data
@@ -173,17 +173,17 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
 
     model = TwoTowerModel(**model_args)
     model.set_item_features(
-        torch.from_numpy(item_features[S.CATEGORY_IDX]),
-        torch.from_numpy(item_features[S.BRAND_IDX]),
-        torch.from_numpy(item_features[S.PRICE_BUCKET]),
+        torch.from_numpy(item_features[schema.CATEGORY_IDX]),
+        torch.from_numpy(item_features[schema.BRAND_IDX]),
+        torch.from_numpy(item_features[schema.PRICE_BUCKET]),
     )
     task = RetrievalTask(
         model,
-        item_prob=popularity(torch.from_numpy(item_features[S.TRAIN_COUNT])),
+        item_prob=popularity(torch.from_numpy(item_features[schema.TRAIN_COUNT])),
         event_weights=event_weight_table(tc.event_weights),
         uniform_negatives=tc.uniform_negatives,
         target_horizon=tc.target_horizon,
-        visit_gap_bucket=S.gap_bucket_of(tc.visit_gap_s) if tc.target_start == "next_visit" else None,
+        visit_gap_bucket=schema.gap_bucket_of(tc.visit_gap_s) if tc.target_start == "next_visit" else None,
         skip_seen_targets=tc.skip_seen_targets,
     ).to(device)
 
@@ -550,8 +550,8 @@ def model_args_from(metadata: dict[str, Any], tc: TrainConfig) -> dict[str, Any]
         "num_categories": int(metadata["num_categories"]),
         "num_brands": int(metadata["num_brands"]),
         "num_price_buckets": int(metadata["num_price_buckets"]),
-        "num_event_codes": int(metadata.get("num_event_codes", S.NUM_EVENT_CODES)),
-        "num_gap_buckets": int(metadata.get("num_gap_buckets", S.NUM_GAP_BUCKETS)),
+        "num_event_codes": int(metadata.get("num_event_codes", schema.NUM_EVENT_CODES)),
+        "num_gap_buckets": int(metadata.get("num_gap_buckets", schema.NUM_GAP_BUCKETS)),
         "max_seq_len": int(metadata["max_seq_len"]),
         "dim": tc.embedding_dim,
         "num_layers": tc.num_layers,
@@ -598,7 +598,7 @@ def ranking_sums(model: TwoTowerModel, rows: data.EvalRows, k: int, device: torc
     if len(counted) == 0:
         return 0.0, 0.0, 0
     top = validation_lists(model, rows, k, device, mode)
-    per_user = metrics.batch_metrics(top[counted], [rows.target_items[i] for i in counted], [k])
+    per_user = batch_metrics(top[counted], [rows.target_items[i] for i in counted], [k])
     return float(per_user[f"ndcg@{k}"].sum()), float(per_user[f"recall@{k}"].sum()), len(counted)
 
 

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.models.two_tower import TwoTowerModel
 
 
@@ -52,10 +52,10 @@ def popularity(train_count: Tensor) -> Tensor:
         FloatTensor[num_items] summing to 1 over items 2..num_items-1 (uniform if all zero).
     """
     counts = torch.as_tensor(train_count, dtype=torch.float64).clone()
-    counts[: S.FIRST_ITEM_INDEX] = 0.0
+    counts[: schema.FIRST_ITEM_INDEX] = 0.0
     total = counts.sum()
     if total <= 0:
-        counts[S.FIRST_ITEM_INDEX:] = 1.0
+        counts[schema.FIRST_ITEM_INDEX:] = 1.0
         total = counts.sum()
     return (counts / total).float()
 
@@ -66,12 +66,12 @@ def event_weight_table(event_weights: dict[str, float]) -> Tensor:
     Returns:
         FloatTensor[NUM_EVENT_CODES]; code 0 (pad) and unnamed events weigh 0.
     """
-    unknown = sorted(set(event_weights) - set(S.EVENT_CODE))
+    unknown = sorted(set(event_weights) - set(schema.EVENT_CODE))
     if unknown:
-        raise ValueError(f"train.event_weights: unknown event type(s) {unknown}; known: {S.EVENT_TYPES}")
-    table = torch.zeros(S.NUM_EVENT_CODES)
+        raise ValueError(f"train.event_weights: unknown event type(s) {unknown}; known: {schema.EVENT_TYPES}")
+    table = torch.zeros(schema.NUM_EVENT_CODES)
     for name, weight in event_weights.items():
-        table[S.EVENT_CODE[name]] = float(weight)
+        table[schema.EVENT_CODE[name]] = float(weight)
     return table
 
 
@@ -101,7 +101,7 @@ def sampled_softmax_loss(user_vecs: Tensor, targets: Tensor, weights: Tensor, ne
     n_targets = targets.numel()
     # P(c among the unique in-batch targets) = 1 - (1 - p)^n, computed stably as -expm1(n log1p(-p)).
     in_batch = -torch.expm1(n_targets * torch.log1p(-item_prob[candidates].clamp(max=1 - 1e-7)))
-    expected = in_batch + negatives.numel() / (num_items - S.FIRST_ITEM_INDEX)
+    expected = in_batch + negatives.numel() / (num_items - schema.FIRST_ITEM_INDEX)
     # The [T, C] logits are the largest tensors of a step: corrected in place, in float32
     # (under autocast the product is bf16/fp16, too coarse for the logQ term).
     logits = (user_vecs @ cand_vecs.T).float()
@@ -195,7 +195,7 @@ class RetrievalTask(nn.Module):
             index = horizon_index(start, self.target_horizon, generator)
             targets, target_events = targets.gather(1, index), target_events.gather(1, index)
         weights = self.event_weights[target_events]
-        valid = (targets >= S.FIRST_ITEM_INDEX) & (inputs[0] != S.PAD_INDEX) & (weights > 0) & has_target
+        valid = (targets >= schema.FIRST_ITEM_INDEX) & (inputs[0] != schema.PAD_INDEX) & (weights > 0) & has_target
         if self.skip_seen_targets:
             # seen[b, t] = target t occurs among inputs 0..t of row b.
             earlier = torch.ones(length, length, dtype=torch.bool, device=item_seq.device).tril()
@@ -208,7 +208,7 @@ class RetrievalTask(nn.Module):
         seq_vecs = self.model.sequence_vectors(*inputs)
         num_items = self.model.num_items
         negatives = torch.randint(
-            S.FIRST_ITEM_INDEX, num_items, (self.uniform_negatives,), generator=generator
+            schema.FIRST_ITEM_INDEX, num_items, (self.uniform_negatives,), generator=generator
         ).to(item_seq.device)
         loss = sampled_softmax_loss(
             seq_vecs[valid], targets[valid], weights[valid], negatives,

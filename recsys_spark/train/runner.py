@@ -9,7 +9,7 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from recsys_spark import io, tracking
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.config import Config
 from recsys_spark.errors import DataQualityError
 from recsys_spark.models.bundle import ModelBundle
@@ -30,9 +30,9 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         and after a search "search_best": {"params", "val_ndcg_at_<K>", "trial", "trials"}}.
     """
     features = cfg.paths.resolve("features")
-    io.read_json(spark, io.feature_path(features, S.FEATURE_METADATA))  # fails fast, by name
+    io.read_json(spark, io.feature_path(features, schema.FEATURE_METADATA))  # fails fast, by name
     item_vocab = io.read_table(
-        spark, io.feature_path(features, "item_vocab"), S.ITEM_VOCAB_SCHEMA, "paths.features"
+        spark, io.feature_path(features, "item_vocab"), schema.ITEM_VOCAB_SCHEMA, "paths.features"
     ).toPandas()
     io.require_input(spark, io.feature_path(features, "train"), "paths.features")
 

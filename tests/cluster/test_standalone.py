@@ -13,7 +13,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.packaging import build_zip
 
 from tests.cluster.standalone import SPARK_HOME, HOST
@@ -63,9 +63,9 @@ def test_pipeline_runs_on_a_standalone_cluster(standalone_cluster, tmp_path, tin
     # What the pipeline wrote: K recommendations per user for the run date, a registered model.
     root = tmp_path / "work"
     recs = pq.read_table(root / "recommendations").to_pandas()
-    assert set(S.RECOMMENDATION_SCHEMA.fieldNames()) <= set(recs.columns)
-    assert {str(d) for d in recs[S.RUN_DATE].unique()} == {RUN_DATE}
-    per_user = recs.groupby(S.USER_ID)[S.RANK].agg(["count", "min", "max"])
+    assert set(schema.RECOMMENDATION_SCHEMA.fieldNames()) <= set(recs.columns)
+    assert {str(d) for d in recs[schema.RUN_DATE].unique()} == {RUN_DATE}
+    per_user = recs.groupby(schema.USER_ID)[schema.RANK].agg(["count", "min", "max"])
     assert len(per_user) > 0 and (per_user["count"] == 10).all() and (per_user["max"] == 10).all()
     assert "trained: models:/recsys_two_tower@challenger (version 1)" in printed
     assert "gate: promoted (champion: version 1)" in printed

@@ -8,17 +8,17 @@ import json
 
 import pytest
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.errors import InputError
 from recsys_spark.etl import adapters
 
 pytestmark = pytest.mark.unit
 
-HEADER = ",".join(S.RAW_COLUMNS)
+HEADER = ",".join(schema.RAW_COLUMNS)
 
 
 def rows(df):
-    return sorted(tuple(r[c] for c in S.RAW_COLUMNS) for r in df.where(f"{S.CORRUPT_RECORD} is null").collect())
+    return sorted(tuple(r[c] for c in schema.RAW_COLUMNS) for r in df.where(f"{schema.CORRUPT_RECORD} is null").collect())
 
 
 def read(spark, folder, layout="rees46", fmt="csv", start=None, end=None):
@@ -46,8 +46,8 @@ def test_contract_csv_gzip_json_and_parquet_give_the_same_rows(spark, tmp_path):
     expected = [("2019-10-01 10:00:00 UTC", "view", "100", "7", "electronics", "acme", "9.99", "541312140", s)
                 for s in ("s1", "s2")]
     assert rows(df) == expected
-    assert [r[S.CORRUPT_RECORD] for r in df.where(f"{S.CORRUPT_RECORD} is not null").collect()] == ["not,enough"]
-    assert sorted(str(r[S.LOAD_DATE]) for r in df.collect()) == ["2019-10-01", "None", "None"]
+    assert [r[schema.CORRUPT_RECORD] for r in df.where(f"{schema.CORRUPT_RECORD} is not null").collect()] == ["not,enough"]
+    assert sorted(str(r[schema.LOAD_DATE]) for r in df.collect()) == ["2019-10-01", "None", "None"]
 
     # A name that a URI would encode still finds its date (rows are dated by the file's name).
     odd = tmp_path / "odd"
@@ -56,18 +56,18 @@ def test_contract_csv_gzip_json_and_parquet_give_the_same_rows(spark, tmp_path):
     (odd / "events-2019-10-03.csv").write_text(f"{HEADER}\n{line}\n")
     files, df = read(spark, odd)
     assert [f.load_date for f in files] == [dt.date(2019, 10, 3), dt.date(2019, 10, 2)]
-    assert sorted((r[S.SOURCE_FILE].rsplit("/", 1)[-1], str(r[S.LOAD_DATE])) for r in df.collect()) == [
+    assert sorted((r[schema.SOURCE_FILE].rsplit("/", 1)[-1], str(r[schema.LOAD_DATE])) for r in df.collect()) == [
         ("events-2019-10-03.csv", "2019-10-03"), ("shop%20a+b%20100%25%202019-10-02.csv", "2019-10-02")]
 
     (tmp_path / "json").mkdir()
-    record = dict(zip(S.RAW_COLUMNS, line.split(",")), product_id=100, category_id=7, price=9.99, user_id=541312140)
+    record = dict(zip(schema.RAW_COLUMNS, line.split(",")), product_id=100, category_id=7, price=9.99, user_id=541312140)
     (tmp_path / "json" / "e.json").write_text(json.dumps(record) + "\n" + json.dumps({**record, "user_session": "s2"})
                                              + "\n{broken\n")
     _, df = read(spark, tmp_path / "json", fmt="json")
     assert rows(df) == expected and df.count() == 3
 
     typed = spark.createDataFrame([(v[0], v[1], 100, 7, v[4], v[5], 9.99, 541312140, v[8]) for v in expected],
-                                  S.RAW_TYPED_SCHEMA)
+                                  schema.RAW_TYPED_SCHEMA)
     typed.write.parquet(str(tmp_path / "parquet"))
     _, df = read(spark, tmp_path / "parquet", fmt="parquet")
     assert rows(df) == expected
@@ -92,7 +92,7 @@ def test_retailrocket(spark, tmp_path):
         "soon,1,view,2,\n"
     )
     _, df = read(spark, tmp_path, layout="retailrocket")
-    got = sorted((r[S.EVENT_TIME], r[S.EVENT_TYPE], r[S.PRODUCT_ID], r[S.USER_ID], r[S.USER_SESSION], r[S.PRICE])
+    got = sorted((r[schema.EVENT_TIME], r[schema.EVENT_TYPE], r[schema.PRODUCT_ID], r[schema.USER_ID], r[schema.USER_SESSION], r[schema.PRICE])
                  for r in df.collect())
     assert got == [
         ("2015-06-01T21:18:20.981Z", "transaction", "15335", "121688", None, None),
@@ -111,8 +111,8 @@ def test_yoochoose(spark, tmp_path):
     )
     (tmp_path / "yoochoose-buys.dat").write_text("2,2014-04-07T14:00:00.000Z,214662742,1046,2\n")
     _, df = read(spark, tmp_path, layout="yoochoose")
-    got = sorted(tuple(r[c] for c in [S.EVENT_TIME, S.EVENT_TYPE, S.PRODUCT_ID, S.CATEGORY_ID, S.CATEGORY_CODE,
-                                      S.BRAND, S.PRICE, S.USER_ID, S.USER_SESSION]) for r in df.collect())
+    got = sorted(tuple(r[c] for c in [schema.EVENT_TIME, schema.EVENT_TYPE, schema.PRODUCT_ID, schema.CATEGORY_ID, schema.CATEGORY_CODE,
+                                      schema.BRAND, schema.PRICE, schema.USER_ID, schema.USER_SESSION]) for r in df.collect())
     assert got == [
         ("2014-04-07T10:51:09.277Z", "view", "214536502", None, None, None, None, "1", "1"),
         ("2014-04-07T10:54:09.868Z", "view", "214536500", None, "special_offer", None, None, "1", "1"),

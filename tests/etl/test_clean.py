@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from pyspark.sql import functions as F
 
 from recsys_spark import io
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.config import load_config
 from recsys_spark.errors import ConfigError, DataQualityError, InputError
 from recsys_spark.etl import clean
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.unit
 
 KEY_ENV = "RECSYS_TEST_CLEAN_KEY"
 REPO = Path(__file__).resolve().parents[2]
-HEADER = ",".join(S.RAW_COLUMNS)
+HEADER = ",".join(schema.RAW_COLUMNS)
 DAY1 = [
     "2019-10-01 10:00:00 UTC,view,100,7,electronics.phone,acme,9.99,541312140,s1",
     "2019-10-01 10:00:00 UTC,view,100,7,electronics.phone,acme,9.99,541312140,s1",  # duplicate
@@ -77,31 +77,31 @@ def test_run_reconciles_hides_raw_ids_and_replaces_only_its_dates(spark, tmp_pat
     write_raw(root)
     summary = clean.run(spark, load_config(None, overrides(root)))
 
-    rejected = {**{code: 0 for code in S.REASON_CODES}, S.REASON_MALFORMED: 2, S.REASON_UNKNOWN_EVENT: 1,
-                S.REASON_OUT_OF_WINDOW: 1, S.REASON_NULL_USER: 1}
+    rejected = {**{code: 0 for code in schema.REASON_CODES}, schema.REASON_MALFORMED: 2, schema.REASON_UNKNOWN_EVENT: 1,
+                schema.REASON_OUT_OF_WINDOW: 1, schema.REASON_NULL_USER: 1}
     assert (summary["rows_read"], summary["rows_kept"], summary["duplicates"], summary["near_duplicates"],
             summary["bot_rows"]) == (52, 5, 1, 1, 40)
     assert summary["rejected"] == rejected and summary["dates"] == ["2019-10-01", "2019-10-02"]
     assert json.loads(Path(summary["report_path"]).read_text()) == {k: v for k, v in summary.items()
                                                                       if k != "report_path"}
     kept = io.read_clean(spark, summary["clean_path"]).collect()
-    assert sorted((r[S.EVENT_TYPE], r[S.PRODUCT_ID], r[S.USER_ID], str(r[S.EVENT_DATE])) for r in kept) == sorted([
+    assert sorted((r[schema.EVENT_TYPE], r[schema.PRODUCT_ID], r[schema.USER_ID], str(r[schema.EVENT_DATE])) for r in kept) == sorted([
         ("view", 100, pseudonym("541312140"), "2019-10-01"), ("cart", 100, pseudonym("541312140"), "2019-10-01"),
         ("view", 200, pseudonym("541312141"), "2019-10-01"), ("purchase", 100, pseudonym("541312140"), "2019-10-02"),
         ("purchase", 400, pseudonym("541312142"), "2019-10-02")])
-    assert len([r for r in kept if r[S.PRODUCT_ID] == 200][0][S.SESSION_ID]) == 32
+    assert len([r for r in kept if r[schema.PRODUCT_ID] == 200][0][schema.SESSION_ID]) == 32
 
     quarantine = spark.read.parquet(summary["quarantine_path"])
-    assert quarantine.columns == [*[f.name for f in S.QUARANTINE_SCHEMA.fields], S.LOAD_DATE]
-    records = sorted((r[S.REASON], str(r[S.LOAD_DATE]), r[S.RAW_RECORD]) for r in quarantine.collect())
+    assert quarantine.columns == [*[f.name for f in schema.QUARANTINE_SCHEMA.fields], schema.LOAD_DATE]
+    records = sorted((r[schema.REASON], str(r[schema.LOAD_DATE]), r[schema.RAW_RECORD]) for r in quarantine.collect())
     assert [(reason, day) for reason, day, _ in records] == [
-        (S.REASON_MALFORMED, "2019-10-01"), (S.REASON_MALFORMED, "2019-10-01"), (S.REASON_NULL_USER, "2019-10-02"),
-        (S.REASON_OUT_OF_WINDOW, "2019-10-01"), (S.REASON_UNKNOWN_EVENT, "2019-10-01")]
-    malformed = sorted(line for reason, _, line in records if reason == S.REASON_MALFORMED)
+        (schema.REASON_MALFORMED, "2019-10-01"), (schema.REASON_MALFORMED, "2019-10-01"), (schema.REASON_NULL_USER, "2019-10-02"),
+        (schema.REASON_OUT_OF_WINDOW, "2019-10-01"), (schema.REASON_UNKNOWN_EVENT, "2019-10-01")]
+    malformed = sorted(line for reason, _, line in records if reason == schema.REASON_MALFORMED)
     assert malformed == sorted([DAY1[5].replace("541312140", pseudonym("541312140")),
                                 DAY1[6].replace("5413", pseudonym("5413"))])
-    unknown = json.loads([line for reason, _, line in records if reason == S.REASON_UNKNOWN_EVENT][0])
-    assert unknown[S.USER_ID] == pseudonym("541312140") and unknown[S.EVENT_TYPE] == "click"
+    unknown = json.loads([line for reason, _, line in records if reason == schema.REASON_UNKNOWN_EVENT][0])
+    assert unknown[schema.USER_ID] == pseudonym("541312140") and unknown[schema.EVENT_TYPE] == "click"
     # The raw user ids appear in no output file, quarantine included.
     for folder in ("clean", "quarantine", "reports"):
         for path in (root / folder).rglob("*"):
@@ -116,9 +116,9 @@ def test_run_reconciles_hides_raw_ids_and_replaces_only_its_dates(spark, tmp_pat
                                                          "clean.end_date=2019-10-02")))
     assert (again["rows_read"], again["rows_kept"], again["dates"]) == (2, 1, ["2019-10-02"])
     assert {p: p.stat().st_mtime_ns for p in (root / "clean" / "event_date=2019-10-01").iterdir()} == day1_files
-    by_date = io.read_clean(spark, summary["clean_path"]).groupBy(S.EVENT_DATE).count().collect()
+    by_date = io.read_clean(spark, summary["clean_path"]).groupBy(schema.EVENT_DATE).count().collect()
     assert sorted((str(r[0]), r[1]) for r in by_date) == [("2019-10-01", 3), ("2019-10-02", 1)]
-    assert spark.read.parquet(summary["quarantine_path"]).where(F.col(S.LOAD_DATE) == "2019-10-02").count() == 1
+    assert spark.read.parquet(summary["quarantine_path"]).where(F.col(schema.LOAD_DATE) == "2019-10-02").count() == 1
     assert sorted(p.name for p in (root / "clean").iterdir()) == ["event_date=2019-10-01", "event_date=2019-10-02"]
 
 
@@ -141,9 +141,9 @@ def test_run_rejects_bad_settings(spark, tmp_path, monkeypatch, override, key):
 
 def test_reconciliation_names_every_term():
     clean.Outcome(rows_read=10, rows_kept=3, duplicates=2, near_duplicates=1, bot_rows=1,
-                  rejected={S.REASON_BAD_ID: 3}).check()
+                  rejected={schema.REASON_BAD_ID: 3}).check()
     lost = clean.Outcome(rows_read=10, rows_kept=3, duplicates=2, near_duplicates=1, bot_rows=0,
-                         rejected={S.REASON_BAD_ID: 3})
+                         rejected={schema.REASON_BAD_ID: 3})
     with pytest.raises(DataQualityError, match=r"read 10 != kept 3 \+ rejected 3 .* bot rows 0 \(off by 1\)"):
         lost.check()
 
@@ -170,7 +170,7 @@ def test_random_mixes_reconcile_and_lose_no_good_row(spark, good, bad, copies):
     bad_rows = [raw_row(f"b{i}", **fields) for i, fields in enumerate(bad)]
     extra = [good_rows[0]] * copies
     parsed = parse_events(raw_frame(spark, good_rows + bad_rows + extra), WINDOW, Rules(max_price=1000.0)).cache()
-    rejected = parsed.where(F.col(S.REASON).isNotNull()).count()
+    rejected = parsed.where(F.col(schema.REASON).isNotNull()).count()
     events, counted = clean.clean_events(valid_events(parsed), b"k", clean.BehaviourRules())
     kept = events.collect()
     fates = counted.counts(timeout_s=30)
@@ -178,7 +178,7 @@ def test_random_mixes_reconcile_and_lose_no_good_row(spark, good, bad, copies):
                   near_duplicates=fates["near_duplicates"], bot_rows=fates["bot_rows"],
                   rejected={"any": rejected}).check()
     assert rejected == len(bad_rows) and fates["duplicates"] == copies
-    assert sorted((r[S.USER_ID], r[S.PRODUCT_ID]) for r in kept) == sorted(
+    assert sorted((r[schema.USER_ID], r[schema.PRODUCT_ID]) for r in kept) == sorted(
         (pseudonym(str(1000 + i), b"k"), p) for i, (_, _, p) in enumerate(good))
     parsed.unpersist()
 
@@ -249,7 +249,7 @@ def test_run_finishes_on_a_log_without_a_single_bad_row(spark, tmp_path, monkeyp
     summary = clean.run(spark, load_config(None, overrides(root)))
     assert (summary["rows_read"], summary["rows_kept"], summary["duplicates"], summary["near_duplicates"],
             summary["bot_rows"]) == (5, 5, 0, 0, 0)
-    assert summary["rejected"] == {code: 0 for code in S.REASON_CODES}
+    assert summary["rejected"] == {code: 0 for code in schema.REASON_CODES}
     assert io.read_clean(spark, summary["clean_path"]).count() == 5
     assert io.read_quarantine(spark, summary["quarantine_path"]).count() == 0
     assert summary["bots"]["rows"] == 5 and summary["bots"]["user_days"] == 4 and not summary["bots"]["warning"]

@@ -13,21 +13,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.config import load_config
 from recsys_spark.etl import clean
 
 pytestmark = pytest.mark.e2e
 
 KEY_ENV = "RECSYS_TEST_PROPERTY_KEY"
-HEADER = ",".join(S.RAW_COLUMNS)
+HEADER = ",".join(schema.RAW_COLUMNS)
 DAYS = ["2019-10-01", "2019-10-02", "2019-10-03"]
 # A defect of each kind: (reason code or None for an exact duplicate, how to spoil a good line).
 DEFECTS = {
-    S.REASON_MALFORMED: lambda f: ",".join(f[:5]),  # cut short
-    S.REASON_NULL_USER: lambda f: ",".join([*f[:7], "", f[8]]),
-    S.REASON_UNKNOWN_EVENT: lambda f: ",".join([f[0], "wishlist", *f[2:]]),
-    S.REASON_BAD_PRICE: lambda f: ",".join([*f[:6], "-3", *f[7:]]),
+    schema.REASON_MALFORMED: lambda f: ",".join(f[:5]),  # cut short
+    schema.REASON_NULL_USER: lambda f: ",".join([*f[:7], "", f[8]]),
+    schema.REASON_UNKNOWN_EVENT: lambda f: ",".join([f[0], "wishlist", *f[2:]]),
+    schema.REASON_BAD_PRICE: lambda f: ",".join([*f[:6], "-3", *f[7:]]),
 }
 
 
@@ -102,7 +102,7 @@ def test_any_mix_of_defects_reconciles_and_reruns_byte_identical(spark, log, par
         assert first["rows_read"] == expected["rows_read"]
         assert first["duplicates"] == expected["duplicates"] and first["near_duplicates"] == 0
         assert first["bot_rows"] == 0
-        assert first["rejected"] == {code: expected["rejected"].get(code, 0) for code in S.REASON_CODES}
+        assert first["rejected"] == {code: expected["rejected"].get(code, 0) for code in schema.REASON_CODES}
         rejected = sum(first["rejected"].values())
         assert first["rows_kept"] == expected["rows_read"] - rejected - expected["duplicates"]
         assert json.loads((root / "reports" / clean.REPORT_FILE).read_text())["rows_kept"] == first["rows_kept"]

@@ -13,7 +13,7 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.etl import clean
 from recsys_spark.etl.pseudonym import (
     hmac_pads, pseudonymise, redact_csv_line, redact_json_line, with_key,
@@ -25,12 +25,12 @@ pytestmark = pytest.mark.unit
 UTC = dt.timezone.utc
 DAY = dt.date(2019, 10, 1)
 EVENT_SCHEMA = T.StructType([
-    T.StructField(MICROS, T.LongType()), T.StructField(S.EVENT_TIME, T.TimestampType()),
-    T.StructField(S.EVENT_TYPE, T.StringType()), T.StructField(S.PRODUCT_ID, T.LongType()),
-    T.StructField(S.CATEGORY_ID, T.LongType()), T.StructField(S.CATEGORY_CODE, T.StringType()),
-    T.StructField(S.BRAND, T.StringType()), T.StructField(S.PRICE, T.DoubleType()),
-    T.StructField(S.USER_ID, T.LongType()), T.StructField(S.USER_SESSION, T.StringType()),
-    T.StructField(S.EVENT_DATE, T.DateType()), T.StructField(BUCKET, T.IntegerType()),
+    T.StructField(MICROS, T.LongType()), T.StructField(schema.EVENT_TIME, T.TimestampType()),
+    T.StructField(schema.EVENT_TYPE, T.StringType()), T.StructField(schema.PRODUCT_ID, T.LongType()),
+    T.StructField(schema.CATEGORY_ID, T.LongType()), T.StructField(schema.CATEGORY_CODE, T.StringType()),
+    T.StructField(schema.BRAND, T.StringType()), T.StructField(schema.PRICE, T.DoubleType()),
+    T.StructField(schema.USER_ID, T.LongType()), T.StructField(schema.USER_SESSION, T.StringType()),
+    T.StructField(schema.EVENT_DATE, T.DateType()), T.StructField(BUCKET, T.IntegerType()),
     T.StructField("label", T.StringType()),
 ])
 T0 = int(dt.datetime(2019, 10, 1, 10, 0, tzinfo=UTC).timestamp()) * 1_000_000
@@ -131,9 +131,9 @@ def test_clean_events_counts_each_fate_and_hides_raw_ids(spark):
                       "item_bot_days": 1, "rate_bot_rows": 6, "rate_bot_days": 1, "bot_rows": 12, "kept": 2}
     assert {c.observation._name: c.observation.get for c in fates.counted}["clean_item_bots"] == {
         "user_days": 3, "item_bot_rows": 6, "item_bot_days": 1}
-    assert [(f.name, f.dataType) for f in out.schema.fields] == [(f.name, f.dataType) for f in S.CLEAN_SCHEMA.fields]
-    assert {r[S.USER_ID] for r in kept} == {hmac.new(b"k", b"5", hashlib.sha256).hexdigest()[:16]}
-    assert {r[S.SESSION_ID] for r in kept} == {"s1"}
+    assert [(f.name, f.dataType) for f in out.schema.fields] == [(f.name, f.dataType) for f in schema.CLEAN_SCHEMA.fields]
+    assert {r[schema.USER_ID] for r in kept} == {hmac.new(b"k", b"5", hashlib.sha256).hexdigest()[:16]}
+    assert {r[schema.SESSION_ID] for r in kept} == {"s1"}
 
 
 def test_generated_session_ids_hash_the_pseudonym(spark):
@@ -141,14 +141,14 @@ def test_generated_session_ids_hash_the_pseudonym(spark):
     out, _ = clean.clean_events(frame(spark, rows).drop("label"), b"k", RULES)
     pseudonym = hmac.new(b"k", b"5", hashlib.sha256).hexdigest()[:16]
     expected = {hashlib.sha256(f"{pseudonym}|{T0 + s * 1_000_000}".encode()).hexdigest()[:32] for s in (0, 5400)}
-    assert {r[S.SESSION_ID] for r in out.collect()} == expected
+    assert {r[schema.SESSION_ID] for r in out.collect()} == expected
 
 
 @pytest.mark.parametrize("key", [b"test-key-not-secret", b"k" * 100, "clé".encode()])
 def test_pseudonym_is_hmac_sha256(spark, key):
     ids = [5, 541312140, 9_000_000_000_000_000_000]
-    df = spark.createDataFrame([(i,) for i in ids], T.StructType([T.StructField(S.USER_ID, T.LongType())]))
-    got = [r[S.USER_ID] for r in pseudonymise(df, S.USER_ID, key).collect()]
+    df = spark.createDataFrame([(i,) for i in ids], T.StructType([T.StructField(schema.USER_ID, T.LongType())]))
+    got = [r[schema.USER_ID] for r in pseudonymise(df, schema.USER_ID, key).collect()]
     assert got == [hmac.new(key, str(i).encode(), hashlib.sha256).hexdigest()[:16] for i in ids]
 
 

@@ -8,7 +8,7 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.config import CleanConfig
 from recsys_spark.errors import ConfigError
 from recsys_spark.etl.validate import (
@@ -21,8 +21,8 @@ UTC = dt.timezone.utc
 # What adapters.read_files returns: the text contract, the parser's corrupt line, the file and
 # its date. The tests put a row label in source_file.
 RAW_FRAME_SCHEMA = T.StructType(
-    [T.StructField(c, T.StringType(), True) for c in [*S.RAW_COLUMNS, S.CORRUPT_RECORD, S.SOURCE_FILE]]
-    + [T.StructField(S.LOAD_DATE, T.DateType(), True)]
+    [T.StructField(c, T.StringType(), True) for c in [*schema.RAW_COLUMNS, schema.CORRUPT_RECORD, schema.SOURCE_FILE]]
+    + [T.StructField(schema.LOAD_DATE, T.DateType(), True)]
 )
 OK = "2019-10-01 10:00:00 UTC"  # epoch 1569924000
 OK_MICROS = 1_569_924_000_000_000
@@ -48,29 +48,29 @@ def micros(text: str) -> int:
 CASES = {
     "valid": (raw_row("valid"), None),
     "malformed": (raw_row("malformed", category=None, code=None, brand=None, price=None, user=None, session=None,
-                          corrupt=f"{OK},view,100"), S.REASON_MALFORMED),
-    "hour25": (raw_row("hour25", time="2019-10-01 25:00:00 UTC"), S.REASON_BAD_TIME),
-    "date_only": (raw_row("date_only", time="2019-10-01"), S.REASON_BAD_TIME),
-    "words_and_no_user": (raw_row("words_and_no_user", time="yesterday", user=None), S.REASON_BAD_TIME),
+                          corrupt=f"{OK},view,100"), schema.REASON_MALFORMED),
+    "hour25": (raw_row("hour25", time="2019-10-01 25:00:00 UTC"), schema.REASON_BAD_TIME),
+    "date_only": (raw_row("date_only", time="2019-10-01"), schema.REASON_BAD_TIME),
+    "words_and_no_user": (raw_row("words_and_no_user", time="yesterday", user=None), schema.REASON_BAD_TIME),
     "late_in_its_file": (raw_row("late_in_its_file", time="2019-10-01 23:59:59 UTC", load_date=OCT2),
-                         S.REASON_OUT_OF_WINDOW),
+                         schema.REASON_OUT_OF_WINDOW),
     "in_its_file": (raw_row("in_its_file", load_date=OCT1), None),
-    "future": (raw_row("future", time="2019-10-02 12:00:01 UTC"), S.REASON_FUTURE),
+    "future": (raw_row("future", time="2019-10-02 12:00:01 UTC"), schema.REASON_FUTURE),
     "at_not_after": (raw_row("at_not_after", time="2019-10-02T12:00:00Z"), None),
-    "blank_user": (raw_row("blank_user", user="  "), S.REASON_NULL_USER),
-    "no_product": (raw_row("no_product", product=None), S.REASON_NULL_PRODUCT),
-    "user_5x": (raw_row("user_5x", user="5x"), S.REASON_BAD_ID),
-    "category_abc": (raw_row("category_abc", category="abc"), S.REASON_BAD_ID),
-    "product_decimal": (raw_row("product_decimal", product="1.0"), S.REASON_BAD_ID),
-    "click": (raw_row("click", kind="click"), S.REASON_UNKNOWN_EVENT),
+    "blank_user": (raw_row("blank_user", user="  "), schema.REASON_NULL_USER),
+    "no_product": (raw_row("no_product", product=None), schema.REASON_NULL_PRODUCT),
+    "user_5x": (raw_row("user_5x", user="5x"), schema.REASON_BAD_ID),
+    "category_abc": (raw_row("category_abc", category="abc"), schema.REASON_BAD_ID),
+    "product_decimal": (raw_row("product_decimal", product="1.0"), schema.REASON_BAD_ID),
+    "click": (raw_row("click", kind="click"), schema.REASON_UNKNOWN_EVENT),
     "addtocart_alias": (raw_row("addtocart_alias", kind=" AddToCart"), None),
-    "no_type_bad_price": (raw_row("no_type_bad_price", kind=None, price="-5"), S.REASON_UNKNOWN_EVENT),
+    "no_type_bad_price": (raw_row("no_type_bad_price", kind=None, price="-5"), schema.REASON_UNKNOWN_EVENT),
     "iso_offset_cart": (raw_row("iso_offset_cart", time="2019-10-01T12:00:00+02:00", kind=" CART ", category="",
                                 price=None), None),
-    "negative_price": (raw_row("negative_price", price="-1"), S.REASON_BAD_PRICE),
-    "price_text": (raw_row("price_text", price="abc"), S.REASON_BAD_PRICE),
-    "price_over_max": (raw_row("price_over_max", price="1000.01"), S.REASON_BAD_PRICE),
-    "price_nan": (raw_row("price_nan", price="NaN"), S.REASON_BAD_PRICE),
+    "negative_price": (raw_row("negative_price", price="-1"), schema.REASON_BAD_PRICE),
+    "price_text": (raw_row("price_text", price="abc"), schema.REASON_BAD_PRICE),
+    "price_over_max": (raw_row("price_over_max", price="1000.01"), schema.REASON_BAD_PRICE),
+    "price_nan": (raw_row("price_nan", price="NaN"), schema.REASON_BAD_PRICE),
     "price_at_max_naive_iso": (raw_row("price_at_max_naive_iso", time="2019-10-01T23:59:59.5", price="1000"), None),
 }
 
@@ -82,18 +82,18 @@ def parsed(spark):
 
 
 def test_every_row_gets_the_first_reason_it_breaks(parsed):
-    got = {r[S.SOURCE_FILE]: r[S.REASON] for r in parsed.select(
-        F.coalesce(S.SOURCE_FILE, F.lit("?")).alias(S.SOURCE_FILE), S.REASON).collect()}
+    got = {r[schema.SOURCE_FILE]: r[schema.REASON] for r in parsed.select(
+        F.coalesce(schema.SOURCE_FILE, F.lit("?")).alias(schema.SOURCE_FILE), schema.REASON).collect()}
     # source_file is kept for rejected rows only
     expected = {label: reason for label, (_, reason) in CASES.items() if reason is not None}
     assert {k: v for k, v in got.items() if k != "?"} == expected
-    assert set(S.REASON_CODES) <= set(expected.values())
+    assert set(schema.REASON_CODES) <= set(expected.values())
 
 
 def test_valid_rows_are_typed_in_utc(parsed):
-    columns = [MICROS, *[c for c in S.RAW_COLUMNS if c != S.EVENT_TIME], S.EVENT_DATE]
+    columns = [MICROS, *[c for c in schema.RAW_COLUMNS if c != schema.EVENT_TIME], schema.EVENT_DATE]
     valid = valid_events(parsed)
-    assert valid.columns == [MICROS, *S.RAW_COLUMNS, S.EVENT_DATE, BUCKET]
+    assert valid.columns == [MICROS, *schema.RAW_COLUMNS, schema.EVENT_DATE, BUCKET]
     got = sorted((tuple(r[c] for c in columns) for r in valid.collect()), key=repr)
     ten = (OK_MICROS, "view", 100, 7, "electronics", "acme", 9.99, 5, "s1", OCT1)
     expected = [
@@ -108,16 +108,16 @@ def test_valid_rows_are_typed_in_utc(parsed):
     ]
     assert got == sorted(expected, key=repr)
     # A valid row's load date is its event date.
-    in_window_valid = parsed.where(F.col(S.REASON).isNull() & F.col(IN_WINDOW))
-    assert in_window_valid.where(F.col(S.LOAD_DATE) != F.col(S.EVENT_DATE)).count() == 0
+    in_window_valid = parsed.where(F.col(schema.REASON).isNull() & F.col(IN_WINDOW))
+    assert in_window_valid.where(F.col(schema.LOAD_DATE) != F.col(schema.EVENT_DATE)).count() == 0
 
 
 def test_rejected_rows_keep_their_original_text(parsed):
-    rejected = {r[S.SOURCE_FILE]: r for r in parsed.where(F.col(S.REASON).isNotNull()).collect()}
-    assert rejected["malformed"][S.CORRUPT_RECORD] == f"{OK},view,100"
-    assert rejected["blank_user"][ORIGINAL][S.USER_ID] == "  "
-    assert rejected["hour25"][ORIGINAL][S.EVENT_TIME] == "2019-10-01 25:00:00 UTC"
-    assert parsed.where(F.col(S.REASON).isNull() & F.col(ORIGINAL).isNotNull()).count() == 0
+    rejected = {r[schema.SOURCE_FILE]: r for r in parsed.where(F.col(schema.REASON).isNotNull()).collect()}
+    assert rejected["malformed"][schema.CORRUPT_RECORD] == f"{OK},view,100"
+    assert rejected["blank_user"][ORIGINAL][schema.USER_ID] == "  "
+    assert rejected["hour25"][ORIGINAL][schema.EVENT_TIME] == "2019-10-01 25:00:00 UTC"
+    assert parsed.where(F.col(schema.REASON).isNull() & F.col(ORIGINAL).isNotNull()).count() == 0
 
 
 def test_undated_rows_outside_the_window_are_not_this_runs(spark):
@@ -126,10 +126,10 @@ def test_undated_rows_outside_the_window_are_not_this_runs(spark):
                             raw_row("after", time="2019-10-03 00:00:00 UTC"),
                             raw_row("bad_time_undated", time="?"),
                             raw_row("malformed_dated", corrupt="x", load_date=OCT1)])
-    got = sorted((r[IN_WINDOW], r[S.REASON] or "", str(r[S.LOAD_DATE]))
+    got = sorted((r[IN_WINDOW], r[schema.REASON] or "", str(r[schema.LOAD_DATE]))
                  for r in parse_events(raw, WINDOW, RULES).collect())
-    assert got == [(False, "", "2019-09-30"), (False, S.REASON_FUTURE, "2019-10-03"), (True, "", "2019-10-02"),
-                   (True, S.REASON_BAD_TIME, "None"), (True, S.REASON_MALFORMED, "2019-10-01")]
+    assert got == [(False, "", "2019-09-30"), (False, schema.REASON_FUTURE, "2019-10-03"), (True, "", "2019-10-02"),
+                   (True, schema.REASON_BAD_TIME, "None"), (True, schema.REASON_MALFORMED, "2019-10-01")]
 
 
 def test_naive_times_are_read_in_the_configured_zone(spark):

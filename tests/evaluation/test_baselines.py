@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from recsys_spark import schema as S
-from recsys_spark.evaluation import baselines as B
+from recsys_spark import schema
+from recsys_spark.evaluation import baselines
 
 from tests.evaluation.test_rankers import history_rows
 
@@ -29,12 +29,12 @@ COUNTS_W2 = {(2, 3): 2, (2, 4): 2, (3, 4): 1, (3, 5): 1}
 
 def train_frame(spark):
     rows = [(w, [1] * len(w), [0] * len(w)) for w in WINDOWS]
-    return spark.createDataFrame(rows, S.TRAIN_SCHEMA)
+    return spark.createDataFrame(rows, schema.TRAIN_SCHEMA)
 
 
 @pytest.fixture(scope="module")
 def pairs(spark) -> pd.DataFrame:
-    return B.cooccurrence_pairs(train_frame(spark), [1, 2, 3]).toPandas()
+    return baselines.cooccurrence_pairs(train_frame(spark), [1, 2, 3]).toPandas()
 
 
 def test_cooccurrence_counts_pairs_within_each_window(pairs):
@@ -46,26 +46,26 @@ def test_cooccurrence_counts_pairs_within_each_window(pairs):
 
 
 def test_similarity_matrices_are_symmetric_counts_or_cosine(pairs):
-    counts = B.similarity_matrix(pairs, 2, "count", NUM_ITEMS).dense()
+    counts = baselines.similarity_matrix(pairs, 2, "count", NUM_ITEMS).dense()
     expected = np.zeros((NUM_ITEMS, NUM_ITEMS), dtype=np.float32)
     for (a, b), n in COUNTS_W2.items():
         expected[a, b] = expected[b, a] = n
     np.testing.assert_array_equal(counts, expected)
     # Row sums: item 2: 4, item 3: 4, item 4: 3, item 5: 1.
-    cosine = B.similarity_matrix(pairs, 2, "cosine", NUM_ITEMS).dense()
+    cosine = baselines.similarity_matrix(pairs, 2, "cosine", NUM_ITEMS).dense()
     assert cosine[2, 3] == cosine[3, 2] == pytest.approx(2 / math.sqrt(4 * 4))
     assert cosine[2, 4] == pytest.approx(2 / math.sqrt(4 * 3))
     assert cosine[3, 5] == pytest.approx(1 / math.sqrt(4 * 1))
     assert np.count_nonzero(cosine) == 8
     with pytest.raises(ValueError, match="similarity"):
-        B.similarity_matrix(pairs, 2, "jaccard", NUM_ITEMS)
+        baselines.similarity_matrix(pairs, 2, "jaccard", NUM_ITEMS)
 
 
 def test_sparse_rows_weighted_rows_equal_the_dense_product():
     rng = np.random.default_rng(0)
     dense = rng.random((6, 6)) * (rng.random((6, 6)) < 0.4)
     rows, cols = np.nonzero(dense)
-    matrix = B.SparseRows.from_pairs(rows, cols, dense[rows, cols], 6)
+    matrix = baselines.SparseRows.from_pairs(rows, cols, dense[rows, cols], 6)
     np.testing.assert_allclose(matrix.dense(), dense, rtol=1e-6)
     items = np.array([[0, 3, 5, 5], [2, 2, 1, 0]])
     weights = np.array([[0.0, 0.5, 1.0, 2.0], [1.0, 1.0, 0.25, 0.0]])
@@ -74,7 +74,7 @@ def test_sparse_rows_weighted_rows_equal_the_dense_product():
 
 
 def test_cooccurrence_ranker_sums_decayed_similarities_of_the_history(pairs):
-    ranker = B.CooccurrenceRanker(B.similarity_matrix(pairs, 2, "count", NUM_ITEMS), decay=0.5)
+    ranker = baselines.CooccurrenceRanker(baselines.similarity_matrix(pairs, 2, "count", NUM_ITEMS), decay=0.5)
     # Latest item 4 (weight 1), then 5 (weight 0.5): item 2: 2 * 1, item 3: 1 * 1 + 1 * 0.5.
     rows = history_rows([[5, 4]], seen=[[4, 5]])
     np.testing.assert_allclose(ranker.score_block(rows).numpy(), [[0, 0, 2, 1.5, 0, 0, 0, 0]])
@@ -85,16 +85,16 @@ def test_cooccurrence_ranker_sums_decayed_similarities_of_the_history(pairs):
 
 @pytest.mark.e2e
 def test_als_runs_excludes_seen_items_and_fills_k(spark):
-    interactions = B.als_interactions(train_frame(spark))
-    got = sorted((r[B.ALS_USER], r[B.ALS_ITEM]) for r in interactions.collect())
+    interactions = baselines.als_interactions(train_frame(spark))
+    got = sorted((r[baselines.ALS_USER], r[baselines.ALS_ITEM]) for r in interactions.collect())
     assert got == [(0, 2), (0, 3), (0, 4), (1, 3), (1, 5)]  # distinct real items per window
-    factors = B.fit_als(interactions, NUM_ITEMS, rank=2, reg_param=0.1, alpha=1.0, max_iter=2, seed=1)
+    factors = baselines.fit_als(interactions, NUM_ITEMS, rank=2, reg_param=0.1, alpha=1.0, max_iter=2, seed=1)
     assert factors.shape == (NUM_ITEMS, 2) and np.isfinite(factors).all()
     assert not factors[[0, 1, 6, 7]].any() and factors[[2, 3, 4, 5]].any()  # only items with interactions
-    ranker = B.AlsRanker(factors, reg_param=0.1, alpha=1.0)
+    ranker = baselines.AlsRanker(factors, reg_param=0.1, alpha=1.0)
     rows = history_rows([[2, 3], [5]], seen=[[2, 3], [5]])
     top, scores = ranker.recommend(rows, 4)
-    assert (top >= S.FIRST_ITEM_INDEX).all()  # 6 items, at most 2 seen: K = 4 always fills
+    assert (top >= schema.FIRST_ITEM_INDEX).all()  # 6 items, at most 2 seen: K = 4 always fills
     assert not set(top[0]) & {2, 3} and not set(top[1]) & {5}
     assert (np.diff(scores, axis=1) <= 0).all()
 
@@ -103,7 +103,7 @@ def test_fold_in_solves_the_implicit_als_user_step():
     rng = np.random.default_rng(4)
     factors = rng.normal(size=(7, 3))
     seen = [np.array([2, 4, 4, 9]), np.array([], dtype=np.int64)]  # a duplicate and an out-of-range item
-    got = B.fold_in(factors, seen, reg_param=0.5, alpha=3.0)
+    got = baselines.fold_in(factors, seen, reg_param=0.5, alpha=3.0)
     ys = factors[[2, 4]]
     lhs = factors.T @ factors + 3.0 * ys.T @ ys + 0.5 * 2 * np.eye(3)
     np.testing.assert_allclose(got[0], np.linalg.solve(lhs, 4.0 * ys.sum(axis=0)), rtol=1e-5)
@@ -111,14 +111,14 @@ def test_fold_in_solves_the_implicit_als_user_step():
 
 
 def test_grid_lists_every_combination_in_order():
-    assert B.grid(a=[1, 2], b=["x"]) == [{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]
-    assert B.grid_label("als", {"rank": 8, "alpha": 1.0}) == "als[rank=8,alpha=1.0]"
+    assert baselines.grid(a=[1, 2], b=["x"]) == [{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]
+    assert baselines.grid_label("als", {"rank": 8, "alpha": 1.0}) == "als[rank=8,alpha=1.0]"
 
 
 def test_rankers_never_return_pad_oov_or_disallowed_items(pairs):
     allowed = torch.ones(NUM_ITEMS, dtype=torch.bool)
     allowed[3] = False
-    ranker = B.CooccurrenceRanker(B.similarity_matrix(pairs, 1, "count", NUM_ITEMS), decay=1.0, allowed=allowed)
+    ranker = baselines.CooccurrenceRanker(baselines.similarity_matrix(pairs, 1, "count", NUM_ITEMS), decay=1.0, allowed=allowed)
     top, _ = ranker.recommend(history_rows([[2]], seen=[[2]]), 8)
     # 4 remaining real items (4, 5, 6, 7); item 4 co-occurs with 2, the rest score 0.
     assert top[0, 0] == 4 and sorted(top[0, :4]) == [4, 5, 6, 7] and (top[0, 4:] == -1).all()
@@ -150,7 +150,7 @@ def ease_reference(x: np.ndarray, lam: float) -> np.ndarray:
 @pytest.mark.unit
 @pytest.mark.parametrize("lam", [0.5, 10.0])
 def test_ease_weights_equal_the_numpy_reference_with_a_zero_diagonal(lam):
-    weights = B.fit_ease(EASE_X.T @ EASE_X, lam)
+    weights = baselines.fit_ease(EASE_X.T @ EASE_X, lam)
     assert weights.dtype == np.float32 and weights.shape == (5, 5)
     np.testing.assert_allclose(weights, ease_reference(EASE_X, lam), rtol=1e-5, atol=1e-7)
     assert (np.diag(weights) == 0).all()
@@ -160,7 +160,7 @@ def test_ease_weights_equal_the_numpy_reference_with_a_zero_diagonal(lam):
 @pytest.mark.unit
 def test_ease_ranker_scores_the_history_by_the_reference_and_excludes_seen_items():
     lam = 1.0
-    ranker = B.EaseRanker(EASE_ITEMS, B.fit_ease(EASE_X.T @ EASE_X, lam), decay=1.0, num_items=NUM_ITEMS)
+    ranker = baselines.EaseRanker(EASE_ITEMS, baselines.fit_ease(EASE_X.T @ EASE_X, lam), decay=1.0, num_items=NUM_ITEMS)
     # User 0 met 2 then 3 (and 1, OOV); user 1 met 5, with 4 seen before the history.
     rows = history_rows([[2, 1, 3], [5]], seen=[[1, 2, 3], [4, 5]])
     reference = np.zeros((2, NUM_ITEMS))
@@ -169,7 +169,7 @@ def test_ease_ranker_scores_the_history_by_the_reference_and_excludes_seen_items
 
     top, scores = ranker.recommend(rows, 4)
     for user, seen in enumerate([{1, 2, 3}, {4, 5}]):
-        eligible = [i for i in range(S.FIRST_ITEM_INDEX, NUM_ITEMS) if i not in seen]
+        eligible = [i for i in range(schema.FIRST_ITEM_INDEX, NUM_ITEMS) if i not in seen]
         expected = sorted(eligible, key=lambda i: -reference[user, i])[:4]
         assert top[user].tolist() == expected
         np.testing.assert_allclose(scores[user], reference[user, expected], rtol=1e-5, atol=1e-6)
@@ -177,8 +177,8 @@ def test_ease_ranker_scores_the_history_by_the_reference_and_excludes_seen_items
 
 @pytest.mark.unit
 def test_ease_recency_weights_the_latest_step_of_each_item_by_decay_to_its_age():
-    weights = B.fit_ease(EASE_X.T @ EASE_X, 1.0)
-    ranker = B.EaseRanker(EASE_ITEMS, weights, decay=0.5, num_items=NUM_ITEMS)
+    weights = baselines.fit_ease(EASE_X.T @ EASE_X, 1.0)
+    ranker = baselines.EaseRanker(EASE_ITEMS, weights, decay=0.5, num_items=NUM_ITEMS)
     # History (L = 4) 3, 5, 3, 4: 4 is the last step (age 0), 3 last met at age 1 (its step at
     # age 3 does not count), 5 at age 2; 2 is only in seen_items, older than the history: age 4.
     rows = history_rows([[3, 5, 3, 4]], seen=[[2, 3, 4, 5]])
@@ -191,8 +191,8 @@ def test_ease_recency_weights_the_latest_step_of_each_item_by_decay_to_its_age()
 
 def test_ease_gram_weights_each_window_item_by_decay_to_the_age_of_its_latest_step(spark):
     items = np.array([2, 3, 4, 5])  # OOV (1) and pad (0) are not modelled
-    entries = B.ease_gram_entries(train_frame(spark), B.ease_columns(items, NUM_ITEMS), [1.0, 0.5]).toPandas()
-    assert (entries[B.EASE_A] <= entries[B.EASE_B]).all()
+    entries = baselines.ease_gram_entries(train_frame(spark), baselines.ease_columns(items, NUM_ITEMS), [1.0, 0.5]).toPandas()
+    assert (entries[baselines.EASE_A] <= entries[baselines.EASE_B]).all()
     # By hand. Window [0, 2, 3, 4, 2]: 2 at age 0 (its step at age 3 does not count), 4 at 1,
     # 3 at 2. Window [0, 0, 3, 5, 1]: 5 at age 1, 3 at age 2. Columns: items 2, 3, 4, 5.
     for j, x in enumerate(
@@ -201,14 +201,14 @@ def test_ease_gram_weights_each_window_item_by_decay_to_the_age_of_its_latest_st
             np.array([[1, 0.25, 0.5, 0], [0, 0.25, 0, 0.5]]),
         ]
     ):
-        np.testing.assert_allclose(B.gram_matrix(entries, j, len(items)), x.T @ x, rtol=1e-12)
+        np.testing.assert_allclose(baselines.gram_matrix(entries, j, len(items)), x.T @ x, rtol=1e-12)
 
 
 @pytest.mark.unit
 def test_ease_is_skipped_above_the_catalogue_cap_with_a_log_line(caplog):
     counts = np.array([0, 0, 5, 0, 1, 2, 0, 7])  # 4 items with training interactions
-    np.testing.assert_array_equal(B.ease_items(counts, max_items=4), [2, 4, 5, 7])
-    with caplog.at_level("WARNING", logger=B.__name__):
-        assert B.ease_items(counts, max_items=3) is None
+    np.testing.assert_array_equal(baselines.ease_items(counts, max_items=4), [2, 4, 5, 7])
+    with caplog.at_level("WARNING", logger=baselines.__name__):
+        assert baselines.ease_items(counts, max_items=3) is None
     assert caplog.messages == ["evaluate: EASE skipped: 4 items > evaluate.ease_max_items=3 (an 4 x 4 inverse)"]
-    np.testing.assert_array_equal(B.ease_columns(np.array([2, 4, 5, 7]), 8), [-1, -1, 0, -1, 1, 2, -1, 3])
+    np.testing.assert_array_equal(baselines.ease_columns(np.array([2, 4, 5, 7]), 8), [-1, -1, 0, -1, 1, 2, -1, 3])

@@ -12,12 +12,12 @@ import torch
 from pyspark.sql import functions as F
 
 from recsys_spark import io
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.models import ranking
 from recsys_spark.config import EvaluateConfig, from_dict, load_config
 from recsys_spark.errors import ConfigError, InputError
 from recsys_spark.evaluation import evaluate
-from recsys_spark.evaluation import intervals as I
+from recsys_spark.evaluation import intervals
 from recsys_spark.evaluation.metrics import metric_names
 
 from tests.evaluation.test_metrics import pandas_reference
@@ -82,17 +82,17 @@ def eval_rows(users=TEST_USERS) -> list[tuple]:
 
 
 def write_features(spark, root: str, bundle) -> None:
-    io.write_json(spark, io.feature_path(root, S.FEATURE_METADATA),
+    io.write_json(spark, io.feature_path(root, schema.FEATURE_METADATA),
                   {"num_items": NUM_ITEMS, "max_seq_len": MAX_SEQ_LEN, "counts": {}})
-    vocab = [tuple(int(v) for v in row) for row in bundle.item_vocab[S.ITEM_VOCAB_SCHEMA.fieldNames()].to_numpy()]
-    io.write_table(spark.createDataFrame(vocab, S.ITEM_VOCAB_SCHEMA), io.feature_path(root, "item_vocab"))
-    io.write_table(spark.createDataFrame(eval_rows(), S.EVAL_SCHEMA), io.feature_path(root, "test"))
-    io.write_table(spark.createDataFrame(eval_rows(VALIDATION_USERS), S.EVAL_SCHEMA),
+    vocab = [tuple(int(v) for v in row) for row in bundle.item_vocab[schema.ITEM_VOCAB_SCHEMA.fieldNames()].to_numpy()]
+    io.write_table(spark.createDataFrame(vocab, schema.ITEM_VOCAB_SCHEMA), io.feature_path(root, "item_vocab"))
+    io.write_table(spark.createDataFrame(eval_rows(), schema.EVAL_SCHEMA), io.feature_path(root, "test"))
+    io.write_table(spark.createDataFrame(eval_rows(VALIDATION_USERS), schema.EVAL_SCHEMA),
                    io.feature_path(root, "validation"))
     train = [(w, [1 if i else 0 for i in w], [0] * len(w)) for w in TRAIN_WINDOWS]
-    io.write_table(spark.createDataFrame(train, S.TRAIN_SCHEMA), io.feature_path(root, "train"))
+    io.write_table(spark.createDataFrame(train, schema.TRAIN_SCHEMA), io.feature_path(root, "train"))
     history = [row[:5] for row in eval_rows()]
-    io.write_table(spark.createDataFrame(history, S.USER_HISTORY_SCHEMA), io.feature_path(root, "user_history"))
+    io.write_table(spark.createDataFrame(history, schema.USER_HISTORY_SCHEMA), io.feature_path(root, "user_history"))
 
 
 def register(cfg, bundle) -> str:
@@ -177,11 +177,11 @@ def test_evaluate_stage_compares_the_model_with_tuned_baselines_and_promotes_the
     # Intervals: the bootstrap over u1..u4 of each user's value, from evaluate.bootstrap_seed.
     ec = cfg.evaluate
     boot = (ec.bootstrap_samples, ec.bootstrap_seed, ec.confidence)
-    popularity = I.mean_interval(np.array(POPULARITY_NDCG2), *boot)
+    popularity = intervals.mean_interval(np.array(POPULARITY_NDCG2), *boot)
     assert popularity.low < popularity.mean < popularity.high and popularity.users == 4
     assert summary["popularity.ndcg@2.interval"] == popularity.describe()
     model_users = model_per_user(bundle)[0]["ndcg@2"].to_numpy()
-    versus = I.mean_interval(model_users - np.array(POPULARITY_NDCG2), *boot)
+    versus = intervals.mean_interval(model_users - np.array(POPULARITY_NDCG2), *boot)
     assert summary["model_vs_popularity.ndcg@2"] == versus.describe(signed=True)
     assert versus.mean == pytest.approx(model["ndcg@2"] - POPULARITY["ndcg@2"], abs=1e-6)
 
@@ -278,7 +278,7 @@ def test_a_new_challenger_is_compared_with_the_champion_on_the_same_test_data(sp
     assert set(report["paired"]) == {"model_vs_champion", "model_vs_popularity"}
     paired = report["paired"]["model_vs_champion"]["ndcg@2"]
     users = [u for u in TEST_USERS if u[3]]
-    expected = I.mean_interval(model_per_user(tiny_bundle(seed=1))[0]["ndcg@2"].to_numpy()
+    expected = intervals.mean_interval(model_per_user(tiny_bundle(seed=1))[0]["ndcg@2"].to_numpy()
                                - model_per_user(champion_bundle)[0]["ndcg@2"].to_numpy(), 1000, 5, 0.95)
     assert (paired["diff"], paired["users"]) == (pytest.approx(expected.mean, abs=1e-6), len(users))
     assert paired["low"] == pytest.approx(expected.low, abs=1e-6)
@@ -322,14 +322,14 @@ def test_exclusions_by_event_type_come_from_the_clean_events_before_the_cutoff(s
         (day(4), "purchase", 999, "u2"),  # no vocabulary item
     ]
     rows = [(t, e, p, None, None, None, None, u, "s", t.date()) for t, e, p, u in events]
-    clean = spark.createDataFrame(rows, S.CLEAN_SCHEMA)
-    vocab = spark.createDataFrame([(i, 1000 + i, 0, 0, 0, 1, 1) for i in range(2, 8)], S.ITEM_VOCAB_SCHEMA)
+    clean = spark.createDataFrame(rows, schema.CLEAN_SCHEMA)
+    vocab = spark.createDataFrame([(i, 1000 + i, 0, 0, 0, 1, 1) for i in range(2, 8)], schema.ITEM_VOCAB_SCHEMA)
     excluded = evaluate.excluded_items(clean, vocab, cutoff, ["purchase"])
-    assert {r[S.USER_ID]: list(r[evaluate.EXCLUDE_ITEMS]) for r in excluded.collect()} == {"u1": [2], "u2": [4]}
+    assert {r[schema.USER_ID]: list(r[evaluate.EXCLUDE_ITEMS]) for r in excluded.collect()} == {"u1": [2], "u2": [4]}
 
-    test = spark.createDataFrame(eval_rows(), S.EVAL_SCHEMA)
+    test = spark.createDataFrame(eval_rows(), schema.EVAL_SCHEMA)
     joined = evaluate.with_exclusions(test, excluded)
-    got = {r[S.USER_ID]: list(r[evaluate.EXCLUDE_ITEMS]) for r in joined.collect()}
+    got = {r[schema.USER_ID]: list(r[evaluate.EXCLUDE_ITEMS]) for r in joined.collect()}
     assert got == {"u1": [2], "u2": [4], "u3": [], "u4": [], "u5": []}
     assert evaluate.with_exclusions(test, None) is test
 
@@ -341,13 +341,13 @@ def test_exclusions_follow_each_users_own_cutoff(spark):
     events = [(day(1), "purchase", 1002, "u1"), (day(5), "purchase", 1003, "u1"),
               (day(1), "purchase", 1004, "u2"), (day(5), "purchase", 1005, "u2")]
     rows = [(t, e, p, None, None, None, None, u, "s", t.date()) for t, e, p, u in events]
-    clean = spark.createDataFrame(rows, S.CLEAN_SCHEMA)
-    vocab = spark.createDataFrame([(i, 1000 + i, 0, 0, 0, 1, 1) for i in range(2, 8)], S.ITEM_VOCAB_SCHEMA)
+    clean = spark.createDataFrame(rows, schema.CLEAN_SCHEMA)
+    vocab = spark.createDataFrame([(i, 1000 + i, 0, 0, 0, 1, 1) for i in range(2, 8)], schema.ITEM_VOCAB_SCHEMA)
     # leave_last_out: u1's test target on day 3, u2's on day 9.
-    cutoffs = spark.createDataFrame([("u1", day(2), day(3)), ("u2", day(8), day(9))], S.USER_SPLIT_SCHEMA)
-    joined = clean.join(cutoffs.select(S.USER_ID, S.TEST_AT), S.USER_ID)
-    excluded = evaluate.excluded_items(joined, vocab, F.col(S.TEST_AT), ["purchase"])
-    assert {r[S.USER_ID]: list(r[evaluate.EXCLUDE_ITEMS]) for r in excluded.collect()} == {"u1": [2], "u2": [4, 5]}
+    cutoffs = spark.createDataFrame([("u1", day(2), day(3)), ("u2", day(8), day(9))], schema.USER_SPLIT_SCHEMA)
+    joined = clean.join(cutoffs.select(schema.USER_ID, schema.TEST_AT), schema.USER_ID)
+    excluded = evaluate.excluded_items(joined, vocab, F.col(schema.TEST_AT), ["purchase"])
+    assert {r[schema.USER_ID]: list(r[evaluate.EXCLUDE_ITEMS]) for r in excluded.collect()} == {"u1": [2], "u2": [4, 5]}
 
 
 @pytest.mark.unit
@@ -374,7 +374,7 @@ def test_config_is_checked_before_any_work():
 def test_a_model_trained_on_another_vocabulary_is_refused():
     bundle = tiny_bundle()
     evaluate.check_same_vocabulary(bundle, bundle.item_vocab, NUM_ITEMS, "1")
-    shifted = bundle.item_vocab.assign(**{S.PRODUCT_ID: bundle.item_vocab[S.PRODUCT_ID] + 1})
+    shifted = bundle.item_vocab.assign(**{schema.PRODUCT_ID: bundle.item_vocab[schema.PRODUCT_ID] + 1})
     with pytest.raises(InputError, match="another item vocabulary"):
         evaluate.check_same_vocabulary(bundle, shifted, NUM_ITEMS, "1")
 
@@ -417,8 +417,8 @@ def test_compare_rankers_pairs_the_model_with_the_champion_and_every_baseline():
     assert list(paired) == ["model_vs_champion", "model_vs_als", "model_vs_popularity"]
     assert list(paired["model_vs_als"]) == [n for n in evaluate.headline_metrics("ndcg@2", KS) if n != "coverage@2"]
     ndcg = names.index("ndcg@2")
-    assert singles["als"]["ndcg@2"] == I.mean_interval(values[:, 0, ndcg], 200, ec.bootstrap_seed, ec.confidence)
-    assert paired["model_vs_als"]["ndcg@2"] == I.mean_interval(values[:, 2, ndcg] - values[:, 0, ndcg], 200,
+    assert singles["als"]["ndcg@2"] == intervals.mean_interval(values[:, 0, ndcg], 200, ec.bootstrap_seed, ec.confidence)
+    assert paired["model_vs_als"]["ndcg@2"] == intervals.mean_interval(values[:, 2, ndcg] - values[:, 0, ndcg], 200,
                                                                ec.bootstrap_seed, ec.confidence)
     # Without the model (it never happens in run) there is nothing to pair.
     assert evaluate.compare_rankers(values[:, :2], rankers[:2], KS, "ndcg@2", ec)[1] == {}
@@ -441,7 +441,7 @@ def test_table_shows_every_ranker():
     assert text.splitlines()[0].split()[:5] == ["ranker", "recall@1", "ndcg@1", "map@1", "coverage@1"]
     assert [line.split()[0] for line in text.splitlines()[1:]] == ["model", "popularity"]
     with_users = {"model": {**values, "users": 1168}, "popularity": {**values, "users": 1168}}
-    found = {"model": {"ndcg@2": I.Interval(0.5, 0.4, 0.61, 1168)}}
+    found = {"model": {"ndcg@2": intervals.Interval(0.5, 0.4, 0.61, 1168)}}
     text = evaluate.table(with_users, KS, found, "ndcg@2")
     assert text.splitlines()[0].endswith("users  ndcg@2 interval")
     assert text.splitlines()[1].endswith(" 1168  [0.4000, 0.6100]")

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys_spark.evaluation import metrics as M
+from recsys_spark.evaluation import metrics
 
 pytestmark = pytest.mark.unit
 
@@ -38,17 +38,17 @@ EXPECTED = {
 
 
 def test_metric_names_are_ordered_by_k():
-    assert M.metric_names([20, 10]) == [
+    assert metrics.metric_names([20, 10]) == [
         "recall@10", "ndcg@10", "map@10", "hitrate@10", "recall@20", "ndcg@20", "map@20", "hitrate@20", "mrr"
     ]
-    assert M.list_metric_names([20, 10]) == [
+    assert metrics.list_metric_names([20, 10]) == [
         "novelty@10", "diversity@10", "head_share@10", "novelty@20", "diversity@20", "head_share@20"
     ]
 
 
 def test_batch_metrics_match_hand_computed_values():
-    got = M.batch_metrics(RANKED, TARGETS, [2, 3])
-    assert set(got) == set(M.metric_names([2, 3]))
+    got = metrics.batch_metrics(RANKED, TARGETS, [2, 3])
+    assert set(got) == set(metrics.metric_names([2, 3]))
     for user, expected in EXPECTED.items():
         for name, value in expected.items():
             assert got[name][user] == pytest.approx(value, abs=1e-12), (user, name)
@@ -56,32 +56,32 @@ def test_batch_metrics_match_hand_computed_values():
 
 def test_user_metrics_match_hand_computed_values():
     for user, expected in EXPECTED.items():
-        got = M.user_metrics(RANKED[user], TARGETS[user], [2, 3])
+        got = metrics.user_metrics(RANKED[user], TARGETS[user], [2, 3])
         assert got == pytest.approx(expected, abs=1e-12)
 
 
 def test_mrr_only_looks_within_the_longest_k():
     # The only hit is at rank 3, beyond max(ks) = 2.
-    assert M.user_metrics([1, 2, 3], [3], [1, 2])["mrr"] == 0.0
-    assert M.user_metrics([1, 2, 3], [3], [3])["mrr"] == pytest.approx(1 / 3)
+    assert metrics.user_metrics([1, 2, 3], [3], [1, 2])["mrr"] == 0.0
+    assert metrics.user_metrics([1, 2, 3], [3], [3])["mrr"] == pytest.approx(1 / 3)
 
 
 def test_hit_matrix_matches_each_row_only_against_its_own_targets():
-    hits = M.hit_matrix(np.array([[3, 4], [3, 4]]), [np.array([4]), np.array([3])])
+    hits = metrics.hit_matrix(np.array([[3, 4], [3, 4]]), [np.array([4]), np.array([3])])
     np.testing.assert_array_equal(hits, [[False, True], [True, False]])
 
 
 def test_coverage_counts_distinct_items_in_the_top_k():
     # top-1: {5, 4, 2, 9} -> 4 items; top-2: adds 7, 6, 3 -> 7 items (the -1 slot does not count).
-    assert M.coverage(RANKED, 1, 20) == pytest.approx(4 / 20)
-    assert M.coverage(RANKED, 2, 20) == pytest.approx(7 / 20)
+    assert metrics.coverage(RANKED, 1, 20) == pytest.approx(4 / 20)
+    assert metrics.coverage(RANKED, 2, 20) == pytest.approx(7 / 20)
 
 
 def test_users_without_targets_and_short_rankings_are_rejected():
     with pytest.raises(ValueError, match="at least one target"):
-        M.batch_metrics(np.array([[2, 3]]), [np.array([], dtype=np.int64)], [2])
+        metrics.batch_metrics(np.array([[2, 3]]), [np.array([], dtype=np.int64)], [2])
     with pytest.raises(ValueError, match="fewer than K"):
-        M.batch_metrics(np.array([[2, 3]]), [np.array([2])], [5])
+        metrics.batch_metrics(np.array([[2, 3]]), [np.array([2])], [5])
 
 
 def pandas_reference(ranked: np.ndarray, targets: list[np.ndarray], ks: list[int]) -> pd.DataFrame:
@@ -126,10 +126,10 @@ def random_case(rng: np.random.Generator, users: int, items: int, k: int):
 def test_batch_metrics_agree_with_a_pandas_reference(seed):
     ranked, targets = random_case(np.random.default_rng(seed), users=60, items=30, k=12)
     ks = [1, 5, 12]
-    got = M.batch_metrics(ranked, targets, ks)
+    got = metrics.batch_metrics(ranked, targets, ks)
     expected = pandas_reference(ranked, targets, ks)
     assert 0 < expected["hitrate@12"].mean() < 1  # the case exercises both hits and misses
-    for name in M.metric_names(ks):
+    for name in metrics.metric_names(ks):
         np.testing.assert_allclose(got[name], expected[name].to_numpy(), rtol=1e-12, err_msg=name)
 
 
@@ -142,25 +142,25 @@ LISTS = np.array([[2, 3, 4], [4, 5, 6], [7, -1, -1], [-1, -1, -1]])
 
 
 def test_self_information_is_minus_log2_of_the_share_with_counts_floored_at_one():
-    info = M.self_information(COUNTS)
+    info = metrics.self_information(COUNTS)
     np.testing.assert_allclose(info[[2, 3, 4, 5, 7]], [1.0, 2.0, 3.0, 4.0, 4.0])  # 8/16, 4/16, ..., 1/16
 
 
 def test_head_items_are_the_most_popular_up_to_the_share_of_interactions():
     # 20% of 16 = 3.2: item 2 alone (8) crosses the line.
-    np.testing.assert_array_equal(np.flatnonzero(M.head_items(COUNTS, 0.2)), [2])
+    np.testing.assert_array_equal(np.flatnonzero(metrics.head_items(COUNTS, 0.2)), [2])
     # 60% = 9.6: item 2 (8 before it: 0) and item 3 (8 before it, < 9.6).
-    np.testing.assert_array_equal(np.flatnonzero(M.head_items(COUNTS, 0.6)), [2, 3])
+    np.testing.assert_array_equal(np.flatnonzero(metrics.head_items(COUNTS, 0.6)), [2, 3])
     # Every item with interactions, never one without.
-    np.testing.assert_array_equal(np.flatnonzero(M.head_items(COUNTS, 1.0)), [2, 3, 4, 5, 6])
-    assert not M.head_items(np.zeros(4), 0.2).any()
+    np.testing.assert_array_equal(np.flatnonzero(metrics.head_items(COUNTS, 1.0)), [2, 3, 4, 5, 6])
+    assert not metrics.head_items(np.zeros(4), 0.2).any()
 
 
 def test_list_metrics_match_hand_computed_values():
-    info = M.self_information(COUNTS)
-    head = M.head_items(COUNTS, 0.6)  # {2, 3}
-    got = M.list_metrics(LISTS, [1, 3], info, head, CATEGORIES)
-    assert set(got) == set(M.list_metric_names([1, 3]))
+    info = metrics.self_information(COUNTS)
+    head = metrics.head_items(COUNTS, 0.6)  # {2, 3}
+    got = metrics.list_metrics(LISTS, [1, 3], info, head, CATEGORIES)
+    assert set(got) == set(metrics.list_metric_names([1, 3]))
     # row 0: [2, 3, 4] info 1, 2, 3; categories 1, 1, 2 -> 4 of 6 ordered pairs differ; 2 head items
     # row 1: [4, 5, 6] info 3, 4, 4; categories 2, 2, 3 -> 4 of 6 differ; no head item
     # row 2: [7] only -> one item, no pair; row 3: empty -> zeros
@@ -198,10 +198,10 @@ def test_list_metrics_agree_with_a_pandas_reference(seed):
     ranked, _ = random_case(rng, users=40, items=30, k=10)
     counts = rng.integers(0, 50, size=30)
     categories = rng.integers(0, 4, size=30)
-    info, head = M.self_information(counts), M.head_items(counts, 0.2)
+    info, head = metrics.self_information(counts), metrics.head_items(counts, 0.2)
     ks = [1, 4, 10]
-    got = M.list_metrics(ranked, ks, info, head, categories)
+    got = metrics.list_metrics(ranked, ks, info, head, categories)
     expected = pandas_list_reference(ranked, ks, info, head, categories)
     assert 0 < expected["head_share@10"].mean() < 1
-    for name in M.list_metric_names(ks):
+    for name in metrics.list_metric_names(ks):
         np.testing.assert_allclose(got[name], expected[name].to_numpy(), rtol=1e-12, err_msg=name)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.errors import DataQualityError
 from recsys_spark.evaluation.rankers import ModelRanker, PopularityRanker, vocab_column
 from recsys_spark.models import ranking
@@ -24,14 +24,14 @@ NEG_INF = float("-inf")
 
 def history_rows(last_items: list[list[int]], seen: list[list[int]], length: int = 4) -> pd.DataFrame:
     """History rows (schema.HISTORY_FIELDS) whose hist_items end with ``last_items``, left-padded."""
-    items = [[S.PAD_INDEX] * (length - len(h)) + h for h in last_items]
+    items = [[schema.PAD_INDEX] * (length - len(h)) + h for h in last_items]
     return pd.DataFrame(
         {
-            S.USER_ID: [f"u{i}" for i in range(len(items))],
-            S.HIST_ITEMS: items,
-            S.HIST_EVENTS: [[1 if i else 0 for i in row] for row in items],
-            S.HIST_GAPS: [[0] * length for _ in items],
-            S.SEEN_ITEMS: seen,
+            schema.USER_ID: [f"u{i}" for i in range(len(items))],
+            schema.HIST_ITEMS: items,
+            schema.HIST_EVENTS: [[1 if i else 0 for i in row] for row in items],
+            schema.HIST_GAPS: [[0] * length for _ in items],
+            schema.SEEN_ITEMS: seen,
         }
     )
 
@@ -87,7 +87,7 @@ def test_model_ranker_tells_the_model_what_each_user_may_not_get():
 
 
 def test_popularity_ranker_gives_everyone_the_most_popular_unseen_items():
-    vocab = pd.DataFrame({S.ITEM_IDX: [2, 3, 4, 6], S.PRETEST_COUNT: [5, 40, 12, 7]})
+    vocab = pd.DataFrame({schema.ITEM_IDX: [2, 3, 4, 6], schema.PRETEST_COUNT: [5, 40, 12, 7]})
     ranker = PopularityRanker.from_vocab(vocab, num_items=7)  # index 5 is no vocabulary item
     rows = history_rows([[2], [3]], seen=[[], [3, 4]])
     top, scores = ranker.recommend(rows, 4, exclude_seen=True)
@@ -96,9 +96,9 @@ def test_popularity_ranker_gives_everyone_the_most_popular_unseen_items():
 
 
 def test_vocab_column_rejects_indices_outside_the_model():
-    vocab = pd.DataFrame({S.ITEM_IDX: [2, 9], S.PRETEST_COUNT: [1, 1]})
+    vocab = pd.DataFrame({schema.ITEM_IDX: [2, 9], schema.PRETEST_COUNT: [1, 1]})
     with pytest.raises(DataQualityError, match="item_idx"):
-        vocab_column(vocab, S.PRETEST_COUNT, num_items=5)
+        vocab_column(vocab, schema.PRETEST_COUNT, num_items=5)
 
 
 # ----------------------------------------------------------------------- with the real model
@@ -115,20 +115,20 @@ def tiny_bundle(seed: int = 0):
 
     torch.manual_seed(seed)
     args = dict(num_items=NUM_ITEMS, num_categories=3, num_brands=3, num_price_buckets=3,
-                num_event_codes=S.NUM_EVENT_CODES, num_gap_buckets=S.NUM_GAP_BUCKETS, max_seq_len=MAX_SEQ_LEN,
+                num_event_codes=schema.NUM_EVENT_CODES, num_gap_buckets=schema.NUM_GAP_BUCKETS, max_seq_len=MAX_SEQ_LEN,
                 dim=8, num_layers=1, num_heads=2, dropout=0.0,
                 use_user_features=False, use_interest_pooling=False, user_vector="last")
     model = TwoTowerModel(**args)
     idx = np.arange(2, NUM_ITEMS)
     vocab = pd.DataFrame(
         {
-            S.ITEM_IDX: idx.astype(np.int32),
-            S.PRODUCT_ID: 1000 + idx,
-            S.CATEGORY_IDX: (idx % 3).astype(np.int32),
-            S.BRAND_IDX: (idx % 2).astype(np.int32),
-            S.PRICE_BUCKET: (1 + idx % 2).astype(np.int32),
-            S.TRAIN_COUNT: np.array(PRETEST_COUNTS) - 1,
-            S.PRETEST_COUNT: np.array(PRETEST_COUNTS),
+            schema.ITEM_IDX: idx.astype(np.int32),
+            schema.PRODUCT_ID: 1000 + idx,
+            schema.CATEGORY_IDX: (idx % 3).astype(np.int32),
+            schema.BRAND_IDX: (idx % 2).astype(np.int32),
+            schema.PRICE_BUCKET: (1 + idx % 2).astype(np.int32),
+            schema.TRAIN_COUNT: np.array(PRETEST_COUNTS) - 1,
+            schema.PRETEST_COUNT: np.array(PRETEST_COUNTS),
         }
     )
     return ModelBundle(model_args=args, state_dict=model.state_dict(), item_vocab=vocab, config={})
@@ -145,7 +145,7 @@ def test_model_ranker_on_the_real_model_agrees_with_brute_force_and_the_pyfunc()
     with torch.no_grad():
         users = ranking.user_vectors(module, *ranking.history_tensors(rows))
         items = module.item_vectors()
-    expected = brute_force(users.double().numpy(), items.double().numpy(), 3, rows[S.SEEN_ITEMS].tolist())
+    expected = brute_force(users.double().numpy(), items.double().numpy(), 3, rows[schema.SEEN_ITEMS].tolist())
     np.testing.assert_array_equal(top, expected)
 
     predicted = RecommenderPyfunc.from_bundle(bundle).predict(None, rows, {"k": 3})

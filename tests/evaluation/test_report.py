@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from recsys_spark.evaluation import report as R
+from recsys_spark.evaluation import report
 
 pytestmark = pytest.mark.unit
 
@@ -23,7 +23,7 @@ def values(scale: float) -> dict[str, float]:
     return out
 
 
-def report() -> dict:
+def sample_report() -> dict:
     rankers = {"model": values(1.0), "popularity": values(0.5), "als": values(0.8)}
     return {
         "registered_model": "recsys_two_tower", "model_version": "4", "champion_alias": "champion",
@@ -35,12 +35,12 @@ def report() -> dict:
                               "grid": [{"rank": 8, "ndcg@10": 0.2}, {"rank": 4, "ndcg@10": 0.1}]}},
         "gate": {"promote": False, "verdict": "not_promoted", "reasons": ["ndcg@10: <worse> & lower"],
                  "challenger_version": "4", "champion_version": "3"},
-        "definitions": R.DEFINITIONS,
+        "definitions": report.DEFINITIONS,
     }
 
 
 def test_figures_plot_every_ranker():
-    figs = R.figures(report())
+    figs = report.figures(sample_report())
     assert set(figs) == {"curves", "popularity_bias", "segments"}
     assert [ax.get_ylabel() for ax in figs["curves"].axes] == ["Recall@K", "NDCG@K"]
     assert [len(ax.get_lines()) for ax in figs["curves"].axes] == [3, 3]
@@ -55,7 +55,7 @@ def test_figures_plot_every_ranker():
 
 
 def test_html_is_self_contained_escaped_and_complete():
-    html = R.render_html(report())
+    html = report.render_html(sample_report())
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
     assert len(images) == 3 and all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
     assert "http" not in html.replace("http-equiv", "")  # nothing fetched from elsewhere
@@ -69,8 +69,8 @@ def test_html_is_self_contained_escaped_and_complete():
 
 
 def with_intervals() -> dict:
-    """report() with what evaluate adds: intervals of every per-user metric, paired differences."""
-    out = report()
+    """sample_report() with what evaluate adds: intervals of every per-user metric, paired differences."""
+    out = sample_report()
     out["bootstrap"] = {"samples": 1000, "seed": 5, "confidence": 0.95}
     out["users_evaluated"] = 10
     out["intervals"] = {
@@ -87,7 +87,7 @@ def with_intervals() -> dict:
 
 
 def test_html_shows_every_interval_with_its_users_and_the_paired_differences():
-    html = R.render_html(with_intervals())
+    html = report.render_html(with_intervals())
     ndcg = values(1.0)["ndcg@10"]
     assert f'<td class="best">{ndcg:.4f} [{ndcg - 0.01:.4f}, {ndcg + 0.01:.4f}]</td>' in html
     # coverage is over the catalogue: no interval
@@ -102,7 +102,7 @@ def test_html_shows_every_interval_with_its_users_and_the_paired_differences():
 
 
 def test_the_paired_figure_draws_each_difference_with_its_interval():
-    figs = R.figures(with_intervals())
+    figs = report.figures(with_intervals())
     assert set(figs) == {"curves", "popularity_bias", "segments", "paired"}
     axis = figs["paired"].axes[0]
     assert [t.get_text() for t in axis.get_yticklabels()] == ["model - als (10 users)", "model - popularity (10 users)"]
@@ -116,6 +116,6 @@ def test_the_paired_figure_draws_each_difference_with_its_interval():
 
 
 def test_grid_table_lists_the_best_point_first():
-    text = R.grid_table(report()["baselines"]["als"]["grid"], "ndcg@10")
+    text = report.grid_table(sample_report()["baselines"]["als"]["grid"], "ndcg@10")
     assert text.splitlines()[0].split() == ["rank", "ndcg@10"]
     assert [line.split() for line in text.splitlines()[1:]] == [["8", "0.2000"], ["4", "0.1000"]]

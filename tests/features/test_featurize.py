@@ -12,7 +12,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recsys_spark import io
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.config import load_config
 from recsys_spark.errors import ConfigError, DataQualityError, InputError
 from recsys_spark.features import featurize
@@ -36,12 +36,12 @@ from recsys_spark.features.sequences import (
 )
 from recsys_spark.features.snapshots import item_features, user_features
 from recsys_spark.features.split import Cutoffs, Split, compute_cutoffs, data_range, temporal_split
-from recsys_spark.features import vocab as V
+from recsys_spark.features import vocab
 
 pytestmark = pytest.mark.unit
 
 UTC = dt.timezone.utc
-VIEW, CART, REMOVE, BUY = S.EVENT_TYPES[0], S.EVENT_TYPES[1], S.EVENT_TYPES[2], S.EVENT_TYPES[3]
+VIEW, CART, REMOVE, BUY = schema.EVENT_TYPES[0], schema.EVENT_TYPES[1], schema.EVENT_TYPES[2], schema.EVENT_TYPES[3]
 
 
 def t(text: str) -> dt.datetime:
@@ -63,15 +63,15 @@ def clean_events(spark, rows):
         (t(when), kind, product, category, None, brand, price, user, f"{user}-s", t(when).date())
         for user, when, kind, product, category, brand, price in rows
     ]
-    return spark.createDataFrame(full, S.CLEAN_SCHEMA)
+    return spark.createDataFrame(full, schema.CLEAN_SCHEMA)
 
 
 STEP_SCHEMA = T.StructType(
     [
-        T.StructField(S.USER_ID, T.StringType()),
+        T.StructField(schema.USER_ID, T.StringType()),
         T.StructField(STEP_POS, T.IntegerType()),
         T.StructField(STEP_TIME, T.TimestampType()),
-        T.StructField(S.ITEM_IDX, T.IntegerType()),
+        T.StructField(schema.ITEM_IDX, T.IntegerType()),
         T.StructField(EVENT_STRENGTH, T.IntegerType()),
         T.StructField(EVENT_CODE, T.IntegerType()),
         T.StructField(GAP_BUCKET, T.IntegerType()),
@@ -82,14 +82,14 @@ STEP_SCHEMA = T.StructType(
 def encoded_steps(spark, rows):
     """rows: (user, pos, time, item_idx, event_type, gap) -> an encoded step frame."""
     full = [
-        (user, pos, t(when), item, S.EVENT_STRENGTH[kind], S.EVENT_CODE[kind], gap)
+        (user, pos, t(when), item, schema.EVENT_STRENGTH[kind], schema.EVENT_CODE[kind], gap)
         for user, pos, when, item, kind, gap in rows
     ]
     return spark.createDataFrame(full, STEP_SCHEMA)
 
 
 def by_user(df, *columns):
-    return {r[S.USER_ID]: tuple(r[c] for c in columns) for r in df.collect()}
+    return {r[schema.USER_ID]: tuple(r[c] for c in columns) for r in df.collect()}
 
 
 # ----------------------------------------------------------------------------- steps, gaps
@@ -115,10 +115,10 @@ def test_collapse_steps_merges_runs_and_keeps_the_strongest_event(spark):
     )
     steps = add_gap_buckets(collapse_steps(events))
     got = sorted(
-        (r[S.USER_ID], r[STEP_POS], r[S.PRODUCT_ID], r["hms"], r[EVENT_CODE], r[GAP_BUCKET])
+        (r[schema.USER_ID], r[STEP_POS], r[schema.PRODUCT_ID], r["hms"], r[EVENT_CODE], r[GAP_BUCKET])
         for r in steps.withColumn("hms", F.date_format(STEP_TIME, "HH:mm:ss")).collect()
     )
-    code = S.EVENT_CODE
+    code = schema.EVENT_CODE
     # Gaps: 60 s -> 1 + floor(log2 61) = 6; 0 s -> 1; the first step -> 0.
     assert got == [
         ("u1", 1, 100, "10:00:00", code[CART], 0),
@@ -138,7 +138,7 @@ def test_gap_bucket_is_one_plus_floor_log2_capped(spark):
     df = spark.createDataFrame([(i, s) for i, s in enumerate(seconds)], "i int, s long")
     got = [r[0] for r in df.orderBy("i").select(gap_bucket(F.col("s"))).collect()]
     assert got == expected
-    assert max(expected) == S.NUM_GAP_BUCKETS - 1
+    assert max(expected) == schema.NUM_GAP_BUCKETS - 1
 
 
 # ----------------------------------------------------------------------------- cutoffs
@@ -182,19 +182,19 @@ def test_item_vocab_counts_order_oov_and_side_features_from_train_only(spark):
         (50, test_day, 7, "acme", 5.0), (50, test_day, 7, "acme", 5.0),
     ]
     events = clean_events(spark, [("u", day, VIEW, p, c, b, price) for p, day, c, b, price in rows])
-    steps = events.select(S.PRODUCT_ID, F.col(S.EVENT_TIME).alias(STEP_TIME))
-    train_events = events.where(F.col(S.EVENT_TIME) < F.lit(CUTOFFS.validation))
+    steps = events.select(schema.PRODUCT_ID, F.col(schema.EVENT_TIME).alias(STEP_TIME))
+    train_events = events.where(F.col(schema.EVENT_TIME) < F.lit(CUTOFFS.validation))
     # Training events per category: 8 -> 5 (10, 20, 60 x3), 7 -> 3 (10 x2, 40), 9 -> 1 (20).
-    categories = V.build_value_vocab(train_events, V.CATEGORY, min_count=1)
+    categories = vocab.build_value_vocab(train_events, vocab.CATEGORY, min_count=1)
     assert sorted(tuple(r) for r in categories.collect()) == [(2, 8, 5), (3, 7, 3), (4, 9, 1)]
     # Brands: zeta -> 4 (20, 60 x3), acme -> 3 (10, 20, 40): below min_count=4, so OOV.
-    brands = V.build_value_vocab(train_events, V.BRAND, min_count=4)
+    brands = vocab.build_value_vocab(train_events, vocab.BRAND, min_count=4)
     assert [tuple(r) for r in brands.collect()] == [(2, "zeta", 4)]
-    vocab = V.build_item_vocab(steps, events, CUTOFFS, min_item_count=2, price_buckets=3,
+    item_vocab = vocab.build_item_vocab(steps, events, CUTOFFS, min_item_count=2, price_buckets=3,
                                categories=categories, brands=brands)
 
-    assert vocab.schema.simpleString() == S.ITEM_VOCAB_SCHEMA.simpleString()
-    got = sorted(tuple(r) for r in vocab.collect())
+    assert item_vocab.schema.simpleString() == schema.ITEM_VOCAB_SCHEMA.simpleString()
+    got = sorted(tuple(r) for r in item_vocab.collect())
     # train counts: 10 -> 3, 20 -> 3, 60 -> 3, 30 -> 2 (idx by count desc, then product id);
     # 40 (1 train step) and 50 (test only) stay out of vocabulary.
     # Modes over train events: 10 -> category 7 (idx 3), brand acme (OOV 1); 20 -> 8 (idx 2)
@@ -203,13 +203,13 @@ def test_item_vocab_counts_order_oov_and_side_features_from_train_only(spark):
     # prices (median of train events): 10 -> 2.0, 60 -> 2.0, 20 -> 100.0, 30 none;
     # bucket = ceil(3 * k / 3) with k priced items at or below: 2.0 -> 2, 100.0 -> 3.
     assert got == [
-        (2, 10, 3, S.VOCAB_OOV_INDEX, 2, 3, 6),
-        (3, 20, 2, S.VOCAB_OOV_INDEX, 3, 3, 3),
+        (2, 10, 3, schema.VOCAB_OOV_INDEX, 2, 3, 6),
+        (3, 20, 2, schema.VOCAB_OOV_INDEX, 3, 3, 3),
         (4, 60, 2, 2, 2, 3, 3),
-        (5, 30, S.VOCAB_NULL_INDEX, S.VOCAB_NULL_INDEX, 0, 2, 2),
+        (5, 30, schema.VOCAB_NULL_INDEX, schema.VOCAB_NULL_INDEX, 0, 2, 2),
     ]
-    encoded = encode_items(spark.createDataFrame([(10,), (40,), (50,)], "product_id long"), vocab)
-    assert dict((r[S.PRODUCT_ID], r[S.ITEM_IDX]) for r in encoded.collect()) == {10: 2, 40: S.OOV_INDEX, 50: S.OOV_INDEX}
+    encoded = encode_items(spark.createDataFrame([(10,), (40,), (50,)], "product_id long"), item_vocab)
+    assert dict((r[schema.PRODUCT_ID], r[schema.ITEM_IDX]) for r in encoded.collect()) == {10: 2, 40: schema.OOV_INDEX, 50: schema.OOV_INDEX}
 
 
 def test_logq_popularity_counts_only_training_steps(spark):
@@ -219,9 +219,9 @@ def test_logq_popularity_counts_only_training_steps(spark):
     counts = {}
     for name, rows in (("train only", before_cut), ("with later steps", before_cut + later)):
         events = clean_events(spark, rows)
-        steps = events.select(S.PRODUCT_ID, F.col(S.EVENT_TIME).alias(STEP_TIME))
-        vocab = V.build_item_vocab(steps, events, CUTOFFS, 1, 2, empty_vocab(spark, V.CATEGORY), empty_vocab(spark, V.BRAND))
-        counts[name] = [(r[S.TRAIN_COUNT], r[S.PRETEST_COUNT]) for r in vocab.collect()]
+        steps = events.select(schema.PRODUCT_ID, F.col(schema.EVENT_TIME).alias(STEP_TIME))
+        item_vocab = vocab.build_item_vocab(steps, events, CUTOFFS, 1, 2, empty_vocab(spark, vocab.CATEGORY), empty_vocab(spark, vocab.BRAND))
+        counts[name] = [(r[schema.TRAIN_COUNT], r[schema.PRETEST_COUNT]) for r in item_vocab.collect()]
     # The step at exactly the validation cutoff counts for pretest (before the test cutoff) only.
     assert counts == {"train only": [(2, 2)], "with later steps": [(2, 3)]}
 
@@ -235,7 +235,7 @@ def _train_steps(spark):
     rows += [("c", 1, "2024-01-02 10:00:00", 31, VIEW, 0)]
     rows += [
         ("d", 1, "2024-01-02 10:00:00", 41, VIEW, 0),
-        ("d", 2, "2024-01-02 11:00:00", S.OOV_INDEX, VIEW, 3),
+        ("d", 2, "2024-01-02 11:00:00", schema.OOV_INDEX, VIEW, 3),
         ("d", 3, "2024-01-02 23:59:59", 43, VIEW, 4),
         ("d", 4, "2024-01-03 00:00:00", 44, VIEW, 5),  # at the validation cutoff: not training
     ]
@@ -244,8 +244,8 @@ def _train_steps(spark):
 
 def test_train_windows_chunk_from_the_end_overlap_by_one_and_left_pad(spark):
     windows = train_windows(_train_steps(spark), CUTOFFS.validation, max_seq_len=3, max_windows_per_user=5)
-    got = {(r[S.USER_ID], r[WINDOW_NO]): (r[S.ITEM_SEQ], r[S.EVENT_SEQ], r[S.GAP_SEQ]) for r in windows.collect()}
-    view, cart, buy = S.EVENT_CODE[VIEW], S.EVENT_CODE[CART], S.EVENT_CODE[BUY]
+    got = {(r[schema.USER_ID], r[WINDOW_NO]): (r[schema.ITEM_SEQ], r[schema.EVENT_SEQ], r[schema.GAP_SEQ]) for r in windows.collect()}
+    view, cart, buy = schema.EVENT_CODE[VIEW], schema.EVENT_CODE[CART], schema.EVENT_CODE[BUY]
     # a: 8 steps, L = 3: windows [5..8], [2..5], [1..2] (1-based); each step after the first
     # is a target ([1:]) exactly once. c has one step: no window. d's step at the cutoff is out.
     assert got == {
@@ -253,10 +253,10 @@ def test_train_windows_chunk_from_the_end_overlap_by_one_and_left_pad(spark):
         ("a", 1): ([12, 13, 14, 15], [cart, view, cart, view], [2, 3, 4, 5]),
         ("a", 2): ([0, 0, 11, 12], [0, 0, view, cart], [0, 0, 1, 2]),
         ("b", 0): ([0, 0, 21, 22], [0, 0, view, buy], [0, 0, 0, 5]),
-        ("d", 0): ([0, 41, S.OOV_INDEX, 43], [0, view, view, view], [0, 0, 3, 4]),
+        ("d", 0): ([0, 41, schema.OOV_INDEX, 43], [0, view, view, view], [0, 0, 3, 4]),
     }
     capped = train_windows(_train_steps(spark), CUTOFFS.validation, max_seq_len=3, max_windows_per_user=2)
-    assert sorted((r[S.USER_ID], r[WINDOW_NO]) for r in capped.collect()) == [("a", 0), ("a", 1), ("b", 0), ("d", 0)]
+    assert sorted((r[schema.USER_ID], r[WINDOW_NO]) for r in capped.collect()) == [("a", 0), ("a", 1), ("b", 0), ("d", 0)]
 
 
 # ----------------------------------------------------------------------------- evaluation rows
@@ -266,19 +266,19 @@ def _eval_steps(spark):
     rows = [
         ("p", 1, "2024-01-01 10:00:00", 5, VIEW, 0),
         ("p", 2, "2024-01-01 11:00:00", 6, CART, 3),
-        ("p", 3, "2024-01-02 10:00:00", S.OOV_INDEX, VIEW, 4),
+        ("p", 3, "2024-01-02 10:00:00", schema.OOV_INDEX, VIEW, 4),
         ("p", 4, "2024-01-02 12:00:00", 7, VIEW, 5),
         ("p", 5, "2024-01-03 10:00:00", 6, VIEW, 6),  # validation window from here: 6 is seen
         ("p", 6, "2024-01-03 11:00:00", 9, VIEW, 7),
         ("p", 7, "2024-01-03 12:00:00", 8, CART, 8),
         ("p", 8, "2024-01-04 10:00:00", 9, BUY, 9),
         ("p", 9, "2024-01-04 11:00:00", 8, REMOVE, 10),  # cart stays the strongest on 8
-        ("p", 10, "2024-01-04 12:00:00", S.OOV_INDEX, BUY, 11),
+        ("p", 10, "2024-01-04 12:00:00", schema.OOV_INDEX, BUY, 11),
         ("p", 11, "2024-01-05 10:00:00", 10, VIEW, 12),  # test window
         ("q", 1, "2024-01-03 10:00:00", 5, VIEW, 0),  # nothing before the window
         ("r", 1, "2024-01-02 10:00:00", 5, VIEW, 0),
         ("r", 2, "2024-01-03 10:00:00", 5, BUY, 1),  # only a seen item in the window
-        ("r", 3, "2024-01-03 11:00:00", S.OOV_INDEX, VIEW, 2),
+        ("r", 3, "2024-01-03 11:00:00", schema.OOV_INDEX, VIEW, 2),
         ("s", 1, "2024-01-02 10:00:00", 7, VIEW, 0),
         ("s", 2, "2024-01-03 10:00:00", 8, VIEW, 1),
         ("s", 3, "2024-01-03 11:00:00", 9, VIEW, 2),
@@ -289,10 +289,10 @@ def _eval_steps(spark):
 
 def test_validation_rows_history_seen_and_new_in_vocab_targets(spark):
     rows = eval_rows(_eval_steps(spark), CUTOFFS.validation, CUTOFFS.test, max_seq_len=3)
-    got = by_user(rows, S.HIST_ITEMS, S.HIST_EVENTS, S.HIST_GAPS, S.SEEN_ITEMS, S.TARGET_ITEMS, S.TARGET_EVENTS)
-    code = S.EVENT_CODE
+    got = by_user(rows, schema.HIST_ITEMS, schema.HIST_EVENTS, schema.HIST_GAPS, schema.SEEN_ITEMS, schema.TARGET_ITEMS, schema.TARGET_EVENTS)
+    code = schema.EVENT_CODE
     assert got == {
-        "p": ([6, S.OOV_INDEX, 7], [code[CART], code[VIEW], code[VIEW]], [3, 4, 5], [5, 6, 7], [9, 8], [code[BUY], code[CART]]),
+        "p": ([6, schema.OOV_INDEX, 7], [code[CART], code[VIEW], code[VIEW]], [3, 4, 5], [5, 6, 7], [9, 8], [code[BUY], code[CART]]),
         "s": ([0, 0, 7], [0, 0, code[VIEW]], [0, 0, 0], [7], [8, 9], [code[REMOVE], code[VIEW]]),
     }
 
@@ -300,14 +300,14 @@ def test_validation_rows_history_seen_and_new_in_vocab_targets(spark):
 def test_test_rows_history_includes_validation_steps_and_user_history_everything(spark):
     steps = _eval_steps(spark)
     test_rows = eval_rows(steps, CUTOFFS.test, None, max_seq_len=3)
-    got = by_user(test_rows, S.HIST_ITEMS, S.SEEN_ITEMS, S.TARGET_ITEMS, S.TARGET_EVENTS)
-    assert got == {"p": ([9, 8, S.OOV_INDEX], [5, 6, 7, 8, 9], [10], [S.EVENT_CODE[VIEW]])}
+    got = by_user(test_rows, schema.HIST_ITEMS, schema.SEEN_ITEMS, schema.TARGET_ITEMS, schema.TARGET_EVENTS)
+    assert got == {"p": ([9, 8, schema.OOV_INDEX], [5, 6, 7, 8, 9], [10], [schema.EVENT_CODE[VIEW]])}
 
-    history = by_user(history_rows(steps, None, max_seq_len=3), S.HIST_ITEMS, S.SEEN_ITEMS)
+    history = by_user(history_rows(steps, None, max_seq_len=3), schema.HIST_ITEMS, schema.SEEN_ITEMS)
     assert history == {
-        "p": ([8, S.OOV_INDEX, 10], [5, 6, 7, 8, 9, 10]),
+        "p": ([8, schema.OOV_INDEX, 10], [5, 6, 7, 8, 9, 10]),
         "q": ([0, 0, 5], [5]),
-        "r": ([5, 5, S.OOV_INDEX], [5]),
+        "r": ([5, 5, schema.OOV_INDEX], [5]),
         "s": ([8, 9, 8], [7, 8, 9]),
     }
 
@@ -317,15 +317,15 @@ def test_test_rows_history_includes_validation_steps_and_user_history_everything
 
 def _bare_events(steps):
     """Events for build_item_vocab: one per step, without side features."""
-    side = [f for f in S.CLEAN_SCHEMA.fields if f.name in (S.CATEGORY_ID, S.BRAND, S.PRICE)]
+    side = [f for f in schema.CLEAN_SCHEMA.fields if f.name in (schema.CATEGORY_ID, schema.BRAND, schema.PRICE)]
     return steps.select(
-        F.col(STEP_TIME).alias(S.EVENT_TIME), S.PRODUCT_ID, *[F.lit(None).cast(f.dataType).alias(f.name) for f in side]
+        F.col(STEP_TIME).alias(schema.EVENT_TIME), schema.PRODUCT_ID, *[F.lit(None).cast(f.dataType).alias(f.name) for f in side]
     )
 
 
 def _guard_inputs(spark):
     # Item ids double as product ids here: the guard only compares counts per product.
-    steps = _eval_steps(spark).withColumn(S.PRODUCT_ID, F.col(S.ITEM_IDX).cast("long"))
+    steps = _eval_steps(spark).withColumn(schema.PRODUCT_ID, F.col(schema.ITEM_IDX).cast("long"))
     return {
         "train": train_windows(steps, CUTOFFS.validation, 3, 5),
         "item_vocab": _vocab(steps, CUTOFFS),
@@ -337,13 +337,13 @@ def _guard_inputs(spark):
 
 def _vocab(steps, cutoffs):
     spark = steps.sparkSession
-    return V.build_item_vocab(steps, _bare_events(steps), cutoffs, 1, 2, empty_vocab(spark, V.CATEGORY),
-                              empty_vocab(spark, V.BRAND))
+    return vocab.build_item_vocab(steps, _bare_events(steps), cutoffs, 1, 2, empty_vocab(spark, vocab.CATEGORY),
+                              empty_vocab(spark, vocab.BRAND))
 
 
 def _late_history(rows):
     return rows.withColumn(
-        HIST_END, F.when(F.col(S.USER_ID) == "p", F.lit(t("2024-01-05 10:00:00"))).otherwise(F.col(HIST_END))
+        HIST_END, F.when(F.col(schema.USER_ID) == "p", F.lit(t("2024-01-05 10:00:00"))).otherwise(F.col(HIST_END))
     )
 
 
@@ -375,7 +375,7 @@ def test_leakage_guard_checks_each_row_against_its_own_users_cutoffs(spark):
     early = {"p": (t("2024-01-01 00:00:00"), t("2024-01-03 00:00:00"))}
     users = spark.createDataFrame(
         [(user, *early.get(user, (CUTOFFS.validation, CUTOFFS.test))) for user in ("p", "q", "r", "s")],
-        S.USER_SPLIT_SCHEMA)
+        schema.USER_SPLIT_SCHEMA)
     split = Split("leave_last_out", CUTOFFS.data_start, CUTOFFS.data_end, users=users)
     # The tables built on the global cutoffs: p's training window and validation history now
     # lie after p's own validation target.
@@ -408,7 +408,7 @@ def _feature_events(spark):
 @pytest.mark.parametrize("table", ["item_features", "user_features"])
 def test_leakage_guard_catches_features_computed_past_their_as_of(spark, table):
     events = _feature_events(spark)
-    vocabs = {spec.kind: empty_vocab(spark, spec) for spec in V.SPECS}
+    vocabs = {spec.kind: empty_vocab(spark, spec) for spec in vocab.SPECS}
     build = {
         "item_features": lambda as_of: item_features(events, "train", as_of, 10, 2, vocabs),
         "user_features": lambda as_of: user_features(events, "train", as_of, vocabs["user"]),
@@ -418,11 +418,11 @@ def test_leakage_guard_catches_features_computed_past_their_as_of(spark, table):
     assert counts[table.replace("features", "feature_rows")] == 2  # products 10, 20 / users u1, u2
     # Computed as of the test cutoff but labelled as of the validation cutoff: product 20 and
     # user u1 use their 01-04 event; product 10 and u2 have nothing between the cutoffs.
-    planted = build(CUTOFFS.test).withColumn(S.AS_OF, F.lit(CUTOFFS.validation))
+    planted = build(CUTOFFS.test).withColumn(schema.AS_OF, F.lit(CUTOFFS.validation))
     with pytest.raises(DataQualityError, match=f"leakage in {table}: 1 of 2 rows use an event at or after"):
         check_no_leakage(**inputs, cutoffs=CUTOFFS, **{table: planted})
     # A count taken over later events while first/last seen look right: caught by the recount.
-    key, first, column = (S.PRODUCT_ID, 10, S.POPULARITY) if table == "item_features" else (S.USER_ID, "u1", S.N_EVENTS)
+    key, first, column = (schema.PRODUCT_ID, 10, schema.POPULARITY) if table == "item_features" else (schema.USER_ID, "u1", schema.N_EVENTS)
     inflated = build(CUTOFFS.validation).withColumn(column, F.col(column) + F.when(F.col(key) == first, 1).otherwise(0))
     with pytest.raises(DataQualityError, match=f"leakage in {table}: 1 of 2 rows .* other than its recount"):
         check_no_leakage(**inputs, cutoffs=CUTOFFS, **{table: inflated})
@@ -456,14 +456,14 @@ def test_run_writes_every_table_with_its_schema_and_the_metadata(spark, tmp_path
         "featurize.min_eval_users=1",
     ]
     cfg = load_config(None, overrides)
-    io.write_partitioned(clean_events(spark, rows), cfg.paths.resolve("clean"), S.EVENT_DATE)
+    io.write_partitioned(clean_events(spark, rows), cfg.paths.resolve("clean"), schema.EVENT_DATE)
 
     # The default thresholds stop the job: the validation day has no cart (train: 1 in 10 steps).
     with pytest.raises(DataQualityError, match=r"^data quality check drift.event_mix_psi.validation = 0.7\d* exceeds "
                        r"featurize.dq_max_event_mix_psi = 0.25( and \d more check\(s\))? \(report: .*featurize_quality.json\) "
                        r"\(to accept it: featurize.dq_max_event_mix_psi=0.7\d*[^()]*\)$"):
         featurize.run(spark, cfg)
-    failed = json.loads((tmp_path / "reports" / S.FEATURE_QUALITY_REPORT).read_text())
+    failed = json.loads((tmp_path / "reports" / schema.FEATURE_QUALITY_REPORT).read_text())
     assert failed["passed"] is False and failed["events"] == {"train": 10, "validation": 4, "test": 3}
     assert not (tmp_path / "features").exists()
 
@@ -472,50 +472,50 @@ def test_run_writes_every_table_with_its_schema_and_the_metadata(spark, tmp_path
     summary = featurize.run(spark, cfg)
 
     root = cfg.paths.resolve("features")
-    schemas = {"item_vocab": S.ITEM_VOCAB_SCHEMA, "train": S.TRAIN_SCHEMA, "validation": S.EVAL_SCHEMA,
-               "test": S.EVAL_SCHEMA, "user_history": S.USER_HISTORY_SCHEMA,
-               "category_vocab": S.CATEGORY_VOCAB_SCHEMA, "brand_vocab": S.BRAND_VOCAB_SCHEMA,
-               "user_vocab": S.USER_VOCAB_SCHEMA, "item_features": S.ITEM_FEATURES_SCHEMA,
-               "user_features": S.USER_FEATURES_SCHEMA, "user_split": S.USER_SPLIT_SCHEMA}
-    assert set(schemas) == set(S.FEATURE_TABLES)
+    schemas = {"item_vocab": schema.ITEM_VOCAB_SCHEMA, "train": schema.TRAIN_SCHEMA, "validation": schema.EVAL_SCHEMA,
+               "test": schema.EVAL_SCHEMA, "user_history": schema.USER_HISTORY_SCHEMA,
+               "category_vocab": schema.CATEGORY_VOCAB_SCHEMA, "brand_vocab": schema.BRAND_VOCAB_SCHEMA,
+               "user_vocab": schema.USER_VOCAB_SCHEMA, "item_features": schema.ITEM_FEATURES_SCHEMA,
+               "user_features": schema.USER_FEATURES_SCHEMA, "user_split": schema.USER_SPLIT_SCHEMA}
+    assert set(schemas) == set(schema.FEATURE_TABLES)
     tables = {}
-    for name, schema in schemas.items():
+    for name, struct in schemas.items():
         tables[name] = spark.read.parquet(io.feature_path(root, name))
-        assert tables[name].schema.simpleString() == schema.simpleString(), name
-    metadata = json.loads((tmp_path / "features" / S.FEATURE_METADATA).read_text())
+        assert tables[name].schema.simpleString() == struct.simpleString(), name
+    metadata = json.loads((tmp_path / "features" / schema.FEATURE_METADATA).read_text())
 
     # Train steps (before 01-03): 100 x2 (u1), 200 x3, 300 x3 (u3's view+cart is one step),
     # 400 x1 -> idx 200: 2, 300: 3, 100: 4, 400: 5; 500, 600 never in training -> OOV.
-    vocab = {r[S.PRODUCT_ID]: (r[S.ITEM_IDX], r[S.TRAIN_COUNT], r[S.PRETEST_COUNT]) for r in tables["item_vocab"].collect()}
-    assert vocab == {200: (2, 3, 4), 300: (3, 3, 3), 100: (4, 2, 3), 400: (5, 1, 2)}
+    item_vocab = {r[schema.PRODUCT_ID]: (r[schema.ITEM_IDX], r[schema.TRAIN_COUNT], r[schema.PRETEST_COUNT]) for r in tables["item_vocab"].collect()}
+    assert item_vocab == {200: (2, 3, 4), 300: (3, 3, 3), 100: (4, 2, 3), 400: (5, 1, 2)}
     # Windows (L = 3): u1 [100 200 100 300], u2 [200 300 400], u3 [300 200].
-    assert sorted(r[S.ITEM_SEQ] for r in tables["train"].collect()) == [[0, 0, 3, 2], [0, 2, 3, 5], [4, 2, 4, 3]]
+    assert sorted(r[schema.ITEM_SEQ] for r in tables["train"].collect()) == [[0, 0, 3, 2], [0, 2, 3, 5], [4, 2, 4, 3]]
     assert len(list((tmp_path / "features" / "train").glob("*.parquet"))) == 2
     # Validation: u1 200 (seen), 400 (new); u2 100 (new); u3 500 (OOV) -> dropped.
-    assert by_user(tables["validation"], S.TARGET_ITEMS) == {"u1": ([5],), "u2": ([4],)}
+    assert by_user(tables["validation"], schema.TARGET_ITEMS) == {"u1": ([5],), "u2": ([4],)}
     # Test: u1 500 and u2 600 are OOV; u3 100 is new.
-    assert by_user(tables["test"], S.HIST_ITEMS, S.SEEN_ITEMS, S.TARGET_ITEMS) == {"u3": ([3, 2, 1], [2, 3], [4])}
+    assert by_user(tables["test"], schema.HIST_ITEMS, schema.SEEN_ITEMS, schema.TARGET_ITEMS) == {"u3": ([3, 2, 1], [2, 3], [4])}
     # u1's last three steps: 200, 400, 500 (OOV).
-    assert by_user(tables["user_history"], S.HIST_ITEMS, S.SEEN_ITEMS)["u1"] == ([2, 5, 1], [2, 3, 4, 5])
+    assert by_user(tables["user_history"], schema.HIST_ITEMS, schema.SEEN_ITEMS)["u1"] == ([2, 5, 1], [2, 3, 4, 5])
     assert tables["user_history"].count() == 3
 
     # Users by training events: u1 4, u2 3, u3 3 -> 2, 3, 4 (ties by id).
     assert sorted(tuple(r) for r in tables["user_vocab"].collect()) == [(2, "u1", 4), (3, "u2", 3), (4, "u3", 3)]
     # u3 as of the validation cutoff: 2 views and a cart in one session, the last at 01-02 12:00.
     [u3] = tables["user_features"].where("snapshot = 'train' and user_id = 'u3'").collect()
-    assert (u3[S.USER_IDX], u3["n_view"], u3["n_cart"], u3[S.N_EVENTS], u3[S.N_SESSIONS], u3[S.PURCHASE_RATE],
-            u3[S.RECENCY_DAYS]) == (4, 2, 1, 3, 1, 0.0, 0.5)
-    assert {r[0]: r[1] for r in tables["user_features"].groupBy(S.SNAPSHOT).count().collect()} == {
+    assert (u3[schema.USER_IDX], u3["n_view"], u3["n_cart"], u3[schema.N_EVENTS], u3[schema.N_SESSIONS], u3[schema.PURCHASE_RATE],
+            u3[schema.RECENCY_DAYS]) == (4, 2, 1, 3, 1, 0.0, 0.5)
+    assert {r[0]: r[1] for r in tables["user_features"].groupBy(schema.SNAPSHOT).count().collect()} == {
         "train": 3, "test": 3, "serve": 3}
 
     vocab_meta = metadata.pop("vocab")
     assert {k: (v["size"], v["num_indices"]) for k, v in vocab_meta.items()} == {
         "item": (4, 6), "category": (1, 3), "brand": (1, 3), "user": (3, 5)}
     assert all(len(v["version"]) == 16 for v in vocab_meta.values()) and len(metadata.pop("vocab_version")) == 16
-    assert metadata.pop("quality_report").endswith(S.FEATURE_QUALITY_REPORT)
+    assert metadata.pop("quality_report").endswith(schema.FEATURE_QUALITY_REPORT)
     assert metadata == {
         "num_items": 6, "num_categories": 3, "num_brands": 3, "num_users": 5, "num_price_buckets": 11,
-        "num_event_codes": S.NUM_EVENT_CODES, "num_gap_buckets": S.NUM_GAP_BUCKETS, "max_seq_len": 3,
+        "num_event_codes": schema.NUM_EVENT_CODES, "num_gap_buckets": schema.NUM_GAP_BUCKETS, "max_seq_len": 3,
         "data_start": "2024-01-01T10:00:00+00:00", "data_end": "2024-01-04T16:00:00+00:00",
         "validation_cutoff": "2024-01-03T00:00:00+00:00", "test_cutoff": "2024-01-04T00:00:00+00:00",
         "snapshots": {"train": "2024-01-03T00:00:00+00:00", "test": "2024-01-04T00:00:00+00:00",
@@ -534,7 +534,7 @@ def test_run_writes_every_table_with_its_schema_and_the_metadata(spark, tmp_path
     )
     assert stage_run.data.metrics["train_windows"] == 3 and stage_run.data.metrics["test_users"] == 1
     artifacts = [a.path for a in client.list_artifacts(stage_run.info.run_id)]
-    assert S.FEATURE_METADATA in artifacts and S.FEATURE_QUALITY_REPORT in artifacts
+    assert schema.FEATURE_METADATA in artifacts and schema.FEATURE_QUALITY_REPORT in artifacts
     assert stage_run.data.params["vocab.item.version"] == vocab_meta["item"]["version"]
 
 
@@ -555,7 +555,7 @@ def write_toy(spark, cfg, visits=TOY_VISITS):
         (user, f"2024-01-{when}:00:00", CART if (user, when) == ("u3", "02 11") else VIEW, product, 7, "acme", 1.0 * product)
         for user, when, product in visits
     ]
-    io.write_partitioned(clean_events(spark, rows), cfg.paths.resolve("clean"), S.EVENT_DATE)
+    io.write_partitioned(clean_events(spark, rows), cfg.paths.resolve("clean"), schema.EVENT_DATE)
 
 
 def test_leave_last_out_splits_each_user_at_their_last_two_new_items(spark, tmp_path):
@@ -569,23 +569,23 @@ def test_leave_last_out_splits_each_user_at_their_last_two_new_items(spark, tmp_
 
     # Validation / test targets: u1 400 (03 15) / 500 (04 16), u2 100 (03 13) / 600 (04 14),
     # u3 500 (03 13) / 100 (04 14). Training: u1 100 200 100 300 200, u2 200 300 400, u3 300 200.
-    split = {r[S.USER_ID]: (r[S.VALIDATION_AT].day, r[S.VALIDATION_AT].hour, r[S.TEST_AT].day, r[S.TEST_AT].hour)
+    split = {r[schema.USER_ID]: (r[schema.VALIDATION_AT].day, r[schema.VALIDATION_AT].hour, r[schema.TEST_AT].day, r[schema.TEST_AT].hour)
              for r in read("user_split").collect()}
     assert split == {"u1": (3, 15, 4, 16), "u2": (3, 13, 4, 14), "u3": (3, 13, 4, 14)}
     # Training steps: 200 x4, 300 x3, 100 x2, 400 x1 -> 2, 3, 4, 5. Before each test target:
     # 100 3, 200 4, 300 3, 400 2 (and 500 once, outside the vocabulary).
-    vocab = {r[S.PRODUCT_ID]: (r[S.ITEM_IDX], r[S.TRAIN_COUNT], r[S.PRETEST_COUNT]) for r in read("item_vocab").collect()}
-    assert vocab == {200: (2, 4, 4), 300: (3, 3, 3), 100: (4, 2, 3), 400: (5, 1, 2)}
+    item_vocab = {r[schema.PRODUCT_ID]: (r[schema.ITEM_IDX], r[schema.TRAIN_COUNT], r[schema.PRETEST_COUNT]) for r in read("item_vocab").collect()}
+    assert item_vocab == {200: (2, 4, 4), 300: (3, 3, 3), 100: (4, 2, 3), 400: (5, 1, 2)}
     # L = 3: u1's five steps make two windows [200 100 300 200] and [100 200]; the temporal
     # split gave u1 one window, without its step of 01-03 14:00.
-    assert sorted(r[S.ITEM_SEQ] for r in read("train").collect()) == [
+    assert sorted(r[schema.ITEM_SEQ] for r in read("train").collect()) == [
         [0, 0, 3, 2], [0, 0, 4, 2], [0, 2, 3, 5], [2, 4, 3, 2]]
-    assert by_user(read("validation"), S.TARGET_ITEMS) == {"u1": ([5],), "u2": ([4],)}  # u3's 500: OOV
-    assert by_user(read("test"), S.HIST_ITEMS, S.SEEN_ITEMS, S.TARGET_ITEMS) == {"u3": ([3, 2, 1], [2, 3], [4])}
+    assert by_user(read("validation"), schema.TARGET_ITEMS) == {"u1": ([5],), "u2": ([4],)}  # u3's 500: OOV
+    assert by_user(read("test"), schema.HIST_ITEMS, schema.SEEN_ITEMS, schema.TARGET_ITEMS) == {"u3": ([3, 2, 1], [2, 3], [4])}
     # The "train" snapshot counts each user's events before their validation target.
-    n_events = {r[S.USER_ID]: r[S.N_EVENTS] for r in read("user_features").where("snapshot = 'train'").collect()}
+    n_events = {r[schema.USER_ID]: r[schema.N_EVENTS] for r in read("user_features").where("snapshot = 'train'").collect()}
     assert n_events == {"u1": 5, "u2": 3, "u3": 3}
-    metadata = json.loads((tmp_path / "features" / S.FEATURE_METADATA).read_text())
+    metadata = json.loads((tmp_path / "features" / schema.FEATURE_METADATA).read_text())
     assert (metadata["protocol"], metadata["validation_cutoff"], metadata["test_cutoff"]) == ("leave_last_out", None, None)
     assert metadata["counts"]["validation_users"] == 2 and metadata["counts"]["test_users"] == 1
     assert summary["protocol"] == "leave_last_out" and "warning" not in summary
@@ -610,7 +610,7 @@ def test_auto_switches_to_leave_last_out_when_the_test_period_is_thin_and_says_s
     # Test targets: u1 999 (outside the vocabulary: no row), u2..u5 their sixth product, which
     # other users trained on; validation targets: every user's second-to-last new product.
     root = cfg.paths.resolve("features")
-    assert {r[S.USER_ID] for r in spark.read.parquet(io.feature_path(root, "test")).collect()} == {"u2", "u3", "u4", "u5"}
+    assert {r[schema.USER_ID] for r in spark.read.parquet(io.feature_path(root, "test")).collect()} == {"u2", "u3", "u4", "u5"}
     assert spark.read.parquet(io.feature_path(root, "validation")).count() == 5
 
     explicit = load_config(None, [*overrides, "evaluate.protocol=temporal"])

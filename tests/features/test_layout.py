@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsys_spark import io
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.features.layout import block_mb, plan_train_files, shuffle_for_training, window_bytes
 
 pytestmark = pytest.mark.unit
@@ -28,10 +28,10 @@ def test_each_petastorm_shard_gets_an_even_share(spark, tmp_path):
     from petastorm import make_batch_reader
 
     rows = [(f"u{i % 5}", i // 5, [i, i + 1, i + 2, i + 3], [1, 1, 1, 1], [0, 1, 2, 3]) for i in range(21)]
-    windows = spark.createDataFrame(rows, f"user_id string, window_no int, {S.ITEM_SEQ} array<int>, "
-                                          f"{S.EVENT_SEQ} array<int>, {S.GAP_SEQ} array<int>")
+    windows = spark.createDataFrame(rows, f"user_id string, window_no int, {schema.ITEM_SEQ} array<int>, "
+                                          f"{schema.EVENT_SEQ} array<int>, {schema.GAP_SEQ} array<int>")
     path = str(tmp_path / "train")
-    io.write_table(S.conform(shuffle_for_training(windows, 4, seed=1), S.TRAIN_SCHEMA), path, block_mb(1))
+    io.write_table(schema.conform(shuffle_for_training(windows, 4, seed=1), schema.TRAIN_SCHEMA), path, block_mb(1))
 
     files = sorted((tmp_path / "train").glob("*.parquet"))
     per_file = [pq.ParquetFile(f).metadata for f in files]
@@ -42,7 +42,7 @@ def test_each_petastorm_shard_gets_an_even_share(spark, tmp_path):
     warnings.filterwarnings("ignore", category=FutureWarning, module="petastorm")
     shard_rows = []
     for shard in range(2):
-        with make_batch_reader(io.local_uri(path), schema_fields=[S.ITEM_SEQ], cur_shard=shard, shard_count=2,
+        with make_batch_reader(io.local_uri(path), schema_fields=[schema.ITEM_SEQ], cur_shard=shard, shard_count=2,
                                num_epochs=1, workers_count=1) as reader:
             shard_rows.append(sum(len(batch.item_seq) for batch in reader))
     assert sum(shard_rows) == 21

@@ -7,7 +7,7 @@ import math
 import pytest
 from pyspark.sql import functions as F
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.config import load_config
 from recsys_spark.errors import ConfigError, DataQualityError
 from recsys_spark.features.quality import PSI_FLOOR, evaluate_checks, psi, quality_report, raise_on_failure
@@ -38,7 +38,7 @@ def _report(spark):
         ("u2", "2024-01-05 10:00:00", VIEW, 10, 7, "acme", 5.0),  # test
         ("u2", "2024-01-06 10:00:00", VIEW, 30, 7, "acme", 5.0),  # test
     ])
-    steps = events.select(S.PRODUCT_ID, F.col(S.EVENT_TIME).alias(STEP_TIME))
+    steps = events.select(schema.PRODUCT_ID, F.col(schema.EVENT_TIME).alias(STEP_TIME))
     vocab = spark.createDataFrame([(10,)], "product_id long")
     return quality_report(events, steps, vocab, CUTOFFS, top_k=1)
 
@@ -46,8 +46,8 @@ def _report(spark):
 def test_quality_report_counts_nulls_mix_oov_and_drift(spark):
     report = _report(spark)
     assert report["rows"] == 6
-    assert {c: report["null_rate"][c] for c in (S.CATEGORY_ID, S.BRAND, S.PRICE, S.USER_ID)} == {
-        S.CATEGORY_ID: 1 / 6, S.BRAND: 2 / 6, S.PRICE: 1 / 6, S.USER_ID: 0.0}
+    assert {c: report["null_rate"][c] for c in (schema.CATEGORY_ID, schema.BRAND, schema.PRICE, schema.USER_ID)} == {
+        schema.CATEGORY_ID: 1 / 6, schema.BRAND: 2 / 6, schema.PRICE: 1 / 6, schema.USER_ID: 0.0}
     assert report["cardinality"] == {"users": 2, "items": 3, "categories": 2, "brands": 1, "sessions": 2}
     assert report["events"] == {"train": 3, "validation": 1, "test": 2}
     assert report["event_mix"]["train"] == {VIEW: 1 / 3, CART: 1 / 3, "remove_from_cart": 0.0, BUY: 1 / 3}

@@ -7,9 +7,9 @@ import pytest
 from pyspark.sql import functions as F
 
 from recsys_spark import io
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.errors import DataQualityError, InputError
-from recsys_spark.features import vocab as V
+from recsys_spark.features import vocab
 from recsys_spark.features.featurize import load_vocabs
 from recsys_spark.features.row_numbers import row_numbers
 from recsys_spark.features.sequences import STEP_TIME, encode_items
@@ -34,75 +34,75 @@ def test_value_vocab_min_count_ties_and_lookup_of_null_rare_and_unseen(spark):
         ("u", "2024-01-01 10:00:00", VIEW, 1, None, brand, None)
         for brand in ["b", "b", "b", "a", "c", "a", "c", "d", None]
     ])
-    brands = V.build_value_vocab(events, V.BRAND, min_count=2)
+    brands = vocab.build_value_vocab(events, vocab.BRAND, min_count=2)
     assert sorted(tuple(r) for r in brands.collect()) == [(2, "b", 3), (3, "a", 2), (4, "c", 2)]
     probe = spark.createDataFrame([("b",), ("c",), ("d",), ("zzz",), (None,)], "brand string")
-    got = {r[S.BRAND]: r[S.BRAND_IDX] for r in V.lookup(F.col(S.BRAND), brands, V.BRAND, probe, S.BRAND_IDX).collect()}
+    got = {r[schema.BRAND]: r[schema.BRAND_IDX] for r in vocab.lookup(F.col(schema.BRAND), brands, vocab.BRAND, probe, schema.BRAND_IDX).collect()}
     # d is rarer than min_count and zzz was never seen: both OOV; null is "no brand".
-    assert got == {"b": 2, "c": 4, "d": S.VOCAB_OOV_INDEX, "zzz": S.VOCAB_OOV_INDEX, None: S.VOCAB_NULL_INDEX}
+    assert got == {"b": 2, "c": 4, "d": schema.VOCAB_OOV_INDEX, "zzz": schema.VOCAB_OOV_INDEX, None: schema.VOCAB_NULL_INDEX}
 
 
 def test_version_is_a_content_digest_independent_of_partitioning(spark):
     rows = [(2, "b", 3), (3, "a", 2), (4, "c", 2)]
-    one = spark.createDataFrame(rows, S.BRAND_VOCAB_SCHEMA)
+    one = spark.createDataFrame(rows, schema.BRAND_VOCAB_SCHEMA)
     spread = one.repartition(3)
-    swapped = spark.createDataFrame([(3, "b", 3), (2, "a", 2), (4, "c", 2)], S.BRAND_VOCAB_SCHEMA)
-    v1, v2, v3 = (V.version(df, V.BRAND) for df in (one, spread, swapped))
+    swapped = spark.createDataFrame([(3, "b", 3), (2, "a", 2), (4, "c", 2)], schema.BRAND_VOCAB_SCHEMA)
+    v1, v2, v3 = (vocab.version(df, vocab.BRAND) for df in (one, spread, swapped))
     assert v1 == v2 and v1["size"] == 3 and v1["num_indices"] == 5
     assert v3["version"] != v1["version"]
-    empty = V.version(one.where("false"), V.BRAND)
-    assert (empty["size"], empty["num_indices"]) == (0, S.VOCAB_OOV_INDEX + 1)
+    empty = vocab.version(one.where("false"), vocab.BRAND)
+    assert (empty["size"], empty["num_indices"]) == (0, schema.VOCAB_OOV_INDEX + 1)
 
 
 def _steps(spark, rows):
     events = clean_events(spark, [("u", when, VIEW, product, None, None, None) for when, product in rows])
-    return events, events.select(S.USER_ID, S.PRODUCT_ID, F.col(S.EVENT_TIME).alias(STEP_TIME))
+    return events, events.select(schema.USER_ID, schema.PRODUCT_ID, F.col(schema.EVENT_TIME).alias(STEP_TIME))
 
 
 def _save(spark, root, vocabs):
-    for spec in V.SPECS:
-        io.write_table(S.conform(vocabs[spec.kind], spec.schema), io.feature_path(root, spec.table))
-    versions = {spec.kind: V.version(vocabs[spec.kind], spec) for spec in V.SPECS}
-    io.write_json(spark, io.feature_path(root, S.FEATURE_METADATA), {"vocab": versions})
+    for spec in vocab.SPECS:
+        io.write_table(schema.conform(vocabs[spec.kind], spec.schema), io.feature_path(root, spec.table))
+    versions = {spec.kind: vocab.version(vocabs[spec.kind], spec) for spec in vocab.SPECS}
+    io.write_json(spark, io.feature_path(root, schema.FEATURE_METADATA), {"vocab": versions})
 
 
 def test_reused_vocabulary_maps_unseen_ids_to_oov_not_to_a_wrong_index(spark, tmp_path):
     day_a, day_b = "2024-01-02 10:00:00", "2024-01-02 11:00:00"
     # Training data: 10 three times, 20 twice -> 10: 2, 20: 3.
     events, steps = _steps(spark, [(day_a, 10)] * 3 + [(day_a, 20)] * 2)
-    empty = {spec.kind: spark.createDataFrame([], spec.schema) for spec in (V.CATEGORY, V.BRAND)}
-    item = V.build_item_vocab(steps, events, CUTOFFS, 1, 2, empty["category"], empty["brand"])
-    vocabs = {"item": item, **empty, "user": V.build_value_vocab(events, V.USER, 1)}
+    empty = {spec.kind: spark.createDataFrame([], spec.schema) for spec in (vocab.CATEGORY, vocab.BRAND)}
+    item = vocab.build_item_vocab(steps, events, CUTOFFS, 1, 2, empty["category"], empty["brand"])
+    vocabs = {"item": item, **empty, "user": vocab.build_value_vocab(events, vocab.USER, 1)}
     root = str(tmp_path / "trained")
     _save(spark, root, vocabs)
 
     # New data: 30 (never trained on) is now the most popular, 20 outranks 10.
     new_events, new_steps = _steps(spark, [(day_b, 30)] * 5 + [(day_b, 20)] * 4 + [(day_b, 10)])
-    rebuilt = V.build_item_vocab(new_steps, new_events, CUTOFFS, 1, 2, empty["category"], empty["brand"])
-    rebuilt_idx = {r[S.PRODUCT_ID]: r[S.ITEM_IDX] for r in rebuilt.collect()}
+    rebuilt = vocab.build_item_vocab(new_steps, new_events, CUTOFFS, 1, 2, empty["category"], empty["brand"])
+    rebuilt_idx = {r[schema.PRODUCT_ID]: r[schema.ITEM_IDX] for r in rebuilt.collect()}
     assert rebuilt_idx == {30: 2, 20: 3, 10: 4}  # rebuilding moves every id: 30 takes 10's index
 
     reused = load_vocabs(spark, root, new_steps, CUTOFFS)
-    encoded = encode_items(new_steps.select(S.PRODUCT_ID).distinct(), reused["item"])
-    assert {r[S.PRODUCT_ID]: r[S.ITEM_IDX] for r in encoded.collect()} == {10: 2, 20: 3, 30: S.OOV_INDEX}
+    encoded = encode_items(new_steps.select(schema.PRODUCT_ID).distinct(), reused["item"])
+    assert {r[schema.PRODUCT_ID]: r[schema.ITEM_IDX] for r in encoded.collect()} == {10: 2, 20: 3, 30: schema.OOV_INDEX}
     # Indices as trained, counts (the logQ popularity) from the new training period.
-    assert sorted((r[S.PRODUCT_ID], r[S.ITEM_IDX], r[S.TRAIN_COUNT]) for r in reused["item"].collect()) == [
+    assert sorted((r[schema.PRODUCT_ID], r[schema.ITEM_IDX], r[schema.TRAIN_COUNT]) for r in reused["item"].collect()) == [
         (10, 2, 1), (20, 3, 4)]
-    assert V.version(reused["item"], V.ITEM) == V.version(item, V.ITEM)
+    assert vocab.version(reused["item"], vocab.ITEM) == vocab.version(item, vocab.ITEM)
 
 
 def test_reuse_refuses_a_vocabulary_that_does_not_match_its_version(spark, tmp_path):
     events, steps = _steps(spark, [("2024-01-02 10:00:00", 10), ("2024-01-02 10:00:00", 20)])
-    empty = {spec.kind: spark.createDataFrame([], spec.schema) for spec in (V.CATEGORY, V.BRAND)}
-    item = V.build_item_vocab(steps, events, CUTOFFS, 1, 2, empty["category"], empty["brand"])
-    vocabs = {"item": item, **empty, "user": V.build_value_vocab(events, V.USER, 1)}
+    empty = {spec.kind: spark.createDataFrame([], spec.schema) for spec in (vocab.CATEGORY, vocab.BRAND)}
+    item = vocab.build_item_vocab(steps, events, CUTOFFS, 1, 2, empty["category"], empty["brand"])
+    vocabs = {"item": item, **empty, "user": vocab.build_value_vocab(events, vocab.USER, 1)}
     root = str(tmp_path / "trained")
     _save(spark, root, vocabs)
-    tampered = item.withColumn(S.ITEM_IDX, F.lit(5) - F.col(S.ITEM_IDX))  # 10 <-> 20
+    tampered = item.withColumn(schema.ITEM_IDX, F.lit(5) - F.col(schema.ITEM_IDX))  # 10 <-> 20
     io.write_table(tampered, io.feature_path(root, "item_vocab"))
     with pytest.raises(DataQualityError, match=r"item_vocab has vocabulary version \w{16}, its metadata.json records"):
         load_vocabs(spark, root, steps, CUTOFFS)
-    io.write_json(spark, io.feature_path(root, S.FEATURE_METADATA), {"num_items": 4})
+    io.write_json(spark, io.feature_path(root, schema.FEATURE_METADATA), {"num_items": 4})
     with pytest.raises(InputError, match="records no vocabulary versions"):
         load_vocabs(spark, root, steps, CUTOFFS)
     with pytest.raises(InputError, match="does not exist \\(config key featurize.vocab_from\\)"):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.config import ScoreConfig
 from recsys_spark.errors import DataQualityError
 from recsys_spark.evaluation.rankers import ModelRanker
@@ -30,7 +30,7 @@ NEG_INF = float("-inf")
 
 def brute_force(user_vecs: np.ndarray, item_vecs: np.ndarray, k: int, exclude: list[list[int]]) -> np.ndarray:
     scores = user_vecs @ item_vecs.T
-    scores[:, : S.FIRST_ITEM_INDEX] = -np.inf
+    scores[:, : schema.FIRST_ITEM_INDEX] = -np.inf
     for row, items in enumerate(exclude):
         scores[row, items] = -np.inf
     return np.argsort(-scores, axis=1, kind="stable")[:, :k]
@@ -150,17 +150,17 @@ def test_evaluation_scoring_the_pyfunc_and_validation_return_the_same_lists(mode
         hist[u, 4 - length:] = rng.integers(1, NUM_ITEMS, size=length)
         hist[u, -1] = rng.integers(2, NUM_ITEMS)  # at least one known item: scoring uses the model
         extra = rng.integers(2, NUM_ITEMS)
-        seen.append(sorted({int(i) for i in hist[u] if i >= S.FIRST_ITEM_INDEX} | {int(extra)}))
+        seen.append(sorted({int(i) for i in hist[u] if i >= schema.FIRST_ITEM_INDEX} | {int(extra)}))
     events = np.where(hist > 0, rng.integers(1, 4, size=hist.shape), 0)
-    gaps = np.where(hist > 0, rng.integers(1, S.NUM_GAP_BUCKETS, size=hist.shape), 0)
+    gaps = np.where(hist > 0, rng.integers(1, schema.NUM_GAP_BUCKETS, size=hist.shape), 0)
     frame = pd.DataFrame({
-        S.USER_ID: [f"u{u}" for u in range(users)],
-        S.HIST_ITEMS: list(hist), S.HIST_EVENTS: list(events), S.HIST_GAPS: list(gaps), S.SEEN_ITEMS: seen,
+        schema.USER_ID: [f"u{u}" for u in range(users)],
+        schema.HIST_ITEMS: list(hist), schema.HIST_EVENTS: list(events), schema.HIST_GAPS: list(gaps), schema.SEEN_ITEMS: seen,
     })
     product_ids = bundle.product_ids()
 
     def as_products(top: np.ndarray) -> list[list[int]]:
-        return [[int(product_ids[i]) for i in row if i != S.EMPTY_SLOT] for row in top]
+        return [[int(product_ids[i]) for i in row if i != schema.EMPTY_SLOT] for row in top]
 
     evaluation, _ = ModelRanker.from_bundle(bundle).recommend(frame, k, block_size=7)
     expected = as_products(evaluation)
@@ -176,7 +176,7 @@ def test_evaluation_scoring_the_pyfunc_and_validation_return_the_same_lists(mode
 
     with torch.no_grad():
         vectors = bundle.build_module().item_vectors().numpy()
-    stats = pd.DataFrame({S.PRODUCT_ID: PRODUCT + np.arange(2, NUM_ITEMS), S.CATEGORY_ID: pd.array([None] * 8, "Int64"),
+    stats = pd.DataFrame({schema.PRODUCT_ID: PRODUCT + np.arange(2, NUM_ITEMS), schema.CATEGORY_ID: pd.array([None] * 8, "Int64"),
                           "recent_users": np.ones(8), "all_users": np.ones(8)})
     plan = build_plan(bundle, vectors, bundle.item_vocab, stats, np.zeros(0, np.int64),
                       ScoreConfig(top_k=k, block_size=5, explore_share=0.0, category_cap=0))
@@ -184,6 +184,6 @@ def test_evaluation_scoring_the_pyfunc_and_validation_return_the_same_lists(mode
                             USER_CATEGORY: pd.array([None] * users, "Int64"),
                             USER_KEY: np.arange(users, dtype=np.int64)})
     out = Recommender(plan).recommend(batch)
-    assert set(out[S.SOURCE]) == {"model"}
-    scored = out.sort_values([S.USER_ID, S.RANK]).groupby(S.USER_ID, sort=False)[S.ITEM_ID].apply(list)
+    assert set(out[schema.SOURCE]) == {"model"}
+    scored = out.sort_values([schema.USER_ID, schema.RANK]).groupby(schema.USER_ID, sort=False)[schema.ITEM_ID].apply(list)
     assert [scored[f"u{u}"] for u in range(users)] == expected

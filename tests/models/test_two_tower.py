@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.models import ranking
 from recsys_spark.models.bundle import ModelBundle
 from recsys_spark.models.two_tower import HistoryFeatures, TwoTowerModel
@@ -26,7 +26,7 @@ def make_model(dropout: float = 0.0, user_features: bool = True, interest_poolin
     torch.manual_seed(0)
     model = TwoTowerModel(
         num_items=NUM_ITEMS, num_categories=3, num_brands=4, num_price_buckets=3,
-        num_event_codes=S.NUM_EVENT_CODES, num_gap_buckets=S.NUM_GAP_BUCKETS, max_seq_len=LENGTH,
+        num_event_codes=schema.NUM_EVENT_CODES, num_gap_buckets=schema.NUM_GAP_BUCKETS, max_seq_len=LENGTH,
         dim=DIM, num_layers=2, num_heads=2, dropout=dropout, use_user_features=user_features,
         use_interest_pooling=interest_pooling, user_vector="last",
     )
@@ -75,7 +75,7 @@ def test_causal_mask_later_steps_do_not_change_earlier_positions(user_features, 
     for step in (4, 2):  # the last step, then a middle one
         changed, changed_events, changed_gaps = items.clone(), events.clone(), gaps.clone()
         changed[:2, step] = 11  # a different item, event and gap at `step` in the real rows
-        changed_events[:2, step] = S.EVENT_CODE["purchase"] if step != 4 else S.EVENT_CODE["cart"]
+        changed_events[:2, step] = schema.EVENT_CODE["purchase"] if step != 4 else schema.EVENT_CODE["cart"]
         changed_gaps[:2, step] = 20
         with torch.no_grad():
             before = model.sequence_vectors(items, events, gaps)
@@ -87,11 +87,11 @@ def test_causal_mask_later_steps_do_not_change_earlier_positions(user_features, 
 def test_history_features_match_a_hand_computation():
     # One row, left-padded: [pad, item 2 view, item 3 cart, item 2 purchase] with gap buckets 0, 4, 8.
     items = torch.tensor([[0, 2, 3, 2]])
-    events = torch.tensor([[0, S.EVENT_CODE["view"], S.EVENT_CODE["cart"], S.EVENT_CODE["purchase"]]])
+    events = torch.tensor([[0, schema.EVENT_CODE["view"], schema.EVENT_CODE["cart"], schema.EVENT_CODE["purchase"]]])
     gaps = torch.tensor([[5, 0, 4, 8]])  # the pad step's gap (5) must be ignored
-    feats = HistoryFeatures(S.NUM_EVENT_CODES, S.NUM_GAP_BUCKETS)(items, events, gaps)
-    assert feats.shape == (1, 4, HistoryFeatures(S.NUM_EVENT_CODES, S.NUM_GAP_BUCKETS).size) == (1, 4, 11)
-    top = S.NUM_GAP_BUCKETS - 1
+    feats = HistoryFeatures(schema.NUM_EVENT_CODES, schema.NUM_GAP_BUCKETS)(items, events, gaps)
+    assert feats.shape == (1, 4, HistoryFeatures(schema.NUM_EVENT_CODES, schema.NUM_GAP_BUCKETS).size) == (1, 4, 11)
+    top = schema.NUM_GAP_BUCKETS - 1
     # Columns: log1p(n) | shares of view, cart, remove, purchase | log1p counts of the same | mean gap | repeat share
     expected_last = [math.log(4), 1 / 3, 1 / 3, 0, 1 / 3, math.log(2), math.log(2), 0, math.log(2),
                      (0 + 4 + 8) / 3 / top, 1 / 3]
@@ -105,16 +105,16 @@ def test_user_features_change_the_user_vector_and_old_bundles_rebuild_without_th
     with_features, without = make_model(user_features=True), make_model(user_features=False)
     items, events, gaps = batch()
     more_purchases = events.clone()
-    more_purchases[1, :4] = S.EVENT_CODE["purchase"]
+    more_purchases[1, :4] = schema.EVENT_CODE["purchase"]
     with torch.no_grad():
         assert not torch.allclose(ranking.user_vectors(with_features, items, events, gaps)[1],
                                   ranking.user_vectors(with_features, items, more_purchases, gaps)[1])
     assert not any(k.startswith("user_feature_mlp") for k in without.state_dict())
     # A bundle saved before user features existed has no such key in model_args: built without.
     old_args = dict(num_items=NUM_ITEMS, num_categories=3, num_brands=4, num_price_buckets=3,
-                    num_event_codes=S.NUM_EVENT_CODES, num_gap_buckets=S.NUM_GAP_BUCKETS,
+                    num_event_codes=schema.NUM_EVENT_CODES, num_gap_buckets=schema.NUM_GAP_BUCKETS,
                     max_seq_len=LENGTH, dim=DIM, num_layers=2, num_heads=2, dropout=0.0)
-    vocab = pd.DataFrame({S.ITEM_IDX: np.arange(2, NUM_ITEMS), S.PRODUCT_ID: np.arange(2, NUM_ITEMS) + 1000})
+    vocab = pd.DataFrame({schema.ITEM_IDX: np.arange(2, NUM_ITEMS), schema.PRODUCT_ID: np.arange(2, NUM_ITEMS) + 1000})
     rebuilt = ModelBundle(model_args=old_args, state_dict=without.state_dict(), item_vocab=vocab,
                           config={}).build_module()
     assert rebuilt.history_features is None and rebuilt.user_vector == "last"
@@ -217,7 +217,7 @@ def retrieval_loss(event_weights: dict[str, float]) -> tuple[float, int]:
     # Inputs [0, 0, 5, 1, 6] -> targets [0, 5, 1, 6, 7]. Counted: 6 (a view, after OOV input 1)
     # and 7 (a purchase). Not counted: pad target 0, target 5 (its input is padding), OOV target 1.
     items = torch.tensor([[0, 0, 5, 1, 6, 7]])
-    events = torch.tensor([[0, 0, 1, 1, S.EVENT_CODE["view"], S.EVENT_CODE["purchase"]]])
+    events = torch.tensor([[0, 0, 1, 1, schema.EVENT_CODE["view"], schema.EVENT_CODE["purchase"]]])
     gaps = torch.tensor([[0, 0, 0, 2, 2, 2]])
     with torch.no_grad():
         loss, n = task(items, events, gaps, generator=torch.Generator().manual_seed(3))
@@ -247,9 +247,9 @@ def test_retrieval_task_counts_only_real_targets_and_weights_them_by_event():
 
 def test_gap_bucket_of_matches_the_feature_buckets():
     # 1 + floor(log2(1 + s)), capped: 0 s -> 1, 1 s -> 2, 3 s -> 3, 1800 s -> 11 (1024 <= 1801 < 2048).
-    assert [S.gap_bucket_of(s) for s in (0, 1, 2, 3, 1022, 1023, 1800, 10**9)] == [1, 2, 2, 3, 10, 11, 11, 23]
+    assert [schema.gap_bucket_of(s) for s in (0, 1, 2, 3, 1022, 1023, 1800, 10**9)] == [1, 2, 2, 3, 10, 11, 11, 23]
     with pytest.raises(ValueError, match="negative"):
-        S.gap_bucket_of(-1)
+        schema.gap_bucket_of(-1)
 
 
 def test_next_visit_targets_start_at_the_next_visit():
@@ -260,7 +260,7 @@ def test_next_visit_targets_start_at_the_next_visit():
     # (inputs 2, 3, 4) predict 5, the first step of their next visit; positions 3 and 4 lie in
     # the last visit of the window and predict nothing.
     items = torch.tensor([[2, 3, 4, 5, 6, 7]])
-    events = torch.full_like(items, S.EVENT_CODE["view"])
+    events = torch.full_like(items, schema.EVENT_CODE["view"])
     gaps = torch.tensor([[0, 1, 1, 12, 1, 1]])
     with torch.no_grad():
         loss, n = task(items, events, gaps, generator=torch.Generator().manual_seed(3))

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.config import ScoreConfig
 from recsys_spark.scoring import inputs
 from recsys_spark.scoring.recommender import (
@@ -36,8 +36,8 @@ LATEST_CATEGORY = {"known": 77, "cold_cat": 99, "cold_none": None, "cold_buyer":
 
 def stats_frame(offset: int = 0) -> pd.DataFrame:
     return pd.DataFrame({
-        S.PRODUCT_ID: list(STATS),
-        S.CATEGORY_ID: pd.array([None if CATEGORY[p] is None else CATEGORY[p] + offset for p in STATS], dtype="Int64"),
+        schema.PRODUCT_ID: list(STATS),
+        schema.CATEGORY_ID: pd.array([None if CATEGORY[p] is None else CATEGORY[p] + offset for p in STATS], dtype="Int64"),
         inputs.RECENT_USERS: [r for r, _ in STATS.values()],
         inputs.ALL_USERS: [a for _, a in STATS.values()],
     })
@@ -45,8 +45,8 @@ def stats_frame(offset: int = 0) -> pd.DataFrame:
 
 def batch(users=USERS, offset: int = 0) -> pd.DataFrame:
     frame = history_frame(users)
-    frame[EXCLUDE_PRODUCTS] = [BOUGHT[u] for u in frame[S.USER_ID]]
-    latest = [LATEST_CATEGORY[u] for u in frame[S.USER_ID]]
+    frame[EXCLUDE_PRODUCTS] = [BOUGHT[u] for u in frame[schema.USER_ID]]
+    latest = [LATEST_CATEGORY[u] for u in frame[schema.USER_ID]]
     frame[USER_CATEGORY] = pd.array([None if c is None else c + offset for c in latest], dtype="Int64")
     frame[USER_KEY] = np.arange(len(frame), dtype=np.int64) * 7919 + 1
     return frame
@@ -71,7 +71,7 @@ def test_category_ids_above_2_to_the_53_keep_cold_users_in_their_category():
 
 
 def lists(out: pd.DataFrame) -> dict[str, list[int]]:
-    return {u: g.sort_values(S.RANK)[S.ITEM_ID].tolist() for u, g in out.groupby(S.USER_ID)}
+    return {u: g.sort_values(schema.RANK)[schema.ITEM_ID].tolist() for u, g in out.groupby(schema.USER_ID)}
 
 
 def test_model_users_get_the_towers_best_unbought_items_and_cold_users_popular_ones_by_category():
@@ -85,16 +85,16 @@ def test_model_users_get_the_towers_best_unbought_items_and_cold_users_popular_o
         "cold_none": [2000, 1004, 1005],  # no category: the most popular
         "cold_buyer": [1005, 1006, 1004],  # category 88 without the bought 2000, then the most popular
     }
-    sources = out.groupby(S.USER_ID)[S.SOURCE].agg(set).to_dict()
+    sources = out.groupby(schema.USER_ID)[schema.SOURCE].agg(set).to_dict()
     assert sources == {"known": {"model"}, "cold_cat": {"fallback"}, "cold_none": {"fallback"},
                        "cold_buyer": {"fallback"}}
-    rows = out.set_index([S.USER_ID, S.ITEM_ID])[S.SCORE]
+    rows = out.set_index([schema.USER_ID, schema.ITEM_ID])[schema.SCORE]
     for product in best(known, exclude=[1004], k=K):
         assert rows["known", product] == pytest.approx(known[product], rel=1e-5)
     # A fallback item's score is its popularity: recent users + all-time users / 9.
     assert rows["cold_cat", 1007] == pytest.approx(fallback_score(1007))
     assert rows["cold_none", 2000] == pytest.approx(8 + 8 / 9)
-    assert out.groupby(S.USER_ID)[S.RANK].agg(list).to_dict() == {u: [1, 2, 3] for u, _, _ in USERS}
+    assert out.groupby(schema.USER_ID)[schema.RANK].agg(list).to_dict() == {u: [1, 2, 3] for u, _, _ in USERS}
 
 
 def test_a_mixture_model_scores_by_its_mean_softmax_over_the_items_each_user_may_get():
@@ -107,12 +107,12 @@ def test_a_mixture_model_scores_by_its_mean_softmax_over_the_items_each_user_may
     with torch.no_grad():
         steps = module.sequence_vectors(items, (items > 0).long(), torch.zeros_like(items))[0]
         vecs = module.item_vectors()
-    logits = steps[items[0] > 0] @ vecs[S.FIRST_ITEM_INDEX:].T
-    allowed = torch.tensor([PRODUCT + i != 1004 for i in range(S.FIRST_ITEM_INDEX, NUM_ITEMS)])
+    logits = steps[items[0] > 0] @ vecs[schema.FIRST_ITEM_INDEX:].T
+    allowed = torch.tensor([PRODUCT + i != 1004 for i in range(schema.FIRST_ITEM_INDEX, NUM_ITEMS)])
     probs = torch.exp(logits - torch.logsumexp(logits[:, allowed], dim=1, keepdim=True)).mean(dim=0)
-    expected = {PRODUCT + S.FIRST_ITEM_INDEX + j: float(torch.log(p)) for j, p in enumerate(probs)}
+    expected = {PRODUCT + schema.FIRST_ITEM_INDEX + j: float(torch.log(p)) for j, p in enumerate(probs)}
     assert lists(out) == {"known": best(expected, exclude=[1004], k=K)}
-    scores = out.set_index(S.ITEM_ID)[S.SCORE]
+    scores = out.set_index(schema.ITEM_ID)[schema.SCORE]
     for product in best(expected, exclude=[1004], k=K):
         assert scores[product] == pytest.approx(expected[product], rel=1e-5)
 
@@ -120,18 +120,18 @@ def test_a_mixture_model_scores_by_its_mean_softmax_over_the_items_each_user_may
 def test_the_exclusion_list_is_never_recommended_to_anyone():
     bundle = tiny_bundle()
     out = recommender(bundle, excluded=[1005, 2000, 1006]).recommend(batch())
-    assert not set(out[S.ITEM_ID]) & {1005, 2000, 1006}
+    assert not set(out[schema.ITEM_ID]) & {1005, 2000, 1006}
     assert lists(out)["cold_buyer"] == [1004, 1007, 1003]  # category 88 is all excluded or bought
     assert lists(out)["known"] == best(model_scores(bundle, USERS[0][1]), exclude=[1004, 1005, 1006], k=K)
 
 
 def test_lists_are_always_k_long_when_the_catalogue_allows_and_never_repeat():
     out = recommender().recommend(batch())
-    assert out.groupby(S.USER_ID).size().to_dict() == {u: K for u, _, _ in USERS}
-    assert not out.duplicated([S.USER_ID, S.ITEM_ID]).any()
+    assert out.groupby(schema.USER_ID).size().to_dict() == {u: K for u, _, _ in USERS}
+    assert not out.duplicated([schema.USER_ID, schema.ITEM_ID]).any()
     # Six of the eight model items excluded and one bought: the known user gets the one left.
     out = recommender(excluded=[1002, 1003, 1005, 1006, 1007, 1008]).recommend(batch(USERS[:1]))
-    assert sorted(out[S.ITEM_ID]) == [1009] and out[S.RANK].tolist() == [1]  # 1004 is bought
+    assert sorted(out[schema.ITEM_ID]) == [1009] and out[schema.RANK].tolist() == [1]  # 1004 is bought
 
 
 def test_the_category_cap_holds_for_model_and_fallback_lists():
@@ -159,23 +159,23 @@ def test_exploration_marks_picks_from_the_least_exposed_items_and_is_reproducibl
     # The model's catalogue by recent users: 1006 0, 1009 0 (no events), 1002 1, 1008 2 | 1003 ...
     assert sorted(rec.plan.model_items.product_ids[rec.plan.explore_pool]) == [1002, 1006, 1008, 1009]
     out = rec.recommend(batch())
-    explored = out[out[S.SOURCE] == "explore"]
-    assert set(explored[S.USER_ID]) == {"known"}  # cold-start users are not explored
-    assert set(explored[S.ITEM_ID]) <= {1002, 1006, 1008, 1009} and len(explored) >= 1
-    known = out[out[S.USER_ID] == "known"]
-    assert len(known) == K and not known[S.ITEM_ID].duplicated().any() and 1004 not in set(known[S.ITEM_ID])
+    explored = out[out[schema.SOURCE] == "explore"]
+    assert set(explored[schema.USER_ID]) == {"known"}  # cold-start users are not explored
+    assert set(explored[schema.ITEM_ID]) <= {1002, 1006, 1008, 1009} and len(explored) >= 1
+    known = out[out[schema.USER_ID] == "known"]
+    assert len(known) == K and not known[schema.ITEM_ID].duplicated().any() and 1004 not in set(known[schema.ITEM_ID])
     pd.testing.assert_frame_equal(out, rec.recommend(batch()))
     none = recommender(explore_share=0.0).recommend(batch())
-    assert "explore" not in set(none[S.SOURCE])
+    assert "explore" not in set(none[schema.SOURCE])
 
 
 def test_the_explore_share_is_the_share_of_model_positions_explored():
     rec = recommender(explore_share=0.25, explore_pool_share=1.0)
     many = pd.concat([batch(USERS[:1])] * 400, ignore_index=True)
-    many[S.USER_ID] = [f"u{i}" for i in range(len(many))]
+    many[schema.USER_ID] = [f"u{i}" for i in range(len(many))]
     many[USER_KEY] = np.arange(len(many), dtype=np.int64) * 104729
     out = rec.recommend(many)
-    share = (out[S.SOURCE] == "explore").mean()
+    share = (out[schema.SOURCE] == "explore").mean()
     # 1200 positions, each explored with probability 1/4 (standard error 0.0125); a pick that
     # repeats the model's own choice for the position still counts as explored.
     assert 0.2 < share < 0.3
@@ -185,16 +185,16 @@ def test_histories_are_read_with_the_models_vocabulary():
     bundle = tiny_bundle()
     # A later featurize run numbered the items differently: its index 2 is product 1003, its
     # index 3 product 1002, and its index 4 a product the model never saw.
-    feature_vocab = pd.DataFrame({S.ITEM_IDX: [2, 3, 4], S.PRODUCT_ID: [1003, 1002, 5555]})
+    feature_vocab = pd.DataFrame({schema.ITEM_IDX: [2, 3, 4], schema.PRODUCT_ID: [1003, 1002, 5555]})
     remap = vocab_remap(feature_vocab, bundle.item_vocab)
     assert remap.tolist() == [0, 1, 3, 2, 1]
     frame = pd.concat([batch(USERS[:1])] * 2, ignore_index=True)  # "known"'s purchases and category
-    frame[S.USER_ID] = ["swapped", "unknown_only"]
-    frame[S.HIST_ITEMS] = [[0, 0, 3, 2], [0, 0, 4, 4]]
+    frame[schema.USER_ID] = ["swapped", "unknown_only"]
+    frame[schema.HIST_ITEMS] = [[0, 0, 3, 2], [0, 0, 4, 4]]
     out = recommender(bundle, feature_vocab=feature_vocab).recommend(frame)
     # "swapped" has the history [1002, 1003]: the same list as "known" under the model's vocabulary.
     assert lists(out)["swapped"] == best(model_scores(bundle, [0, 0, 2, 3]), exclude=[1004], k=K)
-    assert set(out[out[S.USER_ID] == "unknown_only"][S.SOURCE]) == {"fallback"}
+    assert set(out[out[schema.USER_ID] == "unknown_only"][schema.SOURCE]) == {"fallback"}
 
 
 def test_item_space_lookup_and_category_codes():

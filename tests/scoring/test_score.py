@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsys_spark import io
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.config import from_dict
 from recsys_spark.errors import ConfigError, InputError
 from recsys_spark.scoring import inputs, score
@@ -23,14 +23,14 @@ DAY = "2019-11-01"
 
 
 def write_clean(spark, path: str, rows: list[tuple]) -> None:
-    df = spark.createDataFrame(rows, S.CLEAN_SCHEMA)
-    df.write.mode("overwrite").partitionBy(S.EVENT_DATE).parquet(path)
+    df = spark.createDataFrame(rows, schema.CLEAN_SCHEMA)
+    df.write.mode("overwrite").partitionBy(schema.EVENT_DATE).parquet(path)
 
 
 def write_history(spark, features: str, users, vocab: pd.DataFrame) -> None:
     rows = [(u, h, [1 if i else 0 for i in h], [0] * len(h), sorted({i for i in h if i >= 2})) for u, h, *_ in users]
-    io.write_table(spark.createDataFrame(rows, S.USER_HISTORY_SCHEMA), io.feature_path(features, "user_history"))
-    io.write_table(spark.createDataFrame(vocab, S.ITEM_VOCAB_SCHEMA), io.feature_path(features, "item_vocab"))
+    io.write_table(spark.createDataFrame(rows, schema.USER_HISTORY_SCHEMA), io.feature_path(features, "user_history"))
+    io.write_table(spark.createDataFrame(vocab, schema.ITEM_VOCAB_SCHEMA), io.feature_path(features, "item_vocab"))
 
 
 def register(cfg, bundle, alias: str) -> str:
@@ -50,7 +50,7 @@ def register(cfg, bundle, alias: str) -> str:
 
 def read_recs(path: str) -> pd.DataFrame:
     recs = pq.read_table(path).to_pandas()
-    return recs.assign(**{S.RUN_DATE: recs[S.RUN_DATE].astype(str)}).sort_values([S.RUN_DATE, S.USER_ID, S.RANK])
+    return recs.assign(**{schema.RUN_DATE: recs[schema.RUN_DATE].astype(str)}).sort_values([schema.RUN_DATE, schema.USER_ID, schema.RANK])
 
 
 def with_score(cfg, **changes):
@@ -78,20 +78,20 @@ def workspace(spark, tmp_path_factory):
 def test_user_context_and_product_stats_match_the_hand_counts(spark, workspace):
     cfg, _ = workspace
     events = io.read_clean(spark, cfg.paths.resolve("clean"))
-    context = {r[S.USER_ID]: r for r in inputs.user_context(events, ["purchase"]).collect()}
+    context = {r[schema.USER_ID]: r for r in inputs.user_context(events, ["purchase"]).collect()}
     assert {u: (context[u][EXCLUDE_PRODUCTS], context[u][USER_CATEGORY]) for u, _, _ in USERS} == {
         "known": ([1004], 77), "cold_cat": ([], 99), "cold_none": ([], None), "cold_buyer": ([2000], 88),
     }
     assert inputs.user_context(events, []).where(f"size({EXCLUDE_PRODUCTS}) > 0").count() == 0
-    viewed = {r[S.USER_ID]: r[EXCLUDE_PRODUCTS] for r in inputs.user_context(events, ["view", "purchase"]).collect()}
+    viewed = {r[schema.USER_ID]: r[EXCLUDE_PRODUCTS] for r in inputs.user_context(events, ["view", "purchase"]).collect()}
     assert viewed["known"] == [1002, 1003, 1004]
 
     import datetime as dt
 
-    stats = inputs.product_stats(events, END - dt.timedelta(days=7)).toPandas().set_index(S.PRODUCT_ID)
+    stats = inputs.product_stats(events, END - dt.timedelta(days=7)).toPandas().set_index(schema.PRODUCT_ID)
     assert {p: (r[inputs.RECENT_USERS], r[inputs.ALL_USERS]) for p, r in stats.iterrows()} == STATS
-    assert stats.loc[3001, S.CATEGORY_ID] is pd.NA or pd.isna(stats.loc[3001, S.CATEGORY_ID])
-    assert stats.loc[2000, S.CATEGORY_ID] == 88
+    assert stats.loc[3001, schema.CATEGORY_ID] is pd.NA or pd.isna(stats.loc[3001, schema.CATEGORY_ID])
+    assert stats.loc[2000, schema.CATEGORY_ID] == 88
 
 
 def test_score_writes_the_documented_lists_and_rerunning_a_date_replaces_only_it(spark, workspace, tmp_path):
@@ -106,22 +106,22 @@ def test_score_writes_the_documented_lists_and_rerunning_a_date_replaces_only_it
         "users_short_of_k": 0}
 
     written = spark.read.parquet(out)
-    assert [(f.name, f.dataType) for f in written.schema] == [(f.name, f.dataType) for f in S.RECOMMENDATION_SCHEMA]
+    assert [(f.name, f.dataType) for f in written.schema] == [(f.name, f.dataType) for f in schema.RECOMMENDATION_SCHEMA]
     recs = read_recs(out)
-    lists = recs.groupby(S.USER_ID)[S.ITEM_ID].agg(list).to_dict()
+    lists = recs.groupby(schema.USER_ID)[schema.ITEM_ID].agg(list).to_dict()
     assert lists == {
         "known": best(model_scores(bundle, USERS[0][1]), exclude=[1004], k=K),
         "cold_cat": [1007, 1008, 3000],
         "cold_none": [2000, 1004, 1005],
         "cold_buyer": [1005, 1006, 1004],
     }
-    assert recs.groupby(S.USER_ID)[S.RANK].agg(list).to_dict() == {u: [1, 2, 3] for u, _, _ in USERS}
-    assert recs.groupby(S.USER_ID)[S.SOURCE].agg(set).to_dict() == {
+    assert recs.groupby(schema.USER_ID)[schema.RANK].agg(list).to_dict() == {u: [1, 2, 3] for u, _, _ in USERS}
+    assert recs.groupby(schema.USER_ID)[schema.SOURCE].agg(set).to_dict() == {
         "known": {"model"}, "cold_cat": {"fallback"}, "cold_none": {"fallback"}, "cold_buyer": {"fallback"}}
-    assert recs[recs[S.USER_ID] == "cold_cat"][S.SCORE].tolist() == pytest.approx(
+    assert recs[recs[schema.USER_ID] == "cold_cat"][schema.SCORE].tolist() == pytest.approx(
         [fallback_score(1007), fallback_score(1008), fallback_score(3000)])
-    assert set(recs[S.MODEL_NAME]) == {"recsys_two_tower"} and set(recs[S.MODEL_VERSION]) == {"1"}
-    assert set(recs[S.RUN_DATE]) == {DAY}
+    assert set(recs[schema.MODEL_NAME]) == {"recsys_two_tower"} and set(recs[schema.MODEL_VERSION]) == {"1"}
+    assert set(recs[schema.RUN_DATE]) == {DAY}
 
     # Another date, with an exclusion list (out of stock) and exploration: DAY stays as it was.
     stock = tmp_path / "out_of_stock.csv"
@@ -130,15 +130,15 @@ def test_score_writes_the_documented_lists_and_rerunning_a_date_replaces_only_it
     second = score.run(spark, other)
     assert second["excluded_items"] == 2 and second["users_short_of_k"] == 0
     both = read_recs(out)
-    day2 = both[both[S.RUN_DATE] == "2019-11-02"]
-    assert not set(day2[S.ITEM_ID]) & {1005, 2000}
-    assert len(day2) == 12 and set(day2[S.SOURCE]) <= {"model", "fallback", "explore"}
-    assert second["rows_explore"] == (day2[S.SOURCE] == "explore").sum()
-    pd.testing.assert_frame_equal(both[both[S.RUN_DATE] == DAY].reset_index(drop=True), recs.reset_index(drop=True))
+    day2 = both[both[schema.RUN_DATE] == "2019-11-02"]
+    assert not set(day2[schema.ITEM_ID]) & {1005, 2000}
+    assert len(day2) == 12 and set(day2[schema.SOURCE]) <= {"model", "fallback", "explore"}
+    assert second["rows_explore"] == (day2[schema.SOURCE] == "explore").sum()
+    pd.testing.assert_frame_equal(both[both[schema.RUN_DATE] == DAY].reset_index(drop=True), recs.reset_index(drop=True))
 
     # DAY again, by version number: replaced (not appended to); 2019-11-02 untouched.
     assert score.run(spark, with_score(cfg, model_version=1))["rows"] == 12
-    assert read_recs(out)[S.RUN_DATE].value_counts().to_dict() == {DAY: 12, "2019-11-02": 12}
+    assert read_recs(out)[schema.RUN_DATE].value_counts().to_dict() == {DAY: 12, "2019-11-02": 12}
 
 
 def test_a_missing_alias_says_what_to_do(spark, workspace):
@@ -202,8 +202,8 @@ def test_scoring_a_model_registered_by_a_training_run(spark, tmp_path):
     assert summary["model_version"] == trained["version"]
     assert (summary["users_model"], summary["users_fallback"], summary["rows"]) == (3, 1, 4 * K)
     recs = pq.read_table(summary["recommendations_path"]).to_pandas()
-    lists = recs.sort_values(S.RANK).groupby(S.USER_ID)[S.ITEM_ID].agg(list).to_dict()
+    lists = recs.sort_values(schema.RANK).groupby(schema.USER_ID)[schema.ITEM_ID].agg(list).to_dict()
     assert not set(lists["w2"]) & {1002, 1004, 1006, 1008}  # w2 bought its whole history
-    assert set(recs[recs[S.USER_ID] == "new"][S.SOURCE]) == {"fallback"}
+    assert set(recs[recs[schema.USER_ID] == "new"][schema.SOURCE]) == {"fallback"}
     assert all(len(items) == K for items in lists.values())
-    assert set(recs[recs[S.USER_ID] != "new"][S.ITEM_ID]) <= set(vocab[S.PRODUCT_ID])
+    assert set(recs[recs[schema.USER_ID] != "new"][schema.ITEM_ID]) <= set(vocab[schema.PRODUCT_ID])

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.models import ranking
 
 NUM_ITEMS = 10  # item_idx 2..9 are products 1002..1009
@@ -51,19 +51,19 @@ def tiny_bundle(seed: int = 1, user_vector: str = "last"):
 
     torch.manual_seed(seed)
     args = dict(num_items=NUM_ITEMS, num_categories=4, num_brands=3, num_price_buckets=3,
-                num_event_codes=S.NUM_EVENT_CODES, num_gap_buckets=S.NUM_GAP_BUCKETS, max_seq_len=MAX_SEQ_LEN,
+                num_event_codes=schema.NUM_EVENT_CODES, num_gap_buckets=schema.NUM_GAP_BUCKETS, max_seq_len=MAX_SEQ_LEN,
                 dim=8, num_layers=1, num_heads=2, dropout=0.0, user_vector=user_vector,
                 use_user_features=False, use_interest_pooling=False)
     model = TwoTowerModel(**args)
-    idx = np.arange(S.FIRST_ITEM_INDEX, NUM_ITEMS)
+    idx = np.arange(schema.FIRST_ITEM_INDEX, NUM_ITEMS)
     vocab = pd.DataFrame({
-        S.ITEM_IDX: idx.astype(np.int32),
-        S.PRODUCT_ID: PRODUCT + idx,
-        S.CATEGORY_IDX: (idx % 4).astype(np.int32),
-        S.BRAND_IDX: (idx % 3).astype(np.int32),
-        S.PRICE_BUCKET: (1 + idx % 2).astype(np.int32),
-        S.TRAIN_COUNT: np.full(len(idx), 5, dtype=np.int64),
-        S.PRETEST_COUNT: np.full(len(idx), 6, dtype=np.int64),
+        schema.ITEM_IDX: idx.astype(np.int32),
+        schema.PRODUCT_ID: PRODUCT + idx,
+        schema.CATEGORY_IDX: (idx % 4).astype(np.int32),
+        schema.BRAND_IDX: (idx % 3).astype(np.int32),
+        schema.PRICE_BUCKET: (1 + idx % 2).astype(np.int32),
+        schema.TRAIN_COUNT: np.full(len(idx), 5, dtype=np.int64),
+        schema.PRETEST_COUNT: np.full(len(idx), 6, dtype=np.int64),
     })
     return ModelBundle(model_args=args, state_dict=model.state_dict(), item_vocab=vocab, config={})
 
@@ -90,11 +90,11 @@ def event_rows() -> list[tuple]:
 def history_frame(users=USERS) -> pd.DataFrame:
     """schema.USER_HISTORY_SCHEMA rows of ``users`` (events: view where there is an item)."""
     return pd.DataFrame({
-        S.USER_ID: [u for u, _, _ in users],
-        S.HIST_ITEMS: [h for _, h, _ in users],
-        S.HIST_EVENTS: [[1 if i else 0 for i in h] for _, h, _ in users],
-        S.HIST_GAPS: [[0] * len(h) for _, h, _ in users],
-        S.SEEN_ITEMS: [[i for i in h if i >= S.FIRST_ITEM_INDEX] for _, h, _ in users],
+        schema.USER_ID: [u for u, _, _ in users],
+        schema.HIST_ITEMS: [h for _, h, _ in users],
+        schema.HIST_EVENTS: [[1 if i else 0 for i in h] for _, h, _ in users],
+        schema.HIST_GAPS: [[0] * len(h) for _, h, _ in users],
+        schema.SEEN_ITEMS: [[i for i in h if i >= schema.FIRST_ITEM_INDEX] for _, h, _ in users],
     })
 
 
@@ -105,7 +105,7 @@ def model_scores(bundle, hist_items: list[int]) -> dict[int, float]:
     with torch.no_grad():
         user = ranking.user_vectors(module, items, (items > 0).long(), torch.zeros_like(items))[0].double()
         vecs = module.item_vectors().double()
-    return {PRODUCT + i: float(user @ vecs[i]) for i in range(S.FIRST_ITEM_INDEX, NUM_ITEMS)}
+    return {PRODUCT + i: float(user @ vecs[i]) for i in range(schema.FIRST_ITEM_INDEX, NUM_ITEMS)}
 
 
 def best(scores: dict[int, float], exclude=(), k: int | None = None) -> list[int]:

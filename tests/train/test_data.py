@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.errors import DataQualityError, InputError
 from recsys_spark.train import data
 from recsys_spark.config import TrainConfig
@@ -36,7 +36,7 @@ def write_features(root: Path, n_windows: int = 200, num_items: int = 32, seq_le
         the metadata dict (also written to metadata.json).
     """
     rng = np.random.default_rng(seed)
-    real = np.arange(S.FIRST_ITEM_INDEX, num_items)
+    real = np.arange(schema.FIRST_ITEM_INDEX, num_items)
 
     def walk(length: int) -> list[int]:
         start = int(rng.integers(0, len(real)))
@@ -45,14 +45,14 @@ def write_features(root: Path, n_windows: int = 200, num_items: int = 32, seq_le
     windows = []
     for _ in range(n_windows):
         n = int(rng.integers(3, seq_len + 2))
-        pad = [S.PAD_INDEX] * (seq_len + 1 - n)
+        pad = [schema.PAD_INDEX] * (seq_len + 1 - n)
         events = rng.integers(1, 5, n).tolist()
         gaps = [0] + rng.integers(1, 10, n - 1).tolist()
         windows.append((pad + walk(n), pad + events, pad + gaps))
     (root / "train").mkdir(parents=True)
     half = n_windows // 2
     for f, part in enumerate((windows[:half], windows[half:])):
-        columns = (S.ITEM_SEQ, S.EVENT_SEQ, S.GAP_SEQ)
+        columns = (schema.ITEM_SEQ, schema.EVENT_SEQ, schema.GAP_SEQ)
         table = pa.table({name: pa.array([w[i] for w in part], INT_LIST) for i, name in enumerate(columns)})
         pq.write_table(table, root / "train" / f"part-{f:05d}.parquet", row_group_size=25)
 
@@ -61,34 +61,34 @@ def write_features(root: Path, n_windows: int = 200, num_items: int = 32, seq_le
         steps = walk(seq_len)
         hist = steps[: seq_len - 2]
         rows.append({
-            S.USER_ID: f"u{u}",
-            S.HIST_ITEMS: [0, 0] + hist,
-            S.HIST_EVENTS: [0, 0] + [1] * len(hist),
-            S.HIST_GAPS: [0, 0, 0] + [3] * (len(hist) - 1),
-            S.SEEN_ITEMS: hist,
-            S.TARGET_ITEMS: steps[seq_len - 2:],
-            S.TARGET_EVENTS: [1, 1],
+            schema.USER_ID: f"u{u}",
+            schema.HIST_ITEMS: [0, 0] + hist,
+            schema.HIST_EVENTS: [0, 0] + [1] * len(hist),
+            schema.HIST_GAPS: [0, 0, 0] + [3] * (len(hist) - 1),
+            schema.SEEN_ITEMS: hist,
+            schema.TARGET_ITEMS: steps[seq_len - 2:],
+            schema.TARGET_EVENTS: [1, 1],
         })
     (root / "validation").mkdir()
     pq.write_table(pa.Table.from_pylist(rows), root / "validation" / "part-00000.parquet")
 
     (root / "item_vocab").mkdir()
     vocab = pa.table({
-        S.ITEM_IDX: pa.array(real, pa.int32()),
-        S.PRODUCT_ID: pa.array(1000 + real, pa.int64()),
-        S.CATEGORY_IDX: pa.array(real % 4, pa.int32()),
-        S.BRAND_IDX: pa.array(real % 3, pa.int32()),
-        S.PRICE_BUCKET: pa.array(1 + real % 3, pa.int32()),
-        S.TRAIN_COUNT: pa.array(real, pa.int64()),
-        S.PRETEST_COUNT: pa.array(real + 1, pa.int64()),
+        schema.ITEM_IDX: pa.array(real, pa.int32()),
+        schema.PRODUCT_ID: pa.array(1000 + real, pa.int64()),
+        schema.CATEGORY_IDX: pa.array(real % 4, pa.int32()),
+        schema.BRAND_IDX: pa.array(real % 3, pa.int32()),
+        schema.PRICE_BUCKET: pa.array(1 + real % 3, pa.int32()),
+        schema.TRAIN_COUNT: pa.array(real, pa.int64()),
+        schema.PRETEST_COUNT: pa.array(real + 1, pa.int64()),
     })
     pq.write_table(vocab, root / "item_vocab" / "part-00000.parquet")
     metadata = {
         "num_items": num_items, "num_categories": 4, "num_brands": 3, "num_price_buckets": 4,
-        "num_event_codes": S.NUM_EVENT_CODES, "num_gap_buckets": S.NUM_GAP_BUCKETS, "max_seq_len": seq_len,
+        "num_event_codes": schema.NUM_EVENT_CODES, "num_gap_buckets": schema.NUM_GAP_BUCKETS, "max_seq_len": seq_len,
         "counts": {"train": n_windows, "validation": n_validation},
     }
-    (root / S.FEATURE_METADATA).write_text(json.dumps(metadata))
+    (root / schema.FEATURE_METADATA).write_text(json.dumps(metadata))
     return metadata
 
 
@@ -112,7 +112,7 @@ def read_shard(features: Path, rank: int, size: int, seed: int = 1) -> list[tupl
 
 
 def test_two_shards_split_the_windows_between_them(features):
-    everything = pq.read_table(features / "train").column(S.ITEM_SEQ).to_pylist()
+    everything = pq.read_table(features / "train").column(schema.ITEM_SEQ).to_pylist()
     shard0, shard1 = read_shard(features, 0, 2), read_shard(features, 1, 2)
     # Row groups of 25 windows: 8 in all, 4 per shard.
     assert len(shard0) == len(shard1) == 100
@@ -131,9 +131,9 @@ def test_eval_rows_are_sliced_by_rank(features):
     expected = table[1::3]
     assert len(part) == len(expected) == 8
     assert part.hist_items.shape == (8, 8) and part.hist_items.dtype == np.int64
-    assert part.hist_items.tolist() == [r[S.HIST_ITEMS] for r in expected]
-    assert [t.tolist() for t in part.target_items] == [r[S.TARGET_ITEMS] for r in expected]
-    assert [s.tolist() for s in part.seen_items] == [r[S.SEEN_ITEMS] for r in expected]
+    assert part.hist_items.tolist() == [r[schema.HIST_ITEMS] for r in expected]
+    assert [t.tolist() for t in part.target_items] == [r[schema.TARGET_ITEMS] for r in expected]
+    assert [s.tolist() for s in part.seen_items] == [r[schema.SEEN_ITEMS] for r in expected]
     with pytest.raises(InputError, match="nowhere"):
         data.read_eval_rows(str(features / "nowhere"))
 
@@ -155,14 +155,14 @@ def test_metadata_and_item_features(features):
     with pytest.raises(InputError, match="metadata"):
         data.read_metadata(str(features / "missing"))
     vocab = pd.DataFrame({
-        S.ITEM_IDX: [3, 2], S.PRODUCT_ID: [30, 20], S.CATEGORY_IDX: [1, 2], S.BRAND_IDX: [0, 5],
-        S.PRICE_BUCKET: [4, 1], S.TRAIN_COUNT: [7, 9], S.PRETEST_COUNT: [8, 9],
+        schema.ITEM_IDX: [3, 2], schema.PRODUCT_ID: [30, 20], schema.CATEGORY_IDX: [1, 2], schema.BRAND_IDX: [0, 5],
+        schema.PRICE_BUCKET: [4, 1], schema.TRAIN_COUNT: [7, 9], schema.PRETEST_COUNT: [8, 9],
     })
     arrays = data.item_feature_arrays(vocab, num_items=5)
-    assert arrays[S.CATEGORY_IDX].tolist() == [0, 0, 2, 1, 0]
-    assert arrays[S.BRAND_IDX].tolist() == [0, 0, 5, 0, 0]
-    assert arrays[S.PRICE_BUCKET].tolist() == [0, 0, 1, 4, 0]
-    assert arrays[S.TRAIN_COUNT].tolist() == [0, 0, 9, 7, 0]
+    assert arrays[schema.CATEGORY_IDX].tolist() == [0, 0, 2, 1, 0]
+    assert arrays[schema.BRAND_IDX].tolist() == [0, 0, 5, 0, 0]
+    assert arrays[schema.PRICE_BUCKET].tolist() == [0, 0, 1, 4, 0]
+    assert arrays[schema.TRAIN_COUNT].tolist() == [0, 0, 9, 7, 0]
     with pytest.raises(DataQualityError, match="outside"):
         data.item_feature_arrays(vocab, num_items=3)
     with pytest.raises(DataQualityError, match="more than once"):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from recsys_spark import schema as S
+from recsys_spark import schema
 from recsys_spark.config import load_config
 from recsys_spark.errors import InputError
 from recsys_spark.models.pyfunc import ITEM_IDS, SCORES, RecommenderPyfunc
@@ -45,10 +45,10 @@ def tiny_config(root, launcher: str):
 def query_rows() -> pd.DataFrame:
     # Histories of the fixture's walk (i -> i + 2).
     return pd.DataFrame({
-        S.HIST_ITEMS: [[0, 0, 0, 0, 2, 4, 6, 8], [0, 0, 0, 0, 0, 0, 0, 11]],
-        S.HIST_EVENTS: [[0, 0, 0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0, 0, 4]],
-        S.HIST_GAPS: [[0, 0, 0, 0, 0, 3, 3, 3], [0, 0, 0, 0, 0, 0, 0, 0]],
-        S.SEEN_ITEMS: [[2, 4, 6, 8], [11]],
+        schema.HIST_ITEMS: [[0, 0, 0, 0, 2, 4, 6, 8], [0, 0, 0, 0, 0, 0, 0, 11]],
+        schema.HIST_EVENTS: [[0, 0, 0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0, 0, 4]],
+        schema.HIST_GAPS: [[0, 0, 0, 0, 0, 3, 3, 3], [0, 0, 0, 0, 0, 0, 0, 0]],
+        schema.SEEN_ITEMS: [[2, 4, 6, 8], [11]],
     })
 
 
@@ -106,12 +106,12 @@ def test_horovod_on_spark_trains_registers_and_round_trips(spark, tmp_path):
     best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=False)
     assert state_checksum(bundle.state_dict) == state_checksum(best["model"])
     assert best["model_args"] == bundle.model_args and best["config"]["train"]["epochs"] == EPOCHS
-    assert set(bundle.item_vocab[S.PRODUCT_ID]) == set(range(1002, 1032))
+    assert set(bundle.item_vocab[schema.PRODUCT_ID]) == set(range(1002, 1032))
 
     direct = RecommenderPyfunc.from_bundle(bundle).predict(None, query_rows(), {"k": 5})
     served = mlflow.pyfunc.load_model(summary["model_uri"]).predict(query_rows(), params={"k": 5})
     pd.testing.assert_frame_equal(served.reset_index(drop=True), direct)
-    for ids, scores, seen in zip(direct[ITEM_IDS], direct[SCORES], query_rows()[S.SEEN_ITEMS]):
+    for ids, scores, seen in zip(direct[ITEM_IDS], direct[SCORES], query_rows()[schema.SEEN_ITEMS]):
         assert len(ids) == 5 and scores == sorted(scores, reverse=True)
         assert set(ids) <= set(range(1002, 1032)) and not set(ids) & {1000 + int(s) for s in seen}
 
