@@ -350,9 +350,10 @@ class TrainConfig:
     pin_cpus: bool = False
     # Horovod's background thread wakes every this many ms to agree with the other ranks on the
     # tensors ready to reduce (HOROVOD_CYCLE_TIME, set in each process before hvd.init()). Each
-    # wake-up costs CPU: at Horovod's default of 1 ms the two ranks of the training benchmark, one
-    # CPU each, computed ~12% slower than a lone process; at 5 ms as fast. 0 leaves Horovod's own
-    # setting (the environment's HOROVOD_CYCLE_TIME, or 1 ms); a GPU cluster may prefer that.
+    # wake-up costs CPU, which ranks of one CPU each feel: at Horovod's default of 1 ms they
+    # computed slower than a lone process, at 5 ms as fast (figures: benchmarks/RESULTS.md,
+    # "Measurements behind code choices"). 0 leaves Horovod's own setting (the environment's
+    # HOROVOD_CYCLE_TIME, or 1 ms); a GPU cluster may prefer that.
     horovod_cycle_time_ms: float = 5.0
     # auto: the GPU of each process's local rank when torch sees one, else the CPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -999,6 +1000,3 @@ def _check(key: str, value: Any, hint: Any) -> Any:
 def _describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
-
-def defaults_dict() -> dict[str, Any]:
-    return Config().to_dict()

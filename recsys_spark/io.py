@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recsys_spark import schema
@@ -22,11 +21,87 @@ from recsys_spark.errors import InputError
 # ----------------------------------------------------------------------------- paths
 
 
-def _hadoop_path(spark: SparkSession, path: str):
-    jvm = spark.sparkContext._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    return fs, hpath
+class HadoopFs:
+    """The Hadoop file system of a path (local disk, HDFS, object stores alike), through Spark's JVM.
+
+    The one place that reaches into ``spark.sparkContext._jvm``: every other module goes
+    through these methods. Paths are plain strings.
+    """
+
+    def __init__(self, spark: SparkSession, path: str):
+        self._jvm = spark.sparkContext._jvm
+        self._conf = spark.sparkContext._jsc.hadoopConfiguration()
+        self.fs = self.path(path).getFileSystem(self._conf)
+
+    def path(self, text: str):
+        """The JVM ``org.apache.hadoop.fs.Path`` of ``text``."""
+        return self._jvm.org.apache.hadoop.fs.Path(text)
+
+    def exists(self, text: str) -> bool:
+        return bool(self.fs.exists(self.path(text)))
+
+    def delete(self, text: str, recursive: bool = True) -> None:
+        self.fs.delete(self.path(text), recursive)
+
+    def rename(self, src: str, dst: str) -> None:
+        """Move ``src`` to ``dst`` (its parent is created); raises OSError if the file system refuses."""
+        from py4j.protocol import Py4JJavaError
+
+        self.fs.mkdirs(self.path(dst).getParent())
+        try:
+            renamed = self.fs.rename(self.path(src), self.path(dst))
+        except Py4JJavaError as exc:  # some file systems throw (a missing source) instead of returning False
+            raise OSError(f"could not rename {src} to {dst}: {str(exc.java_exception).splitlines()[0]}") from None
+        if not renamed:
+            raise OSError(f"could not rename {src} to {dst}")
+
+    def folders(self, text: str) -> list[str]:
+        """The names of the folders directly inside ``text``."""
+        return [s.getPath().getName() for s in self.fs.listStatus(self.path(text)) if s.isDirectory()]
+
+    def files(self, root: str) -> list[str]:
+        """Every file under ``root`` (a file or a folder, searched recursively), as full URIs,
+        sorted; names starting with ``.`` or ``_`` (Spark's markers, temporary files) are skipped."""
+        root_status = self.fs.getFileStatus(self.path(root))
+        found: list[str] = []
+        pending = [root_status]
+        while pending:
+            status = pending.pop()
+            if status is not root_status and status.getPath().getName().startswith((".", "_")):
+                continue
+            if status.isDirectory():
+                pending.extend(self.fs.listStatus(status.getPath()))
+            else:
+                found.append(status.getPath().toString())
+        return sorted(found)
+
+    def uri(self, text: str) -> str:
+        """``text`` as a URI string, as Spark spells file names (a space as %20)."""
+        return str(self.path(text).toUri().toString())
+
+    def first_line(self, text: str) -> str:
+        """The first line of a (possibly compressed) text file, without reading the rest."""
+        hpath = self.path(text)
+        stream = self.fs.open(hpath)
+        try:
+            codec = self._jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(self._conf).getCodec(hpath)
+            source = codec.createInputStream(stream) if codec is not None else stream
+            reader = self._jvm.java.io.BufferedReader(self._jvm.java.io.InputStreamReader(source, "UTF-8"))
+            return str(reader.readLine() or "").lstrip("\ufeff")
+        finally:
+            stream.close()
+
+    def write_bytes(self, text: str, data: bytes) -> None:
+        """Write a file atomically: a hidden temporary file beside it, then a rename over it."""
+        folder, name = text.rstrip("/").rsplit("/", 1)
+        tmp = self.path(f"{folder}/.{name}.tmp")
+        out = self.fs.create(tmp, True)
+        try:
+            out.write(bytearray(data))
+        finally:
+            out.close()
+        self.fs.delete(self.path(text), False)
+        self.fs.rename(tmp, self.path(text))
 
 
 def exists(spark: SparkSession | None, path: str) -> bool:
@@ -34,8 +109,7 @@ def exists(spark: SparkSession | None, path: str) -> bool:
         return Path(path.removeprefix("file://")).exists()
     if spark is None:
         raise ValueError(f"need a Spark session to look up {path}")
-    fs, hpath = _hadoop_path(spark, path)
-    return bool(fs.exists(hpath))
+    return HadoopFs(spark, path).exists(path)
 
 
 def require_input(spark: SparkSession | None, path: str, key: str) -> None:
@@ -59,13 +133,7 @@ def write_text(spark: SparkSession | None, path: str, text: str) -> None:
         tmp.write_text(text)
         os.replace(tmp, local)
         return
-    fs, hpath = _hadoop_path(spark, path)  # type: ignore[arg-type]
-    tmp = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(path + ".tmp")  # type: ignore[union-attr]
-    out = fs.create(tmp, True)
-    out.write(bytearray(text.encode("utf-8")))
-    out.close()
-    fs.delete(hpath, False)
-    fs.rename(tmp, hpath)
+    HadoopFs(spark, path).write_bytes(path, text.encode("utf-8"))  # type: ignore[arg-type]
 
 
 def write_json(spark: SparkSession | None, path: str, obj: Any) -> None:
@@ -81,47 +149,6 @@ def local_uri(path: str) -> str:
     if is_uri(path):
         return path
     return Path(path).resolve().as_uri()
-
-
-# ----------------------------------------------------------------------------- raw
-
-
-def read_raw(spark: SparkSession, path: str, fmt: str) -> DataFrame:
-    """Read the raw contract with an explicit schema, never inferred.
-
-    CSV and JSON are read as text columns plus ``_corrupt_record`` (the original line when
-    it could not be parsed) so that clean can quarantine each bad value with its reason.
-    Parquet is read with the typed contract and cast to text the same way.
-
-    Returns:
-        DataFrame of RAW_COLUMNS (strings), ``_corrupt_record`` and ``source_file``.
-    """
-    # A new StructType: StructType.add would change the shared schema in place.
-    text_schema = T.StructType(schema.RAW_TEXT_SCHEMA.fields + [T.StructField(schema.CORRUPT_RECORD, T.StringType(), True)])
-    if fmt == "csv":
-        df = (
-            spark.read.schema(text_schema)
-            .option("header", "true")
-            .option("mode", "PERMISSIVE")
-            .option("columnNameOfCorruptRecord", schema.CORRUPT_RECORD)
-            .option("enforceSchema", "false")
-            .csv(path)
-        )
-    elif fmt == "json":
-        df = (
-            spark.read.schema(text_schema)
-            .option("mode", "PERMISSIVE")
-            .option("columnNameOfCorruptRecord", schema.CORRUPT_RECORD)
-            .option("primitivesAsString", "true")
-            .json(path)
-        )
-    elif fmt == "parquet":
-        df = spark.read.schema(schema.RAW_TYPED_SCHEMA).parquet(path)
-        df = df.select(*[F.col(c).cast("string").alias(c) for c in schema.RAW_COLUMNS])
-        df = df.withColumn(schema.CORRUPT_RECORD, F.lit(None).cast("string"))
-    else:
-        raise InputError(f"clean.input_format {fmt!r} is not one of 'csv', 'json', 'parquet'")
-    return df.withColumn(schema.SOURCE_FILE, F.input_file_name())
 
 
 # ----------------------------------------------------------------------------- tables
@@ -169,6 +196,36 @@ def read_quarantine(spark: SparkSession, path: str) -> DataFrame:
     require_input(spark, path, "paths.quarantine")
     struct = T.StructType([*schema.QUARANTINE_SCHEMA.fields, T.StructField(schema.LOAD_DATE, T.DateType())])
     return spark.read.schema(struct).parquet(path)
+
+
+# ----------------------------------------------------------------------------- features
+
+# The schema of each feature table the later stages read (featurize reads its vocabulary
+# tables back through their own specs, features/vocab.py).
+FEATURE_SCHEMAS = {
+    "item_vocab": schema.ITEM_VOCAB_SCHEMA,
+    "train": schema.TRAIN_SCHEMA,
+    "validation": schema.EVAL_SCHEMA,
+    "test": schema.EVAL_SCHEMA,
+    "user_history": schema.USER_HISTORY_SCHEMA,
+    "user_split": schema.USER_SPLIT_SCHEMA,
+}
+FEATURES_KEY = "paths.features"
+
+
+def read_features(spark: SparkSession, features_root: str, table: str, key: str = FEATURES_KEY) -> DataFrame:
+    """One feature table with its explicit schema (FEATURE_SCHEMAS); a missing table or column
+    fails naming the config ``key``."""
+    if table not in FEATURE_SCHEMAS:
+        raise ValueError(f"no reader for feature table {table!r}; one of {', '.join(FEATURE_SCHEMAS)}")
+    return read_table(spark, feature_path(features_root, table), FEATURE_SCHEMAS[table], key)
+
+
+def read_feature_metadata(spark: SparkSession | None, features_root: str, key: str = FEATURES_KEY) -> dict[str, Any]:
+    """The features' ``metadata.json``; a missing file fails naming the config ``key``."""
+    path = feature_path(features_root, schema.FEATURE_METADATA)
+    require_input(spark, path, key)
+    return read_json(spark, path)
 
 
 def feature_path(features_root: str, table: str) -> str:

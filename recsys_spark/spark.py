@@ -48,22 +48,18 @@ def get_session(cfg: SparkConfig) -> SparkSession:
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         # A window buffers one partition group (clean: a user-day) on the heap up to this many
         # rows, then in a spillable sorter that is much slower to fill and read: at the default
-        # 4096, users with more events in a day made clean's window stage 1.5x slower on the
-        # benchmark's data (3M lines, local[2]: 122 s -> 80 s). 256K rows of ~200 bytes each.
+        # 4096, users with more events in a day slowed clean's window stage down. 256K rows of
+        # ~200 bytes each.
         "spark.sql.windowExec.buffer.in.memory.threshold": "262144",
         # Input splits of at most 64 MB (Spark's default: 128 MB): a stage ends with its last
-        # task, and smaller tasks leave less of it alone on one core. Clean's parse of 10M lines
-        # (30 daily CSV files of 45 MB): 15 tasks, the last alone for 2.2 s, stage 22.3-22.4 s;
-        # 30 tasks: 20.9 s.
+        # task, and smaller tasks leave less of it alone on one core.
         "spark.sql.files.maxPartitionBytes": "64m",
-        # Checkpointed and cached blocks (clean's parsed rows) are written and read with Kryo:
-        # reading 10M checkpointed rows back took 1.1-2.0 s with it against 1.5-2.4 s with Java
-        # serialization (two passes each, filtered and full).
+        # Checkpointed and cached blocks (clean's parsed rows) are written and read with Kryo,
+        # faster to read back than Java serialization.
         "spark.serializer": "org.apache.spark.serializer.KryoSerializer",
         # The throughput collector for the driver JVM, which is the whole of Spark under a local
-        # master: clean's parse and checkpoint of 10M lines, cold JVM, took 27.8-31.9 s in six
-        # runs (three with other flags as well) against 33.0 and 32.9 s in two with G1; the
-        # window stage after it showed no clear gain.
+        # master: clean's parse and checkpoint ran faster with it than with G1.
+        # Each setting's figures: benchmarks/RESULTS.md, "Measurements behind code choices".
         # It takes effect where get_session starts the JVM (the recsys CLI, tests, notebooks);
         # under spark-submit, pass --driver-java-options instead.
         "spark.driver.extraJavaOptions": "-XX:+UseParallelGC",
@@ -96,13 +92,11 @@ def materialised(df: DataFrame) -> Iterator[DataFrame]:
     partitioning known to the planner; its blocks are released when the block ends.
 
     A local checkpoint: the rows are stored as rows and readers do not recompute ``df``. It is
-    cheaper than ``persist``, which also builds compressed columnar batches (clean's parsed
-    frame, 3M lines on ``local[2]``: 28.7 s against 52.2 s to build, the same to read). Its
-    blocks go to local disk only (the OS page cache keeps recent ones in memory): held on the
-    heap as row objects, clean's 10M parsed rows cost 4-6 s of garbage collection to store and
-    left too little memory for the sorts that read them, which spilled (10M lines, local[2],
-    4 GB driver: clean 108.7 and 104.9 s with the default memory-and-disk level, 85.9 and
-    91.0 s with disk only). The checkpoint's plan runs without adaptive execution: a frame
+    cheaper than ``persist``, which also builds compressed columnar batches. Its blocks go to
+    local disk only (the OS page cache keeps recent ones in memory): held on the heap as row
+    objects, clean's parsed rows cost garbage collection to store and left too little memory
+    for the sorts that read them, which spilled (figures: benchmarks/RESULTS.md, "Measurements
+    behind code choices"). The checkpoint's plan runs without adaptive execution: a frame
     cached or checkpointed from an adaptive plan reports no partitioning, so every later
     join, aggregate or window on the same keys would shuffle it again. Unlike ``persist`` it
     keeps no lineage: an executor lost while the block runs fails the job instead of

@@ -22,7 +22,6 @@ import datetime as dt
 import logging
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -189,16 +188,6 @@ def log_figure(fig: Any, artifact_file: str) -> None:
     import mlflow
 
     mlflow.log_figure(fig, artifact_file)
-
-
-def log_local_dir(path: str, artifact_path: str) -> None:
-    import mlflow
-
-    mlflow.log_artifacts(path, artifact_path)
-
-
-def temp_dir() -> tempfile.TemporaryDirectory:
-    return tempfile.TemporaryDirectory(prefix="recsys_")
 
 
 def _iso_date(value: dt.date | dt.datetime | str) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import _thread
 import logging
+import signal
 import threading
 import time
 from concurrent.futures import Future, TimeoutError as FutureTimeout
@@ -81,6 +82,10 @@ def stage_deadline(spark: Any, stage: str, timeout_minutes: float, grace_s: floa
     training) is interrupted as by Ctrl-C at its next Python instruction. No signal is sent
     (one arriving while py4j reads its socket breaks the connection). Call it from the main
     thread. ``timeout_minutes <= 0`` is refused by the config: the bound is always finite.
+
+    For the stage's duration SIGINT gets Python's default handler (KeyboardInterrupt) on the main
+    thread: ``_thread.interrupt_main`` calls whatever handler is installed, and one that a
+    library set to ignore SIGINT, or to do something else, would swallow the interrupt.
     """
     fired, ended = threading.Event(), threading.Event()
     lock = threading.Lock()
@@ -104,21 +109,26 @@ def stage_deadline(spark: Any, stage: str, timeout_minutes: float, grace_s: floa
                 if not ended.is_set():
                     _thread.interrupt_main()
 
+    previous_handler = signal.signal(signal.SIGINT, signal.default_int_handler) if in_main else None
     timer = threading.Timer(timeout_minutes * 60.0, fire)
     timer.daemon = True
     timer.start()
     message = (f"stage {stage} did not finish within spark.stage_timeout_minutes={timeout_minutes:g} "
                "(its Spark jobs were cancelled; nothing was published)")
     try:
-        yield
-    except BaseException as exc:
+        try:
+            yield
+        except BaseException as exc:
+            _end(lock, ended, timer)
+            if fired.is_set():
+                raise WaitTimeout(message) from exc
+            raise
         _end(lock, ended, timer)
         if fired.is_set():
-            raise WaitTimeout(message) from exc
-        raise
-    _end(lock, ended, timer)
-    if fired.is_set():
-        raise WaitTimeout(message)
+            raise WaitTimeout(message)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, previous_handler)
 
 
 def _end(lock: threading.Lock, ended: threading.Event, timer: threading.Timer) -> None:

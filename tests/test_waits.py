@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -31,6 +32,21 @@ def test_stage_deadline_interrupts_python_work_that_outlives_it():
             while time.monotonic() - started < 60:  # a training loop, say
                 time.sleep(0.01)
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("handler", [signal.SIG_IGN, lambda signum, frame: None], ids=["ignored", "custom"])
+def test_stage_deadline_interrupts_even_where_a_library_took_over_sigint(handler):
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        started = time.monotonic()
+        with pytest.raises(waits.WaitTimeout, match="stage train did not finish"):
+            with waits.stage_deadline(None, "train", 0.005, grace_s=0.2):
+                while time.monotonic() - started < 60:
+                    time.sleep(0.01)
+        assert time.monotonic() - started < 30
+        assert signal.getsignal(signal.SIGINT) is handler  # the library's handler is back
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_stage_deadline_lets_a_quick_stage_through():

@@ -47,6 +47,7 @@ from pyspark.sql import types as T
 from recsys_spark import schema
 from recsys_spark.config import PRODUCT_ID_BASE, PRODUCT_ID_SPAN, Config, GenerateConfig, is_uri
 from recsys_spark.errors import ConfigError
+from recsys_spark.io import HadoopFs
 
 log = logging.getLogger(__name__)
 
@@ -898,16 +899,7 @@ def _write_day_hadoop(spark: SparkSession, folder: str, day: dt.date, name: str,
     Not ``DataFrame.write``: that makes a folder per day, which a plain ``spark.read.csv``
     of ``paths.raw`` does not descend into.
     """
-    jvm = spark.sparkContext._jvm
-    target = jvm.org.apache.hadoop.fs.Path(f"{folder}/{name}")
-    fs = target.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    tmp = jvm.org.apache.hadoop.fs.Path(f"{folder}/.{name}.tmp")
-    out = fs.create(tmp, True)
-    try:
-        out.write(bytearray(data))
-    finally:
-        out.close()
-    fs.delete(target, False)
-    fs.rename(tmp, target)
+    fs = HadoopFs(spark, folder)
+    fs.write_bytes(f"{folder}/{name}", data)
     for other in _other_names(day, name):
-        fs.delete(jvm.org.apache.hadoop.fs.Path(f"{folder}/{other}"), False)
+        fs.delete(f"{folder}/{other}", recursive=False)

@@ -33,6 +33,7 @@ from pyspark.sql import types as T
 
 from recsys_spark import schema
 from recsys_spark.errors import ConfigError, InputError
+from recsys_spark.io import HadoopFs
 
 LAYOUTS = ("rees46", "retailrocket", "yoochoose")
 RETAILROCKET_COLUMNS = ["timestamp", "visitorid", "event", "itemid", "transactionid"]
@@ -71,7 +72,7 @@ def _name(path: str) -> str:
 
 def _uri_name(spark: SparkSession, path: str) -> str:
     """The file name as Spark's ``_metadata.file_name`` spells it: URI-encoded (a space as %20)."""
-    return _name(spark.sparkContext._jvm.org.apache.hadoop.fs.Path(path).toUri().toString())
+    return _name(HadoopFs(spark, path).uri(path))
 
 
 def list_input_files(spark: SparkSession, root: str) -> list[InputFile]:
@@ -79,23 +80,10 @@ def list_input_files(spark: SparkSession, root: str) -> list[InputFile]:
 
     Names starting with ``.`` or ``_`` (Spark's markers, temporary files) are skipped.
     """
-    jvm = spark.sparkContext._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(root)
-    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    if not fs.exists(hpath):
+    fs = HadoopFs(spark, root)
+    if not fs.exists(root):
         raise InputError(f"input path {root} does not exist (config key paths.raw)")
-    found: list[str] = []
-    root_status = fs.getFileStatus(hpath)
-    pending = [root_status]
-    while pending:
-        status = pending.pop()
-        if status is not root_status and status.getPath().getName().startswith((".", "_")):
-            continue
-        if status.isDirectory():
-            pending.extend(fs.listStatus(status.getPath()))
-        else:
-            found.append(status.getPath().toString())
-    return [InputFile(p, file_date(p)) for p in sorted(found)]
+    return [InputFile(p, file_date(p)) for p in fs.files(root)]
 
 
 def in_window(files: list[InputFile], start: dt.date | None, end: dt.date | None) -> list[InputFile]:
@@ -106,24 +94,9 @@ def in_window(files: list[InputFile], start: dt.date | None, end: dt.date | None
     ]
 
 
-def first_line(spark: SparkSession, path: str) -> str:
-    """The first line of a (possibly compressed) text file, without reading the rest."""
-    jvm = spark.sparkContext._jvm
-    conf = spark.sparkContext._jsc.hadoopConfiguration()
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    stream = hpath.getFileSystem(conf).open(hpath)
-    try:
-        codec = jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(conf).getCodec(hpath)
-        source = codec.createInputStream(stream) if codec is not None else stream
-        reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(source, "UTF-8"))
-        return (reader.readLine() or "").lstrip("\ufeff")
-    finally:
-        stream.close()
-
-
 def check_header(spark: SparkSession, path: str, expected: list[str]) -> None:
     """Raise a one-line InputError unless the CSV header of ``path`` is exactly ``expected``."""
-    got = [c.strip().strip('"') for c in first_line(spark, path).split(",")]
+    got = [c.strip().strip('"') for c in HadoopFs(spark, path).first_line(path).split(",")]
     if got == expected:
         return
     missing = [c for c in expected if c not in got]

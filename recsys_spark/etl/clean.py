@@ -39,7 +39,7 @@ from pyspark.sql import functions as F
 from recsys_spark import io, tracking, waits
 from recsys_spark import schema
 from recsys_spark.config import CleanConfig, Config
-from recsys_spark.errors import ConfigError, DataQualityError, relax_hint
+from recsys_spark.errors import DataQualityError, relax_hint
 from recsys_spark.etl import adapters, publish
 from recsys_spark.etl.pseudonym import (
     hmac_sha256_hex, pseudonym_key, pseudonym_or_empty, redact_csv_line, redact_json_line, with_key,
@@ -89,8 +89,8 @@ class BehaviourRules:
 # The first sort (every valid row) leads with _user_key, a 64-bit hash of the user-day: Spark
 # compares rows by an 8-byte prefix of the first sort key and falls back to comparing whole
 # keys on ties. Led by event_date, whose few values per partition tie nearly always, every
-# comparison went the slow way (a synthetic 10M-row sort: 11.0-13.1 s against 8.8-10.3 s led
-# by the hash; within the noise of whole clean runs). The hash only groups rows; the user-day
+# comparison went the slow way (a sort of synthetic rows was slower led by the date; within the
+# noise of whole clean runs). The hash only groups rows; the user-day
 # columns stay in the key, so a collision merges nothing.
 _USER_DAY = [schema.EVENT_DATE, BUCKET, schema.USER_ID]
 _USER_KEY = "_user_key"

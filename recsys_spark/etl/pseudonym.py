@@ -72,7 +72,7 @@ def with_key(df: DataFrame, key: bytes) -> DataFrame:
                            T.StructField(KEY_OPAD, T.BinaryType(), False)])
     # From pandas (through Arrow) the table is a local relation in the plan, broadcast by the
     # driver; from a Python list it was an RDD, and building the broadcast ran a Spark job that
-    # started Python workers (0.8 s each time in clean at 10M lines).
+    # started Python workers, each time.
     keys = df.sparkSession.createDataFrame(pd.DataFrame({KEY_IPAD: [k_ipad], KEY_OPAD: [k_opad]}), schema)
     return df.crossJoin(F.broadcast(keys))
 

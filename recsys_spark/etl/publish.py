@@ -16,31 +16,11 @@ from __future__ import annotations
 
 from pyspark.sql import SparkSession
 
+from recsys_spark.io import HadoopFs
+
 STAGING = "_staging"
 TRASH = "_trash"
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"  # Spark's folder name for a null partition value
-
-
-class _Fs:
-    """The Hadoop file system of a path (local disk, HDFS, object stores alike)."""
-
-    def __init__(self, spark: SparkSession, path: str):
-        self._jvm = spark.sparkContext._jvm
-        self.fs = self.path(path).getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-
-    def path(self, text: str):
-        return self._jvm.org.apache.hadoop.fs.Path(text)
-
-    def exists(self, text: str) -> bool:
-        return bool(self.fs.exists(self.path(text)))
-
-    def delete(self, text: str) -> None:
-        self.fs.delete(self.path(text), True)
-
-    def rename(self, src: str, dst: str) -> None:
-        self.fs.mkdirs(self.path(dst).getParent())
-        if not self.fs.rename(self.path(src), self.path(dst)):
-            raise OSError(f"could not rename {src} to {dst}")
 
 
 def staging_path(table: str, run_id: str) -> str:
@@ -49,7 +29,7 @@ def staging_path(table: str, run_id: str) -> str:
 
 def clear_leftovers(spark: SparkSession, table: str) -> None:
     """Delete the staging and trash folders a killed run may have left in ``table``."""
-    fs = _Fs(spark, table)
+    fs = HadoopFs(spark, table)
     for name in (STAGING, TRASH):
         fs.delete(f"{table.rstrip('/')}/{name}")
 
@@ -60,11 +40,11 @@ def partition_name(column: str, value: object | None) -> str:
 
 def staged_values(spark: SparkSession, staged: str, column: str) -> list[str]:
     """The values of ``column`` that have a partition folder in ``staged`` (sorted, null excluded)."""
-    fs = _Fs(spark, staged)
+    fs = HadoopFs(spark, staged)
     if not fs.exists(staged):
         return []
     prefix = f"{column}="
-    names = [s.getPath().getName() for s in fs.fs.listStatus(fs.path(staged)) if s.isDirectory()]
+    names = fs.folders(staged)
     return sorted(n[len(prefix):] for n in names if n.startswith(prefix) and n != partition_name(column, None))
 
 
@@ -77,7 +57,7 @@ def swap_partitions(spark: SparkSession, staged: str, table: str, column: str, v
     Returns:
         the partition folder names now present in ``table`` for these values.
     """
-    fs = _Fs(spark, table)
+    fs = HadoopFs(spark, table)
     table = table.rstrip("/")
     trash = f"{table}/{TRASH}/{run_id}"
     present = []

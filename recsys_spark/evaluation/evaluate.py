@@ -244,7 +244,7 @@ def per_user_metrics(
     return rows.mapInPandas(measure, per_user_schema(ks))
 
 
-def summarise(per_user: DataFrame, ks: Sequence[int], catalogue_size: int) -> dict[str, dict[str, dict[str, float]]]:
+def average_metrics(per_user: DataFrame, ks: Sequence[int], catalogue_size: int) -> dict[str, dict[str, dict[str, float]]]:
     """Average the per-user metrics of each ranker and segment; measure catalogue coverage.
 
     Args:
@@ -390,13 +390,11 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     ec = cfg.evaluate
     ks = sorted(set(ec.ks))
     root = cfg.paths.resolve("features")
-    metadata_path = io.feature_path(root, schema.FEATURE_METADATA)
-    io.require_input(spark, metadata_path, "paths.features")
-    metadata = io.read_json(spark, metadata_path)
+    metadata = io.read_feature_metadata(spark, root)
     num_items = int(metadata["num_items"])
-    vocab_df = io.read_table(spark, io.feature_path(root, "item_vocab"), schema.ITEM_VOCAB_SCHEMA, "paths.features")
+    vocab_df = io.read_features(spark, root, "item_vocab")
     vocab = vocab_df.toPandas()
-    test = io.read_table(spark, io.feature_path(root, "test"), schema.EVAL_SCHEMA, "paths.features")
+    test = io.read_features(spark, root, "test")
     _, present = vocab_column(vocab, schema.PRETEST_COUNT, num_items)
 
     bundle, version = registry.load_bundle(cfg, alias=ec.model_alias)
@@ -413,8 +411,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     with tracking.stage_run(cfg, "evaluate") as active:
         tuning: dict[str, Any] = {}
         if set(TUNED_BASELINES) & set(ec.baselines):
-            validation = io.read_table(spark, io.feature_path(root, "validation"), schema.EVAL_SCHEMA, "paths.features")
-            train = io.read_table(spark, io.feature_path(root, "train"), schema.TRAIN_SCHEMA, "paths.features")
+            validation = io.read_features(spark, root, "validation")
+            train = io.read_features(spark, root, "train")
             excluded = _exclusions(spark, cfg, vocab_df, schema.VALIDATION_AT)
             tuned, tuning = tune_baselines(
                 spark, ec, ks, train, with_exclusions(validation, excluded), vocab, num_items, present
@@ -427,7 +425,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         log.info("evaluate: ranking %d test users with %s", users_total, ", ".join(rankers))
         rows = with_exclusions(test.where(F.size(schema.TARGET_ITEMS) > 0), excluded)
         per_user = per_user_metrics(rows, rankers, ks, ec.block_size, stats, ec.cold_user_threshold).persist()
-        results = summarise(per_user, ks, catalogue_size=len(vocab))
+        results = average_metrics(per_user, ks, catalogue_size=len(vocab))
         _, ranker_names, user_values = per_user_values(per_user, all_metric_names(ks))
         per_user.unpersist()
         if MODEL not in results:
@@ -616,7 +614,7 @@ def tune_baselines(
             points[label] = (EASE, params)
         log.info("evaluate: ranking validation users with %d baseline grid points", len(ranked))
         per_user = per_user_metrics(rows, ranked, ks, ec.block_size, stats, segments=False).persist()
-        results.update(summarise(per_user, ks, catalogue_size=len(vocab)))
+        results.update(average_metrics(per_user, ks, catalogue_size=len(vocab)))
         per_user.unpersist()
         if not results:
             raise InputError("features/validation holds no user with a target item: cannot tune the baselines")
@@ -696,8 +694,7 @@ def _exclusions(spark: SparkSession, cfg: Config, vocab_df: DataFrame, cutoff_co
     types = cfg.evaluate.exclude_seen_event_types
     if set(types) == set(schema.EVENT_TYPES):
         return None
-    path = io.feature_path(cfg.paths.resolve("features"), "user_split")
-    cutoffs = io.read_table(spark, path, schema.USER_SPLIT_SCHEMA, "paths.features").select(schema.USER_ID, cutoff_column)
+    cutoffs = io.read_features(spark, cfg.paths.resolve("features"), "user_split").select(schema.USER_ID, cutoff_column)
     events = io.read_clean(spark, cfg.paths.resolve("clean")).join(cutoffs, schema.USER_ID)
     return excluded_items(events, vocab_df, F.col(cutoff_column), types)
 

@@ -81,11 +81,9 @@ def load_vocabs(spark: SparkSession, features_root: str, steps: DataFrame, split
         DataQualityError: a table whose content does not match its recorded version.
     """
     key = "featurize.vocab_from"
-    metadata_path = io.feature_path(features_root, schema.FEATURE_METADATA)
-    io.require_input(spark, metadata_path, key)
-    recorded = io.read_json(spark, metadata_path).get("vocab")
+    recorded = io.read_feature_metadata(spark, features_root, key).get("vocab")
     if not isinstance(recorded, dict):
-        raise InputError(f"{metadata_path} records no vocabulary versions (config key {key}): re-run featurize there")
+        raise InputError(f"{io.feature_path(features_root, schema.FEATURE_METADATA)} records no vocabulary versions (config key {key}): re-run featurize there")
     vocabs = {}
     for spec in vocab.SPECS:
         path = io.feature_path(features_root, spec.table)

@@ -102,7 +102,7 @@ def category_codes(values: np.ndarray, present: np.ndarray, known: np.ndarray) -
     return np.where(present & (known[at] == values), at, -1).astype(np.int64)
 
 
-class Users:
+class UserBatch:
     """One Arrow record batch of users, read column by column into numpy.
 
     Args:
@@ -118,8 +118,8 @@ class Users:
     def column(self, name: str):
         return self.batch.column(self.batch.schema.get_field_index(name))
 
-    def take(self, rows: np.ndarray) -> "Users":
-        return Users(self.batch.take(pa.array(rows, pa.int64())))
+    def take(self, rows: np.ndarray) -> "UserBatch":
+        return UserBatch(self.batch.take(pa.array(rows, pa.int64())))
 
     def matrix(self, name: str, dtype=np.int64) -> np.ndarray:
         """A list column whose rows all have the same length L. Returns: [B, L] of ``dtype``."""
@@ -171,29 +171,29 @@ class ModelEncoder:
             self._module = ModelBundle.from_bytes(self.bundle_bytes).build_module()
         return self._module
 
-    def _items(self, users: Users) -> np.ndarray:
+    def _items(self, users: UserBatch) -> np.ndarray:
         raw = users.matrix(schema.HIST_ITEMS)
         inside = (raw >= 0) & (raw < len(self.remap))
         items = np.where(inside, self.remap[np.clip(raw, 0, len(self.remap) - 1)], schema.OOV_INDEX)
         return np.where(raw == schema.PAD_INDEX, schema.PAD_INDEX, items)
 
-    def known(self, users: Users) -> np.ndarray:
+    def known(self, users: UserBatch) -> np.ndarray:
         """Returns: bool [B], True where the history holds an item the model knows."""
         if len(users) == 0:
             return np.zeros(0, dtype=bool)
         return (self._items(users) >= schema.FIRST_ITEM_INDEX).any(axis=1)
 
-    def _history(self, users: Users) -> list[Tensor]:
+    def _history(self, users: UserBatch) -> list[Tensor]:
         """items (in the model's vocabulary), events, gaps: LongTensor[B, L] each."""
         return [torch.from_numpy(h) for h in (self._items(users), users.matrix(schema.HIST_EVENTS),
                                               users.matrix(schema.HIST_GAPS))]
 
-    def encode(self, users: Users) -> Tensor:
+    def encode(self, users: UserBatch) -> Tensor:
         """Args: B users with hist_items / hist_events / hist_gaps. Returns: Tensor[B, d] float32."""
         with torch.no_grad():
             return ranking.user_vectors(self.module(), *self._history(users)).float()
 
-    def score(self, users: Users, item_vectors: Tensor, excluded: tuple[np.ndarray, np.ndarray], out: Tensor) -> None:
+    def score(self, users: UserBatch, item_vectors: Tensor, excluded: tuple[np.ndarray, np.ndarray], out: Tensor) -> None:
         """Fill ``out`` [B, M] with the model's scores of the M items of ``item_vectors``.
 
         Args:
@@ -213,13 +213,13 @@ class ModelEncoder:
 class VectorEncoder:
     """User vectors given in the ``user_vector`` column (benchmarks); every user is known."""
 
-    def known(self, users: Users) -> np.ndarray:
+    def known(self, users: UserBatch) -> np.ndarray:
         return np.ones(len(users), dtype=bool)
 
-    def encode(self, users: Users) -> Tensor:
+    def encode(self, users: UserBatch) -> Tensor:
         return torch.from_numpy(users.matrix(USER_VECTOR, np.float32))
 
-    def score(self, users: Users, item_vectors: Tensor, excluded: tuple[np.ndarray, np.ndarray], out: Tensor) -> None:
+    def score(self, users: UserBatch, item_vectors: Tensor, excluded: tuple[np.ndarray, np.ndarray], out: Tensor) -> None:
         """Fill ``out`` [B, M] with the dot products of the given user vectors and ``item_vectors``."""
         torch.matmul(self.encode(users), item_vectors.T, out=out)
 
@@ -280,7 +280,7 @@ class Recommender:
             batch: user_id, the history columns (or user_vector), exclude_products,
                 user_category and user_key.
         """
-        users = Users(batch)
+        users = UserBatch(batch)
         known = self.plan.encoder.known(users)
         size = self.rules.block_size
         for rows, block in ((np.flatnonzero(known), self._model_block), (np.flatnonzero(~known), self._fallback_block)):
@@ -301,7 +301,7 @@ class Recommender:
             self._buffers[name] = buf
         return buf[:rows]
 
-    def _model_block(self, users: Users) -> tuple[topk.Ranked, np.ndarray, np.ndarray]:
+    def _model_block(self, users: UserBatch) -> tuple[topk.Ranked, np.ndarray, np.ndarray]:
         space, rules = self.plan.model_items, self.rules
         scores = self._buffer("model", len(users), len(space))
         excluded = _excluded(users, space)
@@ -318,7 +318,7 @@ class Recommender:
         codes = np.where(ranked.explore, SOURCES.index(SOURCE_EXPLORE), SOURCES.index(SOURCE_MODEL)).astype(np.int8)
         return ranked, space.product_ids, codes
 
-    def _fallback_block(self, users: Users) -> tuple[topk.Ranked, np.ndarray, np.ndarray]:
+    def _fallback_block(self, users: UserBatch) -> tuple[topk.Ranked, np.ndarray, np.ndarray]:
         space, rules = self.plan.fallback_items, self.rules
         scores = self._buffer("fallback", len(users), len(space))
         # The user's own category first (a bonus above any popularity), then the rest.
@@ -355,7 +355,7 @@ def task_recommender(plan_broadcast) -> Recommender:
         return _CACHE["recommender"]
 
 
-def _excluded(users: Users, space: ItemSpace) -> tuple[np.ndarray, np.ndarray]:
+def _excluded(users: UserBatch, space: ItemSpace) -> tuple[np.ndarray, np.ndarray]:
     """(row, item index) pairs of each user's excluded products that ``space`` holds."""
     rows, products = users.lists(EXCLUDE_PRODUCTS)
     items = space.index_of(products)

@@ -241,7 +241,7 @@ def with_run_columns(ranked: DataFrame, model_name: str, model_version: str, run
     return ranked.select(*[constants.get(f.name, F.col(f.name)).alias(f.name) for f in schema.RECOMMENDATION_SCHEMA])
 
 
-def summarize(written: DataFrame, users: int, k: int) -> dict[str, int]:
+def count_written(written: DataFrame, users: int, k: int) -> dict[str, int]:
     """Counts of one written run date: users by source, rows, explore rows, users short of K.
 
     Raises:
@@ -290,8 +290,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     sc = cfg.score
     run_date = run_date_of(sc)
     root = cfg.paths.resolve("features")
-    histories = io.read_table(spark, io.feature_path(root, "user_history"), schema.USER_HISTORY_SCHEMA, "paths.features")
-    feature_vocab = io.read_table(spark, io.feature_path(root, "item_vocab"), schema.ITEM_VOCAB_SCHEMA, "paths.features")
+    histories = io.read_features(spark, root, "user_history")
+    feature_vocab = io.read_features(spark, root, "item_vocab")
     clean_path = cfg.paths.resolve("clean")
     io.require_input(spark, clean_path, "paths.clean")
     events = io.read_clean(spark, clean_path)
@@ -334,7 +334,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         finally:
             broadcast.destroy()
         written = spark.read.parquet(out).where(F.col(schema.RUN_DATE) == F.lit(run_date).cast(T.DateType()))
-        summary = summarize(written, users, sc.top_k)
+        summary = count_written(written, users, sc.top_k)
         summary.update({"model_catalogue": len(plan.model_items), "excluded_items": int(len(excluded))})
         mlflow.log_metrics({f"score.{name}": value for name, value in summary.items()})
     if summary["users_short_of_k"]:

@@ -9,7 +9,6 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from recsys_spark import io, tracking
-from recsys_spark import schema
 from recsys_spark.config import Config
 from recsys_spark.errors import DataQualityError
 from recsys_spark.models.bundle import ModelBundle
@@ -30,10 +29,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         and after a search "search_best": {"params", "val_ndcg_at_<K>", "trial", "trials"}}.
     """
     features = cfg.paths.resolve("features")
-    io.read_json(spark, io.feature_path(features, schema.FEATURE_METADATA))  # fails fast, by name
-    item_vocab = io.read_table(
-        spark, io.feature_path(features, "item_vocab"), schema.ITEM_VOCAB_SCHEMA, "paths.features"
-    ).toPandas()
+    io.read_feature_metadata(spark, features)  # fails fast, by name
+    item_vocab = io.read_features(spark, features, "item_vocab").toPandas()
     io.require_input(spark, io.feature_path(features, "train"), "paths.features")
 
     with tracking.stage_run(cfg, "train") as active:

@@ -18,7 +18,7 @@ from recsys_spark.scoring.recommender import (
     USER_KEY,
     ItemSpace,
     Recommender,
-    Users,
+    UserBatch,
     category_codes,
 )
 from recsys_spark.scoring.score import RANKED_SCHEMA, build_plan, vocab_remap
@@ -205,6 +205,6 @@ def test_item_space_lookup_and_category_codes():
     # Real category ids lie above 2^53, where neighbours share a float64: kept exact.
     big = 2053013552000000007
     assert category_codes(np.array([big, big + 1]), np.array([True, True]), np.array([big + 1])).tolist() == [-1, 0]
-    users = Users(pa.record_batch([pa.array([big, None], pa.int64())], names=["c"]))
+    users = UserBatch(pa.record_batch([pa.array([big, None], pa.int64())], names=["c"]))
     values, valid = users.nullable_ints("c")
     assert values.tolist() == [big, 0] and valid.tolist() == [True, False]
