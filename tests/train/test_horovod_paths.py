@@ -45,3 +45,24 @@ def test_uneven_shards_stop_every_rank_when_the_first_runs_out(spark, tmp_path):
     # Both ranks stopped each pass at the shorter shard's last batch, with the same weights.
     assert [h["step"] for h in main["history"]] == [per_pass, 2 * per_pass]
     assert len(set(main["rank_checksums"])) == 1
+
+
+def test_two_ranks_resume_to_the_weights_of_an_uninterrupted_run(spark, tmp_path):
+    features = tmp_path / "features"
+    write_features(features, n_windows=180)
+    # A warm-up longer than a pass (5 steps): the learning rate changes at every step, across
+    # the resume too. (A cosine's horizon would depend on train.epochs, which differs below.)
+    schedule = {"lr_schedule": "constant", "warmup_steps": 8}
+    whole = check_ranks(launch(spark, config(tmp_path / "whole", features, epochs=3, **schedule), None, None))
+
+    # The same run stopped after its first pass (train.epochs=1), then resumed from that pass's
+    # checkpoint to the third.
+    first = check_ranks(launch(spark, config(tmp_path / "resumed", features, epochs=1, **schedule), None, None))
+    assert first["steps"] < whole["steps"]
+    resumed = check_ranks(launch(spark, config(tmp_path / "resumed", features, epochs=3, resume="true", **schedule),
+                                 None, None))
+
+    assert resumed["resumed_from"] == 1
+    assert resumed["steps"] == whole["steps"]
+    assert resumed["rank_checksums"] == whole["rank_checksums"]  # every rank's weights, bit for bit
+    assert [h["val_ndcg_at_20"] for h in resumed["history"]] == [h["val_ndcg_at_20"] for h in whole["history"]]
