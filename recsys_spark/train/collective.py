@@ -139,10 +139,6 @@ class HorovodCollective(Collective):
         # zero-gradient step to make new ones. It shares the restored state instead.
         optimizer.state = inner.state
         hvd.broadcast_parameters(module.state_dict(), root_rank=0)
-        # Horovod sends the optimizer's options (lr, betas, eps, weight decay) as float32 tensors
-        # and writes them back rounded: a resumed run would take its first step at a rounded
-        # learning rate where the uninterrupted one did not. Every rank already holds rank 0's
-        # options (one config, one checkpoint), so they are put back as they were.
         hvd.broadcast_optimizer_state(optimizer, root_rank=0)
         return module, optimizer
 
