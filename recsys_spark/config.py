@@ -286,6 +286,10 @@ class FeaturizeConfig:
     # A features folder of an earlier run whose vocabularies are reused instead of rebuilt
     # (e.g. the one a registered model was trained on); empty = build them from this data.
     vocab_from: str = ""
+    # With vocab_from: "reuse" its vocabularies as they are (new products are out of
+    # vocabulary), or "extend" them append-only (known values keep their index, this data's new
+    # ones get the next indices: what incremental training grows the model's tables to).
+    vocab_mode: Literal["reuse", "extend"] = "reuse"
     # Item popularity in item_features counts the events of this many days before the snapshot.
     popularity_days: int = 7
     # At least this many training files, rounded up to a multiple of train.num_proc and raised
@@ -322,6 +326,9 @@ class FeaturizeConfig:
         })
         if not 0 <= self.min_eval_user_share <= 1:
             raise ConfigError(f"featurize.min_eval_user_share must lie in [0, 1], got {self.min_eval_user_share}")
+        if self.vocab_mode == "extend" and not self.vocab_from:
+            raise ConfigError("featurize.vocab_mode=extend needs featurize.vocab_from: the features folder whose "
+                              "vocabularies to extend")
         for column, rate in self.dq_max_null_rate.items():
             if column not in CLEAN_COLUMNS:
                 close = difflib.get_close_matches(column, CLEAN_COLUMNS, n=1)
@@ -361,6 +368,14 @@ class TrainConfig:
     amp: bool = True
     # Continue from <paths.checkpoints>/last.pt (model, optimizer, scheduler, RNG states) if present.
     resume: bool = False
+    # "full": start from freshly initialised weights. "incremental": start from a registered
+    # parent model's weights (parent_version, else the version of parent_alias), its tables grown
+    # to the features' vocabulary, which must extend the parent's (featurize.vocab_mode=extend,
+    # featurize.vocab_from=<the parent's features>). No parent, or a parent of another shape
+    # (embedding_dim, num_layers, ...): a log line, then full training.
+    mode: Literal["full", "incremental"] = "full"
+    parent_alias: str = "champion"
+    parent_version: int = 0
     # The training budget, in optimiser steps (each: batch_size windows on every rank). Training
     # ends at it (in mid-pass if need be) or earlier by early stopping; the learning rate warms up
     # over warmup_steps and decays over the budget. A budget in steps fits any data size: 12
@@ -441,9 +456,12 @@ class TrainConfig:
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
         for key in ("eval_every_steps", "warmup_steps", "uniform_negatives", "patience", "plateau_decays",
-                    "visit_gap_s"):
+                    "visit_gap_s", "parent_version"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        if self.mode == "incremental" and not (self.parent_version or self.parent_alias):
+            raise ConfigError("train.mode=incremental: train.parent_alias is empty and train.parent_version is 0: "
+                              "name the model to start from")
         if self.horovod_cycle_time_ms < 0:
             raise ConfigError(f"train.horovod_cycle_time_ms must be >= 0, got {self.horovod_cycle_time_ms}")
         if self.lr < 0:  # 0 freezes the weights (tests of early stopping use it)

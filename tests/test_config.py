@@ -299,3 +299,11 @@ def test_a_bad_search_setting_fails_fast_naming_the_key(overrides, message):
 def test_an_unused_search_space_is_not_checked_against_the_train_section():
     cfg = load_config(None, ["search.space.embedding_dim=[32, 33, 64]"])  # search.trials=0: off
     assert cfg.search.space["embedding_dim"] == [32, 33, 64]
+
+
+def test_extending_vocabularies_needs_the_folder_to_extend():
+    assert load_config(None, ["featurize.vocab_from=/data/features", "featurize.vocab_mode=extend"]).featurize.vocab_mode == "extend"
+    with pytest.raises(ConfigError, match="featurize.vocab_mode=extend needs featurize.vocab_from"):
+        load_config(None, ["featurize.vocab_mode=extend"])
+    with pytest.raises(ConfigError, match="featurize.vocab_mode"):
+        load_config(None, ["featurize.vocab_mode=grow"])

@@ -52,7 +52,7 @@ from recsys_spark.features.split import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run", "build_vocabs", "load_vocabs", "build_metadata", "shuffle_for_training"]
+__all__ = ["run", "build_vocabs", "load_vocabs", "extend_vocabs", "build_metadata", "shuffle_for_training"]
 
 
 def build_vocabs(steps: DataFrame, events: DataFrame, split: Split, fc: FeaturizeConfig) -> dict[str, DataFrame]:
@@ -70,6 +70,33 @@ def build_vocabs(steps: DataFrame, events: DataFrame, split: Split, fc: Featuriz
     user = vocab.build_value_vocab(train_events, vocab.USER, fc.min_user_count).persist()
     item = vocab.build_item_vocab(steps, events, split, fc.min_item_count, fc.price_buckets, category, brand)
     return {"item": item.persist(), "category": category, "brand": brand, "user": user}
+
+
+def extend_vocabs(previous: dict[str, DataFrame], steps: DataFrame, events: DataFrame, split: Split,
+                  fc: FeaturizeConfig) -> dict[str, DataFrame]:
+    """``previous``' vocabularies grown append-only with this run's values (vocab.extend):
+    categories, brands and users first, then the items, whose side features are looked up in
+    the grown category and brand vocabularies. A model trained on ``previous`` keeps the
+    meaning of every index it knows; its tables grow to the new sizes.
+
+    Args:
+        previous: {"item", "category", "brand", "user"} (see :func:`load_vocabs`).
+        steps, events: frames the split is attached to (``split.attach``).
+
+    Returns:
+        {"item", "category", "brand", "user"}, persisted.
+    """
+    train_events = events.where(before(F.col(schema.EVENT_TIME), split.validation))
+    minimum = {"category": fc.min_category_count, "brand": fc.min_brand_count, "user": fc.min_user_count}
+    grown = {}
+    for spec in (vocab.CATEGORY, vocab.BRAND, vocab.USER):
+        fresh = vocab.build_value_vocab(train_events, spec, minimum[spec.kind])
+        grown[spec.kind] = vocab.extend(previous[spec.kind], fresh, spec).localCheckpoint(eager=True)
+    fresh_items = vocab.build_item_vocab(steps, events, split, fc.min_item_count, fc.price_buckets,
+                                         grown["category"], grown["brand"])
+    # The counts of every item, the carried-over ones included, come from this run's steps.
+    items = vocab.recount_items(vocab.extend(previous["item"], fresh_items, vocab.ITEM), steps, split)
+    return {**grown, "item": items.localCheckpoint(eager=True)}
 
 
 def load_vocabs(spark: SparkSession, features_root: str, steps: DataFrame, split: Split) -> dict[str, DataFrame]:
@@ -263,6 +290,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             raw_steps = raw_steps.persist()
         if fc.vocab_from:
             vocabs = load_vocabs(spark, fc.vocab_from, raw_steps, split)
+            if fc.vocab_mode == "extend":
+                vocabs = extend_vocabs(vocabs, raw_steps, events, split, fc)
         else:
             vocabs = build_vocabs(raw_steps, events, split, fc)
         versions = {spec.kind: vocab.version(vocabs[spec.kind], spec) for spec in vocab.SPECS}
@@ -325,6 +354,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             "train_files": files,
             "quality_report": report_path,
             "vocab_from": fc.vocab_from,
+            "vocab_mode": fc.vocab_mode if fc.vocab_from else "build",
         }
         extra["protocol_reason"] = split.reason
         metadata = build_metadata(versions, split, fc.price_buckets, length, counts, extra)

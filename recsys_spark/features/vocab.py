@@ -140,6 +140,38 @@ def build_item_vocab(
     return schema.conform(add_price_buckets(items, price_buckets), schema.ITEM_VOCAB_SCHEMA)
 
 
+def extend(previous: DataFrame, fresh: DataFrame, spec: VocabSpec) -> DataFrame:
+    """A vocabulary grown append-only: ``previous``' values keep their index, values only in
+    ``fresh`` get the next indices, in ``fresh``'s index order (by training count).
+
+    Every other column (counts, an item's side features) comes from ``fresh`` where it holds the
+    value, else from ``previous``: a known item's category or price follows the new data, its
+    index never moves, and a value gone from the new data keeps its row.
+
+    Args:
+        previous: the vocabulary to extend (e.g. the one the registered model was trained on).
+        fresh: the same vocabulary built on this run's data, its cross-references (an item's
+            category_idx, brand_idx) already looked up in the extended category and brand
+            vocabularies.
+        spec: which vocabulary; both frames have ``spec.schema``.
+
+    Returns:
+        ``spec.schema`` rows: indices ``previous``' plus ``top + 1 ..`` for the new values, where
+        ``top`` is ``previous``' largest index (or the one before ``spec.first_index``).
+    """
+    top = previous.agg(F.max(spec.index)).first()[0]
+    start = (int(top) if top is not None else spec.first_index - 1) + 1
+    added = fresh.join(previous.select(spec.key), spec.key, "left_anti")
+    added = row_numbers(added, [F.asc(spec.index), F.asc(spec.key)], _RANK, start=start)
+    added = added.withColumn(spec.index, F.col(_RANK).cast("int")).drop(_RANK)
+    others = [f.name for f in spec.schema.fields if f.name not in (spec.key, spec.index)]
+    kept = previous.alias("p").join(fresh.alias("f"), spec.key, "left").select(
+        F.col(spec.key), F.col(f"p.{spec.index}").alias(spec.index),
+        *[F.coalesce(F.col(f"f.{c}"), F.col(f"p.{c}")).alias(c) for c in others],
+    )
+    return schema.conform(kept.unionByName(schema.conform(added, spec.schema)), spec.schema)
+
+
 def item_counts(steps: DataFrame, cutoffs: Cutoffs | Split) -> DataFrame:
     """product_id, train_count (steps before the validation cutoff), pretest_count (before test).
 

@@ -40,6 +40,9 @@ SHUFFLE_BUFFER_BATCHES = 4
 LAST_CHECKPOINT = "last.pt"
 # The weights of the best evaluation so far (rank 0), rewritten at every new best.
 BEST_WEIGHTS = "best.pt"
+# train.mode=incremental: the parent's weights grown to this run's vocabulary (written by the
+# train stage before it launches the ranks; see models/growth.py).
+WARM_START = "warm_start.pt"
 # Which collective each launcher's processes use ("horovod" also serves `horovodrun`).
 BACKENDS = {"horovod_spark": "horovod", "torch_distributor": "torch", "local": "single"}
 
@@ -172,6 +175,15 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
     item_features = data.item_feature_arrays(item_vocab, model_args["num_items"])
 
     model = TwoTowerModel(**model_args)
+    checkpoints = cfg.paths.resolve("checkpoints")
+    if tc.mode == "incremental":
+        # Rank 0 reads the grown parent and hands it over; a resumed run overwrites it below.
+        warm = comm.broadcast_object(read_checkpoint(checkpoints, WARM_START) if is_main else None)
+        if warm["model_args"] != model_args:
+            raise InputError(f"train.mode=incremental: {checkpoints}/{WARM_START} was grown for "
+                             f"{warm['model_args']}, this run builds {model_args}")
+        model.load_state_dict(warm["model"])
+    # This run's item features, for the parent's items too (a product's category may change).
     model.set_item_features(
         torch.from_numpy(item_features[schema.CATEGORY_IDX]),
         torch.from_numpy(item_features[schema.BRAND_IDX]),
@@ -208,7 +220,6 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
     warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
     scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
 
-    checkpoints = cfg.paths.resolve("checkpoints")
     history: list[dict[str, float]] = []
     best_state: dict[str, Tensor] | None = None
     best: dict[str, Any] = {"evaluation": 0, "epoch": 0, "step": 0, "ndcg": float("-inf"), "bad_evaluations": 0}

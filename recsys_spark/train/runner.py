@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from typing import Any
 
 from pyspark.sql import SparkSession
 
-from recsys_spark import io, tracking
+from recsys_spark import io, schema, tracking
 from recsys_spark.config import Config
 from recsys_spark.errors import DataQualityError
 from recsys_spark.models.bundle import ModelBundle
@@ -16,6 +17,10 @@ from recsys_spark.train.loop import metric_key, train_fn
 from recsys_spark.waits import WaitTimeout
 
 log = logging.getLogger(__name__)
+
+# Model arguments set by featurize's layout, not by the model's shape: a parent trained with
+# other values cannot be continued on these features.
+LAYOUT_ARGS = ("max_seq_len", "num_event_codes", "num_gap_buckets", "num_price_buckets")
 
 
 def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
@@ -29,12 +34,22 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         and after a search "search_best": {"params", "val_ndcg_at_<K>", "trial", "trials"}}.
     """
     features = cfg.paths.resolve("features")
-    io.read_feature_metadata(spark, features)  # fails fast, by name
+    metadata = io.read_feature_metadata(spark, features)  # fails fast, by name
     item_vocab = io.read_features(spark, features, "item_vocab").toPandas()
     io.require_input(spark, io.feature_path(features, "train"), "paths.features")
+    parent = None
+    if cfg.train.mode == "incremental":
+        parent = warm_start(cfg, metadata, item_vocab)
+        if parent is None:
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, mode="full"))
 
     with tracking.stage_run(cfg, "train") as active:
         run_id = active.info.run_id
+        if parent is not None:
+            import mlflow
+
+            mlflow.set_tags({"train.parent_version": parent["version"], "train.parent_run_id": parent["run_id"],
+                             "train.data_range": " .. ".join(tracking.data_range_of_features(metadata) or ())})
         log_inputs(features, spark)
         found = None
         if cfg.search.trials:
@@ -48,6 +63,71 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
                 "trials": ", ".join(f"{found[state]} {state}" for state in ("complete", "failed", "pruned")),
             }
         return summary
+
+
+def warm_start(cfg: Config, metadata: dict[str, Any], item_vocab) -> dict[str, str] | None:
+    """For ``train.mode=incremental``: grow the parent model's weights to this run's vocabulary
+    and write them where the training ranks read them (``<paths.checkpoints>/warm_start.pt``).
+
+    Args:
+        metadata: the features' metadata.json; item_vocab: their item_vocab (pandas).
+
+    Returns:
+        {"version", "run_id"} of the parent; None (with a log line) when there is no parent to
+        start from or it has another shape (embedding_dim, num_layers, ...): train from scratch.
+
+    Raises:
+        InputError: the parent was trained on another featurize layout (sequence length, event
+            or gap codes, price buckets), or the features' vocabulary does not extend the
+            parent's: both name the key to change.
+    """
+    from mlflow import MlflowClient
+
+    from recsys_spark.errors import InputError
+    from recsys_spark.models import growth, registry
+    from recsys_spark.models.bundle import LEGACY_MODEL_ARGS
+    from recsys_spark.train import data
+    from recsys_spark.train.loop import WARM_START, model_args_from, save_weights
+
+    tc = cfg.train
+    wanted = f"version {tc.parent_version}" if tc.parent_version else f"@{tc.parent_alias}"
+    try:
+        parent, version = registry.load_bundle(cfg, alias=tc.parent_alias, version=tc.parent_version or None)
+    except InputError as exc:
+        log.warning("train.mode=incremental: no parent model %s (%s); training from scratch (train.mode=full)",
+                    wanted, exc)
+        return None
+    parent_args = {**LEGACY_MODEL_ARGS, **parent.model_args}
+    child_args = model_args_from(metadata, tc)
+    for key in LAYOUT_ARGS:
+        if parent_args.get(key) != child_args[key]:
+            raise InputError(
+                f"train.mode=incremental: parent model version {version} was trained on features with {key}="
+                f"{parent_args.get(key)}, these have {child_args[key]}: featurize with the parent's settings, "
+                "or set train.mode=full")
+    known = parent.item_vocab[[schema.ITEM_IDX, schema.PRODUCT_ID]].merge(
+        item_vocab[[schema.ITEM_IDX, schema.PRODUCT_ID]], on=schema.PRODUCT_ID, how="left", suffixes=("", "_now"))
+    moved = known[known[f"{schema.ITEM_IDX}_now"] != known[schema.ITEM_IDX]]
+    if len(moved):
+        raise InputError(
+            f"train.mode=incremental: {len(moved)} of parent model version {version}'s {len(known)} products have "
+            f"another item_idx (or none) in {cfg.paths.resolve('features')}: featurize with "
+            "featurize.vocab_mode=extend and featurize.vocab_from=<the parent's features folder>")
+    # The user-vector mode is chosen after training (train.user_vector): not part of the shape.
+    parent_args["user_vector"] = child_args["user_vector"]
+    reason = growth.incompatibility(parent_args, child_args)
+    if reason is not None:
+        log.warning("train.mode=incremental: parent model version %s cannot be grown (%s); training from scratch "
+                    "(train.mode=full)", version, reason)
+        return None
+    categories = data.item_feature_arrays(item_vocab, child_args["num_items"])[schema.CATEGORY_IDX]
+    grown = growth.grow_state(parent.state_dict, parent_args, child_args, categories, seed=tc.seed)
+    run_id = MlflowClient().get_model_version(cfg.mlflow.registered_model, version).run_id
+    save_weights(cfg.paths.resolve("checkpoints"), WARM_START,
+                 {"model": grown, "model_args": child_args, "parent_version": version})
+    log.info("train.mode=incremental: starting from parent model version %s (%d items, now %d)", version,
+             parent_args["num_items"], child_args["num_items"])
+    return {"version": version, "run_id": run_id}
 
 
 def search_first(spark: SparkSession, cfg: Config, run_id: str) -> tuple[dict[str, Any], Config]:
@@ -88,6 +168,7 @@ def finish(cfg: Config, results: list[dict[str, Any]], item_vocab, run_id: str) 
     checksums = main.get("rank_checksums") or [r["checksum"] for r in results]
     mlflow.set_tags({
         "train.launcher": cfg.train.launcher,
+        "train.mode": cfg.train.mode,
         "train.world_size": str(main.get("size", len(results))),
         "train.rank_checksums": json.dumps(checksums),
         "train.stopped_early": str(main.get("stopped_early", False)).lower(),

@@ -107,3 +107,34 @@ def test_reuse_refuses_a_vocabulary_that_does_not_match_its_version(spark, tmp_p
         load_vocabs(spark, root, steps, CUTOFFS)
     with pytest.raises(InputError, match="does not exist \\(config key featurize.vocab_from\\)"):
         load_vocabs(spark, str(tmp_path / "nowhere"), steps, CUTOFFS)
+
+
+def test_an_extended_vocabulary_keeps_every_known_index_and_appends_the_new_values(spark, tmp_path):
+    from recsys_spark.config import FeaturizeConfig
+    from recsys_spark.features.featurize import extend_vocabs
+
+    day_a, day_b = "2024-01-02 10:00:00", "2024-01-02 11:00:00"
+    # Trained on: product 10 (category 100) three times, 20 (category 100) twice.
+    events = clean_events(spark, [("u1", day_a, VIEW, 10, 100, "x", 5.0)] * 3 + [("u1", day_a, VIEW, 20, 100, "x", 9.0)] * 2)
+    steps = events.select(schema.USER_ID, schema.PRODUCT_ID, F.col(schema.EVENT_TIME).alias(STEP_TIME))
+    fc = FeaturizeConfig(min_item_count=1, min_category_count=1, min_brand_count=1, min_user_count=1, price_buckets=2)
+    from recsys_spark.features.featurize import build_vocabs
+    root = str(tmp_path / "trained")
+    _save(spark, root, build_vocabs(steps, events, CUTOFFS, fc))
+
+    # New data: 30 (new, category 200 also new) 4 times, 20 three times, 40 (new, category 100)
+    # twice, 10 once; a new user u2.
+    new_events = clean_events(spark, [("u2", day_b, VIEW, 30, 200, "y", 1.0)] * 4 + [("u1", day_b, VIEW, 20, 100, "x", 9.0)] * 3
+                              + [("u2", day_b, VIEW, 40, 100, "x", 2.0)] * 2 + [("u1", day_b, VIEW, 10, 100, "x", 5.0)])
+    new_steps = new_events.select(schema.USER_ID, schema.PRODUCT_ID, F.col(schema.EVENT_TIME).alias(STEP_TIME))
+    grown = extend_vocabs(load_vocabs(spark, root, new_steps, CUTOFFS), new_steps, new_events, CUTOFFS, fc)
+
+    # Known values keep their index; new ones follow, in order of their count in the new data.
+    assert {r[schema.CATEGORY_ID]: r[schema.CATEGORY_IDX] for r in grown["category"].collect()} == {100: 2, 200: 3}
+    assert {r[schema.BRAND]: r[schema.BRAND_IDX] for r in grown["brand"].collect()} == {"x": 2, "y": 3}
+    assert {r[schema.USER_ID]: r[schema.USER_IDX] for r in grown["user"].collect()} == {"u1": 2, "u2": 3}
+    items = {r[schema.PRODUCT_ID]: (r[schema.ITEM_IDX], r[schema.CATEGORY_IDX], r[schema.TRAIN_COUNT])
+             for r in grown["item"].collect()}
+    # 30's category is the grown vocabulary's 200 (3); counts are the new data's.
+    assert items == {10: (2, 2, 1), 20: (3, 2, 3), 30: (4, 3, 4), 40: (5, 2, 2)}
+    assert vocab.version(grown["item"], vocab.ITEM)["num_indices"] == 6

@@ -1,0 +1,98 @@
+"""train.mode=incremental: a registered parent's weights grown to an extended vocabulary."""
+
+from __future__ import annotations
+
+import mlflow
+import pyarrow.parquet as pq
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from recsys_spark import schema
+from recsys_spark.config import load_config
+from recsys_spark.errors import InputError
+from recsys_spark.models import ranking
+from recsys_spark.models.registry import load_bundle
+from recsys_spark.train import runner
+
+from tests.train.test_data import write_features
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(900)]
+
+OLD_ITEMS, NEW_ITEMS = 32, 40  # the day after adds items 32..39; 2..31 keep their index
+
+
+def config(root, features, **train):
+    values = {"launcher": "local", "epochs": 2, "batch_size": 32, "embedding_dim": 16, "num_layers": 1,
+              "uniform_negatives": 16, "warmup_steps": 0, "lr_schedule": "constant", "lr": 0.01, "dropout": 0.0,
+              "patience": 0, "threads_per_proc": 1, **train}
+    return load_config(None, [f"paths.root={root}", f"paths.features={features}",
+                              f"paths.checkpoints={features}_checkpoints", "mlflow.alias=champion",
+                              *[f"train.{k}={v}" for k, v in values.items()]])
+
+
+@pytest.fixture(scope="module")
+def parent(spark, tmp_path_factory):
+    """A parent trained in full on the first day's 32 items, registered as @champion."""
+    root = tmp_path_factory.mktemp("incremental")
+    write_features(root / "day1", num_items=OLD_ITEMS)
+    write_features(root / "day2", num_items=NEW_ITEMS, seed=1)
+    threads = torch.get_num_threads()
+    summary = runner.run(spark, config(root, root / "day1"))
+    torch.set_num_threads(threads)
+    return root, summary
+
+
+def test_a_frozen_incremental_run_starts_from_the_parents_rows_and_records_its_parent(spark, parent):
+    root, first = parent
+    # lr 0 freezes the weights: what is registered is exactly where the run started.
+    cfg = config(root, root / "day2", mode="incremental", lr=0.0, epochs=1)
+    summary = runner.run(spark, cfg)
+    parent_bundle, _ = load_bundle(cfg, version=int(first["version"]))
+    child_bundle, _ = load_bundle(cfg, version=int(summary["version"]))
+    old, new = parent_bundle.state_dict, child_bundle.state_dict
+    assert new["item_tower.id_embedding.weight"].shape[0] == NEW_ITEMS
+    assert torch.equal(new["item_tower.id_embedding.weight"][:OLD_ITEMS], old["item_tower.id_embedding.weight"])
+    assert torch.equal(new["encoder.layers.0.linear1.weight"], old["encoder.layers.0.linear1.weight"])
+    # Item 33's category (33 % 4 = 1) has parent items 5, 9, ..., 29: its row starts at their mean.
+    same = [i for i in range(2, OLD_ITEMS) if i % 4 == 1]
+    torch.testing.assert_close(new["item_tower.id_embedding.weight"][33],
+                               old["item_tower.id_embedding.weight"][same].mean(dim=0))
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    tags = MlflowClient().get_run(summary["run_id"]).data.tags
+    assert tags["train.parent_version"] == first["version"] and tags["train.parent_run_id"] == first["run_id"]
+    assert tags["train.mode"] == "incremental"
+
+
+def test_a_new_item_is_recommended_after_one_incremental_day(spark, parent):
+    root, _ = parent
+    cfg = config(root, root / "day2", mode="incremental", epochs=3)
+    summary = runner.run(spark, cfg)
+    model = load_bundle(cfg, version=int(summary["version"]))[0].build_module()
+    # The data walks i -> i + 2: after 26, 28, 30 comes 32, an item the parent never saw.
+    history = [torch.tensor([[0, 0, 0, 0, 0, 26, 28, 30]]), torch.tensor([[0, 0, 0, 0, 0, 1, 1, 1]]),
+               torch.tensor([[0, 0, 0, 0, 0, 0, 3, 3]])]
+    with torch.no_grad():
+        top, _ = ranking.rank_histories(model, history, model.item_vectors(), 5,
+                                        blocked=ranking.blocked_items(NEW_ITEMS))
+    assert set(top[0]) & set(range(OLD_ITEMS, NEW_ITEMS)), top
+
+
+def test_no_parent_or_another_shape_trains_from_scratch_and_a_foreign_vocabulary_stops(spark, parent, tmp_path, caplog):
+    root, _ = parent
+    summary = runner.run(spark, config(root, root / "day2", mode="incremental", parent_alias="nobody", epochs=1))
+    assert "no parent model @nobody" in caplog.text
+    mlflow.set_tracking_uri(config(root, root / "day2").tracking_uri)
+    assert "train.parent_version" not in MlflowClient().get_run(summary["run_id"]).data.tags
+    runner.run(spark, config(root, root / "day2", mode="incremental", embedding_dim=32, epochs=1))
+    assert "cannot be grown (dim is 32 here, 16 in the parent model)" in caplog.text
+
+    # Features whose vocabulary was rebuilt, not extended: products moved to other indices.
+    foreign = tmp_path / "foreign"
+    write_features(foreign, num_items=NEW_ITEMS)
+    vocab = pq.read_table(foreign / "item_vocab" / "part-00000.parquet").to_pandas()
+    vocab[schema.PRODUCT_ID] = vocab[schema.PRODUCT_ID].to_numpy()[::-1]
+    (foreign / "item_vocab" / "part-00000.parquet").unlink()
+    vocab.to_parquet(foreign / "item_vocab" / "part-00000.parquet", index=False)
+    with pytest.raises(InputError, match="featurize.vocab_mode=extend and featurize.vocab_from"):
+        runner.run(spark, config(root, foreign, mode="incremental", epochs=1))
