@@ -376,6 +376,14 @@ class TrainConfig:
     mode: Literal["full", "incremental"] = "full"
     parent_alias: str = "champion"
     parent_version: int = 0
+    # Incremental: train on the windows whose last target comes after the parent's last one,
+    # plus this many older windows drawn at random (seeded by train.seed): the replay that keeps
+    # what the parent learnt (ADER's exemplar replay used 30k). 0 = the new windows alone
+    # (plain fine-tuning, which forgets). More than the older windows there are is an error.
+    replay_windows: int = 30000
+    # The training windows read (a folder laid out as features/train); empty = <paths.features>/train.
+    # train.mode=incremental sets it to the selection it writes under <paths.checkpoints>.
+    windows_path: str = ""
     # The training budget, in optimiser steps (each: batch_size windows on every rank). Training
     # ends at it (in mid-pass if need be) or earlier by early stopping; the learning rate warms up
     # over warmup_steps and decays over the budget. A budget in steps fits any data size: 12
@@ -456,7 +464,7 @@ class TrainConfig:
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
         for key in ("eval_every_steps", "warmup_steps", "uniform_negatives", "patience", "plateau_decays",
-                    "visit_gap_s", "parent_version"):
+                    "visit_gap_s", "parent_version", "replay_windows"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
         if self.mode == "incremental" and not (self.parent_version or self.parent_alias):

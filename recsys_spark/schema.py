@@ -155,6 +155,11 @@ TRAIN_SCHEMA = T.StructType(
         T.StructField(GAP_SEQ, T.ArrayType(T.IntegerType(), False), False),
     ]
 )
+# The time of a window's last step (its last target): incremental training picks the windows of
+# the days its parent did not train on by it. Written by featurize beside TRAIN_SCHEMA's columns
+# (readers of the windows need only those; features made before it lack the column).
+TARGET_TIME = "target_time"
+TRAIN_TABLE_SCHEMA = T.StructType([*TRAIN_SCHEMA.fields, T.StructField(TARGET_TIME, T.TimestampType(), False)])
 
 # One evaluation row per user: history before the cutoff (L steps, left-padded), every item
 # seen before the cutoff, and the in-vocabulary items first met in the window after it.

@@ -337,7 +337,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             table = schema.conform(vocabs[spec.kind], spec.schema).repartition(1).sortWithinPartitions(spec.index)
             io.write_table(table, paths[spec.table])
         io.write_table(
-            schema.conform(shuffle_for_training(train, files, fc.shuffle_seed), schema.TRAIN_SCHEMA),
+            schema.conform(shuffle_for_training(train, files, fc.shuffle_seed), schema.TRAIN_TABLE_SCHEMA),
             paths["train"],
             block_mb(fc.row_group_mb),
         )

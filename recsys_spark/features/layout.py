@@ -47,15 +47,17 @@ def plan_train_files(rows: int, row_bytes: int, row_group_mb: int, min_files: in
     return math.ceil(files / shards) * shards
 
 
-def shuffle_for_training(windows: DataFrame, files: int, seed: int) -> DataFrame:
+def shuffle_for_training(windows: DataFrame, files: int, seed: int,
+                         key_columns: tuple[str, ...] = (schema.USER_ID, WINDOW_NO)) -> DataFrame:
     """Spread training windows over ``files`` partitions in a seeded pseudo-random order.
 
     Round-robin repartitioning gives every file the same number of rows (within the number
     of input partitions), and sorting each by a hash of (user, window, seed) keeps a user's
     windows apart, so that a batch is a mix of users. The order depends only on the data
-    and the seed.
+    and the seed. ``key_columns``: what identifies a window (a written table's windows, which
+    lack the user, by their content).
     """
-    key = F.xxhash64(F.col(schema.USER_ID), F.col(WINDOW_NO), F.lit(seed))
+    key = F.xxhash64(*[F.col(c) for c in key_columns], F.lit(seed))
     return (
         windows.withColumn(_SHUFFLE_KEY, key)
         .repartition(files)

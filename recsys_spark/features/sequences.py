@@ -158,6 +158,7 @@ def train_windows(
             left_pad(F.transform(window, _field(EVENT_CODE)), width).alias(schema.EVENT_SEQ),
             left_pad(F.transform(window, _field(GAP_BUCKET)), width).alias(schema.GAP_SEQ),
             F.transform(window, _field(STEP_TIME)).alias(WINDOW_TIMES),
+            F.element_at(window, -1)[STEP_TIME].alias(schema.TARGET_TIME),
         )
     )
 

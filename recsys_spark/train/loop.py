@@ -204,7 +204,7 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
     # steps from diverging.
     peak_lr = tc.lr * size
     optimizer = torch.optim.AdamW(task.parameters(), lr=peak_lr, weight_decay=tc.weight_decay)
-    train_path = io.feature_path(features, "train")
+    train_path = tc.windows_path or io.feature_path(features, "train")
     # Steps per pass as if the shards were even (uneven shards stop a little earlier); the
     # learning rate decays over the steps the run may take.
     steps_per_pass = math.ceil(data.open_dataset(train_path).count_rows() / (tc.batch_size * size))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import logging
 from typing import Any
 
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from recsys_spark import io, schema, tracking
 from recsys_spark.config import Config
@@ -21,6 +23,11 @@ log = logging.getLogger(__name__)
 # Model arguments set by featurize's layout, not by the model's shape: a parent trained with
 # other values cannot be continued on these features.
 LAYOUT_ARGS = ("max_seq_len", "num_event_codes", "num_gap_buckets", "num_price_buckets")
+# The run tag holding the last target time of the windows a model was trained on (ISO, UTC):
+# its incremental child trains on the windows after it.
+WINDOWS_END_TAG = "train.windows_end"
+# Where train.mode=incremental writes the windows it selected, under paths.checkpoints.
+INCREMENTAL_WINDOWS = "incremental_windows"
 
 
 def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
@@ -42,14 +49,23 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         parent = warm_start(cfg, metadata, item_vocab)
         if parent is None:
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, mode="full"))
+        else:
+            selected = select_windows(spark, cfg, parent["windows_end"])
+            parent.update(selected)
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, windows_path=selected["path"]))
 
     with tracking.stage_run(cfg, "train") as active:
         run_id = active.info.run_id
-        if parent is not None:
-            import mlflow
+        import mlflow
 
-            mlflow.set_tags({"train.parent_version": parent["version"], "train.parent_run_id": parent["run_id"],
-                             "train.data_range": " .. ".join(tracking.data_range_of_features(metadata) or ())})
+        tags = {"train.data_range": " .. ".join(tracking.data_range_of_features(metadata) or ())}
+        end = windows_end(spark, features)
+        if end is not None:
+            tags[WINDOWS_END_TAG] = end
+        if parent is not None:
+            tags.update({"train.parent_version": parent["version"], "train.parent_run_id": parent["run_id"],
+                         "train.new_windows": str(parent["new"]), "train.replayed_windows": str(parent["replayed"])})
+        mlflow.set_tags(tags)
         log_inputs(features, spark)
         found = None
         if cfg.search.trials:
@@ -122,12 +138,78 @@ def warm_start(cfg: Config, metadata: dict[str, Any], item_vocab) -> dict[str, s
         return None
     categories = data.item_feature_arrays(item_vocab, child_args["num_items"])[schema.CATEGORY_IDX]
     grown = growth.grow_state(parent.state_dict, parent_args, child_args, categories, seed=tc.seed)
-    run_id = MlflowClient().get_model_version(cfg.mlflow.registered_model, version).run_id
+    client = MlflowClient()
+    run_id = client.get_model_version(cfg.mlflow.registered_model, version).run_id
+    end = client.get_run(run_id).data.tags.get(WINDOWS_END_TAG)
+    if not end:
+        raise InputError(f"train.mode=incremental: parent model version {version}'s run {run_id} has no "
+                         f"{WINDOWS_END_TAG} tag (trained before it existed): train it again, or set train.mode=full")
     save_weights(cfg.paths.resolve("checkpoints"), WARM_START,
                  {"model": grown, "model_args": child_args, "parent_version": version})
     log.info("train.mode=incremental: starting from parent model version %s (%d items, now %d)", version,
              parent_args["num_items"], child_args["num_items"])
-    return {"version": version, "run_id": run_id}
+    return {"version": version, "run_id": run_id, "windows_end": end}
+
+
+def windows_end(spark: SparkSession, features: str) -> str | None:
+    """The last target time of the training windows (ISO, UTC), or None for features written
+    before featurize recorded it."""
+    table = spark.read.parquet(io.feature_path(features, "train"))
+    if schema.TARGET_TIME not in table.columns:
+        return None
+    end = table.agg(F.max(schema.TARGET_TIME)).first()[0]
+    return None if end is None else _utc(end).isoformat()
+
+
+def select_windows(spark: SparkSession, cfg: Config, after: str) -> dict[str, Any]:
+    """The windows an incremental run trains on, written as a features/train table under
+    ``<paths.checkpoints>/incremental_windows``: every window whose last target is after
+    ``after`` (the parent's last), and ``train.replay_windows`` of the others, drawn by a
+    seeded hash of their content.
+
+    Returns:
+        {"path", "new", "replayed"}.
+
+    Raises:
+        InputError: the features lack target times (featurized before they were recorded), hold
+            no window after the parent's, or fewer older windows than train.replay_windows.
+    """
+    from recsys_spark.errors import InputError
+    from recsys_spark.features.layout import block_mb, plan_train_files, shuffle_for_training, window_bytes
+
+    tc, fc = cfg.train, cfg.featurize
+    features = cfg.paths.resolve("features")
+    table = spark.read.parquet(io.feature_path(features, "train"))
+    if schema.TARGET_TIME not in table.columns:
+        raise InputError(f"train.mode=incremental: {features}/train has no {schema.TARGET_TIME} column "
+                         "(featurized before it was recorded): run featurize again")
+    cutoff = F.lit(dt.datetime.fromisoformat(after)).cast("timestamp")
+    is_new = F.col(schema.TARGET_TIME) > cutoff
+    counts = table.agg(F.count_if(is_new).alias("new"), F.count_if(~is_new).alias("old")).first()
+    new, old = int(counts["new"]), int(counts["old"])
+    if new == 0:
+        raise InputError(f"train.mode=incremental: {features}/train holds no window after the parent's last "
+                         f"target ({after}): nothing new to train on")
+    if tc.replay_windows > old:
+        raise InputError(f"train.replay_windows={tc.replay_windows} exceeds the {old:,} windows of the history "
+                         f"before {after}: lower it")
+    key = F.xxhash64(F.col(schema.ITEM_SEQ), F.col(schema.TARGET_TIME), F.lit(tc.seed))
+    replay = table.where(~is_new).orderBy(key).limit(tc.replay_windows)
+    chosen = table.where(is_new).unionByName(replay)
+    rows = new + tc.replay_windows
+    files = plan_train_files(rows, window_bytes(fc.max_seq_len), fc.row_group_mb, fc.train_files,
+                             max(1, tc.num_proc))
+    path = cfg.paths.resolve("checkpoints").rstrip("/") + "/" + INCREMENTAL_WINDOWS
+    shuffled = shuffle_for_training(chosen, files, tc.seed, key_columns=(schema.ITEM_SEQ, schema.TARGET_TIME))
+    io.write_table(schema.conform(shuffled, schema.TRAIN_TABLE_SCHEMA), path, block_mb(fc.row_group_mb))
+    log.info("train.mode=incremental: %d new windows (after %s) and %d replayed of %d older, written to %s",
+             new, after, tc.replay_windows, old, path)
+    return {"path": path, "new": new, "replayed": tc.replay_windows}
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    """A timestamp Spark returned (naive, in the session time zone, UTC here) as aware UTC."""
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
 
 
 def search_first(spark: SparkSession, cfg: Config, run_id: str) -> tuple[dict[str, Any], Config]:

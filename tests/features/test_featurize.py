@@ -472,7 +472,7 @@ def test_run_writes_every_table_with_its_schema_and_the_metadata(spark, tmp_path
     summary = featurize.run(spark, cfg)
 
     root = cfg.paths.resolve("features")
-    schemas = {"item_vocab": schema.ITEM_VOCAB_SCHEMA, "train": schema.TRAIN_SCHEMA, "validation": schema.EVAL_SCHEMA,
+    schemas = {"item_vocab": schema.ITEM_VOCAB_SCHEMA, "train": schema.TRAIN_TABLE_SCHEMA, "validation": schema.EVAL_SCHEMA,
                "test": schema.EVAL_SCHEMA, "user_history": schema.USER_HISTORY_SCHEMA,
                "category_vocab": schema.CATEGORY_VOCAB_SCHEMA, "brand_vocab": schema.BRAND_VOCAB_SCHEMA,
                "user_vocab": schema.USER_VOCAB_SCHEMA, "item_features": schema.ITEM_FEATURES_SCHEMA,
@@ -520,7 +520,7 @@ def test_run_writes_every_table_with_its_schema_and_the_metadata(spark, tmp_path
         "validation_cutoff": "2024-01-03T00:00:00+00:00", "test_cutoff": "2024-01-04T00:00:00+00:00",
         "snapshots": {"train": "2024-01-03T00:00:00+00:00", "test": "2024-01-04T00:00:00+00:00",
                       "serve": "2024-01-05T00:00:00+00:00"},
-        "train_files": 2, "vocab_from": "", "protocol": "temporal",
+        "train_files": 2, "vocab_from": "", "vocab_mode": "build", "protocol": "temporal",
         "protocol_reason": "evaluate.protocol=auto: validation and test hold 3 and 3 users",
         "counts": {"steps": 16, "users": 3, "items_in_vocab": 4, "train_windows": 3,
                    "validation_users": 2, "test_users": 1, "item_feature_rows": 4 + 5 + 6,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -25,12 +26,16 @@ pytestmark = pytest.mark.unit
 INT_LIST = pa.list_(pa.field("element", pa.int32(), nullable=False))
 
 
+FIRST_TARGET = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+
+
 def write_features(root: Path, n_windows: int = 200, num_items: int = 32, seq_len: int = 8,
-                   n_validation: int = 24, seed: int = 0) -> dict:
+                   n_validation: int = 24, seed: int = 0, first_target: dt.datetime = FIRST_TARGET) -> dict:
     """A tiny featurised dataset as the featurize stage lays it out, written with pyarrow.
 
     Windows walk the catalogue in steps of 2 (item i is followed by i + 2, wrapping), so the
-    next item is learnable; 2 training files with row groups of 25 windows.
+    next item is learnable; 2 training files with row groups of 25 windows. Window w's last
+    target is at ``first_target`` + w minutes.
 
     Returns:
         the metadata dict (also written to metadata.json).
@@ -54,6 +59,9 @@ def write_features(root: Path, n_windows: int = 200, num_items: int = 32, seq_le
     for f, part in enumerate((windows[:half], windows[half:])):
         columns = (schema.ITEM_SEQ, schema.EVENT_SEQ, schema.GAP_SEQ)
         table = pa.table({name: pa.array([w[i] for w in part], INT_LIST) for i, name in enumerate(columns)})
+        offset = f * half
+        times = [first_target + dt.timedelta(minutes=offset + w) for w in range(len(part))]
+        table = table.append_column(schema.TARGET_TIME, pa.array(times, pa.timestamp("us", tz="UTC")))
         pq.write_table(table, root / "train" / f"part-{f:05d}.parquet", row_group_size=25)
 
     rows = []

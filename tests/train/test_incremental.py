@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import mlflow
 import pyarrow.parquet as pq
 import pytest
@@ -15,19 +17,23 @@ from recsys_spark.models import ranking
 from recsys_spark.models.registry import load_bundle
 from recsys_spark.train import runner
 
-from tests.train.test_data import write_features
+from tests.train.test_data import FIRST_TARGET, write_features
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(900)]
 
 OLD_ITEMS, NEW_ITEMS = 32, 40  # the day after adds items 32..39; 2..31 keep their index
+WINDOWS = 200  # per day; day 2's windows end 100 minutes later: 100 new, 100 the parent saw too
+REPLAY = 40
 
 
-def config(root, features, **train):
+def config(root, features, alias="challenger", **train):
+    """The day's config; the parent registers as @champion, its children as @challenger (the gate
+    of evaluate promotes, not training)."""
     values = {"launcher": "local", "epochs": 2, "batch_size": 32, "embedding_dim": 16, "num_layers": 1,
               "uniform_negatives": 16, "warmup_steps": 0, "lr_schedule": "constant", "lr": 0.01, "dropout": 0.0,
-              "patience": 0, "threads_per_proc": 1, **train}
+              "patience": 0, "threads_per_proc": 1, "replay_windows": REPLAY, **train}
     return load_config(None, [f"paths.root={root}", f"paths.features={features}",
-                              f"paths.checkpoints={features}_checkpoints", "mlflow.alias=champion",
+                              f"paths.checkpoints={features}_checkpoints", f"mlflow.alias={alias}",
                               *[f"train.{k}={v}" for k, v in values.items()]])
 
 
@@ -35,10 +41,11 @@ def config(root, features, **train):
 def parent(spark, tmp_path_factory):
     """A parent trained in full on the first day's 32 items, registered as @champion."""
     root = tmp_path_factory.mktemp("incremental")
-    write_features(root / "day1", num_items=OLD_ITEMS)
-    write_features(root / "day2", num_items=NEW_ITEMS, seed=1)
+    write_features(root / "day1", num_items=OLD_ITEMS, n_windows=WINDOWS)
+    write_features(root / "day2", num_items=NEW_ITEMS, n_windows=WINDOWS, seed=1,
+                   first_target=FIRST_TARGET + dt.timedelta(minutes=100))
     threads = torch.get_num_threads()
-    summary = runner.run(spark, config(root, root / "day1"))
+    summary = runner.run(spark, config(root, root / "day1", alias="champion"))
     torch.set_num_threads(threads)
     return root, summary
 
@@ -62,6 +69,13 @@ def test_a_frozen_incremental_run_starts_from_the_parents_rows_and_records_its_p
     tags = MlflowClient().get_run(summary["run_id"]).data.tags
     assert tags["train.parent_version"] == first["version"] and tags["train.parent_run_id"] == first["run_id"]
     assert tags["train.mode"] == "incremental"
+    # It trained on day 2's 100 windows after the parent's last target and REPLAY older ones.
+    assert tags["train.windows_end"] == (FIRST_TARGET + dt.timedelta(minutes=299)).isoformat()
+    assert (tags["train.new_windows"], tags["train.replayed_windows"]) == ("100", str(REPLAY))
+    selected = pq.read_table(root / "day2_checkpoints" / "incremental_windows").to_pandas()
+    last_parent = FIRST_TARGET + dt.timedelta(minutes=WINDOWS - 1)
+    assert len(selected) == 100 + REPLAY
+    assert (selected[schema.TARGET_TIME] > last_parent).sum() == 100
 
 
 def test_a_new_item_is_recommended_after_one_incremental_day(spark, parent):
@@ -96,3 +110,5 @@ def test_no_parent_or_another_shape_trains_from_scratch_and_a_foreign_vocabulary
     vocab.to_parquet(foreign / "item_vocab" / "part-00000.parquet", index=False)
     with pytest.raises(InputError, match="featurize.vocab_mode=extend and featurize.vocab_from"):
         runner.run(spark, config(root, foreign, mode="incremental", epochs=1))
+    with pytest.raises(InputError, match="train.replay_windows=101 exceeds the 100 windows of the history before"):
+        runner.run(spark, config(root, root / "day2", mode="incremental", replay_windows=101, epochs=1))
