@@ -288,9 +288,13 @@ FEATURE_QUALITY_REPORT = "featurize_quality.json"
 
 # ----------------------------------------------------------------------------- recommendations
 RANK = "rank"
+SLOT = "slot"
 ITEM_ID = "item_id"
 SCORE = "score"
 SOURCE = "source"
+PROPENSITY = "propensity"
+POLICY = "policy"
+POLICY_VERSION = "policy_version"
 MODEL_NAME = "model_name"
 MODEL_VERSION = "model_version"
 RUN_DATE = "run_date"
@@ -299,9 +303,14 @@ RECOMMENDATION_SCHEMA = T.StructType(
     [
         T.StructField(USER_ID, T.StringType(), False),
         T.StructField(RANK, T.IntegerType(), False),
+        T.StructField(SLOT, T.IntegerType(), False),  # 0-based position: rank - 1
         T.StructField(ITEM_ID, T.LongType(), False),  # the raw product_id
         T.StructField(SCORE, T.FloatType(), False),
         T.StructField(SOURCE, T.StringType(), False),  # model | fallback | explore
+        # P(the policy puts this item in this slot | the user's scores, the day's inputs), in (0, 1]
+        T.StructField(PROPENSITY, T.DoubleType(), False),
+        T.StructField(POLICY, T.StringType(), False),  # score.explore_policy: epsilon | thompson | boost
+        T.StructField(POLICY_VERSION, T.StringType(), False),  # "<model_version>:<digest of the score settings>"
         T.StructField(MODEL_NAME, T.StringType(), False),
         T.StructField(MODEL_VERSION, T.StringType(), False),
         T.StructField(RUN_DATE, T.DateType(), False),  # partition column

@@ -6,7 +6,8 @@ feeds it pandas batches of users. Users with a history the model knows are ranke
 model over its catalogue (blocked matrix multiply + ``torch.topk``); the others get recent
 popular items, their own category first. Both lists drop the user's excluded products,
 keep at most ``category_cap`` items per category, and model lists give a share of their
-positions to under-exposed items (epsilon-greedy, seeded per user).
+positions to under-exposed items (seeded per user) as the exploration policy says
+(:mod:`~recsys_spark.scoring.policies`, which also gives each item's propensity).
 
 Tasks exchange Arrow record batches with Spark (``mapInArrow``): list columns arrive as flat
 buffers read into [B, L] matrices without a Python object per row, and each user's list
@@ -27,7 +28,7 @@ from torch import Tensor
 
 from recsys_spark import schema
 from recsys_spark.models import ranking
-from recsys_spark.scoring import topk
+from recsys_spark.scoring import policies, topk
 
 SOURCE_MODEL = "model"
 SOURCE_FALLBACK = "fallback"
@@ -42,12 +43,14 @@ USER_VECTOR = "user_vector"  # array<float>: a given user vector (benchmarks), s
 ITEM_IDS = "item_ids"  # array<long>: a user's list, best first (WIDE_SCHEMA)
 SCORES = "scores"  # array<float>
 SOURCE_CODES = "source_codes"  # array<byte>: the position of each item's source in SOURCES
+PROPENSITIES = "propensities"  # array<double>: the probability of each item in its slot
 
 WIDE_SCHEMA = pa.schema([
     pa.field(schema.USER_ID, pa.string()),
     pa.field(ITEM_IDS, pa.list_(pa.int64())),
     pa.field(SCORES, pa.list_(pa.float32())),
     pa.field(SOURCE_CODES, pa.list_(pa.int8())),
+    pa.field(PROPENSITIES, pa.list_(pa.float64())),
 ])
 
 
@@ -231,12 +234,14 @@ class ListRules:
         block_size: users per matrix multiply.
         category_cap: most items of one category per list, 0 = no cap.
         explore_share: probability that a model list's position goes to an exploration pick.
+        propensity_samples: Monte-Carlo draws per user of a random list's propensities.
     """
 
     k: int
     block_size: int
     category_cap: int = 0
     explore_share: float = 0.0
+    propensity_samples: int = 200
 
 
 @dataclass
@@ -250,6 +255,7 @@ class ScoringPlan:
         explore_pool: int64 [P], indices into model_items of under-exposed items.
         categories: int64 [C], sorted distinct raw category ids (dense code = position).
         rules: list length, block size, cap and exploration share.
+        policy: how the pool is explored (epsilon by default).
     """
 
     encoder: Any
@@ -258,6 +264,7 @@ class ScoringPlan:
     explore_pool: np.ndarray
     categories: np.ndarray
     rules: ListRules
+    policy: policies.Policy = field(default_factory=policies.Policy)
 
 
 class Recommender:
@@ -301,24 +308,20 @@ class Recommender:
             self._buffers[name] = buf
         return buf[:rows]
 
-    def _model_block(self, users: UserBatch) -> tuple[topk.Ranked, np.ndarray, np.ndarray]:
-        space, rules = self.plan.model_items, self.rules
+    def _model_block(self, users: UserBatch) -> tuple[topk.Ranked, np.ndarray, np.ndarray, np.ndarray]:
+        space = self.plan.model_items
         scores = self._buffer("model", len(users), len(space))
         excluded = _excluded(users, space)
         with torch.no_grad():
             self.plan.encoder.score(users, self.model_vectors, excluded, scores)
-        ranking.mask_pairs(scores, *excluded)
-        explore = slots = None
-        if rules.explore_share > 0 and len(self.plan.explore_pool):
+            ranking.mask_pairs(scores, *excluded)
             keys = users.column(USER_KEY).to_numpy(zero_copy_only=False).astype(np.int64)
-            draws = topk.uniforms(keys, 3 * rules.k)
-            slots = draws[:, : rules.k] < rules.explore_share
-            explore = topk.draw_explore(scores, self.plan.explore_pool, slots, draws[:, rules.k :])
-        ranked = topk.rank(scores, rules.k, space.categories, rules.category_cap, explore, slots)
+            ranked, propensity = policies.serve(scores, keys, self.plan.explore_pool, space.categories, self.rules,
+                                                self.plan.policy)
         codes = np.where(ranked.explore, SOURCES.index(SOURCE_EXPLORE), SOURCES.index(SOURCE_MODEL)).astype(np.int8)
-        return ranked, space.product_ids, codes
+        return ranked, space.product_ids, codes, propensity
 
-    def _fallback_block(self, users: UserBatch) -> tuple[topk.Ranked, np.ndarray, np.ndarray]:
+    def _fallback_block(self, users: UserBatch) -> tuple[topk.Ranked, np.ndarray, np.ndarray, np.ndarray]:
         space, rules = self.plan.fallback_items, self.rules
         scores = self._buffer("fallback", len(users), len(space))
         # The user's own category first (a bonus above any popularity), then the rest.
@@ -329,7 +332,8 @@ class Recommender:
         ranking.mask_pairs(scores, *_excluded(users, space))
         ranked = topk.rank(scores, rules.k, space.categories, rules.category_cap)
         ranked.scores = np.where(ranked.items >= 0, space.popularity[np.maximum(ranked.items, 0)], ranking.NEG_INF)
-        return ranked, space.product_ids, np.full(ranked.items.shape, SOURCES.index(SOURCE_FALLBACK), dtype=np.int8)
+        codes = np.full(ranked.items.shape, SOURCES.index(SOURCE_FALLBACK), dtype=np.int8)
+        return ranked, space.product_ids, codes, np.ones(ranked.items.shape)  # deterministic
 
 
 _CACHE: dict[str, Any] = {}
@@ -362,8 +366,9 @@ def _excluded(users: UserBatch, space: ItemSpace) -> tuple[np.ndarray, np.ndarra
     return rows[items >= 0], items[items >= 0]
 
 
-def _wide(user_ids: pa.Array, ranked: topk.Ranked, product_ids: np.ndarray, codes: np.ndarray) -> pa.RecordBatch:
-    """One row per user: the filled slots of its list (empties only trail) as three arrays."""
+def _wide(user_ids: pa.Array, ranked: topk.Ranked, product_ids: np.ndarray, codes: np.ndarray,
+          propensity: np.ndarray) -> pa.RecordBatch:
+    """One row per user: the filled slots of its list (empties only trail) as four arrays."""
     filled = ranked.items >= 0
     offsets = pa.array(np.r_[0, np.cumsum(filled.sum(axis=1))].astype(np.int32))
     columns = [
@@ -371,18 +376,23 @@ def _wide(user_ids: pa.Array, ranked: topk.Ranked, product_ids: np.ndarray, code
         pa.ListArray.from_arrays(offsets, pa.array(product_ids[ranked.items[filled]], pa.int64())),
         pa.ListArray.from_arrays(offsets, pa.array(ranked.scores[filled].astype(np.float32), pa.float32())),
         pa.ListArray.from_arrays(offsets, pa.array(codes[filled], pa.int8())),
+        pa.ListArray.from_arrays(offsets, pa.array(propensity[filled].astype(np.float64), pa.float64())),
     ]
     return pa.RecordBatch.from_arrays(columns, schema=WIDE_SCHEMA)
 
 
 def long_frame(wide: pa.RecordBatch) -> pd.DataFrame:
-    """WIDE_SCHEMA rows as ranked rows: user_id, rank (1..n), item_id, score, source."""
+    """WIDE_SCHEMA rows as ranked rows: user_id, rank (1..n), slot (rank - 1), item_id, score,
+    source, propensity (score.RANKED_SCHEMA's columns)."""
     lengths = np.diff(wide.column(1).offsets.to_numpy())
     starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    slot = (np.arange(lengths.sum()) - starts).astype(np.int32)
     return pd.DataFrame({
         schema.USER_ID: np.repeat(np.asarray(wide.column(0).to_pylist(), dtype=object), lengths),
-        schema.RANK: (np.arange(lengths.sum()) - starts + 1).astype(np.int32),
+        schema.RANK: slot + 1,
+        schema.SLOT: slot,
         schema.ITEM_ID: wide.column(1).flatten().to_numpy().astype(np.int64),
         schema.SCORE: wide.column(2).flatten().to_numpy().astype(np.float32),
         schema.SOURCE: np.asarray(SOURCES, dtype=object)[wide.column(3).flatten().to_numpy().astype(np.int64)],
+        schema.PROPENSITY: wide.column(4).flatten().to_numpy().astype(np.float64),
     })

@@ -7,10 +7,12 @@ the model ``models:/<mlflow.registered_model>@<score.model_alias>`` (or
 
 How: the driver builds one :class:`~recsys_spark.scoring.recommender.ScoringPlan` (the
 model's bundle, its catalogue's item vectors computed once, the fallback and exploration
-items) and broadcasts it; ``mapInArrow`` tasks build the model once each and score their
-users ``score.block_size`` at a time by matrix multiply and ``torch.topk``; never a users x
-items join. Output: schema.RECOMMENDATION_SCHEMA under ``paths.recommendations``, one
-partition per run_date; re-running a date replaces exactly that date.
+items, the exploration policy) and broadcasts it; ``mapInArrow`` tasks build the model once
+each and score their users ``score.block_size`` at a time by matrix multiply and
+``torch.topk``; never a users x items join. Every row carries its slot, its propensity under
+the policy (:mod:`~recsys_spark.scoring.policies`) and the policy's name and version. Output:
+schema.RECOMMENDATION_SCHEMA under ``paths.recommendations``, one partition per run_date;
+re-running a date replaces exactly that date.
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ from recsys_spark import io, tracking
 from recsys_spark import schema
 from recsys_spark.config import Config, ScoreConfig
 from recsys_spark.errors import DataQualityError, InputError
-from recsys_spark.scoring import inputs
+from recsys_spark.scoring import inputs, policies
 from recsys_spark.scoring.recommender import (
     ITEM_IDS,
+    PROPENSITIES,
     SCORES,
     SOURCE_CODES,
     SOURCE_EXPLORE,
@@ -58,9 +61,12 @@ WIDE_SPARK_SCHEMA = T.StructType([
     T.StructField(ITEM_IDS, T.ArrayType(T.LongType())),
     T.StructField(SCORES, T.ArrayType(T.FloatType())),
     T.StructField(SOURCE_CODES, T.ArrayType(T.ByteType())),
+    T.StructField(PROPENSITIES, T.ArrayType(T.DoubleType())),
 ])
-# The exploded rows; model name, version and run date are added as constants.
-RANKED_SCHEMA = T.StructType([schema.RECOMMENDATION_SCHEMA[c] for c in (schema.USER_ID, schema.RANK, schema.ITEM_ID, schema.SCORE, schema.SOURCE)])
+# The exploded rows; policy, model and run date are added as constants (with_run_columns).
+RANKED_SCHEMA = T.StructType([schema.RECOMMENDATION_SCHEMA[c] for c in (
+    schema.USER_ID, schema.RANK, schema.SLOT, schema.ITEM_ID, schema.SCORE, schema.SOURCE, schema.PROPENSITY)])
+FEEDBACK_COUNTS = ("exposures", "clicks")  # the count columns of score.feedback_counts_path
 
 
 def run_date_of(sc: ScoreConfig) -> str:
@@ -118,6 +124,37 @@ def read_exclusions(spark: SparkSession, path: str) -> np.ndarray:
     return np.sort(values)
 
 
+def read_feedback_counts(spark: SparkSession, path: str) -> pd.DataFrame:
+    """Logged feedback per product, for Thompson sampling: Parquet with product_id, exposures, clicks.
+
+    Returns:
+        product_id, exposures, clicks (int64), one row per product (rows of a product summed).
+
+    Raises:
+        InputError: the path is missing or lacks a column; DataQualityError: a null, negative or
+        non-integer count, or more clicks than exposures.
+    """
+    key = "score.feedback_counts_path"
+    io.require_input(spark, path, key)
+    df = spark.read.parquet(path)
+    missing = [c for c in (schema.PRODUCT_ID, *FEEDBACK_COUNTS) if c not in df.columns]
+    if missing:
+        raise InputError(f"{path} has no {', '.join(missing)} column (config key {key}); columns: {df.columns}")
+    names = (schema.PRODUCT_ID, *FEEDBACK_COUNTS)
+    typed = df.select(*[F.col(c).cast("long").alias(c) for c in names], *[F.col(c).alias(f"raw_{c}") for c in names])
+    wrong = (F.col("clicks") < 0) | (F.col("clicks") > F.col("exposures"))
+    for c in names:
+        wrong = wrong | F.col(c).isNull() | (F.col(c) != F.col(f"raw_{c}"))  # null, or not a whole number
+    bad = typed.where(wrong)
+    if not bad.isEmpty():
+        row = bad.first()
+        example = {c: row[f"raw_{c}"] for c in names}
+        raise DataQualityError(f"{path}: {bad.count()} row(s) with a null or non-integer value, negative clicks or more "
+                               f"clicks than exposures, e.g. {example} ({key})")
+    sums = typed.groupBy(schema.PRODUCT_ID).agg(*[F.sum(c).alias(c) for c in FEEDBACK_COUNTS])
+    return sums.toPandas().astype({c: np.int64 for c in names})
+
+
 NULLABLE_INTS = {pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype()}
 
 
@@ -128,6 +165,9 @@ def build_plan(
     stats: pd.DataFrame,
     excluded: np.ndarray,
     sc: ScoreConfig,
+    feedback: pd.DataFrame | None = None,
+    active_users: int = 0,
+    run_date: str | None = None,
 ) -> ScoringPlan:
     """Everything the tasks need, from small driver-side tables.
 
@@ -138,11 +178,15 @@ def build_plan(
         stats: inputs.PRODUCT_STATS_SCHEMA rows (product_id, category_id, recent/all users).
         excluded: int64 product ids never to recommend.
         sc: the score config.
+        feedback: thompson: :func:`read_feedback_counts` rows, or None (priors only).
+        active_users: thompson: distinct users in the recent window (the prior's denominator;
+            at least the most recent users of one product is used).
+        run_date: seeds thompson's posterior draws; None = :func:`run_date_of`.
 
     Returns:
         ScoringPlan: the model's catalogue (its vocabulary minus exclusions), the fallback
         catalogue (every product of paths.clean minus exclusions, by recent popularity, ties by
-        all-time popularity), the exploration pool and the list rules.
+        all-time popularity), the exploration pool, the list rules and the policy.
     """
     category = stats[schema.CATEGORY_ID].astype("Int64")  # nullable and exact (ids lie above 2^53)
     present = category.notna().to_numpy()
@@ -177,8 +221,22 @@ def build_plan(
         popularity=popularity[allowed].astype(np.float32),
     )
     encoder = ModelEncoder(bundle.to_bytes(), vocab_remap(feature_vocab, bundle.item_vocab))
-    rules = ListRules(sc.top_k, sc.block_size, sc.category_cap, sc.explore_share)
-    return ScoringPlan(encoder, model_items, fallback_items, explore_pool, categories, rules)
+    rules = ListRules(sc.top_k, sc.block_size, sc.category_cap, sc.explore_share, sc.propensity_samples)
+    policy = policies.Policy(sc.explore_policy)
+    if sc.explore_policy == policies.BOOST:
+        policy.bonus = policies.boost_bonus(len(model_items), explore_pool, sc.boost_bonus)
+    elif sc.explore_policy == policies.THOMPSON:
+        exposures, clicks = np.zeros(len(explore_pool)), np.zeros(len(explore_pool))
+        if feedback is not None and len(feedback):
+            logged = ItemSpace(feedback[schema.PRODUCT_ID].to_numpy(dtype=np.int64), np.zeros(len(feedback), np.int64))
+            at = logged.index_of(model_products[explore_pool])
+            for name, out in (("exposures", exposures), ("clicks", clicks)):
+                out[:] = np.where(at >= 0, feedback[name].to_numpy(dtype=np.float64)[np.maximum(at, 0)], 0.0)
+        alpha, beta = policies.thompson_posterior(model_recent[explore_pool], active_users, sc.thompson_prior_strength,
+                                                  exposures, clicks)
+        policy.draws = policies.thompson_draws(explore_pool, alpha, beta, sc.thompson_draws, 2 * sc.top_k, sc.seed,
+                                               run_date or run_date_of(sc))
+    return ScoringPlan(encoder, model_items, fallback_items, explore_pool, categories, rules, policy)
 
 
 def vocab_remap(feature_vocab: pd.DataFrame, model_vocab: pd.DataFrame) -> np.ndarray:
@@ -211,7 +269,8 @@ def recommend(rows: DataFrame, plan: Broadcast) -> DataFrame:
         plan: a broadcast ScoringPlan.
 
     Returns:
-        DataFrame of RANKED_SCHEMA (user_id, rank, item_id, score, source).
+        DataFrame of RANKED_SCHEMA (user_id, rank, slot = rank - 1, item_id, score, source,
+        propensity).
     """
 
     def score_partition(batches):
@@ -220,20 +279,25 @@ def recommend(rows: DataFrame, plan: Broadcast) -> DataFrame:
             yield from recommender.blocks(batch)
 
     wide = rows.mapInArrow(score_partition, WIDE_SPARK_SCHEMA)
-    entry = F.posexplode(F.arrays_zip(ITEM_IDS, SCORES, SOURCE_CODES)).alias("position", "entry")
+    entry = F.posexplode(F.arrays_zip(ITEM_IDS, SCORES, SOURCE_CODES, PROPENSITIES)).alias("position", "entry")
     sources = F.array(*[F.lit(s) for s in SOURCES])
     return wide.select(schema.USER_ID, entry).select(
         schema.USER_ID,
         (F.col("position") + 1).cast("int").alias(schema.RANK),
+        F.col("position").cast("int").alias(schema.SLOT),
         F.col(f"entry.{ITEM_IDS}").alias(schema.ITEM_ID),
         F.col(f"entry.{SCORES}").alias(schema.SCORE),
         F.element_at(sources, F.col(f"entry.{SOURCE_CODES}").cast("int") + 1).alias(schema.SOURCE),
+        F.col(f"entry.{PROPENSITIES}").alias(schema.PROPENSITY),
     )
 
 
-def with_run_columns(ranked: DataFrame, model_name: str, model_version: str, run_date: str) -> DataFrame:
+def with_run_columns(ranked: DataFrame, model_name: str, model_version: str, run_date: str, policy: str,
+                     policy_version: str) -> DataFrame:
     """Args: RANKED_SCHEMA rows; the constants to add. Returns: schema.RECOMMENDATION_SCHEMA columns."""
     constants = {
+        schema.POLICY: F.lit(policy),
+        schema.POLICY_VERSION: F.lit(policy_version),
         schema.MODEL_NAME: F.lit(model_name),
         schema.MODEL_VERSION: F.lit(model_version),
         schema.RUN_DATE: F.lit(run_date).cast(T.DateType()),
@@ -241,16 +305,24 @@ def with_run_columns(ranked: DataFrame, model_name: str, model_version: str, run
     return ranked.select(*[constants.get(f.name, F.col(f.name)).alias(f.name) for f in schema.RECOMMENDATION_SCHEMA])
 
 
-def count_written(written: DataFrame, users: int, k: int) -> dict[str, int]:
-    """Counts of one written run date: users by source, rows, explore rows, users short of K.
+def count_written(written: DataFrame, users: int, k: int) -> dict[str, int | float]:
+    """Counts of one written run date: users by source, rows, explore rows, users short of K,
+    rows whose propensity is below 1 (random placements) and the smallest propensity.
 
     Raises:
-        DataQualityError: rows for more users than were scored, or more than K per user.
+        DataQualityError: rows for more users than were scored, more than K per user, or a
+        propensity outside (0, 1].
     """
+    propensity = F.col(schema.PROPENSITY)
+    odd = written.where(propensity.isNull() | (propensity <= 0) | (propensity > 1) | F.isnan(propensity))
+    if not odd.isEmpty():
+        raise DataQualityError(f"score: {odd.count()} rows with a propensity outside (0, 1], e.g. {odd.first().asDict()}")
     per_user = written.groupBy(schema.USER_ID).agg(
         F.count(F.lit(1)).alias("n"),
         F.max((F.col(schema.SOURCE) == SOURCE_FALLBACK).cast("int")).alias("fallback"),
         F.sum((F.col(schema.SOURCE) == SOURCE_EXPLORE).cast("int")).alias("explore"),
+        F.sum((propensity < 1).cast("int")).alias("random"),
+        F.min(propensity).alias("least"),
     )
     totals = per_user.agg(
         F.count(F.lit(1)).alias("users"),
@@ -259,6 +331,8 @@ def count_written(written: DataFrame, users: int, k: int) -> dict[str, int]:
         F.coalesce(F.sum("fallback"), F.lit(0)).alias("fallback"),
         F.coalesce(F.sum("explore"), F.lit(0)).alias("explore"),
         F.coalesce(F.sum((F.col("n") < k).cast("int")), F.lit(0)).alias("short"),
+        F.coalesce(F.sum("random"), F.lit(0)).alias("random"),
+        F.coalesce(F.min("least"), F.lit(1.0)).alias("least"),
     ).first()
     if totals["users"] > users or totals["most"] > k:
         raise DataQualityError(
@@ -273,6 +347,8 @@ def count_written(written: DataFrame, users: int, k: int) -> dict[str, int]:
         "users_short_of_k": int(totals["short"]),
         "rows": int(totals["rows"]),
         f"rows_{SOURCE_EXPLORE}": int(totals["explore"]),
+        "rows_propensity_below_1": int(totals["random"]),
+        "min_propensity": float(totals["least"]),
     }
 
 
@@ -280,8 +356,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     """Score every user of ``features/user_history`` and write the run date's partition.
 
     Returns:
-        recommendations_path, run_date, model (its models:/ URI), model_version, and the
-        counts of :func:`summarize`.
+        recommendations_path, run_date, model (its models:/ URI), model_version, policy,
+        policy_version, and the counts of :func:`count_written`.
     """
     import mlflow
 
@@ -313,10 +389,15 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         # Through Arrow with nullable integers: toPandas() turns a long column with nulls into
         # float64, which rounds category ids above 2^53.
         stats = inputs.product_stats(events, since).toArrow().to_pandas(types_mapper=NULLABLE_INTS.get)
+        feedback, active_users = None, 0
+        if sc.explore_policy == policies.THOMPSON:
+            active_users = events.where(F.col(schema.EVENT_TIME) >= F.lit(since)).select(schema.USER_ID).distinct().count()
+            if sc.feedback_counts_path:
+                feedback = read_feedback_counts(spark, sc.feedback_counts_path)
         with torch.no_grad():
             item_vectors = bundle.build_module().item_vectors().numpy()
         feature_items = feature_vocab.select(schema.ITEM_IDX, schema.PRODUCT_ID).toPandas()
-        plan = build_plan(bundle, item_vectors, feature_items, stats, excluded, sc)
+        plan = build_plan(bundle, item_vectors, feature_items, stats, excluded, sc, feedback, active_users, run_date)
         known = int((plan.encoder.remap >= schema.FIRST_ITEM_INDEX).sum())
         log.info("score: model catalogue %d items (%d products excluded), fallback catalogue %d products, "
                  "exploration pool %d; the model knows %d of the %d items of features/item_vocab",
@@ -329,17 +410,19 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         try:
             ranked = recommend(rows, broadcast)
             out = cfg.paths.resolve("recommendations")
-            io.write_partitioned(with_run_columns(ranked, cfg.mlflow.registered_model, version, run_date), out,
-                                 schema.RUN_DATE)
+            policy_version = policies.policy_version(sc, version)
+            io.write_partitioned(with_run_columns(ranked, cfg.mlflow.registered_model, version, run_date,
+                                                  sc.explore_policy, policy_version), out, schema.RUN_DATE)
         finally:
             broadcast.destroy()
         written = spark.read.parquet(out).where(F.col(schema.RUN_DATE) == F.lit(run_date).cast(T.DateType()))
         summary = count_written(written, users, sc.top_k)
         summary.update({"model_catalogue": len(plan.model_items), "excluded_items": int(len(excluded))})
+        mlflow.set_tags({"policy": sc.explore_policy, "policy_version": policy_version})
         mlflow.log_metrics({f"score.{name}": value for name, value in summary.items()})
     if summary["users_short_of_k"]:
         log.warning("score: %d users got fewer than %d items (exclusions or score.category_cap leave too few)",
                     summary["users_short_of_k"], sc.top_k)
     log.info("score: wrote %s/%s=%s: %s", out, schema.RUN_DATE, run_date, summary)
     return {"recommendations_path": out, "run_date": run_date, "model": model_uri, "model_version": version,
-            **summary}
+            "policy": sc.explore_policy, "policy_version": policy_version, **summary}

@@ -90,7 +90,8 @@ def first_n(values: np.ndarray, keep: np.ndarray, n: np.ndarray | int, width: in
     return out
 
 
-def draw_explore(scores: Tensor, pool: np.ndarray, slots: np.ndarray, draws: np.ndarray) -> np.ndarray:
+def draw_explore(scores: Tensor, pool: np.ndarray, slots: np.ndarray, draws: np.ndarray,
+                 owner: np.ndarray | None = None) -> np.ndarray:
     """Uniform picks from an exploration pool, one per exploration slot of each user.
 
     A pick is valid when the user may get the item (its score is finite: not excluded) and
@@ -100,20 +101,37 @@ def draw_explore(scores: Tensor, pool: np.ndarray, slots: np.ndarray, draws: np.
     Args:
         scores: Tensor[B, N], -inf where the item is excluded for the user.
         pool: int64 [P], item indices to explore.
-        slots: bool [B, k], True at each exploration position.
-        draws: float64 [B, D] in [0, 1), D >= k: the random picks.
+        slots: bool [R, k], True at each exploration position.
+        draws: float64 [R, D] in [0, 1), D >= k: the random picks.
+        owner: int64 [R], the row of ``scores`` of each draw row (several draws of one user);
+            None = row r is user r (R = B).
 
     Returns:
-        int64 [B, k]: the picks, left-aligned, -1 padded.
+        int64 [R, k]: the picks, left-aligned, -1 padded.
     """
-    k = slots.shape[1]
     if len(pool) == 0 or not slots.any():
         return np.full(slots.shape, EMPTY_SLOT, dtype=np.int64)
     picks = pool[np.minimum((draws * len(pool)).astype(np.int64), len(pool) - 1)]
-    rows = torch.arange(scores.shape[0])[:, None]
-    allowed = torch.isfinite(scores[rows, torch.from_numpy(picks)]).numpy()
-    keep = allowed & (occurrence(picks) == 0)
-    return first_n(picks, keep, slots.sum(axis=1), k)
+    return take_picks(scores, picks, slots, owner)
+
+
+def take_picks(scores: Tensor, tries: np.ndarray, slots: np.ndarray, owner: np.ndarray | None = None) -> np.ndarray:
+    """The first valid candidates of each row, one per exploration slot (see :func:`draw_explore`).
+
+    Args:
+        scores: Tensor[B, N], -inf where excluded.
+        tries: int64 [R, D] item indices in the order they are tried, -1 for none.
+        slots: bool [R, k]; owner: int64 [R] or None, as in :func:`draw_explore`.
+
+    Returns:
+        int64 [R, k]: the picks, left-aligned, -1 padded.
+    """
+    k = slots.shape[1]
+    rows = torch.arange(scores.shape[0]) if owner is None else torch.from_numpy(owner)
+    present = tries >= 0
+    allowed = present & torch.isfinite(scores[rows[:, None], torch.from_numpy(np.maximum(tries, 0))]).numpy()
+    keep = allowed & (occurrence(np.where(present, tries + 1, 0)) == 0)
+    return first_n(tries, keep, slots.sum(axis=1), k)
 
 
 @dataclass
@@ -165,7 +183,9 @@ def rank(
     rows = torch.arange(num_rows)[:, None]
     picked = torch.from_numpy(np.maximum(explore, 0))
     pick_scores = scores[rows, picked].numpy().copy()
-    scores[rows, picked] = torch.where(torch.from_numpy(explore >= 0), NEG_INF, scores[rows, picked])
+    # Mask the picks only: writing the empties' item 0 back could undo the mask of a pick of item 0.
+    pick_rows, pick_cols = np.nonzero(explore >= 0)
+    scores[torch.from_numpy(pick_rows), torch.from_numpy(explore[pick_rows, pick_cols])] = NEG_INF
 
     codes = categories if categories is not None and cap > 0 else np.full(num_items, -1, dtype=np.int64)
     depth = min(num_items, k if cap == 0 else CAP_DEPTH * k)
@@ -187,7 +207,11 @@ def _greedy(scores, depth, explore, pick_scores, codes, cap, k):
     cand_values = np.concatenate([pick_scores, values], axis=1)
     is_pick = np.zeros(cand.shape, dtype=bool)
     is_pick[:, : explore.shape[1]] = True
-    valid = cand >= 0
+    return _keep_first(cand, cand_values, is_pick, cand >= 0, codes, cap, k)
+
+
+def _keep_first(cand, cand_values, is_pick, valid, codes, cap, k):
+    """The first k valid candidates of each row that the category cap lets through."""
     keep = valid
     if cap > 0:
         cat = np.where(valid, codes[np.maximum(cand, 0)], -1)
@@ -201,6 +225,81 @@ def _greedy(scores, depth, explore, pick_scores, codes, cap, k):
     vals = np.where(taken, np.take_along_axis(cand_values, safe, 1), NEG_INF).astype(np.float32)
     picks = taken & np.take_along_axis(is_pick, safe, 1)
     return items, vals, picks
+
+
+@dataclass
+class Candidates:
+    """Each user's best items, deep enough for any list of K with up to K exploration picks.
+
+    items int64 [B, T] (-1 trailing), scores float32 [B, T], finite int64 [B] (how many items
+    the user may get at all: a list that the top T cannot fill is redone when there are more).
+    """
+
+    items: np.ndarray
+    scores: np.ndarray
+    finite: np.ndarray
+
+
+def best_items(scores: Tensor, k: int, cap: int = 0) -> Candidates:
+    """The top T of every row of a masked score block: T = 2K without a cap (K picks may take
+    K of them), (CAP_DEPTH + 1) K with one (as :func:`rank`'s first pass, plus the picks)."""
+    depth = min(scores.shape[1], k + (k if cap == 0 else CAP_DEPTH * k))
+    if depth == 0:
+        empty = np.zeros((scores.shape[0], 0))
+        return Candidates(empty.astype(np.int64), empty.astype(np.float32), np.zeros(scores.shape[0], np.int64))
+    top, values = top_k_of_scores(scores, depth)
+    return Candidates(top.numpy(), values.float().numpy(), torch.isfinite(scores).sum(dim=1).numpy().astype(np.int64))
+
+
+def rank_rows(
+    scores: Tensor,
+    top: Candidates,
+    owner: np.ndarray,
+    k: int,
+    categories: np.ndarray | None = None,
+    cap: int = 0,
+    explore: np.ndarray | None = None,
+    slots: np.ndarray | None = None,
+    chunk: int = 256,
+) -> Ranked:
+    """:func:`rank` of many draws per user at once, from the users' precomputed top T.
+
+    The same lists as :func:`rank` (the greedy walk keeps the first K items its cap lets
+    through, so a prefix of the score order that fills the list decides it): row r is user
+    ``owner[r]``'s list with the picks ``explore[r]`` in the slots ``slots[r]``. A row the top T
+    cannot fill while the user has more items is redone by :func:`rank` over the whole
+    catalogue, ``chunk`` rows at a time (memory chunk x N).
+
+    Args:
+        scores: Tensor[B, N], -inf where excluded; not changed.
+        top: :func:`best_items` of ``scores``.
+        owner: int64 [R], the user (row of ``scores``) of each row.
+        explore: int64 [R, k] picks (see :func:`take_picks`), or None; slots: bool [R, k] or None.
+
+    Returns:
+        :class:`Ranked` of R rows.
+    """
+    rows = len(owner)
+    if explore is None or slots is None:
+        explore = np.full((rows, k), EMPTY_SLOT, dtype=np.int64)
+        slots = np.zeros((rows, k), dtype=bool)
+    codes = categories if categories is not None and cap > 0 else np.full(scores.shape[1], -1, dtype=np.int64)
+    pick_scores = scores[torch.from_numpy(owner)[:, None], torch.from_numpy(np.maximum(explore, 0))].numpy()
+    cand = np.concatenate([explore, top.items[owner]], axis=1)
+    cand_values = np.concatenate([np.where(explore >= 0, pick_scores, NEG_INF), top.scores[owner]], axis=1)
+    is_pick = np.zeros(cand.shape, dtype=bool)
+    is_pick[:, : explore.shape[1]] = True
+    present = cand >= 0
+    # A top item already picked for the row is not a model candidate (rank() masks it).
+    valid = present & (occurrence(np.where(present, cand + 1, 0)) == 0)
+    items, values, picks = _keep_first(cand, cand_values, is_pick, valid, codes, cap, k)
+    out = _place(items, values, picks, slots, k)
+    redo = np.flatnonzero(((items >= 0).sum(axis=1) < k) & (top.finite[owner] > top.items.shape[1]))
+    for start in range(0, len(redo), chunk):
+        part = redo[start : start + chunk]
+        sub = rank(scores[torch.from_numpy(owner[part])], k, categories, cap, explore[part], slots[part])
+        out.items[part], out.scores[part], out.explore[part] = sub.items, sub.scores, sub.explore
+    return out
 
 
 def _place(items, values, is_pick, slots, k) -> Ranked:

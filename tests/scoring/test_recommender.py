@@ -52,14 +52,24 @@ def batch(users=USERS, offset: int = 0) -> pd.DataFrame:
     return frame
 
 
-def recommender(bundle=None, excluded=(), feature_vocab=None, offset: int = 0, **rules) -> Recommender:
+def recommender(bundle=None, excluded=(), feature_vocab=None, offset: int = 0, feedback=None, active_users: int = 0,
+                **rules) -> Recommender:
     bundle = bundle or tiny_bundle()
     module = bundle.build_module()
     with torch.no_grad():
         vectors = module.item_vectors().numpy()
     vocab = bundle.item_vocab if feature_vocab is None else feature_vocab
-    sc = ScoreConfig(top_k=K, block_size=2, **{"explore_share": 0.0, **rules})
-    return Recommender(build_plan(bundle, vectors, vocab, stats_frame(offset), np.array(sorted(excluded), np.int64), sc))
+    sc = ScoreConfig(**{"top_k": K, "block_size": 2, "explore_share": 0.0, "run_date": "2019-11-01", **rules})
+    return Recommender(build_plan(bundle, vectors, vocab, stats_frame(offset), np.array(sorted(excluded), np.int64), sc,
+                                  feedback, active_users))
+
+
+def many_known(users: int = 400) -> pd.DataFrame:
+    """``users`` copies of the "known" user, each with its own id and random key."""
+    many = pd.concat([batch(USERS[:1])] * users, ignore_index=True)
+    many[schema.USER_ID] = [f"u{i}" for i in range(len(many))]
+    many[USER_KEY] = np.arange(len(many), dtype=np.int64) * 104729
+    return many
 
 
 def test_category_ids_above_2_to_the_53_keep_cold_users_in_their_category():
@@ -165,16 +175,18 @@ def test_exploration_marks_picks_from_the_least_exposed_items_and_is_reproducibl
     known = out[out[schema.USER_ID] == "known"]
     assert len(known) == K and not known[schema.ITEM_ID].duplicated().any() and 1004 not in set(known[schema.ITEM_ID])
     pd.testing.assert_frame_equal(out, rec.recommend(batch()))
+    # Cold-start lists are deterministic; the explored user's are not (each of its 3 slots is
+    # a pick from a pool of 4, or the model's when every draw is taken).
+    assert (out[out[schema.SOURCE] == "fallback"][schema.PROPENSITY] == 1.0).all()
+    assert ((known[schema.PROPENSITY] > 0) & (known[schema.PROPENSITY] < 1)).all()
     none = recommender(explore_share=0.0).recommend(batch())
     assert "explore" not in set(none[schema.SOURCE])
+    assert (none[schema.PROPENSITY] == 1.0).all()
 
 
 def test_the_explore_share_is_the_share_of_model_positions_explored():
     rec = recommender(explore_share=0.25, explore_pool_share=1.0)
-    many = pd.concat([batch(USERS[:1])] * 400, ignore_index=True)
-    many[schema.USER_ID] = [f"u{i}" for i in range(len(many))]
-    many[USER_KEY] = np.arange(len(many), dtype=np.int64) * 104729
-    out = rec.recommend(many)
+    out = rec.recommend(many_known())
     share = (out[schema.SOURCE] == "explore").mean()
     # 1200 positions, each explored with probability 1/4 (standard error 0.0125); a pick that
     # repeats the model's own choice for the position still counts as explored.
@@ -208,3 +220,47 @@ def test_item_space_lookup_and_category_codes():
     users = UserBatch(pa.record_batch([pa.array([big, None], pa.int64())], names=["c"]))
     values, valid = users.nullable_ints("c")
     assert values.tolist() == [big, 0] and valid.tolist() == [True, False]
+
+
+POOL = [1002, 1006, 1008, 1009]  # the exploration pool at explore_pool_share 0.5 (see above)
+# Logged feedback: 1009 clicked on 30% of 1000 exposures, 1002 on 0.5%; 1006 and 1008 never shown.
+FEEDBACK = pd.DataFrame({schema.PRODUCT_ID: [1009, 1002, 5555], "exposures": [1000, 1000, 50], "clicks": [300, 5, 50]})
+
+
+@pytest.mark.timeout(120)
+def test_thompson_sampling_explores_the_items_clicked_most_per_exposure():
+    # 20 active users, prior strength 10: prior means (recent + 1) / 22 -> 1002 2/22, 1006 1/22,
+    # 1008 3/22, 1009 1/22. With the feedback 1009's posterior is Beta(300.5, 709.5) (mean
+    # 0.30), 1002's Beta(5.9, 1004.1) (0.006): 1009 is the best draw about 90% of the time
+    # (the draw beating it comes from 1008's or 1006's wide priors), 1002 almost never.
+    settings = dict(explore_policy="thompson", explore_share=1.0, active_users=20, block_size=200)
+    informed = recommender(feedback=FEEDBACK, **settings).recommend(many_known())
+    first = informed[informed[schema.RANK] == 1]
+    assert set(informed[schema.ITEM_ID]) <= set(POOL) and (informed[schema.SOURCE] == "explore").all()
+    assert (first[schema.ITEM_ID] == 1009).mean() > 0.8 and (first[schema.ITEM_ID] == 1002).mean() < 0.03
+    # Priors only: 1009 (no recent users) is rarely the best draw; 1008 (most recent users) leads.
+    prior = recommender(**settings).recommend(many_known())
+    prior_first = prior[prior[schema.RANK] == 1][schema.ITEM_ID].value_counts(normalize=True)
+    assert prior_first.get(1009, 0) < 0.25 and prior_first.idxmax() == 1008
+    # Propensities estimate what was served: the mean estimate of "1009 first" is its share.
+    top = first[first[schema.ITEM_ID] == 1009][schema.PROPENSITY]
+    assert top.mean() == pytest.approx((first[schema.ITEM_ID] == 1009).mean(), abs=0.05)
+    assert ((informed[schema.PROPENSITY] > 0) & (informed[schema.PROPENSITY] <= 1)).all()
+    again = recommender(feedback=FEEDBACK, **settings).recommend(many_known(20))
+    pd.testing.assert_frame_equal(again, informed[informed[schema.USER_ID].isin(again[schema.USER_ID])].reset_index(drop=True))
+
+
+@pytest.mark.timeout(120)
+def test_boost_lifts_the_pool_into_the_list_deterministically():
+    bundle = tiny_bundle()
+    scores = model_scores(bundle, USERS[0][1])
+    out = recommender(bundle, explore_policy="boost", boost_bonus=100.0).recommend(batch(USERS[:1]))
+    # A bonus larger than any score gap: the pool's best items by the model's own scores.
+    assert lists(out) == {"known": best({p: scores[p] for p in POOL}, k=K)}
+    assert set(out[schema.SOURCE]) == {"model"} and (out[schema.PROPENSITY] == 1.0).all()
+    assert out[schema.SCORE].tolist() == pytest.approx([scores[p] for p in lists(out)["known"]], rel=1e-5)
+    # With exploration slots as well, the lists are random: propensities below 1 appear.
+    mixed = recommender(bundle, explore_policy="boost", boost_bonus=100.0, explore_share=0.5,
+                        block_size=50).recommend(many_known(50))
+    assert set(mixed[schema.ITEM_ID]) <= set(POOL) | set(scores)
+    assert (mixed[schema.PROPENSITY] < 1).any() and (mixed[schema.PROPENSITY] > 0).all()

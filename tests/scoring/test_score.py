@@ -10,8 +10,8 @@ import pytest
 from recsys_spark import io
 from recsys_spark import schema
 from recsys_spark.config import from_dict
-from recsys_spark.errors import ConfigError, InputError
-from recsys_spark.scoring import inputs, score
+from recsys_spark.errors import ConfigError, DataQualityError, InputError
+from recsys_spark.scoring import inputs, policies, score
 from recsys_spark.scoring.recommender import EXCLUDE_PRODUCTS, USER_CATEGORY
 
 from tests.scoring.tiny import END, STATS, USERS, best, fallback_score, model_scores, tiny_bundle
@@ -104,6 +104,8 @@ def test_score_writes_the_documented_lists_and_rerunning_a_date_replaces_only_it
                                     "rows_explore", "users_short_of_k")} == {
         "users": 4, "users_recommended": 4, "users_model": 1, "users_fallback": 3, "rows": 12, "rows_explore": 0,
         "users_short_of_k": 0}
+    assert (summary["rows_propensity_below_1"], summary["min_propensity"]) == (0, 1.0)
+    assert (summary["policy"], summary["policy_version"]) == ("epsilon", policies.policy_version(cfg.score, "1"))
 
     written = spark.read.parquet(out)
     assert [(f.name, f.dataType) for f in written.schema] == [(f.name, f.dataType) for f in schema.RECOMMENDATION_SCHEMA]
@@ -122,6 +124,9 @@ def test_score_writes_the_documented_lists_and_rerunning_a_date_replaces_only_it
         [fallback_score(1007), fallback_score(1008), fallback_score(3000)])
     assert set(recs[schema.MODEL_NAME]) == {"recsys_two_tower"} and set(recs[schema.MODEL_VERSION]) == {"1"}
     assert set(recs[schema.RUN_DATE]) == {DAY}
+    # No exploration (explore_share 0): every placement is certain.
+    assert (recs[schema.SLOT] == recs[schema.RANK] - 1).all() and (recs[schema.PROPENSITY] == 1.0).all()
+    assert set(recs[schema.POLICY]) == {"epsilon"} and set(recs[schema.POLICY_VERSION]) == {summary["policy_version"]}
 
     # Another date, with an exclusion list (out of stock) and exploration: DAY stays as it was.
     stock = tmp_path / "out_of_stock.csv"
@@ -134,11 +139,59 @@ def test_score_writes_the_documented_lists_and_rerunning_a_date_replaces_only_it
     assert not set(day2[schema.ITEM_ID]) & {1005, 2000}
     assert len(day2) == 12 and set(day2[schema.SOURCE]) <= {"model", "fallback", "explore"}
     assert second["rows_explore"] == (day2[schema.SOURCE] == "explore").sum()
+    # The known user's list is random now; the cold-start users' lists are not.
+    assert (day2[day2[schema.SOURCE] == "fallback"][schema.PROPENSITY] == 1.0).all()
+    known = day2[day2[schema.USER_ID] == "known"][schema.PROPENSITY]
+    assert ((known > 0) & (known <= 1)).all() and (known < 1).any()
+    assert second["rows_propensity_below_1"] == (day2[schema.PROPENSITY] < 1).sum()
+    assert second["min_propensity"] == pytest.approx(day2[schema.PROPENSITY].min())
+    assert set(day2[schema.POLICY_VERSION]) == {second["policy_version"]} != {summary["policy_version"]}
     pd.testing.assert_frame_equal(both[both[schema.RUN_DATE] == DAY].reset_index(drop=True), recs.reset_index(drop=True))
 
     # DAY again, by version number: replaced (not appended to); 2019-11-02 untouched.
     assert score.run(spark, with_score(cfg, model_version=1))["rows"] == 12
     assert read_recs(out)[schema.RUN_DATE].value_counts().to_dict() == {DAY: 12, "2019-11-02": 12}
+
+
+@pytest.mark.timeout(600)
+def test_thompson_reads_the_feedback_counts_and_logs_its_propensities(spark, workspace, tmp_path):
+    cfg, _ = workspace
+    counts = str(tmp_path / "counts.parquet")
+    spark.createDataFrame([(1009, 1000, 300), (1002, 600, 1), (1002, 400, 4)],
+                          "product_id long, exposures long, clicks long").write.parquet(counts)
+    assert score.read_feedback_counts(spark, counts).sort_values(schema.PRODUCT_ID).values.tolist() == [
+        [1002, 1000, 5], [1009, 1000, 300]]  # rows of a product summed
+    day = "2019-11-03"
+    summary = score.run(spark, with_score(cfg, run_date=day, explore_policy="thompson", explore_share=1.0,
+                                          feedback_counts_path=counts))
+    recs = read_recs(cfg.paths.resolve("recommendations"))
+    recs = recs[recs[schema.RUN_DATE] == day]
+    known = recs[recs[schema.USER_ID] == "known"]
+    # Every slot explores: the known user's list is 3 items of the pool (the least recently met
+    # half of the model's catalogue: 1002, 1006, 1008, 1009), each with its propensity.
+    assert set(known[schema.SOURCE]) == {"explore"} and set(known[schema.ITEM_ID]) <= {1002, 1006, 1008, 1009}
+    assert len(known) == K and ((known[schema.PROPENSITY] > 0) & (known[schema.PROPENSITY] <= 1)).all()
+    assert (recs[recs[schema.SOURCE] == "fallback"][schema.PROPENSITY] == 1.0).all()
+    assert set(recs[schema.POLICY]) == {"thompson"} and summary["policy"] == "thompson"
+
+
+@pytest.mark.timeout(600)
+def test_bad_feedback_counts_fail_by_name(spark, tmp_path):
+    missing = str(tmp_path / "missing.parquet")
+    spark.createDataFrame([(1009, 10)], "product_id long, exposures long").write.parquet(missing)
+    with pytest.raises(InputError, match=r"has no clicks column \(config key score.feedback_counts_path\)"):
+        score.read_feedback_counts(spark, missing)
+    too_many = str(tmp_path / "too_many.parquet")
+    spark.createDataFrame([(1009, 10, 3), (1002, 10, 11)], "product_id long, exposures long, clicks long") \
+        .write.parquet(too_many)
+    with pytest.raises(DataQualityError, match=r"1 row\(s\) .* more clicks than exposures, e.g. \{'product_id': 1002"):
+        score.read_feedback_counts(spark, too_many)
+    fractions = str(tmp_path / "fractions.parquet")
+    spark.createDataFrame([(1009, 10.0, 2.5)], "product_id long, exposures double, clicks double").write.parquet(fractions)
+    with pytest.raises(DataQualityError, match="non-integer"):
+        score.read_feedback_counts(spark, fractions)
+    with pytest.raises(InputError, match="score.feedback_counts_path"):
+        score.read_feedback_counts(spark, str(tmp_path / "nowhere.parquet"))
 
 
 def test_a_missing_alias_says_what_to_do(spark, workspace):

@@ -72,6 +72,15 @@ def test_fewer_picks_than_slots_leave_the_other_slots_to_the_model():
     assert ranked.explore.tolist() == [[True, False, False]]
 
 
+@pytest.mark.timeout(60)
+def test_a_pick_of_the_first_item_is_not_repeated_by_the_model():
+    # Item 0 is picked and the second slot has no pick: the model must not give item 0 again.
+    scores = torch.tensor([[9.0, 8.0, 7.0]])
+    ranked = topk.rank(scores, 3, explore=np.array([[0, -1, -1]]), slots=np.array([[True, True, False]]))
+    assert ranked.items.tolist() == [[0, 1, 2]]
+    assert ranked.explore.tolist() == [[True, False, False]]
+
+
 def test_exploration_picks_count_against_the_category_cap():
     scores = torch.tensor([[9.0, 8.0, 7.0, 6.0]])
     categories = np.array([0, 0, 1, 0])

@@ -1,0 +1,230 @@
+"""Exploration policies and their propensities, on catalogues small enough to work out the
+exact probability of every list by hand (no Spark, no model: user vectors are given)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from recsys_spark import schema
+from recsys_spark.config import ScoreConfig
+from recsys_spark.errors import ConfigError
+from recsys_spark.scoring import policies, topk
+from recsys_spark.scoring.recommender import (
+    EXCLUDE_PRODUCTS,
+    USER_CATEGORY,
+    USER_KEY,
+    USER_VECTOR,
+    ItemSpace,
+    ListRules,
+    Recommender,
+    ScoringPlan,
+    VectorEncoder,
+)
+
+pytestmark = pytest.mark.unit
+
+# Items 0..3 are products 100..103. Every user's vector is [1], so an item's score is its value:
+# the greedy list is g1 (5), g2 (4); the pool holds A (1) and B (0), which the greedy list of 2
+# never reaches.
+SCORES = [5.0, 4.0, 1.0, 0.0]
+G1, G2, A, B = 100, 101, 102, 103
+POOL = [2, 3]
+
+
+def vector_recommender(k: int, share: float, samples: int = 200, block_size: int = 64, cap: int = 0,
+                       categories=None, policy: policies.Policy | None = None, scores=SCORES, pool=POOL) -> Recommender:
+    n = len(scores)
+    items = ItemSpace(np.arange(n, dtype=np.int64) + 100,
+                      np.asarray(categories if categories is not None else [-1] * n, dtype=np.int64),
+                      vectors=np.asarray(scores, dtype=np.float32)[:, None])
+    fallback = ItemSpace(np.zeros(0, np.int64), np.zeros(0, np.int64), popularity=np.zeros(0, np.float32))
+    rules = ListRules(k, block_size, cap, share, samples)
+    return Recommender(ScoringPlan(VectorEncoder(), items, fallback, np.asarray(pool, dtype=np.int64),
+                                   np.zeros(0, np.int64), rules, policy or policies.Policy()))
+
+
+def users(n: int, seed: int = 0, excluded=()) -> pd.DataFrame:
+    keys = np.random.default_rng(seed).integers(-(2**62), 2**62, n)
+    return pd.DataFrame({
+        schema.USER_ID: [f"u{i}" for i in range(n)],
+        USER_VECTOR: [[1.0]] * n,
+        EXCLUDE_PRODUCTS: [np.asarray(excluded, dtype=np.int64)] * n,
+        USER_CATEGORY: pd.array([None] * n, dtype="Int64"),
+        USER_KEY: keys,
+    })
+
+
+def mean_bound(p: float, samples: int, users: int) -> float:
+    """5 standard errors of the mean of ``users`` estimates, plus the bias (at most 1 / samples)."""
+    return 5 * np.sqrt(p * (1 - p) / (samples - 1) / users) + 1 / samples
+
+
+def mean_propensity(out: pd.DataFrame) -> dict[tuple[int, int], float]:
+    """{(slot, item): the mean estimate over the users served that item in that slot}."""
+    return out.groupby([schema.SLOT, schema.ITEM_ID])[schema.PROPENSITY].mean().to_dict()
+
+
+def monte_carlo_bound(p: float, samples: int) -> float:
+    """4 standard errors of an estimate from ``samples`` draws, one of them the served one
+    (bias at most 1 / samples)."""
+    return 4 * np.sqrt(p * (1 - p) / (samples - 1)) + 1 / samples
+
+
+@pytest.mark.timeout(60)
+def test_without_exploration_slots_every_propensity_is_exactly_one():
+    out = vector_recommender(k=3, share=0.0).recommend(users(5))
+    assert out[schema.PROPENSITY].tolist() == [1.0] * 15
+    assert out[schema.ITEM_ID].tolist() == [G1, G2, A] * 5
+    assert out[schema.SLOT].tolist() == [0, 1, 2] * 5 and (out[schema.RANK] == out[schema.SLOT] + 1).all()
+    # A boost without exploration slots is deterministic too: the pool's A and B go first.
+    boost = policies.Policy(policies.BOOST, bonus=policies.boost_bonus(4, np.array(POOL), 10.0))
+    out = vector_recommender(k=3, share=0.0, policy=boost).recommend(users(5))
+    assert out[schema.ITEM_ID].tolist() == [A, B, G1] * 5
+    assert out[schema.SCORE].tolist() == [1.0, 0.0, 5.0] * 5  # the model's scores, not the boosted ones
+    assert out[schema.PROPENSITY].tolist() == [1.0] * 15
+
+
+@pytest.mark.timeout(60)
+def test_one_slot_and_a_pool_of_two_at_share_one_half():
+    # By hand: the slot explores with probability 1/2 and then picks A or B with 1/2 each;
+    # otherwise it is g1. P(g1) = 1/2, P(A) = P(B) = 1/4.
+    exact = {G1: 0.5, A: 0.25, B: 0.25}
+    out = vector_recommender(k=1, share=0.5).recommend(users(200))
+    assert set(out[schema.ITEM_ID]) == {G1, A, B}
+    for item, p in exact.items():
+        served = out[out[schema.ITEM_ID] == item]
+        # Each user's estimate (200 draws, the served one included) within 4 standard errors.
+        assert (abs(served[schema.PROPENSITY] - p) <= monte_carlo_bound(p, 200)).all(), item
+        # The users' estimates (about 200 x 200 draws): their mean within 5 standard errors.
+        assert served[schema.PROPENSITY].mean() == pytest.approx(p, abs=mean_bound(p, 200, len(served)))
+        # What the users were served: the same distribution (standard error 0.035).
+        assert len(served) / 200 == pytest.approx(p, abs=0.11)
+    assert set(out[out[schema.SOURCE] == "explore"][schema.ITEM_ID]) == {A, B}
+
+
+@pytest.mark.timeout(60)
+def test_two_slots_follow_the_hand_computed_distribution_and_each_slot_sums_to_one():
+    # K = 2, share 1/2, pool {A, B}; picks go to the first exploration slots:
+    #   no exploration slot (1/4): [g1, g2]
+    #   slot 0 only (1/4): [pick, g1]; slot 1 only (1/4): [g1, pick]   (pick: A or B, 1/2 each)
+    #   both (1/4): the first pick, then the first different one among the next 3 draws
+    #     (7/8): [A, B] or [B, A]; all 4 draws alike (1/8): [pick, g1]
+    # Slot 0: g1 1/4 + 1/4 = 1/2; A = B = (1/4 + 1/4) / 2 = 1/4.
+    # Slot 1: g2 1/4; g1 1/4 + 1/4 * 1/8 = 9/32; A = B = 1/4 * 1/2 + 1/4 * 7/8 * 1/2 = 15/64.
+    exact = {(0, G1): 1 / 2, (0, A): 1 / 4, (0, B): 1 / 4,
+             (1, G2): 1 / 4, (1, G1): 9 / 32, (1, A): 15 / 64, (1, B): 15 / 64}
+    samples = 400
+    out = vector_recommender(k=2, share=0.5, samples=samples, block_size=16).recommend(users(150, seed=1))
+    estimates = mean_propensity(out)
+    assert set(estimates) == set(exact)  # nothing else is ever served
+    for placement, p in exact.items():
+        rows = out[(out[schema.SLOT] == placement[0]) & (out[schema.ITEM_ID] == placement[1])]
+        assert estimates[placement] == pytest.approx(p, abs=mean_bound(p, samples, len(rows))), placement
+        assert (abs(rows[schema.PROPENSITY] - p) <= monte_carlo_bound(p, samples)).all(), placement
+    # The estimates are those of one distribution per slot: over the items a slot can hold,
+    # they sum to at most 1 (here exactly 1: a list of 2 is always full).
+    for slot in (0, 1):
+        total = sum(v for (s, _), v in estimates.items() if s == slot)
+        assert total <= 1.0 + 0.03 and total == pytest.approx(1.0, abs=0.03)
+
+
+@pytest.mark.timeout(60)
+def test_an_excluded_pool_item_is_never_picked_and_its_slot_goes_back_to_the_model():
+    # The users excluded B. An exploration slot (1/2) tries 2 draws and takes the first A (3/4);
+    # when both land on B it has no pick and the model's g1 fills it. P(A) = 1/2 * 3/4 = 3/8,
+    # P(g1) = 5/8.
+    out = vector_recommender(k=1, share=0.5).recommend(users(200, excluded=[B]))
+    assert set(out[schema.ITEM_ID]) == {G1, A}
+    for item, p in ((G1, 5 / 8), (A, 3 / 8)):
+        served = out[out[schema.ITEM_ID] == item]
+        assert served[schema.PROPENSITY].mean() == pytest.approx(p, abs=mean_bound(p, 200, len(served)))
+
+
+@pytest.mark.timeout(60)
+def test_lists_and_propensities_are_a_function_of_the_user_key_only():
+    rec = vector_recommender(k=2, share=0.5, block_size=7)
+    first = rec.recommend(users(20, seed=3))
+    pd.testing.assert_frame_equal(first, rec.recommend(users(20, seed=3)))
+    # Other blocks (and so other tasks) give the same lists: the draws follow the key.
+    pd.testing.assert_frame_equal(first, vector_recommender(k=2, share=0.5, block_size=3).recommend(users(20, seed=3)))
+    alone = vector_recommender(k=2, share=0.5).recommend(users(20, seed=3).iloc[[5]])
+    pd.testing.assert_frame_equal(alone, first[first[schema.USER_ID] == "u5"].reset_index(drop=True))
+    # Other keys (another run date or seed hashes into another key): other draws.
+    other = rec.recommend(users(20, seed=4))
+    assert not np.array_equal(first[schema.PROPENSITY].to_numpy(), other[schema.PROPENSITY].to_numpy())
+
+
+@pytest.mark.timeout(60)
+def test_the_served_list_is_the_one_rank_builds_from_the_days_draws():
+    # policies.serve builds its lists from each user's top items; topk.rank from the whole
+    # catalogue: with a cap, exclusions and exploration they must agree on the served list.
+    rng = np.random.default_rng(7)
+    for cap, share in ((0, 0.3), (1, 0.6), (2, 0.9)):
+        num_users, num_items, k = 40, 30, 5
+        scores = torch.from_numpy(rng.normal(size=(num_users, num_items)).astype(np.float32))
+        scores[torch.from_numpy(rng.random((num_users, num_items)) < 0.3)] = float("-inf")
+        categories = rng.integers(-1, 3, num_items)
+        pool = rng.choice(num_items, 12, replace=False).astype(np.int64)
+        keys = rng.integers(-(2**62), 2**62, num_users)
+        draws = topk.uniforms(keys, 3 * k)
+        slots = draws[:, :k] < share
+        expected = topk.rank(scores.clone(), k, categories, cap, topk.draw_explore(scores, pool, slots, draws[:, k:]),
+                             slots)
+        served, propensity = policies.serve(scores.clone(), keys, pool, categories, ListRules(k, 8, cap, share, 20),
+                                            policies.Policy())
+        assert np.array_equal(served.items, expected.items) and np.array_equal(served.explore, expected.explore)
+        assert np.allclose(served.scores, expected.scores)
+        filled = served.items >= 0
+        assert ((propensity[filled] >= 1 / 20) & (propensity[filled] <= 1)).all()
+
+
+@pytest.mark.timeout(60)
+def test_thompson_posteriors_and_draws_by_hand():
+    # Recent users 0 and 2 of 8 active: prior means 1/10 and 3/10; strength 10 -> Beta(1, 9),
+    # Beta(3, 7); the first item was shown 10 times and clicked 4: Beta(5, 15).
+    alpha, beta = policies.thompson_posterior(np.array([0, 2]), 8, 10.0, np.array([10, 0]), np.array([4, 0]))
+    assert alpha.tolist() == pytest.approx([5.0, 3.0]) and beta.tolist() == pytest.approx([15.0, 7.0])
+    # Fewer active users than an item's recent users cannot be: the largest count is the floor.
+    alpha, beta = policies.thompson_posterior(np.array([0, 2]), 0, 4.0, np.zeros(2), np.zeros(2))
+    assert alpha.tolist() == pytest.approx([1.0, 3.0]) and beta.tolist() == pytest.approx([3.0, 1.0])
+    pool = np.array([7, 9, 11])
+    # An item clicked on almost every exposure beats one never clicked, in (nearly) every draw.
+    a, b = policies.thompson_posterior(np.zeros(3), 10, 2.0, np.array([500, 500, 0]), np.array([490, 2, 0]))
+    draws = policies.thompson_draws(pool, a, b, 500, 2, 13, "2019-11-01")
+    assert draws.shape == (500, 2) and set(np.unique(draws)) <= set(pool.tolist())
+    assert (draws[:, 0] == 7).mean() > 0.99 and (draws[:, 0] != draws[:, 1]).all()
+    assert np.array_equal(draws, policies.thompson_draws(pool, a, b, 500, 2, 13, "2019-11-01"))
+    assert not np.array_equal(draws, policies.thompson_draws(pool, a, b, 500, 2, 13, "2019-11-02"))
+    assert policies.thompson_draws(pool, a, b, 3, 10, 13, "2019-11-01").shape == (3, 3)  # at most the pool
+
+
+@pytest.mark.timeout(60)
+def test_policy_version_is_the_model_version_and_a_digest_of_the_list_settings():
+    base = policies.policy_version(ScoreConfig(), "3")
+    assert base.startswith("3:") and len(base) == len("3:") + 8
+    assert policies.policy_version(ScoreConfig(seed=99, block_size=7), "3") == base  # same policy, other draws
+    assert policies.policy_version(ScoreConfig(explore_share=0.1), "3") != base
+    assert policies.policy_version(ScoreConfig(explore_policy="boost"), "3") != base
+    assert policies.policy_version(ScoreConfig(), "4").startswith("4:")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("changes", "key"), [
+    ({"explore_policy": "ucb"}, "score.explore_policy"),
+    ({"explore_policy": "thompson", "explore_share": 0.0}, "score.explore_policy=thompson"),
+    ({"propensity_samples": 5}, "score.propensity_samples"),
+    ({"thompson_draws": 0}, "score.thompson_draws"),
+    ({"thompson_prior_strength": 0.0}, "score.thompson_prior_strength"),
+    ({"feedback_counts_path": "counts.parquet"}, "score.feedback_counts_path"),
+    ({"boost_bonus": -1.0}, "score.boost_bonus"),
+    ({"explore_policy": "boost", "boost_bonus": 0.0}, "score.boost_bonus"),
+])
+def test_bad_policy_settings_fail_by_key(changes, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as error:
+        ScoreConfig(**changes)
+    assert "\n" not in str(error.value)
+    # The same settings are fine where they make sense.
+    ScoreConfig(explore_policy="thompson", feedback_counts_path="counts.parquet", propensity_samples=10)
