@@ -179,6 +179,24 @@ def importance_weights(feedback: LoggedFeedback, clip: float | None = None) -> n
     return weights if clip is None else np.minimum(weights, clip)
 
 
+@dataclass(frozen=True)
+class Options:
+    """How every estimator reports (the keyword arguments ``**options`` of the estimate_* functions).
+
+    Args:
+        per: "list" (expected clicks per list) or "exposure" (per shown item; obp's per round).
+        min_effective_sample_size: below it, no value (a reason instead).
+        samples, seed, confidence: of the bootstrap over lists (see
+            :func:`recsys_spark.evaluation.intervals.resample_counts`).
+    """
+
+    per: str = "list"
+    min_effective_sample_size: float = 100.0
+    samples: int = 1000
+    seed: int = 0
+    confidence: float = 0.95
+
+
 def effective_sample_size(weights: np.ndarray) -> float:
     """(sum w)^2 / sum w^2: how many on-policy rows the weighted log is worth (0 if all w = 0).
 
@@ -196,40 +214,27 @@ def effective_sample_size(weights: np.ndarray) -> float:
 def estimate_ips(
     feedback: LoggedFeedback,
     *,
-    per: str = "list",
     clip: float | None = None,
-    min_effective_sample_size: float = 100.0,
-    samples: int = 1000,
-    seed: int = 0,
-    confidence: float = 0.95,
+    **options: Any,
 ) -> Estimate:
     """Inverse propensity scoring: sum_i w_i r_i over lists or exposures.
 
     Args:
         feedback: N rows with ``target_propensity`` set.
-        per: "list" or "exposure" (see the module docstring).
         clip: None, or the weight cap (obp's ``lambda_``).
-        min_effective_sample_size: below it, no value (a reason instead).
-        samples, seed, confidence: of the bootstrap over lists (see
-            :func:`recsys_spark.evaluation.intervals.resample_counts`).
+        options: :class:`Options`' fields (per, min_effective_sample_size, samples, seed, confidence).
 
     Returns:
         Estimate.
     """
     weights = importance_weights(feedback, clip)
     terms = weights * feedback.reward
-    return _estimate("ips", feedback, terms, np.ones_like(terms), weights, per,
-                     min_effective_sample_size, samples, seed, confidence)
+    return _estimate("ips", feedback, terms, np.ones_like(terms), weights, Options(**options))
 
 
 def estimate_snips(
     feedback: LoggedFeedback,
-    *,
-    per: str = "list",
-    min_effective_sample_size: float = 100.0,
-    samples: int = 1000,
-    seed: int = 0,
-    confidence: float = 0.95,
+    **options: Any,
 ) -> Estimate:
     """Self-normalised IPS: sum_i w_i r_i / sum_i w_i, a click rate per exposure (times the mean
     list length for ``per="list"``). Unclipped, as in obp: normalising already bounds it by the
@@ -239,19 +244,13 @@ def estimate_snips(
     """
     weights = importance_weights(feedback)
     terms = weights * feedback.reward
-    return _estimate("snips", feedback, terms, weights, weights, per,
-                     min_effective_sample_size, samples, seed, confidence)
+    return _estimate("snips", feedback, terms, weights, weights, Options(**options))
 
 
 def estimate_dm(
     feedback: LoggedFeedback,
     q_hat_target: np.ndarray,
-    *,
-    per: str = "list",
-    min_effective_sample_size: float = 100.0,
-    samples: int = 1000,
-    seed: int = 0,
-    confidence: float = 0.95,
+    **options: Any,
 ) -> Estimate:
     """Direct method: the reward model's expected reward under the candidate, sum_i q_target_i.
 
@@ -262,8 +261,7 @@ def estimate_dm(
     """
     q_target = _model_column("q_hat_target", q_hat_target, feedback.num_exposures)
     weights = importance_weights(feedback)
-    return _estimate("dm", feedback, q_target, np.ones_like(q_target), weights, per,
-                     min_effective_sample_size, samples, seed, confidence)
+    return _estimate("dm", feedback, q_target, np.ones_like(q_target), weights, Options(**options))
 
 
 def estimate_dr(
@@ -271,12 +269,8 @@ def estimate_dr(
     q_hat_logged: np.ndarray,
     q_hat_target: np.ndarray,
     *,
-    per: str = "list",
     clip: float | None = None,
-    min_effective_sample_size: float = 100.0,
-    samples: int = 1000,
-    seed: int = 0,
-    confidence: float = 0.95,
+    **options: Any,
 ) -> Estimate:
     """Doubly robust: sum_i [q_target_i + w_i (r_i - q_logged_i)]. Unbiased if either the
     propensities or the reward model are right; the model's residuals are what is weighted, so
@@ -292,8 +286,7 @@ def estimate_dr(
     q_target = _model_column("q_hat_target", q_hat_target, feedback.num_exposures)
     weights = importance_weights(feedback, clip)
     terms = q_target + weights * (feedback.reward - q_logged)
-    return _estimate("dr", feedback, terms, np.ones_like(terms), weights, per,
-                     min_effective_sample_size, samples, seed, confidence)
+    return _estimate("dr", feedback, terms, np.ones_like(terms), weights, Options(**options))
 
 
 def estimate_all(
@@ -301,12 +294,8 @@ def estimate_all(
     q_hat_logged: np.ndarray | None = None,
     q_hat_target: np.ndarray | None = None,
     *,
-    per: str = "list",
     clip: float | None = None,
-    min_effective_sample_size: float = 100.0,
-    samples: int = 1000,
-    seed: int = 0,
-    confidence: float = 0.95,
+    **options: Any,
 ) -> dict[str, Estimate]:
     """IPS and SNIPS, and DM and DR when the reward model's columns are given; same resamples.
 
@@ -315,15 +304,13 @@ def estimate_all(
     """
     if (q_hat_logged is None) != (q_hat_target is None):
         raise ValueError("estimate_all: give both q_hat_logged and q_hat_target, or neither")
-    common = dict(per=per, min_effective_sample_size=min_effective_sample_size,
-                  samples=samples, seed=seed, confidence=confidence)
     out = {
-        "ips": estimate_ips(feedback, clip=clip, **common),
-        "snips": estimate_snips(feedback, **common),
+        "ips": estimate_ips(feedback, clip=clip, **options),
+        "snips": estimate_snips(feedback, **options),
     }
     if q_hat_target is not None:
-        out["dm"] = estimate_dm(feedback, q_hat_target, **common)
-        out["dr"] = estimate_dr(feedback, q_hat_logged, q_hat_target, clip=clip, **common)
+        out["dm"] = estimate_dm(feedback, q_hat_target, **options)
+        out["dr"] = estimate_dr(feedback, q_hat_logged, q_hat_target, clip=clip, **options)
     return out
 
 
@@ -397,11 +384,7 @@ def _estimate(
     numerator: np.ndarray,
     denominator: np.ndarray,
     weights: np.ndarray,
-    per: str,
-    min_effective_sample_size: float,
-    samples: int,
-    seed: int,
-    confidence: float,
+    options: "Options",
 ) -> Estimate:
     """Every estimator is (sum numerator / sum denominator) * (rows or 1 per list): one ratio of
     per-list sums, so the bootstrap resamples lists and recomputes it.
@@ -409,6 +392,7 @@ def _estimate(
     IPS, DM and DR have denominator 1 per row (their value is a plain sum over rows); SNIPS has
     the weights. Scaled by rows per list for ``per="list"``, by 1 for ``per="exposure"``.
     """
+    per, min_ess, confidence = options.per, options.min_effective_sample_size, options.confidence
     if per not in PER:
         raise ValueError(f"per must be one of {PER}, got {per!r}")
     lists, list_of = np.unique(feedback.user, return_inverse=True)
@@ -421,13 +405,13 @@ def _estimate(
     ess = effective_sample_size(weights)
     refused = dict(estimator=estimator, per=per, value=None, low=None, high=None, confidence=confidence,
                    units=units, exposures=feedback.num_exposures, ess=ess)
-    if ess < min_effective_sample_size:
-        return Estimate(**refused, reason=f"effective sample size {ess:.1f} below {min_effective_sample_size:g}")
+    if ess < min_ess:
+        return Estimate(**refused, reason=f"effective sample size {ess:.1f} below {min_ess:g}")
     totals = columns.sum(axis=0)
     if totals[1] == 0:
         return Estimate(**refused, reason="the candidate gives no weight to any logged exposure")
     value = totals[0] / totals[1] * totals[2] / units
-    means = intervals.bootstrap_means(columns, samples, seed)
+    means = intervals.bootstrap_means(columns, options.samples, options.seed)
     # A resample can hold no weight at all (SNIPS on a sparse overlap): it has no ratio, and is
     # left out of the quantiles rather than counted as 0.
     with np.errstate(divide="ignore", invalid="ignore"):
