@@ -752,14 +752,14 @@ class ScoreConfig:
     EXPLORE_POLICIES = ("epsilon", "thompson", "boost")  # not a key: the names explore_policy takes
     # Monte-Carlo draws per user of the propensity of a random list (the served draw is one):
     # error <= 0.5 / sqrt(samples - 1), 0.035 at 200. Cost: each model user's list is built
-    # `samples` times from its top 2K (5K under a cap) items: about 200 x the list building of
-    # a list without exploration, a few ms per user at K = 20; the model's scores once.
+    # `samples` times from its top 2K (5K under a cap) items, the model's scores once: the list
+    # building of a list without exploration, times `samples`.
     propensity_samples: int = 200
     # Thompson: prior Beta(s m, s (1 - m)) of an item's click rate, m = (recent users + 1) /
     # (users active in the last popular_days + 2), s = this strength (pseudo-exposures).
     thompson_prior_strength: float = 10.0
     # Thompson: posterior draws of the whole pool, made once per run date; a user's draw picks
-    # one (cost: draws x pool Beta samples on the driver, ~1 s per 10M).
+    # one (cost: draws x pool Beta samples on the driver).
     thompson_draws: int = 1024
     # Thompson: Parquet of logged feedback counts (product_id, exposures, clicks), added to the
     # priors; empty = priors only.

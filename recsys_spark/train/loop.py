@@ -178,7 +178,7 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
     checkpoints = cfg.paths.resolve("checkpoints")
     if tc.mode == "incremental":
         # Rank 0 reads the grown parent and hands it over; a resumed run overwrites it below.
-        warm = comm.broadcast_object(read_checkpoint(checkpoints, WARM_START) if is_main else None)
+        warm = read_on_main(comm, lambda: read_checkpoint(checkpoints, WARM_START))
         if warm["model_args"] != model_args:
             raise InputError(f"train.mode=incremental: {checkpoints}/{WARM_START} was grown for "
                              f"{warm['model_args']}, this run builds {model_args}")
@@ -228,7 +228,7 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
     if tc.resume:
         # Rank 0 reads the checkpoint and hands it to every rank: on a cluster only the
         # checkpoint store is shared, and every rank needs its own RNG states back.
-        checkpoint = comm.broadcast_object(load_checkpoint(checkpoints) if is_main else None)
+        checkpoint = read_on_main(comm, lambda: load_checkpoint(checkpoints))
         if checkpoint is not None:
             check_resumable(checkpoint, model_args, size, checkpoints)
             model.load_state_dict(checkpoint["model"])
@@ -531,6 +531,25 @@ def restore_rng(state: dict[str, Any], negatives_rng: torch.Generator) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def read_on_main(comm: Collective, read: Callable[[], Any]) -> Any:
+    """``read()`` on rank 0, its value on every rank.
+
+    A read that fails on rank 0 fails every rank (rank 0 with its own error, the others with its
+    message) instead of leaving them waiting in a broadcast rank 0 never joins.
+    """
+    outcome: tuple[bool, Any] = (True, None)
+    if comm.is_main:
+        try:
+            outcome = (True, read())
+        except Exception as exc:  # every rank must reach the broadcast below
+            comm.broadcast_object((False, f"{type(exc).__name__}: {exc}"))
+            raise
+    ok, value = comm.broadcast_object(outcome)
+    if not ok:
+        raise InputError(f"rank 0 could not read its input: {value}")
+    return value
+
+
 def check_resumable(checkpoint: dict[str, Any], model_args: dict[str, Any], size: int, directory: str) -> None:
     """Raise InputError when a checkpoint cannot continue this run (other model or world size)."""
     if checkpoint.get("model_args") != model_args:
@@ -608,8 +627,11 @@ def ranking_sums(model: TwoTowerModel, rows: data.EvalRows, k: int, device: torc
     counted = np.flatnonzero([len(t) > 0 for t in rows.target_items])
     if len(counted) == 0:
         return 0.0, 0.0, 0
-    top = validation_lists(model, rows, k, device, mode)
-    per_user = batch_metrics(top[counted], [rows.target_items[i] for i in counted], [k])
+    # Only the rows with a target are ranked: the others would be ranked for nothing.
+    targets = [rows.target_items[i] for i in counted]
+    kept = data.EvalRows(rows.hist_items[counted], rows.hist_events[counted], rows.hist_gaps[counted],
+                         [rows.seen_items[i] for i in counted], targets)
+    per_user = batch_metrics(validation_lists(model, kept, k, device, mode), targets, [k])
     return float(per_user[f"ndcg@{k}"].sum()), float(per_user[f"recall@{k}"].sum()), len(counted)
 
 

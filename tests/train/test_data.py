@@ -237,3 +237,30 @@ def test_lr_factor_warms_up_then_follows_a_half_cosine_to_the_floor():
     assert all(a >= b for a, b in zip(factors[4:], factors[5:]))
     constant = TrainConfig(warmup_steps=0, lr_schedule="constant")
     assert [lr_factor(step, constant, total) for step in (0, 7, 20)] == [1.0, 1.0, 1.0]
+
+
+class StubComm:
+    """One rank of two: rank 0 records what it broadcasts, rank 1 receives ``received``."""
+
+    def __init__(self, is_main: bool, received=None):
+        self.is_main, self.received, self.sent = is_main, received, []
+
+    def broadcast_object(self, obj):
+        self.sent.append(obj)
+        return obj if self.is_main else self.received
+
+
+def test_a_read_that_fails_on_rank_0_fails_every_rank_instead_of_hanging_the_others():
+    from recsys_spark.train.loop import read_on_main
+
+    def broken():
+        raise InputError("checkpoint /x/last.pt cannot be read: truncated")
+
+    main = StubComm(is_main=True)
+    with pytest.raises(InputError, match="truncated"):
+        read_on_main(main, broken)
+    assert main.sent == [(False, "InputError: checkpoint /x/last.pt cannot be read: truncated")]  # rank 0 still broadcast
+    other = StubComm(is_main=False, received=main.sent[0])
+    with pytest.raises(InputError, match="rank 0 could not read its input: InputError: checkpoint /x/last.pt"):
+        read_on_main(other, broken)  # rank 1 never reads
+    assert read_on_main(StubComm(is_main=True), lambda: {"step": 3}) == {"step": 3}
