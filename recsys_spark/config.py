@@ -161,6 +161,9 @@ class GenerateConfig:
     event_types: list[str] = field(default_factory=lambda: ["view", "cart", "remove_from_cart", "purchase"])
     # Added to every product_id (e.g. 4611686018427387000 for ids near 2^62).
     item_id_offset: int = 0
+    # A growing catalogue: from the second day on, this many catalogue items launch each day
+    # (none is seen before its day; each category's most popular item is there from the start).
+    new_items_per_day: int = 0
     # event_time without its " UTC" suffix (clean reads it in clean.naive_timezone).
     naive_timestamps: bool = False
     # parquet: one file per day with the typed raw contract (schema.RAW_TYPED_SCHEMA); no
@@ -177,9 +180,15 @@ class GenerateConfig:
                 raise ConfigError(f"generate.{key} must be positive, got {getattr(self, key)}")
         if self.n_items < self.n_categories:
             raise ConfigError(f"generate.n_items ({self.n_items}) must be >= generate.n_categories ({self.n_categories})")
-        for key in ("sessions_per_user", "zipf_exponent", "n_bots", "user_active_days", "item_id_offset"):
+        for key in ("sessions_per_user", "zipf_exponent", "n_bots", "user_active_days", "item_id_offset",
+                    "new_items_per_day"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"generate.{key} must not be negative, got {getattr(self, key)}")
+        launched_later = self.new_items_per_day * (self.days - 1)
+        if launched_later > self.n_items - self.n_categories:
+            raise ConfigError(f"generate.new_items_per_day={self.new_items_per_day} launches {launched_later} items over "
+                              f"{self.days} days, more than the {self.n_items - self.n_categories} items generate.n_items "
+                              "leaves beside each category's first: lower it or raise generate.n_items")
         if self.taste_concentration <= 0:
             raise ConfigError(f"generate.taste_concentration must be > 0, got {self.taste_concentration}")
         probabilities = (

@@ -180,10 +180,38 @@ class World:
     session_day: np.ndarray  # int32 [n_sessions]
     session_start: np.ndarray  # int64 [n_sessions], seconds into the day
     bot_day_sessions: np.ndarray  # int32 [n_bot_sessions, 2]: (bot, day)
+    # int32 [n_items], the day each item launches (0: from the start); None: all from the start.
+    item_launch_day: np.ndarray | None = None
 
     @property
     def n_items(self) -> int:
         return len(self.product_id)
+
+    def on_day(self, day: int) -> World:
+        """The world as day ``day`` sees it: items launched later have no popularity (nobody
+        draws them), and a complement not yet launched is replaced by its category's first item.
+
+        Returns:
+            ``self`` when every item is launched by ``day``.
+        """
+        if self.item_launch_day is None or int(self.item_launch_day.max()) <= day:
+            return self
+        launched = self.item_launch_day <= day
+        popularity = np.where(launched, self.popularity, 0.0)
+        order, keys = _category_sampler(self.item_category, popularity, self.n_categories)
+        complements = np.where(launched[self.complements], self.complements,
+                               category_heads(self.item_category, self.popularity)[self.item_category[self.complements]])
+        return dataclasses.replace(self, popularity=popularity, cat_item_order=order, cat_item_keys=keys,
+                                   complements=complements.astype(np.int32))
+
+    def available(self, items: np.ndarray) -> np.ndarray:
+        """``items`` with those this world's day has not launched (no popularity) replaced by
+        their category's first item."""
+        missing = self.popularity[items] == 0
+        if not missing.any():
+            return items
+        heads = category_heads(self.item_category, self.popularity)
+        return np.where(missing, heads[self.item_category[items]], items).astype(items.dtype)
 
     @property
     def n_categories(self) -> int:
@@ -288,7 +316,31 @@ def build_world(cfg: GenerateConfig) -> World:
         session_day=session_day,
         session_start=session_start,
         bot_day_sessions=np.array(sorted(bot_days), dtype=np.int32).reshape(-1, 2),
+        item_launch_day=_launch_days(cfg, item_category, popularity),
     )
+
+
+def category_heads(item_category: np.ndarray, popularity: np.ndarray) -> np.ndarray:
+    """int [n_categories]: each category's most popular item (with positive popularity)."""
+    n_cat = int(item_category.max()) + 1
+    order = np.lexsort((-popularity, item_category))
+    firsts = np.searchsorted(item_category[order], np.arange(n_cat))
+    return order[firsts]
+
+
+def _launch_days(cfg: GenerateConfig, item_category: np.ndarray, popularity: np.ndarray) -> np.ndarray | None:
+    """The launch day of each item: ``new_items_per_day`` items launch on each day after the
+    first, drawn uniformly among the items that are not their category's most popular; None
+    when no item launches later. From its own random stream: the rest of the world is the same."""
+    later = cfg.new_items_per_day * (cfg.days - 1)
+    if later == 0:
+        return None
+    rng = np.random.default_rng([cfg.seed, 4])
+    candidates = np.setdiff1d(np.arange(len(popularity)), category_heads(item_category, popularity))
+    chosen = rng.choice(candidates, size=later, replace=False)
+    launch = np.zeros(len(popularity), dtype=np.int32)
+    launch[chosen] = np.repeat(np.arange(1, cfg.days, dtype=np.int32), cfg.new_items_per_day)
+    return launch
 
 
 def _category_sampler(item_category: np.ndarray, popularity: np.ndarray, n_cat: int) -> tuple[np.ndarray, np.ndarray]:
@@ -381,14 +433,15 @@ def generate_events(cfg: GenerateConfig, world: World | None = None) -> Iterator
     carry = _empty_internal()
     for day in range(cfg.days):
         rng = np.random.default_rng([cfg.seed, 1, day])
+        today_world = world.on_day(day)
         sessions: slice | np.ndarray = slice(day_bounds[day], day_bounds[day + 1])
         bursts = _empty_internal()
         if cfg.burst_share > 0:
-            sessions, bursts = _burst_events(cfg, world, np.arange(sessions.start, sessions.stop), day)
+            sessions, bursts = _burst_events(cfg, today_world, np.arange(sessions.start, sessions.stop), day)
         parts = [
             carry,
-            _session_events(cfg, world, rng, sessions, day_offset=day * SECONDS_PER_DAY),
-            _bot_events(world, rng, day, day_offset=day * SECONDS_PER_DAY),
+            _session_events(cfg, today_world, rng, sessions, day_offset=day * SECONDS_PER_DAY),
+            _bot_events(today_world, rng, day, day_offset=day * SECONDS_PER_DAY),
             bursts,
         ]
         events = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else carry
@@ -509,7 +562,7 @@ def _burst_events(
     if n == 0:
         return sessions, _empty_internal()
     users = world.session_user[chosen].astype(np.int64)
-    lengths = np.minimum(rng.integers(BURST_EVENTS[0], BURST_EVENTS[1] + 1, size=n), world.n_items)
+    lengths = np.minimum(rng.integers(BURST_EVENTS[0], BURST_EVENTS[1] + 1, size=n), np.count_nonzero(world.popularity))
     owner = np.repeat(np.arange(n), lengths)
     first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     elapsed = np.cumsum(rng.integers(BURST_GAP_S[0], BURST_GAP_S[1] + 1, size=len(owner)))
@@ -522,7 +575,8 @@ def _burst_events(
     # Gumbel top-k: the k largest of log(weight) + Gumbel noise, in order, are a draw of k
     # items without replacement with probabilities proportional to weight.
     n_cat, k = world.n_categories, int(lengths.max())
-    log_popularity = np.log(world.popularity)
+    with np.errstate(divide="ignore"):  # items not launched yet: -inf, never drawn
+        log_popularity = np.log(world.popularity)
     items = np.empty(len(owner), dtype=np.int32)
     step = max(1, BURST_DRAW_CELLS // world.n_items)
     for lo in range(0, n, step):
@@ -534,7 +588,8 @@ def _burst_events(
             world.taste_early.reshape(-1, n_cat)[u],
         ) - u[:, None]
         with np.errstate(divide="ignore"):
-            log_taste = np.log(np.diff(cdf, axis=1, prepend=0.0))
+            # A category of zero taste is drawn last, but before an item not launched yet.
+            log_taste = np.maximum(np.log(np.diff(cdf, axis=1, prepend=0.0)), -1e6)
         keys = log_popularity + log_taste[:, world.item_category] + rng.gumbel(size=(len(u), world.n_items))
         top = np.argpartition(-keys, k - 1, axis=1)[:, :k]
         top = np.take_along_axis(top, np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1, kind="stable"), 1)
@@ -572,7 +627,7 @@ def _bot_events(world: World, rng: np.random.Generator, day: int, day_offset: in
                     "t": day_offset + begin + np.cumsum(gaps) - gaps[0],
                     "seq": np.arange(n, dtype=np.int64),
                     "etype": np.full(n, VIEW, np.int8),
-                    "item": rng.choice(world.n_items, size=n, replace=False).astype(np.int32),
+                    "item": world.available(rng.choice(world.n_items, size=n, replace=False).astype(np.int32)),
                     "user_id": np.full(n, world.bot_user_ids[bot], dtype=np.int64),
                     "session": np.full(n, session_id, dtype=object),
                 }

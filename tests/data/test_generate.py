@@ -480,3 +480,32 @@ def test_regime_overrides_come_first_and_the_callers_win():
     assert generate.regime_overrides("demo") == []
     with pytest.raises(ConfigError, match="'movielens'"):
         generate.regime_overrides("movielens")
+
+
+def test_new_items_launch_on_their_day_and_leave_the_rest_of_the_world_alone():
+    cfg = GenerateConfig(n_users=800, n_items=400, n_categories=8, days=6, new_items_per_day=15, burst_share=0.2,
+                         n_bots=2, seed=5)
+    world = generate.build_world(cfg)
+    without = generate.build_world(GenerateConfig(**{**cfg.__dict__, "new_items_per_day": 0}))
+    assert without.item_launch_day is None
+    for name in ("product_id", "popularity", "item_category", "taste_early", "taste_late", "session_user"):
+        assert np.array_equal(getattr(world, name), getattr(without, name)), name
+    # 15 items on each of days 1..5, none of them its category's most popular item.
+    assert np.bincount(world.item_launch_day).tolist() == [400 - 75, 15, 15, 15, 15, 15]
+    heads = generate.category_heads(world.item_category, world.popularity)
+    assert len(heads) == 8 and (world.item_launch_day[heads] == 0).all()
+
+    launch = dict(zip(world.product_id.tolist(), world.item_launch_day.tolist()))
+    first_day: dict[int, int] = {}
+    for day, (_, events) in enumerate(generate.generate_events(cfg, world)):
+        for product in events["product_id"].unique().tolist():
+            first_day.setdefault(product, day)
+    assert all(day >= launch[product] for product, day in first_day.items())
+    launched_later = [product for product in first_day if launch[product] > 0]
+    assert len(launched_later) > 60  # most new items are seen, from their launch day on
+    assert sum(first_day[p] == launch[p] for p in launched_later) > 30
+
+
+def test_too_many_new_items_for_the_catalogue_is_rejected_by_name():
+    with pytest.raises(ConfigError, match=r"generate.new_items_per_day=50 launches 450 items"):
+        GenerateConfig(n_items=400, n_categories=8, days=10, new_items_per_day=50)
