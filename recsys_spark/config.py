@@ -101,6 +101,12 @@ class PathsConfig:
     checkpoints: str = "checkpoints"
     recommendations: str = "recommendations"
     reports: str = "reports"
+    # The shop's log of the recommendations it showed (schema.FEEDBACK_SCHEMA, Parquet; optional:
+    # clean skips it when absent), its valid rows by run_date, and its rejected rows with a reason
+    # (a table apart from quarantine: a sub-folder would break reading that partitioned table).
+    feedback: str = "feedback"
+    clean_feedback: str = "clean_feedback"
+    feedback_quarantine: str = "feedback_quarantine"
 
     def resolve(self, name: str) -> str:
         value = getattr(self, name)
@@ -292,8 +298,9 @@ class FeaturizeConfig:
     min_category_count: int = 1
     min_brand_count: int = 2
     min_user_count: int = 1
-    # A features folder of an earlier run whose vocabularies are reused instead of rebuilt
-    # (e.g. the one a registered model was trained on); empty = build them from this data.
+    # A features folder of an earlier run whose vocabularies are reused instead of rebuilt, or
+    # "@<alias>": the one the registered model at that alias was trained on (none yet: build);
+    # empty = build them from this data.
     vocab_from: str = ""
     # With vocab_from: "reuse" its vocabularies as they are (new products are out of
     # vocabulary), or "extend" them append-only (known values keep their index, this data's new
@@ -335,6 +342,8 @@ class FeaturizeConfig:
         })
         if not 0 <= self.min_eval_user_share <= 1:
             raise ConfigError(f"featurize.min_eval_user_share must lie in [0, 1], got {self.min_eval_user_share}")
+        if self.vocab_from == "@":
+            raise ConfigError("featurize.vocab_from='@' names no alias: write @champion, or a features folder")
         if self.vocab_mode == "extend" and not self.vocab_from:
             raise ConfigError("featurize.vocab_mode=extend needs featurize.vocab_from: the features folder whose "
                               "vocabularies to extend")
@@ -771,7 +780,8 @@ class ScoreConfig:
     # one (cost: draws x pool Beta samples on the driver).
     thompson_draws: int = 1024
     # Thompson: Parquet of logged feedback counts (product_id, exposures, clicks), added to the
-    # priors; empty = priors only.
+    # priors; empty = priors only. featurize writes them to <paths.features>/feedback_counts
+    # (from paths.clean_feedback, the run dates before its serve snapshot).
     feedback_counts_path: str = ""
     # Boost: added to a pool item's model score before the greedy ranking (score units: for a
     # "mixture" model a log-probability, +1 multiplies the item's probability by e).

@@ -99,6 +99,30 @@ def extend_vocabs(previous: dict[str, DataFrame], steps: DataFrame, events: Data
     return {**grown, "item": items.localCheckpoint(eager=True)}
 
 
+def resolve_vocab_from(cfg: Config) -> str:
+    """``featurize.vocab_from`` as a folder: ``@<alias>`` names the features folder the
+    registered model at that alias was trained on (``@champion`` for daily incremental runs).
+
+    Returns:
+        the folder, or "" to build the vocabularies from this data (no vocab_from, or no model
+        at the alias yet: a first run, said in a log line).
+    """
+    value = cfg.featurize.vocab_from
+    if not value.startswith("@"):
+        return value
+    from recsys_spark.models import registry
+
+    found = registry.training_features(cfg, value[1:])
+    if found is None:
+        log.warning("featurize.vocab_from=%s: %r has no such alias yet; building the vocabularies from this data",
+                    value, cfg.mlflow.registered_model)
+        return ""
+    folder, version = found
+    log.info("featurize.vocab_from=%s: version %s was trained on %s; %s its vocabularies", value, version, folder,
+             "extending" if cfg.featurize.vocab_mode == "extend" else "reusing")
+    return folder
+
+
 def load_vocabs(spark: SparkSession, features_root: str, steps: DataFrame, split: Split) -> dict[str, DataFrame]:
     """The vocabularies saved under ``features_root`` (``featurize.vocab_from``), checked
     against the versions in its metadata.json; item counts are recounted on ``steps``.
@@ -264,11 +288,12 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     clean_path = cfg.paths.resolve("clean")
     io.require_input(spark, clean_path, "paths.clean")
     root = cfg.paths.resolve("features")
-    if fc.vocab_from:
-        if fc.vocab_from.rstrip("/") == root.rstrip("/"):
-            raise ConfigError(f"featurize.vocab_from ({fc.vocab_from}) must differ from paths.features: "
+    vocab_from = resolve_vocab_from(cfg)
+    if vocab_from:
+        if vocab_from.rstrip("/") == root.rstrip("/"):
+            raise ConfigError(f"featurize.vocab_from ({vocab_from}) must differ from paths.features: "
                               "copy the vocabularies elsewhere first")
-        io.require_input(spark, fc.vocab_from, "featurize.vocab_from")
+        io.require_input(spark, vocab_from, "featurize.vocab_from")
     length = fc.max_seq_len
     started = time.monotonic()
 
@@ -288,8 +313,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         events, raw_steps = split.attach(events), split.attach(collapsed)
         if split.per_user:
             raw_steps = raw_steps.persist()
-        if fc.vocab_from:
-            vocabs = load_vocabs(spark, fc.vocab_from, raw_steps, split)
+        if vocab_from:
+            vocabs = load_vocabs(spark, vocab_from, raw_steps, split)
             if fc.vocab_mode == "extend":
                 vocabs = extend_vocabs(vocabs, raw_steps, events, split, fc)
         else:
@@ -353,8 +378,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             "snapshots": {name: as_of.isoformat() for name, as_of in times.items()},
             "train_files": files,
             "quality_report": report_path,
-            "vocab_from": fc.vocab_from,
-            "vocab_mode": fc.vocab_mode if fc.vocab_from else "build",
+            "vocab_from": vocab_from,
+            "vocab_mode": fc.vocab_mode if vocab_from else "build",
         }
         extra["protocol_reason"] = split.reason
         metadata = build_metadata(versions, split, fc.price_buckets, length, counts, extra)

@@ -55,6 +55,41 @@ def load_bundle(cfg: Config, alias: str | None = None, version: int | None = Non
         return ModelBundle.load(path), str(model_version.version)
 
 
+def training_features(cfg: Config, alias: str) -> tuple[str, str] | None:
+    """The features folder the model at ``alias`` was trained on (its train run's
+    ``paths.root`` and ``paths.features`` params, resolved as that run resolved them).
+
+    Returns:
+        (the folder, the model version), or None when the registered model or the alias does
+        not exist yet (a first run).
+
+    Raises:
+        InputError: the version's run logged no paths params; any other registry error (e.g.
+            an unreachable tracking server) propagates: it must not pass for "no model".
+    """
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from recsys_spark.config import PathsConfig
+
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    name = cfg.mlflow.registered_model
+    client = MlflowClient()
+    try:
+        model_version = client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+    params = client.get_run(model_version.run_id).data.params
+    if "paths.features" not in params or "paths.root" not in params:
+        raise InputError(f"registered model {name!r} version {model_version.version} (@{alias}): its run "
+                         f"{model_version.run_id} logged no paths.features param; set featurize.vocab_from to its features folder")
+    paths = PathsConfig(root=params["paths.root"], features=params["paths.features"])
+    return paths.resolve("features"), str(model_version.version)
+
+
 def _find(root: str, filename: str) -> str:
     for folder, _, files in os.walk(root):
         if filename in files:

@@ -112,3 +112,22 @@ def test_no_parent_or_another_shape_trains_from_scratch_and_a_foreign_vocabulary
         runner.run(spark, config(root, foreign, mode="incremental", epochs=1))
     with pytest.raises(InputError, match="train.replay_windows=101 exceeds the 100 windows of the history before"):
         runner.run(spark, config(root, root / "day2", mode="incremental", replay_windows=101, epochs=1))
+
+
+def test_vocab_from_an_alias_is_the_folder_that_models_features_came_from(spark, parent, caplog):
+    import dataclasses
+
+    from recsys_spark.features.featurize import resolve_vocab_from
+
+    root, _ = parent
+    cfg = config(root, root / "day3")
+
+    def at(value):
+        return dataclasses.replace(cfg, featurize=dataclasses.replace(cfg.featurize, vocab_from=value,
+                                                                       vocab_mode="extend"))
+
+    assert resolve_vocab_from(at("@champion")) == str(root / "day1")
+    assert resolve_vocab_from(at(str(root / "elsewhere"))) == str(root / "elsewhere")
+    # A first run: no model at the alias yet, so the vocabularies are built from the data.
+    assert resolve_vocab_from(at("@nobody")) == ""
+    assert "featurize.vocab_from=@nobody: 'recsys_two_tower' has no such alias yet" in caplog.text
