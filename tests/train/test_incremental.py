@@ -26,15 +26,15 @@ WINDOWS = 200  # per day; day 2's windows end 100 minutes later: 100 new, 100 th
 REPLAY = 40
 
 
-def config(root, features, alias="challenger", **train):
+def config(root, features, alias="challenger", checkpoints=None, **train):
     """The day's config; the parent registers as @champion, its children as @challenger (the gate
     of evaluate promotes, not training)."""
     values = {"launcher": "local", "epochs": 2, "batch_size": 32, "embedding_dim": 16, "num_layers": 1,
               "uniform_negatives": 16, "warmup_steps": 0, "lr_schedule": "constant", "lr": 0.01, "dropout": 0.0,
               "patience": 0, "threads_per_proc": 1, "replay_windows": REPLAY, **train}
     return load_config(None, [f"paths.root={root}", f"paths.features={features}",
-                              f"paths.checkpoints={features}_checkpoints", f"mlflow.alias={alias}",
-                              *[f"train.{k}={v}" for k, v in values.items()]])
+                              f"paths.checkpoints={checkpoints or str(features) + '_checkpoints'}",
+                              f"mlflow.alias={alias}", *[f"train.{k}={v}" for k, v in values.items()]])
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +131,32 @@ def test_vocab_from_an_alias_is_the_folder_that_models_features_came_from(spark,
     # A first run: no model at the alias yet, so the vocabularies are built from the data.
     assert resolve_vocab_from(at("@nobody")) == ""
     assert "featurize.vocab_from=@nobody: 'recsys_two_tower' has no such alias yet" in caplog.text
+
+
+@pytest.mark.distributed
+def test_two_horovod_ranks_start_from_the_parent_and_resume_an_incremental_run_exactly(spark, parent):
+    import json
+
+    root, first = parent
+    horovod = {"mode": "incremental", "launcher": "horovod_spark", "num_proc": 2, "device": "cpu"}
+    # Frozen (lr 0): both ranks start from the grown parent (the ranks' checksums must agree),
+    # and what is registered is the parent's rows.
+    frozen = runner.run(spark, config(root, root / "day2", checkpoints=root / "hvd_frozen", lr=0.0, epochs=1,
+                                      **horovod))
+    cfg = config(root, root / "day2")
+    parent_rows = load_bundle(cfg, version=int(first["version"]))[0].state_dict["item_tower.id_embedding.weight"]
+    child_rows = load_bundle(cfg, version=int(frozen["version"]))[0].state_dict["item_tower.id_embedding.weight"]
+    assert torch.equal(child_rows[:OLD_ITEMS], parent_rows)
+
+    # Two passes at once, or one pass and a resume to two: the same weights on every rank.
+    def checksums(summary):
+        mlflow.set_tracking_uri(cfg.tracking_uri)
+        return json.loads(MlflowClient().get_run(summary["run_id"]).data.tags["train.rank_checksums"])
+
+    whole = runner.run(spark, config(root, root / "day2", checkpoints=root / "hvd_whole", epochs=2, **horovod))
+    runner.run(spark, config(root, root / "day2", checkpoints=root / "hvd_resumed", epochs=1, **horovod))
+    resumed = runner.run(spark, config(root, root / "day2", checkpoints=root / "hvd_resumed", epochs=2,
+                                       resume="true", **horovod))
+    assert len(set(checksums(whole))) == 1
+    assert checksums(resumed) == checksums(whole)
+    assert resumed["steps"] == whole["steps"]
