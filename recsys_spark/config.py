@@ -399,6 +399,10 @@ class TrainConfig:
     # what the parent learnt (ADER's exemplar replay used 30k). 0 = the new windows alone
     # (plain fine-tuning, which forgets). More than the older windows there are is an error.
     replay_windows: int = 30000
+    # Every run logs AdamW's moments after its last step (training/optimizer_moments.pt, twice
+    # the weights' size), and an incremental run continues its parent's (grown tables' new rows
+    # start at zero); false: neither, an incremental run's optimiser starts fresh.
+    warm_optimizer: bool = True
     # The training windows read (a folder laid out as features/train); empty = <paths.features>/train.
     # train.mode=incremental sets it to the selection it writes under <paths.checkpoints>.
     windows_path: str = ""

@@ -102,3 +102,32 @@ def grow_state(parent_state: Mapping[str, Tensor], parent_args: Mapping[str, Any
             rows = added[has_mean]
             table[rows] = sums[categories[rows]] / counts[categories[rows], None]
     return grown
+
+
+def grow_moments(moments: Mapping[str, Mapping[str, Any]], grown_state: Mapping[str, Tensor]) -> dict[str, dict[str, Any]]:
+    """The parent's optimiser moments in the shapes of the grown weights.
+
+    Args:
+        moments: {parameter name (a state-dict key): {"step", "exp_avg", "exp_avg_sq"}}, AdamW's
+            state of the parent's last step (see ``train.loop.optimizer_moments``).
+        grown_state: :func:`grow_state`'s result.
+
+    Returns:
+        The same moments with every grown table padded with zero rows (a new row has no history:
+        AdamW treats it as it treats a fresh parameter's); names the grown model lacks are dropped.
+    """
+    grown: dict[str, dict[str, Any]] = {}
+    for name, state in moments.items():
+        if name not in grown_state:
+            continue
+        shape = grown_state[name].shape
+        entry = {"step": state["step"]}
+        for key in ("exp_avg", "exp_avg_sq"):
+            tensor = state[key]
+            if tensor.shape != shape:
+                padded = torch.zeros(shape, dtype=tensor.dtype)
+                padded[: tensor.shape[0]] = tensor
+                tensor = padded
+            entry[key] = tensor.clone()
+        grown[name] = entry
+    return grown

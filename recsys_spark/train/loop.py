@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from recsys_spark import io
 from recsys_spark import schema
@@ -176,6 +176,7 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
 
     model = TwoTowerModel(**model_args)
     checkpoints = cfg.paths.resolve("checkpoints")
+    warm: dict[str, Any] = {}
     if tc.mode == "incremental":
         # Rank 0 reads the grown parent and hands it over; a resumed run overwrites it below.
         warm = read_on_main(comm, lambda: read_checkpoint(checkpoints, WARM_START))
@@ -204,6 +205,8 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
     # steps from diverging.
     peak_lr = tc.lr * size
     optimizer = torch.optim.AdamW(task.parameters(), lr=peak_lr, weight_decay=tc.weight_decay)
+    if warm.get("moments"):
+        restore_moments(optimizer, model, warm["moments"])
     train_path = tc.windows_path or io.feature_path(features, "train")
     # Steps per pass as if the shards were even (uneven shards stop a little earlier); the
     # learning rate decays over the steps the run may take.
@@ -414,8 +417,42 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
         result.update(state_dict=best_state, model_args=model_args, history=history,
                       best_evaluation=best["evaluation"], best_epoch=best["epoch"], best_step=best["step"],
                       stopped_early=stop_reason.startswith("no gain"), stop_reason=stop_reason,
-                      resumed_from=resumed_from)
+                      resumed_from=resumed_from,
+                      optimizer_moments=optimizer_moments(optimizer, model) if tc.warm_optimizer else None)
     return result
+
+
+def optimizer_moments(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, dict[str, Any]]:
+    """AdamW's state of each model parameter (by state-dict key, CPU copies) after the last
+    step: what an incremental child continues from (``train.warm_optimizer``)."""
+    moments = {}
+    for name, param in model.named_parameters():
+        state = optimizer.state.get(param)
+        if state and "exp_avg" in state:
+            moments[name] = {"step": float(state["step"]), "exp_avg": state["exp_avg"].detach().cpu().clone(),
+                             "exp_avg_sq": state["exp_avg_sq"].detach().cpu().clone()}
+    return moments
+
+
+def restore_moments(optimizer: torch.optim.Optimizer, model: nn.Module, moments: dict[str, dict[str, Any]]) -> int:
+    """Load :func:`optimizer_moments` (grown by ``models.growth.grow_moments``) into a fresh
+    AdamW over ``model``'s parameters; a parameter without moments of its shape starts fresh.
+
+    Returns:
+        how many parameters got their moments back.
+    """
+    restored = 0
+    for name, param in model.named_parameters():
+        entry = moments.get(name)
+        if entry is None or entry["exp_avg"].shape != param.shape:
+            continue
+        optimizer.state[param] = {
+            "step": torch.tensor(float(entry["step"])),
+            "exp_avg": entry["exp_avg"].to(param.device, param.dtype).clone(),
+            "exp_avg_sq": entry["exp_avg_sq"].to(param.device, param.dtype).clone(),
+        }
+        restored += 1
+    return restored
 
 
 class Accumulated:

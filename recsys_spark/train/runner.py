@@ -28,6 +28,8 @@ LAYOUT_ARGS = ("max_seq_len", "num_event_codes", "num_gap_buckets", "num_price_b
 WINDOWS_END_TAG = "train.windows_end"
 # Where train.mode=incremental writes the windows it selected, under paths.checkpoints.
 INCREMENTAL_WINDOWS = "incremental_windows"
+# The run artifact holding AdamW's moments after the last step (train.warm_optimizer).
+MOMENTS_ARTIFACT = "training/optimizer_moments.pt"
 
 
 def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
@@ -64,7 +66,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             tags[WINDOWS_END_TAG] = end
         if parent is not None:
             tags.update({"train.parent_version": parent["version"], "train.parent_run_id": parent["run_id"],
-                         "train.new_windows": str(parent["new"]), "train.replayed_windows": str(parent["replayed"])})
+                         "train.new_windows": str(parent["new"]), "train.replayed_windows": str(parent["replayed"]),
+                         "train.optimizer_start": parent["optimizer"]})
         mlflow.set_tags(tags)
         log_inputs(features, spark)
         found = None
@@ -144,11 +147,37 @@ def warm_start(cfg: Config, metadata: dict[str, Any], item_vocab) -> dict[str, s
     if not end:
         raise InputError(f"train.mode=incremental: parent model version {version}'s run {run_id} has no "
                          f"{WINDOWS_END_TAG} tag (trained before it existed): train it again, or set train.mode=full")
+    moments = parent_moments(run_id, grown) if tc.warm_optimizer else None
     save_weights(cfg.paths.resolve("checkpoints"), WARM_START,
-                 {"model": grown, "model_args": child_args, "parent_version": version})
-    log.info("train.mode=incremental: starting from parent model version %s (%d items, now %d)", version,
-             parent_args["num_items"], child_args["num_items"])
-    return {"version": version, "run_id": run_id, "windows_end": end}
+                 {"model": grown, "model_args": child_args, "parent_version": version, "moments": moments})
+    log.info("train.mode=incremental: starting from parent model version %s (%d items, now %d), %s", version,
+             parent_args["num_items"], child_args["num_items"],
+             "with its optimiser moments" if moments else "with fresh optimiser moments")
+    return {"version": version, "run_id": run_id, "windows_end": end,
+            "optimizer": "parent's moments" if moments else "fresh"}
+
+
+def parent_moments(run_id: str, grown_state) -> dict[str, Any] | None:
+    """The optimiser moments the parent's run logged (:data:`MOMENTS_ARTIFACT`), grown to the
+    child's tables; None (with a log line) when the run logged none (train.warm_optimizer was off,
+    or it predates them)."""
+    import tempfile
+
+    import mlflow
+    import torch
+    from mlflow.exceptions import MlflowException
+
+    from recsys_spark.models import growth
+
+    with tempfile.TemporaryDirectory(prefix="recsys_moments_") as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MOMENTS_ARTIFACT, dst_path=tmp)
+        except (MlflowException, OSError) as exc:
+            log.warning("train.mode=incremental: the parent's run %s logged no %s (%s); its optimiser starts fresh",
+                        run_id, MOMENTS_ARTIFACT, str(exc).splitlines()[0][:200])
+            return None
+        moments = torch.load(path, map_location="cpu", weights_only=True)
+    return growth.grow_moments(moments, grown_state)
 
 
 def windows_end(spark: SparkSession, features: str) -> str | None:
@@ -282,6 +311,8 @@ def finish(cfg: Config, results: list[dict[str, Any]], item_vocab, run_id: str) 
     mlflow.log_metrics({f"best_{metric}": best[metric], f"best_{recall}": best[recall],
                         **{key: float(value) for key, value in at.items()}})
     tracking.log_json({"model_args": model_args, "history": history, **at}, "training/history.json")
+    if main.get("optimizer_moments"):
+        log_moments(main["optimizer_moments"])
     tracking.log_figure(training_curve(history, cfg.train.eval_k), "training/curve.png")
 
     from recsys_spark.models.pyfunc import log_model
@@ -311,6 +342,21 @@ def finish(cfg: Config, results: list[dict[str, Any]], item_vocab, run_id: str) 
         recall: round(best[recall], 5),
         "examples_per_s": round(history[-1]["examples_per_s"], 1),
     }
+
+
+def log_moments(moments: dict[str, Any]) -> None:
+    """Log AdamW's moments after the last step as :data:`MOMENTS_ARTIFACT` of the active run."""
+    import os
+    import tempfile
+
+    import mlflow
+    import torch
+
+    folder, name = MOMENTS_ARTIFACT.rsplit("/", 1)
+    with tempfile.TemporaryDirectory(prefix="recsys_moments_") as tmp:
+        path = os.path.join(tmp, name)
+        torch.save(moments, path)
+        mlflow.log_artifact(path, folder)
 
 
 def log_inputs(features: str, spark: SparkSession | None = None) -> None:

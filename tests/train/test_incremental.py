@@ -160,3 +160,32 @@ def test_two_horovod_ranks_start_from_the_parent_and_resume_an_incremental_run_e
     assert len(set(checksums(whole))) == 1
     assert checksums(resumed) == checksums(whole)
     assert resumed["steps"] == whole["steps"]
+
+
+def test_an_incremental_run_continues_the_parents_optimiser_moments(spark, parent):
+    from recsys_spark.train.loop import WARM_START, read_checkpoint
+
+    root, first = parent
+    cfg = config(root, root / "day2", checkpoints=root / "moments", mode="incremental", epochs=1)
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+
+    def logged_moments(run_id):
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=runner.MOMENTS_ARTIFACT)
+        return torch.load(path, weights_only=True)
+
+    parent_moments = logged_moments(first["run_id"])
+    table = "item_tower.id_embedding.weight"
+    assert parent_moments[table]["step"] == first["steps"]
+    summary = runner.run(spark, cfg)
+    warm = read_checkpoint(str(root / "moments"), WARM_START)["moments"]
+    # The parent's rows keep their moments; a new item's rows start at zero.
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(warm[table][key][:OLD_ITEMS], parent_moments[table][key])
+        assert not warm[table][key][OLD_ITEMS:].any()
+    # AdamW went on counting from the parent's steps.
+    assert logged_moments(summary["run_id"])[table]["step"] == first["steps"] + summary["steps"]
+    assert MlflowClient().get_run(summary["run_id"]).data.tags["train.optimizer_start"] == "parent's moments"
+
+    fresh = runner.run(spark, config(root, root / "day2", checkpoints=root / "fresh", mode="incremental", epochs=1,
+                                     warm_optimizer="false"))
+    assert MlflowClient().get_run(fresh["run_id"]).data.tags["train.optimizer_start"] == "fresh"
