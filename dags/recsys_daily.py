@@ -11,14 +11,38 @@ and score reads the champion.
 Runs are daily over a data interval: the run of ``ds`` = 2019-10-05 starts once that day is
 over (2019-10-06 00:00 UTC) and processes 2019-10-05.
 
+Daily incremental, weekly full. Train runs ``train.mode=full`` on the days whose date's
+proleptic ordinal (``date.toordinal()``) is a multiple of ``full_every_days`` (with 7, every
+Sunday; with 1, every day) and ``train.mode=incremental`` on the others. The rule reads the date
+alone, so a retry, a rerun or a backfill of a date trains as that date's first run did. The
+param ``train_mode`` forces one mode, for every run (its Variable) or for one run (``--conf
+'{"train_mode": "full"}'``), e.g. full after a change of the model's shape or of the featurize
+settings (README, "Daily incremental training"). An incremental run warm-starts from the
+champion and trains on the windows newer than it plus a replay sample; with no champion, or one
+of another shape, it trains in full by itself (and logs it). Featurize extends the champion's
+vocabularies append-only (``featurize.vocab_mode=extend featurize.vocab_from=@champion``; fresh
+ones while no model is registered), so each run's features go to a folder of their own,
+``<features>/ds=<ds>`` (under the config's ``paths.root`` unless a URI), which featurize, train,
+evaluate and score of the run all get as ``paths.features``. Whatever the mode, evaluate's gate
+still decides whether the new version becomes champion: a failed incremental run (a failed
+task, or a model that loses at the gate) never moves the champion, and the next run starts from
+the same one. The per-day features folders accumulate: delete old ones once no registered model
+version needs them (a version was trained on the folder of its run's ``ds``; the champion's is
+also where the next run's vocabularies come from).
+
 Settings, each a DAG param whose default comes from an Airflow Variable (read when the DAG
 file is parsed) or the built-in default below; a manual run can override any param
-(``airflow dags trigger recsys_daily --conf '{"config": "conf/cluster.yaml"}'``):
+(``airflow dags trigger recsys_daily --conf '{"config": "conf/cluster.yaml"}'``), and a value
+that does not fit the param (a ``train_mode`` not in the list, ``full_every_days`` below 1) is
+refused at parse or trigger time:
 
-  param       Variable                built-in default
-  config      recsys_config           conf/local.yaml        (relative to project)
-  py_files    recsys_py_files         dist/recsys_spark.zip  (relative to project)
-  project     recsys_project          the folder above this file's folder
+  param            Variable                built-in default
+  config           recsys_config           conf/local.yaml        (relative to project)
+  py_files         recsys_py_files         dist/recsys_spark.zip  (relative to project)
+  project          recsys_project          the folder above this file's folder
+  train_mode       recsys_train_mode       auto                   (auto, full or incremental)
+  full_every_days  recsys_full_every_days  7                      (auto: full every N days)
+  features         recsys_features         features               (each run's in <features>/ds=<ds>)
 
 The Spark master (and deploy mode, queue) is the Airflow connection ``recsys_spark_conn_id``
 (Variable; default ``spark_default``), e.g. ``airflow connections add spark_default
@@ -28,9 +52,12 @@ The Spark master (and deploy mode, queue) is the Airflow connection ``recsys_spa
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import DAG, Param, Variable
@@ -48,35 +75,75 @@ class Stage:
         name: the stage, also the job (``jobs/<name>.py``) and the task id.
         timeout: the task fails (and is retried) when one try runs longer.
         retries: further tries after a failure; every stage is safe to re-run.
-        dated: dotted overrides templated with the run's date.
+        overrides: dotted ``section.key=value`` overrides after the config, templates of the
+            run (``ds``, ``params`` and the DAG's macros).
     """
 
     name: str
     timeout: dt.timedelta
     retries: int
-    dated: tuple[str, ...] = ()
+    overrides: tuple[str, ...] = ()
 
+
+def train_mode(ds: str, params: Mapping[str, Any]) -> str:
+    """The run's ``train.mode``, a DAG macro: ``params.train_mode`` unless it is ``auto``; then full
+    on the dates whose proleptic ordinal is a multiple of ``params.full_every_days``, incremental
+    on the others. It reads the date alone, so every run of a date trains the same way.
+
+    Args:
+        ds: the run's date, ``YYYY-MM-DD``.
+        params: the run's params (``train_mode``, ``full_every_days``).
+
+    Returns:
+        ``"full"`` or ``"incremental"``.
+    """
+    if params["train_mode"] != "auto":
+        return params["train_mode"]
+    return "full" if dt.date.fromisoformat(ds).toordinal() % params["full_every_days"] == 0 else "incremental"
+
+
+# The run's own features folder: featurize, train, evaluate and score of a run must all get it.
+FEATURES = "paths.features={{ params.features.rstrip('/') }}/ds={{ ds }}"
 
 # In order. A try that runs past its timeout fails and is retried: size them to your data
 # (these suit a daily run of millions of events on a small cluster, train the long one; a
 # retry of train starts over, unless the config sets train.resume=true).
 STAGES = (
-    Stage("clean", dt.timedelta(minutes=45), retries=2, dated=("clean.start_date={{ ds }}", "clean.end_date={{ ds }}")),
-    Stage("featurize", dt.timedelta(hours=1), retries=2),
-    Stage("train", dt.timedelta(hours=4), retries=1),
-    Stage("evaluate", dt.timedelta(hours=1), retries=1),
-    Stage("score", dt.timedelta(hours=1), retries=2, dated=("score.run_date={{ ds }}",)),
+    Stage("clean", dt.timedelta(minutes=45), retries=2,
+          overrides=("clean.start_date={{ ds }}", "clean.end_date={{ ds }}")),
+    Stage("featurize", dt.timedelta(hours=1), retries=2,
+          overrides=(FEATURES, "featurize.vocab_mode=extend", "featurize.vocab_from=@champion")),
+    Stage("train", dt.timedelta(hours=4), retries=1, overrides=(FEATURES, "train.mode={{ train_mode(ds, params) }}")),
+    Stage("evaluate", dt.timedelta(hours=1), retries=1, overrides=(FEATURES,)),
+    Stage("score", dt.timedelta(hours=1), retries=2, overrides=(FEATURES, "score.run_date={{ ds }}")),
 )
 # The run's SLA: it fails when not done by then (the recommendations of `ds` are due the
 # morning after). Airflow 3 removed task SLAs (`sla=`); timeouts are how a run is held to one.
 RUN_TIMEOUT = dt.timedelta(hours=10)
 
+# param: (Airflow Variable, built-in default, the JSON schema a value must match)
 DEFAULTS = {
-    "config": ("recsys_config", "conf/local.yaml"),
-    "py_files": ("recsys_py_files", "dist/recsys_spark.zip"),
-    "project": ("recsys_project", PROJECT),
+    "config": ("recsys_config", "conf/local.yaml", {"type": "string"}),
+    "py_files": ("recsys_py_files", "dist/recsys_spark.zip", {"type": "string"}),
+    "project": ("recsys_project", PROJECT, {"type": "string"}),
+    "train_mode": ("recsys_train_mode", "auto", {"type": "string", "enum": ["auto", "full", "incremental"]}),
+    "full_every_days": ("recsys_full_every_days", 7, {"type": "integer", "minimum": 1}),
+    "features": ("recsys_features", "features", {"type": "string", "minLength": 1}),
 }
 CONN_ID = Variable.get("recsys_spark_conn_id", default="spark_default")
+
+
+def _param(variable: str, default: Any, schema: dict[str, Any]) -> Param:
+    """The param, its default the Variable's value, else ``default``.
+
+    Variables hold strings: an integer param's is read as one (a value that is not stays a string,
+    and the param's check names it).
+    """
+    value = Variable.get(variable, default=default)
+    if schema["type"] == "integer" and isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = int(value)
+    return Param(value, schema=schema)
 
 
 def _in_project(param: str) -> str:
@@ -89,8 +156,8 @@ def _in_project(param: str) -> str:
 
 
 def application_args(stage: Stage) -> list[str]:
-    """The job's arguments: the config file, then the dated overrides (templates)."""
-    return ["--config", _in_project("config"), *stage.dated]
+    """The job's arguments: the config file, then the stage's overrides (templates)."""
+    return ["--config", _in_project("config"), *stage.overrides]
 
 
 with DAG(
@@ -99,9 +166,12 @@ with DAG(
     schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
     start_date=dt.datetime(2019, 10, 1, tzinfo=dt.timezone.utc),
     catchup=False,
-    max_active_runs=1,  # runs share paths.features and the registry: one at a time, in order
+    # Runs share the registry (an incremental run starts from the champion the run before may
+    # have moved, and featurize extends that champion's vocabularies): one at a time, in order.
+    max_active_runs=1,
     dagrun_timeout=RUN_TIMEOUT,
-    params={name: Param(Variable.get(var, default=default), type="string") for name, (var, default) in DEFAULTS.items()},
+    params={name: _param(*setting) for name, setting in DEFAULTS.items()},
+    user_defined_macros={"train_mode": train_mode},
     default_args={"retry_delay": dt.timedelta(minutes=5), "retry_exponential_backoff": True},
     tags=["recsys_spark"],
 ) as dag:

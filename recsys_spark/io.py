@@ -145,10 +145,16 @@ def read_json(spark: SparkSession | None, path: str) -> Any:
 
 
 def local_uri(path: str) -> str:
-    """A URL for Petastorm / pyarrow: ``file:///abs/path`` for local paths, URIs unchanged."""
+    """A URL for Petastorm / pyarrow: ``file:///abs/path`` for local paths, URIs unchanged.
+
+    ``=`` stays as it is (``features/ds=2019-10-06``): pyarrow reads either form, but Petastorm
+    does not decode ``%3D``. Other characters are percent-encoded as ``Path.as_uri`` does.
+    """
     if is_uri(path):
         return path
-    return Path(path).resolve().as_uri()
+    from urllib.parse import quote
+
+    return "file://" + quote(str(Path(path).resolve()), safe="/=")
 
 
 # ----------------------------------------------------------------------------- tables

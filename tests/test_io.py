@@ -51,3 +51,21 @@ def test_each_feature_table_has_one_reader_that_names_the_key(spark, tmp_path):
         io.read_feature_metadata(spark, root)
     io.write_json(spark, io.feature_path(root, schema.FEATURE_METADATA), {"num_items": 7})
     assert io.read_feature_metadata(spark, root) == {"num_items": 7}
+
+
+def test_local_uri_keeps_an_equals_sign_for_petastorm_and_encodes_a_space_for_pyarrow(tmp_path):
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+    from petastorm import make_batch_reader
+
+    folder = tmp_path / "features" / "ds=2019-10-06" / "train"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"x": list(range(5))}), folder / "part-0.parquet")
+    uri = io.local_uri(str(folder))
+    assert uri == f"file://{folder}" and "%3D" not in uri
+    with make_batch_reader(uri, num_epochs=1, workers_count=1) as reader:
+        assert sum(len(batch.x) for batch in reader) == 5
+    spaced = tmp_path / "a b"
+    spaced.mkdir()
+    assert pafs.FileSystem.from_uri(io.local_uri(str(spaced)))[1] == str(spaced)
