@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recsys_spark import schema
@@ -102,6 +103,12 @@ class HadoopFs:
             out.close()
         self.fs.delete(self.path(text), False)
         self.fs.rename(tmp, self.path(text))
+
+
+def holds_data(spark: SparkSession, path: str) -> bool:
+    """Whether ``path`` exists and holds a data file (names starting with ``.`` or ``_`` skipped)."""
+    fs = HadoopFs(spark, path)
+    return fs.exists(path) and bool(fs.files(path))
 
 
 def exists(spark: SparkSession | None, path: str) -> bool:
@@ -204,6 +211,37 @@ def read_quarantine(spark: SparkSession, path: str) -> DataFrame:
     return spark.read.schema(struct).parquet(path)
 
 
+def read_feedback(spark: SparkSession, path: str) -> DataFrame | None:
+    """The shop's logged feedback as read: FEEDBACK_SCHEMA's columns with the types the files
+    have (clean types and checks them) and ``source_file``; None when ``path`` is missing or
+    holds no data file (feedback is optional). Parquet only.
+
+    Raises:
+        InputError: a column of the contract is missing (naming it, the path and the key).
+    """
+    if not holds_data(spark, path):
+        return None
+    df = spark.read.parquet(path)
+    missing = [f.name for f in schema.FEEDBACK_SCHEMA.fields if f.name not in df.columns]
+    if missing:
+        raise InputError(f"{path} lacks column(s) {', '.join(missing)} (config key paths.feedback)")
+    return df.select(*schema.FEEDBACK_SCHEMA.names, F.col("_metadata.file_path").alias(schema.SOURCE_FILE))
+
+
+def read_clean_feedback(spark: SparkSession, path: str) -> DataFrame | None:
+    """The clean feedback (CLEAN_FEEDBACK_SCHEMA); None when clean has never written it."""
+    if not exists(spark, path):
+        return None
+    return spark.read.schema(schema.CLEAN_FEEDBACK_SCHEMA).parquet(path)
+
+
+def read_recommendations(spark: SparkSession, path: str) -> DataFrame | None:
+    """The served recommendations (RECOMMENDATION_SCHEMA); None when score has written none."""
+    if not holds_data(spark, path):
+        return None
+    return read_table(spark, path, schema.RECOMMENDATION_SCHEMA, "paths.recommendations")
+
+
 # ----------------------------------------------------------------------------- features
 
 # The schema of each feature table the later stages read (featurize reads its vocabulary
@@ -215,6 +253,7 @@ FEATURE_SCHEMAS = {
     "test": schema.EVAL_SCHEMA,
     "user_history": schema.USER_HISTORY_SCHEMA,
     "user_split": schema.USER_SPLIT_SCHEMA,
+    "feedback_counts": schema.FEEDBACK_COUNTS_SCHEMA,
 }
 FEATURES_KEY = "paths.features"
 

@@ -6,6 +6,9 @@ Layers:
   clean        validated, de-duplicated, sessionised, pseudonymised events, by event_date
   features     vocabularies, training windows, evaluation rows, latest user histories
   recommendations  top-K per user, by run_date
+  feedback     what the shop logs back about the recommendations it showed (one row per
+               exposure); clean validates it into clean feedback by run_date, quarantining
+               bad rows with a reason; featurize counts it per item
 """
 
 from __future__ import annotations
@@ -281,6 +284,7 @@ USER_SPLIT_SCHEMA = T.StructType(
 FEATURE_TABLES = (
     "item_vocab", "train", "validation", "test", "user_history",
     "category_vocab", "brand_vocab", "user_vocab", "item_features", "user_features", "user_split",
+    "feedback_counts",
 )
 FEATURE_METADATA = "metadata.json"
 # The data-quality report of featurize, under paths.reports.
@@ -314,6 +318,83 @@ RECOMMENDATION_SCHEMA = T.StructType(
         T.StructField(MODEL_NAME, T.StringType(), False),
         T.StructField(MODEL_VERSION, T.StringType(), False),
         T.StructField(RUN_DATE, T.DateType(), False),  # partition column
+    ]
+)
+
+# ----------------------------------------------------------------------------- feedback
+# What the shop logs back (paths.feedback, Parquet): one row per exposure, i.e. one recommended
+# item shown to a user, with the served row's key and propensity copied as served, and what the
+# user did. clean (etl/feedback.py) checks every row against paths.recommendations: the key
+# (user_id, item_id, run_date, slot) must name a served row and the propensity must be the
+# served one. Non-nullable fields are required (a null is quarantined); purchased may be null
+# (not logged), as may shown_at, policy and policy_version.
+SHOWN_AT = "shown_at"
+CLICKED = "clicked"
+PURCHASED = "purchased"
+
+FEEDBACK_SCHEMA = T.StructType(
+    [
+        T.StructField(USER_ID, T.StringType(), False),  # the pseudonym, exactly as in the recommendations
+        T.StructField(ITEM_ID, T.LongType(), False),  # the raw product_id
+        T.StructField(RUN_DATE, T.DateType(), False),  # the recommendations partition that was served
+        T.StructField(SLOT, T.IntegerType(), False),  # 0-based, as served
+        T.StructField(PROPENSITY, T.DoubleType(), False),  # as served, in (0, 1]
+        T.StructField(POLICY, T.StringType(), True),
+        T.StructField(POLICY_VERSION, T.StringType(), True),
+        T.StructField(SHOWN_AT, T.TimestampType(), True),
+        T.StructField(CLICKED, T.BooleanType(), False),
+        T.StructField(PURCHASED, T.BooleanType(), True),
+    ]
+)
+# One exposure: a served row of the recommendations.
+EXPOSURE_KEY = [USER_ID, ITEM_ID, RUN_DATE, SLOT]
+
+# paths.clean_feedback: the valid rows, one per exposure, partitioned by run_date (the column
+# comes last, as a partitioned table reads back).
+CLEAN_FEEDBACK_SCHEMA = T.StructType(
+    [*[f for f in FEEDBACK_SCHEMA.fields if f.name != RUN_DATE], FEEDBACK_SCHEMA[RUN_DATE]]
+)
+
+# paths.feedback_quarantine: QUARANTINE_SCHEMA (raw_record = the row's contract columns as read,
+# as JSON) partitioned by run_date (null when the row has none: Spark's null partition).
+FEEDBACK_QUARANTINE_SCHEMA = T.StructType([*QUARANTINE_SCHEMA.fields, T.StructField(RUN_DATE, T.DateType(), True)])
+# Reasons, in the order they are tested (a row gets the first that matches); a value of the
+# wrong type counts as missing.
+FEEDBACK_NULL_ITEM = "null_item_id"
+FEEDBACK_NULL_RUN_DATE = "null_run_date"
+FEEDBACK_NULL_SLOT = "null_slot"
+FEEDBACK_NEGATIVE_SLOT = "negative_slot"
+FEEDBACK_NULL_PROPENSITY = "null_propensity"  # null or NaN
+FEEDBACK_NONPOSITIVE_PROPENSITY = "nonpositive_propensity"  # <= 0
+FEEDBACK_PROPENSITY_ABOVE_ONE = "propensity_above_one"
+FEEDBACK_NULL_CLICKED = "null_clicked"
+FEEDBACK_UNKNOWN_EXPOSURE = "unknown_exposure"  # no served row with the same key
+FEEDBACK_PROPENSITY_DIFFERS = "propensity_differs_from_served"  # by more than 1e-9 relative
+FEEDBACK_DUPLICATE = "duplicate_exposure"  # a valid row's key seen again: one is kept
+FEEDBACK_REASON_CODES = [
+    REASON_NULL_USER,
+    FEEDBACK_NULL_ITEM,
+    FEEDBACK_NULL_RUN_DATE,
+    FEEDBACK_NULL_SLOT,
+    FEEDBACK_NEGATIVE_SLOT,
+    FEEDBACK_NULL_PROPENSITY,
+    FEEDBACK_NONPOSITIVE_PROPENSITY,
+    FEEDBACK_PROPENSITY_ABOVE_ONE,
+    FEEDBACK_NULL_CLICKED,
+    FEEDBACK_UNKNOWN_EXPOSURE,
+    FEEDBACK_PROPENSITY_DIFFERS,
+    FEEDBACK_DUPLICATE,
+]
+
+# Feature table feedback_counts: clean feedback per item over the run_dates before the serve
+# snapshot; what score.feedback_counts_path reads (scoring/score.py read_feedback_counts).
+EXPOSURES = "exposures"
+CLICKS = "clicks"
+FEEDBACK_COUNTS_SCHEMA = T.StructType(
+    [
+        T.StructField(PRODUCT_ID, T.LongType(), False),
+        T.StructField(EXPOSURES, T.LongType(), False),
+        T.StructField(CLICKS, T.LongType(), False),  # exposures with clicked = true
     ]
 )
 

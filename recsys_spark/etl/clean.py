@@ -7,6 +7,9 @@ and writes
                         reason and its original content with the user id replaced by its
                         pseudonym (the raw user id appears in no output),
   ``paths.reports``/clean_report.json  the reconciliation, also logged to MLflow.
+It also validates the shop's logged feedback, ``paths.feedback`` when present, into
+``paths.clean_feedback`` and ``paths.feedback_quarantine`` (feedback.py; its counts under
+``feedback`` in the report).
 
 What happens to a row, in this order (each row has exactly one fate):
   rejected (a reason code, see validate.py) > exact duplicate > near-duplicate (same user,
@@ -40,7 +43,7 @@ from recsys_spark import io, tracking, waits
 from recsys_spark import schema
 from recsys_spark.config import CleanConfig, Config
 from recsys_spark.errors import DataQualityError, relax_hint
-from recsys_spark.etl import adapters, publish
+from recsys_spark.etl import adapters, feedback, publish
 from recsys_spark.etl.pseudonym import (
     hmac_sha256_hex, pseudonym_key, pseudonym_or_empty, redact_csv_line, redact_json_line, with_key,
     KEY_IPAD, KEY_OPAD,
@@ -344,7 +347,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 
     Raises:
         InputError: ``paths.raw`` is missing or empty for the window, a CSV header does not
-            match the layout, or no pseudonymisation key is set.
+            match the layout, no pseudonymisation key is set, or ``paths.feedback`` lacks a
+            column (the events are published by then).
         ConfigError: a bad window, threshold, alias or files per day.
         DataQualityError: the counts do not reconcile (nothing is replaced then).
     """
@@ -438,8 +442,10 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         publish.swap_partitions(spark, staged_clean, clean_path, schema.EVENT_DATE, list(dates), run_id)
         undated = [None] if int(counts["undated"]) or any(f.load_date is None for f in files) else []
         publish.swap_partitions(spark, staged_quarantine, quarantine_path, schema.LOAD_DATE, [*dates, *undated], run_id)
+        # The shop's feedback on served recommendations, if any (etl/feedback.py): published on its own.
+        fed_back = feedback.clean_feedback(spark, cfg)
 
-        report = build_report(outcome, dates, clean_path, quarantine_path, bots)
+        report = build_report(outcome, dates, clean_path, quarantine_path, bots, fed_back)
         io.write_json(spark, report_path, report)
         tracking.log_json(report, REPORT_FILE)
         metrics = {f"clean.{k}": v for k, v in report.items() if isinstance(v, int)}
@@ -447,6 +453,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         metrics.update({f"clean.bots.{rule}.{k}": v for rule, figures in bots["rules"].items()
                         for k, v in figures.items()})
         metrics["clean.bots.row_share"] = bots["row_share"]
+        metrics.update(feedback.feedback_metrics(fed_back))
         mlflow.log_metrics(metrics)
         if bots["warning"]:
             mlflow.set_tag("clean.warning", bots["warning"])
@@ -459,8 +466,9 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 
 
 def build_report(outcome: Outcome, dates: list[str], clean_path: str, quarantine_path: str,
-                 bots: dict[str, Any]) -> dict[str, Any]:
-    """The contents of clean_report.json (and the stage's summary: a warning is printed with it)."""
+                 bots: dict[str, Any], fed_back: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The contents of clean_report.json (and the stage's summary: a warning is printed with it);
+    ``feedback``: :func:`feedback.clean_feedback`'s counts, when given."""
     report = {
         "rows_read": outcome.rows_read,
         "rows_kept": outcome.rows_kept,
@@ -474,6 +482,8 @@ def build_report(outcome: Outcome, dates: list[str], clean_path: str, quarantine
         "clean_path": clean_path,
         "quarantine_path": quarantine_path,
     }
+    if fed_back is not None:
+        report["feedback"] = fed_back
     if bots["warning"]:
         report["warning"] = bots["warning"]
     return report

@@ -1,10 +1,12 @@
 """The ``featurize`` stage: clean events to vocabularies, features, training windows and
 evaluation rows.
 
-Reads ``paths.clean``; writes under ``paths.features`` the tables of schema.FEATURE_TABLES and
-``metadata.json`` (the sizes a model is built with, the vocabulary versions, the cutoffs and
-the counts), and the data-quality report under ``paths.reports``. Nothing is written under
-``paths.features`` until the data-quality checks and the leakage guard have passed.
+Reads ``paths.clean`` and, when clean wrote it, ``paths.clean_feedback`` (the exposures and
+clicks per item of ``feedback_counts``); writes under ``paths.features`` the tables of
+schema.FEATURE_TABLES and ``metadata.json`` (the sizes a model is built with, the vocabulary
+versions, the cutoffs and the counts), and the data-quality report under ``paths.reports``.
+Nothing is written under ``paths.features`` until the data-quality checks and the leakage
+guard have passed.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from recsys_spark import io, tracking
 from recsys_spark import schema
 from recsys_spark.config import Config, EvaluateConfig, FeaturizeConfig
 from recsys_spark.errors import ConfigError, DataQualityError, InputError, relax_hint
+from recsys_spark.etl import feedback
 from recsys_spark.features import quality
 from recsys_spark.features import vocab
 from recsys_spark.features.layout import block_mb, plan_train_files, shuffle_for_training, window_bytes
@@ -372,6 +375,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         io.write_table(items, paths["item_features"])
         io.write_table(users, paths["user_features"])
         io.write_table(schema.conform(split.user_table(raw_steps), schema.USER_SPLIT_SCHEMA), paths["user_split"])
+        io.write_table(feedback.feedback_counts(spark, cfg, times["serve"]), paths["feedback_counts"])
         progress(f"wrote {len(paths)} tables under {root}")
 
         extra = {

@@ -476,7 +476,8 @@ def test_run_writes_every_table_with_its_schema_and_the_metadata(spark, tmp_path
                "test": schema.EVAL_SCHEMA, "user_history": schema.USER_HISTORY_SCHEMA,
                "category_vocab": schema.CATEGORY_VOCAB_SCHEMA, "brand_vocab": schema.BRAND_VOCAB_SCHEMA,
                "user_vocab": schema.USER_VOCAB_SCHEMA, "item_features": schema.ITEM_FEATURES_SCHEMA,
-               "user_features": schema.USER_FEATURES_SCHEMA, "user_split": schema.USER_SPLIT_SCHEMA}
+               "user_features": schema.USER_FEATURES_SCHEMA, "user_split": schema.USER_SPLIT_SCHEMA,
+               "feedback_counts": schema.FEEDBACK_COUNTS_SCHEMA}
     assert set(schemas) == set(schema.FEATURE_TABLES)
     tables = {}
     for name, struct in schemas.items():
