@@ -687,10 +687,23 @@ class EvaluateConfig:
     bootstrap_samples: int = 1000
     bootstrap_seed: int = 5
     confidence: float = 0.95
+    # Off-policy evaluation of the challenger under the score settings (evaluation/offpolicy.py)
+    # on paths.clean_feedback: its last ope_days run dates (0 = all); an estimate whose importance
+    # weights have an effective sample size below ope_min_ess is withheld, with the reason; the
+    # DM/DR reward model shrinks each item's click lift to 1 by ope_prior_clicks pseudo-clicks.
+    ope_days: int = 7
+    ope_min_ess: float = 100.0
+    ope_prior_clicks: float = 5.0
 
     def __post_init__(self) -> None:
         """Raise ConfigError naming the first EASE or bootstrap setting out of range (types are checked
         by from_dict): before Spark starts, not after training."""
+        if self.ope_days < 0:
+            raise ConfigError(f"evaluate.ope_days: expected >= 0 (0 = every run date), got {self.ope_days}")
+        if not self.ope_min_ess >= 0:
+            raise ConfigError(f"evaluate.ope_min_ess: expected >= 0, got {self.ope_min_ess}")
+        if not self.ope_prior_clicks > 0:
+            raise ConfigError(f"evaluate.ope_prior_clicks: expected > 0, got {self.ope_prior_clicks}")
         ease = "ease" in self.baselines  # an unused grid may be empty
         if (ease and not self.ease_lambdas) or not all(v > 0 for v in self.ease_lambdas):
             raise ConfigError(f"evaluate.ease_lambdas must be a non-empty list of values > 0, got {self.ease_lambdas}")

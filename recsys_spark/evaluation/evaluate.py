@@ -14,6 +14,9 @@ the registry gate.
    log, the report, the MLflow run and the challenger's model version tags.
 4. The report: ``evaluation.json`` and ``evaluation.html`` under ``paths.reports``, both logged
    to the MLflow run with the headline metrics.
+5. Off-policy: with ``paths.clean_feedback``, the challenger under ``cfg.score`` is valued on the
+   last ``evaluate.ope_days`` logged run dates (:mod:`~recsys_spark.evaluation.offpolicy`;
+   report key "off_policy", MLflow ``ope.<estimator>.clicks_per_list`` / ``.low`` / ``.high`` / ``.ess``).
 
 Metric definitions: :mod:`recsys_spark.evaluation.metrics`.
 """
@@ -37,7 +40,7 @@ from recsys_spark import io, tracking
 from recsys_spark import schema
 from recsys_spark.config import Config, EvaluateConfig
 from recsys_spark.errors import InputError
-from recsys_spark.evaluation import baselines
+from recsys_spark.evaluation import baselines, offpolicy
 from recsys_spark.evaluation.intervals import Interval, as_bounds, as_differences, by_user, compare
 from recsys_spark.evaluation.report import DEFINITIONS, SPLITS, figures, grid_table, render_html
 from recsys_spark.evaluation.metrics import (
@@ -482,6 +485,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             "paired": as_differences(paired),
             "gate": decision.as_dict(),
             "mlflow_run_id": active.info.run_id,
+            "off_policy": off_policy(spark, cfg, bundle, vocab, version),
         }
         _log_to_mlflow(report, decision, ks)
         reports = cfg.paths.resolve("reports").rstrip("/")
@@ -670,6 +674,26 @@ def check_same_vocabulary(bundle, vocab: pd.DataFrame, num_items: int, version: 
         )
 
 
+def off_policy(spark: SparkSession, cfg: Config, bundle, vocab: pd.DataFrame, version: str) -> dict[str, Any]:
+    """The report's "off_policy" section: the challenger under ``cfg.score`` valued on the last
+    ``evaluate.ope_days`` run dates of ``paths.clean_feedback`` (see
+    :func:`recsys_spark.evaluation.offpolicy.evaluate_target`), or one line saying there is none."""
+    path = cfg.paths.resolve("clean_feedback")
+    feedback = io.read_clean_feedback(spark, path)
+    if feedback is None or feedback.isEmpty():
+        log.info("evaluate: no clean feedback at %s: off-policy evaluation skipped", path)
+        return offpolicy.no_feedback(path)
+    days = cfg.evaluate.ope_days
+    if days:
+        dates = [r[0] for r in feedback.select(schema.RUN_DATE).distinct().orderBy(F.desc(schema.RUN_DATE)).limit(days)
+                 .collect()]
+        feedback = feedback.where(F.col(schema.RUN_DATE).isin(dates))
+    section = offpolicy.evaluate_target(spark, cfg, bundle, feedback, vocab, version)
+    for name, found in section.get("estimates", {}).items():
+        log.info("evaluate: off-policy %s: %s", name, found["value"] if found["value"] is not None else found["reason"])
+    return section
+
+
 def _champion(cfg: Config, ec: EvaluateConfig, challenger: str, vocab: pd.DataFrame, num_items: int):
     """(bundle or None, version or None, note): the champion to compare with, when there is one
     other than the challenger and it was trained on the current vocabulary."""
@@ -728,6 +752,7 @@ def _log_to_mlflow(report: Mapping[str, Any], decision, ks: Sequence[int]) -> No
                 metrics[mlflow_key(f"paired.{pair}.{name}.{field}")] = found[field]
     if "users_evaluated" in report:
         metrics["users_evaluated"] = report["users_evaluated"]
+    metrics.update(offpolicy.mlflow_metrics(report.get("off_policy", {})))
     mlflow.log_metrics(metrics)
     params = {
         f"baseline.{family}.{key}": value

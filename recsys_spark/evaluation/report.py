@@ -114,7 +114,36 @@ def figures(report: Mapping[str, Any]) -> dict[str, Any]:
     pairs = {pair: found[primary] for pair, found in report.get("paired", {}).items() if primary in found}
     if pairs:
         out["paired"] = paired_figure(pairs, primary, report.get("bootstrap", {}).get("confidence"))
+    deciles = report.get("off_policy", {}).get("exposure_deciles")
+    if deciles:
+        out["exposure"] = exposure_figure(deciles)
     return out
+
+
+def exposure_figure(deciles: Mapping[str, Mapping[str, Any]]):
+    """Exposure share by training-popularity decile, one bar group per decile.
+
+    Args:
+        deciles: {"logged": {"shares": [10], "exposures": n, "unknown": n}, "target": {...}}:
+            the logged feedback's exposures and the target policy's lists on the same users.
+
+    Returns:
+        a matplotlib Figure.
+    """
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 3.8))
+    axis = figure.subplots()
+    labels = {"logged": "logged policy (clean feedback)", "target": "target policy (challenger, score settings)"}
+    values = {f"{labels.get(name, name)}, {found['exposures']:,} exposures": found["shares"]
+              for name, found in deciles.items() if found["exposures"]}
+    _grouped_bars(axis, [str(d) for d in range(1, len(next(iter(deciles.values()))["shares"]) + 1)], values)
+    axis.axhline(0.1, color="black", linestyle="--", linewidth=1, label="uniform over the catalogue (10%)")
+    axis.set(xlabel="training popularity decile (1 = least popular items, 10 = most)", ylabel="share of exposures",
+             title="Exposure by item popularity", ylim=(0, 1.05))
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
 
 
 def paired_figure(pairs: Mapping[str, Mapping[str, float]], metric: str, confidence: float | None = None):
@@ -229,6 +258,30 @@ bootstrap interval. Green: above 0 beyond sampling noise; red: below; uncoloured
 {% if images.paired %}<img src="data:image/png;base64,{{ images.paired }}" alt="paired differences with intervals">{% endif %}
 {% endif %}
 
+<h2>Exploration</h2>
+{% if ope.get("available") %}
+<p>Off-policy evaluation of the challenger (version {{ ope.target.model_version }}) under the score settings
+(policy <b>{{ ope.target.policy }}</b>, explore_share {{ ope.target.explore_share }}, top_k {{ ope.target.top_k }},
+{{ ope.target.propensity_samples }} Monte-Carlo lists per user) on the clean feedback of {{ ope.run_dates | length }}
+run date(s) ({{ ope.run_dates | first }} to {{ ope.run_dates | last }}): {{ ope.lists }} lists, {{ ope.exposures }}
+exposures, {{ ope.clicks }} clicks, logged by {{ ope.logged_policies | join(", ") }}.
+{% if ope.lists_without_history %}{{ ope.lists_without_history }} lists of users without any event before their run
+date are left out.{% endif %}</p>
+<table><tr><th>estimator</th><th>clicks per list [low, high]</th><th>effective sample size</th><th>note</th></tr>
+<tr><td>logged policy (on-policy)</td><td>{{ estimate(ope.logged) }}</td><td>{{ "{:,.1f}".format(ope.logged.ess) }}</td><td></td></tr>
+{% for name, found in ope.estimates.items() %}<tr><td>{{ name }}</td><td>{{ estimate(found) }}</td>
+<td>{{ "{:,.1f}".format(found.ess) }}</td><td>{{ found.reason or "" }}</td></tr>{% endfor %}</table>
+<p>Per-position importance weights (target / logged probability of each item in its slot), summed per list and
+averaged over lists, with {{ "%.0f" | format(100 * ope.logged.confidence) }}% bootstrap intervals over lists; an
+estimate whose weights have an effective sample size below {{ ope.min_ess }} is withheld. History: {{ ope.history }}.
+Reward model (DM, DR): {{ ope.reward_model }}.</p>
+{% else %}
+<p>{{ ope.get("note", "no off-policy evaluation in this report") }}</p>
+{% endif %}
+{% if images.exposure %}<img src="data:image/png;base64,{{ images.exposure }}" alt="exposure share by popularity decile">
+<p>Exposures by decile of the items' training popularity: the logged policy's from the clean feedback, the target's
+from the lists it would serve the same users on the same dates.</p>{% endif %}
+
 <h2>Popularity bias</h2>
 <img src="data:image/png;base64,{{ images.popularity_bias }}" alt="head share of the top K">
 
@@ -260,7 +313,8 @@ def render_html(report: Mapping[str, Any]) -> str:
         report: the evaluation report (see evaluate.run): ks, rankers, segments, baselines,
             gate, definitions, counts; optionally bootstrap, intervals ({ranker: {metric:
             [low, high]}}), users_evaluated and paired ({pair: {metric: {diff, low, high,
-            users}}}), shown where present.
+            users}}}), shown where present; off_policy (evaluation/offpolicy.py: the
+            Exploration section, which says so when there is no feedback).
 
     Returns:
         the HTML text.
@@ -294,8 +348,15 @@ def render_html(report: Mapping[str, Any]) -> str:
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     images = {name: png_base64(fig) for name, fig in figures(report).items()}
     images.setdefault("paired", "")
+    images.setdefault("exposure", "")
+
+    def estimate(found: Mapping[str, Any]) -> str:
+        """``value [low, high]``, or "withheld" where the estimator gave none."""
+        if found["value"] is None:
+            return "withheld"
+        return f"{found['value']:.4f} [{found['low']:.4f}, {found['high']:.4f}]"
     return env.from_string(_TEMPLATE).render(
         r=report, images=images, metrics_at=metrics_at, best=best, segments=segments, cell=cell,
         paired=paired, paired_metrics=paired_metrics, difference=difference, side=side,
-        boot=report.get("bootstrap"),
+        boot=report.get("bootstrap"), ope=report.get("off_policy", {}), estimate=estimate,
     )

@@ -31,7 +31,7 @@ import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
@@ -169,23 +169,30 @@ def serve(scores: Tensor, keys: np.ndarray, pool: np.ndarray, categories: np.nda
         propensity = np.ones((num_users, k))
     else:
         top = topk.best_items(scores, k, rules.category_cap)
-        samples = rules.propensity_samples
-        per_chunk = max(1, min(samples, SAMPLE_ROWS // max(num_users, 1)))
         ranked, hits = None, np.zeros((num_users, k))
-        for start in range(0, samples, per_chunk):
-            count = min(per_chunk, samples - start)
-            lists = sample_lists(scores, top, keys, pool, categories, rules, policy, start, count)
-            items = lists.items.reshape(num_users, count, k)
+        for lists in sample_chunks(scores, top, keys, pool, categories, rules, policy):
+            items = lists.items.reshape(num_users, -1, k)
             if ranked is None:
-                first = np.arange(num_users) * count
+                first = np.arange(num_users) * items.shape[1]
                 ranked = topk.Ranked(lists.items[first], lists.scores[first], lists.explore[first])
             hits += (items == ranked.items[:, None, :]).sum(axis=1)
-        propensity = np.where(ranked.items >= 0, hits / samples, 0.0)
+        propensity = np.where(ranked.items >= 0, hits / rules.propensity_samples, 0.0)
     if raw is not None:
         rows = torch.arange(num_users)[:, None]
         model = raw[rows, torch.from_numpy(np.maximum(ranked.items, 0))].numpy()
         ranked.scores = np.where(ranked.items >= 0, model, NEG_INF).astype(np.float32)
     return ranked, propensity
+
+
+def sample_chunks(scores: Tensor, top: topk.Candidates, keys: np.ndarray, pool: np.ndarray, categories: np.ndarray,
+                  rules: ListRules, policy: Policy) -> Iterator[topk.Ranked]:
+    """The users' ``rules.propensity_samples`` lists, sample 0 (the served one) first, in chunks
+    of samples whose rows (users x samples) stay within SAMPLE_ROWS: each a :func:`sample_lists`
+    result, row b * count + j for user b's j-th sample of the chunk."""
+    samples = rules.propensity_samples
+    per_chunk = max(1, min(samples, SAMPLE_ROWS // max(len(keys), 1)))
+    for start in range(0, samples, per_chunk):
+        yield sample_lists(scores, top, keys, pool, categories, rules, policy, start, min(per_chunk, samples - start))
 
 
 def sample_lists(scores: Tensor, top: topk.Candidates, keys: np.ndarray, pool: np.ndarray, categories: np.ndarray,
