@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=1500)
     parser.add_argument("--new-items-per-day", type=int, default=10)
     parser.add_argument("--taste-drift", type=float, default=0.5)
-    parser.add_argument("--replay", type=int, default=3000, help="train.replay_windows of the replay arm")
+    parser.add_argument("--replay", type=int, default=800, help="train.replay_windows of the replay arm")
     parser.add_argument("--incremental-epochs", type=int, default=3)
     parser.add_argument("--stage-timeout-minutes", type=float, default=60.0)
     parser.add_argument("--set", action="append", default=[], help="key=value for every stage (repeatable)")
