@@ -112,6 +112,9 @@ def test_no_parent_or_another_shape_trains_from_scratch_and_a_foreign_vocabulary
         runner.run(spark, config(root, foreign, mode="incremental", epochs=1))
     with pytest.raises(InputError, match="train.replay_windows=101 exceeds the 100 windows of the history before"):
         runner.run(spark, config(root, root / "day2", mode="incremental", replay_windows=101, epochs=1))
+    # A failed incremental run leaves the champion where it was.
+    champion = MlflowClient().get_model_version_by_alias("recsys_two_tower", "champion")
+    assert champion.version == parent[1]["version"]
 
 
 def test_vocab_from_an_alias_is_the_folder_that_models_features_came_from(spark, parent, caplog):
