@@ -13,7 +13,7 @@ from pyspark.sql import types as T
 
 from recsys_spark import io, schema
 from recsys_spark.config import GenerateConfig
-from recsys_spark.data import feedback_sim as fs
+from recsys_spark.data import feedback_sim
 from recsys_spark.data.generate import HOUR_WEIGHTS, build_world
 from recsys_spark.errors import InputError
 from recsys_spark.etl import feedback as feedback_etl
@@ -25,7 +25,7 @@ KEY = b"feedback-test-key"
 # 5 days from 2019-10-01, drift 1: the late taste weighs (d + 0.5) / 5 on day d (0.5 on day 2).
 CFG = GenerateConfig(n_users=2, n_items=4, n_categories=2, n_brands=2, days=5, taste_drift=1.0, n_bots=0,
                      start_date="2019-10-01")
-MODEL = fs.ClickModel(position_bias=1.0, scale=1.0, popularity_weight=0.5, max_ctr=0.5, purchase_rate=0.1)
+MODEL = feedback_sim.ClickModel(position_bias=1.0, scale=1.0, popularity_weight=0.5, max_ctr=0.5, purchase_rate=0.1)
 DAY2 = dt.date(2019, 10, 3)
 LAST_DAY = 4
 
@@ -60,7 +60,7 @@ EXPECTED_DAY2 = np.array([0.3 + 0.2 + 1 / 15, 0.5])
 def recommendations(world, users, items, run_date, policy="greedy"):
     """Recommendation rows for world user rows and item rows [n, k] (-1 slots left out)."""
     rows = [
-        {schema.USER_ID: fs.pseudonyms(world.user_id[[u]], KEY)[0], schema.ITEM_ID: int(world.product_id[i]),
+        {schema.USER_ID: feedback_sim.pseudonyms(world.user_id[[u]], KEY)[0], schema.ITEM_ID: int(world.product_id[i]),
          schema.RUN_DATE: run_date, schema.SLOT: slot, schema.PROPENSITY: 1.0 / (1 + slot), schema.POLICY: policy,
          schema.POLICY_VERSION: "v1:abc"}
         for u, row in zip(users, items) for slot, i in enumerate(row) if i != schema.EMPTY_SLOT
@@ -70,8 +70,8 @@ def recommendations(world, users, items, run_date, policy="greedy"):
 
 def test_examine_falls_with_the_slot_by_the_position_bias():
     np.testing.assert_allclose(MODEL.examine(np.array([0, 1, 2, 3])), [1, 1 / 2, 1 / 3, 1 / 4])
-    np.testing.assert_allclose(fs.ClickModel(position_bias=2.0).examine(np.array([0, 2])), [1, 1 / 9])
-    np.testing.assert_allclose(fs.ClickModel(position_bias=0.0).examine(np.array([0, 5])), [1, 1])
+    np.testing.assert_allclose(feedback_sim.ClickModel(position_bias=2.0).examine(np.array([0, 2])), [1, 1 / 9])
+    np.testing.assert_allclose(feedback_sim.ClickModel(position_bias=0.0).examine(np.array([0, 5])), [1, 1])
 
 
 def test_relevance_is_the_days_taste_times_appeal_clipped():
@@ -84,9 +84,9 @@ def test_relevance_is_the_days_taste_times_appeal_clipped():
     np.testing.assert_allclose(MODEL.relevance(world, CFG, 1, items, 0)[0], [0.5, 0.45, 0.1, 0.05])
     np.testing.assert_allclose(MODEL.relevance(world, CFG, 1, items, 4)[0], [0.1, 0.05, 0.5, 0.45])
     # Appeal off, scale 0.5: half the taste.
-    flat = fs.ClickModel(popularity_weight=0.0, scale=0.5)
+    flat = feedback_sim.ClickModel(popularity_weight=0.0, scale=0.5)
     np.testing.assert_allclose(flat.relevance(world, CFG, 0, items, 2)[0], [0.3, 0.3, 0.2, 0.2])
-    assert fs.drift_weight(CFG, 2) == pytest.approx(0.5)
+    assert feedback_sim.drift_weight(CFG, 2) == pytest.approx(0.5)
 
 
 def test_an_item_not_launched_yet_has_no_relevance():
@@ -96,25 +96,27 @@ def test_an_item_not_launched_yet_has_no_relevance():
 
 
 def test_expected_clicks_by_hand_for_two_users_and_three_slots():
-    np.testing.assert_allclose(fs.expected_clicks(hand_world(), CFG, (LIST_USERS, LIST_ITEMS), MODEL, 2), EXPECTED_DAY2)
+    np.testing.assert_allclose(feedback_sim.expected_clicks(hand_world(), CFG, (LIST_USERS, LIST_ITEMS), MODEL, 2),
+                               EXPECTED_DAY2)
 
 
 def test_policy_value_is_the_mean_expected_clicks_per_list():
     world = hand_world()
     frame = recommendations(world, LIST_USERS, LIST_ITEMS, DAY2)
-    assert fs.policy_value(world, CFG, frame, MODEL, KEY) == pytest.approx(EXPECTED_DAY2.mean())
+    assert feedback_sim.policy_value(world, CFG, frame, MODEL, KEY) == pytest.approx(EXPECTED_DAY2.mean())
     # The same lists again a day after the log's end are valued on its last day.
     later = pd.concat([frame, frame.assign(**{schema.RUN_DATE: dt.date(2019, 12, 1)})])
-    last = fs.expected_clicks(world, CFG, (LIST_USERS, LIST_ITEMS), MODEL, LAST_DAY)
-    assert fs.policy_value(world, CFG, later, MODEL, KEY) == pytest.approx((EXPECTED_DAY2.sum() + last.sum()) / 4)
+    last = feedback_sim.expected_clicks(world, CFG, (LIST_USERS, LIST_ITEMS), MODEL, LAST_DAY)
+    expected = (EXPECTED_DAY2.sum() + last.sum()) / 4
+    assert feedback_sim.policy_value(world, CFG, later, MODEL, KEY) == pytest.approx(expected)
 
 
 def test_run_dates_map_to_days_clamped_after_the_log():
-    assert fs.day_of(CFG, dt.date(2019, 10, 1)) == 0
-    assert fs.day_of(CFG, DAY2) == 2
-    assert fs.day_of(CFG, dt.date(2020, 1, 1)) == LAST_DAY
+    assert feedback_sim.day_of(CFG, dt.date(2019, 10, 1)) == 0
+    assert feedback_sim.day_of(CFG, DAY2) == 2
+    assert feedback_sim.day_of(CFG, dt.date(2020, 1, 1)) == LAST_DAY
     with pytest.raises(InputError, match="before generate.start_date"):
-        fs.day_of(CFG, dt.date(2019, 9, 30))
+        feedback_sim.day_of(CFG, dt.date(2019, 9, 30))
 
 
 def test_simulated_clicks_converge_to_the_expected_clicks():
@@ -123,14 +125,14 @@ def test_simulated_clicks_converge_to_the_expected_clicks():
     dates = [dt.date(2019, 10, 6) + dt.timedelta(days=i) for i in range(3000)]
     one = recommendations(world, LIST_USERS, LIST_ITEMS, DAY2)
     frame = pd.concat([one] * len(dates), ignore_index=True).assign(**{schema.RUN_DATE: np.repeat(dates, len(one))})
-    feedback = fs.simulate_feedback(world, CFG, frame, MODEL, KEY, seed=11)
+    feedback = feedback_sim.simulate_feedback(world, CFG, frame, MODEL, KEY, seed=11)
 
     p = MODEL.click_probability(world, CFG, LIST_USERS[:, None], LIST_ITEMS, np.arange(3)[None, :], LAST_DAY)
     p = p[LIST_ITEMS != schema.EMPTY_SLOT]
     expected, se = len(dates) * p.sum(), np.sqrt(len(dates) * (p * (1 - p)).sum())
     assert abs(feedback[schema.CLICKED].sum() - expected) < 4 * se
     # Per slot of user 0 as well: the position bias is in the draws, not only in the sum.
-    user0 = feedback[feedback[schema.USER_ID] == fs.pseudonyms(world.user_id[:1], KEY)[0]]
+    user0 = feedback[feedback[schema.USER_ID] == feedback_sim.pseudonyms(world.user_id[:1], KEY)[0]]
     for slot, q in enumerate(p[:3]):
         got = user0[user0[schema.SLOT] == slot]
         assert len(got) == len(dates)
@@ -147,15 +149,16 @@ def test_the_same_seed_gives_the_same_feedback_whatever_the_row_order_or_the_oth
     world = build_world(cfg)
     items = np.argsort(np.random.default_rng(0).random((200, 100)), axis=1)[:, :10]
     frame = recommendations(world, np.arange(200), items, dt.date(2019, 10, 4))
-    first = fs.simulate_feedback(world, cfg, frame, fs.ClickModel(), KEY, seed=5)
+    first = feedback_sim.simulate_feedback(world, cfg, frame, feedback_sim.ClickModel(), KEY, seed=5)
     assert first[schema.CLICKED].sum() > 0
     shuffled = frame.sample(frac=1.0, random_state=3)
-    pd.testing.assert_frame_equal(fs.simulate_feedback(world, cfg, shuffled, fs.ClickModel(), KEY, seed=5), first)
+    again = feedback_sim.simulate_feedback(world, cfg, shuffled, feedback_sim.ClickModel(), KEY, seed=5)
+    pd.testing.assert_frame_equal(again, first)
     # A user's feedback does not depend on who else is in the frame.
     some = frame[frame[schema.USER_ID].isin(frame[schema.USER_ID].unique()[:50])]
-    part = fs.simulate_feedback(world, cfg, some, fs.ClickModel(), KEY, seed=5)
+    part = feedback_sim.simulate_feedback(world, cfg, some, feedback_sim.ClickModel(), KEY, seed=5)
     pd.testing.assert_frame_equal(part, first[first[schema.USER_ID].isin(part[schema.USER_ID])].reset_index(drop=True))
-    other = fs.simulate_feedback(world, cfg, frame, fs.ClickModel(), KEY, seed=6)
+    other = feedback_sim.simulate_feedback(world, cfg, frame, feedback_sim.ClickModel(), KEY, seed=6)
     assert not other[schema.CLICKED].equals(first[schema.CLICKED])
     assert not other[schema.SHOWN_AT].equals(first[schema.SHOWN_AT])
 
@@ -164,49 +167,50 @@ def test_users_not_in_the_world_are_skipped_and_counted():
     world = hand_world()
     frame = recommendations(world, LIST_USERS, LIST_ITEMS, DAY2)
     stranger = frame.iloc[:3].assign(**{schema.USER_ID: "ffffffffffffffff"})
-    feedback = fs.simulate_feedback(world, CFG, pd.concat([frame, stranger]), MODEL, KEY, seed=1)
+    feedback = feedback_sim.simulate_feedback(world, CFG, pd.concat([frame, stranger]), MODEL, KEY, seed=1)
     assert len(feedback) == len(frame) == 5
     assert feedback.attrs == {"unknown_users": 1, "unknown_rows": 3}
-    assert list(fs.user_index(world, np.array([frame[schema.USER_ID][3], "ffffffffffffffff", frame[schema.USER_ID][0]],
-                                                dtype=object), KEY)) == [1, -1, 0]
+    asked = np.array([frame[schema.USER_ID][3], "ffffffffffffffff", frame[schema.USER_ID][0]], dtype=object)
+    assert list(feedback_sim.user_index(world, asked, KEY)) == [1, -1, 0]
     # Another key: nobody is known.
-    assert list(fs.user_index(world, frame[schema.USER_ID].to_numpy(), b"other")) == [-1] * 5
+    assert list(feedback_sim.user_index(world, frame[schema.USER_ID].to_numpy(), b"other")) == [-1] * 5
 
 
 def test_bad_recommendations_are_refused_by_name():
     world = hand_world()
     frame = recommendations(world, LIST_USERS, LIST_ITEMS, DAY2)
     with pytest.raises(InputError, match="policy_version missing"):
-        fs.simulate_feedback(world, CFG, frame.drop(columns=[schema.POLICY_VERSION]), MODEL, KEY, seed=1)
+        feedback_sim.simulate_feedback(world, CFG, frame.drop(columns=[schema.POLICY_VERSION]), MODEL, KEY, seed=1)
     with pytest.raises(InputError, match="not the world's, e.g. item_id 999"):
-        fs.simulate_feedback(world, CFG, frame.assign(**{schema.ITEM_ID: 999}), MODEL, KEY, seed=1)
+        feedback_sim.simulate_feedback(world, CFG, frame.assign(**{schema.ITEM_ID: 999}), MODEL, KEY, seed=1)
     with pytest.raises(InputError, match=r"\(list, slot\) repeat"):
-        fs.simulate_feedback(world, CFG, pd.concat([frame, frame.iloc[:1]]), MODEL, KEY, seed=1)
+        feedback_sim.simulate_feedback(world, CFG, pd.concat([frame, frame.iloc[:1]]), MODEL, KEY, seed=1)
+    early = frame.assign(**{schema.RUN_DATE: dt.date(2019, 9, 30)})
     with pytest.raises(InputError, match="2019-09-30 is before"):
-        fs.simulate_feedback(world, CFG, frame.assign(**{schema.RUN_DATE: dt.date(2019, 9, 30)}), MODEL, KEY, seed=1)
+        feedback_sim.simulate_feedback(world, CFG, early, MODEL, KEY, seed=1)
     with pytest.raises(ValueError, match="max_ctr"):
-        fs.ClickModel(max_ctr=0.0)
+        feedback_sim.ClickModel(max_ctr=0.0)
 
 
 def test_pseudonyms_equal_the_spark_hmac_of_clean(spark):
     ids = [541312140, 7, 0, 9_000_000_000_000, -12]
     df = spark.createDataFrame([(i,) for i in ids], T.StructType([T.StructField(schema.USER_ID, T.LongType(), False)]))
     spark_ids = [r[schema.USER_ID] for r in pseudonymise(df, schema.USER_ID, KEY).collect()]
-    assert list(fs.pseudonyms(np.array(ids), KEY)) == spark_ids
+    assert list(feedback_sim.pseudonyms(np.array(ids), KEY)) == spark_ids
     assert all(len(p) == 16 for p in spark_ids)
 
 
 def test_shown_at_is_one_moment_of_the_run_date_per_list():
     world = hand_world()
     frame = recommendations(world, LIST_USERS, LIST_ITEMS, DAY2)
-    feedback = fs.simulate_feedback(world, CFG, frame, MODEL, KEY, seed=2)
+    feedback = feedback_sim.simulate_feedback(world, CFG, frame, MODEL, KEY, seed=2)
     shown, midnight = feedback[schema.SHOWN_AT], pd.Timestamp(DAY2, tz="UTC")
     assert ((shown >= midnight) & (shown < midnight + pd.Timedelta(days=1))).all()
     assert (feedback.groupby(schema.USER_ID)[schema.SHOWN_AT].nunique() == 1).all()
     # The hour profile: u = 0 is the first second, u -> 1 the last; a u just past the first
     # hour's share of the day lands at 01:00:00.
     first_hour = 1.0 / np.sum(HOUR_WEIGHTS) * HOUR_WEIGHTS[0]
-    assert list(fs.shown_second(np.array([0.0, 1 - 1e-12, first_hour + 1e-12]))) == [0, 86_399, 3600]
+    assert list(feedback_sim.shown_second(np.array([0.0, 1 - 1e-12, first_hour + 1e-12]))) == [0, 86_399, 3600]
 
 
 PANDAS_DTYPES = {
@@ -218,14 +222,14 @@ PANDAS_DTYPES = {
 def test_output_columns_and_dtypes_are_the_contracts():
     world = hand_world()
     frame = recommendations(world, LIST_USERS, LIST_ITEMS, DAY2)
-    feedback = fs.simulate_feedback(world, CFG, frame, MODEL, KEY, seed=3)
+    feedback = feedback_sim.simulate_feedback(world, CFG, frame, MODEL, KEY, seed=3)
     assert list(feedback.columns) == schema.FEEDBACK_SCHEMA.fieldNames()
     assert {c: str(t) for c, t in feedback.dtypes.items()} == {
         f.name: PANDAS_DTYPES[f.dataType] for f in schema.FEEDBACK_SCHEMA.fields
     }
     assert set(feedback[schema.RUN_DATE]) == {DAY2}
     # Rows are sorted by run_date, user, policy, slot; item, propensity and policy are copied.
-    by_user = dict(zip(fs.pseudonyms(world.user_id, KEY), ([102, 103, 104], [104, 101])))
+    by_user = dict(zip(feedback_sim.pseudonyms(world.user_id, KEY), ([102, 103, 104], [104, 101])))
     for user, rows in feedback.groupby(schema.USER_ID):
         assert list(rows[schema.SLOT]) == list(range(len(by_user[user])))
         assert list(rows[schema.ITEM_ID]) == by_user[user]
@@ -236,12 +240,12 @@ def test_output_columns_and_dtypes_are_the_contracts():
 def test_written_feedback_reads_back_in_spark_as_the_contract(spark, tmp_path):
     world = hand_world()
     frame = pd.concat([recommendations(world, LIST_USERS, LIST_ITEMS, d) for d in (DAY2, dt.date(2019, 10, 4))])
-    feedback = fs.simulate_feedback(world, CFG, frame, MODEL, KEY, seed=4)
+    feedback = feedback_sim.simulate_feedback(world, CFG, frame, MODEL, KEY, seed=4)
     path = str(tmp_path / "feedback")
-    assert fs.write_feedback(None, feedback, path) == ["2019-10-03", "2019-10-04"]
+    assert feedback_sim.write_feedback(None, feedback, path) == ["2019-10-03", "2019-10-04"]
     # A re-run of one date replaces that date only.
-    again = fs.simulate_feedback(world, CFG, frame.iloc[:5], MODEL, KEY, seed=9)
-    fs.write_feedback(None, again.iloc[:2], path)
+    again = feedback_sim.simulate_feedback(world, CFG, frame.iloc[:5], MODEL, KEY, seed=9)
+    feedback_sim.write_feedback(None, again.iloc[:2], path)
 
     # What clean reads (io.read_feedback): the contract's types, no conversion needed.
     read = io.read_feedback(spark, path).drop(schema.SOURCE_FILE)
@@ -267,10 +271,10 @@ def test_default_model_gives_a_few_percent_for_good_lists_and_much_less_for_rand
     users, k, day = np.arange(cfg.n_users), 20, cfg.days - 1
     popular = np.broadcast_to(np.argsort(-world.popularity)[:k], (cfg.n_users, k))
     random = np.random.default_rng(0).integers(0, cfg.n_items, size=(cfg.n_users, k))  # repeats are rare
-    relevance = fs.ClickModel().relevance(world, cfg, users[:, None], np.arange(cfg.n_items)[None, :], day)
+    relevance = feedback_sim.ClickModel().relevance(world, cfg, users[:, None], np.arange(cfg.n_items)[None, :], day)
     best = np.argpartition(-relevance, k, axis=1)[:, :k]
     best = np.take_along_axis(best, np.argsort(-np.take_along_axis(relevance, best, 1), axis=1), 1)
-    ctr = {name: fs.expected_clicks(world, cfg, (users, items), fs.ClickModel(), day).mean() / k
+    ctr = {name: feedback_sim.expected_clicks(world, cfg, (users, items), feedback_sim.ClickModel(), day).mean() / k
            for name, items in (("popular", popular), ("random", random), ("best", best))}
     assert 0.005 < ctr["popular"] < 0.03 < ctr["best"] < 0.08
     assert ctr["random"] < ctr["popular"] / 5
@@ -279,11 +283,11 @@ def test_default_model_gives_a_few_percent_for_good_lists_and_much_less_for_rand
 def test_a_uri_destination_is_written_through_spark(spark, tmp_path):
     world = hand_world()
     frame = recommendations(world, LIST_USERS, LIST_ITEMS, DAY2)
-    feedback = fs.simulate_feedback(world, CFG, frame, MODEL, KEY, seed=4)
+    feedback = feedback_sim.simulate_feedback(world, CFG, frame, MODEL, KEY, seed=4)
     uri = (tmp_path / "feedback").as_uri()
     with pytest.raises(InputError, match="needs a Spark session"):
-        fs.write_feedback(None, feedback, uri)
-    assert fs.write_feedback(spark, feedback, uri) == ["2019-10-03"]
+        feedback_sim.write_feedback(None, feedback, uri)
+    assert feedback_sim.write_feedback(spark, feedback, uri) == ["2019-10-03"]
     got = io.read_feedback(spark, uri).drop(schema.SOURCE_FILE).toPandas()
     assert sorted(zip(got[schema.USER_ID], got[schema.SLOT], got[schema.CLICKED], got[schema.RUN_DATE])) == sorted(
         zip(feedback[schema.USER_ID], feedback[schema.SLOT], feedback[schema.CLICKED], feedback[schema.RUN_DATE]))

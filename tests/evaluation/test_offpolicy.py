@@ -15,11 +15,11 @@ import pytest
 
 from recsys_spark import schema
 from recsys_spark.config import EvaluateConfig, GenerateConfig
-from recsys_spark.data import feedback_sim as fs
+from recsys_spark.data import feedback_sim
 from recsys_spark.data.generate import build_world
 from recsys_spark.errors import ConfigError
 from recsys_spark.evaluation import ope, report
-from recsys_spark.evaluation import offpolicy as op
+from recsys_spark.evaluation import offpolicy
 from recsys_spark.scoring import policies
 from recsys_spark.scoring.recommender import (
     EXCLUDE_PRODUCTS,
@@ -69,13 +69,13 @@ def logged_rows(rows) -> pd.DataFrame:
                                         schema.CLICKED])
     frame[schema.RUN_DATE] = RUN_DATE
     frame[schema.POLICY], frame[schema.POLICY_VERSION] = "epsilon", "3:abcd1234"
-    return frame[op.LOGGED_COLUMNS]
+    return frame[offpolicy.LOGGED_COLUMNS]
 
 
 def with_reward(logged: pd.DataFrame, plan: ScoringPlan, frame: pd.DataFrame) -> pd.DataFrame:
-    reward = op.PositionCtr.fit(logged[schema.SLOT], logged[schema.ITEM_ID], logged[schema.CLICKED])
-    placed = op.target_placements(plan, frame, logged, reward)
-    placed[op.Q_LOGGED] = reward.predict(placed[schema.SLOT].to_numpy(), placed[schema.ITEM_ID].to_numpy())
+    reward = offpolicy.PositionCtr.fit(logged[schema.SLOT], logged[schema.ITEM_ID], logged[schema.CLICKED])
+    placed = offpolicy.target_placements(plan, frame, logged, reward)
+    placed[offpolicy.Q_LOGGED] = reward.predict(placed[schema.SLOT].to_numpy(), placed[schema.ITEM_ID].to_numpy())
     return placed
 
 
@@ -92,8 +92,8 @@ HAND_LOG = [
 def hand_estimates(min_ess: float = 0.0) -> dict:
     logged = logged_rows(HAND_LOG)
     placed = with_reward(logged, vector_plan(k=2, share=0.0), users(["u0", "u1", "u2"]))
-    assert placed[op.TARGET_PROPENSITY].tolist() == [1.0, 0.0, 0.0, 1.0, 1.0, 1.0]
-    return op.estimate(placed, ope.Options(min_effective_sample_size=min_ess, samples=200, seed=1))
+    assert placed[offpolicy.TARGET_PROPENSITY].tolist() == [1.0, 0.0, 0.0, 1.0, 1.0, 1.0]
+    return offpolicy.estimate(placed, ope.Options(min_effective_sample_size=min_ess, samples=200, seed=1))
 
 
 def test_a_deterministic_target_on_a_hand_log_by_hand():
@@ -118,7 +118,7 @@ def test_too_small_an_effective_sample_size_withholds_with_the_reason():
         assert value["value"] is None and value["low"] is None
         assert value["reason"] == "effective sample size 3.8 below 4", name
     assert found["logged"]["value"] == pytest.approx(1.0)
-    metrics = op.mlflow_metrics({"available": True, **found})
+    metrics = offpolicy.mlflow_metrics({"available": True, **found})
     assert "ope.ips.clicks_per_list" not in metrics and metrics["ope.ips.ess"] == pytest.approx(49 / 13)
     assert metrics["ope.logged.clicks_per_list"] == pytest.approx(1.0)
 
@@ -132,12 +132,12 @@ def test_monte_carlo_target_propensities_are_the_score_stages_own(policy):
     frame = users([f"u{i}" for i in range(30)], seed=3)
     served = Recommender(plan).recommend(frame)
     assert (served[schema.PROPENSITY] < 1).any()
-    placed = op.target_placements(plan, frame, served[[schema.USER_ID, schema.SLOT, schema.ITEM_ID]])
-    np.testing.assert_array_equal(placed[op.TARGET_PROPENSITY].to_numpy(), served[schema.PROPENSITY].to_numpy())
+    placed = offpolicy.target_placements(plan, frame, served[[schema.USER_ID, schema.SLOT, schema.ITEM_ID]])
+    np.testing.assert_array_equal(placed[offpolicy.TARGET_PROPENSITY].to_numpy(), served[schema.PROPENSITY].to_numpy())
     # An item the target never puts in slot 1 (g1 is always in slot 0 or 1 ... B never at slot 2):
     # slots at or past K have probability 0.
     beyond = pd.DataFrame({schema.USER_ID: ["u0"], schema.SLOT: [2], schema.ITEM_ID: [B]})
-    assert op.target_placements(plan, frame, beyond)[op.TARGET_PROPENSITY].tolist() == [0.0]
+    assert offpolicy.target_placements(plan, frame, beyond)[offpolicy.TARGET_PROPENSITY].tolist() == [0.0]
 
 
 def test_the_estimates_cover_a_simulated_target_policys_true_value():
@@ -147,9 +147,9 @@ def test_the_estimates_cover_a_simulated_target_policys_true_value():
     gen = GenerateConfig(n_users=3000, n_items=4, n_categories=2, n_brands=2, days=3, n_bots=0, taste_drift=0.0,
                          start_date="2019-10-01")
     world = build_world(gen)
-    model = fs.ClickModel(position_bias=1.0, scale=4.0, popularity_weight=0.0, max_ctr=0.6)
+    model = feedback_sim.ClickModel(position_bias=1.0, scale=4.0, popularity_weight=0.0, max_ctr=0.6)
     key = b"ope-test-key"
-    ids = fs.pseudonyms(world.user_id, key)
+    ids = feedback_sim.pseudonyms(world.user_id, key)
     rng = np.random.default_rng(7)
     shown = np.argsort(rng.random((len(ids), 4)), axis=1)[:, :2]
     recs = pd.DataFrame({
@@ -157,7 +157,7 @@ def test_the_estimates_cover_a_simulated_target_policys_true_value():
         schema.RUN_DATE: RUN_DATE, schema.SLOT: np.tile([0, 1], len(ids)), schema.PROPENSITY: 0.25,
         schema.POLICY: "uniform", schema.POLICY_VERSION: "u:1",
     })
-    logged = fs.simulate_feedback(world, gen, recs, model, key, seed=11)[op.LOGGED_COLUMNS]
+    logged = feedback_sim.simulate_feedback(world, gen, recs, model, key, seed=11)[offpolicy.LOGGED_COLUMNS]
 
     plan = vector_plan(k=2, share=0.0, scores=[1.0, 4.0, 2.0, 3.0], products=world.product_id)
     frame = users(list(ids))
@@ -165,9 +165,9 @@ def test_the_estimates_cover_a_simulated_target_policys_true_value():
     target = Recommender(plan).recommend(frame).assign(**{schema.RUN_DATE: RUN_DATE, schema.POLICY: "target",
                                                           schema.POLICY_VERSION: "t:1"})
     assert target[schema.ITEM_ID].tolist()[:2] == [world.product_id[1], world.product_id[3]]
-    truth = fs.policy_value(world, gen, target, model, key)
-    logged_truth = fs.policy_value(world, gen, recs, model, key)
-    found = op.estimate(placed, ope.Options(min_effective_sample_size=100, samples=500, seed=2))
+    truth = feedback_sim.policy_value(world, gen, target, model, key)
+    logged_truth = feedback_sim.policy_value(world, gen, recs, model, key)
+    found = offpolicy.estimate(placed, ope.Options(min_effective_sample_size=100, samples=500, seed=2))
     assert abs(truth - logged_truth) > 0.02  # the two policies differ: covering one is not covering both
     for name in ("ips", "snips", "dr"):
         value = found["estimates"][name]
@@ -177,15 +177,15 @@ def test_the_estimates_cover_a_simulated_target_policys_true_value():
 
 def test_popularity_deciles_and_exposure_shares_by_hand():
     products = np.arange(20, dtype=np.int64) + 1
-    deciles = op.popularity_deciles(products, counts=np.arange(20)[::-1])  # product 1 is the most popular
+    deciles = offpolicy.popularity_deciles(products, counts=np.arange(20)[::-1])  # product 1 is the most popular
     assert deciles[:2].tolist() == [10, 10] and deciles[-2:].tolist() == [1, 1]
-    found = op.exposure_shares(np.array([1, 2, 20, 999]), products, deciles)
+    found = offpolicy.exposure_shares(np.array([1, 2, 20, 999]), products, deciles)
     assert found["shares"][9] == pytest.approx(2 / 3) and found["shares"][0] == pytest.approx(1 / 3)
     assert (found["exposures"], found["unknown"]) == (4, 1)
 
 
 def test_the_reward_model_is_slot_rate_times_a_shrunk_item_lift():
-    model = op.PositionCtr.fit([0, 0, 1, 1], [7, 8, 7, 8], [1, 0, 1, 0], prior_clicks=1.0)
+    model = offpolicy.PositionCtr.fit([0, 0, 1, 1], [7, 8, 7, 8], [1, 0, 1, 0], prior_clicks=1.0)
     assert model.slot_ctr.tolist() == [0.5, 0.5]
     # Item 7: 2 clicks, expected 1: lift (2 + 1) / (1 + 1); item 8: (0 + 1) / (1 + 1).
     assert model.predict([0, 1, 0, 0], [7, 8, 99, -1]).tolist() == [0.75, 0.25, 0.5, 0.0]
@@ -201,15 +201,15 @@ def test_config_keys_are_checked_by_name():
 def off_policy_section() -> dict:
     found = hand_estimates(min_ess=4.0)
     products = np.array([G1, G2, A, B])
-    deciles = op.popularity_deciles(products, np.array([40, 30, 20, 10]))
+    deciles = offpolicy.popularity_deciles(products, np.array([40, 30, 20, 10]))
     return {
         "available": True, "run_dates": ["2019-10-03"], "lists_without_history": 1, "min_ess": 4.0,
         "target": {"model_version": "4", "policy": "epsilon", "explore_share": 0.1, "propensity_samples": 200,
                    "top_k": 2, "seed": 0},
-        "logged_policies": ["epsilon:3:abcd1234"], "history": op.HISTORY_NOTE,
-        "reward_model": op.REWARD_NOTE.format(s=5.0),
-        "exposure_deciles": {"logged": op.exposure_shares(np.array([G1, A, B, G2, G1, G2]), products, deciles),
-                             "target": op.exposure_shares(np.array([G1, G2] * 3), products, deciles)},
+        "logged_policies": ["epsilon:3:abcd1234"], "history": offpolicy.HISTORY_NOTE,
+        "reward_model": offpolicy.REWARD_NOTE.format(s=5.0),
+        "exposure_deciles": {"logged": offpolicy.exposure_shares(np.array([G1, A, B, G2, G1, G2]), products, deciles),
+                             "target": offpolicy.exposure_shares(np.array([G1, G2] * 3), products, deciles)},
         **found,
     }
 
@@ -225,16 +225,16 @@ def test_the_exploration_section_shows_the_estimates_and_the_exposure_figure():
     assert section.count("<td>withheld</td>") == 4 and section.count("effective sample size 3.8 below 4") == 4
     assert "1 lists of users without any event" in section
     figure = report.figures({**sample_report(), "off_policy": off_policy_section()})["exposure"]
-    assert len(figure.axes[0].patches) == 2 * op.DECILES
+    assert len(figure.axes[0].patches) == 2 * offpolicy.DECILES
 
 
 def test_the_exploration_section_says_when_there_is_no_feedback():
-    html = report.render_html({**sample_report(), "off_policy": op.no_feedback("/data/clean_feedback")})
+    html = report.render_html({**sample_report(), "off_policy": offpolicy.no_feedback("/data/clean_feedback")})
     section = html[html.index("<h2>Exploration</h2>"):html.index("<h2>Popularity bias</h2>")]
     assert "no clean feedback at /data/clean_feedback" in section and "<table" not in section
     assert len(re.findall(r'src="data:image/png', html)) == 3
-    assert "exposure" not in report.figures({**sample_report(), "off_policy": op.no_feedback("x")})
-    assert op.mlflow_metrics(op.no_feedback("x")) == {}
+    assert "exposure" not in report.figures({**sample_report(), "off_policy": offpolicy.no_feedback("x")})
+    assert offpolicy.mlflow_metrics(offpolicy.no_feedback("x")) == {}
 
 
 def test_evaluate_target_rebuilds_histories_before_the_run_date_in_spark(spark, tmp_path):
@@ -260,7 +260,7 @@ def test_evaluate_target_rebuilds_histories_before_the_run_date_in_spark(spark, 
     events = [event("ua", 1002, 1, 9), event("ua", 1003, 2, 9), event("ua", 1004, 3, 9), event("ub", 1005, 3, 9)]
     clean = spark.createDataFrame(events, schema.CLEAN_SCHEMA)
     clean.write.partitionBy(schema.EVENT_DATE).parquet(cfg.paths.resolve("clean"))
-    rows = op.scoring_rows_as_of(io.read_clean(spark, cfg.paths.resolve("clean")),
+    rows = offpolicy.scoring_rows_as_of(io.read_clean(spark, cfg.paths.resolve("clean")),
                                  spark.createDataFrame(vocab[[schema.ITEM_IDX, schema.PRODUCT_ID]]),
                                  spark.createDataFrame(pd.DataFrame({schema.USER_ID: ["ua", "ub"]})), "2019-10-03",
                                  seed=0, exclude_event_types=["purchase"], max_seq_len=4).toPandas()
@@ -271,7 +271,7 @@ def test_evaluate_target_rebuilds_histories_before_the_run_date_in_spark(spark, 
     logged[schema.RUN_DATE] = RUN_DATE
     feedback = spark.createDataFrame(logged.assign(**{schema.SHOWN_AT: None, schema.PURCHASED: None})[
         schema.CLEAN_FEEDBACK_SCHEMA.fieldNames()], schema.CLEAN_FEEDBACK_SCHEMA)
-    section = op.evaluate_target(spark, cfg, bundle, feedback, vocab, "1")
+    section = offpolicy.evaluate_target(spark, cfg, bundle, feedback, vocab, "1")
     assert section["available"] and section["lists_without_history"] == 1
     assert (section["lists"], section["exposures"], section["clicks"]) == (1, 2, 1)
     assert set(section["estimates"]) == {"ips", "snips", "dm", "dr"}
