@@ -39,7 +39,7 @@ from pyspark.sql import types as T
 
 from recsys_spark import io, schema
 from recsys_spark.config import GenerateConfig, is_uri
-from recsys_spark.data.generate import HOUR_WEIGHTS, World
+from recsys_spark.data.generate import HOUR_WEIGHTS, World, typed_events, uuids
 from recsys_spark.errors import InputError
 from recsys_spark.etl.pseudonym import PSEUDONYM_HEX_CHARS
 from recsys_spark.scoring.topk import uniforms
@@ -505,3 +505,55 @@ def write_feedback(spark: SparkSession | None, frame: pd.DataFrame, path: str) -
         os.replace(staging, final)
     log.info("feedback: wrote %d row(s) for %d date(s) to %s", len(frame), len(dates), path)
     return dates
+
+
+# Seconds after the exposure: the click's view, then (for a purchase) the cart and the purchase.
+CLICK_DELAY_S = (5, 600)
+CART_AFTER_VIEW_S = 40
+PURCHASE_AFTER_CART_S = 60
+
+
+def click_events(world: World, feedback: pd.DataFrame, key: bytes, seed: int) -> pd.DataFrame:
+    """The events the simulated clicks add to the clickstream: what the shop's own log would
+    record after a click on a recommended item, so that the next day's clean and featurize see
+    the users' reactions (the closed loop of exploration).
+
+    A click is a view a few seconds to minutes after ``shown_at`` (``CLICK_DELAY_S``); a
+    purchase adds a cart and a purchase after it. The clicks of one shown list form one session.
+
+    Args:
+        world: the world the feedback was simulated in.
+        feedback: :func:`simulate_feedback` rows (user_id pseudonyms of world users).
+        key: the pseudonymisation key the user ids were made with.
+        seed: seeds the delays and session ids.
+
+    Returns:
+        events with ``schema.RAW_COLUMNS`` as :func:`recsys_spark.data.generate.generate_events`
+        yields them (raw user ids, time-ordered), ready for ``generate.to_raw_text``.
+
+    Raises:
+        InputError: a clicked row whose user or item is not the world's.
+    """
+
+    clicked = feedback[feedback[schema.CLICKED].to_numpy(dtype=bool)].reset_index(drop=True)
+    users = user_index(world, clicked[schema.USER_ID].to_numpy(dtype=object), key)
+    items = item_index(world, clicked[schema.ITEM_ID].to_numpy(dtype=np.int64))
+    if (users < 0).any() or (items < 0).any():
+        raise InputError(f"{int((users < 0).sum())} clicked row(s) name a user and {int((items < 0).sum())} an item "
+                         "that is not the simulated world's: simulate the feedback with the same world and key")
+    rng = np.random.default_rng([seed, 5])
+    lists = clicked.groupby(_LIST_KEY, sort=False, dropna=False).ngroup().to_numpy()
+    sessions = uuids(rng, int(lists.max()) + 1 if len(lists) else 0)[lists]
+    since_epoch = pd.to_datetime(clicked[schema.SHOWN_AT], utc=True) - pd.Timestamp(0, tz="UTC")
+    shown = (since_epoch // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
+    view_t = shown + rng.integers(*CLICK_DELAY_S, size=len(clicked), endpoint=True)
+    bought = clicked[schema.PURCHASED].fillna(False).to_numpy(dtype=bool)
+    parts = [(view_t, np.full(len(clicked), schema.EVENT_TYPES.index("view")), np.arange(len(clicked)))]
+    for offset, name in ((CART_AFTER_VIEW_S, "cart"), (CART_AFTER_VIEW_S + PURCHASE_AFTER_CART_S, "purchase")):
+        rows = np.flatnonzero(bought)
+        parts.append((view_t[rows] + offset, np.full(len(rows), schema.EVENT_TYPES.index(name)), rows))
+    t, etype, row = (np.concatenate(column) for column in zip(*parts))
+    internal = pd.DataFrame({"t": t, "etype": etype.astype(np.int8), "item": items[row],
+                             "user_id": world.user_id[users[row]], "session": sessions[row]})
+    internal = internal.sort_values(["t", "session", "etype"], kind="stable")
+    return typed_events(internal, world, epoch0=0).reset_index(drop=True)

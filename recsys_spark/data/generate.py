@@ -451,7 +451,7 @@ def generate_events(cfg: GenerateConfig, world: World | None = None) -> Iterator
         if len(kept_types) < len(schema.EVENT_TYPES):
             today = today[np.isin(today["etype"].to_numpy(), kept_types)]
         today = today.sort_values(["t", "session", "seq"], kind="stable")
-        yield start + dt.timedelta(days=day), _to_typed(today, world, epoch0)
+        yield start + dt.timedelta(days=day), typed_events(today, world, epoch0)
 
 
 def _empty_internal() -> pd.DataFrame:
@@ -479,7 +479,7 @@ def _session_events(
     late_weight = cfg.taste_drift * (start / (cfg.days * SECONDS_PER_DAY))
     late = rng.random(n) < late_weight
     lengths = np.minimum(rng.geometric(1.0 / max(cfg.mean_session_length, 1.0), size=n), MAX_SESSION_LENGTH)
-    session_ids = _uuids(rng, n)
+    session_ids = uuids(rng, n)
 
     p_repeat = cfg.p_repeat_view
     p_comp = p_repeat + (1 - p_repeat) * cfg.p_complement
@@ -604,7 +604,7 @@ def _burst_events(
             "etype": etype,
             "item": items,
             "user_id": world.user_id[users[owner]],
-            "session": _uuids(rng, n)[owner],
+            "session": uuids(rng, n)[owner],
         }
     )
     return sessions[~is_burst], events
@@ -616,7 +616,7 @@ def _bot_events(world: World, rng: np.random.Generator, day: int, day_offset: in
     if len(todays) == 0:
         return _empty_internal()
     frames = []
-    session_ids = _uuids(rng, len(todays))
+    session_ids = uuids(rng, len(todays))
     for bot, session_id in zip(todays, session_ids):
         n = min(int(rng.integers(*BOT_VIEWS)), world.n_items)
         gaps = rng.integers(1, 5, size=n)
@@ -636,7 +636,7 @@ def _bot_events(world: World, rng: np.random.Generator, day: int, day_offset: in
     return pd.concat(frames, ignore_index=True)
 
 
-def _uuids(rng: np.random.Generator, n: int) -> np.ndarray:
+def uuids(rng: np.random.Generator, n: int) -> np.ndarray:
     """``n`` random version-4 UUID strings from ``rng``."""
     raw = rng.integers(0, 256, size=(n, 16), dtype=np.uint8)
     raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40
@@ -646,7 +646,8 @@ def _uuids(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.array([f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}" for h in hexes], dtype=object)
 
 
-def _to_typed(events: pd.DataFrame, world: World, epoch0: int) -> pd.DataFrame:
+def typed_events(events: pd.DataFrame, world: World, epoch0: int) -> pd.DataFrame:
+    """Internal events (t seconds since epoch0, etype, item, user_id, session) as RAW_COLUMNS."""
     item = events["item"].to_numpy()
     category = world.item_category[item]
     return pd.DataFrame(

@@ -291,3 +291,40 @@ def test_a_uri_destination_is_written_through_spark(spark, tmp_path):
     got = io.read_feedback(spark, uri).drop(schema.SOURCE_FILE).toPandas()
     assert sorted(zip(got[schema.USER_ID], got[schema.SLOT], got[schema.CLICKED], got[schema.RUN_DATE])) == sorted(
         zip(feedback[schema.USER_ID], feedback[schema.SLOT], feedback[schema.CLICKED], feedback[schema.RUN_DATE]))
+
+
+def test_clicks_become_the_shops_own_events_one_session_per_list():
+    world = hand_world()
+    frame = recommendations(world, LIST_USERS, LIST_ITEMS, DAY2)  # user 0: items 1, 2, 3; user 1: 3, 0
+    shown = pd.Timestamp("2019-10-03 12:00:00", tz="UTC")
+    # User 0 clicks slot 0 and buys slot 1; user 1 clicks nothing.
+    feedback = frame.assign(**{schema.SHOWN_AT: shown, schema.CLICKED: [True, True, False, False, False],
+                               schema.PURCHASED: [False, True, False, False, False]})
+    events = feedback_sim.click_events(world, feedback, KEY, seed=3)
+    assert list(events.columns) == list(schema.RAW_COLUMNS)
+    assert sorted(events[schema.EVENT_TYPE]) == ["cart", "purchase", "view", "view"]
+    assert set(events[schema.USER_ID]) == {7}
+    assert events[schema.USER_SESSION].nunique() == 1
+    views = events[events[schema.EVENT_TYPE] == "view"].set_index(schema.PRODUCT_ID)[schema.EVENT_TIME]
+    assert sorted(views.index) == [102, 103]
+    delays = (views - shown).dt.total_seconds()
+    assert ((delays >= feedback_sim.CLICK_DELAY_S[0]) & (delays <= feedback_sim.CLICK_DELAY_S[1])).all()
+    bought = events[events[schema.PRODUCT_ID] == 103].set_index(schema.EVENT_TYPE)[schema.EVENT_TIME]
+    assert (bought["cart"] - bought["view"]).total_seconds() == feedback_sim.CART_AFTER_VIEW_S
+    assert (bought["purchase"] - bought["cart"]).total_seconds() == feedback_sim.PURCHASE_AFTER_CART_S
+    # Category and price are the world's for the item (103 is item 2, category 1).
+    row = events[events[schema.PRODUCT_ID] == 103].iloc[0]
+    assert row[schema.CATEGORY_ID] == world.category_id[1] and row[schema.PRICE] == world.price[2]
+    assert events[schema.EVENT_TIME].is_monotonic_increasing
+    # No click, no event; a stranger's click is refused.
+    assert len(feedback_sim.click_events(world, feedback.assign(**{schema.CLICKED: False}), KEY, seed=3)) == 0
+    stranger = feedback.assign(**{schema.USER_ID: "ffffffffffffffff"})
+    with pytest.raises(InputError, match="2 clicked row"):
+        feedback_sim.click_events(world, stranger, KEY, seed=3)
+    # From the simulator's own rows: each click's view falls within minutes of its exposure.
+    simulated = feedback_sim.simulate_feedback(world, CFG, pd.concat([frame] * 1, ignore_index=True),
+                                               feedback_sim.ClickModel(scale=5.0), KEY, seed=2)
+    clicked = simulated[simulated[schema.CLICKED]]
+    views = feedback_sim.click_events(world, simulated, KEY, seed=1).query(f"{schema.EVENT_TYPE} == 'view'")
+    assert len(views) == len(clicked) > 0
+    assert views[schema.EVENT_TIME].dt.date.isin([DAY2, DAY2 + dt.timedelta(days=1)]).all()
