@@ -30,6 +30,9 @@ WINDOWS_END_TAG = "train.windows_end"
 INCREMENTAL_WINDOWS = "incremental_windows"
 # The run artifact holding AdamW's moments after the last step (train.warm_optimizer).
 MOMENTS_ARTIFACT = "training/optimizer_moments.pt"
+# Run tags copied onto the registered version.
+LINEAGE_TAGS = ("train.mode", "train.data_range", WINDOWS_END_TAG, "train.parent_version", "train.parent_run_id",
+                "train.new_windows", "train.replayed_windows", "train.optimizer_start")
 
 
 def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
@@ -327,6 +330,11 @@ def finish(cfg: Config, results: list[dict[str, Any]], item_vocab, run_id: str) 
         f"{best['epoch']}): validation NDCG@{cfg.train.eval_k} {best[metric]:.4f}, "
         f"Recall@{cfg.train.eval_k} {best[recall]:.4f} (full ranking, seen items excluded)."
     ))
+    # The version carries its lineage too: the mode, the data it covers and, incremental, its parent.
+    run_tags = client.get_run(run_id).data.tags
+    for key in LINEAGE_TAGS:
+        if key in run_tags:
+            client.set_model_version_tag(cfg.mlflow.registered_model, version, key, run_tags[key])
     client.set_registered_model_alias(cfg.mlflow.registered_model, cfg.mlflow.alias, version)
     log.info("registered %s version %s as @%s", cfg.mlflow.registered_model, version, cfg.mlflow.alias)
     return {

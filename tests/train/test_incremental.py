@@ -69,6 +69,10 @@ def test_a_frozen_incremental_run_starts_from_the_parents_rows_and_records_its_p
     tags = MlflowClient().get_run(summary["run_id"]).data.tags
     assert tags["train.parent_version"] == first["version"] and tags["train.parent_run_id"] == first["run_id"]
     assert tags["train.mode"] == "incremental"
+    # The registered version carries the same lineage.
+    version_tags = MlflowClient().get_model_version("recsys_two_tower", summary["version"]).tags
+    assert version_tags["train.parent_version"] == first["version"] and version_tags["train.mode"] == "incremental"
+    assert version_tags["train.data_range"] == tags["train.data_range"] and "train.windows_end" in version_tags
     # It trained on day 2's 100 windows after the parent's last target and REPLAY older ones.
     assert tags["train.windows_end"] == (FIRST_TARGET + dt.timedelta(minutes=299)).isoformat()
     assert (tags["train.new_windows"], tags["train.replayed_windows"]) == ("100", str(REPLAY))
