@@ -15,12 +15,25 @@ go to the first of them (left-aligned), the greedy list fills the others.
 
 Propensity: the probability that the policy puts the item in that slot for that user, given
 the model's scores and the day's inputs (pool, exclusions, Thompson draws). A policy without
-exploration slots is deterministic: 1.0. Otherwise de-duplication, exclusions, the cap and the
-left-alignment leave no simple closed form, so it is estimated by Monte-Carlo: the user's
-lists are rebuilt under M = ``score.propensity_samples`` draws, sample m using the draw streams
-[3Km, 3K(m + 1)) of :func:`topk.uniforms`; the served list is sample 0 (today's stream), so an
-estimate is never below 1/M (off-policy weights need no zero) and its bias, (1 - p) / M, stays
-below its standard error sqrt(p (1 - p) / (M - 1)) (at most 0.035 at M = 200).
+exploration slots is deterministic: 1.0. Otherwise it is the sum of two parts, the item's
+chance to land there as an exploration pick and as a model item:
+
+- exploration part, exact (:func:`explore_probability`) for epsilon's slots (epsilon and
+  boost) when the cap cannot drop a pick (``category_cap`` 0 or >= K) and the user's list
+  always fills (at least K items with a finite score): slot s is the r-th exploration slot with
+  probability e C(s, r - 1) e^(r - 1) (1 - e)^(s - r + 1) (e = ``explore_share``), independent of
+  the picks, and the r-th pick exists with probability P(D >= r), D the distinct valid items
+  among the 2K tries; it is uniform over the user's a valid pool items, so
+  q(s) = sum_r e C(s, r - 1) e^(r - 1) (1 - e)^(s - r + 1) P(D >= r) / a for each of them;
+- model part, and the whole of it for Thompson, a cap below K or a list that cannot fill (no
+  closed form: de-duplication, exclusions, the cap and the left-alignment), by Monte-Carlo: the
+  user's lists are rebuilt under M = ``score.propensity_samples`` draws, sample m using the draw
+  streams [3Km, 3K(m + 1)) of :func:`topk.uniforms`; the served list is sample 0 (today's
+  stream). An estimated part counts the served list, so a served model item (or any served
+  item of an estimated list) is never below 1/M (off-policy weights need no zero) and its
+  bias, (1 - p) / M, stays below its standard error sqrt(p (1 - p) / (M - 1)) (at most 0.035 at
+  M = 200). A served exploration pick of an exact list needs no such floor (its exact part is
+  > 0) and gets none: its exploration chance, about e / a, is often far below 1/M.
 
 Everything is a pure function of (score.seed, run date, user): re-runs are identical.
 """
@@ -48,6 +61,8 @@ EPSILON, THOMPSON, BOOST = ScoreConfig.EXPLORE_POLICIES
 # Users x samples whose lists are built at once: bounds a task's memory for the Monte-Carlo
 # (about 1 KB per row and list position), whatever score.propensity_samples is.
 SAMPLE_ROWS = 1 << 13
+# Epsilon's tries per list position: the picks' uniform draws (2K), tried in order.
+TRIES_PER_SLOT = 2
 # Beta draws made at once by thompson_draws (memory: 8 bytes each).
 BETA_CHUNK = 1 << 22
 # The score settings that shape a list's distribution, hashed into policy_version.
@@ -156,8 +171,11 @@ def serve(scores: Tensor, keys: np.ndarray, pool: np.ndarray, categories: np.nda
 
     Returns:
         (:class:`topk.Ranked` [B, k] with the model's scores (without a boost's bonus),
-        propensity float64 [B, k]: 1.0 without exploration slots, else the Monte-Carlo
-        estimate, in [1 / samples, 1], of each filled slot.)
+        propensity float64 [B, k] of each filled slot, 0 for an empty one: 1.0 without
+        exploration slots; else, where :func:`explore_probability` is exact, the exact
+        exploration part plus the Monte-Carlo estimate of the model part (a served model item
+        >= 1 / samples, an exploration pick > 0); elsewhere the Monte-Carlo estimate of the
+        whole, in [1 / samples, 1].)
     """
     num_users, k = scores.shape[0], rules.k
     raw = None
@@ -169,19 +187,144 @@ def serve(scores: Tensor, keys: np.ndarray, pool: np.ndarray, categories: np.nda
         propensity = np.ones((num_users, k))
     else:
         top = topk.best_items(scores, k, rules.category_cap)
-        ranked, hits = None, np.zeros((num_users, k))
+        ranked, hits, model_hits = None, np.zeros((num_users, k)), np.zeros((num_users, k))
         for lists in sample_chunks(scores, top, keys, pool, categories, rules, policy):
-            items = lists.items.reshape(num_users, -1, k)
             if ranked is None:
-                first = np.arange(num_users) * items.shape[1]
+                first = np.arange(num_users) * (len(lists.items) // num_users)
                 ranked = topk.Ranked(lists.items[first], lists.scores[first], lists.explore[first])
-            hits += (items == ranked.items[:, None, :]).sum(axis=1)
-        propensity = np.where(ranked.items >= 0, hits / rules.propensity_samples, 0.0)
+            chunk_hits, chunk_model_hits = placement_hits(lists, ranked.items)
+            hits += chunk_hits
+            model_hits += chunk_model_hits
+        q, exact = explore_probability(scores, pool, rules, policy)
+        explored = q * pool_members(scores, pool, ranked.items)
+        estimate = propensities(hits, model_hits, rules.propensity_samples, exact, explored)
+        propensity = np.where(ranked.items >= 0, estimate, 0.0)
     if raw is not None:
         rows = torch.arange(num_users)[:, None]
         model = raw[rows, torch.from_numpy(np.maximum(ranked.items, 0))].numpy()
         ranked.scores = np.where(ranked.items >= 0, model, NEG_INF).astype(np.float32)
     return ranked, propensity
+
+
+def placement_hits(lists: topk.Ranked, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """How many of a chunk of sample lists hold each wanted item in its slot.
+
+    Args:
+        lists: a :func:`sample_lists` result, B x count rows (row b * count + j: user b).
+        wanted: int64 [B, K] an item index per user and slot; negative never matches.
+
+    Returns:
+        (all hits, model hits): int64 [B, K] each, the second counting only the lists where
+        the item is a model item (not an exploration pick) there.
+    """
+    num_users, k = wanted.shape
+    same = lists.items.reshape(num_users, -1, k) == wanted[:, None, :]
+    model = same & ~lists.explore.reshape(num_users, -1, k)
+    return same.sum(axis=1), model.sum(axis=1)
+
+
+def propensities(hits: np.ndarray, model_hits: np.ndarray, samples: int, exact: np.ndarray,
+                 explored: np.ndarray) -> np.ndarray:
+    """The probability of each (user, slot, item) placement from its two parts.
+
+    Args:
+        hits, model_hits: [B, K] of :func:`placement_hits`, summed over the ``samples`` lists.
+        samples: M, the lists counted.
+        exact: bool [B] of :func:`explore_probability`.
+        explored: float64 [B, K] the item's exact exploration probability there (q where the
+            item is one of :func:`pool_members`, else 0).
+
+    Returns:
+        float64 [B, K]: model_hits / M + explored where exact, hits / M elsewhere.
+    """
+    return np.where(exact[:, None], model_hits / samples + explored, hits / samples)
+
+
+def pool_members(scores: Tensor, pool: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Whether exploration may pick each item for its user: a pool item with a finite score.
+
+    Args:
+        scores: Tensor[B, N], -inf where excluded.
+        pool: int64 [P] item indices.
+        items: int64 [B, C] item indices; negative (empty, unknown) is never a member.
+
+    Returns:
+        bool [B, C].
+    """
+    rows = torch.arange(scores.shape[0])[:, None]
+    finite = torch.isfinite(scores[rows, torch.from_numpy(np.maximum(items, 0))]).numpy()
+    return (items >= 0) & finite & np.isin(items, pool)
+
+
+def explore_probability(scores: Tensor, pool: np.ndarray, rules: ListRules,
+                        policy: Policy) -> tuple[np.ndarray, np.ndarray]:
+    """The exact probability that an exploration pick puts a given valid pool item at each slot.
+
+    Exact for epsilon's slots (``policy.draws`` None) when the cap cannot drop a pick
+    (``category_cap`` 0 or >= K) and the user has at least K items with a finite score (the
+    list fills, so no slot shifts): see the module docstring for the formula.
+
+    Args:
+        scores: Tensor[B, N] as ranked (after a boost's bonus), -inf where excluded.
+        pool: int64 [P] distinct item indices.
+        rules: k, category_cap, explore_share.
+        policy: the policy (Thompson has no closed form).
+
+    Returns:
+        (q float64 [B, K]: the probability for each one of the user's :func:`pool_members`,
+        0 where it has none or the pool is empty; exact bool [B]: whether q is exact, i.e.
+        the user's exploration part is q for its pool members and 0 for any other item.)
+    """
+    num_users, k = scores.shape[0], rules.k
+    finite = torch.isfinite(scores)
+    epsilon_slots = policy.draws is None and not 0 < rules.category_cap < k
+    exact = epsilon_slots & (finite.sum(dim=1).numpy() >= k)
+    if len(pool) == 0:
+        return np.zeros((num_users, k)), exact
+    valid = finite[:, torch.from_numpy(pool)].sum(dim=1).numpy().astype(np.int64)
+    found = pick_tails(valid, len(pool), k, TRIES_PER_SLOT * k)
+    before = explored_before(rules.explore_share, k)
+    q = np.zeros((num_users, k))
+    for r in range(k):  # elementwise: a user's q never depends on the rest of its block
+        q += found[:, r : r + 1] * before[None, :, r]
+    return rules.explore_share * q / np.maximum(valid, 1)[:, None], exact
+
+
+def pick_tails(valid: np.ndarray, pool_size: int, k: int, tries: int) -> np.ndarray:
+    """P(D >= r), r = 1..K: D the distinct valid items among ``tries`` uniform tries over a pool.
+
+    A chain over the tries of j = distinct valid items so far (absorbing at K): a try finds a
+    new one with probability (valid - j) / pool_size.
+
+    Args:
+        valid: int64 [B] the pool's items each user may get.
+        pool_size: P > 0 entries tried uniformly.
+        k: the most picks counted.
+        tries: T.
+
+    Returns:
+        float64 [B, K], column r - 1 for r.
+    """
+    found = np.arange(k + 1)
+    new = np.where(found < k, np.clip(valid[:, None] - found, 0, None) / pool_size, 0.0)
+    state = np.zeros((len(valid), k + 1))
+    state[:, 0] = 1.0
+    for _ in range(tries):
+        moved = state * new
+        state = state - moved
+        state[:, 1:] += moved[:, :-1]
+    return np.cumsum(state[:, ::-1], axis=1)[:, ::-1][:, 1:]
+
+
+def explored_before(share: float, k: int) -> np.ndarray:
+    """float64 [K, K]: [s, j] the probability that exactly j of slots 0..s-1 are exploration slots
+    (binomial(s, share); 0 for j > s)."""
+    out = np.zeros((k, k))
+    out[0, 0] = 1.0
+    for s in range(1, k):
+        out[s] = out[s - 1] * (1.0 - share)
+        out[s, 1:] += out[s - 1, :-1] * share
+    return out
 
 
 def sample_chunks(scores: Tensor, top: topk.Candidates, keys: np.ndarray, pool: np.ndarray, categories: np.ndarray,
@@ -207,7 +350,7 @@ def sample_lists(scores: Tensor, top: topk.Candidates, keys: np.ndarray, pool: n
         :class:`topk.Ranked` of B x count rows, row b * count + j for sample start + j.
     """
     num_users, k = len(keys), rules.k
-    width = 3 * k
+    width = (1 + TRIES_PER_SLOT) * k
     draws = topk.uniforms(keys, width * count, offset=width * start).reshape(num_users * count, width)
     owner = np.repeat(np.arange(num_users, dtype=np.int64), count)
     slots = draws[:, :k] < rules.explore_share

@@ -123,11 +123,13 @@ def test_too_small_an_effective_sample_size_withholds_with_the_reason():
     assert metrics["ope.logged.clicks_per_list"] == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("policy", ["epsilon", "boost"])
+@pytest.mark.parametrize("policy", ["epsilon", "boost", "thompson"])
 def test_monte_carlo_target_propensities_are_the_score_stages_own(policy):
     chosen = policies.Policy(policy)
     if policy == "boost":
         chosen.bonus = policies.boost_bonus(4, np.array([2, 3]), 3.5)  # A jumps above g2
+    if policy == "thompson":  # counted throughout: no closed form
+        chosen.draws = np.array([[2, 3, 2, 3], [3, 2, 3, 2]])
     plan = vector_plan(k=2, share=0.5, samples=40, policy=chosen)
     frame = users([f"u{i}" for i in range(30)], seed=3)
     served = Recommender(plan).recommend(frame)
@@ -138,6 +140,21 @@ def test_monte_carlo_target_propensities_are_the_score_stages_own(policy):
     # slots at or past K have probability 0.
     beyond = pd.DataFrame({schema.USER_ID: ["u0"], schema.SLOT: [2], schema.ITEM_ID: [B]})
     assert offpolicy.target_placements(plan, frame, beyond)[offpolicy.TARGET_PROPENSITY].tolist() == [0.0]
+
+
+@pytest.mark.timeout(60)
+def test_the_targets_exploration_probabilities_are_exact():
+    # K = 2, share 1/2, pool {A, B} (both valid; 4 tries): a pick lands at slot 0 with
+    # 1/2 * 1/2 = 1/4, at slot 1 with 1/2 (1/4 + 1/4 (1 - 2 (1/2)^4)) = 15/64 (P(D >= 2) = 7/8),
+    # and is never a model item (g1, g2 lead): exactly these, whatever the 40 lists drew. g1 at
+    # slot 0 is a model item only: the share of the lists counted, sample 0 included.
+    plan = vector_plan(k=2, share=0.5, samples=40)
+    frame = users([f"u{i}" for i in range(5)], seed=4)
+    logged = pd.DataFrame({schema.USER_ID: ["u0", "u1", "u2", "u3", "u4"], schema.SLOT: [0, 1, 0, 1, 0],
+                           schema.ITEM_ID: [A, B, B, A, G1]})
+    found = offpolicy.target_placements(plan, frame, logged)[offpolicy.TARGET_PROPENSITY].tolist()
+    assert found[:4] == [1 / 4, 15 / 64, 1 / 4, 15 / 64]
+    assert found[4] * 40 == pytest.approx(round(found[4] * 40)) and 0 < found[4] < 1
 
 
 def test_the_estimates_cover_a_simulated_target_policys_true_value():

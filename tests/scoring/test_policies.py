@@ -173,12 +173,123 @@ def test_the_served_list_is_the_one_rank_builds_from_the_days_draws():
         slots = draws[:, :k] < share
         expected = topk.rank(scores.clone(), k, categories, cap, topk.draw_explore(scores, pool, slots, draws[:, k:]),
                              slots)
-        served, propensity = policies.serve(scores.clone(), keys, pool, categories, ListRules(k, 8, cap, share, 20),
-                                            policies.Policy())
+        rules = ListRules(k, 8, cap, share, 20)
+        served, propensity = policies.serve(scores.clone(), keys, pool, categories, rules, policies.Policy())
         assert np.array_equal(served.items, expected.items) and np.array_equal(served.explore, expected.explore)
         assert np.allclose(served.scores, expected.scores)
         filled = served.items >= 0
-        assert ((propensity[filled] >= 1 / 20) & (propensity[filled] <= 1)).all()
+        assert ((propensity[filled] > 0) & (propensity[filled] <= 1)).all()
+        # The served list is one of the counted samples, so a counted propensity is >= 1/M; an
+        # exploration pick of an exact list is its exact part only, and may well be below 1/M.
+        _, exact = policies.explore_probability(scores, pool, rules, policies.Policy())
+        counted = filled & ~(served.explore & exact[:, None])
+        assert (propensity[counted] >= 1 / 20).all()
+        if cap == 0:  # 0.3 / 12 valid pool items, or fewer, at slot 0: below 1/M
+            assert exact.all() and (propensity[filled & ~counted] < 1 / 20).any()
+        else:  # a cap below K: counted throughout
+            assert not exact.any()
+
+
+@pytest.mark.timeout(60)
+def test_exact_exploration_probabilities_by_hand():
+    # K = 3 (T = 6 tries), e = 1/2, pool {3, 4, 5} of 6 items; C(s, j) e^j (1 - e)^(s - j) = C(s, j) / 2^s.
+    # User 0 may get the whole pool (a = 3): P(D >= 1) = 1, P(D >= 2) = 1 - 3 (1/3)^6 = 242/243,
+    #   P(D >= 3) = (3^6 - 3 * 2^6 + 3) / 3^6 = 20/27 (all three tried);
+    #   q(0) = 1/3 * 1/2 = 1/6; q(1) = 1/3 (1/4 + 1/4 * 242/243) = 485/2916;
+    #   q(2) = 1/3 (1/8 + 2/8 * 242/243 + 1/8 * 20/27) = 907/5832.
+    # User 1 excluded item 5 (a = 2; a try is valid with 2/3): P(D >= 1) = 1 - (1/3)^6 = 728/729,
+    #   P(D >= 2) = 1 - 2 (2/3)^6 + (1/3)^6 = 602/729, P(D >= 3) = 0;
+    #   q(0) = 1/2 * 1/2 * 728/729 = 182/729; q(1) = 1/2 (1/4 * 728/729 + 1/4 * 602/729) = 665/2916;
+    #   q(2) = 1/2 (1/8 * 728/729 + 2/8 * 602/729) = 161/972.
+    # User 2 may get 2 items in all (its list cannot fill): not exact. User 3 excluded the
+    # whole pool (a = 0): exact, and no item is ever explored.
+    inf = float("-inf")
+    scores = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0], [5.0, 4.0, 3.0, 2.0, 1.0, inf],
+                           [5.0, inf, inf, 2.0, inf, inf], [5.0, 4.0, 3.0, inf, inf, inf]])
+    pool = np.array([3, 4, 5])
+    rules = ListRules(3, 8, 0, 0.5, 20)
+    tails = policies.pick_tails(np.array([3, 2]), 3, 3, 6)
+    np.testing.assert_allclose(tails, [[1, 242 / 243, 20 / 27], [728 / 729, 602 / 729, 0]], rtol=1e-12)
+    q, exact = policies.explore_probability(scores, pool, rules, policies.Policy())
+    np.testing.assert_allclose(q[:2], [[1 / 6, 485 / 2916, 907 / 5832], [182 / 729, 665 / 2916, 161 / 972]],
+                               rtol=1e-12)
+    assert exact.tolist() == [True, True, False, True] and q[3].tolist() == [0.0, 0.0, 0.0]
+    # Each slot's exploration chances sum to e P(exploring slot s finds a pick): a q(s) <= e.
+    assert (q[0] * 3 <= 0.5).all() and q[0, 0] * 3 == pytest.approx(0.5)
+    items = np.array([[3, 5, 0], [3, 5, 0], [3, 0, -1], [3, 4, 1]])
+    assert policies.pool_members(scores, pool, items).tolist() == [
+        [True, True, False], [True, False, False], [True, False, False], [False, False, False]]
+    # A cap that may drop picks, or Thompson's picks: no closed form. A cap of K never binds.
+    for cap, policy in ((1, policies.Policy()), (2, policies.Policy()),
+                        (0, policies.Policy(policies.THOMPSON, draws=np.array([[3, 4, 5]])))):
+        assert not policies.explore_probability(scores, pool, ListRules(3, 8, cap, 0.5, 20), policy)[1].any()
+    capped_q, capped_exact = policies.explore_probability(scores, pool, ListRules(3, 8, 3, 0.5, 20), policies.Policy())
+    assert np.array_equal(capped_q, q) and np.array_equal(capped_exact, exact)
+
+
+@pytest.mark.timeout(120)
+def test_exact_exploration_probabilities_match_sampled_lists_and_serve_matches_a_large_count():
+    rng = np.random.default_rng(11)
+    # A pool of 6 (5 for user 1) and e = 0.6: a list often explores 4 or 5 slots, and its 10
+    # tries often find fewer distinct items, so the picks' de-duplication weighs in.
+    num_users, num_items, k, share, samples = 3, 30, 5, 0.6, 20000
+    scores = torch.from_numpy(rng.normal(size=(num_users, num_items)).astype(np.float32))
+    scores[:, :2] += 3.0  # pool items 0 and 1 lead the greedy lists: they land as model items too
+    scores[1, 4] = float("-inf")  # user 1 may not get pool item 4
+    pool = np.arange(6, dtype=np.int64)
+    categories = np.full(num_items, -1, dtype=np.int64)
+    keys = rng.integers(-(2**62), 2**62, num_users)
+    rules = ListRules(k, 64, 0, share, samples)
+    q, exact = policies.explore_probability(scores, pool, rules, policies.Policy())
+    assert exact.all()
+    member = policies.pool_members(scores, pool, np.tile(np.arange(num_items), (num_users, 1)))
+    assert member.sum(axis=1).tolist() == [6, 5, 6]
+    lists = policies.sample_lists(scores, topk.best_items(scores, k), keys, pool, categories, rules,
+                                  policies.Policy(), 0, samples)
+    items = lists.items.reshape(num_users, samples, k)
+    explored = lists.explore.reshape(num_users, samples, k)
+    for item in range(num_items):
+        found = ((items == item) & explored).mean(axis=1)  # [B, K]
+        expected = np.where(member[:, item, None], q, 0.0)
+        # 5 standard errors of a share of 20000 lists; never explored where not a member.
+        assert (np.abs(found - expected) <= 5 * np.sqrt(expected * (1 - expected) / samples)).all(), item
+    assert ((items == 4) & explored)[1].sum() == 0 and ((items == 0) & ~explored).any()
+
+    # serve: the exact exploration part plus 1000 counted lists for the model part, against
+    # the share of all 20000 lists (the served list is sample 0 of both).
+    small = ListRules(k, 64, 0, share, 1000)
+    served, propensity = policies.serve(scores.clone(), keys, pool, categories, small, policies.Policy())
+    assert np.array_equal(served.items, items[:, 0]) and served.explore.any()
+    full = (items == served.items[:, None, :]).mean(axis=1)
+    spread = np.sqrt(full * (1 - full))
+    bound = 4 * spread / np.sqrt(999) + 1 / 1000 + 4 * spread / np.sqrt(samples) + 1e-3
+    assert (np.abs(propensity - full) <= bound).all()
+
+
+@pytest.mark.timeout(60)
+def test_thompson_a_cap_below_k_and_a_list_that_cannot_fill_keep_the_counted_propensities():
+    rng = np.random.default_rng(5)
+    num_users, num_items, k, samples = 6, 20, 4, 30
+    scores = torch.from_numpy(rng.normal(size=(num_users, num_items)).astype(np.float32))
+    scores[5, 3:] = float("-inf")  # user 5 may get 3 items: its list of 4 cannot fill
+    pool = np.arange(8, dtype=np.int64)
+    categories = rng.integers(0, 3, num_items)
+    keys = rng.integers(-(2**62), 2**62, num_users)
+    thompson = policies.Policy(policies.THOMPSON, draws=rng.permuted(np.tile(pool, (50, 1)), axis=1)[:, : 2 * k])
+    for cap, policy in ((1, policies.Policy()), (3, policies.Policy()), (0, thompson), (0, policies.Policy()),
+                        (k, policies.Policy())):
+        rules = ListRules(k, 8, cap, 0.5, samples)
+        served, propensity = policies.serve(scores.clone(), keys, pool, categories, rules, policy)
+        hits = sum(policies.placement_hits(lists, served.items)[0] for lists in policies.sample_chunks(
+            scores, topk.best_items(scores, k, cap), keys, pool, categories, rules, policy))
+        counted = np.where(served.items >= 0, hits / samples, 0.0)
+        _, exact = policies.explore_probability(scores, pool, rules, policy)
+        closed_form = policy.draws is None and cap in (0, k)
+        assert exact.tolist() == [closed_form] * 5 + [False], (cap, policy.name)
+        filled = served.items >= 0
+        assert np.array_equal(propensity[~exact], counted[~exact]) and (propensity[~exact] >= 1 / samples)[
+            filled[~exact]].all(), (cap, policy.name)
+        assert filled[5].sum() == 3 and served.explore[~exact].any()
 
 
 @pytest.mark.timeout(60)
