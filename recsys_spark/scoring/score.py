@@ -234,7 +234,8 @@ def build_plan(
                 out[:] = np.where(at >= 0, feedback[name].to_numpy(dtype=np.float64)[np.maximum(at, 0)], 0.0)
         alpha, beta = policies.thompson_posterior(model_recent[explore_pool], active_users, sc.thompson_prior_strength,
                                                   exposures, clicks)
-        policy.draws = policies.thompson_draws(explore_pool, alpha, beta, sc.thompson_draws, 2 * sc.top_k, sc.seed,
+        width = policies.TRIES_PER_SLOT * sc.top_k  # as many tries as epsilon's
+        policy.draws = policies.thompson_draws(explore_pool, alpha, beta, sc.thompson_draws, width, sc.seed,
                                                run_date or run_date_of(sc))
     return ScoringPlan(encoder, model_items, fallback_items, explore_pool, categories, rules, policy)
 
