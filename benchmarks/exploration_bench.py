@@ -212,9 +212,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="aliases of the exploring settings whose last-day logs value every other setting")
     parser.add_argument("--stage-timeout-minutes", type=float, default=30.0)
     parser.add_argument("--set", action="append", default=[], help="key=value for every stage (repeatable)")
+    parser.add_argument("--breakdown-only", action="store_true",
+                        help="only print the exploration breakdown of an earlier run in --out")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("recsys_spark").setLevel(logging.WARNING)
+    if args.breakdown_only:
+        breakdown(args.out.resolve(), args)
+        return 0
 
     from recsys_spark.cli import stage_function
     from recsys_spark.data import feedback_sim
@@ -316,7 +321,47 @@ def main(argv: list[str] | None = None) -> int:
     launched = int((world.item_launch_day <= args.history_days + args.days - 1).sum()) \
         if world.item_launch_day is not None else world.n_items
     report(rows, served, ndcg, ope, settings, launched, args, command, time.time() - started, out)
+    breakdown(out, args)
     return 0
+
+
+def breakdown(out: Path, args: argparse.Namespace) -> None:
+    """Where each setting's clicks came from: per source (model items, exploration picks) the
+    exposures, clicks drawn, expected clicks per exposure (the click model's truth) and the
+    share of exposures of items launched during the loop; read from the run's own outputs."""
+    import pyarrow.parquet as pq
+
+    from recsys_spark.data import feedback_sim
+    from recsys_spark.data.generate import build_world, effective_config
+    from recsys_spark.etl.pseudonym import DEV_KEY
+
+    gen_cfg = effective_config(load_config(None, base_overrides(out, args)).generate)
+    world, model = build_world(gen_cfg), feedback_sim.ClickModel()
+    key = ["user_id", "run_date", "slot"]
+    print("\nexposures by source over the loop (expected: the click model's P(click) per exposure; relevance: "
+          "P(click | examined); new items: launched during the loop):")
+    print(f"{'setting':14s} {'source':8s} {'exposures':>10s} {'clicks':>7s} {'CTR':>7s} {'expected':>9s} "
+          f"{'relevance':>13s} {'new items':>9s}")
+    for setting in SETTINGS:
+        folder = out / f"loop_{setting.alias}"
+        if not (folder / "feedback").exists():
+            continue
+        feedback = pq.read_table(folder / "feedback").to_pandas()
+        recs = pq.read_table(folder / "recommendations").to_pandas()
+        for frame in (feedback, recs):
+            frame["run_date"] = pd.to_datetime(frame["run_date"].astype(str)).dt.date
+        joined = feedback.merge(recs[[*key, "source"]], on=key, how="left", validate="one_to_one")
+        users = feedback_sim.user_index(world, joined["user_id"].to_numpy(dtype=object), DEV_KEY)
+        items = feedback_sim.item_index(world, joined["item_id"].to_numpy(dtype=np.int64))
+        days = np.array([feedback_sim.day_of(gen_cfg, d) for d in joined["run_date"]])
+        relevance = model.relevance(world, gen_cfg, users, items, days)
+        joined["expected"] = model.examine(joined["slot"].to_numpy()) * relevance
+        joined["relevance"] = relevance
+        joined["new"] = world.item_launch_day[items] >= args.history_days if world.item_launch_day is not None else False
+        for source, part in joined.groupby("source"):
+            print(f"{setting.name:14s} {source:8s} {len(part):10,d} {int(part['clicked'].sum()):7d} "
+                  f"{part['clicked'].mean():7.3%} {part['expected'].mean():9.5f} {part['relevance'].mean():13.5f} "
+                  f"{part['new'].mean():9.1%}")
 
 
 def clean_kept(summary: dict[str, Any]) -> int | None:
