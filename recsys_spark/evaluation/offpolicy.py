@@ -5,14 +5,15 @@ The target policy is exactly what the score stage would serve with the challenge
 ``cfg.score`` on each logged run date: the same plan (:func:`recsys_spark.scoring.score.build_plan`),
 the same user keys (``xxhash64(user, score.seed, run date)``) and the same Monte-Carlo
 (:func:`recsys_spark.scoring.policies.sample_lists`, samples [0, M), M = score.propensity_samples).
-Its probability of each logged placement, pi_e(item | user, slot), is made as the score stage
-makes a propensity: where epsilon's exploration part has a closed form
-(:func:`recsys_spark.scoring.policies.explore_probability`), that exact part plus the share of
-the M lists holding the logged item in the logged slot as a model item; elsewhere (Thompson, a
-cap below K, a list that cannot fill) the share of the M lists holding it there at all. So for
-an item the target serves it is exactly the propensity the score stage would write
-(:func:`target_placements`). A deterministic list (no exploration slots, or a fallback user)
-gives 1 or 0.
+Its probability of each logged placement, pi_e(item | user, slot), is made by the score stage's
+own function (:func:`recsys_spark.scoring.policies.placement_probability`): exact where the
+whole has a closed form (epsilon's slots, no binding cap, a list that fills, no valid pool item
+among the user's K best: :func:`recsys_spark.scoring.policies.greedy_users`); where only
+epsilon's exploration part has one, that exact part plus the share of the M lists holding the
+logged item in the logged slot as a model item; elsewhere (Thompson, a cap below K, a list that
+cannot fill) the share of the M lists holding it there at all. So for an item the target serves
+it is exactly the propensity the score stage would write (:func:`target_placements`). A
+deterministic list (no exploration slots, or a fallback user) gives 1 or 0.
 
 History as of the run date (:func:`scoring_rows_as_of`): each logged user's history is rebuilt
 from ``paths.clean`` events strictly before the run date's midnight (UTC), with featurize's own
@@ -141,10 +142,10 @@ def target_placements(plan: ScoringPlan, users: pd.DataFrame, logged: pd.DataFra
 
     Returns:
         ``logged`` (same rows, same order) with target_propensity (float64 in [0, 1]: as
-        :func:`recsys_spark.scoring.policies.serve` makes a propensity, from the M =
-        rules.propensity_samples lists and the exact exploration part where there is one; 1/0
-        for deterministic lists; slots at or past K: 0) and q_target (the mean of q over the M
-        lists' items in that slot).
+        :func:`recsys_spark.scoring.policies.serve` makes a propensity, exact where there is a
+        closed form, else from the M = rules.propensity_samples lists and the exact exploration
+        part where there is one; 1/0 for deterministic lists; slots at or past K: 0) and
+        q_target (the mean of q over the M lists' items in that slot).
 
     Raises:
         ValueError: a logged user has no scoring row, or a user repeats.
@@ -194,8 +195,8 @@ def _monte_carlo(plan: ScoringPlan, batch: UserBatch, model_users: np.ndarray, r
                  item: np.ndarray, reward: PositionCtr) -> tuple[np.ndarray, np.ndarray]:
     """For the model users: (the target's probability of the logged item at each slot, mean q
     at each slot), float64 [len(model_users), K] each; the score stage's steps (Recommender's
-    model block, then policies.serve's sampling and its split into an exact exploration part
-    and counted hits), block by block."""
+    model block, then policies.serve's sampling and policies.placement_probability: exact
+    parts where there is a closed form, counted hits elsewhere), block by block."""
     rules, space, k, samples = plan.rules, plan.model_items, plan.rules.k, plan.rules.propensity_samples
     vectors = torch.from_numpy(np.ascontiguousarray(space.vectors, dtype=np.float32))
     wanted = np.full((batch.batch.num_rows, k), _NO_ITEM, dtype=np.int64)
@@ -203,10 +204,7 @@ def _monte_carlo(plan: ScoringPlan, batch: UserBatch, model_users: np.ndarray, r
     index = space.index_of(item[within])
     wanted[row[within], slot[within]] = np.where(index >= 0, index, _NO_ITEM)
     slot_grid = np.arange(k)[None, None, :]
-    hits = np.zeros((len(model_users), k))
-    model_hits = np.zeros((len(model_users), k))
-    explored = np.zeros((len(model_users), k))
-    exact = np.zeros(len(model_users), dtype=bool)
+    probability = np.zeros((len(model_users), k))
     q_sum = np.zeros((len(model_users), k))
     for start in range(0, len(model_users), rules.block_size):
         rows = model_users[start : start + rules.block_size]
@@ -223,17 +221,18 @@ def _monte_carlo(plan: ScoringPlan, batch: UserBatch, model_users: np.ndarray, r
             keys = part.column(USER_KEY).to_numpy(zero_copy_only=False).astype(np.int64)
             top = topk.best_items(scores, k, rules.category_cap)
             block = slice(start, start + len(rows))
+            hits, model_hits = np.zeros((len(rows), k)), np.zeros((len(rows), k))
             for lists in policies.sample_chunks(scores, top, keys, plan.explore_pool, space.categories, rules,
                                                 plan.policy):
                 chunk_hits, chunk_model_hits = policies.placement_hits(lists, wanted[rows])
-                hits[block] += chunk_hits
-                model_hits[block] += chunk_model_hits
+                hits += chunk_hits
+                model_hits += chunk_model_hits
                 items = lists.items.reshape(len(rows), -1, k)
                 products = np.where(items >= 0, space.product_ids[np.maximum(items, 0)], schema.EMPTY_SLOT)
                 q_sum[block] += reward.predict(slot_grid, products).sum(axis=1)
-            q, exact[block] = policies.explore_probability(scores, plan.explore_pool, rules, plan.policy)
-            explored[block] = q * policies.pool_members(scores, plan.explore_pool, wanted[rows])
-    return policies.propensities(hits, model_hits, samples, exact, explored), q_sum / samples
+            probability[block] = policies.placement_probability(scores, top, plan.explore_pool, rules, plan.policy,
+                                                                wanted[rows], hits, model_hits)
+    return probability, q_sum / samples
 
 
 # ----------------------------------------------------------------------------- estimates

@@ -23,17 +23,26 @@ chance to land there as an exploration pick and as a model item:
   always fills (at least K items with a finite score): slot s is the r-th exploration slot with
   probability e C(s, r - 1) e^(r - 1) (1 - e)^(s - r + 1) (e = ``explore_share``), independent of
   the picks, and the r-th pick exists with probability P(D >= r), D the distinct valid items
-  among the 2K tries; it is uniform over the user's a valid pool items, so
+  among the 2K tries (:func:`pick_counts`); it is uniform over the user's a valid pool items, so
   q(s) = sum_r e C(s, r - 1) e^(r - 1) (1 - e)^(s - r + 1) P(D >= r) / a for each of them;
-- model part, and the whole of it for Thompson, a cap below K or a list that cannot fill (no
-  closed form: de-duplication, exclusions, the cap and the left-alignment), by Monte-Carlo: the
-  user's lists are rebuilt under M = ``score.propensity_samples`` draws, sample m using the draw
-  streams [3Km, 3K(m + 1)) of :func:`topk.uniforms`; the served list is sample 0 (today's
-  stream). An estimated part counts the served list, so a served model item (or any served
-  item of an estimated list) is never below 1/M (off-policy weights need no zero) and its
+- model part, exact too (:func:`model_placement`) for such a user when none of its K best items
+  (the greedy order, :func:`topk.best_items`) is a valid pool item (:func:`greedy_users`): a pick
+  is then never one of the list's model items, which are the K best in order, filling the slots
+  that are not pick slots (the first min(n, D) of the n exploration slots). Greedy rank j lands
+  at slot s iff s is not a pick slot and exactly m = s - j of slots 0..s-1 are; with E_s ~
+  Binomial(s, e) the exploration slots before s,
+  P(j at s) = sum_d P(D = d) [(1 - e) P(min(E_s, d) = m) + e P(E_s >= d) 1[d = m]];
+- elsewhere the model part, and the whole of it for Thompson, a cap below K or a list that
+  cannot fill (no closed form: de-duplication, exclusions, the cap and the left-alignment), by
+  Monte-Carlo: the user's lists are rebuilt under M = ``score.propensity_samples`` draws, sample
+  m using the draw streams [3Km, 3K(m + 1)) of :func:`topk.uniforms`; the served list is sample
+  0 (today's stream). An estimated part counts the served list, so a served model item (or any
+  served item of an estimated list) is never below 1/M (off-policy weights need no zero) and its
   bias, (1 - p) / M, stays below its standard error sqrt(p (1 - p) / (M - 1)) (at most 0.035 at
-  M = 200). A served exploration pick of an exact list needs no such floor (its exact part is
-  > 0) and gets none: its exploration chance, about e / a, is often far below 1/M.
+  M = 200). An exact part needs no such floor (it is > 0 for a served item) and gets none: an
+  exploration chance, about e / a, or a model item's chance at a deep slot, about (1 - e)^s,
+  is often far below 1/M. :func:`placement_probability` joins the parts, for the score stage
+  and the off-policy evaluation alike.
 
 Everything is a pure function of (score.seed, run date, user): re-runs are identical.
 """
@@ -172,8 +181,9 @@ def serve(scores: Tensor, keys: np.ndarray, pool: np.ndarray, categories: np.nda
     Returns:
         (:class:`topk.Ranked` [B, k] with the model's scores (without a boost's bonus),
         propensity float64 [B, k] of each filled slot, 0 for an empty one: 1.0 without
-        exploration slots; else, where :func:`explore_probability` is exact, the exact
-        exploration part plus the Monte-Carlo estimate of the model part (a served model item
+        exploration slots; else :func:`placement_probability`: exact where
+        :func:`greedy_users` holds; the exact exploration part plus the Monte-Carlo estimate
+        of the model part where only :func:`explore_probability` is exact (a served model item
         >= 1 / samples, an exploration pick > 0); elsewhere the Monte-Carlo estimate of the
         whole, in [1 / samples, 1].)
     """
@@ -195,10 +205,8 @@ def serve(scores: Tensor, keys: np.ndarray, pool: np.ndarray, categories: np.nda
             chunk_hits, chunk_model_hits = placement_hits(lists, ranked.items)
             hits += chunk_hits
             model_hits += chunk_model_hits
-        q, exact = explore_probability(scores, pool, rules, policy)
-        explored = q * pool_members(scores, pool, ranked.items)
-        estimate = propensities(hits, model_hits, rules.propensity_samples, exact, explored)
-        propensity = np.where(ranked.items >= 0, estimate, 0.0)
+        found = placement_probability(scores, top, pool, rules, policy, ranked.items, hits, model_hits)
+        propensity = np.where(ranked.items >= 0, found, 0.0)
     if raw is not None:
         rows = torch.arange(num_users)[:, None]
         model = raw[rows, torch.from_numpy(np.maximum(ranked.items, 0))].numpy()
@@ -238,6 +246,78 @@ def propensities(hits: np.ndarray, model_hits: np.ndarray, samples: int, exact: 
         float64 [B, K]: model_hits / M + explored where exact, hits / M elsewhere.
     """
     return np.where(exact[:, None], model_hits / samples + explored, hits / samples)
+
+
+def placement_probability(scores: Tensor, top: topk.Candidates, pool: np.ndarray, rules: ListRules,
+                          policy: Policy, wanted: np.ndarray, hits: np.ndarray, model_hits: np.ndarray) -> np.ndarray:
+    """The policy's probability of each wanted (user, slot, item) placement, as the score stage
+    writes it (:func:`serve`) and the off-policy evaluation reads it.
+
+    Args:
+        scores: Tensor[B, N] as ranked (after a boost's bonus), -inf where excluded.
+        top: :func:`topk.best_items` of ``scores``.
+        pool: int64 [P] distinct item indices; rules: k, category_cap, explore_share,
+            propensity_samples; policy: the policy.
+        wanted: int64 [B, K] an item index per user and slot; negative is never placed.
+        hits, model_hits: [B, K] of :func:`placement_hits` for ``wanted``, summed over the
+            rules.propensity_samples lists.
+
+    Returns:
+        float64 [B, K]: where :func:`greedy_users`, the exact P(greedy rank of the item at the
+        slot) (:func:`model_placement`; 0 for an item not among the K best) plus q for a pool
+        member; elsewhere :func:`propensities`.
+    """
+    k = rules.k
+    q, exact = explore_probability(scores, pool, rules, policy)
+    explored = q * pool_members(scores, pool, wanted)
+    estimate = propensities(hits, model_hits, rules.propensity_samples, exact, explored)
+    greedy = greedy_users(scores, top, pool, exact, k)
+    if not greedy.any():
+        return estimate
+    counts = pick_counts(_valid_pool_items(scores, pool), len(pool), k, TRIES_PER_SLOT * k)
+    placed = model_placement(counts, rules.explore_share, k)  # [B, rank, slot]
+    is_rank = (top.items[:, :k, None] == wanted[:, None, :]) & (wanted[:, None, :] >= 0)
+    model = (is_rank * placed).sum(axis=1)
+    return np.where(greedy[:, None], model + explored, estimate)
+
+
+def greedy_users(scores: Tensor, top: topk.Candidates, pool: np.ndarray, exact: np.ndarray, k: int) -> np.ndarray:
+    """Whether a user's model part is exact too: its exploration part is (``exact`` of
+    :func:`explore_probability`) and none of its K best items (``top``'s first K, the greedy
+    order) is a valid pool item, so that its model items are always its K best in order.
+
+    Returns:
+        bool [B].
+    """
+    if len(pool) == 0 or top.items.shape[1] < k:
+        return np.zeros(len(exact), dtype=bool)
+    return exact & ~pool_members(scores, pool, top.items[:, :k]).any(axis=1)
+
+
+def model_placement(counts: np.ndarray, share: float, k: int) -> np.ndarray:
+    """The probability that greedy rank j is the model item at slot s, for a user of
+    :func:`greedy_users` (see the module docstring).
+
+    Args:
+        counts: float64 [B, K + 1] P(D = d) of :func:`pick_counts`.
+        share: e, the exploration share.
+        k: K.
+
+    Returns:
+        float64 [B, K, K]: [b, j, s] (0 for j > s).
+    """
+    before = explored_before(share, k)  # [s, m] P(E_s = m)
+    # [s, d] P(E_s >= d), d = 0..K (0 at d = K: E_s <= s < K).
+    at_least = np.pad(np.cumsum(before[:, ::-1], axis=1)[:, ::-1], ((0, 0), (0, 1)))
+    slot = np.arange(k)[None, :]
+    taken = slot - np.arange(k)[:, None]  # [j, s] m = s - j pick slots before s
+    m = np.maximum(taken, 0)
+    terms = np.zeros((k + 1, k, k))
+    for d in range(k + 1):
+        tail = at_least[slot, d]  # [1, s]
+        picked = np.where(m < d, before[slot, m], np.where(m == d, tail, 0.0))  # P(min(E_s, d) = m)
+        terms[d] = np.where(taken >= 0, (1.0 - share) * picked + share * tail * (m == d), 0.0)
+    return np.einsum("bd,djs->bjs", counts, terms)
 
 
 def pool_members(scores: Tensor, pool: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -281,7 +361,7 @@ def explore_probability(scores: Tensor, pool: np.ndarray, rules: ListRules,
     exact = epsilon_slots & (finite.sum(dim=1).numpy() >= k)
     if len(pool) == 0:
         return np.zeros((num_users, k)), exact
-    valid = finite[:, torch.from_numpy(pool)].sum(dim=1).numpy().astype(np.int64)
+    valid = _valid_pool_items(scores, pool)
     found = pick_tails(valid, len(pool), k, TRIES_PER_SLOT * k)
     before = explored_before(rules.explore_share, k)
     q = np.zeros((num_users, k))
@@ -290,8 +370,14 @@ def explore_probability(scores: Tensor, pool: np.ndarray, rules: ListRules,
     return rules.explore_share * q / np.maximum(valid, 1)[:, None], exact
 
 
-def pick_tails(valid: np.ndarray, pool_size: int, k: int, tries: int) -> np.ndarray:
-    """P(D >= r), r = 1..K: D the distinct valid items among ``tries`` uniform tries over a pool.
+def _valid_pool_items(scores: Tensor, pool: np.ndarray) -> np.ndarray:
+    """int64 [B]: how many of the pool's items each user may get (finite score)."""
+    return torch.isfinite(scores[:, torch.from_numpy(pool)]).sum(dim=1).numpy().astype(np.int64)
+
+
+def pick_counts(valid: np.ndarray, pool_size: int, k: int, tries: int) -> np.ndarray:
+    """P(D = d), d = 0..K: D the distinct valid items among ``tries`` uniform tries over a pool,
+    counted up to K (the most picks a list takes; d = K means at least K).
 
     A chain over the tries of j = distinct valid items so far (absorbing at K): a try finds a
     new one with probability (valid - j) / pool_size.
@@ -303,7 +389,7 @@ def pick_tails(valid: np.ndarray, pool_size: int, k: int, tries: int) -> np.ndar
         tries: T.
 
     Returns:
-        float64 [B, K], column r - 1 for r.
+        float64 [B, K + 1], column d.
     """
     found = np.arange(k + 1)
     new = np.where(found < k, np.clip(valid[:, None] - found, 0, None) / pool_size, 0.0)
@@ -313,6 +399,16 @@ def pick_tails(valid: np.ndarray, pool_size: int, k: int, tries: int) -> np.ndar
         moved = state * new
         state = state - moved
         state[:, 1:] += moved[:, :-1]
+    return state
+
+
+def pick_tails(valid: np.ndarray, pool_size: int, k: int, tries: int) -> np.ndarray:
+    """P(D >= r), r = 1..K, of :func:`pick_counts` (same arguments).
+
+    Returns:
+        float64 [B, K], column r - 1 for r.
+    """
+    state = pick_counts(valid, pool_size, k, tries)
     return np.cumsum(state[:, ::-1], axis=1)[:, ::-1][:, 1:]
 
 

@@ -146,15 +146,17 @@ def test_monte_carlo_target_propensities_are_the_score_stages_own(policy):
 def test_the_targets_exploration_probabilities_are_exact():
     # K = 2, share 1/2, pool {A, B} (both valid; 4 tries): a pick lands at slot 0 with
     # 1/2 * 1/2 = 1/4, at slot 1 with 1/2 (1/4 + 1/4 (1 - 2 (1/2)^4)) = 15/64 (P(D >= 2) = 7/8),
-    # and is never a model item (g1, g2 lead): exactly these, whatever the 40 lists drew. g1 at
-    # slot 0 is a model item only: the share of the lists counted, sample 0 included.
+    # and is never a model item (g1, g2 lead): exactly these, whatever the 40 lists drew. The
+    # model items are exact too (no pool item among the 2 best): g1 at slot 0 when slot 0 is
+    # not explored, 1/2; g2 at slot 1 when neither is, 1/4; g1 at slot 1 when slot 0 holds a
+    # pick and slot 1 does not, 1/4 (slot 1 plain) + 1/4 * 1/8 (explored, but D = 1) = 9/32.
     plan = vector_plan(k=2, share=0.5, samples=40)
-    frame = users([f"u{i}" for i in range(5)], seed=4)
-    logged = pd.DataFrame({schema.USER_ID: ["u0", "u1", "u2", "u3", "u4"], schema.SLOT: [0, 1, 0, 1, 0],
-                           schema.ITEM_ID: [A, B, B, A, G1]})
+    frame = users([f"u{i}" for i in range(7)], seed=4)
+    logged = pd.DataFrame({schema.USER_ID: [f"u{i}" for i in range(7)], schema.SLOT: [0, 1, 0, 1, 0, 1, 1],
+                           schema.ITEM_ID: [A, B, B, A, G1, G2, G1]})
     found = offpolicy.target_placements(plan, frame, logged)[offpolicy.TARGET_PROPENSITY].tolist()
     assert found[:4] == [1 / 4, 15 / 64, 1 / 4, 15 / 64]
-    assert found[4] * 40 == pytest.approx(round(found[4] * 40)) and 0 < found[4] < 1
+    assert found[4:] == pytest.approx([1 / 2, 1 / 4, 9 / 32], rel=1e-12)
 
 
 def test_the_estimates_cover_a_simulated_target_policys_true_value():

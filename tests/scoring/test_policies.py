@@ -180,9 +180,12 @@ def test_the_served_list_is_the_one_rank_builds_from_the_days_draws():
         filled = served.items >= 0
         assert ((propensity[filled] > 0) & (propensity[filled] <= 1)).all()
         # The served list is one of the counted samples, so a counted propensity is >= 1/M; an
-        # exploration pick of an exact list is its exact part only, and may well be below 1/M.
+        # exploration pick of an exact list is its exact part only, and may well be below 1/M, as
+        # may any item of a user whose model part is exact too (one user at cap 0).
         _, exact = policies.explore_probability(scores, pool, rules, policies.Policy())
-        counted = filled & ~(served.explore & exact[:, None])
+        greedy = policies.greedy_users(scores, topk.best_items(scores, k, cap), pool, exact, k)
+        assert greedy.sum() == (cap == 0)
+        counted = filled & ~(served.explore & exact[:, None]) & ~greedy[:, None]
         assert (propensity[counted] >= 1 / 20).all()
         if cap == 0:  # 0.3 / 12 valid pool items, or fewer, at slot 0: below 1/M
             assert exact.all() and (propensity[filled & ~counted] < 1 / 20).any()
@@ -290,6 +293,114 @@ def test_thompson_a_cap_below_k_and_a_list_that_cannot_fill_keep_the_counted_pro
         assert np.array_equal(propensity[~exact], counted[~exact]) and (propensity[~exact] >= 1 / samples)[
             filled[~exact]].all(), (cap, policy.name)
         assert filled[5].sum() == 3 and served.explore[~exact].any()
+
+
+@pytest.mark.timeout(60)
+def test_exact_model_placements_by_hand():
+    # K = 3 (6 tries), e = 1/2, items 0..2 lead (5, 4, 3); the pool {3, 4} (2, 1) never reaches the
+    # top 3. D (distinct pool items among 6 tries of 2): P(D = 1) = 2 (1/2)^6 = 1/32, P(D = 2) = 31/32.
+    # E_s ~ Binomial(s, 1/2); greedy rank j at slot s needs s not a pick slot and m = s - j pick
+    # slots before it: P = sum_d P(D = d) [1/2 P(min(E_s, d) = m) + 1/2 P(E_s >= d) 1[d = m]]:
+    #   (0, 0): 1/2;  (1, 1): d = 1: 1/2 * 1/2, d = 2: 1/2 * 1/2 -> 1/4;
+    #   (0, 1): d = 1: 1/2 * 1/2 + 1/2 * 1/2 = 1/2, d = 2: 1/2 * 1/2 -> 1/32 * 1/2 + 31/32 * 1/4 = 33/128;
+    #   (2, 2): 1/2 P(E_2 = 0) = 1/8 for both d;
+    #   (1, 2): d = 1: 1/2 * 3/4 + 1/2 * 3/4 = 3/4, d = 2: 1/2 P(E_2 = 1) = 1/4 -> 3/128 + 31/128 = 17/64;
+    #   (0, 2): d = 1: 0 (m > d), d = 2: 1/2 * 1/4 + 1/2 * 1/4 = 1/4 -> 31/128.
+    # A pick at slot 2: 1/2 (1/32 * 1/4 + 31/32 * 3/4) = 47/128 = 1 - (1/8 + 17/64 + 31/128).
+    counts = policies.pick_counts(np.array([2]), 2, 3, 6)
+    np.testing.assert_allclose(counts, [[0, 1 / 32, 31 / 32, 0]], rtol=1e-12)
+    placed = policies.model_placement(counts, 0.5, 3)[0]
+    np.testing.assert_allclose(placed, [[1 / 2, 33 / 128, 31 / 128], [0, 1 / 4, 17 / 64], [0, 0, 1 / 8]],
+                               rtol=1e-12, atol=1e-15)
+    # Through placement_probability: the counted hits play no part for such a user. q(0) of a
+    # pool item = 1/2 * 1/2 (P(D >= 1) = 1, a = 2).
+    scores = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0, 0.5]])
+    pool = np.array([3, 4])
+    rules = ListRules(3, 8, 0, 0.5, 20)
+    top = topk.best_items(scores, 3)
+    for wanted, expected in (([0, 0, 0], [1 / 2, 33 / 128, 31 / 128]), ([3, 1, 2], [1 / 4, 1 / 4, 1 / 8]),
+                             ([5, 2, -1], [0, 0, 0])):
+        found = policies.placement_probability(scores, top, pool, rules, policies.Policy(), np.array([wanted]),
+                                               np.full((1, 3), 7.0), np.full((1, 3), 3.0))
+        np.testing.assert_allclose(found, [expected], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("share", [0.3, 0.6])
+def test_exact_model_placements_match_sampled_lists_and_serve_writes_them(share):
+    rng = np.random.default_rng(13)
+    num_users, num_items, k, samples = 3, 30, 5, 20000
+    scores = torch.from_numpy(rng.normal(size=(num_users, num_items)).astype(np.float32))
+    pool = np.arange(6, dtype=np.int64)
+    scores[:, :6] -= 10.0  # the pool scores below every other item: never among the 5 best
+    scores[1, 4] = float("-inf")  # user 1 may get 5 pool items
+    scores[2, 20:] = float("-inf")  # user 2's 14 items still fill its list
+    categories = np.full(num_items, -1, dtype=np.int64)
+    keys = rng.integers(-(2**62), 2**62, num_users)
+    rules = ListRules(k, 64, 0, share, samples)
+    top = topk.best_items(scores, k)
+    q, exact = policies.explore_probability(scores, pool, rules, policies.Policy())
+    assert policies.greedy_users(scores, top, pool, exact, k).all()
+    valid = np.array([6, 5, 6])
+    placed = policies.model_placement(policies.pick_counts(valid, 6, k, 2 * k), share, k)  # [B, rank, slot]
+    # Each slot holds one item: a greedy rank or one of the a valid pool items.
+    np.testing.assert_allclose(placed.sum(axis=1) + valid[:, None] * q, 1.0, rtol=1e-12)
+    lists = policies.sample_lists(scores, top, keys, pool, categories, rules, policies.Policy(), 0, samples)
+    items = lists.items.reshape(num_users, samples, k)
+    model = ~lists.explore.reshape(num_users, samples, k)
+    for rank in range(k):
+        found = ((items == top.items[:, rank, None, None]) & model).mean(axis=1)  # [B, slot]
+        expected = placed[:, rank]
+        # 5 standard errors of a share of 20000 lists; 0 exactly where impossible (slot < rank).
+        assert (np.abs(found - expected) <= 5 * np.sqrt(expected * (1 - expected) / samples)).all(), rank
+    # Rank 4 at slot 4 needs no pick slot among 0..4; users 0 and 2 always find a pick: (1 - e)^5.
+    np.testing.assert_allclose(placed[[0, 2], 4, 4], (1 - share) ** 5, rtol=1e-12)
+    # serve: the exact total, no counted term (M = 200); sample 0 is the served list.
+    small = ListRules(k, 64, 0, share, 200)
+    served, propensity = policies.serve(scores.clone(), keys, pool, categories, small, policies.Policy())
+    assert np.array_equal(served.items, items[:, 0]) and served.explore.any()
+    rank_of = served.items[:, None, :] == top.items[:, :k, None]  # [B, rank, slot]
+    member = policies.pool_members(scores, pool, served.items)
+    np.testing.assert_allclose(propensity, (rank_of * placed).sum(axis=1) + member * q, rtol=1e-12)
+    assert (propensity > 0).all()
+
+
+@pytest.mark.timeout(60)
+def test_a_pool_item_among_the_best_thompson_and_a_binding_cap_keep_the_counted_model_part():
+    rng = np.random.default_rng(17)
+    num_users, num_items, k, samples = 6, 20, 4, 30
+    scores = torch.from_numpy(rng.normal(size=(num_users, num_items)).astype(np.float32))
+    pool = np.arange(8, dtype=np.int64)
+    scores[:, :8] -= 10.0
+    scores[:3, 2] += 20.0  # users 0..2 have pool item 2 first: a pick may take a model item's place
+    scores[1, 5] += 20.0
+    categories = rng.integers(0, 3, num_items)
+    keys = rng.integers(-(2**62), 2**62, num_users)
+    thompson = policies.Policy(policies.THOMPSON, draws=rng.permuted(np.tile(pool, (50, 1)), axis=1)[:, : 2 * k])
+    for cap, policy in ((0, policies.Policy()), (k, policies.Policy()), (1, policies.Policy()),
+                        (3, policies.Policy()), (0, thompson)):
+        rules = ListRules(k, 8, cap, 0.5, samples)
+        served, propensity = policies.serve(scores.clone(), keys, pool, categories, rules, policy)
+        top = topk.best_items(scores, k, cap)
+        hits, model_hits = np.zeros((num_users, k)), np.zeros((num_users, k))
+        for lists in policies.sample_chunks(scores, top, keys, pool, categories, rules, policy):
+            chunk_hits, chunk_model_hits = policies.placement_hits(lists, served.items)
+            hits += chunk_hits
+            model_hits += chunk_model_hits
+        q, exact = policies.explore_probability(scores, pool, rules, policy)
+        greedy = policies.greedy_users(scores, top, pool, exact, k)
+        closed_form = policy.draws is None and cap in (0, k)
+        assert exact.tolist() == [closed_form] * 6 and greedy.tolist() == [False] * 3 + [closed_form] * 3
+        member = policies.pool_members(scores, pool, served.items)
+        counted = np.where(exact[:, None], model_hits / samples + q * member, hits / samples)
+        counted = np.where(served.items >= 0, counted, 0.0)  # a cap of 1 may leave slots empty
+        assert np.array_equal(propensity[~greedy], counted[~greedy]), (cap, policy.name)
+        assert (propensity[~greedy & ~exact] >= 1 / samples)[served.items[~greedy & ~exact] >= 0].all() and served.explore[~greedy].any()
+        if closed_form:  # the others: exact, whatever the counts
+            placed = policies.model_placement(policies.pick_counts(np.full(3, 8), 8, k, 2 * k), 0.5, k)
+            rank_of = served.items[greedy][:, None, :] == top.items[greedy][:, :k, None]
+            exact_total = (rank_of * placed).sum(axis=1) + member[greedy] * q[greedy]
+            np.testing.assert_allclose(propensity[greedy], exact_total, rtol=1e-12)
 
 
 @pytest.mark.timeout(60)
