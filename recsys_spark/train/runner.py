@@ -204,7 +204,8 @@ def select_windows(spark: SparkSession, cfg: Config, after: str) -> dict[str, An
 
     Raises:
         InputError: the features lack target times (featurized before they were recorded), hold
-            no window after the parent's, or fewer older windows than train.replay_windows.
+            no window after the parent's. Fewer older windows than train.replay_windows replays
+            them all (with a warning).
     """
     from recsys_spark.errors import InputError
     from recsys_spark.features.layout import block_mb, plan_train_files, shuffle_for_training, window_bytes
@@ -222,21 +223,24 @@ def select_windows(spark: SparkSession, cfg: Config, after: str) -> dict[str, An
     if new == 0:
         raise InputError(f"train.mode=incremental: {features}/train holds no window after the parent's last "
                          f"target ({after}): nothing new to train on")
-    if tc.replay_windows > old:
-        raise InputError(f"train.replay_windows={tc.replay_windows} exceeds the {old:,} windows of the history "
-                         f"before {after}: lower it")
+    # The older windows can shrink from one day to the next (featurize keeps each user's most
+    # recent max_windows_per_user), so a count that fits today may not fit tomorrow: replay them all.
+    replayed = min(tc.replay_windows, old)
+    if replayed < tc.replay_windows:
+        log.warning("train.replay_windows=%d exceeds the %d windows of the history before %s: replaying all of them",
+                    tc.replay_windows, old, after)
     key = F.xxhash64(F.col(schema.ITEM_SEQ), F.col(schema.TARGET_TIME), F.lit(tc.seed))
-    replay = table.where(~is_new).orderBy(key).limit(tc.replay_windows)
+    replay = table.where(~is_new).orderBy(key).limit(replayed)
     chosen = table.where(is_new).unionByName(replay)
-    rows = new + tc.replay_windows
+    rows = new + replayed
     files = plan_train_files(rows, window_bytes(fc.max_seq_len), fc.row_group_mb, fc.train_files,
                              max(1, tc.num_proc))
     path = cfg.paths.resolve("checkpoints").rstrip("/") + "/" + INCREMENTAL_WINDOWS
     shuffled = shuffle_for_training(chosen, files, tc.seed, key_columns=(schema.ITEM_SEQ, schema.TARGET_TIME))
     io.write_table(schema.conform(shuffled, schema.TRAIN_TABLE_SCHEMA), path, block_mb(fc.row_group_mb))
     log.info("train.mode=incremental: %d new windows (after %s) and %d replayed of %d older, written to %s",
-             new, after, tc.replay_windows, old, path)
-    return {"path": path, "new": new, "replayed": tc.replay_windows}
+             new, after, replayed, old, path)
+    return {"path": path, "new": new, "replayed": replayed}
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
