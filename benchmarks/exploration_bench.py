@@ -1,7 +1,8 @@
 """Benchmark: exploration in a closed loop, day after day (issue 23, item 4).
 
     nice -n 5 .venv/bin/python benchmarks/exploration_bench.py --out /tmp/xb
-    .venv/bin/python benchmarks/exploration_bench.py --days 10 --users 2000 --out /tmp/xb
+    .venv/bin/python benchmarks/exploration_bench.py --out /tmp/xb --days 10 --history-days 10 --users 1200 \
+        --items 1000 --replay 300 --set train.embedding_dim=32 --set train.num_layers=1   # RESULTS.md, 29 min
 
 One world (``generate``: drifting tastes, ``--new-items-per-day`` launches a day) makes the shop's
 organic log. Its first ``--history-days`` days are cleaned and featurized once, and one full
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-items-per-day", type=int, default=10)
     parser.add_argument("--taste-drift", type=float, default=0.5)
     parser.add_argument("--train-steps", type=int, default=1200, help="train.max_steps of the day-0 full training")
-    parser.add_argument("--replay", type=int, default=800, help="train.replay_windows of the daily training")
+    parser.add_argument("--replay", type=int, default=300, help="train.replay_windows of the daily training")
     parser.add_argument("--incremental-epochs", type=int, default=2)
     parser.add_argument("--settings", default=",".join(s.alias for s in SETTINGS),
                         help="aliases of the settings to run (none is always run)")
