@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"day": day, "setting": setting.name, "alias": setting.alias, "lists": int(recs["user_id"].nunique()),
                          "clicks": int(feedback["clicked"].sum()), "expected": float(expected.sum()),
                          "explored": int((recs["source"] == "explore").sum()), "coverage": len(shown[setting.alias]),
-                         "click_events": len(events), "clean_kept": clean_kept(cleaned),
+                         "click_events": len(events), "clean_kept": int(cleaned["rows_kept"]),
                          "seconds_serve": time.time() - began})
         if day == args.days:
             loggers = [s for s in settings if s.alias in args.ope_loggers.split(",") and s.share > 0]
@@ -363,13 +363,6 @@ def breakdown(out: Path, args: argparse.Namespace) -> None:
             print(f"{setting.name:14s} {source:8s} {len(part):10,d} {int(part['clicked'].sum()):7d} "
                   f"{part['clicked'].mean():7.3%} {part['expected'].mean():9.5f} {part['relevance'].mean():13.5f} "
                   f"{part['new'].mean():9.1%}")
-
-
-def clean_kept(summary: dict[str, Any]) -> int | None:
-    for key in ("rows_kept", "kept"):
-        if isinstance(summary, dict) and key in summary:
-            return int(summary[key])
-    return None
 
 
 def alias(cfg: Config, aliases: list[str], version: str) -> None:

@@ -23,7 +23,7 @@ chance to land there as an exploration pick and as a model item:
   always fills (at least K items with a finite score): slot s is the r-th exploration slot with
   probability e C(s, r - 1) e^(r - 1) (1 - e)^(s - r + 1) (e = ``explore_share``), independent of
   the picks, and the r-th pick exists with probability P(D >= r), D the distinct valid items
-  among the 2K tries (:func:`pick_counts`); it is uniform over the user's a valid pool items, so
+  among the 2K tries (:func:`pick_counts`, :func:`tails_of`); it is uniform over the user's a valid pool items, so
   q(s) = sum_r e C(s, r - 1) e^(r - 1) (1 - e)^(s - r + 1) P(D >= r) / a for each of them;
 - model part, exact too (:func:`model_placement`) for such a user when none of its K best items
   (the greedy order, :func:`topk.best_items`) is a valid pool item (:func:`greedy_users`): a pick
@@ -268,13 +268,15 @@ def placement_probability(scores: Tensor, top: topk.Candidates, pool: np.ndarray
         member; elsewhere :func:`propensities`.
     """
     k = rules.k
-    q, exact = explore_probability(scores, pool, rules, policy)
-    explored = q * pool_members(scores, pool, wanted)
+    # The parts of explore_probability, each made once: top already counted the finite scores.
+    exact = exact_users(top.finite, rules, policy)
+    valid = _valid_pool_items(scores, pool)
+    counts = pick_counts(valid, len(pool), k, TRIES_PER_SLOT * k)
+    explored = explore_q(counts, valid, rules.explore_share, k) * pool_members(scores, pool, wanted)
     estimate = propensities(hits, model_hits, rules.propensity_samples, exact, explored)
     greedy = greedy_users(scores, top, pool, exact, k)
     if not greedy.any():
         return estimate
-    counts = pick_counts(_valid_pool_items(scores, pool), len(pool), k, TRIES_PER_SLOT * k)
     placed = model_placement(counts, rules.explore_share, k)  # [B, rank, slot]
     is_rank = (top.items[:, :k, None] == wanted[:, None, :]) & (wanted[:, None, :] >= 0)
     model = (is_rank * placed).sum(axis=1)
@@ -355,23 +357,37 @@ def explore_probability(scores: Tensor, pool: np.ndarray, rules: ListRules,
         0 where it has none or the pool is empty; exact bool [B]: whether q is exact, i.e.
         the user's exploration part is q for its pool members and 0 for any other item.)
     """
-    num_users, k = scores.shape[0], rules.k
-    finite = torch.isfinite(scores)
-    epsilon_slots = policy.draws is None and not 0 < rules.category_cap < k
-    exact = epsilon_slots & (finite.sum(dim=1).numpy() >= k)
-    if len(pool) == 0:
-        return np.zeros((num_users, k)), exact
+    k = rules.k
     valid = _valid_pool_items(scores, pool)
-    found = pick_tails(valid, len(pool), k, TRIES_PER_SLOT * k)
-    before = explored_before(rules.explore_share, k)
-    q = np.zeros((num_users, k))
+    counts = pick_counts(valid, len(pool), k, TRIES_PER_SLOT * k)
+    finite = torch.isfinite(scores).sum(dim=1).numpy()
+    return explore_q(counts, valid, rules.explore_share, k), exact_users(finite, rules, policy)
+
+
+def exact_users(finite: np.ndarray, rules: ListRules, policy: Policy) -> np.ndarray:
+    """bool [B]: whether :func:`explore_probability` is exact for each user: epsilon's slots
+    (``policy.draws`` None), a cap that cannot drop a pick (0 or >= K), and at least K items
+    with a finite score (``finite``, int [B]: the list fills, so no slot shifts)."""
+    epsilon_slots = policy.draws is None and not 0 < rules.category_cap < rules.k
+    return epsilon_slots & (np.asarray(finite) >= rules.k)
+
+
+def explore_q(counts: np.ndarray, valid: np.ndarray, share: float, k: int) -> np.ndarray:
+    """float64 [B, K]: q(s), the probability that an exploration pick puts one given valid pool
+    item at slot s, from P(D = d) (``counts`` of :func:`pick_counts`) and the user's ``valid``
+    pool items (0 where it has none)."""
+    found = tails_of(counts)
+    before = explored_before(share, k)
+    q = np.zeros((len(valid), k))
     for r in range(k):  # elementwise: a user's q never depends on the rest of its block
         q += found[:, r : r + 1] * before[None, :, r]
-    return rules.explore_share * q / np.maximum(valid, 1)[:, None], exact
+    return share * q / np.maximum(valid, 1)[:, None]
 
 
 def _valid_pool_items(scores: Tensor, pool: np.ndarray) -> np.ndarray:
     """int64 [B]: how many of the pool's items each user may get (finite score)."""
+    if len(pool) == 0:
+        return np.zeros(scores.shape[0], dtype=np.int64)
     return torch.isfinite(scores[:, torch.from_numpy(pool)]).sum(dim=1).numpy().astype(np.int64)
 
 
@@ -384,7 +400,7 @@ def pick_counts(valid: np.ndarray, pool_size: int, k: int, tries: int) -> np.nda
 
     Args:
         valid: int64 [B] the pool's items each user may get.
-        pool_size: P > 0 entries tried uniformly.
+        pool_size: P entries tried uniformly (an empty pool: D = 0).
         k: the most picks counted.
         tries: T.
 
@@ -392,7 +408,7 @@ def pick_counts(valid: np.ndarray, pool_size: int, k: int, tries: int) -> np.nda
         float64 [B, K + 1], column d.
     """
     found = np.arange(k + 1)
-    new = np.where(found < k, np.clip(valid[:, None] - found, 0, None) / pool_size, 0.0)
+    new = np.where(found < k, np.clip(valid[:, None] - found, 0, None) / max(pool_size, 1), 0.0)
     state = np.zeros((len(valid), k + 1))
     state[:, 0] = 1.0
     for _ in range(tries):
@@ -402,14 +418,9 @@ def pick_counts(valid: np.ndarray, pool_size: int, k: int, tries: int) -> np.nda
     return state
 
 
-def pick_tails(valid: np.ndarray, pool_size: int, k: int, tries: int) -> np.ndarray:
-    """P(D >= r), r = 1..K, of :func:`pick_counts` (same arguments).
-
-    Returns:
-        float64 [B, K], column r - 1 for r.
-    """
-    state = pick_counts(valid, pool_size, k, tries)
-    return np.cumsum(state[:, ::-1], axis=1)[:, ::-1][:, 1:]
+def tails_of(counts: np.ndarray) -> np.ndarray:
+    """float64 [B, K]: P(D >= r), r = 1..K (column r - 1), from P(D = d) of :func:`pick_counts`."""
+    return np.cumsum(counts[:, ::-1], axis=1)[:, ::-1][:, 1:]
 
 
 def explored_before(share: float, k: int) -> np.ndarray:

@@ -211,7 +211,7 @@ def test_exact_exploration_probabilities_by_hand():
                            [5.0, inf, inf, 2.0, inf, inf], [5.0, 4.0, 3.0, inf, inf, inf]])
     pool = np.array([3, 4, 5])
     rules = ListRules(3, 8, 0, 0.5, 20)
-    tails = policies.pick_tails(np.array([3, 2]), 3, 3, 6)
+    tails = policies.tails_of(policies.pick_counts(np.array([3, 2]), 3, 3, 6))
     np.testing.assert_allclose(tails, [[1, 242 / 243, 20 / 27], [728 / 729, 602 / 729, 0]], rtol=1e-12)
     q, exact = policies.explore_probability(scores, pool, rules, policies.Policy())
     np.testing.assert_allclose(q[:2], [[1 / 6, 485 / 2916, 907 / 5832], [182 / 729, 665 / 2916, 161 / 972]],
