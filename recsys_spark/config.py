@@ -39,6 +39,8 @@ CLEAN_COLUMNS = tuple(f.name for f in schema.CLEAN_SCHEMA.fields)
 EMPTYABLE_COLUMNS = (schema.BRAND, schema.PRICE, schema.CATEGORY_ID, schema.CATEGORY_CODE)
 # How a model turns its history into scores while it trains under train.user_vector=auto.
 TRAINING_USER_VECTOR = "mixture"
+# train.target_horizon=auto under the temporal protocol (RESULTS.md, "The model's recipe").
+AUTO_TEMPORAL_HORIZON = 10
 # Generated product ids are drawn in [PRODUCT_ID_BASE, PRODUCT_ID_BASE + PRODUCT_ID_SPAN), then
 # offset by generate.item_id_offset, which keeps them below 2^63.
 PRODUCT_ID_BASE = 1_000_000
@@ -406,10 +408,9 @@ class TrainConfig:
     # The training windows read (a folder laid out as features/train); empty = <paths.features>/train.
     # train.mode=incremental sets it to the selection it writes under <paths.checkpoints>.
     windows_path: str = ""
-    # The training budget, in optimiser steps (each: batch_size windows on every rank). Training
-    # ends at it (in mid-pass if need be) or earlier by early stopping; the learning rate warms up
-    # over warmup_steps and decays over the budget. A budget in steps fits any data size: 12
-    # epochs were 384 steps on the demo and 228 on a real log of 1,000 users (issue 20).
+    # The training budget, in optimiser steps (each: batch_size windows over all ranks). Training
+    # ends at it (in mid-pass if need be) or earlier, when the learning rate's cool-down after a
+    # validation plateau has run out (lr_schedule=wsd). A budget in steps fits any data size.
     max_steps: int = 3000
     # At most this many passes over the training windows (a cap; the budget is max_steps).
     epochs: int = 100
@@ -417,26 +418,44 @@ class TrainConfig:
     # 0: at the end of every pass only. Checkpoints for train.resume are written at pass ends.
     eval_every_steps: int = 500
     # Validation ranks at most this many users (a seeded sample of features/validation): under
-    # evaluate.protocol=leave_last_out nearly every user is a validation user.
+    # evaluate.protocol=leave_last_out nearly every user is a validation user. Each evaluation logs
+    # the 95% half-width of its NDCG and of its paired difference to the best so far: gains
+    # smaller than those are noise.
     validation_users: int = 20000
-    # Windows per step and rank; the learning rate is per rank too (x num_proc in all).
-    batch_size: int = 64
-    lr: float = 0.0015
+    # Windows per optimiser step over ALL ranks (each rank takes batch_size / its world size, which
+    # must divide it): 1 and N ranks then run the same recipe (same batch, same learning rate,
+    # same steps); no learning-rate scaling by the world size.
+    batch_size: int = 128
+    lr: float = 0.003
     weight_decay: float = 0.01
     warmup_steps: int = 10
-    # After the warm-up: "cosine" decays the learning rate to min_lr_ratio x its peak by the
-    # last epoch (steps per epoch estimated from the training window count); "constant" keeps it.
-    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    # After the warm-up:
+    #   "wsd" (warm-up, stable, decay): the peak rate until validation plateaus (patience) or the
+    #     budget's last cooldown_share is reached, then a linear cool-down to min_lr_ratio x the
+    #     peak over cooldown_share x the steps taken so far, after which training stops. The
+    #     decay happens within the run that actually happens, however short (Hägele et al. 2024,
+    #     "Scaling Laws and Compute-Optimal Training Beyond Fixed Training Durations").
+    #   "cosine": a half cosine to min_lr_ratio over the budget (plateau cuts: plateau_decays);
+    #   "constant": the peak throughout (plateau cuts: plateau_decays).
+    lr_schedule: Literal["wsd", "constant", "cosine"] = "wsd"
     min_lr_ratio: float = 0.05
+    cooldown_share: float = 0.2
+    # The global gradient norm is clipped to this; 0 = no clipping.
     grad_clip: float = 1.0
     embedding_dim: int = 64
     num_layers: int = 2
     num_heads: int = 2
     dropout: float = 0.2
+    # "full": cross-entropy over every item of the catalogue (no sampling, no correction: SASRec
+    # with cross-entropy); "sampled": the in-batch targets plus uniform_negatives uniform draws,
+    # logQ-corrected (train/loss.py); "auto": full up to full_softmax_max_items items.
+    loss: Literal["auto", "full", "sampled"] = "auto"
+    full_softmax_max_items: int = 100000
     uniform_negatives: int = 256
     # Each position predicts a step drawn from its next `target_horizon` steps (1 = the next
-    # item only): batch recommendations serve the coming days, not the next click.
-    target_horizon: int = 10
+    # item only). "auto" follows the protocol featurize chose: 1 under leave_last_out (the target
+    # is the very next new item), AUTO_TEMPORAL_HORIZON under temporal (every item of a period).
+    target_horizon: Literal["auto"] | int = "auto"
     # Where the drawn step starts: "next_step" (the next click, then the horizon) or
     # "next_visit": the first step after the next gap of at least visit_gap_s, which trains the
     # user vector for what a batch recommendation serves, the user's next visit (positions
@@ -450,11 +469,13 @@ class TrainConfig:
     )
     # Validation NDCG@eval_k / Recall@eval_k, computed every epoch over the whole catalogue.
     eval_k: int = 20
-    # Early stopping: stop after `patience` evaluations without a validation NDCG gain above
-    # `min_delta` (0 = never stop early); the best evaluation's weights are kept either way.
-    # Validation NDCG is noisy from one evaluation to the next on small data: 2 without a gain
-    # happen early in a run that goes on improving.
+    # A plateau: `patience` evaluations AND at least `patience_steps` steps without a validation
+    # NDCG gain above `min_delta` (patience 0 = none). Under wsd a plateau starts the cool-down;
+    # under cosine/constant it cuts the rate (plateau_decays) or stops. The best evaluation's
+    # weights are kept either way. Counting steps as well keeps a run of short passes (an
+    # evaluation at every pass end) from stopping on the noise of a few evaluations.
     patience: int = 4
+    patience_steps: int = 300
     min_delta: float = 0.0
     # Before stopping, a plateau (patience evaluations without a gain) first multiplies the
     # learning rate by plateau_factor, up to plateau_decays times: the decay then comes when the
@@ -482,11 +503,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """Raise ConfigError naming the first value out of range (types are checked by from_dict)."""
         for key in ("num_proc", "threads_per_proc", "start_timeout_s", "max_steps", "epochs", "validation_users",
-                    "batch_size", "embedding_dim", "num_layers", "num_heads", "target_horizon", "eval_k"):
+                    "batch_size", "embedding_dim", "num_layers", "num_heads", "eval_k"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
         for key in ("eval_every_steps", "warmup_steps", "uniform_negatives", "patience", "plateau_decays",
-                    "visit_gap_s", "parent_version", "replay_windows"):
+                    "visit_gap_s", "parent_version", "replay_windows", "patience_steps", "full_softmax_max_items"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
         if self.mode == "incremental" and not (self.parent_version or self.parent_alias):
@@ -498,6 +519,16 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be >= 0, got {self.lr}")
         if not 0 < self.plateau_factor <= 1:
             raise ConfigError(f"train.plateau_factor must lie in (0, 1], got {self.plateau_factor}")
+        if self.target_horizon != "auto" and self.target_horizon < 1:
+            raise ConfigError(f"train.target_horizon must be >= 1 or auto, got {self.target_horizon}")
+        if self.grad_clip < 0:
+            raise ConfigError(f"train.grad_clip must be >= 0 (0 = no clipping), got {self.grad_clip}: a negative "
+                              "norm would turn descent into ascent")
+        if not 0 < self.cooldown_share <= 1:
+            raise ConfigError(f"train.cooldown_share must lie in (0, 1], got {self.cooldown_share}")
+        if self.batch_size % self.num_proc:
+            raise ConfigError(f"train.batch_size ({self.batch_size}) is the batch over all ranks: it must be a "
+                              f"multiple of train.num_proc ({self.num_proc})")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"train.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
         if not 0 <= self.dropout < 1:
@@ -1052,7 +1083,12 @@ def _check(key: str, value: Any, hint: Any) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _check(key, value, inner[0])
+        for member in inner[:-1]:  # the first member the value fits; the last one's error otherwise
+            try:
+                return _check(key, value, member)
+            except ConfigError:
+                pass
+        return _check(key, value, inner[-1])
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {_describe(value)}")

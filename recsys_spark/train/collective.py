@@ -258,10 +258,16 @@ class TorchCollective(Collective):
 
 def clip_and_step(optimizer: torch.optim.Optimizer, params: list[Tensor], max_norm: float,
                   scaler: "torch.amp.GradScaler | None") -> float:
-    """Unscale (AMP), clip the gradients' global norm to ``max_norm``, update; the norm before clipping."""
+    """Unscale (AMP), clip the gradients' global norm to ``max_norm`` (0: no clipping), update;
+    the norm before clipping."""
     if scaler is not None:
         scaler.unscale_(optimizer)
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if max_norm > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    elif max_norm == 0:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    else:
+        raise ValueError(f"train.grad_clip must be >= 0 (0 = no clipping), got {max_norm}")
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()

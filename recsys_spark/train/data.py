@@ -9,6 +9,7 @@ converts whole columns at once (about 7x faster in STACK.md's measurement).
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Iterator
@@ -29,7 +30,7 @@ HISTORY_COLUMNS = (schema.HIST_ITEMS, schema.HIST_EVENTS, schema.HIST_GAPS)
 @contextlib.contextmanager
 def train_batches(path: str, rank: int, size: int, batch_size: int, seed: int,
                   shuffle_buffer: int = 0) -> Iterator[Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
-    """One pass over this rank's shard of the training windows.
+    """One streamed pass over this rank's shard of the training windows (Petastorm).
 
     Args:
         path: the ``features/train`` Parquet table (local path or URI).
@@ -49,11 +50,82 @@ def train_batches(path: str, rank: int, size: int, batch_size: int, seed: int,
 
     with make_batch_reader(
         io.local_uri(path), schema_fields=list(TRAIN_COLUMNS), cur_shard=rank, shard_count=size,
-        num_epochs=1, shuffle_row_groups=True, seed=seed, workers_count=1,
+        num_epochs=1, shuffle_row_groups=seed is not None, seed=seed, workers_count=1,
     ) as reader:
-        torch.manual_seed(seed)  # BatchedDataLoader's shuffling buffer draws from torch's RNG
+        if seed is not None:
+            torch.manual_seed(seed)  # BatchedDataLoader's shuffling buffer draws from torch's RNG
         loader = BatchedDataLoader(reader, batch_size=batch_size, shuffling_queue_capacity=shuffle_buffer)
         yield ((b[schema.ITEM_SEQ].long(), b[schema.EVENT_SEQ].long(), b[schema.GAP_SEQ].long()) for b in loader)
+
+
+# Rows a streamed pass converts at once while loading a shard into memory.
+LOAD_BATCH_ROWS = 8192
+# Bytes per stored id (the windows are held as int32, as Parquet stores them).
+ID_BYTES = 4
+
+
+class TrainWindows:
+    """This rank's shard of the training windows, reshuffled completely every pass.
+
+    The shard is read once through Petastorm into memory (int32 arrays [R, L+1]) when it fits
+    in ``memory_mb``, and each pass then visits its rows in a fresh permutation (seeded by the
+    pass): a full shuffle, where a streaming buffer only mixes neighbouring row groups. A shard
+    above ``memory_mb`` is streamed instead, each pass with a shuffling buffer of as many rows
+    as ``memory_mb`` holds.
+
+    Args:
+        path: the ``features/train`` Parquet table (local path or URI).
+        rank, size: this process's rank and the world size.
+        batch_size: windows per batch on this rank.
+        memory_mb: the most memory the shard may take.
+    """
+
+    def __init__(self, path: str, rank: int, size: int, batch_size: int, memory_mb: int):
+        self.path, self.rank, self.size, self.batch_size = path, rank, size, batch_size
+        dataset = open_dataset(path)
+        self.total_rows = dataset.count_rows()
+        width = self._window_width(dataset)
+        self.row_bytes = max(1, width) * len(TRAIN_COLUMNS) * ID_BYTES
+        self.budget_rows = max(batch_size, memory_mb * (1 << 20) // self.row_bytes)
+        # The shards are about even (featurize writes one row group per file, files a multiple of ranks).
+        self.in_memory = math.ceil(self.total_rows / size) <= self.budget_rows
+        self._arrays: tuple[np.ndarray, ...] | None = None
+
+    @staticmethod
+    def _window_width(dataset: ds.Dataset) -> int:
+        """L + 1, from the first window (every window is padded to the same length)."""
+        for batch in dataset.to_batches(columns=[schema.ITEM_SEQ], batch_size=1):
+            if batch.num_rows:
+                return len(batch.column(0)[0])
+        return 0
+
+    def _load(self) -> tuple[np.ndarray, ...]:
+        if self._arrays is None:
+            parts: list[list[np.ndarray]] = [[] for _ in TRAIN_COLUMNS]
+            with train_batches(self.path, self.rank, self.size, LOAD_BATCH_ROWS, seed=None) as batches:
+                for batch in batches:
+                    for part, column in zip(parts, batch):
+                        part.append(column.numpy().astype(np.int32))
+            self._arrays = tuple(np.concatenate(p) if p else np.zeros((0, 0), np.int32) for p in parts)
+        return self._arrays
+
+    @contextlib.contextmanager
+    def pass_batches(self, seed: int) -> Iterator[Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+        """One pass: an iterator of (item_seq, event_seq, gap_seq), each LongTensor[B, L+1]."""
+        if not self.in_memory:
+            with train_batches(self.path, self.rank, self.size, self.batch_size, seed,
+                               shuffle_buffer=self.budget_rows) as batches:
+                yield batches
+            return
+        arrays = self._load()
+        order = np.random.default_rng(seed).permutation(len(arrays[0]))
+
+        def batches():
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start:start + self.batch_size]
+                yield tuple(torch.from_numpy(a[rows]).long() for a in arrays)
+
+        yield batches()
 
 
 @dataclass(frozen=True)

@@ -25,18 +25,22 @@ from torch import Tensor, nn
 
 from recsys_spark import io
 from recsys_spark import schema
-from recsys_spark.config import TRAINING_USER_VECTOR, TrainConfig, from_dict
+from recsys_spark.config import AUTO_TEMPORAL_HORIZON, TRAINING_USER_VECTOR, TrainConfig, from_dict
 from recsys_spark.errors import DataQualityError, InputError
 from recsys_spark.evaluation.metrics import batch_metrics
 from recsys_spark.models import ranking
 from recsys_spark.models.two_tower import TwoTowerModel
 from recsys_spark.train import data
 from recsys_spark.train.collective import Collective, HorovodCollective, SingleProcess, TorchCollective
-from recsys_spark.train.loss import RetrievalTask, event_weight_table, popularity
+from recsys_spark.train.loss import RetrievalTask, event_weight_table, popularity, resolve_loss
 
 EVAL_BLOCK_ROWS = 256
 PROGRESS_LOG_INTERVAL_S = 30
-SHUFFLE_BUFFER_BATCHES = 4
+# The most memory a rank's shard of training windows may take to be shuffled fully in memory
+# (train/data.py TrainWindows); a larger shard is streamed through a buffer of this size.
+SHUFFLE_MEMORY_MB = 4096
+# z of a two-sided 95% normal interval: the half-widths each evaluation logs.
+Z95 = 1.959964
 LAST_CHECKPOINT = "last.pt"
 # The weights of the best evaluation so far (rank 0), rewritten at every new best.
 BEST_WEIGHTS = "best.pt"
@@ -190,32 +194,35 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
         torch.from_numpy(item_features[schema.BRAND_IDX]),
         torch.from_numpy(item_features[schema.PRICE_BUCKET]),
     )
+    recipe = resolve_recipe(tc, metadata, model_args["num_items"], size)
     task = RetrievalTask(
         model,
         item_prob=popularity(torch.from_numpy(item_features[schema.TRAIN_COUNT])),
         event_weights=event_weight_table(tc.event_weights),
         uniform_negatives=tc.uniform_negatives,
-        target_horizon=tc.target_horizon,
+        target_horizon=recipe["target_horizon"],
         visit_gap_bucket=schema.gap_bucket_of(tc.visit_gap_s) if tc.target_start == "next_visit" else None,
         skip_seen_targets=tc.skip_seen_targets,
+        loss=recipe["loss"],
     ).to(device)
+    if is_main:
+        print("recipe: " + ", ".join(f"{k}={v}" for k, v in recipe.items()), flush=True)
 
-    # The effective batch is size x batch_size windows, so the learning rate grows linearly
-    # with the world size (Goyal et al. 2017); the linear warm-up keeps the first large
-    # steps from diverging.
-    peak_lr = tc.lr * size
-    optimizer = torch.optim.AdamW(task.parameters(), lr=peak_lr, weight_decay=tc.weight_decay)
+    # batch_size is the batch over all ranks and the learning rate is not scaled by the world
+    # size: 1 and N ranks take the same steps with the same rate (RESULTS.md, "The model's recipe").
+    optimizer = torch.optim.AdamW(task.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     if warm.get("moments"):
         restore_moments(optimizer, model, warm["moments"])
     train_path = tc.windows_path or io.feature_path(features, "train")
-    # Steps per pass as if the shards were even (uneven shards stop a little earlier); the
-    # learning rate decays over the steps the run may take.
-    steps_per_pass = math.ceil(data.open_dataset(train_path).count_rows() / (tc.batch_size * size))
+    windows = data.TrainWindows(train_path, rank, size, recipe["rank_batch"], SHUFFLE_MEMORY_MB)
+    # Steps per pass as if the shards were even (uneven shards stop a little earlier).
+    steps_per_pass = math.ceil(windows.total_rows / tc.batch_size)
     total_steps = min(tc.max_steps, tc.epochs * steps_per_pass)
-    # The schedule's factor times the plateau scale (1, then plateau_factor after each plateau).
-    plateau = {"scale": 1.0, "decays": 0}
+    # The schedule's state: wsd's cool-down (where it starts and how long it lasts), and the
+    # plateau scale of cosine/constant (1, then plateau_factor after each plateau).
+    plateau = {"scale": 1.0, "decays": 0, "cooldown_start": -1, "cooldown_steps": 0}
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda at: lr_factor(at, tc, total_steps) * plateau["scale"]
+        optimizer, lambda at: lr_factor(at, tc, total_steps, plateau) * plateau["scale"]
     )
     # hvd.DistributedOptimizer (made below, after the checkpoint is restored) wraps the optimizer
     # in a new object, so the scheduler never sees its step() and warns on every epoch that it
@@ -224,8 +231,11 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
     scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
 
     history: list[dict[str, float]] = []
+    # This rank's per-user NDCG of the best evaluation so far, for the paired gain's interval.
+    best_values: dict[str, np.ndarray] = {}
     best_state: dict[str, Tensor] | None = None
-    best: dict[str, Any] = {"evaluation": 0, "epoch": 0, "step": 0, "ndcg": float("-inf"), "bad_evaluations": 0}
+    best: dict[str, Any] = {"evaluation": 0, "epoch": 0, "step": 0, "ndcg": float("-inf"), "bad_evaluations": 0,
+                            "user_vector": model_args["user_vector"]}
     step, first_epoch, stopped, stop_reason = 0, 1, False, ""
     resumed_from = 0
     if tc.resume:
@@ -240,6 +250,8 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
             if scaler is not None and checkpoint.get("scaler"):
                 scaler.load_state_dict(checkpoint["scaler"])
             restore_rng(checkpoint["rng"][rank], negatives_rng)
+            if checkpoint.get("best_values") and checkpoint["best_values"][rank] is not None:
+                best_values = {"ndcg": checkpoint["best_values"][rank]}
             history = list(checkpoint["history"])
             step, resumed_from = int(checkpoint["step"]), int(checkpoint["epoch"])
             first_epoch = resumed_from + 1
@@ -262,10 +274,13 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
 
     # What the steps since the last evaluation did: summed on every rank, all-reduced at the next.
     since = Accumulated()
+    # Under user_vector=auto every evaluation ranks the validation users in every mode and keeps
+    # the best (mode, step): the checkpoint is chosen on the vector that will be served.
+    modes = ranking.USER_VECTORS if tc.user_vector == "auto" else (tc.user_vector,)
 
     def evaluate(epoch: int) -> None:
-        """Validate, append to the history, log, keep the best weights, decide early stopping."""
-        nonlocal best_state, stopped, stop_reason
+        """Validate, append to the history, log, keep the best weights, decide on a plateau."""
+        nonlocal best_state, best_values, stopped, stop_reason
         train_s = time.perf_counter() - since.started
         totals = comm.allreduce(
             torch.tensor([since.loss_sum, since.targets, since.windows, since.wait_s / max(train_s, 1e-9),
@@ -277,15 +292,19 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
                 "into fewer row groups than train.num_proc?"
             )
         # Every rank ranks its slice of the validation users; the sums are all-reduced, so
-        # every rank sees the same NDCG and takes the same early-stopping decision.
-        ndcg, recall = validation_metrics(model, validation, tc.eval_k, comm, device)
+        # every rank sees the same figures and takes the same decisions.
+        scores = validation_scores(model, validation, tc.eval_k, comm, device, modes,
+                                   best_values.get("ndcg"))
+        mode = max(modes, key=lambda m: scores[m]["ndcg"])  # ties: the first of USER_VECTORS
+        chosen = scores[mode]
         release_free_memory()
         # The largest resident set of any rank so far: flat after the first pass, or something leaks.
         peak_rss = comm.allreduce(torch.tensor([peak_rss_mb()], dtype=torch.float64), op="max")
         metrics = {
             "train_loss": float(totals[0] / max(totals[1], 1)),
-            metric_key("val_ndcg", tc.eval_k): ndcg,
-            metric_key("val_recall", tc.eval_k): recall,
+            metric_key("val_ndcg", tc.eval_k): chosen["ndcg"],
+            metric_key("val_recall", tc.eval_k): chosen["recall"],
+            "val_users": chosen["users"],
             "examples_per_s": float(totals[2]) / max(train_s, 1e-9),
             "data_wait_share": float(totals[3]) / size,
             "grad_norm": float(totals[4] / max(totals[5], 1)),
@@ -293,17 +312,34 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
             "train_s": train_s,
             "peak_rss_mb": float(peak_rss[0]),
         }
+        # The noise to read a gain against (absent before the first best, or below 2 users).
+        metrics.update({key: chosen[width] for key, width in (("val_ndcg_half_width", "half_width"),
+                                                              ("val_gain_half_width", "gain_half_width"))
+                        if not math.isnan(chosen[width])})
+        if len(modes) > 1:
+            metrics.update({f"{metric_key('val_ndcg', tc.eval_k)}.user_vector_{m}": scores[m]["ndcg"] for m in modes})
         entry = {"evaluation": len(history) + 1, "epoch": epoch, "step": step, **metrics}
         history.append(entry)
-        if ndcg > best["ndcg"] + tc.min_delta:
-            best.update(evaluation=entry["evaluation"], epoch=epoch, step=step, ndcg=ndcg, bad_evaluations=0)
+        if chosen["ndcg"] > best["ndcg"] + tc.min_delta:
+            best.update(evaluation=entry["evaluation"], epoch=epoch, step=step, ndcg=chosen["ndcg"],
+                        bad_evaluations=0, user_vector=mode)
+            best_values = {"ndcg": chosen["values"]}
             if is_main:
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
                 save_weights(checkpoints, BEST_WEIGHTS, {"model": best_state, "model_args": model_args,
                                                          "config": cfg_dict, "best": dict(best)})
         else:
             best["bad_evaluations"] += 1
-        if tc.patience > 0 and best["bad_evaluations"] >= tc.patience and step < total_steps:
+        plateaued = (tc.patience > 0 and best["bad_evaluations"] >= tc.patience
+                     and step - best["step"] >= tc.patience_steps and step < total_steps)
+        if plateaued and tc.lr_schedule == "wsd":
+            if plateau["cooldown_start"] < 0:
+                start_cooldown(plateau, step, math.ceil(tc.cooldown_share * step), total_steps)
+                if is_main:
+                    print(f"plateau at step {step}: cooling the learning rate down to {tc.min_lr_ratio} x its peak "
+                          f"over {plateau['cooldown_steps']} steps (train.cooldown_share={tc.cooldown_share})",
+                          flush=True)
+        elif plateaued:
             if plateau["decays"] < tc.plateau_decays:
                 plateau["decays"] += 1
                 plateau["scale"] *= tc.plateau_factor
@@ -317,7 +353,10 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
                 stopped, stop_reason = True, (f"no gain in validation NDCG@{tc.eval_k} for "
                                               f"{best['bad_evaluations']} evaluation(s)")
         if is_main:
-            print(f"step {step} (pass {epoch}): " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
+            shown = {k: v for k, v in metrics.items() if ".user_vector_" not in k}
+            by_mode = "; " + ", ".join(f"{m} {scores[m]['ndcg']:.4f}" for m in modes) if len(modes) > 1 else ""
+            print(f"step {step} (pass {epoch}): " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items())
+                  + f" [{mode}{by_mode}]", flush=True)
             if client is not None:
                 log_evaluation(client, run_id, entry)
         since.reset()
@@ -328,13 +367,11 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
         module.train()
         since.reset()
         # Rank 0 only; where stderr is a log rather than a terminal (Spark executors, Horovod's
-        # forwarded output) every refresh is a new line, so at most one every 30 s there.
+        # forwarded output) every refresh is a new line, so at most one every 30 s there: the
+        # postfix is set without a refresh of its own, or each step would print one.
         progress = tqdm(desc=f"pass {epoch}", unit="step", disable=not is_main, initial=step, total=total_steps,
                         mininterval=2 if sys.stderr.isatty() else PROGRESS_LOG_INTERVAL_S)
-        with data.train_batches(
-            train_path, rank, size, tc.batch_size, seed=tc.seed * 1000 + epoch,
-            shuffle_buffer=SHUFFLE_BUFFER_BATCHES * tc.batch_size,
-        ) as batches:
+        with windows.pass_batches(seed=tc.seed * 1000 + epoch + 7919 * rank) as batches:
             # Shards hold different numbers of batches. Every rank must join every collective or
             # the job hangs, so all ranks stop as soon as one runs out. Whether every rank has its
             # next batch is agreed one step ahead, by an allreduce started before the step and
@@ -368,9 +405,14 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
                 since.add(batch_loss, n_targets, batch[0].shape[0], norm)
                 progress.update(1)
                 if is_main:
-                    progress.set_postfix(loss=f"{batch_loss:.3f}",
+                    progress.set_postfix(loss=f"{batch_loss:.3f}", refresh=False,
                                          ex_s=f"{since.windows * size / (time.perf_counter() - since.started):.0f}")
-                if tc.eval_every_steps and step % tc.eval_every_steps == 0 and step < tc.max_steps:
+                if tc.lr_schedule == "wsd" and budget_cooldown(plateau, step, tc.cooldown_share, total_steps) and is_main:
+                    print(f"step {step}: the last {plateau['cooldown_steps']} steps of the budget cool the learning "
+                          f"rate down (train.cooldown_share={tc.cooldown_share})", flush=True)
+                if step < tc.max_steps and cooldown_done(plateau, step):
+                    stopped, stop_reason = True, f"the learning rate's cool-down ended at step {step}"
+                elif tc.eval_every_steps and step % tc.eval_every_steps == 0 and step < tc.max_steps:
                     evaluate(epoch)
             if unread:
                 everyone_has()
@@ -383,6 +425,8 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
         # Each rank's RNG states go into rank 0's checkpoint, so a resumed run draws the same
         # negatives and dropout masks as an uninterrupted one.
         rng_states = comm.allgather_object(rng_state(negatives_rng))
+        # So is each rank's per-user NDCG of the best evaluation (the paired gain's interval).
+        rank_best_values = comm.allgather_object(best_values.get("ndcg"))
         if is_main:
             save_checkpoint(checkpoints, {
                 "epoch": epoch,
@@ -400,6 +444,7 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
                 "stop_reason": stop_reason,
                 "world_size": size,
                 "rng": rng_states,
+                "best_values": rank_best_values,
             })
             if stopped:
                 print(f"stopped at step {step}: {stop_reason}; keeping evaluation {best['evaluation']} "
@@ -416,7 +461,8 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
                                    f"resumed after pass {resumed_from})")
         result.update(state_dict=best_state, model_args=model_args, history=history,
                       best_evaluation=best["evaluation"], best_epoch=best["epoch"], best_step=best["step"],
-                      stopped_early=stop_reason.startswith("no gain"), stop_reason=stop_reason,
+                      stopped_early=stop_reason.startswith("no gain") or plateau.get("cooldown_by") == "validation",
+                      stop_reason=stop_reason, user_vector=best.get("user_vector", model_args["user_vector"]),
                       resumed_from=resumed_from,
                       optimizer_moments=optimizer_moments(optimizer, model) if tc.warm_optimizer else None)
     return result
@@ -487,18 +533,69 @@ MMAP_THRESHOLD_BYTES = 4 << 20
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
-def lr_factor(step: int, tc: TrainConfig, total_steps: int) -> float:
+def lr_factor(step: int, tc: TrainConfig, total_steps: int, state: dict[str, Any] | None = None) -> float:
     """The learning rate of optimizer step ``step`` (0-based) as a share of the peak.
 
-    A linear warm-up over ``tc.warmup_steps``; then 1 ("constant") or a half cosine from 1 down
-    to ``tc.min_lr_ratio`` at ``total_steps`` ("cosine"; it stays there if more steps run).
+    A linear warm-up over ``tc.warmup_steps``; then
+      "constant": 1;
+      "cosine": a half cosine from 1 down to ``tc.min_lr_ratio`` at ``total_steps`` (it stays
+        there if more steps run);
+      "wsd": 1 until the cool-down starts (``state["cooldown_start"]``, set by a plateau or the
+        budget: :func:`start_cooldown`), then linear down to ``tc.min_lr_ratio`` over
+        ``state["cooldown_steps"]`` steps.
     """
     if step < tc.warmup_steps:
         return (step + 1) / tc.warmup_steps
     if tc.lr_schedule == "constant":
         return 1.0
+    if tc.lr_schedule == "wsd":
+        start = -1 if state is None else state["cooldown_start"]
+        if start < 0 or step < start:
+            return 1.0
+        progress = min(1.0, (step - start) / max(1, state["cooldown_steps"]))
+        return 1.0 - (1.0 - tc.min_lr_ratio) * progress
     progress = min(1.0, (step - tc.warmup_steps) / max(1, total_steps - tc.warmup_steps))
     return tc.min_lr_ratio + (1.0 - tc.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def start_cooldown(state: dict[str, Any], step: int, length: int, total_steps: int, by: str = "validation") -> None:
+    """Start wsd's cool-down at ``step`` for ``length`` steps, never past ``total_steps``."""
+    state["cooldown_start"] = step
+    state["cooldown_steps"] = max(0, min(length, total_steps - step))
+    state["cooldown_by"] = by
+
+
+def budget_cooldown(state: dict[str, Any], step: int, share: float, total_steps: int) -> bool:
+    """Start the cool-down when the budget's last ``share`` begins and none has started; True if it did."""
+    length = math.ceil(share * total_steps)
+    if state["cooldown_start"] >= 0 or step < total_steps - length:
+        return False
+    start_cooldown(state, step, total_steps - step, total_steps, by="budget")
+    return True
+
+
+def cooldown_done(state: dict[str, Any], step: int) -> bool:
+    """Whether a cool-down has started and run its course by ``step``."""
+    return state["cooldown_start"] >= 0 and step >= state["cooldown_start"] + state["cooldown_steps"]
+
+
+def resolve_recipe(tc: TrainConfig, metadata: dict[str, Any], num_items: int, size: int) -> dict[str, Any]:
+    """What the ``auto`` settings become on these features and this world size.
+
+    Returns:
+        {"loss": "full" | "sampled", "target_horizon": int, "rank_batch": windows per rank and step}.
+
+    Raises:
+        InputError: ``train.batch_size`` is not a multiple of the world size.
+    """
+    if tc.batch_size % size:
+        raise InputError(f"train.batch_size ({tc.batch_size}) is the batch over all ranks: it must be a multiple of "
+                         f"the {size} training processes")
+    horizon = tc.target_horizon
+    if horizon == "auto":
+        horizon = 1 if metadata.get("protocol", "leave_last_out") == "leave_last_out" else AUTO_TEMPORAL_HORIZON
+    return {"loss": resolve_loss(tc.loss, num_items, tc.full_softmax_max_items), "target_horizon": int(horizon),
+            "rank_batch": tc.batch_size // size}
 
 
 def _glibc():
@@ -661,24 +758,65 @@ def ranking_sums(model: TwoTowerModel, rows: data.EvalRows, k: int, device: torc
     Returns:
         (sum of NDCG@k, sum of Recall@k, number of rows counted).
     """
+    values = ranking_values(model, rows, k, device, mode)
+    return float(values["ndcg"].sum()), float(values["recall"].sum()), len(values["ndcg"])
+
+
+def ranking_values(model: TwoTowerModel, rows: data.EvalRows, k: int, device: torch.device | None = None,
+                   mode: str | None = None) -> dict[str, np.ndarray]:
+    """Per-user NDCG@k and Recall@k of :func:`validation_lists`, for the rows with a target.
+
+    Returns:
+        {"ndcg": float64 [R'], "recall": float64 [R']}, R' the rows with at least one target.
+    """
     counted = np.flatnonzero([len(t) > 0 for t in rows.target_items])
     if len(counted) == 0:
-        return 0.0, 0.0, 0
+        return {"ndcg": np.zeros(0), "recall": np.zeros(0)}
     # Only the rows with a target are ranked: the others would be ranked for nothing.
     targets = [rows.target_items[i] for i in counted]
     kept = data.EvalRows(rows.hist_items[counted], rows.hist_events[counted], rows.hist_gaps[counted],
                          [rows.seen_items[i] for i in counted], targets)
     per_user = batch_metrics(validation_lists(model, kept, k, device, mode), targets, [k])
-    return float(per_user[f"ndcg@{k}"].sum()), float(per_user[f"recall@{k}"].sum()), len(counted)
+    return {"ndcg": np.asarray(per_user[f"ndcg@{k}"], dtype=np.float64),
+            "recall": np.asarray(per_user[f"recall@{k}"], dtype=np.float64)}
 
 
-def validation_metrics(model: TwoTowerModel, rows: data.EvalRows, k: int, comm: Collective,
-                       device: torch.device | None = None) -> tuple[float, float]:
-    """Mean NDCG@k and Recall@k over every rank's validation rows (0.0 when there are none)."""
-    ndcg_sum, recall_sum, counted = ranking_sums(model, rows, k, device)
-    totals = comm.allreduce(torch.tensor([ndcg_sum, recall_sum, counted], dtype=torch.float64))
-    n = float(totals[2])
-    return (float(totals[0]) / n, float(totals[1]) / n) if n > 0 else (0.0, 0.0)
+def validation_scores(model: TwoTowerModel, rows: data.EvalRows, k: int, comm: Collective,
+                      device: torch.device | None, modes: tuple[str, ...],
+                      best_ndcg: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
+    """Validation NDCG@k and Recall@k over every rank's rows, in each user-vector mode.
+
+    Args:
+        best_ndcg: this rank's per-user NDCG of the best evaluation so far (same rows, same
+            order), for the interval of the paired gain; None before the first.
+
+    Returns:
+        {mode: {"ndcg", "recall": means over all ranks' users; "half_width": the 95% normal
+        half-width of the NDCG mean; "gain_half_width": that of the mean paired difference to
+        ``best_ndcg`` (nan without one); "users": how many; "values": this rank's per-user NDCG}}.
+    """
+    values = {mode: ranking_values(model, rows, k, device, mode) for mode in modes}
+    sums = []
+    for mode in modes:
+        ndcg = values[mode]["ndcg"]
+        gain = ndcg - best_ndcg if best_ndcg is not None and len(best_ndcg) == len(ndcg) else np.zeros(0)
+        sums += [ndcg.sum(), (ndcg ** 2).sum(), values[mode]["recall"].sum(), len(ndcg),
+                 gain.sum(), (gain ** 2).sum(), len(gain)]
+    totals = comm.allreduce(torch.tensor(sums, dtype=torch.float64)).numpy().reshape(len(modes), 7)
+    out = {}
+    for mode, (s, s2, r, n, g, g2, gn) in zip(modes, totals):
+        out[mode] = {"ndcg": s / n if n else 0.0, "recall": r / n if n else 0.0, "users": int(n),
+                     "half_width": half_width(s, s2, n), "gain_half_width": half_width(g, g2, gn),
+                     "values": values[mode]["ndcg"]}
+    return out
+
+
+def half_width(total: float, squares: float, n: float) -> float:
+    """Z95 x the standard error of a mean from its sum and sum of squares (nan below 2 values)."""
+    if n < 2:
+        return float("nan")
+    variance = max(0.0, (squares - total * total / n) / (n - 1))
+    return float(Z95 * math.sqrt(variance / n))
 
 
 def state_checksum(state: dict[str, Tensor]) -> str:

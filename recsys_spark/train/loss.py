@@ -1,33 +1,29 @@
-"""Sampled softmax with logQ correction, and the training wrapper that adds it to the model.
+"""The training losses: full softmax over the catalogue, or sampled softmax with logQ correction,
+and the training wrapper that adds one to the model.
 
-Derivation. The full softmax over the catalogue, p(i | u) = exp(u.v_i) / sum_j exp(u.v_j),
-costs a dot product with every item per target. Sampled softmax replaces the sum with a
-small candidate set C. If candidate c enters C with expected count E[n_c], then
-sum_{c in C} exp(u.v_c) / E[n_c] is an unbiased estimate of the full denominator (importance
-sampling), so the corrected logits
+Full softmax (``train.loss=full``): every target's cross-entropy over every real item, as SASRec
+with cross-entropy trains (Klenitskiy and Vasilev, RecSys 2023). No sampling, so no correction.
+Its [T, N] logits grow with the catalogue, hence the sampled form above
+``train.full_softmax_max_items`` (``train.loss=auto``).
 
-    o_c = u.v_c - log E[n_c]
+Sampled softmax. The full denominator sum_j exp(u.v_j) is replaced by a sum over a candidate
+set C. Our C is the union (each item once) of the in-batch targets and M negatives drawn
+uniformly, with replacement, from the real items 2..N-1. Item c enters C with probability
 
-give a softmax over C whose gradient is a consistent estimate of the full softmax's (Bengio &
-Senecal 2008; Yi et al. 2019, "Sampling-bias-corrected neural modeling"). The correction is
-applied to every candidate, the true item included.
+    q_c = 1 - (1 - P(c among the targets)) (1 - P(c among the negatives)),
+    P(c among the targets)   = 1 - (1 - p_pop(c))^n   (n targets, each drawing c with its popularity),
+    P(c among the negatives) = 1 - (1 - 1/(N-2))^M,
 
-Our C is the union of
-  * the UNIQUE in-batch targets: each of the n target positions draws item c with its
-    popularity p_pop(c) (share of training events), and a unique item enters C once if any
-    of them drew it, with probability 1 - (1 - p_pop(c))^n (TF's "unique" candidate
-    samplers use the same expected count). Using n * p_pop(c) here instead would overstate
-    a popular item's count by up to a factor n * p_pop(c) and bias the learned scores
-    towards popular items by log(n * p_pop(c));
-  * M negatives drawn uniformly from the real items 2..N-1: each appears M / (N - 2) times.
-Hence E[n_c] = 1 - (1 - p_pop(c))^n + M / (N - 2). Without the correction popular items,
-which are over-represented among in-batch negatives, would be pushed down too hard.
+and sum_{c in C} exp(u.v_c) / q_c is an unbiased estimate of the full denominator (importance
+sampling over inclusion), so the corrected logits o_c = u.v_c - log q_c give a softmax over C
+whose gradient estimates the full softmax's (Bengio & Senecal 2008; Yi et al. 2019; TF's
+"unique" candidate samplers use the same inclusion probability). Without the correction the
+popular items, over-represented among in-batch targets, would be pushed down too hard.
 
-Candidates are the unique targets followed by the M negatives; a target's label is the
-position of its item among the unique targets. A negative that happens to equal a row's own
-target is masked out of that row (an "accidental hit" is not a negative). Each target's
-cross-entropy is weighted by the type of the event that produced it, and the loss is the
-weighted mean.
+Each item is a candidate once, so a target's own item is never also one of its negatives (no
+"accidental hits" to mask) and, when every item is a candidate with certainty (q = 1), the
+sampled loss IS the full softmax: the tests check that identity. Each target's cross-entropy
+is weighted by the type of the event that produced it, and the loss is the weighted mean.
 """
 
 from __future__ import annotations
@@ -40,6 +36,8 @@ from torch import Tensor, nn
 
 from recsys_spark import schema
 from recsys_spark.models.two_tower import TwoTowerModel
+
+LOSSES = ("full", "sampled")
 
 
 def popularity(train_count: Tensor) -> Tensor:
@@ -75,10 +73,23 @@ def event_weight_table(event_weights: dict[str, float]) -> Tensor:
     return table
 
 
+def fp32_logits(user_vecs: Tensor, item_vecs: Tensor) -> Tensor:
+    """Tensor[T, C] = user_vecs @ item_vecs.T in float32, autocast or not: bf16/fp16 logits are too
+    coarse for a softmax over thousands of items and for the logQ term."""
+    with torch.autocast(user_vecs.device.type, enabled=False):
+        return user_vecs.float() @ item_vecs.float().T
+
+
+def negative_inclusion(num_negatives: int, num_items: int) -> float:
+    """P(an item is among ``num_negatives`` uniform draws, with replacement, from items 2..N-1)."""
+    real = num_items - schema.FIRST_ITEM_INDEX
+    return 1.0 - (1.0 - 1.0 / real) ** num_negatives if real > 0 else 0.0
+
+
 def sampled_softmax_loss(user_vecs: Tensor, targets: Tensor, weights: Tensor, negatives: Tensor,
                          item_vecs: Tensor | None, item_tower: Callable[[Tensor], Tensor] | None, item_prob: Tensor,
-                         num_items: int) -> Tensor:
-    """Weighted, logQ-corrected sampled softmax over in-batch targets + uniform negatives.
+                         num_items: int, negatives_inclusion: float | None = None) -> Tensor:
+    """Weighted, logQ-corrected sampled softmax over the union of in-batch targets and negatives.
 
     Args:
         user_vecs: Tensor[T, d], one user vector per target.
@@ -91,24 +102,52 @@ def sampled_softmax_loss(user_vecs: Tensor, targets: Tensor, weights: Tensor, ne
             (training passes ``TwoTowerModel.output_item_vectors``).
         item_prob: Tensor[num_items], the popularity p_pop of every item.
         num_items: N, pad and OOV included.
+        negatives_inclusion: P(an item is among the negatives); None = M uniform draws with
+            replacement (:func:`negative_inclusion`). 1.0 says the negatives are every item.
 
     Returns:
         scalar Tensor: sum_t w_t * CE_t / sum_t w_t.
     """
-    unique_targets, labels = torch.unique(targets, return_inverse=True)
-    candidates = torch.cat([unique_targets, negatives])
+    candidates, inverse = torch.unique(torch.cat([targets, negatives]), return_inverse=True)
+    labels = inverse[: targets.numel()]
     cand_vecs = item_vecs[candidates] if item_vecs is not None else item_tower(candidates)  # type: ignore[misc]
-    n_targets = targets.numel()
-    # P(c among the unique in-batch targets) = 1 - (1 - p)^n, computed stably as -expm1(n log1p(-p)).
-    in_batch = -torch.expm1(n_targets * torch.log1p(-item_prob[candidates].clamp(max=1 - 1e-7)))
-    expected = in_batch + negatives.numel() / (num_items - schema.FIRST_ITEM_INDEX)
-    # The [T, C] logits are the largest tensors of a step: corrected in place, in float32
-    # (under autocast the product is bf16/fp16, too coarse for the logQ term).
-    logits = (user_vecs @ cand_vecs.T).float()
-    logits.sub_(torch.log(expected)[None, :])
-    logits[:, unique_targets.numel():].masked_fill_(negatives[None, :] == targets[:, None], float("-inf"))
+    if negatives_inclusion is None:
+        negatives_inclusion = negative_inclusion(negatives.numel(), num_items)
+    # P(c among the targets) = 1 - (1 - p)^n, computed stably as -expm1(n log1p(-p)); then the
+    # complement of "in neither": log q = log(1 - (1 - in_targets)(1 - in_negatives)).
+    p = item_prob[candidates].double().clamp(max=1 - 1e-12)
+    not_in_targets = torch.exp(targets.numel() * torch.log1p(-p))
+    log_q = torch.log1p(-not_in_targets * (1.0 - negatives_inclusion)).float()
+    # The [T, C] logits are the largest tensors of a step: corrected in place, in float32.
+    logits = fp32_logits(user_vecs, cand_vecs)
+    logits.sub_(log_q[None, :])
     per_target = F.cross_entropy(logits, labels, reduction="none")
     return (weights * per_target).sum() / weights.sum().clamp_min(1e-12)
+
+
+def full_softmax_loss(user_vecs: Tensor, targets: Tensor, weights: Tensor, item_vecs: Tensor) -> Tensor:
+    """Weighted cross-entropy over every real item (pad and OOV are never a class).
+
+    Args:
+        user_vecs: Tensor[T, d]; targets: LongTensor[T] (all >= 2); weights: Tensor[T].
+        item_vecs: Tensor[num_items, d], every item index's scoring vector.
+
+    Returns:
+        scalar Tensor: sum_t w_t * CE_t / sum_t w_t. The logits are float32 even under autocast.
+    """
+    logits = fp32_logits(user_vecs, item_vecs)
+    logits[:, : schema.FIRST_ITEM_INDEX] = float("-inf")
+    per_target = F.cross_entropy(logits, targets, reduction="none")
+    return (weights * per_target).sum() / weights.sum().clamp_min(1e-12)
+
+
+def resolve_loss(setting: str, num_items: int, full_softmax_max_items: int) -> str:
+    """``train.loss``: "full" or "sampled" as set; "auto": full up to ``full_softmax_max_items``."""
+    if setting == "auto":
+        return "full" if num_items <= full_softmax_max_items else "sampled"
+    if setting not in LOSSES:
+        raise ValueError(f"train.loss must be auto, full or sampled, got {setting!r}")
+    return setting
 
 
 def horizon_index(start: Tensor, horizon: int, generator: torch.Generator | None = None) -> Tensor:
@@ -140,14 +179,19 @@ class RetrievalTask(nn.Module):
         model: the two-tower model.
         item_prob: Tensor[num_items], popularity (see :func:`popularity`).
         event_weights: Tensor[NUM_EVENT_CODES] (see :func:`event_weight_table`).
-        uniform_negatives: M, negatives drawn per batch.
+        uniform_negatives: M, negatives drawn per batch (``loss="sampled"``).
+        loss: "full" (cross-entropy over every item) or "sampled" (see the module docstring).
     """
 
     def __init__(self, model: TwoTowerModel, item_prob: Tensor, event_weights: Tensor, uniform_negatives: int,
-                 target_horizon: int = 1, skip_seen_targets: bool = False, visit_gap_bucket: int | None = None):
+                 target_horizon: int = 1, skip_seen_targets: bool = False, visit_gap_bucket: int | None = None,
+                 loss: str = "sampled"):
         super().__init__()
         if target_horizon < 1:
             raise ValueError(f"train.target_horizon must be >= 1, got {target_horizon}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+        self.loss = loss
         self.visit_gap_bucket = visit_gap_bucket
         self.model = model
         self.uniform_negatives = uniform_negatives
@@ -206,6 +250,8 @@ class RetrievalTask(nn.Module):
             # Keep every parameter in the graph so that Horovod's allreduce still matches up.
             return sum(p.sum() for p in self.parameters()) * 0.0, 0  # type: ignore[return-value]
         seq_vecs = self.model.sequence_vectors(*inputs)
+        if self.loss == "full":
+            return full_softmax_loss(seq_vecs[valid], targets[valid], weights[valid], self.model.item_vectors()), n_targets
         num_items = self.model.num_items
         negatives = torch.randint(
             schema.FIRST_ITEM_INDEX, num_items, (self.uniform_negatives,), generator=generator

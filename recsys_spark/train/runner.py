@@ -119,6 +119,10 @@ def warm_start(cfg: Config, metadata: dict[str, Any], item_vocab) -> dict[str, s
         log.warning("train.mode=incremental: no parent model %s (%s); training from scratch (train.mode=full)",
                     wanted, exc)
         return None
+    if not isinstance(parent, ModelBundle):  # a tuned baseline the gate served: nothing to warm-start from
+        log.warning("train.mode=incremental: %s (version %s) is a tuned %s baseline, not a trained model; training "
+                    "from scratch (train.mode=full)", wanted, version, parent.ranker_name)
+        return None
     parent_args = {**LEGACY_MODEL_ARGS, **parent.model_args}
     child_args = model_args_from(metadata, tc)
     for key in LAYOUT_ARGS:
@@ -301,11 +305,12 @@ def finish(cfg: Config, results: list[dict[str, Any]], item_vocab, run_id: str) 
     recall = metric_key("val_recall", cfg.train.eval_k)
     model_args = dict(main["model_args"])
     if cfg.train.user_vector == "auto":
-        by_mode = user_vector_scores(cfg, model_args, main["state_dict"])
-        chosen = max(by_mode, key=lambda mode: (by_mode[mode], mode == model_args["user_vector"]))
-        log.info("train: user_vector=auto chose %s on validation (NDCG@%d %s)", chosen, cfg.train.eval_k,
-                 ", ".join(f"{mode} {value:.4f}" for mode, value in by_mode.items()))
-        mlflow.log_metrics({f"{metric}.user_vector_{mode}": value for mode, value in by_mode.items()})
+        # Chosen with the checkpoint, at every evaluation: the best (mode, step) on validation.
+        chosen = main["user_vector"]
+        by_mode = {key.rsplit("user_vector_", 1)[1]: value for key, value in best.items()
+                   if key.startswith(f"{metric}.user_vector_")}
+        log.info("train: user_vector=auto chose %s at step %d on validation (NDCG@%d %s)", chosen, best["step"],
+                 cfg.train.eval_k, ", ".join(f"{mode} {value:.4f}" for mode, value in by_mode.items()))
         mlflow.set_tag("train.user_vector", chosen)
         model_args["user_vector"] = chosen
     bundle = ModelBundle(
@@ -475,30 +480,6 @@ def check_ranks(results: list[dict[str, Any]]) -> dict[str, Any]:
     return main
 
 
-def user_vector_scores(cfg: Config, model_args: dict[str, Any], state_dict) -> dict[str, float]:
-    """Validation NDCG@train.eval_k of the trained weights under each user-vector mode
-    (the same seeded sample of at most train.validation_users users that training validated on).
-
-    Returns:
-        {mode: mean NDCG} in models.ranking.USER_VECTORS order.
-    """
-    from recsys_spark.models.ranking import USER_VECTORS
-    from recsys_spark.models.two_tower import TwoTowerModel
-    from recsys_spark.train import data
-    from recsys_spark.train.loop import ranking_sums
-
-    tc = cfg.train
-    rows = data.read_eval_rows(io.feature_path(cfg.paths.resolve("features"), "validation"),
-                               limit=tc.validation_users, seed=tc.seed)
-    model = TwoTowerModel(**model_args)
-    model.load_state_dict(state_dict)
-    scores = {}
-    for mode in USER_VECTORS:
-        ndcg_sum, _, counted = ranking_sums(model.eval(), rows, tc.eval_k, mode=mode)
-        scores[mode] = ndcg_sum / counted if counted else 0.0
-    return scores
-
-
 def training_curve(history: list[dict[str, float]], k: int):
     """A two-panel matplotlib figure: train loss and validation NDCG@k / Recall@k per evaluation,
     against the optimiser step."""
@@ -511,7 +492,7 @@ def training_curve(history: list[dict[str, float]], k: int):
     steps = [h["step"] for h in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
     left.plot(steps, [h["train_loss"] for h in history], marker="o")
-    left.set(xlabel="optimiser step", ylabel="train loss (sampled softmax)", title="training loss")
+    left.set(xlabel="optimiser step", ylabel="train loss (cross-entropy)", title="training loss")
     for key in (metric_key("val_ndcg", k), metric_key("val_recall", k)):
         right.plot(steps, [h[key] for h in history], marker="o", label=key)
     right.set(xlabel="optimiser step", title="validation (full ranking)")

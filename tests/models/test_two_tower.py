@@ -14,7 +14,8 @@ from recsys_spark.models import ranking
 from recsys_spark.models.bundle import ModelBundle
 from recsys_spark.models.two_tower import HistoryFeatures, TwoTowerModel
 from recsys_spark.train.loss import (
-    RetrievalTask, event_weight_table, horizon_index, popularity, sampled_softmax_loss,
+    RetrievalTask, event_weight_table, fp32_logits, full_softmax_loss, horizon_index, popularity, resolve_loss,
+    sampled_softmax_loss,
 )
 
 pytestmark = pytest.mark.unit
@@ -173,16 +174,16 @@ def test_popularity_and_event_weight_tables():
 def test_sampled_softmax_with_logq_correction_matches_hand_computation():
     # Three real items 2, 3, 4 with training counts 1, 1, 2: p_pop = 0.25, 0.25, 0.5.
     # Two targets (n = 2): item 2 for user u0 = [1], item 3 for user u1 = [2]; one-dimensional
-    # item vectors v2 = 1, v3 = 0, v4 = -1. Negatives (M = 2): items 4 and 3.
-    # Expected counts E = P(in the unique in-batch targets) + M / 3 = 1 - (1 - p)^n + 2/3:
-    #   E2 = E3 = 1 - 0.75^2 + 2/3 = 53/48, E4 = 1 - 0.5^2 + 2/3 = 17/12.
-    # Candidates: unique targets [2, 3], then negatives [4, 3].
-    # u0 (label 0): logits [1 - ln 53/48, 0 - ln 53/48, -1 - ln 17/12, 0 - ln 53/48]
-    #   CE0 = -1 + ln(e^1 + e^0 + e^(-1 - ln(17/12) + ln(53/48)) + e^0) = -1 + ln 5.00501 = 0.610440
-    # u1 (label 1): the negative 3 is its own target (an accidental hit) and is masked:
-    #   logits [2 - ln 53/48, 0 - ln 53/48, -2 - ln 17/12]
-    #   CE1 = ln(e^2 + 1 + e^(-2 - ln(17/12) + ln(53/48))) = ln 8.49454 = 2.139423
-    # Weights 1 and 3: loss = (CE0 + 3 CE1) / 4 = 1.757177
+    # item vectors v2 = 1, v3 = 0, v4 = -1. Negatives (M = 2): items 4 and 3, drawn from 3 real
+    # items, so P(an item among the negatives) = 1 - (2/3)^2 = 5/9.
+    # Candidates: the union {2, 3, 4}, each once. Inclusion q = 1 - (1 - p)^n (4/9):
+    #   q2 = q3 = 1 - 0.75^2 * 4/9 = 1 - 0.25 = 0.75, q4 = 1 - 0.5^2 * 4/9 = 8/9.
+    # u0 (label item 2): logits [1 - ln 0.75, 0 - ln 0.75, -1 - ln 8/9]
+    #   CE0 = -(1 - ln 0.75) + ln(e^(1 - ln .75) + e^(-ln .75) + e^(-1 - ln 8/9))
+    # u1 (label item 3): logits [2 - ln 0.75, 0 - ln 0.75, -2 - ln 8/9]
+    #   CE1 = -(0 - ln 0.75) + ln(e^(2 - ln .75) + e^(-ln .75) + e^(-2 - ln 8/9))
+    # Item 3 is both u1's target and a negative: one column, no accidental hit to mask.
+    # Weights 1 and 3: loss = (CE0 + 3 CE1) / 4
     item_vecs = torch.tensor([[0.0], [0.0], [1.0], [0.0], [-1.0]])
     loss = sampled_softmax_loss(
         user_vecs=torch.tensor([[1.0], [2.0]]),
@@ -194,11 +195,53 @@ def test_sampled_softmax_with_logq_correction_matches_hand_computation():
         item_prob=popularity(torch.tensor([0, 0, 1, 1, 2])),
         num_items=5,
     )
-    ce0 = -1 + math.log(math.e + 1 + math.exp(-1 - math.log(17 / 12) + math.log(53 / 48)) + 1)
-    ce1 = math.log(math.e**2 + 1 + math.exp(-2 - math.log(17 / 12) + math.log(53 / 48)))
-    assert ce0 == pytest.approx(0.610440, abs=1e-6) and ce1 == pytest.approx(2.139423, abs=1e-6)
+    a, b = -math.log(0.75), -math.log(8 / 9)
+    ce0 = -(1 + a) + math.log(math.exp(1 + a) + math.exp(a) + math.exp(-1 + b))
+    ce1 = -a + math.log(math.exp(2 + a) + math.exp(a) + math.exp(-2 + b))
+    assert ce0 == pytest.approx(0.393439, abs=1e-6) and ce1 == pytest.approx(2.140448, abs=1e-6)
     assert float(loss) == pytest.approx((ce0 + 3 * ce1) / 4, abs=1e-6)
-    assert float(loss) == pytest.approx(1.757177, abs=1e-6)
+
+
+def test_sampled_softmax_with_every_item_as_a_negative_is_the_full_softmax():
+    torch.manual_seed(3)
+    num_items, dim, targets_n = 9, 4, 6
+    item_vecs = torch.randn(num_items, dim)
+    user_vecs = torch.randn(targets_n, dim)
+    targets = torch.tensor([2, 5, 5, 8, 3, 2])
+    weights = torch.tensor([1.0, 2.0, 1.0, 3.0, 0.5, 1.0])
+    every_item = torch.arange(schema.FIRST_ITEM_INDEX, num_items)
+    sampled = sampled_softmax_loss(user_vecs, targets, weights, every_item, item_vecs, None,
+                                   popularity(torch.arange(num_items)), num_items, negatives_inclusion=1.0)
+    full = full_softmax_loss(user_vecs, targets, weights, item_vecs)
+    # The reference: cross-entropy over the real items 2..8 only, by hand.
+    logits = user_vecs @ item_vecs[2:].T
+    per_target = torch.logsumexp(logits, dim=1) - logits[torch.arange(targets_n), targets - 2]
+    reference = (weights * per_target).sum() / weights.sum()
+    torch.testing.assert_close(full, reference)
+    torch.testing.assert_close(sampled, full)
+
+
+def test_full_softmax_logits_are_float32_under_autocast():
+    user_vecs, item_vecs = torch.randn(3, 4).bfloat16(), torch.randn(6, 4).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fp32_logits(user_vecs, item_vecs).dtype == torch.float32
+        loss = full_softmax_loss(user_vecs, torch.tensor([2, 3, 5]), torch.ones(3), item_vecs)
+    assert loss.dtype == torch.float32
+
+
+def test_the_retrieval_task_with_the_full_loss_ranks_over_every_item():
+    model = make_model()
+    task = RetrievalTask(model, popularity(torch.ones(NUM_ITEMS)), event_weight_table({"view": 1.0}), 4, loss="full")
+    items = torch.tensor([[0, 2, 3, 4, 5, 6]])
+    events = torch.full_like(items, schema.EVENT_CODE["view"])
+    gaps = torch.ones_like(items)
+    with torch.no_grad():
+        loss, n = task(items, events, gaps)
+        seq = model.sequence_vectors(items[:, :-1], events[:, :-1], gaps[:, :-1])[0, 1:]
+        expected = full_softmax_loss(seq, torch.tensor([3, 4, 5, 6]), torch.ones(4), model.item_vectors())
+    assert n == 4 and float(loss) == pytest.approx(float(expected), abs=1e-6)
+    assert resolve_loss("auto", 100, 100) == "full" and resolve_loss("auto", 101, 100) == "sampled"
+    assert resolve_loss("sampled", 10, 100) == "sampled"
 
 
 def test_item_tower_path_equals_table_lookup():

@@ -264,3 +264,16 @@ def test_a_read_that_fails_on_rank_0_fails_every_rank_instead_of_hanging_the_oth
     with pytest.raises(InputError, match="rank 0 could not read its input: InputError: checkpoint /x/last.pt"):
         read_on_main(other, broken)  # rank 1 never reads
     assert read_on_main(StubComm(is_main=True), lambda: {"step": 3}) == {"step": 3}
+
+
+@pytest.mark.parametrize("max_norm, expected", [(0.0, [-3.0, -4.0]), (1.0, [-0.6, -0.8])])
+def test_grad_clip_zero_leaves_the_gradient_alone_and_a_positive_norm_clips_it(max_norm, expected):
+    from recsys_spark.train.collective import clip_and_step
+
+    param = torch.nn.Parameter(torch.zeros(2))
+    param.grad = torch.tensor([3.0, 4.0])  # norm 5
+    norm = clip_and_step(torch.optim.SGD([param], lr=1.0), [param], max_norm, None)
+    assert norm == pytest.approx(5.0)
+    torch.testing.assert_close(param.detach(), torch.tensor(expected))
+    with pytest.raises(ValueError, match="grad_clip must be >= 0"):
+        clip_and_step(torch.optim.SGD([param], lr=1.0), [param], -1.0, None)

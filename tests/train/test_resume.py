@@ -114,8 +114,8 @@ def test_training_is_deterministic_on_cpu_for_a_seed(tmp_path, features):
 
 def test_early_stopping_counts_evaluations_and_keeps_the_best(tmp_path, features):
     # lr = 0: the weights never move, so validation NDCG never improves on the first evaluation's.
-    result = train(overrides(tmp_path, features, epochs=5, lr=0.0, patience=2, eval_every_steps=0,
-                             plateau_decays=0))
+    result = train(overrides(tmp_path, features, epochs=5, lr=0.0, patience=2, patience_steps=0, eval_every_steps=0,
+                             lr_schedule="cosine", plateau_decays=0))
     assert result["stopped_early"] is True and result["stop_reason"].startswith("no gain in validation NDCG@20 for 2")
     assert [(h["evaluation"], h["epoch"]) for h in result["history"]] == [(1, 1), (2, 2), (3, 3)]
     assert (result["best_evaluation"], result["best_epoch"]) == (1, 1)
@@ -126,13 +126,38 @@ def test_early_stopping_counts_evaluations_and_keeps_the_best(tmp_path, features
 
 def test_a_plateau_first_cuts_the_learning_rate_then_stops(tmp_path, features):
     # No evaluation after the first can gain min_delta = 1: every one is a plateau step.
-    result = train(overrides(tmp_path, features, epochs=8, patience=2, min_delta=1.0, eval_every_steps=0,
-                             lr_schedule="constant", warmup_steps=0, plateau_decays=1, plateau_factor=0.1))
+    result = train(overrides(tmp_path, features, epochs=8, patience=2, patience_steps=0, min_delta=1.0,
+                             eval_every_steps=0, lr_schedule="constant", warmup_steps=0, plateau_decays=1,
+                             plateau_factor=0.1))
     # Evaluations 2-3 make the first plateau (the rate drops to a tenth), 4-5 the second (stop).
     assert [h["evaluation"] for h in result["history"]] == [1, 2, 3, 4, 5]
     assert [h["lr"] for h in result["history"]] == pytest.approx([0.01, 0.01, 0.01, 0.001, 0.001])
     assert result["stopped_early"] is True and result["best_evaluation"] == 1
-    assert read_checkpoint(str(tmp_path / "checkpoints"))["plateau"] == {"scale": pytest.approx(0.1), "decays": 1}
+    plateau = read_checkpoint(str(tmp_path / "checkpoints"))["plateau"]
+    assert (plateau["scale"], plateau["decays"]) == (pytest.approx(0.1), 1)
+
+
+def test_wsd_cools_down_after_a_plateau_and_stops_when_the_cool_down_ends(tmp_path, features):
+    # 7 steps a pass, an evaluation at each pass end. No evaluation after the first can gain
+    # min_delta = 1, so after patience = 2 more (step 21) the plateau starts the cool-down, over
+    # ceil(0.5 x 21) = 11 steps: linear from the peak 0.01 to 0.05 x 0.01, ending at step 32.
+    result = train(overrides(tmp_path, features, epochs=8, patience=2, patience_steps=0, min_delta=1.0,
+                             eval_every_steps=0, lr_schedule="wsd", warmup_steps=0, cooldown_share=0.5))
+    assert [h["step"] for h in result["history"]] == [7, 14, 21, 28, 32]
+    # The rate logged at an evaluation is the next step's: 1 - 0.95 x (28 - 21) / 11 at step 28.
+    assert [h["lr"] for h in result["history"]] == pytest.approx([0.01, 0.01, 0.01, 0.01 * (1 - 0.95 * 7 / 11), 0.0005])
+    assert result["stop_reason"] == "the learning rate's cool-down ended at step 32" and result["stopped_early"]
+    assert result["best_evaluation"] == 1
+
+
+def test_wsd_without_a_plateau_cools_down_over_the_budgets_last_share(tmp_path, features):
+    # 3 passes = 21 steps; the last ceil(0.2 x 21) = 5 (steps 16-21) decay linearly to 0.05 x the peak.
+    result = train(overrides(tmp_path, features, epochs=3, eval_every_steps=2, lr_schedule="wsd", warmup_steps=0,
+                             cooldown_share=0.2))
+    lr = {h["step"]: h["lr"] for h in result["history"]}
+    assert lr[14] == lr[16] == pytest.approx(0.01)
+    assert lr[18] == pytest.approx(0.01 * (1 - 0.95 * 2 / 5)) and lr[20] == pytest.approx(0.01 * (1 - 0.95 * 4 / 5))
+    assert result["steps"] == 21 and result["stopped_early"] is False
 
 
 def test_the_budget_is_in_steps_and_evaluations_fall_inside_passes(tmp_path, features):
@@ -151,3 +176,11 @@ def test_the_budget_is_in_steps_and_evaluations_fall_inside_passes(tmp_path, fea
     assert [h["epoch"] for h in history] == [1 if step <= one_pass else 2 for step in expected]
     # The learning rate decays over the budget: at its end it is min_lr_ratio x the peak.
     assert history[-1]["lr"] == pytest.approx(0.01 * 0.05)
+
+
+def test_the_progress_bar_writes_at_most_one_update_per_30_s_where_stderr_is_a_log(tmp_path, features, capfd):
+    # stderr captured to a file, not a terminal: per pass the bar may open and close, nothing in between
+    # (21 steps in under 30 s; a refresh per step would write 21 updates).
+    train(overrides(tmp_path, features, epochs=3, eval_every_steps=0))
+    updates = capfd.readouterr().err.count("\r")
+    assert 0 < updates <= 2 * 3
