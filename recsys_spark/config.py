@@ -469,10 +469,12 @@ class TrainConfig:
     )
     # Validation NDCG@eval_k / Recall@eval_k, computed every epoch over the whole catalogue.
     eval_k: int = 20
-    # A plateau: `patience` evaluations AND at least `patience_steps` steps without a validation
-    # NDCG gain above `min_delta` (patience 0 = none). Under wsd a plateau starts the cool-down;
-    # under cosine/constant it cuts the rate (plateau_decays) or stops. The best evaluation's
-    # weights are kept either way. Counting steps as well keeps a run of short passes (an
+    # A plateau: `patience` evaluations without a validation NDCG gain above `min_delta` (patience
+    # 0 = none), and either `patience_steps` steps since the best or the latest evaluation below
+    # the best by more than the 95% half-width of their paired difference (a real decline: the
+    # model overfits). Under wsd a plateau starts the cool-down; under cosine/constant it cuts
+    # the rate (plateau_decays) or stops. The best evaluation's weights are kept either way.
+    # Counting steps, or asking for a significant decline, keeps a run of short passes (an
     # evaluation at every pass end) from stopping on the noise of a few evaluations.
     patience: int = 4
     patience_steps: int = 300

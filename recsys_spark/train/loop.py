@@ -330,8 +330,7 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
                                                          "config": cfg_dict, "best": dict(best)})
         else:
             best["bad_evaluations"] += 1
-        plateaued = (tc.patience > 0 and best["bad_evaluations"] >= tc.patience
-                     and step - best["step"] >= tc.patience_steps and step < total_steps)
+        plateaued = step < total_steps and plateau_reached(tc, best, step, chosen["ndcg"], chosen["gain_half_width"])
         if plateaued and tc.lr_schedule == "wsd":
             if plateau["cooldown_start"] < 0:
                 start_cooldown(plateau, step, math.ceil(tc.cooldown_share * step), total_steps)
@@ -556,6 +555,16 @@ def lr_factor(step: int, tc: TrainConfig, total_steps: int, state: dict[str, Any
         return 1.0 - (1.0 - tc.min_lr_ratio) * progress
     progress = min(1.0, (step - tc.warmup_steps) / max(1, total_steps - tc.warmup_steps))
     return tc.min_lr_ratio + (1.0 - tc.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def plateau_reached(tc: TrainConfig, best: dict[str, Any], step: int, ndcg: float, gain_half_width: float) -> bool:
+    """Whether validation has plateaued: ``tc.patience`` evaluations without a new best, and either
+    ``tc.patience_steps`` steps since the best or this evaluation's NDCG below the best by more than
+    the 95% half-width of their paired difference (a decline that is not noise: the model
+    overfits, and waiting longer only wastes steps). A nan half-width never counts as a decline."""
+    if tc.patience <= 0 or best["bad_evaluations"] < tc.patience:
+        return False
+    return step - best["step"] >= tc.patience_steps or ndcg < best["ndcg"] - gain_half_width
 
 
 def start_cooldown(state: dict[str, Any], step: int, length: int, total_steps: int, by: str = "validation") -> None:

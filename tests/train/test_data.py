@@ -277,3 +277,17 @@ def test_grad_clip_zero_leaves_the_gradient_alone_and_a_positive_norm_clips_it(m
     torch.testing.assert_close(param.detach(), torch.tensor(expected))
     with pytest.raises(ValueError, match="grad_clip must be >= 0"):
         clip_and_step(torch.optim.SGD([param], lr=1.0), [param], -1.0, None)
+
+
+def test_a_plateau_needs_patience_and_either_enough_steps_or_a_decline_beyond_the_noise():
+    from recsys_spark.config import TrainConfig
+    from recsys_spark.train.loop import plateau_reached
+
+    tc = TrainConfig(patience=3, patience_steps=100)
+    best = {"ndcg": 0.30, "step": 200, "bad_evaluations": 3}
+    assert plateau_reached(tc, best, 300, 0.30, 0.01)  # 100 steps since the best
+    assert not plateau_reached(tc, best, 250, 0.295, 0.01)  # 50 steps, a drop of 0.005 within the noise
+    assert plateau_reached(tc, best, 250, 0.285, 0.01)  # 50 steps, a drop of 0.015 beyond it
+    assert not plateau_reached(tc, best, 250, 0.285, float("nan"))  # no width: no decline
+    assert not plateau_reached(tc, {**best, "bad_evaluations": 2}, 400, 0.1, 0.01)  # patience first
+    assert not plateau_reached(TrainConfig(patience=0), best, 400, 0.1, 0.01)  # 0: never

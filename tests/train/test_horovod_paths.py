@@ -38,7 +38,8 @@ def test_uneven_shards_stop_every_rank_when_the_first_runs_out(spark, tmp_path):
               for g in range(pq.ParquetFile(path).metadata.num_row_groups)]
     shard_rows = [sum(groups[rank::2]) for rank in (0, 1)]
     assert shard_rows[0] != shard_rows[1]
-    per_pass = min(math.ceil(rows / BATCH) for rows in shard_rows)
+    # train.batch_size is the batch over both ranks: each takes BATCH / 2 windows a step.
+    per_pass = min(math.ceil(rows / (BATCH // 2)) for rows in shard_rows)
 
     main = check_ranks(launch(spark, config(tmp_path / "run", features, epochs=2), None, None))
 
