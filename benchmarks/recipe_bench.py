@@ -5,7 +5,7 @@
 
 Each shape (``recsys_spark.data.generate.REGIMES``, with quality_bench's settings: leave_last_out,
 ``--users`` users) is generated, cleaned and featurized once under ``<out>/<shape>`` (kept: a later
-run with the same ``--out`` reuses it). Each variant (``NAME=key=value,key=value``; ``NAME=`` is
+run with the same ``--out`` reuses it). Each variant (``NAME=key=value;key=value``; ``NAME=`` is
 the defaults) is then trained on those features by the training function itself
 (``train.loop.train_fn``, one process: ``train.launcher=local``), and its best checkpoint, in the
 user-vector mode training chose, is ranked on the validation and the test users through the one
@@ -41,11 +41,11 @@ BOOTSTRAP = 1000
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
-    """``name=key=value,key=value`` -> (name, ["key=value", ...]); ``name=`` -> (name, [])."""
+    """``name=key=value;key=value`` -> (name, ["key=value", ...]); ``name=`` -> (name, [])."""
     name, _, rest = text.partition("=")
     if not name:
-        raise argparse.ArgumentTypeError(f"--variant {text!r}: expected NAME=key=value[,key=value...]")
-    return name, [item for item in rest.split(",") if item]
+        raise argparse.ArgumentTypeError(f"--variant {text!r}: expected NAME=key=value[;key=value...]")
+    return name, [item for item in rest.split(";") if item]
 
 
 def shape_overrides(shape: str, root: Path, users: int, extra: list[str]) -> list[str]:
@@ -122,10 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shapes", default="demo,ratings,long_tail")
     parser.add_argument("--users", type=int, default=DEFAULT_USERS)
     parser.add_argument("--variant", dest="variants", action="append", type=parse_variant, default=[],
-                        metavar="NAME=key=value,...")
+                        metavar="NAME=key=value;...")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="an override of every variant (before the variant's own)")
     parser.add_argument("--world-size", type=int, default=1, choices=[1, 2])
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the one process (--world-size 1)")
     args = parser.parse_args(argv)
     variants = args.variants or [("default", [])]
     shapes = [s for s in args.shapes.split(",") if s]
@@ -135,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from recsys_spark.spark import get_session
 
-    launcher = (["train.launcher=local", "train.num_proc=1", "train.threads_per_proc=2", "train.pin_cpus=false"]
+    launcher = (["train.launcher=local", "train.num_proc=1", f"train.threads_per_proc={args.threads}",
+                 "train.pin_cpus=false"]
                 if args.world_size == 1 else ["train.launcher=horovod_spark", "train.num_proc=2"])
     spark = get_session(load_config(PROFILE, ["spark.show_progress=false"]).spark)
     out = args.out.resolve()
