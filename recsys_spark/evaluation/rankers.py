@@ -19,6 +19,7 @@ from torch import Tensor
 
 from recsys_spark import schema
 from recsys_spark.errors import DataQualityError
+from recsys_spark.evaluation import metrics
 from recsys_spark.models import ranking
 
 
@@ -61,6 +62,7 @@ class Ranker(ABC):
         exclude_seen: bool = True,
         block_size: int = 1024,
         exclude: Sequence[np.ndarray] | None = None,
+        on_scores: ranking.ScoreObserver | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-K items of every row of ``batch``, ``block_size`` users at a time.
 
@@ -71,6 +73,7 @@ class Ranker(ABC):
             block_size: users scored at once.
             exclude: B int arrays of item indices to leave out instead of seen_items (e.g.
                 only the purchased ones), or None.
+            on_scores: sees every block's masked scores (see ``ranking.rank``), or None.
 
         Returns:
             (item indices int64 [B, k], scores float32 [B, k]); -1 / -inf in empty slots.
@@ -81,7 +84,40 @@ class Ranker(ABC):
         if exclude_seen:
             excluded = ranking.pairs_of(exclude if exclude is not None else ranking.int_arrays(batch[schema.SEEN_ITEMS]))
         return ranking.rank(lambda rows, mask: self.score_block(batch.iloc[rows], mask), len(batch), self.num_items,
-                            k, excluded, ranking.blocked_items(self.num_items, self.allowed), block_size, self.name)
+                            k, excluded, ranking.blocked_items(self.num_items, self.allowed), block_size, self.name,
+                            on_scores)
+
+    def rank_targets(
+        self,
+        batch: pd.DataFrame,
+        k: int,
+        targets: Sequence[np.ndarray],
+        block_size: int = 1024,
+        exclude: Sequence[np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+        """:meth:`recommend`'s top K (seen items excluded), and where each target stands in the
+        same full ranking, from the same scores: what evaluation's AUC needs.
+
+        Args:
+            targets: B int arrays of target items; the rest as in :meth:`recommend`.
+
+        Returns:
+            (item indices int64 [B, k]; B float64 arrays, each target's rank among its row's
+            eligible items; eligible items per row int64 [B]), see ``metrics.target_ranks``.
+        """
+        if len(targets) != len(batch):
+            raise ValueError(f"targets holds {len(targets)} lists for {len(batch)} users")
+        ranks: list[np.ndarray] = []
+        eligible = np.zeros(len(batch), dtype=np.int64)
+
+        def observe(start: int, scores: Tensor) -> None:
+            end = start + scores.shape[0]
+            block_ranks, block_eligible = metrics.target_ranks(scores.float().numpy(), targets[start:end])
+            ranks.extend(block_ranks)
+            eligible[start:end] = block_eligible
+
+        top, _ = self.recommend(batch, k, True, block_size, exclude, observe)
+        return top, ranks, eligible
 
 
 class ModelRanker(Ranker):

@@ -29,7 +29,12 @@ DEFINITIONS = {
     "ndcg@K": "DCG of the top K / ideal DCG over min(K, targets) positions, gain 1/log2(rank + 1)",
     "map@K": "sum of precision@rank over hits in the top K / min(K, targets)",
     "hitrate@K": "1 if any target is in the top K",
+    "precision@K": "hits in the top K / K (K even when fewer items were listed, as in RecBole and Microsoft "
+                   "Recommenders)",
+    "f1@K": "2 precision@K recall@K / (precision@K + recall@K), 0 when both are 0",
     "mrr": "1 / rank of the first hit within the largest K",
+    "auc": "the probability that a random target is ranked above a random non-target item the user may get, over "
+           "the whole catalogue ranking (ties count 1/2; seen, pad, out-of-vocabulary and blocked items left out)",
     "coverage@K": "distinct items in anyone's top K / catalogue size",
     "novelty@K": "mean self-information -log2(share of interactions) of the top-K items",
     "diversity@K": "share of pairs of top-K items in different categories (intra-list diversity)",
@@ -199,7 +204,7 @@ def grid_table(rows: Sequence[Mapping[str, Any]], primary: str) -> str:
     """A baseline grid as fixed-width text: its parameters and the primary metric, best first."""
     if not rows:
         return ""
-    params = [key for key in rows[0] if "@" not in key and key != "mrr"]
+    params = [key for key in rows[0] if "@" not in key and key not in ("mrr", "auc")]
     ordered = sorted(rows, key=lambda r: -r[primary])
     lines = ["".join(f"{p:>12}" for p in params) + f"{primary:>12}"]
     lines += ["".join(f"{str(r[p]):>12}" for p in params) + f"{r[primary]:>12.4f}" for r in ordered]
@@ -244,6 +249,7 @@ users, seed {{ boot.seed }}). Coverage is measured over the catalogue and has no
 </tr>{% endfor %}</table>
 {% endfor %}
 <p>MRR: {% for ranker, values in r.rankers.items() %}{{ ranker }} {{ cell(ranker, "mrr") }}{{ ", " if not loop.last }}{% endfor %}</p>
+{% if has_auc %}<p>AUC: {% for ranker, values in r.rankers.items() %}{{ ranker }} {{ cell(ranker, "auc") }}{{ ", " if not loop.last }}{% endfor %}</p>{% endif %}
 <img src="data:image/png;base64,{{ images.curves }}" alt="Recall@K and NDCG@K curves">
 
 {% if paired %}
@@ -321,9 +327,13 @@ def render_html(report: Mapping[str, Any]) -> str:
     """
     import jinja2
 
+    first = next(iter(report["rankers"].values()), {})
+
     def metrics_at(k: int) -> list[str]:
-        return [f"{m}@{k}" for m in ("recall", "ndcg", "map", "hitrate", "coverage", "novelty", "diversity",
-                                     "head_share")]
+        """The columns of the table at K that the report holds (older reports lack precision and F1)."""
+        names = [f"{m}@{k}" for m in ("recall", "ndcg", "map", "hitrate", "precision", "f1", "coverage", "novelty",
+                                      "diversity", "head_share")]
+        return [name for name in names if name in first]
 
     names = [m for k in report["ks"] for m in metrics_at(k)]
     # Highlight the best ranker of each metric where higher is better (not the popularity bias).
@@ -357,6 +367,6 @@ def render_html(report: Mapping[str, Any]) -> str:
         return f"{found['value']:.4f} [{found['low']:.4f}, {found['high']:.4f}]"
     return env.from_string(_TEMPLATE).render(
         r=report, images=images, metrics_at=metrics_at, best=best, segments=segments, cell=cell,
-        paired=paired, paired_metrics=paired_metrics, difference=difference, side=side,
+        has_auc="auc" in first, paired=paired, paired_metrics=paired_metrics, difference=difference, side=side,
         boot=report.get("bootstrap"), ope=report.get("off_policy", {}), estimate=estimate,
     )

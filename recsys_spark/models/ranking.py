@@ -44,6 +44,8 @@ BLOCK_USERS = 1024
 Pairs = tuple[np.ndarray, np.ndarray]
 # (rows of the block, exclusion mask of the block [b, N]) -> scores [b, N]
 BlockScorer = Callable[[slice, Tensor], Tensor]
+# (first row of the block, its masked scores [b, N]) -> None
+ScoreObserver = Callable[[int, Tensor], None]
 
 
 def int_matrix(column: pd.Series | Sequence) -> np.ndarray:
@@ -204,7 +206,8 @@ def top_k_of_scores(scores: Tensor, k: int, excluded: Tensor | None = None) -> t
 
 
 def rank(score_block: BlockScorer, num_users: int, num_items: int, k: int, excluded: Pairs | None = None,
-         blocked: Tensor | None = None, block_size: int = BLOCK_USERS, name: str = "model") -> tuple[np.ndarray, np.ndarray]:
+         blocked: Tensor | None = None, block_size: int = BLOCK_USERS, name: str = "model",
+         on_scores: ScoreObserver | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Every user's top K, exact over the N items, ``block_size`` users at a time.
 
     Args:
@@ -217,6 +220,9 @@ def rank(score_block: BlockScorer, num_users: int, num_items: int, k: int, exclu
         blocked: BoolTensor[N] never recommended (see :func:`blocked_items`), or None.
         block_size: users scored at once: memory is block_size x N.
         name: the ranker, for the error message.
+        on_scores: called with each block's first row and its scores Tensor[b, N], -inf for
+            the items a user never gets, before they are dropped: for what needs the whole
+            ranking, not only its top K (evaluation's AUC); or None.
 
     Returns:
         (item indices int64 [B, k], scores float32 [B, k]); EMPTY_SLOT / -inf in empty slots.
@@ -237,6 +243,8 @@ def rank(score_block: BlockScorer, num_users: int, num_items: int, k: int, exclu
         if not bool(torch.isfinite(scores).all()):
             raise DataQualityError(f"the {name} ranker produced NaN or infinite scores")
         top, best = top_k_of_scores(scores, k, mask)
+        if on_scores is not None:
+            on_scores(start, scores)
         indices[start:end] = top.numpy()
         values[start:end] = best.float().numpy()
     return indices, values

@@ -81,6 +81,9 @@ def test_cooccurrence_ranker_sums_decayed_similarities_of_the_history(pairs):
     top, scores = ranker.recommend(rows, 2)
     assert top.tolist() == [[2, 3]]
     np.testing.assert_allclose(scores, [[2.0, 1.5]])
+    # The same scores place the targets for AUC: eligible 2 (2), 3 (1.5), 6 (0), 7 (0); target 6 ties with 7.
+    top, ranks, eligible = ranker.rank_targets(rows, 2, [np.array([3, 6])])
+    assert top.tolist() == [[2, 3]] and ranks[0].tolist() == [2.0, 3.5] and eligible.tolist() == [4]
 
 
 @pytest.mark.e2e

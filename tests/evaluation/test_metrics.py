@@ -21,25 +21,31 @@ TARGETS = [np.array([7]), np.array([4, 8, 10]), np.array([12]), np.array([9, 13]
 EXPECTED = {
     # user 0: one target, found at rank 2.
     # AP: precision 1/2 at the hit, over min(K, 1) = 1.
+    # precision: 1 hit / K; F1 = 2PR / (P + R) with R = 1.
     0: {"recall@2": 1.0, "ndcg@2": G2 / 1, "hitrate@2": 1.0, "map@2": 1 / 2,
-        "recall@3": 1.0, "ndcg@3": G2 / 1, "hitrate@3": 1.0, "map@3": 1 / 2, "mrr": 1 / 2},
+        "recall@3": 1.0, "ndcg@3": G2 / 1, "hitrate@3": 1.0, "map@3": 1 / 2, "mrr": 1 / 2,
+        "precision@2": 1 / 2, "f1@2": 2 / 3, "precision@3": 1 / 3, "f1@3": 1 / 2},
     # user 1: three targets, hits at ranks 1 and 3; IDCG@2 covers 2 positions, IDCG@3 three.
     # AP@2: precision 1 at rank 1, over min(2, 3) = 2; AP@3: (1 + 2/3) over 3.
     1: {"recall@2": 1 / 3, "ndcg@2": 1 / (1 + G2), "hitrate@2": 1.0, "map@2": 1 / 2,
         "recall@3": 2 / 3, "ndcg@3": (1 + G3) / (1 + G2 + G3), "hitrate@3": 1.0, "map@3": (1 + 2 / 3) / 3,
-        "mrr": 1.0},
-    # user 2: no hit.
+        "mrr": 1.0, "precision@2": 1 / 2, "f1@2": 2 / 5, "precision@3": 2 / 3, "f1@3": 2 / 3},
+    # user 2: no hit (F1 is 0, not 0 / 0).
     2: {"recall@2": 0.0, "ndcg@2": 0.0, "hitrate@2": 0.0, "map@2": 0.0,
-        "recall@3": 0.0, "ndcg@3": 0.0, "hitrate@3": 0.0, "map@3": 0.0, "mrr": 0.0},
+        "recall@3": 0.0, "ndcg@3": 0.0, "hitrate@3": 0.0, "map@3": 0.0, "mrr": 0.0,
+        "precision@2": 0.0, "f1@2": 0.0, "precision@3": 0.0, "f1@3": 0.0},
     # user 3: two targets, one hit at rank 1; IDCG covers min(K, 2) = 2 positions for both K.
+    # Precision divides by K although only one item was listed: 1/2, 1/3 (not 1).
     3: {"recall@2": 1 / 2, "ndcg@2": 1 / (1 + G2), "hitrate@2": 1.0, "map@2": 1 / 2,
-        "recall@3": 1 / 2, "ndcg@3": 1 / (1 + G2), "hitrate@3": 1.0, "map@3": 1 / 2, "mrr": 1.0},
+        "recall@3": 1 / 2, "ndcg@3": 1 / (1 + G2), "hitrate@3": 1.0, "map@3": 1 / 2, "mrr": 1.0,
+        "precision@2": 1 / 2, "f1@2": 1 / 2, "precision@3": 1 / 3, "f1@3": 2 / 5},
 }
 
 
 def test_metric_names_are_ordered_by_k():
     assert metrics.metric_names([20, 10]) == [
-        "recall@10", "ndcg@10", "map@10", "hitrate@10", "recall@20", "ndcg@20", "map@20", "hitrate@20", "mrr"
+        "recall@10", "ndcg@10", "map@10", "hitrate@10", "precision@10", "f1@10",
+        "recall@20", "ndcg@20", "map@20", "hitrate@20", "precision@20", "f1@20", "mrr",
     ]
     assert metrics.list_metric_names([20, 10]) == [
         "novelty@10", "diversity@10", "head_share@10", "novelty@20", "diversity@20", "head_share@20"
@@ -110,6 +116,9 @@ def pandas_reference(ranked: np.ndarray, targets: list[np.ndarray], ks: list[int
         out[f"map@{k}"] = precision[precision["hit"]].groupby("user")["p"].sum().reindex(users, fill_value=0.0) / (
             n_targets.clip(upper=k)
         )
+        out[f"precision@{k}"] = top["hit"].sum() / k
+        p, r = out[f"precision@{k}"], out[f"recall@{k}"]
+        out[f"f1@{k}"] = (2 * p * r / (p + r)).fillna(0.0)
     first = joined[joined["hit"] & (joined["rank"] <= max(ks))].groupby("user")["rank"].min()
     out["mrr"] = (1 / first).reindex(users, fill_value=0.0)
     return out
@@ -131,6 +140,94 @@ def test_batch_metrics_agree_with_a_pandas_reference(seed):
     assert 0 < expected["hitrate@12"].mean() < 1  # the case exercises both hits and misses
     for name in metrics.metric_names(ks):
         np.testing.assert_allclose(got[name], expected[name].to_numpy(), rtol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_precision_and_f1_agree_with_scikit_learn_on_binary_vectors(seed):
+    from sklearn.metrics import f1_score, precision_score
+
+    rng = np.random.default_rng(seed)
+    items = 30
+    ranked, targets = random_case(rng, users=40, items=items, k=10)
+    ks = [1, 4, 10]
+    got = metrics.batch_metrics(ranked, targets, ks)
+    for user in range(len(targets)):
+        for k in ks:
+            # One position per item, and one per empty slot: listed (predicted) but never a target,
+            # so that sklearn divides by K as RecBole and Microsoft Recommenders do.
+            listed = ranked[user, :k]
+            empty = int((listed == -1).sum())
+            truth = np.concatenate([np.isin(np.arange(items), targets[user]), np.zeros(empty, dtype=bool)])
+            predicted = np.concatenate([np.isin(np.arange(items), listed), np.ones(empty, dtype=bool)])
+            assert predicted.sum() == k
+            precision = precision_score(truth, predicted, zero_division=0.0)
+            f1 = f1_score(truth, predicted, zero_division=0.0)
+            assert got[f"precision@{k}"][user] == pytest.approx(precision, abs=1e-12), (user, k)
+            assert got[f"f1@{k}"][user] == pytest.approx(f1, abs=1e-12), (user, k)
+    assert 0 < got["f1@10"].mean() and (got["f1@10"] == 0).any()  # both hits and misses
+
+
+# ----------------------------------------------------------------------- AUC, from the whole ranking
+
+NO = -np.inf  # an item the user may not get (pad, OOV, seen, blocked)
+# Items 0..7; 0 and 1 are pad and OOV.
+SCORES = np.array([
+    [NO, NO, 0.9, 0.5, 0.5, 0.1, NO, 0.3],  # eligible 2, 3, 4, 5, 7 (n = 5); 6 is seen
+    [NO, NO, 0.2, 0.4, 0.6, 0.8, 1.0, NO],  # eligible 2..6 (n = 5); 7 is excluded
+    [NO, NO, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0],  # eligible 2..7 (n = 6)
+    [NO, NO, 1.0, NO, NO, NO, NO, NO],  # eligible 2 only (n = 1)
+])
+AUC_TARGETS = [np.array([4, 7]), np.array([6, 7]), np.array([2]), np.array([2])]
+
+
+def test_target_ranks_count_higher_eligible_items_and_half_the_ties():
+    ranks, eligible = metrics.target_ranks(SCORES, AUC_TARGETS)
+    assert eligible.tolist() == [5, 5, 6, 1]
+    # row 0: item 4 (0.5) has one item above (2) and ties with 3: 1 + 1 + 1/2; item 7 (0.3) has 2, 3, 4 above.
+    # row 1: item 6 is the best; item 7 is not eligible. row 2: item 2 is the worst of six. row 3: alone.
+    expected = [[2.5, 4.0], [1.0, np.inf], [6.0], [1.0]]
+    assert [r.tolist() for r in ranks] == expected
+
+
+def test_target_ranks_give_the_same_answer_a_few_targets_at_a_time(monkeypatch):
+    monkeypatch.setattr(metrics, "RANK_CHUNK_SCORES", 1)  # one target per step
+    ranks, eligible = metrics.target_ranks(SCORES, AUC_TARGETS)
+    assert [r.tolist() for r in ranks] == [[2.5, 4.0], [1.0, np.inf], [6.0], [1.0]]
+    assert eligible.tolist() == [5, 5, 6, 1]
+
+
+def test_auc_matches_hand_computed_values():
+    got = metrics.auc(*metrics.target_ranks(SCORES, AUC_TARGETS))
+    # row 0: non-targets 2 (0.9), 3 (0.5), 5 (0.1). Item 4 is above 5 and ties 3: 1.5 / 3;
+    #        item 7 is above 5 only: 1 / 3. Mean (1.5 + 1) / 6.
+    # row 1: item 6 is above all four non-targets (1); item 7, never listed, counts as below them (0).
+    # row 2: the target is below all five others. row 3: no non-target to rank against: 0.5.
+    np.testing.assert_allclose(got, [2.5 / 6, 0.5, 0.0, 0.5], rtol=1e-12)
+    with pytest.raises(ValueError, match="at least one target"):
+        metrics.auc([np.array([])], np.array([3]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auc_agrees_with_scikit_learn_per_user(seed):
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    users, items = 50, 40
+    # Scores from a few values, so that ties (which count half) are common; some items excluded.
+    scores = rng.integers(0, 6, size=(users, items)).astype(np.float32)
+    scores[:, :2] = NO
+    scores[rng.random((users, items)) < 0.2] = NO
+    targets = []
+    for row in scores:
+        eligible = np.flatnonzero(np.isfinite(row))
+        targets.append(rng.choice(eligible, size=rng.integers(1, 6), replace=False))
+    got = metrics.auc(*metrics.target_ranks(scores, targets))
+    for user in range(users):
+        eligible = np.isfinite(scores[user])
+        truth = np.isin(np.arange(items), targets[user])[eligible]
+        expected = roc_auc_score(truth, scores[user][eligible])
+        assert got[user] == pytest.approx(expected, abs=1e-12), user
+    assert got.min() < 0.5 < got.max()
 
 
 # ----------------------------------------------------------------------- beyond accuracy

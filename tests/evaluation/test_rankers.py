@@ -95,6 +95,29 @@ def test_popularity_ranker_gives_everyone_the_most_popular_unseen_items():
     np.testing.assert_allclose(scores[0], [math.log(41), math.log(13), math.log(8), math.log(6)], rtol=1e-6)
 
 
+def test_rank_targets_places_each_target_in_the_same_scores_as_the_top_k():
+    ranker = ModelRanker(LastItemModel(STAND_IN_VECS))
+    rows = history_rows([[2], [3, 4]], seen=[[2], [4, 5]])
+    # u0: eligible 3 (0.9), 4 (0.0), 5 (0.2): target 5 is second, target 2 is seen (never ranked).
+    # u1: eligible 2 (0.0), 3 (0.1): target 2 is second.
+    for block_size in (1, 2):
+        top, ranks, eligible = ranker.rank_targets(rows, 3, [np.array([5, 2]), np.array([2])], block_size)
+        np.testing.assert_array_equal(top, ranker.recommend(rows, 3, block_size=block_size)[0])
+        assert [r.tolist() for r in ranks] == [[2.0, math.inf], [2.0]]
+        assert eligible.tolist() == [3, 2]
+    with pytest.raises(ValueError, match="targets holds 1 lists for 2 users"):
+        ranker.rank_targets(rows, 3, [np.array([5])])
+
+
+def test_rank_targets_leave_blocked_items_out_and_split_ties():
+    vocab = pd.DataFrame({schema.ITEM_IDX: [2, 3, 4, 6], schema.PRETEST_COUNT: [5, 5, 12, 7]})
+    ranker = PopularityRanker.from_vocab(vocab, num_items=7)  # index 5 is no vocabulary item
+    rows = history_rows([[2]], seen=[[]])
+    # Eligible 2, 3 (tied), 4, 6. Item 2: 4 and 6 above, 3 tied -> 1 + 2 + 1/2; item 6: 4 above -> 2.
+    _, ranks, eligible = ranker.rank_targets(rows, 2, [np.array([2, 6, 5])])
+    assert ranks[0].tolist() == [3.5, 2.0, math.inf] and eligible.tolist() == [4]
+
+
 def test_vocab_column_rejects_indices_outside_the_model():
     vocab = pd.DataFrame({schema.ITEM_IDX: [2, 9], schema.PRETEST_COUNT: [1, 1]})
     with pytest.raises(DataQualityError, match="item_idx"):

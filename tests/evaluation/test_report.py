@@ -119,3 +119,23 @@ def test_grid_table_lists_the_best_point_first():
     text = report.grid_table(sample_report()["baselines"]["als"]["grid"], "ndcg@10")
     assert text.splitlines()[0].split() == ["rank", "ndcg@10"]
     assert [line.split() for line in text.splitlines()[1:]] == [["8", "0.2000"], ["4", "0.1000"]]
+
+
+def test_html_shows_precision_f1_and_auc_where_the_report_has_them():
+    current = with_intervals()
+    for scale, ranker in ((1.0, "model"), (0.5, "popularity"), (0.8, "als")):
+        extra = {"auc": 0.9 * scale, **{f"{m}@{k}": 0.01 * k * scale for m in ("precision", "f1") for k in KS}}
+        current["rankers"][ranker].update(extra)
+        current["intervals"][ranker].update({m: [v - 0.01, v + 0.01] for m, v in extra.items()})
+    html = report.render_html(current)
+    assert "<th>hitrate@10</th><th>precision@10</th><th>f1@10</th><th>coverage@10</th>" in html
+    assert f'<td class="best">{0.1:.4f} [{0.09:.4f}, {0.11:.4f}]</td>' in html  # precision@10 of the model
+    assert f"AUC: model {0.9:.4f} [{0.89:.4f}, {0.91:.4f}], popularity {0.45:.4f}" in html
+    # A report written before these metrics existed still renders, without them.
+    older = report.render_html(with_intervals())
+    assert "precision@10</th>" not in older and "AUC:" not in older and "<th>hitrate@10</th><th>coverage@10</th>" in older
+
+
+def test_grid_table_keeps_auc_among_the_metrics_not_the_parameters():
+    grid = [{"rank": 8, "ndcg@10": 0.2, "mrr": 0.3, "auc": 0.7}, {"rank": 4, "ndcg@10": 0.1, "mrr": 0.2, "auc": 0.8}]
+    assert report.grid_table(grid, "ndcg@10").splitlines()[0].split() == ["rank", "ndcg@10"]
