@@ -30,6 +30,10 @@ USER_SESSION = "user_session"
 
 RAW_COLUMNS = [EVENT_TIME, EVENT_TYPE, PRODUCT_ID, CATEGORY_ID, CATEGORY_CODE, BRAND, PRICE, USER_ID, USER_SESSION]
 
+# What an id column of the raw log holds (clean.id_types): whole numbers (REES46) or any text.
+ID_INTEGER = "integer"
+ID_STRING = "string"
+
 # Raw text is read as strings so that every bad value can be quarantined with its reason.
 RAW_TEXT_SCHEMA = T.StructType([T.StructField(c, T.StringType(), True) for c in RAW_COLUMNS])
 CORRUPT_RECORD = "_corrupt_record"

@@ -138,11 +138,17 @@ REGIMES: dict[str, tuple[str, ...]] = {
         "generate.empty_columns=[brand,price,category_code]",
     ),
     "long_tail": ("generate.n_items=20000", "generate.zipf_exponent=0.8"),
+    # A shop's session log: anonymous visitors with one session each, over two months, and a
+    # catalogue so large and flat that most products are seen once (issue 31's real log: 11,000
+    # views of 7,000 products by 3,000 visitors).
+    "session_log": ("generate.sessions_per_user=1", "generate.days=60", "generate.n_items=20000",
+                    "generate.zipf_exponent=0.6"),
 }
 
 
 def regime_overrides(name: str) -> list[str]:
-    """The dotted overrides of a named data shape (``demo``: none; ``ratings``; ``long_tail``).
+    """The dotted overrides of a named data shape (``demo``: none; ``ratings``; ``long_tail``;
+    ``session_log``).
 
     Put them before the caller's own overrides, which then win:
     ``load_config(path, [*regime_overrides("ratings"), "generate.n_users=200"])``.

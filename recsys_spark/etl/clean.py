@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -49,13 +50,18 @@ from recsys_spark.etl.pseudonym import (
     KEY_IPAD, KEY_OPAD,
 )
 from recsys_spark.etl.validate import (
-    BUCKET, IN_WINDOW, MICROS, ORIGINAL, EventWindow, Rules, parse_events, valid_events,
+    BUCKET, IN_WINDOW, MICROS, ORIGINAL, EventWindow, Rules, offending_field, parse_events, valid_events,
 )
 from recsys_spark.spark import materialised, spread_key
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "clean_report.json"
+# Above this share of the rows read rejected (and at most clean.max_rejected_share), clean warns.
+REJECTED_WARN_SHARE = 0.01
+# How many distinct offending values the rejection gate shows, and at most how many characters each.
+_SAMPLE_VALUES = 3
+_SAMPLE_CHARS = 60
 _SESSION_HEX_CHARS = 32
 _MICROS_PER_SECOND = 1_000_000
 _MICROS_PER_MINUTE = 60 * _MICROS_PER_SECOND
@@ -416,6 +422,12 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             timeout_s = cfg.spark.observation_timeout_s
             counts = {**read.counts(timeout_s), **rejections.counts(timeout_s)}
             fate = fates.counts(timeout_s)
+            rejected_by = {code: counts[code] for code in schema.REASON_CODES}
+            top = top_reason(rejected_by)
+            shown = (offending_sample(parsed.where(in_window & (F.col(schema.REASON) == top)), top, key, rules,
+                                      cc.input_layout, cc.input_format)
+                     if sum(rejected_by.values()) > min(REJECTED_WARN_SHARE, cc.max_rejected_share) * counts["rows_read"]
+                     else [])
 
         outcome = Outcome(
             rows_read=counts["rows_read"],
@@ -428,7 +440,18 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         )
         outcome.check()
         bots = bot_report(fate, behaviour)
-        check_bot_share(bots, cc)
+        rejections = rejection_report(outcome, shown)
+        aside = publish.stopped_path(quarantine_path, run_id)
+        try:
+            check_rejected_share(rejections, cc, aside)
+            check_bot_share(bots, cc)
+            check_kept(outcome)
+        except DataQualityError:
+            # Nothing is published: the live tables stay as they were, consistent with each other.
+            # This run's rejected rows are kept apart, where the message says (see publish.set_aside).
+            publish.set_aside(spark, staged_quarantine, quarantine_path, run_id)
+            publish.clear_leftovers(spark, clean_path)
+            raise
         written = spark.read.schema(schema.CLEAN_SCHEMA).parquet(staged_clean).count() if io.exists(spark, staged_clean) else 0
         if written != outcome.rows_kept:
             raise DataQualityError(f"clean wrote {written} rows to {staged_clean} but kept {outcome.rows_kept}")
@@ -445,7 +468,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         # The shop's feedback on served recommendations, if any (etl/feedback.py): published on its own.
         fed_back = feedback.clean_feedback(spark, cfg)
 
-        report = build_report(outcome, dates, clean_path, quarantine_path, bots, fed_back)
+        report = build_report(outcome, dates, clean_path, quarantine_path, bots, fed_back, rejections)
         io.write_json(spark, report_path, report)
         tracking.log_json(report, REPORT_FILE)
         metrics = {f"clean.{k}": v for k, v in report.items() if isinstance(v, int)}
@@ -453,11 +476,12 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         metrics.update({f"clean.bots.{rule}.{k}": v for rule, figures in bots["rules"].items()
                         for k, v in figures.items()})
         metrics["clean.bots.row_share"] = bots["row_share"]
+        metrics["clean.rejected_share"] = rejections["share"]
         metrics.update(feedback.feedback_metrics(fed_back))
         mlflow.log_metrics(metrics)
-        if bots["warning"]:
-            mlflow.set_tag("clean.warning", bots["warning"])
-            log.warning("clean: %s", bots["warning"])
+        if report.get("warning"):
+            mlflow.set_tag("clean.warning", report["warning"][:5000])
+            log.warning("clean: %s", report["warning"])
 
     log.info("clean: kept %d of %d rows (%d rejected, %d duplicates, %d near-duplicates, %d bot rows) over %d "
              "date(s)", outcome.rows_kept, outcome.rows_read, sum(outcome.rejected.values()), outcome.duplicates,
@@ -466,9 +490,11 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 
 
 def build_report(outcome: Outcome, dates: list[str], clean_path: str, quarantine_path: str,
-                 bots: dict[str, Any], fed_back: dict[str, Any] | None = None) -> dict[str, Any]:
+                 bots: dict[str, Any], fed_back: dict[str, Any] | None = None,
+                 rejections: dict[str, Any] | None = None) -> dict[str, Any]:
     """The contents of clean_report.json (and the stage's summary: a warning is printed with it);
-    ``feedback``: :func:`feedback.clean_feedback`'s counts, when given."""
+    ``feedback``: :func:`feedback.clean_feedback`'s counts, when given; ``rejections``:
+    :func:`rejection_report`'s, when given. ``warning``: the rejections' and the bots' warnings."""
     report = {
         "rows_read": outcome.rows_read,
         "rows_kept": outcome.rows_kept,
@@ -484,9 +510,101 @@ def build_report(outcome: Outcome, dates: list[str], clean_path: str, quarantine
     }
     if fed_back is not None:
         report["feedback"] = fed_back
-    if bots["warning"]:
-        report["warning"] = bots["warning"]
+    if rejections is not None:
+        report["rejections"] = rejections
+    warnings = [w for w in ((rejections or {}).get("warning"), bots["warning"]) if w]
+    if warnings:
+        report["warning"] = " | ".join(warnings)
     return report
+
+
+# ----------------------------------------------------------------------------- the rejection gate
+
+
+def top_reason(rejected: dict[str, int]) -> str:
+    """The reason that rejected the most rows (the first in schema.REASON_CODES on a tie)."""
+    return max(schema.REASON_CODES, key=lambda code: (rejected.get(code, 0), -schema.REASON_CODES.index(code)))
+
+
+def offending_sample(rows: DataFrame, reason: str, key: bytes, rules: Rules, layout: str, fmt: str,
+                     limit: int = _SAMPLE_VALUES) -> list[list[str]]:
+    """A few distinct values that got rows rejected for ``reason``, safe to show.
+
+    Args:
+        rows: rejected rows of :func:`parse_events`, all of ``reason``.
+        key: the pseudonymisation key: a user id is shown as its pseudonym, never raw.
+
+    Returns:
+        up to ``limit`` [field, value] pairs, sorted (value cut to 60 characters); the field of a
+        malformed line is "line" and its value the line as quarantined (user id pseudonymised).
+    """
+    if reason == schema.REASON_MALFORMED:
+        shown = quarantine_rows(rows, key, layout, fmt).select(
+            F.lit("line").alias("field"), F.col(schema.RAW_RECORD).alias("value"))
+    else:
+        keyed = with_key(rows.select(ORIGINAL), key)
+        field_ = offending_field(reason, rules)
+        named = keyed.select(field_.alias("field"), F.col(ORIGINAL).alias("o"), KEY_IPAD, KEY_OPAD)
+        value = F.coalesce(*[F.when(F.col("field") == c, F.col("o")[c]) for c in schema.RAW_COLUMNS])
+        hidden = F.when(F.col("field") == schema.USER_ID, pseudonym_or_empty(value)).otherwise(value)
+        shown = named.select("field", F.coalesce(hidden, F.lit("")).alias("value"))
+    cut = F.substring(F.col("value"), 1, _SAMPLE_CHARS)
+    return [[r["field"], r["value"]] for r in shown.select("field", cut.alias("value")).distinct()
+            .orderBy("field", "value").limit(limit).collect()]
+
+
+def rejection_report(outcome: Outcome, sample: list[list[str]]) -> dict[str, Any]:
+    """What the validation rules rejected, for the gate and the report.
+
+    Returns:
+        ``rows`` and ``share`` (of the rows read) rejected, the ``top_reason`` and its ``top_rows``,
+        ``sample`` (:func:`offending_sample` of the top reason; empty at or below 1%) and
+        ``warning`` (filled in by :func:`check_rejected_share`, empty here).
+    """
+    rejected = sum(outcome.rejected.values())
+    top = top_reason(outcome.rejected)
+    return {"rows": rejected, "share": round(rejected / outcome.rows_read, 6) if outcome.rows_read else 0.0,
+            "top_reason": top, "top_rows": outcome.rejected.get(top, 0), "sample": sample, "warning": ""}
+
+
+def check_rejected_share(rejections: dict[str, Any], cc: CleanConfig, aside: str) -> None:
+    """Above ``clean.max_rejected_share`` of the rows read rejected: a DataQualityError (one line:
+    the share, the top reason with its count, a sample of its values, the key to raise). Above
+    REJECTED_WARN_SHARE (1%): a warning in ``rejections`` (the report, the run summary, MLflow).
+
+    Args:
+        aside: where the stopped run's rejected rows are kept (publish.set_aside), for the message.
+    """
+    share = rejections["share"]
+    if share <= min(REJECTED_WARN_SHARE, cc.max_rejected_share) or rejections["rows"] == 0:
+        return
+    values = ", ".join(f"{field} {value!r}" for field, value in rejections["sample"])
+    pseudonymised = " (user ids pseudonymised)" if any(f == schema.USER_ID for f, _ in rejections["sample"]) else ""
+    found = (f"{share:.1%} of the rows read were rejected ({rejections['rows']:,}); top reason "
+             f"{rejections['top_reason']}: {rejections['top_rows']:,} rows" + (f", e.g. {values}{pseudonymised}" if values else ""))
+    ids = sorted({f for f, _ in rejections["sample"] if f in cc.id_types and cc.id_types[f] == schema.ID_INTEGER})
+    if rejections["top_reason"] == schema.REASON_BAD_ID and ids:
+        found += ("; if the ids are not whole numbers (UUIDs, SKUs, zero-padded codes), set "
+                  + " ".join(f"clean.id_types.{f}={schema.ID_STRING}" for f in ids))
+    if share <= cc.max_rejected_share:
+        rejections["warning"] = (f"{found}; more than {REJECTED_WARN_SHARE:.0%}, at most "
+                                 f"clean.max_rejected_share={cc.max_rejected_share:g}: see the quarantine")
+        return
+    accept = min(1.0, math.ceil(share * 1000) / 1000 + (0.001 if math.ceil(share * 1000) / 1000 < share else 0.0))
+    raise DataQualityError(
+        f"clean: {found}; more than clean.max_rejected_share={cc.max_rejected_share:g}, so nothing was "
+        f"published (this run's rejected rows are in {aside}) {relax_hint('clean.max_rejected_share', accept)}")
+
+
+def check_kept(outcome: Outcome) -> None:
+    """No clean run succeeds having kept no rows: DataQualityError naming where the rows went."""
+    if outcome.rows_kept > 0:
+        return
+    rejected = sum(outcome.rejected.values())
+    raise DataQualityError(
+        f"clean: kept none of the {outcome.rows_read:,} rows read ({rejected:,} rejected, {outcome.duplicates:,} "
+        f"duplicates, {outcome.near_duplicates:,} near-duplicates, {outcome.bot_rows:,} bot rows): nothing to "
+        f"publish; check paths.raw, clean.start_date / clean.end_date and the bot rules (clean.bot_*)")
 
 
 # ----------------------------------------------------------------------------- the bot rules' report

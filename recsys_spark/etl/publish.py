@@ -8,8 +8,9 @@ some partitions new and, at worst, one partition missing (between its two rename
 the same dates again restores the exact output of an uninterrupted run. On object stores
 (S3, GCS) a rename is a copy, so the swap of one partition is not atomic there.
 
-``_staging`` and ``_trash`` start with ``_``, so Spark's readers of the table ignore them;
-a run deletes the leftovers of a killed run before it starts. One writer per table at a time.
+``_staging``, ``_trash`` and ``_stopped`` start with ``_``, so Spark's readers of the table ignore
+them; a run deletes the leftovers of a killed run before it starts (``_stopped``, what a gate stopped,
+stays until the next stop). One writer per table at a time.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from recsys_spark.io import HadoopFs
 
 STAGING = "_staging"
 TRASH = "_trash"
+# A stopped run's staged output, kept apart (set_aside): the latest stopped run's only.
+STOPPED = "_stopped"
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"  # Spark's folder name for a null partition value
 
 
@@ -32,6 +35,27 @@ def clear_leftovers(spark: SparkSession, table: str) -> None:
     fs = HadoopFs(spark, table)
     for name in (STAGING, TRASH):
         fs.delete(f"{table.rstrip('/')}/{name}")
+
+
+def stopped_path(table: str, run_id: str) -> str:
+    return f"{table.rstrip('/')}/{STOPPED}/{run_id}"
+
+
+def set_aside(spark: SparkSession, staged: str, table: str, run_id: str) -> str:
+    """Keep the staged output of a run that stopped before publishing (a data-quality gate) in
+    :func:`stopped_path`, replacing an earlier stopped run's: Spark's readers of ``table`` and
+    :func:`clear_leftovers` leave it alone, and the live partitions are untouched.
+
+    Returns:
+        the folder (a table of the same layout; absent when nothing was staged).
+    """
+    fs = HadoopFs(spark, table)
+    target = stopped_path(table, run_id)
+    fs.delete(f"{table.rstrip('/')}/{STOPPED}")
+    if fs.exists(staged):
+        fs.rename(staged, target)
+    fs.delete(f"{table.rstrip('/')}/{STAGING}")
+    return target
 
 
 def partition_name(column: str, value: object | None) -> str:

@@ -70,15 +70,21 @@ class Rules:
     event_aliases: Mapping[str, str] | None = None
     naive_timezone: str = CleanConfig.naive_timezone
     files_per_day: int = CleanConfig.output_files_per_day
+    # clean.id_types: column -> schema.ID_INTEGER or ID_STRING (None: both integer).
+    id_types: Mapping[str, str] | None = None
 
     @classmethod
     def from_config(cls, cc: CleanConfig) -> Rules:
-        return cls(cc.max_price, dict(cc.event_aliases), cc.naive_timezone, cc.output_files_per_day)
+        return cls(cc.max_price, dict(cc.event_aliases), cc.naive_timezone, cc.output_files_per_day,
+                   dict(cc.id_types))
+
+    def id_type(self, column: str) -> str:
+        return (self.id_types or {}).get(column, schema.ID_INTEGER)
 
 
-def _text(column: str) -> Column:
+def _text(column: str | Column) -> Column:
     """Trimmed text; empty (CSV reads a quoted "" as empty, not null) becomes null."""
-    trimmed = F.trim(F.col(column))
+    trimmed = F.trim(F.col(column) if isinstance(column, str) else column)
     return F.when(trimmed != "", trimmed)
 
 
@@ -113,6 +119,13 @@ def _as_long(text: Column) -> Column:
     return text.try_cast("bigint")
 
 
+def id_value(text: Column, id_type: str) -> Column:
+    """A user or product id of trimmed ``text``: a long under ``schema.ID_INTEGER`` (null when
+    it is not a whole number: bad_id), the text itself under ``ID_STRING`` (any form; a product's
+    text becomes its key in :func:`parse_events`)."""
+    return text if id_type == schema.ID_STRING else _as_long(text)
+
+
 def normalise_event_type(text: Column, aliases: Mapping[str, str] | None) -> Column:
     """Lower-cased type mapped through ``aliases`` (keys compared trimmed and lower-cased)."""
     kind = F.lower(text)
@@ -130,7 +143,8 @@ def parse_events(raw: DataFrame, window: EventWindow, rules: Rules) -> DataFrame
 
     Rules, in order: malformed line; unparseable time; event date other than the date of its
     file (out_of_window); time after ``window.not_after`` (future); empty user or product id;
-    an id that is not an integer; an event type unknown after aliasing; a price that is
+    an id that is not an integer (a category id, and a user or product id of
+    ``rules.id_types`` integer: a string id is any text); an event type unknown after aliasing; a price that is
     negative, NaN, unparseable or above ``rules.max_price`` (a missing price is allowed).
 
     Args:
@@ -141,7 +155,7 @@ def parse_events(raw: DataFrame, window: EventWindow, rules: Rules) -> DataFrame
 
     Returns:
         one row per raw row: EVENT_COLUMNS typed as in CLEAN_SCHEMA (user_id still the raw
-        long, user_session trimmed text), ``_micros``, ``load_date`` (the file's date, else the
+        id, a long or the text, user_session trimmed text), ``_micros``, ``load_date`` (the file's date, else the
         event date), ``_bucket``, ``_in_window``, ``reason`` (null when valid), and for rejected
         rows only ``_original`` (struct of the original text fields), ``_corrupt_record`` and
         ``source_file``.
@@ -157,7 +171,8 @@ def parse_events(raw: DataFrame, window: EventWindow, rules: Rules) -> DataFrame
         "*",
         parse_event_time(F.col(text[schema.EVENT_TIME]), rules.naive_timezone).alias(schema.EVENT_TIME + "_"),
         normalise_event_type(F.col(text[schema.EVENT_TYPE]), rules.event_aliases).alias(schema.EVENT_TYPE + "_"),
-        *[_as_long(F.col(text[c])).alias(c + "_") for c in (schema.PRODUCT_ID, schema.CATEGORY_ID, schema.USER_ID)],
+        *[id_value(F.col(text[c]), rules.id_type(c)).alias(c + "_") for c in (schema.PRODUCT_ID, schema.USER_ID)],
+        _as_long(F.col(text[schema.CATEGORY_ID])).alias(schema.CATEGORY_ID + "_"),
         F.col(text[schema.PRICE]).try_cast("double").alias(schema.PRICE + "_"),
     )
     values = values.withColumn(schema.EVENT_DATE + "_", utc_date(F.col(schema.EVENT_TIME + "_")))
@@ -226,6 +241,35 @@ def parse_events(raw: DataFrame, window: EventWindow, rules: Rules) -> DataFrame
         F.when(rejected, F.col(schema.CORRUPT_RECORD)).alias(schema.CORRUPT_RECORD),
         F.when(rejected, F.col(schema.SOURCE_FILE)).alias(schema.SOURCE_FILE),
     )
+
+
+# The raw field a rejected row is shown by (clean's rejection gate), per reason; bad_id's is
+# found per row (offending_field), a malformed line has no trusted field.
+_SHOWN_FIELD = {
+    schema.REASON_BAD_TIME: schema.EVENT_TIME,
+    schema.REASON_OUT_OF_WINDOW: schema.EVENT_TIME,
+    schema.REASON_FUTURE: schema.EVENT_TIME,
+    schema.REASON_NULL_USER: schema.USER_ID,
+    schema.REASON_NULL_PRODUCT: schema.PRODUCT_ID,
+    schema.REASON_UNKNOWN_EVENT: schema.EVENT_TYPE,
+    schema.REASON_BAD_PRICE: schema.PRICE,
+}
+
+
+def offending_field(reason: str, rules: Rules) -> Column:
+    """The name of the raw field that got rows of ``reason`` rejected, over the rejected rows of
+    :func:`parse_events` (it reads ``_original``): for bad_id the first of user, product and
+    category id that is not a whole number; null for a malformed line."""
+    if reason == schema.REASON_MALFORMED:
+        return F.lit(None).cast("string")
+    if reason != schema.REASON_BAD_ID:
+        return F.lit(_SHOWN_FIELD[reason])
+    original = F.col(ORIGINAL)
+    chosen = F.lit(schema.CATEGORY_ID)
+    for column in (schema.PRODUCT_ID, schema.USER_ID):  # built inside out: the user id is tested first
+        if rules.id_type(column) == schema.ID_INTEGER:
+            chosen = F.when(_as_long(_text(original[column])).isNull(), F.lit(column)).otherwise(chosen)
+    return chosen
 
 
 def valid_events(parsed: DataFrame) -> DataFrame:

@@ -183,6 +183,55 @@ def check_eval_users(counts: dict[str, int], split: Split, fc: FeaturizeConfig) 
         )
 
 
+# Above this share of the training steps in no training window (and at most
+# featurize.max_unused_step_share), featurize warns in the run summary.
+UNUSED_STEPS_WARN_SHARE = 0.1
+
+
+def unused_training_steps(steps: DataFrame, split: Split, fc: FeaturizeConfig) -> dict[str, int]:
+    """The steps before each user's validation cutoff that no training window holds: a user's
+    only such step (a window needs two), or steps older than the user's
+    ``featurize.max_windows_per_user`` windows (see sequences.train_windows: together its
+    windows cover the last min(n, windows x max_seq_len + 1) of a user's n steps).
+
+    Returns:
+        {"training_steps", "unused_training_steps"}.
+    """
+    n = F.col("n")
+    windows = F.least(F.lit(fc.max_windows_per_user), F.floor((n - 2) / fc.max_seq_len).cast("int") + 1)
+    covered = F.when(n >= 2, F.least(n, windows * fc.max_seq_len + 1)).otherwise(F.lit(0))
+    per_user = steps.where(before(F.col(STEP_TIME), split.validation)).groupBy(schema.USER_ID).agg(
+        F.count(F.lit(1)).alias("n"))
+    row = per_user.agg(F.coalesce(F.sum(n), F.lit(0)), F.coalesce(F.sum(n - covered), F.lit(0))).first()
+    return {"training_steps": int(row[0]), "unused_training_steps": int(row[1])}
+
+
+def check_training_steps(counts: dict[str, int], fc: FeaturizeConfig) -> str:
+    """No training window at all, or more than ``featurize.max_unused_step_share`` of the training
+    steps in none: DataQualityError (nothing is written). Above UNUSED_STEPS_WARN_SHARE: a warning.
+
+    Returns:
+        the warning, or "".
+    """
+    steps, unused = counts["training_steps"], counts["unused_training_steps"]
+    if counts["train_windows"] == 0:
+        raise DataQualityError(
+            f"featurize: no training window: none of the {counts['users']:,} users has two steps before the "
+            f"validation cutoff ({steps:,} training steps): give it more days or evaluate.protocol=leave_last_out")
+    share = unused / steps if steps else 0.0
+    if share <= UNUSED_STEPS_WARN_SHARE:
+        return ""
+    found = (f"{share:.1%} of the {steps:,} training steps are in no training window ({unused:,}: a user's only "
+             f"step before the validation cutoff, or steps older than featurize.max_windows_per_user="
+             f"{fc.max_windows_per_user} windows of featurize.max_seq_len={fc.max_seq_len})")
+    if share > fc.max_unused_step_share:
+        accept = min(1.0, math.ceil(share * 100) / 100)
+        raise DataQualityError(f"featurize: {found}, more than featurize.max_unused_step_share="
+                               f"{fc.max_unused_step_share:g}: the model would learn from little of the log "
+                               f"{relax_hint('featurize.max_unused_step_share', accept)}")
+    return f"{found}; the stop is at featurize.max_unused_step_share={fc.max_unused_step_share:g}"
+
+
 def choose_split(steps: DataFrame, events: DataFrame, fc: FeaturizeConfig, ec: EvaluateConfig) -> Split:
     """The split of ``evaluate.protocol``; under "auto", temporal when its periods each hold at
     least max(featurize.min_eval_users, featurize.min_eval_user_share x users) users with a new
@@ -331,6 +380,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             "dq_max_null_rate": fc.dq_max_null_rate, "dq_max_event_mix_psi": fc.dq_max_event_mix_psi,
             "dq_max_popularity_psi": fc.dq_max_popularity_psi, "dq_max_oov_rate": fc.dq_max_oov_rate,
             "dq_min_drift_events": fc.dq_min_drift_events, "per_user_split": split.per_user,
+            "min_item_count": None if vocab_from else fc.min_item_count,
         })
         report = {**report, "cutoffs": split.as_dict(), "checks": checks,
                   "passed": all(c["passed"] for c in checks)}
@@ -354,9 +404,11 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             popularity_days=fc.popularity_days, train_as_of=times["train"],
         )
         totals = raw_steps.agg(F.count("*"), F.countDistinct(schema.USER_ID)).first()
-        counts = {"steps": int(totals[0]), "users": int(totals[1]), **counts}
+        counts = {"steps": int(totals[0]), "users": int(totals[1]), **counts,
+                  **unused_training_steps(raw_steps, split, fc)}
         progress(f"leakage guard passed {counts}")
         check_eval_users(counts, split, fc)
+        unused_warning = check_training_steps(counts, fc)
 
         files = plan_train_files(counts["train_windows"], window_bytes(length), fc.row_group_mb,
                                  fc.train_files, max(1, cfg.train.num_proc))
@@ -402,6 +454,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
              split.protocol, metadata["vocab_version"], counts)
     summary = {"features": root, **paths, "metadata": metadata_path, "quality_report": report_path,
                "vocab_version": metadata["vocab_version"], **split.as_dict(), **counts}
-    if cfg.evaluate.protocol == AUTO and split.protocol == LEAVE_LAST_OUT:  # switched: say so in the summary
-        summary["warning"] = split.reason
+    warnings = [split.reason] if cfg.evaluate.protocol == AUTO and split.protocol == LEAVE_LAST_OUT else []  # switched
+    warnings += [unused_warning] if unused_warning else []
+    if warnings:
+        summary["warning"] = " | ".join(warnings)
     return summary

@@ -68,7 +68,8 @@ def quality_report(events: DataFrame, steps: DataFrame, item_vocab: DataFrame, c
     Returns:
         {"rows", "null_rate": {column: share}, "cardinality": {users, items, categories, brands,
         sessions}, "events": {period: n}, "event_mix": {period: {type: share}}, "oov_rate":
-        {period: share of steps outside the vocabulary}, "drift": {"event_mix_psi" and
+        {period: share of steps outside the vocabulary}, "oov_unseen_rate" (the part of it on
+        products without a training step), "drift": {"event_mix_psi" and
         "popularity_psi": {"validation", "test"}}} (periods without events are left out of drift).
     """
     columns = [f.name for f in schema.CLEAN_SCHEMA.fields]
@@ -95,14 +96,20 @@ def quality_report(events: DataFrame, steps: DataFrame, item_vocab: DataFrame, c
     event_mix = {p: {t: mix_counts[p].get(t, 0) / totals[p] for t in schema.EVENT_TYPES} for p in PERIODS if totals[p]}
 
     known = F.broadcast(item_vocab.select(schema.PRODUCT_ID, F.lit(1).alias("_known")))
+    periods = steps.withColumn(_PERIOD, period_of(F.col(STEP_TIME), cutoffs))
+    # Why a step is out of the vocabulary: its product has no training step at all (a new
+    # product), or too few (featurize.min_item_count): a sparse catalogue's most products.
+    trained = periods.where(F.col(_PERIOD) == "train").select(schema.PRODUCT_ID, F.lit(1).alias("_trained")).distinct()
     oov = (
-        steps.withColumn(_PERIOD, period_of(F.col(STEP_TIME), cutoffs))
-        .join(known, schema.PRODUCT_ID, "left")
+        periods.join(known, schema.PRODUCT_ID, "left")
+        .join(trained, schema.PRODUCT_ID, "left")
         .groupBy(_PERIOD)
-        .agg(F.count("*").alias("n"), F.count(F.when(F.col("_known").isNull(), 1)).alias("oov"))
+        .agg(F.count("*").alias("n"), F.count(F.when(F.col("_known").isNull(), 1)).alias("oov"),
+             F.count(F.when(F.col("_known").isNull() & F.col("_trained").isNull(), 1)).alias("unseen"))
         .collect()
     )
     oov_rate = {r[_PERIOD]: r["oov"] / r["n"] for r in oov}
+    unseen_rate = {r[_PERIOD]: r["unseen"] / r["n"] for r in oov}
 
     top = [
         r[schema.PRODUCT_ID]
@@ -127,6 +134,8 @@ def quality_report(events: DataFrame, steps: DataFrame, item_vocab: DataFrame, c
         "events": totals,
         "event_mix": event_mix,
         "oov_rate": {p: oov_rate[p] for p in PERIODS if p in oov_rate},
+        # The part of oov_rate whose products have no training step at all (the rest: too few).
+        "oov_unseen_rate": {p: unseen_rate[p] for p in PERIODS if p in unseen_rate},
         "drift": drift,
     }
 
@@ -189,7 +198,29 @@ def evaluate_checks(report: Mapping[str, Any], thresholds: Mapping[str, Any]) ->
     for period in PERIODS[1:]:
         if period in report["oov_rate"]:
             add(f"oov_rate.{period}", report["oov_rate"][period], "dq_max_oov_rate", thresholds["dq_max_oov_rate"])
+            checks[-1]["why"] = oov_why(period, report["oov_rate"][period],
+                                        report.get("oov_unseen_rate", {}).get(period), thresholds.get("min_item_count"))
     return checks
+
+
+def oov_why(period: str, rate: float, unseen: float | None, min_item_count: int | None) -> str:
+    """Why a period's steps are out of the vocabulary, in words, with the keys that change it.
+
+    Args:
+        rate: the period's oov_rate; unseen: the part of it on products without a training step
+            (None: not measured); min_item_count: featurize.min_item_count (None: not known).
+    """
+    if unseen is None:
+        return f"{rate:.0%} of {period} steps are products outside the vocabulary"
+    rare, key = rate - unseen, (f"featurize.min_item_count={min_item_count}" if min_item_count is not None
+                                else "featurize.min_item_count")
+    why = (f"{rare:.0%} of {period} steps are products seen fewer than {key} times in training and "
+           f"{unseen:.0%} products not seen there at all")
+    if rare >= unseen and min_item_count is not None and min_item_count > 1:
+        why += ": a sparse catalogue, most products seen once, keeps them with featurize.min_item_count=1"
+    elif unseen > rare:
+        why += ": new products, of a growing catalogue or of a vocabulary reused with featurize.vocab_from"
+    return why
 
 
 def raise_on_failure(checks: list[dict[str, Any]], report_path: str) -> None:
@@ -203,9 +234,11 @@ def raise_on_failure(checks: list[dict[str, Any]], report_path: str) -> None:
     keys = list(dict.fromkeys(c["key"] for c in failed))
     relaxed = [(key, _rounded_up(max(c["value"] for c in checks if c["key"] == key))) for key in keys]
     others = f" and {len(failed) - 1} more check(s)" if len(failed) > 1 else ""
+    # What an out-of-vocabulary check that failed says about why (the first such).
+    why = next((f": {c['why']}" for c in failed if c.get("why")), "")
     raise DataQualityError(
         f"data quality check {first['check']} = {first['value']:.4g} exceeds {first['key']} = "
-        f"{first['threshold']:.4g}{others} (report: {report_path}) {relax_hint(*relaxed[0], *relaxed[1:])}"
+        f"{first['threshold']:.4g}{others}{why} (report: {report_path}) {relax_hint(*relaxed[0], *relaxed[1:])}"
     )
 
 

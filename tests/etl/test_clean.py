@@ -75,7 +75,8 @@ def test_run_reconciles_hides_raw_ids_and_replaces_only_its_dates(spark, tmp_pat
     monkeypatch.setenv(KEY_ENV, "e2e-key")
     root = tmp_path / "work"
     write_raw(root)
-    summary = clean.run(spark, load_config(None, overrides(root)))
+    # 5 of 52 rows rejected: above the default clean.max_rejected_share (see the gate's tests below).
+    summary = clean.run(spark, load_config(None, overrides(root, "clean.max_rejected_share=0.5")))
 
     rejected = {**{code: 0 for code in schema.REASON_CODES}, schema.REASON_MALFORMED: 2, schema.REASON_UNKNOWN_EVENT: 1,
                 schema.REASON_OUT_OF_WINDOW: 1, schema.REASON_NULL_USER: 1}
@@ -113,7 +114,7 @@ def test_run_reconciles_hides_raw_ids_and_replaces_only_its_dates(spark, tmp_pat
     day1_files = {p: p.stat().st_mtime_ns for p in (root / "clean" / "event_date=2019-10-01").iterdir()}
     write_raw(root, day2=DAY2[:2])
     again = clean.run(spark, load_config(None, overrides(root, "clean.start_date=2019-10-02",
-                                                         "clean.end_date=2019-10-02")))
+                                                         "clean.end_date=2019-10-02", "clean.max_rejected_share=0.5")))
     assert (again["rows_read"], again["rows_kept"], again["dates"]) == (2, 1, ["2019-10-02"])
     assert {p: p.stat().st_mtime_ns for p in (root / "clean" / "event_date=2019-10-01").iterdir()} == day1_files
     by_date = io.read_clean(spark, summary["clean_path"]).groupBy(schema.EVENT_DATE).count().collect()
@@ -331,3 +332,122 @@ def test_a_log_of_bulk_ratings_gets_a_warning_and_a_stop_publishes_nothing(spark
     summary = clean.run(spark, load_config(None, overrides(root)))
     assert summary["bot_rows"] == 40 and summary["bots"]["rules"]["events_per_minute"]["rows"] == 40
     assert summary["warning"].startswith("the bot rules flagged 93.0% of the rows")
+
+
+# ----------------------------------------------------------------------------- the rejection gate
+
+
+def _distinct_users_day(n_good: int, bad: list[str]) -> list[str]:
+    """``n_good`` valid rows of distinct users (no duplicate, session or bot rule applies) and
+    the ``bad`` lines, on 1 October."""
+    good = [f"2019-10-01 {i // 60:02d}:{i % 60:02d}:00 UTC,view,{100 + i},7,,acme,1.5,{600000 + i},s{i}"
+            for i in range(n_good)]
+    return good + bad
+
+
+def _files(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for folder in ("clean", "quarantine")
+            for p in (root / folder).rglob("*.parquet") if "_stopped" not in p.parts}
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_a_log_of_62_percent_bad_rows_stops_in_one_line_and_publishes_nothing(spark, tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "e2e-key")
+    root = tmp_path / "work"
+    write_raw(root, day1=_distinct_users_day(20, []), day2=[DAY2[0]])
+    clean.run(spark, load_config(None, overrides(root)))
+    published = _files(root)
+    assert published
+
+    # 31 of 50 rows have a visitor id made from the session (not an integer user id): 62%.
+    visitors = [f"2019-10-01 10:{i:02d}:30 UTC,view,{300 + i},7,,acme,1.5,s{617 + i},v{i}" for i in range(31)]
+    write_raw(root, day1=_distinct_users_day(19, visitors), day2=[])
+    with pytest.raises(DataQualityError) as stopped:
+        clean.run(spark, load_config(None, overrides(root)))
+    message = str(stopped.value)
+    assert "\n" not in message
+    # A sample of the offending values, the user ids as their pseudonyms, never raw.
+    sample = ", ".join(f"user_id {p!r}" for p in sorted(pseudonym(f"s{617 + i}") for i in range(31))[:3])
+    assert message.startswith(f"clean: 62.0% of the rows read were rejected (31); top reason bad_id: 31 rows, "
+                              f"e.g. {sample} (user ids pseudonymised); if the ids are not whole numbers"), message
+    assert "clean.id_types.user_id=string" in message and "s617" not in message
+    assert "more than clean.max_rejected_share=0.05" in message
+    assert message.endswith("(to accept it: clean.max_rejected_share=0.62)")
+    # Nothing published: the live tables are those of the first run; this run's rejected rows are kept apart.
+    assert _files(root) == published
+    aside = root / "quarantine" / "_stopped"
+    assert str(aside) in message
+    assert spark.read.parquet(str(next(aside.iterdir()))).count() == 31
+    assert not (root / "clean" / "_staging").exists() and not (root / "quarantine" / "_staging").exists()
+    assert io.read_quarantine(spark, str(root / "quarantine")).count() == 0
+
+    # Raised as the message says, the same log runs, and the quarantine keeps every rejected row.
+    summary = clean.run(spark, load_config(None, overrides(root, "clean.max_rejected_share=0.62")))
+    assert summary["rows_kept"] == 19 and summary["rejected"][schema.REASON_BAD_ID] == 31
+    assert io.read_quarantine(spark, summary["quarantine_path"]).count() == 31
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_three_percent_bad_rows_go_on_with_a_warning_in_the_run_summary(spark, tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "e2e-key")
+    root = tmp_path / "work"
+    bad = [f"2019-10-01 11:{i:02d}:00 UTC,view,{400 + i},7,,acme,-{i + 1},{700000 + i},b{i}" for i in range(3)]
+    write_raw(root, day1=_distinct_users_day(96, bad), day2=[DAY2[0]])
+    summary = clean.run(spark, load_config(None, overrides(root)))
+    assert summary["rows_kept"] == 97 and summary["rejected"][schema.REASON_BAD_PRICE] == 3
+    assert summary["rejections"]["share"] == 0.03 and summary["rejections"]["sample"] == [
+        ["price", "-1"], ["price", "-2"], ["price", "-3"]]
+    warning = summary["warning"]
+    assert warning.startswith("3.0% of the rows read were rejected (3); top reason bad_price: 3 rows, "
+                              "e.g. price '-1', price '-2', price '-3'"), warning
+    assert "clean.max_rejected_share=0.05" in warning and "\n" not in warning
+    assert io.read_quarantine(spark, summary["quarantine_path"]).count() == 3
+    # The stage's summary carries it: `recsys run` repeats it last, as "WARNING (clean)" (pipeline.run).
+    assert json.loads(Path(summary["report_path"]).read_text())["warning"] == warning
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_a_run_that_keeps_no_row_fails(spark, tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "e2e-key")
+    root = tmp_path / "work"
+    write_raw(root, day1=[DAY1[7]], day2=[DAY2[1]])  # an unknown event type, a missing user
+    with pytest.raises(DataQualityError, match=r"^clean: kept none of the 2 rows read \(2 rejected"):
+        clean.run(spark, load_config(None, overrides(root, "clean.max_rejected_share=1.0")))
+    assert not any((root / "clean").glob("event_date=*"))
+
+
+def test_the_gate_names_the_top_reason_and_warns_between_one_percent_and_the_limit():
+    cc = load_config(None, ["clean.max_rejected_share=0.1"]).clean
+    outcome = clean.Outcome(rows_read=1000, rows_kept=950, duplicates=0,
+                            rejected={schema.REASON_UNKNOWN_EVENT: 20, schema.REASON_BAD_PRICE: 30})
+    report = clean.rejection_report(outcome, [["price", "-1"]])
+    assert (report["share"], report["top_reason"], report["top_rows"]) == (0.05, schema.REASON_BAD_PRICE, 30)
+    clean.check_rejected_share(report, cc, "aside")
+    assert report["warning"].startswith("5.0% of the rows read were rejected (50); top reason bad_price: 30 rows")
+    quiet = clean.rejection_report(clean.Outcome(1000, 990, 0, rejected={schema.REASON_BAD_PRICE: 10}), [])
+    clean.check_rejected_share(quiet, cc, "aside")
+    assert quiet["warning"] == ""
+    over = clean.rejection_report(clean.Outcome(1000, 800, 0, rejected={schema.REASON_BAD_PRICE: 200}), [])
+    with pytest.raises(DataQualityError, match=r"20\.0% .*bad_price: 200 rows; more than clean\.max_rejected_share=0\.1, .*in aside\) "
+                                               r"\(to accept it: clean\.max_rejected_share=0\.2\)$"):
+        clean.check_rejected_share(over, cc, "aside")
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_string_user_ids_are_kept_and_pseudonymised_as_they_came_in(spark, tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "e2e-key")
+    root = tmp_path / "work"
+    users = ["0b6f3c3e-8f1d-4c1e-9a57-2f6f1b2d9e01", "s617", "000123", "a" * 64]
+    day1 = [f"2019-10-01 10:0{i}:00 UTC,view,{100 + i},7,,acme,1.5,{user},x{i}" for i, user in enumerate(users)]
+    write_raw(root, day1=day1, day2=[DAY2[0]])
+    summary = clean.run(spark, load_config(None, overrides(root, "clean.id_types.user_id=string")))
+    assert summary["rows_kept"] == 5 and sum(summary["rejected"].values()) == 0
+    kept = {r[schema.USER_ID] for r in io.read_clean(spark, summary["clean_path"]).collect()}
+    # "000123" keeps its zeros: its pseudonym is not that of the integer 123.
+    assert kept == {pseudonym(u) for u in [*users, "541312140"]} and pseudonym("123") not in kept
+    with pytest.raises(ConfigError, match="clean.id_types.user_id: 'uuid' is not one of 'integer', 'string'"):
+        load_config(None, ["clean.id_types.user_id=uuid"])

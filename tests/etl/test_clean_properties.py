@@ -91,8 +91,9 @@ def test_any_mix_of_defects_reconciles_and_reruns_byte_identical(spark, log, par
             (raw / name).write_text("\n".join([HEADER, *lines]) + "\n")
         spark.conf.set("spark.sql.shuffle.partitions", str(partitions))
         try:
+            # Up to 6 defects among a dozen good rows: far above the rejection gate (test_clean tests it).
             cfg = load_config(None, [f"paths.root={root}", f"clean.pseudonym_key_env={KEY_ENV}",
-                                     f"clean.output_files_per_day={files_per_day}"])
+                                     f"clean.output_files_per_day={files_per_day}", "clean.max_rejected_share=1.0"])
             first = clean.run(spark, cfg)
             written = {t: checksums(root / t) for t in ("clean", "quarantine")}
             again = clean.run(spark, cfg)

@@ -460,7 +460,7 @@ def test_run_writes_every_table_with_its_schema_and_the_metadata(spark, tmp_path
 
     # The default thresholds stop the job: the validation day has no cart (train: 1 in 10 steps).
     with pytest.raises(DataQualityError, match=r"^data quality check drift.event_mix_psi.validation = 0.7\d* exceeds "
-                       r"featurize.dq_max_event_mix_psi = 0.25( and \d more check\(s\))? \(report: .*featurize_quality.json\) "
+                       r"featurize.dq_max_event_mix_psi = 0.25( and \d more check\(s\))?(: [^()]*)? \(report: .*featurize_quality.json\) "
                        r"\(to accept it: featurize.dq_max_event_mix_psi=0.7\d*[^()]*\)$"):
         featurize.run(spark, cfg)
     failed = json.loads((tmp_path / "reports" / schema.FEATURE_QUALITY_REPORT).read_text())
@@ -525,7 +525,7 @@ def test_run_writes_every_table_with_its_schema_and_the_metadata(spark, tmp_path
         "protocol_reason": "evaluate.protocol=auto: validation and test hold 3 and 3 users",
         "counts": {"steps": 16, "users": 3, "items_in_vocab": 4, "train_windows": 3,
                    "validation_users": 2, "test_users": 1, "item_feature_rows": 4 + 5 + 6,
-                   "user_feature_rows": 9},
+                   "user_feature_rows": 9, "training_steps": 4 + 3 + 2, "unused_training_steps": 0},
     }
     assert summary["train_windows"] == 3 and summary["train"] == io.feature_path(root, "train")
 
@@ -651,3 +651,30 @@ def test_too_few_evaluation_users_stop_naming_the_keys():
         featurize.check_eval_users({"validation_users": 100, "test_users": 14}, cutoffs, fc)
     with pytest.raises(DataQualityError, match=r"the validation period .* holds 0 user\(s\).*more data$"):
         featurize.check_eval_users({"validation_users": 0, "test_users": 100}, cutoffs, fc)
+
+
+def test_training_steps_in_no_window_warn_then_stop_and_no_window_at_all_stops():
+    fc = load_config(None, ["featurize.max_unused_step_share=0.5"]).featurize
+    counts = {"users": 10, "train_windows": 4, "training_steps": 100}
+    assert featurize.check_training_steps({**counts, "unused_training_steps": 10}, fc) == ""
+    warning = featurize.check_training_steps({**counts, "unused_training_steps": 30}, fc)
+    assert warning.startswith("30.0% of the 100 training steps are in no training window (30: a user's only step")
+    assert warning.endswith("the stop is at featurize.max_unused_step_share=0.5")
+    with pytest.raises(DataQualityError, match=r"^featurize: 62\.0% .*more than featurize\.max_unused_step_share=0\.5: "
+                                               r".*\(to accept it: featurize\.max_unused_step_share=0\.62\)$"):
+        featurize.check_training_steps({**counts, "unused_training_steps": 62}, fc)
+    with pytest.raises(DataQualityError, match="^featurize: no training window: none of the 10 users has two steps"):
+        featurize.check_training_steps({**counts, "train_windows": 0, "unused_training_steps": 10}, fc)
+
+
+def test_unused_training_steps_are_single_steps_and_steps_past_the_window_cap(spark):
+    # L = 2, at most 1 window: u1's 5 training steps -> the last 3 in its window, 2 unused;
+    # u2's single training step is unused; u3 has 2 (both used) and one after the cutoff.
+    rows = [("u1", f"2024-01-01 0{i}:00:00") for i in range(5)] + [("u2", "2024-01-01 05:00:00")] + [
+        ("u3", "2024-01-01 06:00:00"), ("u3", "2024-01-01 07:00:00"), ("u3", "2024-01-03 07:00:00")]
+    steps = spark.createDataFrame(rows, "user_id string, t string").select(
+        "user_id", F.to_timestamp("t").alias(STEP_TIME))
+    fc = load_config(None, ["featurize.max_seq_len=2", "featurize.max_windows_per_user=1"]).featurize
+    day = [dt.datetime(2024, 1, d, tzinfo=dt.timezone.utc) for d in (1, 2, 3, 4)]
+    split = temporal_split(Cutoffs(day[0], day[3], day[1], day[2]), "test")
+    assert featurize.unused_training_steps(steps, split, fc) == {"training_steps": 8, "unused_training_steps": 3}

@@ -65,6 +65,25 @@ def test_quality_report_counts_nulls_mix_oov_and_drift(spark):
     assert math.isclose(report["drift"]["popularity_psi"]["validation"], val_pop)
 
 
+def test_an_oov_breach_says_why_and_names_both_keys(spark):
+    # Validation's one step is product 20: seen once in training, under featurize.min_item_count=2.
+    # Test's product 30 was never seen in training.
+    report = _report(spark)
+    assert report["oov_unseen_rate"] == {"train": 0.0, "validation": 0.0, "test": 0.5}
+    drift_passes = {**THRESHOLDS, "dq_max_event_mix_psi": 10.0, "dq_max_popularity_psi": 10.0, "min_item_count": 2}
+    with pytest.raises(DataQualityError) as err:
+        raise_on_failure(evaluate_checks(report, drift_passes), "r.json")
+    assert str(err.value) == (
+        "data quality check oov_rate.validation = 1 exceeds featurize.dq_max_oov_rate = 0.6: 100% of validation "
+        "steps are products seen fewer than featurize.min_item_count=2 times in training and 0% products not seen "
+        "there at all: a sparse catalogue, most products seen once, keeps them with featurize.min_item_count=1 "
+        "(report: r.json) (to accept it: featurize.dq_max_oov_rate=1.0)")
+    checks = {c["check"]: c for c in evaluate_checks(report, {**drift_passes, "dq_max_oov_rate": 0.4})}
+    assert checks["oov_rate.test"]["why"] == ("0% of test steps are products seen fewer than featurize.min_item_count=2 "
+                                              "times in training and 50% products not seen there at all: new products, "
+                                              "of a growing catalogue or of a vocabulary reused with featurize.vocab_from")
+
+
 def test_thresholds_stop_on_the_first_breach_naming_check_value_and_threshold(spark):
     report = _report(spark)
     checks = evaluate_checks(report, THRESHOLDS)
@@ -75,7 +94,9 @@ def test_thresholds_stop_on_the_first_breach_naming_check_value_and_threshold(sp
         ("oov_rate.validation", False), ("oov_rate.test", True),
     ]
     with pytest.raises(DataQualityError, match=r"^data quality check drift.event_mix_psi.validation = 6.1\d* exceeds "
-                                               r"featurize.dq_max_event_mix_psi = 0.25 and 3 more check\(s\) "
+                                               r"featurize.dq_max_event_mix_psi = 0.25 and 3 more check\(s\): 100% of "
+                                               r"validation steps are products seen fewer than featurize.min_item_count "
+                                               r"times in training and 0% products not seen there at all "
                                                r"\(report: r.json\) \(to accept it: featurize.dq_max_event_mix_psi=6.2 "
                                                r"featurize.dq_max_popularity_psi=\d.*featurize.dq_max_oov_rate=1.0\)$") as err:
         raise_on_failure(checks, "r.json")
