@@ -31,6 +31,9 @@ from recsys_spark.errors import ConfigError
 # Every range and consistency check of a section lives in its dataclass's __post_init__, so that a
 # mistake in any stage's settings stops `recsys <any stage>` before Spark starts.
 EVENT_TYPES = tuple(schema.EVENT_TYPES)
+# clean.id_types: the id columns and what each may be (schema.ID_INTEGER / ID_STRING).
+ID_COLUMNS = (schema.USER_ID, schema.PRODUCT_ID)
+ID_TYPES = (schema.ID_INTEGER, schema.ID_STRING)
 BASELINES = ("popularity", "cooccurrence", "als", "ease")
 COOCCURRENCE_SIMILARITIES = ("count", "cosine")
 # The clean events' columns (schema.CLEAN_SCHEMA), for featurize.dq_max_null_rate.
@@ -253,6 +256,14 @@ class CleanConfig:
     # "stop" (a DataQualityError before anything is published).
     bot_max_row_share: float = 0.2
     bot_share_action: Literal["warn", "stop"] = "warn"
+    # Above this share of the rows read rejected (any reason), clean stops before publishing
+    # anything, naming the top reason, a sample of the offending values and this key; above
+    # 1% (REJECTED_WARN_SHARE in etl/clean.py) it warns (report, run summary, MLflow tag).
+    max_rejected_share: float = 0.05
+    # What the ids of the log are: "integer" (the REES46 contract: an id that is not a whole
+    # number is rejected as bad_id) or "string" (any text: UUIDs, SKUs, zero-padded codes,
+    # hashes; kept exactly as it came in, trimmed). See the README, "String ids".
+    id_types: dict[str, str] = field(default_factory=lambda: {"user_id": "integer", "product_id": "integer"})
     session_gap_minutes: int = 30
     # A session longer than this is split into pieces of at most this length.
     max_session_minutes: int = 240
@@ -268,8 +279,18 @@ class CleanConfig:
         _at_least("clean", self, {"near_duplicate_seconds": 0, "bot_max_events_per_minute": 1,
                                   "bot_max_distinct_items_per_session": 1, "session_gap_minutes": 1,
                                   "max_session_minutes": 1, "output_files_per_day": 1})
-        if not 0 <= self.bot_max_row_share <= 1:
-            raise ConfigError(f"clean.bot_max_row_share must lie in [0, 1], got {self.bot_max_row_share}")
+        for key in ("bot_max_row_share", "max_rejected_share"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"clean.{key} must lie in [0, 1], got {getattr(self, key)}")
+        if sorted(self.id_types) != sorted(ID_COLUMNS):
+            raise ConfigError(f"clean.id_types must name exactly {', '.join(ID_COLUMNS)}, got {', '.join(sorted(self.id_types))}")
+        for column, kind in self.id_types.items():
+            if kind not in ID_TYPES:
+                raise ConfigError(f"clean.id_types.{column}: {kind!r} is not one of {', '.join(map(repr, ID_TYPES))}")
+        # String product ids need every layer after clean to carry them (issue 31, not done yet).
+        if self.id_types[schema.PRODUCT_ID] != schema.ID_INTEGER:
+            raise ConfigError(f"clean.id_types.{schema.PRODUCT_ID}={self.id_types[schema.PRODUCT_ID]} is not supported "
+                              f"yet: product ids must be whole numbers ({schema.ID_INTEGER})")
         if not self.max_price > 0:
             raise ConfigError(f"clean.max_price must be positive, got {self.max_price}")
         for source, target in self.event_aliases.items():
@@ -331,6 +352,9 @@ class FeaturizeConfig:
     dq_popularity_top_k: int = 1000
     # Share of validation / test steps on items outside the vocabulary.
     dq_max_oov_rate: float = 0.5
+    # Above this share of the training steps in no training window (a user's only step, or steps
+    # past max_windows_per_user windows) featurize stops; above 10% it warns in the run summary.
+    max_unused_step_share: float = 0.5
 
     def __post_init__(self) -> None:
         """Raise ConfigError naming the first featurize setting out of range, or a null-rate
@@ -342,8 +366,9 @@ class FeaturizeConfig:
             "dq_popularity_top_k": 1, "dq_max_event_mix_psi": 0, "dq_max_popularity_psi": 0, "dq_max_oov_rate": 0,
             "dq_min_drift_events": 0, "min_eval_users": 1,
         })
-        if not 0 <= self.min_eval_user_share <= 1:
-            raise ConfigError(f"featurize.min_eval_user_share must lie in [0, 1], got {self.min_eval_user_share}")
+        for key in ("min_eval_user_share", "max_unused_step_share"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"featurize.{key} must lie in [0, 1], got {getattr(self, key)}")
         if self.vocab_from == "@":
             raise ConfigError("featurize.vocab_from='@' names no alias: write @champion, or a features folder")
         if self.vocab_mode == "extend" and not self.vocab_from:
@@ -800,6 +825,12 @@ class ScoreConfig:
     model_alias: str = "champion"
     # A registered version number instead of the alias; 0 means "use the alias".
     model_version: int = 0
+    # What evaluate's gate may put forward to serve: "auto", the deep model unless the best tuned
+    # baseline beats it on validation (the upper bound of the paired model - baseline interval
+    # below 0), then that baseline, registered as a version of mlflow.registered_model with the
+    # same pyfunc; "model", the deep model always (this stage then refuses a baseline version).
+    ranker: Literal["auto", "model"] = "auto"
+    RANKERS = ("auto", "model")  # not a key: the values ranker takes
     # A product on which the user has an event of one of these types (any time in paths.clean)
     # is never recommended to them; [] excludes nothing, add "view" to exclude everything seen.
     exclude_event_types: list[str] = field(default_factory=lambda: ["purchase"])
@@ -854,6 +885,8 @@ class ScoreConfig:
             raise ConfigError(f"score.explore_share must lie in [0, 1], got {self.explore_share}")
         if not 0.0 < self.explore_pool_share <= 1.0:
             raise ConfigError(f"score.explore_pool_share must lie in (0, 1], got {self.explore_pool_share}")
+        if self.ranker not in self.RANKERS:
+            raise ConfigError(f"score.ranker: {self.ranker!r} is not one of {', '.join(map(repr, self.RANKERS))}")
         if self.explore_policy not in self.EXPLORE_POLICIES:
             raise ConfigError(f"score.explore_policy: {self.explore_policy!r} is not one of {', '.join(self.EXPLORE_POLICIES)}")
         if self.explore_policy == "thompson" and self.explore_share == 0:

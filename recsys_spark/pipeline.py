@@ -82,6 +82,9 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         "trained": (f"models:/{cfg.mlflow.registered_model}@{cfg.mlflow.alias} "
                     f"(version {summaries['train'].get('version')})"),
         "gate": f"{evaluation.get('gate')} (champion: version {evaluation.get('champion_version')})",
+        # Which ranker holds the champion alias now (the model, or a tuned baseline that beat it
+        # on validation), and why.
+        "serving": evaluation.get("serving"),
     }
     # The primary metric of the model and of every baseline, as ranked in the same run, with its
     # interval and users ("0.1858 [0.1710, 0.2010] (1,168 users)"), then the paired differences

@@ -152,6 +152,7 @@ def test_string_keys_take_yaml_dates_and_numbers_as_text():
         ("train.lr=fast", "train.lr: expected a number, got str 'fast'"),
         ("clean.allow_dev_key=maybe", "clean.allow_dev_key: expected true or false, got str 'maybe'"),
         ("train.launcher=mpi", "train.launcher: 'mpi' is not one of 'horovod_spark', 'torch_distributor', 'local'"),
+        ("score.ranker=ease", "score.ranker: 'ease' is not one of 'auto', 'model'"),
         ("evaluate.ks=10", "evaluate.ks: expected a list, got int 10"),
         ("evaluate.ks=[10, x]", "evaluate.ks[1]: expected an integer, got str 'x'"),
         ("epochs", "override 'epochs' is not of the form section.key=value"),

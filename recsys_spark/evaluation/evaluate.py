@@ -11,7 +11,11 @@ the registry gate.
    segment (cold / warm users, head / tail, view / cart / purchase targets).
 3. The gate (:func:`recsys_spark.models.registry.decide`) compares challenger and champion on
    that same data and moves the champion alias or not; the decision and its reasons go to the
-   log, the report, the MLflow run and the challenger's model version tags.
+   log, the report, the MLflow run and the challenger's model version tags. The challenger is
+   the model, unless the best tuned baseline beats it on the *validation* users (paired, upper
+   bound of model - baseline below 0; :func:`choose_on_validation`) under ``score.ranker=auto``:
+   then that baseline, as fitted and tuned, is registered as a version of its own
+   (:class:`~recsys_spark.models.bundle.BaselineBundle`, the same pyfunc) and gated in its place.
 4. The report: ``evaluation.json`` and ``evaluation.html`` under ``paths.reports``, both logged
    to the MLflow run with the headline metrics.
 5. Off-policy: with ``paths.clean_feedback``, the challenger under ``cfg.score`` is valued on the
@@ -26,7 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -44,7 +48,9 @@ from recsys_spark.evaluation import baselines, offpolicy
 from recsys_spark.evaluation.intervals import Interval, as_bounds, as_differences, by_user, compare
 from recsys_spark.evaluation.report import DEFINITIONS, SPLITS, figures, grid_table, render_html
 from recsys_spark.evaluation.metrics import (
+    AUC,
     MRR,
+    auc,
     batch_metrics,
     coverage_names,
     head_items,
@@ -54,6 +60,7 @@ from recsys_spark.evaluation.metrics import (
     self_information,
 )
 from recsys_spark.evaluation.rankers import ModelRanker, PopularityRanker, Ranker, vocab_column
+from recsys_spark.models.bundle import BaselineBundle, ModelBundle, ranker_label
 from recsys_spark.models.ranking import int_arrays
 from recsys_spark.features.split import before
 
@@ -87,8 +94,9 @@ SEGMENTS = (ALL, COLD_USERS, WARM_USERS, HEAD_TARGETS, TAIL_TARGETS, *TARGET_EVE
 
 
 def all_metric_names(ks: Sequence[int]) -> list[str]:
-    """The per-user metrics: accuracy (metric_names) then the list metrics (list_metric_names)."""
-    return metric_names(ks) + list_metric_names(ks)
+    """The per-user metrics: accuracy from the top K (metric_names), AUC from the whole ranking,
+    then the list metrics (list_metric_names)."""
+    return metric_names(ks) + [AUC] + list_metric_names(ks)
 
 
 def mlflow_key(name: str) -> str:
@@ -177,6 +185,25 @@ def segments_of(
     return out
 
 
+def segment_ranks(targets: Sequence[np.ndarray], ranks: Sequence[np.ndarray], index: np.ndarray,
+                  segment_targets: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The ranks of a segment's targets (see :func:`segments_of`): row ``index[j]`` keeps the
+    ranks of its targets that are in ``segment_targets[j]``, a subset of ``targets[index[j]]``.
+
+    Args:
+        targets: B int arrays, every row's targets; ranks: B float arrays, their ranks.
+        index: int [b], the segment's rows; segment_targets: b int arrays.
+
+    Returns:
+        b float arrays.
+    """
+    out = []
+    for row, kept in zip(index, segment_targets):
+        whole = len(kept) == len(targets[row])  # a subset as large as the set is the set
+        out.append(ranks[row] if whole else ranks[row][np.isin(targets[row], kept)])
+    return out
+
+
 def per_user_metrics(
     rows: DataFrame,
     rankers: Mapping[str, Callable[[], Ranker]],
@@ -186,7 +213,8 @@ def per_user_metrics(
     cold_user_threshold: int = 0,
     segments: bool = True,
 ) -> DataFrame:
-    """Rank every row's catalogue with every ranker and measure it, overall and per segment.
+    """Rank every row's catalogue with every ranker and measure it, overall and per segment:
+    the top-K metrics from each top K, AUC from where the targets stand in the same scores.
 
     Args:
         rows: schema.EVAL_SCHEMA rows, each with at least one target item, optionally with an
@@ -205,7 +233,7 @@ def per_user_metrics(
         item indices, -1 in empty slots; empty elsewhere).
     """
     k_max = max(ks)
-    accuracy_names = metric_names(ks)
+    accuracy_names = metric_names(ks) + [AUC]
     has_exclude = EXCLUDE_ITEMS in rows.columns
 
     def measure(batches):
@@ -226,12 +254,13 @@ def per_user_metrics(
             exclude = int_arrays(batch[EXCLUDE_ITEMS]) if has_exclude else None
             users = batch[schema.USER_ID].to_numpy()
             for name, ranker in built.items():
-                top, _ = ranker.recommend(batch, k_max, exclude_seen=True, block_size=block_size, exclude=exclude)
+                top, ranks, eligible = ranker.rank_targets(batch, k_max, targets, block_size, exclude)
                 lists = list_metrics(top, ks, stats.self_info, stats.is_head, stats.categories)
                 for segment, (index, segment_targets) in parts.items():
                     if len(index) == 0:
                         continue
                     values = batch_metrics(top[index], segment_targets, ks)
+                    values[AUC] = auc(segment_ranks(targets, ranks, index, segment_targets), eligible[index])
                     yield pd.DataFrame(
                         {
                             RANKER: name,
@@ -336,6 +365,89 @@ def compare_rankers(
     return singles, {pair_name(a, b): found for (a, b), found in paired.items()}
 
 
+def paired_primary(values: np.ndarray, rankers: Sequence[str], a: str, b: str, ks: Sequence[int],
+                   ec: EvaluateConfig) -> Interval | None:
+    """a - b on ``evaluate.primary_metric``, paired per user, from the resamples of
+    :func:`compare_rankers` (the same users and seed draw the same ones).
+
+    Args:
+        values: float [U, R, M] from :func:`per_user_values` with M = all_metric_names(ks).
+        rankers: the R ranker names of axis 1.
+
+    Returns:
+        the Interval, or None when a or b was not ranked or the primary metric is no mean over
+        users (coverage@K).
+    """
+    names, primary = all_metric_names(ks), ec.primary_metric
+    if a not in rankers or b not in rankers or primary not in names:
+        return None
+    column = values[:, :, [names.index(primary)]]
+    _, paired = compare(column, rankers, [primary], [(a, b)], [primary], ec.bootstrap_samples, ec.bootstrap_seed,
+                        ec.confidence)
+    return paired[(a, b)][primary]
+
+
+def choose_on_validation(validation: DataFrame, model: Callable[[], Ranker], tuned: Mapping[str, Callable[[], Ranker]],
+                         ks: Sequence[int], stats: ItemStats, ec: EvaluateConfig, mode: str):
+    """What the gate weighs against the champion (see registry.choose_ranker), decided on the
+    validation users, never on test: the model and every tuned baseline rank them, the baseline
+    with the best mean of the primary metric is the one to beat, and model - it is paired per
+    user with its bootstrap interval, as on test.
+
+    Args:
+        validation: schema.EVAL_SCHEMA rows as the baselines were tuned on (with exclude_items
+            when evaluate.exclude_seen_event_types asks for them).
+        model, tuned: builders of the model's ranker and of each tuned baseline's ({family: builder}).
+        stats: the list metrics' item statistics before the validation cutoff.
+        mode: score.ranker.
+
+    Returns:
+        registry.RankerChoice.
+    """
+    from recsys_spark.models import registry
+
+    primary = ec.primary_metric
+    if not tuned or primary not in all_metric_names(ks):  # coverage@K: no per-user values to pair
+        return registry.choose_ranker(None, None, mode, ec.confidence)
+    rows = validation.where(F.size(schema.TARGET_ITEMS) > 0)
+    log.info("evaluate: ranking validation users with the model and the tuned %s", ", ".join(tuned))
+    per_user = per_user_metrics(rows, {MODEL: model, **tuned}, ks, ec.block_size, stats, segments=False).persist()
+    _, names, values = per_user_values(per_user, [primary])
+    per_user.unpersist()
+    singles, paired = compare(values, names, [primary], [(MODEL, family) for family in tuned], [primary],
+                              ec.bootstrap_samples, ec.bootstrap_seed, ec.confidence)
+    best = max(tuned, key=lambda family: singles[family][primary].mean)  # first wins ties: TUNED_BASELINES order
+    choice = registry.choose_ranker(best, paired[(MODEL, best)][primary], mode, ec.confidence)
+    log.info("evaluate: %s", choice.reason)
+    return choice
+
+
+def validation_metrics(choice, primary: str) -> dict[str, float]:
+    """A served baseline's bundle metrics: model - it on validation (``validation.model_vs_<family>.<primary>``
+    and its ``.low``, ``.high``, ``.users``), what it was served for."""
+    key = mlflow_key(f"validation.{pair_name(MODEL, choice.baseline)}.{primary}")
+    diff, low, high, users = choice.difference
+    return {key: diff, f"{key}.low": low, f"{key}.high": high, f"{key}.users": users}
+
+
+def serving_line(decision, choice, champion_ranker: str | None, champion_alias: str) -> str:
+    """The run summary's answer to "which ranker is served now, and why".
+
+    Args:
+        decision: the gate's registry.GateDecision on the challenger (its own reasons only).
+        choice: the registry.RankerChoice that made the challenger the model or a baseline.
+        champion_ranker: what the champion it was compared with is ("model", "ease", ...), or None.
+        champion_alias: the serving alias.
+    """
+    if decision.promote:
+        why = choice.reason or "no tuned baseline was ranked on validation"
+        return f"{ranker_label(choice.ranker)}, version {decision.challenger_version}: {why}"
+    if decision.champion_version is None:
+        return f"nothing (no version holds @{champion_alias}): {decision.reasons[0]}"
+    kept = ranker_label(champion_ranker) if champion_ranker else "the champion"
+    return f"{kept}, version {decision.champion_version} (@{champion_alias}, kept): {decision.reasons[0]}"
+
+
 def excluded_items(events: DataFrame, item_vocab: DataFrame, cutoff: dt.datetime | Column,
                    event_types: Sequence[str]) -> DataFrame:
     """Per user, the vocabulary items they had one of ``event_types`` on before ``cutoff``.
@@ -377,13 +489,15 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 
     Every per-user metric of every ranker gets a bootstrap interval over the test users, and
     the model is compared with the champion and each baseline by paired differences (see
-    :func:`compare_rankers`); the gate reads the lower bound of model - champion.
+    :func:`compare_rankers`); the gate reads the lower bound of challenger - champion, the
+    challenger being the model or the tuned baseline that beat it on validation.
 
     Returns:
         a flat summary: model_version, ``<ranker>.<metric>`` for every ranker and the metrics
         at the primary metric's K (e.g. ``model.ndcg@20``, ``als.recall@20``; every K is in
         the report and MLflow), ``<ranker>.<primary>.interval`` and ``model_vs_<other>.<primary>``
-        (e.g. ``"+0.0123 [+0.0040, +0.0200] (1,168 users)"``), the gate's verdict, users,
+        (e.g. ``"+0.0123 [+0.0040, +0.0200] (1,168 users)"``), the gate's verdict, the champion's
+        version, ``serving`` (which ranker holds the champion alias now, and why), users,
         users_evaluated, the report paths.
     """
     import mlflow
@@ -401,6 +515,9 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     _, present = vocab_column(vocab, schema.PRETEST_COUNT, num_items)
 
     bundle, version = registry.load_bundle(cfg, alias=ec.model_alias)
+    if not isinstance(bundle, ModelBundle):
+        raise InputError(f"evaluate.model_alias={ec.model_alias!r} names version {version}, a tuned baseline the gate "
+                         "registered, not a trained model: point it at a version `recsys train` registered")
     check_same_vocabulary(bundle, vocab, num_items, version)
     champion_bundle, champion_version, champion_note = _champion(cfg, ec, version, vocab, num_items)
 
@@ -413,14 +530,16 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 
     with tracking.stage_run(cfg, "evaluate") as active:
         tuning: dict[str, Any] = {}
+        choice = registry.choose_ranker(None, None, cfg.score.ranker)
         if set(TUNED_BASELINES) & set(ec.baselines):
-            validation = io.read_features(spark, root, "validation")
+            validation = with_exclusions(io.read_features(spark, root, "validation"),
+                                         _exclusions(spark, cfg, vocab_df, schema.VALIDATION_AT))
             train = io.read_features(spark, root, "train")
-            excluded = _exclusions(spark, cfg, vocab_df, schema.VALIDATION_AT)
-            tuned, tuning = tune_baselines(
-                spark, ec, ks, train, with_exclusions(validation, excluded), vocab, num_items, present
-            )
+            tuned, tuning, fitted = tune_baselines(spark, ec, ks, train, validation, vocab, num_items, present)
             rankers.update(tuned)
+            choice = choose_on_validation(validation, rankers[MODEL], tuned, ks,
+                                          ItemStats.from_vocab(vocab, schema.TRAIN_COUNT, num_items, ec.head_share), ec,
+                                          cfg.score.ranker)
 
         stats = ItemStats.from_vocab(vocab, schema.PRETEST_COUNT, num_items, ec.head_share)
         excluded = _exclusions(spark, cfg, vocab_df, schema.TEST_AT)
@@ -438,9 +557,19 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         intervals, paired = compare_rankers(user_values, ranker_names, ks, primary, ec)
         log.info("evaluate: %.0f%% bootstrap intervals over %d users (%d resamples)",
                  100 * ec.confidence, user_values.shape[0], ec.bootstrap_samples)
+        # The challenger is the model, or the tuned baseline that beat it on validation, registered
+        # now (its fit and settings as tuned) so that the gate, score and lineage treat it as a version.
+        candidate, candidate_version = choice.ranker, version
+        if candidate != MODEL:
+            served = BaselineBundle(candidate, tuning[candidate]["chosen"], fitted[candidate](), vocab,
+                                    {"num_items": num_items, "max_seq_len": int(metadata["max_seq_len"])},
+                                    cfg.to_dict(), validation_metrics(choice, primary))
+            candidate_version = registry.register_baseline(cfg, served, choice.reason, version, active.info.run_id,
+                                                           cfg.score.top_k)
+            log.info("evaluate: registered %s as version %s", ranker_label(candidate), candidate_version)
         decision = registry.decide(
-            challenger_version=version,
-            challenger=results[MODEL][ALL],
+            challenger_version=candidate_version,
+            challenger=results[candidate][ALL],
             champion_version=champion_version,
             champion=results.get(CHAMPION, {}).get(ALL),
             primary_metric=primary,
@@ -449,10 +578,16 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             max_coverage_loss=ec.gate_max_coverage_loss,
             promotion=ec.promotion,
             champion_note=champion_note,
-            difference=paired.get(pair_name(MODEL, CHAMPION), {}).get(primary),
+            difference=(paired.get(pair_name(MODEL, CHAMPION), {}).get(primary) if candidate == MODEL
+                        else paired_primary(user_values, ranker_names, candidate, CHAMPION, ks, ec)),
             confidence=ec.confidence,
         )
-        log.info("evaluate: gate %s version %s: %s", decision.verdict, version, "; ".join(decision.reasons))
+        serving = serving_line(decision, choice, champion_bundle.ranker_name if champion_bundle else None,
+                               ec.champion_alias)
+        if choice.reason:  # first when it decided that a baseline is the challenger, else last
+            reasons = (choice.reason, *decision.reasons) if candidate != MODEL else (*decision.reasons, choice.reason)
+            decision = replace(decision, reasons=reasons)
+        log.info("evaluate: gate %s version %s: %s", decision.verdict, candidate_version, "; ".join(decision.reasons))
 
         report = {
             "registered_model": cfg.mlflow.registered_model,
@@ -484,6 +619,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             "intervals": as_bounds(intervals),
             "paired": as_differences(paired),
             "gate": decision.as_dict(),
+            "ranker_choice": {**choice.as_dict(), "version": candidate_version},
+            "serving": serving,
             "mlflow_run_id": active.info.run_id,
             "off_policy": off_policy(spark, cfg, bundle, vocab, version),
         }
@@ -497,11 +634,16 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         registry.apply_decision(cfg, decision, ec.champion_alias, active.info.run_id)
         _tag_model_version(cfg, version, results[MODEL][ALL], results, primary, active.info.run_id,
                            intervals, paired)
+        if candidate != MODEL:  # the model was not gated: the baseline went in its place, and says so
+            registry.apply_decision(cfg, registry.GateDecision(False, (choice.reason,), version, champion_version),
+                                    ec.champion_alias, active.info.run_id)
+            _tag_model_version(cfg, candidate_version, results[candidate][ALL], results, primary, active.info.run_id,
+                               intervals, ranker=candidate)
 
     log.info(
-        "evaluate: model version %s on %d users\n%s\ngate: %s (%s)",
+        "evaluate: model version %s on %d users\n%s\ngate: %s (%s)\nserving: %s",
         version, report["users_with_targets"], table(report["rankers"], ks, intervals, primary), decision.verdict,
-        "; ".join(decision.reasons),
+        "; ".join(decision.reasons), serving,
     )
     summary: dict[str, Any] = {"model_version": version, "protocol": report["protocol"]}
     for ranker, metrics in report["rankers"].items():
@@ -515,7 +657,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     summary.update(
         {
             "gate": decision.verdict,
-            "champion_version": version if decision.promote else champion_version,
+            "champion_version": candidate_version if decision.promote else champion_version,
+            "serving": serving,
             "users": report["users_with_targets"],
             "users_evaluated": report["users_evaluated"],
             "report": report_path,
@@ -534,7 +677,7 @@ def tune_baselines(
     vocab: pd.DataFrame,
     num_items: int,
     allowed: np.ndarray,
-) -> tuple[dict[str, Callable[[], Ranker]], dict[str, Any]]:
+) -> tuple[dict[str, Callable[[], Ranker]], dict[str, Any], dict[str, Callable[[], dict[str, np.ndarray]]]]:
     """Fit every grid point of the co-occurrence, ALS and EASE baselines on ``train``, rank the
     validation users with all of them in one pass, and keep the best of each family.
 
@@ -547,11 +690,13 @@ def tune_baselines(
     Returns:
         ({"cooccurrence": builder, "als": builder, "ease": builder} for the chosen points
         (those in ec.baselines and not skipped), {family: {"chosen": params, "metric": primary,
-        "grid": [{params..., metric values}]}}).
+        "grid": [{params..., metric values}]}}, {family: a function giving the chosen point's fit,
+        the arrays of a models.bundle.BaselineBundle}: read only when that baseline is served).
     """
     context = spark.sparkContext
     candidates: dict[str, Callable[[], Ranker]] = {}
     points: dict[str, tuple[str, dict[str, Any]]] = {}
+    fits: dict[str, Callable[[], dict[str, np.ndarray]]] = {}
 
     if COOCCURRENCE in ec.baselines:
         log.info("evaluate: counting co-occurrences within %s steps", ec.cooccurrence_windows)
@@ -569,6 +714,7 @@ def tune_baselines(
                 _cooccurrence_ranker, matrices_bc, (params["window"], params["similarity"]), params["decay"], allowed
             )
             points[label] = (COOCCURRENCE, params)
+            fits[label] = functools.partial(_similarity_arrays, matrices[(params["window"], params["similarity"])])
 
     if ALS in ec.baselines:
         interactions = baselines.als_interactions(train).persist()
@@ -587,6 +733,7 @@ def tune_baselines(
                 _als_ranker, factors_bc, label, params["reg_param"], params["alpha"], allowed
             )
             points[label] = (ALS, params)
+            fits[label] = functools.partial(dict, item_factors=factors[label])
 
     ease_passes: list[list[dict[str, Any]]] = []
     if EASE in ec.baselines:
@@ -598,7 +745,7 @@ def tune_baselines(
             per_pass = max(1, ec.ease_max_items ** 2 // max(len(items), 1) ** 2)
             ease_passes = [ease_grid[i : i + per_pass] for i in range(0, len(ease_grid), per_pass)]
     if not candidates and not ease_passes:
-        return {}, {}
+        return {}, {}, {}
 
     stats = ItemStats.from_vocab(vocab, schema.TRAIN_COUNT, num_items, ec.head_share)
     rows = validation.where(F.size(schema.TARGET_ITEMS) > 0)
@@ -616,6 +763,7 @@ def tune_baselines(
             ranked[label] = candidates[label] = functools.partial(_ease_ranker, ease_bc[label], params["decay"],
                                                                   allowed)
             points[label] = (EASE, params)
+            fits[label] = functools.partial(_ease_arrays, ease_bc[label])
         log.info("evaluate: ranking validation users with %d baseline grid points", len(ranked))
         per_user = per_user_metrics(rows, ranked, ks, ec.block_size, stats, segments=False).persist()
         results.update(average_metrics(per_user, ks, catalogue_size=len(vocab)))
@@ -629,6 +777,7 @@ def tune_baselines(
 
     chosen: dict[str, Callable[[], Ranker]] = {}
     tuning: dict[str, Any] = {}
+    fitted: dict[str, Callable[[], dict[str, np.ndarray]]] = {}
     for family in TUNED_BASELINES:
         labels = [label for label, (fam, _) in points.items() if fam == family]
         if not labels:
@@ -639,21 +788,22 @@ def tune_baselines(
         ]
         best = max(labels, key=lambda label: results[label][ALL][primary])  # first wins ties: grid order
         chosen[family] = candidates[best]
+        fitted[family] = fits[best]
         tuning[family] = {"chosen": points[best][1], "metric": primary, "split": "validation", "grid": grid_rows}
         log.info(
             "evaluate: %s tuned on validation: %s (%s %.4f)\n%s",
             family, points[best][1], primary, results[best][ALL][primary], grid_table(grid_rows, primary),
         )
-    return chosen, tuning
+    return chosen, tuning, fitted
 
 
 def headline_metrics(primary: str, ks: Sequence[int]) -> list[str]:
     """The metrics of the stage's summary and of a tuning grid's rows: the primary metric,
-    then every metric at its K (the largest K for MRR) and MRR."""
+    then every metric at its K (the largest K for MRR and AUC), MRR and AUC."""
     _, _, k = primary.partition("@")
     k = int(k) if k else max(ks)
-    names = [primary] + [f"{m}@{k}" for m in ("recall", "ndcg", "map", "hitrate", "coverage")]
-    names += [MRR] + list_metric_names([k])
+    names = [primary] + [f"{m}@{k}" for m in ("recall", "ndcg", "map", "hitrate", "precision", "f1", "coverage")]
+    names += [MRR, AUC] + list_metric_names([k])
     return list(dict.fromkeys(names))
 
 
@@ -696,13 +846,16 @@ def off_policy(spark: SparkSession, cfg: Config, bundle, vocab: pd.DataFrame, ve
 
 def _champion(cfg: Config, ec: EvaluateConfig, challenger: str, vocab: pd.DataFrame, num_items: int):
     """(bundle or None, version or None, note): the champion to compare with, when there is one
-    other than the challenger and it was trained on the current vocabulary."""
+    other than the challenger, it was trained on the current vocabulary and it may be served (a
+    tuned baseline may not under score.ranker=model)."""
     from recsys_spark.models import registry
 
     version = registry.alias_version(cfg, ec.champion_alias)
     if version is None or version == challenger:
         return None, version, ""
     bundle, _ = registry.load_bundle(cfg, version=int(version))
+    if isinstance(bundle, BaselineBundle) and cfg.score.ranker == "model":
+        return None, version, f"it is {ranker_label(bundle.ranker_name)} and score.ranker=model serves the deep model"
     try:
         check_same_vocabulary(bundle, vocab, num_items, version)
     except InputError as exc:
@@ -762,7 +915,8 @@ def _log_to_mlflow(report: Mapping[str, Any], decision, ks: Sequence[int]) -> No
     params.update({"gate.champion_version": str(decision.champion_version), "gate.decision": decision.verdict})
     mlflow.log_params(params)
     mlflow.set_tags({"gate.decision": decision.verdict, "gate.reasons": " | ".join(decision.reasons)[:5000],
-                     "model_version": report["model_version"]})
+                     "model_version": report["model_version"], "gate.ranker": report["ranker_choice"]["ranker"],
+                     "gate.ranker_version": report["ranker_choice"]["version"], "serving": report["serving"][:5000]})
     tracking.log_json(report, REPORT_FILE)
     for name, figure in figures(report).items():
         tracking.log_figure(figure, f"{name}.png")
@@ -770,16 +924,17 @@ def _log_to_mlflow(report: Mapping[str, Any], decision, ks: Sequence[int]) -> No
 
 def _tag_model_version(cfg: Config, version: str, model: Mapping[str, float], results: Mapping, primary: str,
                        run_id: str, intervals: Mapping[str, Mapping[str, Interval]] | None = None,
-                       paired: Mapping[str, Mapping[str, Interval]] | None = None) -> None:
+                       paired: Mapping[str, Mapping[str, Interval]] | None = None, ranker: str = MODEL) -> None:
     """Tag the evaluated version with its primary metric and the baselines' on the same data,
     its interval and users (``eval.<primary>.ci_low`` / ``.ci_high``, ``eval.users``) and the
-    paired differences on it (``eval.model_vs_<other>.<primary>``: "+0.0123 [..] (n users)")."""
+    paired differences on it (``eval.model_vs_<other>.<primary>``: "+0.0123 [..] (n users)").
+    ``ranker``: what the version is among the evaluated rankers (a served baseline's family)."""
     from mlflow import MlflowClient
 
     client = MlflowClient()
     name = cfg.mlflow.registered_model
     client.set_model_version_tag(name, version, mlflow_key(f"eval.{primary}"), f"{model[primary]:.6f}")
-    found = (intervals or {}).get(MODEL, {}).get(primary)
+    found = (intervals or {}).get(ranker, {}).get(primary)
     if found is not None:
         client.set_model_version_tag(name, version, mlflow_key(f"eval.{primary}.ci_low"), f"{found.low:.6f}")
         client.set_model_version_tag(name, version, mlflow_key(f"eval.{primary}.ci_high"), f"{found.high:.6f}")
@@ -788,17 +943,25 @@ def _tag_model_version(cfg: Config, version: str, model: Mapping[str, float], re
         if primary in differences:
             client.set_model_version_tag(name, version, mlflow_key(f"eval.{pair}.{primary}"),
                                          differences[primary].describe(signed=True))
-    for ranker, values in results.items():
-        if ranker != MODEL:
-            client.set_model_version_tag(name, version, mlflow_key(f"eval.{ranker}.{primary}"),
+    for other, values in results.items():
+        if other != ranker:
+            client.set_model_version_tag(name, version, mlflow_key(f"eval.{other}.{primary}"),
                                          f"{values[ALL][primary]:.6f}")
     client.set_model_version_tag(name, version, "eval.run_id", run_id)
 
 
 def _broadcast_model(context, bundle) -> Callable[[], Ranker]:
+    if isinstance(bundle, BaselineBundle):  # a champion the gate served: rebuilt from its file in each task
+        return functools.partial(_bundle_ranker, context.broadcast(bundle.to_bytes()))
     with torch.no_grad():
         item_vecs = bundle.build_module().item_vectors().numpy()
     return functools.partial(_model_ranker, context.broadcast(bundle.to_bytes()), context.broadcast(item_vecs))
+
+
+def _bundle_ranker(bundle_bc) -> Ranker:
+    from recsys_spark.models import bundle
+
+    return bundle.read(bundle_bc.value).ranker()
 
 
 def _model_ranker(bundle_bc, vectors_bc) -> ModelRanker:
@@ -825,11 +988,23 @@ def _ease_ranker(weights_bc, decay: float, present: np.ndarray) -> baselines.Eas
     return baselines.EaseRanker(items, weights, decay, len(present), torch.from_numpy(present))
 
 
+# The fit of a chosen grid point as a BaselineBundle holds it (models.bundle.BaselineBundle.arrays).
+def _similarity_arrays(matrix: baselines.SparseRows) -> dict[str, np.ndarray]:
+    return {"indptr": matrix.indptr, "indices": matrix.indices, "data": matrix.data}
+
+
+def _ease_arrays(weights_bc) -> dict[str, np.ndarray]:
+    items, weights = weights_bc.value  # read back from the broadcast on the driver
+    return {"items": items, "weights": weights}
+
+
 def table(results: Mapping[str, Mapping[str, float]], ks: Sequence[int],
           intervals: Mapping[str, Mapping[str, Interval]] | None = None, primary: str | None = None) -> str:
     """The headline numbers of every ranker (overall) as a small fixed-width text table, then
     its users and, given ``intervals`` ({ranker: {metric: Interval}}), the interval of ``primary``."""
-    columns = [c for k in sorted(ks) for c in (f"recall@{k}", f"ndcg@{k}", f"map@{k}", f"coverage@{k}")] + [MRR]
+    columns = [c for k in sorted(ks)
+               for c in (f"recall@{k}", f"ndcg@{k}", f"map@{k}", f"precision@{k}", f"f1@{k}", f"coverage@{k}")]
+    columns += [MRR, AUC]
     with_interval = intervals is not None and primary is not None
     lines = [f"{'ranker':<13}" + "".join(f"{c:>13}" for c in columns) + f"{USERS:>9}"
              + (f"  {primary} interval" if with_interval else "")]

@@ -1,6 +1,9 @@
-"""The trained model as an MLflow pyfunc: histories in, top-K product ids out.
+"""A registered ranker as an MLflow pyfunc: histories in, top-K product ids out.
 
-The pyfunc's only artifact is the :class:`~recsys_spark.models.bundle.ModelBundle` file; the
+The pyfunc's only artifact is the bundle file: a trained model's
+:class:`~recsys_spark.models.bundle.ModelBundle`, or the
+:class:`~recsys_spark.models.bundle.BaselineBundle` of a tuned baseline the gate serves in its
+place; both rank through their ``ranker()``, with the same input and output. The
 ``recsys_spark`` package must be importable where the model is loaded.
 """
 
@@ -13,11 +16,10 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
-import torch
 
 from recsys_spark import schema
-from recsys_spark.models import ranking
-from recsys_spark.models.bundle import ModelBundle
+from recsys_spark.models import bundle as bundles
+from recsys_spark.models.bundle import Bundle
 
 BUNDLE_ARTIFACT = "bundle"
 BUNDLE_FILE = "model_bundle.pt"
@@ -35,17 +37,15 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context: Any) -> None:
-        self.bundle = ModelBundle.load(context.artifacts[BUNDLE_ARTIFACT])
+        self.bundle = bundles.load(context.artifacts[BUNDLE_ARTIFACT])
         self._prepare()
 
     def _prepare(self) -> None:
-        self.model = self.bundle.build_module()
-        with torch.no_grad():
-            self.item_vecs = self.model.item_vectors()
+        self.ranker = self.bundle.ranker()
         self.product_ids = self.bundle.product_ids()
 
     @classmethod
-    def from_bundle(cls, bundle: ModelBundle) -> "RecommenderPyfunc":
+    def from_bundle(cls, bundle: Bundle) -> "RecommenderPyfunc":
         """The same predictor without MLflow (what ``load_context`` builds)."""
         obj = cls()
         obj.bundle = bundle
@@ -69,11 +69,8 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
             raise ValueError(f"model input lacks column(s) {', '.join(missing)}")
         if len(model_input) == 0:
             return pd.DataFrame({ITEM_IDS: pd.Series([], dtype=object), SCORES: pd.Series([], dtype=object)})
-        known = torch.from_numpy(self.product_ids >= 0)
-        top, scores = ranking.rank_histories(
-            self.model, [ranking.int_matrix(model_input[c]) for c in (schema.HIST_ITEMS, schema.HIST_EVENTS, schema.HIST_GAPS)],
-            self.item_vecs, k, ranking.pairs_of(ranking.int_arrays(model_input[schema.SEEN_ITEMS])),
-            ranking.blocked_items(len(known), known))
+        # The ranker allows the bundle's vocabulary items only and leaves each row's seen_items out.
+        top, scores = self.ranker.recommend(model_input, k)
         filled = top != schema.EMPTY_SLOT  # empty slots only trail: a user with fewer eligible items gets a shorter list
         return pd.DataFrame(
             {
@@ -83,7 +80,7 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
         )
 
 
-def example_input(bundle: ModelBundle, rows: int = 2) -> pd.DataFrame:
+def example_input(bundle: Bundle, rows: int = 2) -> pd.DataFrame:
     """A small, valid input: short histories of the first vocabulary items, left-padded."""
     length = bundle.model_args["max_seq_len"]
     items = bundle.item_vocab[schema.ITEM_IDX].to_numpy(dtype=np.int64)[: 2 * rows]
@@ -102,7 +99,7 @@ def example_input(bundle: ModelBundle, rows: int = 2) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def log_model(bundle: ModelBundle, registered_model: str | None, k: int = DEFAULT_K):
+def log_model(bundle: Bundle, registered_model: str | None, k: int = DEFAULT_K):
     """Log the bundle as a pyfunc under the active run (and register it when a name is given).
 
     Returns:

@@ -1,5 +1,7 @@
 """The model registry: finding a version and loading its bundle (evaluate and score), and the
-gate that decides whether the evaluated challenger becomes the champion (evaluate)."""
+gate that decides whether the evaluated challenger becomes the champion (evaluate), after
+choosing what the challenger is: the deep model, or the tuned baseline that beats it on
+validation (:func:`choose_ranker`), registered as a version of its own (:func:`register_baseline`)."""
 
 from __future__ import annotations
 
@@ -7,16 +9,18 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from recsys_spark.config import Config
+from recsys_spark.config import Config, ScoreConfig
 from recsys_spark.errors import ConfigError, InputError
-from recsys_spark.models.bundle import ModelBundle
+from recsys_spark.models import bundle as bundles
+from recsys_spark.models.bundle import BaselineBundle, Bundle, ranker_label
 from recsys_spark.models.pyfunc import BUNDLE_FILE
 
 _MAX_TAG = 5000  # MLflow's limit on a model version tag's value
 
 
-def load_bundle(cfg: Config, alias: str | None = None, version: int | None = None) -> tuple[ModelBundle, str]:
-    """Download the bundle of ``cfg.mlflow.registered_model`` by version or alias.
+def load_bundle(cfg: Config, alias: str | None = None, version: int | None = None) -> tuple[Bundle, str]:
+    """Download the bundle of ``cfg.mlflow.registered_model`` by version or alias: a trained
+    model's ModelBundle, or the BaselineBundle of a tuned baseline the gate registered.
 
     Args:
         cfg: gives the tracking store and the registered model's name.
@@ -52,7 +56,7 @@ def load_bundle(cfg: Config, alias: str | None = None, version: int | None = Non
             artifact_uri=f"models:/{name}/{model_version.version}", dst_path=tmp
         )
         path = _find(local, BUNDLE_FILE)
-        return ModelBundle.load(path), str(model_version.version)
+        return bundles.load(path), str(model_version.version)
 
 
 def training_features(cfg: Config, alias: str) -> tuple[str, str] | None:
@@ -270,3 +274,111 @@ def apply_decision(cfg: Config, decision: GateDecision, champion_alias: str, run
         tags["gate.run_id"] = run_id
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
+
+
+# ----------------------------------------------------------------------------- what is gated
+
+@dataclass(frozen=True)
+class RankerChoice:
+    """What the gate weighs against the champion: the deep model, or the tuned baseline that
+    beats it on validation, and why.
+
+    Args:
+        ranker: "model", or the baseline family put forward in its place ("ease", ...).
+        baseline: the best tuned baseline on validation, or None when none was ranked.
+        difference: (mean, low, high, users) of the paired model - ``baseline`` on the primary
+            metric over the validation users (an intervals.Interval), or None.
+        ahead: the baseline beats the model: the interval's upper bound is below 0.
+        reason: one sentence, "" when no baseline was ranked.
+    """
+
+    ranker: str
+    baseline: str | None = None
+    difference: tuple[float, float, float, int] | None = None
+    ahead: bool = False
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ranker": self.ranker,
+            "baseline": self.baseline,
+            "difference": None if self.difference is None else dict(zip(("diff", "low", "high", "users"),
+                                                                         self.difference)),
+            "ahead": self.ahead,
+            "reason": self.reason,
+        }
+
+
+def choose_ranker(baseline: str | None, difference: Sequence[float] | None, mode: str = "auto",
+                  confidence: float = 0.95) -> RankerChoice:
+    """Put the best tuned baseline forward instead of the deep model when it beats the model
+    on validation, as a pure function of the validation comparison.
+
+    The baseline beats the model when the UPPER bound of the paired difference model - baseline
+    (per validation user, on the primary metric) is below 0: the model is behind beyond noise.
+    The choice is made on validation, never on test, which stays for measuring what was chosen.
+
+    Args:
+        baseline: the tuned baseline with the best validation mean ("cooccurrence", "als",
+            "ease"), or None (none ranked: the model).
+        difference: (mean, low, high, users) of model - baseline on validation.
+        mode: score.ranker: "auto" (the baseline when it beats the model) or "model" (always the
+            model; the reason still says when a baseline beats it).
+        confidence: the level of ``difference``'s interval, for the reason's text.
+
+    Returns:
+        RankerChoice.
+    """
+    if mode not in ScoreConfig.RANKERS:
+        raise ConfigError(f"score.ranker: {mode!r} is not one of {', '.join(map(repr, ScoreConfig.RANKERS))}")
+    if baseline is None or difference is None:
+        return RankerChoice(bundles.MODEL_KIND)
+    diff, low, high, users = difference
+    ahead = bool(high < 0)  # False for a NaN bound (no validation user)
+    label = ranker_label(baseline)
+    measured = (f"model - {label} on {int(users):,} validation users = {diff:+.4f} [{low:+.4f}, {high:+.4f}] "
+                f"({confidence:.0%} interval)")
+    if not ahead:
+        reason = f"no tuned baseline beats the model on validation: {measured}, upper bound not below 0"
+        return RankerChoice(bundles.MODEL_KIND, baseline, tuple(difference), False, reason)
+    if mode == "model":
+        reason = f"{label} beats the model on validation: {measured}; score.ranker=model keeps the model"
+        return RankerChoice(bundles.MODEL_KIND, baseline, tuple(difference), True, reason)
+    reason = f"{label} beats the model on validation: {measured}; score.ranker=auto puts it forward instead"
+    return RankerChoice(baseline, baseline, tuple(difference), True, reason)
+
+
+def register_baseline(cfg: Config, bundle: BaselineBundle, reason: str, model_version: str, run_id: str,
+                      k: int) -> str:
+    """Register a tuned baseline as a new version of ``cfg.mlflow.registered_model``: the same
+    pyfunc as a trained model's (logged under the active run, whose lineage it carries), with
+    a description and tags that say what it is and why (``ranker``, ``ranker.params``,
+    ``ranker.reason``, ``ranker.instead_of_version``).
+
+    Returns:
+        the new version, as a string.
+    """
+    import json
+
+    from mlflow import MlflowClient
+
+    from recsys_spark.models.pyfunc import log_model
+
+    name = cfg.mlflow.registered_model
+    info = log_model(bundle, name, k=k)
+    version = str(info.registered_model_version)
+    settings = ", ".join(f"{key}={value}" for key, value in bundle.params.items())
+    client = MlflowClient()
+    client.update_model_version(name, version, description=(
+        f"{ranker_label(bundle.family)} baseline ({settings}), fitted on the training windows and tuned on the "
+        f"validation users by evaluate run {run_id}, registered in place of model version {model_version}: {reason}."
+    )[:_MAX_TAG])
+    tags = {
+        "ranker": bundle.family,
+        "ranker.params": json.dumps(bundle.params, sort_keys=True),
+        "ranker.reason": reason[:_MAX_TAG],
+        "ranker.instead_of_version": model_version,
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    return version

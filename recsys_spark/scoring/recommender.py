@@ -7,7 +7,9 @@ model over its catalogue (blocked matrix multiply + ``torch.topk``); the others 
 popular items, their own category first. Both lists drop the user's excluded products,
 keep at most ``category_cap`` items per category, and model lists give a share of their
 positions to under-exposed items (seeded per user) as the exploration policy says
-(:mod:`~recsys_spark.scoring.policies`, which also gives each item's propensity).
+(:mod:`~recsys_spark.scoring.policies`, which also gives each item's propensity). "The model"
+is the registered version: a trained model (:class:`ModelEncoder`) or a tuned baseline the gate
+served in its place (:class:`RankerEncoder`).
 
 Tasks exchange Arrow record batches with Spark (``mapInArrow``): list columns arrive as flat
 buffers read into [B, L] matrices without a Python object per row, and each user's list
@@ -213,6 +215,53 @@ class ModelEncoder:
             out.copy_(ranking.score_items(module, *self._history(users), item_vectors, mask))
 
 
+class RankerEncoder(ModelEncoder):
+    """Scores from a registered tuned baseline (``models.bundle.BaselineBundle``): its ranker, the
+    one evaluate measured, scores every item of its vocabulary from the user's history and seen
+    items, re-encoded as ModelEncoder's; the plan's catalogue is a subset of those items.
+
+    Args:
+        bundle_bytes: ``BaselineBundle.to_bytes()``.
+        remap: as ModelEncoder's.
+        columns: int64 [M], the bundle's item index of each item of the plan's model catalogue.
+    """
+
+    def __init__(self, bundle_bytes: bytes, remap: np.ndarray, columns: np.ndarray):
+        super().__init__(bundle_bytes, remap)
+        self.columns = torch.from_numpy(np.asarray(columns, dtype=np.int64))
+        self._ranker = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "columns": self.columns, "_ranker": None}
+
+    def ranker(self):
+        """The baseline's ranker (evaluation.rankers.Ranker), built once per task."""
+        if self._ranker is None:
+            from recsys_spark.models import bundle
+
+            self._ranker = bundle.read(self.bundle_bytes).ranker()
+        return self._ranker
+
+    def encode(self, users: UserBatch) -> Tensor:
+        raise NotImplementedError("a tuned baseline scores items directly (score), it has no user vectors")
+
+    def score(self, users: UserBatch, item_vectors: Tensor, excluded: tuple[np.ndarray, np.ndarray], out: Tensor) -> None:
+        """Fill ``out`` [B, M] with the baseline's scores of the plan's M catalogue items
+        (``item_vectors`` is [M, 0]: a baseline has none; ``excluded`` is masked later)."""
+        rows, seen = users.lists(schema.SEEN_ITEMS)
+        inside = (seen >= 0) & (seen < len(self.remap))
+        seen = np.where(inside, self.remap[np.clip(seen, 0, len(self.remap) - 1)], schema.OOV_INDEX)
+        known = seen >= schema.FIRST_ITEM_INDEX
+        history = pd.DataFrame({
+            schema.HIST_ITEMS: list(self._items(users)),
+            schema.HIST_EVENTS: list(users.matrix(schema.HIST_EVENTS)),
+            schema.HIST_GAPS: list(users.matrix(schema.HIST_GAPS)),
+            schema.SEEN_ITEMS: np.split(seen[known], np.searchsorted(rows[known], np.arange(1, len(users)))),
+        })
+        with torch.no_grad():
+            out.copy_(self.ranker().score_block(history)[:, self.columns])
+
+
 class VectorEncoder:
     """User vectors given in the ``user_vector`` column (benchmarks); every user is known."""
 
@@ -249,7 +298,7 @@ class ScoringPlan:
     """Everything a task needs, built on the driver and broadcast once.
 
     Args:
-        encoder: ModelEncoder or VectorEncoder.
+        encoder: ModelEncoder, RankerEncoder or VectorEncoder.
         model_items: the model's catalogue (vectors set).
         fallback_items: recent popular products (popularity set).
         explore_pool: int64 [P], indices into model_items of under-exposed items.

@@ -9,7 +9,10 @@ How: the driver builds one :class:`~recsys_spark.scoring.recommender.ScoringPlan
 model's bundle, its catalogue's item vectors computed once, the fallback and exploration
 items, the exploration policy) and broadcasts it; ``mapInArrow`` tasks build the model once
 each and score their users ``score.block_size`` at a time by matrix multiply and
-``torch.topk``; never a users x items join. Every row carries its slot, its propensity under
+``torch.topk``; never a users x items join. A registered version may be a tuned baseline the
+gate served in the model's place (``score.ranker=auto``): the same plan, its scores from the
+baseline's own ranker (:class:`~recsys_spark.scoring.recommender.RankerEncoder`), the same
+exclusions, exploration and output. Every row carries its slot, its propensity under
 the policy (:mod:`~recsys_spark.scoring.policies`) and the policy's name and version. Output:
 schema.RECOMMENDATION_SCHEMA under ``paths.recommendations``, one partition per run_date;
 re-running a date replaces exactly that date.
@@ -35,6 +38,7 @@ from recsys_spark import io, tracking
 from recsys_spark import schema
 from recsys_spark.config import Config, ScoreConfig
 from recsys_spark.errors import DataQualityError, InputError
+from recsys_spark.models.bundle import BaselineBundle, ranker_label
 from recsys_spark.scoring import inputs, policies
 from recsys_spark.scoring.recommender import (
     ITEM_IDS,
@@ -48,6 +52,7 @@ from recsys_spark.scoring.recommender import (
     ItemSpace,
     ListRules,
     ModelEncoder,
+    RankerEncoder,
     ScoringPlan,
     category_codes,
     task_recommender,
@@ -172,8 +177,10 @@ def build_plan(
     """Everything the tasks need, from small driver-side tables.
 
     Args:
-        bundle: the registered ModelBundle.
-        item_vectors: float32 [num_items, d], the model's vector of every item index.
+        bundle: the registered bundle: a ModelBundle, or a tuned baseline's BaselineBundle
+            (scored by its own ranker, see recommender.RankerEncoder).
+        item_vectors: float32 [num_items, d], the model's vector of every item index
+            (:func:`item_vectors_of`).
         feature_vocab: the featurize run's item_vocab (item_idx, product_id): histories use it.
         stats: inputs.PRODUCT_STATS_SCHEMA rows (product_id, category_id, recent/all users).
         excluded: int64 product ids never to recommend.
@@ -220,7 +227,11 @@ def build_plan(
         categories=stat_codes[allowed],
         popularity=popularity[allowed].astype(np.float32),
     )
-    encoder = ModelEncoder(bundle.to_bytes(), vocab_remap(feature_vocab, bundle.item_vocab))
+    remap = vocab_remap(feature_vocab, bundle.item_vocab)
+    if isinstance(bundle, BaselineBundle):
+        encoder = RankerEncoder(bundle.to_bytes(), remap, model_idx)
+    else:
+        encoder = ModelEncoder(bundle.to_bytes(), remap)
     rules = ListRules(sc.top_k, sc.block_size, sc.category_cap, sc.explore_share, sc.propensity_samples)
     policy = policies.Policy(sc.explore_policy)
     if sc.explore_policy == policies.BOOST:
@@ -238,6 +249,15 @@ def build_plan(
         policy.draws = policies.thompson_draws(explore_pool, alpha, beta, sc.thompson_draws, width, sc.seed,
                                                run_date or run_date_of(sc))
     return ScoringPlan(encoder, model_items, fallback_items, explore_pool, categories, rules, policy)
+
+
+def item_vectors_of(bundle) -> np.ndarray:
+    """float32 [num_items, d]: a model's item vectors; [num_items, 0] for a tuned baseline, which
+    scores its items itself (recommender.RankerEncoder)."""
+    if isinstance(bundle, BaselineBundle):
+        return np.zeros((bundle.model_args["num_items"], 0), dtype=np.float32)
+    with torch.no_grad():
+        return bundle.build_module().item_vectors().numpy()
 
 
 def vocab_remap(feature_vocab: pd.DataFrame, model_vocab: pd.DataFrame) -> np.ndarray:
@@ -340,6 +360,9 @@ def count_written(written: DataFrame, users: int, k: int) -> dict[str, int | flo
             f"score: {totals['rows']} rows for {totals['users']} users written from {users} users at top_k={k}: "
             f"features/user_history holds duplicate users"
         )
+    if totals["users"] == 0:  # a run that writes nothing does not succeed
+        raise DataQualityError(f"score: no recommendations written for any of the {users} users of "
+                               f"features/user_history at top_k={k}: check the features and score.exclude_items_path")
     return {
         "users": users,
         "users_recommended": int(totals["users"]),
@@ -357,7 +380,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     """Score every user of ``features/user_history`` and write the run date's partition.
 
     Returns:
-        recommendations_path, run_date, model (its models:/ URI), model_version, policy,
+        recommendations_path, run_date, model (its models:/ URI), model_version, ranker ("the
+        model", or the tuned baseline the gate served, e.g. "EASE (tuned)"), policy,
         policy_version, and the counts of :func:`count_written`.
     """
     import mlflow
@@ -377,11 +401,19 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     check_alias(cfg)
     bundle, version = registry.load_bundle(cfg, alias=sc.model_alias, version=sc.model_version or None)
     model_uri = f"models:/{cfg.mlflow.registered_model}/{version}"
-    log.info("score: %s (%s), run_date %s", model_uri, f"@{sc.model_alias}" if not sc.model_version else "by version",
-             run_date)
+    ranker = ranker_label(bundle.ranker_name)
+    if sc.ranker == "model" and isinstance(bundle, BaselineBundle):
+        raise InputError(
+            f"{model_uri} ({f'@{sc.model_alias}' if not sc.model_version else 'score.model_version'}) is {ranker}, "
+            f"which evaluate's gate served in place of the model, and score.ranker=model scores with the deep model "
+            f"only: re-run `recsys evaluate` with score.ranker=model, or set score.model_version to a trained version"
+        )
+    log.info("score: %s (%s, %s), run_date %s", model_uri, f"@{sc.model_alias}" if not sc.model_version else "by version",
+             ranker, run_date)
 
     with tracking.stage_run(cfg, "score", run_date=run_date):
-        mlflow.set_tags({"model_version": version, "registered_model": cfg.mlflow.registered_model})
+        mlflow.set_tags({"model_version": version, "registered_model": cfg.mlflow.registered_model,
+                         "ranker": bundle.ranker_name})
         last_micros = events.agg(F.unix_micros(F.max(schema.EVENT_TIME))).first()[0]
         if last_micros is None:
             raise InputError(f"{clean_path} holds no events (config key paths.clean)")
@@ -395,8 +427,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             active_users = events.where(F.col(schema.EVENT_TIME) >= F.lit(since)).select(schema.USER_ID).distinct().count()
             if sc.feedback_counts_path:
                 feedback = read_feedback_counts(spark, sc.feedback_counts_path)
-        with torch.no_grad():
-            item_vectors = bundle.build_module().item_vectors().numpy()
+        item_vectors = item_vectors_of(bundle)
         feature_items = feature_vocab.select(schema.ITEM_IDX, schema.PRODUCT_ID).toPandas()
         plan = build_plan(bundle, item_vectors, feature_items, stats, excluded, sc, feedback, active_users, run_date)
         known = int((plan.encoder.remap >= schema.FIRST_ITEM_INDEX).sum())
@@ -426,4 +457,4 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
                     summary["users_short_of_k"], sc.top_k)
     log.info("score: wrote %s/%s=%s: %s", out, schema.RUN_DATE, run_date, summary)
     return {"recommendations_path": out, "run_date": run_date, "model": model_uri, "model_version": version,
-            "policy": sc.explore_policy, "policy_version": policy_version, **summary}
+            "ranker": ranker, "policy": sc.explore_policy, "policy_version": policy_version, **summary}

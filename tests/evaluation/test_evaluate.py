@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from pyspark.sql import functions as F
@@ -19,6 +21,7 @@ from recsys_spark.errors import ConfigError, InputError
 from recsys_spark.evaluation import evaluate
 from recsys_spark.evaluation import intervals
 from recsys_spark.evaluation.metrics import metric_names
+from recsys_spark.evaluation.rankers import PopularityRanker, vocab_column
 
 from tests.evaluation.test_metrics import pandas_reference
 from tests.evaluation.test_rankers import MAX_SEQ_LEN, NUM_ITEMS, tiny_bundle
@@ -47,6 +50,13 @@ POPULARITY = {
     "map@2": (1 + 0 + (1 + 1) / 2 + (1 / 2) / 1) / 4,
     "hitrate@2": (1 + 0 + 1 + 1) / 4,
     "mrr": (1 + 0 + 1 + 1 / 2) / 4,
+    "precision@1": (1 + 0 + 1 + 0) / 4,
+    "precision@2": (1 / 2 + 0 + 1 + 1 / 2) / 4,
+    "f1@1": (1 + 0 + 2 / 3 + 0) / 4,  # u3: P 1, R 1/2
+    "f1@2": (2 / 3 + 0 + 1 + 2 / 3) / 4,  # u1, u4: P 1/2, R 1
+    # Over the eligible (unseen) items: u1 3 first of 3..7; u2 4 (above 5, 6) and 7 (last) of 2..7:
+    # (2/4 + 0) / 2; u3 2 and 4 first of 2, 4..7; u4 6 second of 5, 6, 7.
+    "auc": (1 + 1 / 4 + 1 + 1 / 2) / 4,
     "coverage@1": 3 / 6,  # {3, 2, 2, 5}
     "coverage@2": 5 / 6,  # {3, 4, 2, 3, 2, 4, 5, 6}
     "head_share@1": (0 + 1 + 1 + 0) / 4,  # item 2 tops u2 and u3
@@ -63,6 +73,13 @@ POPULARITY_SEGMENTS = {
     "view_targets": (1 + 0 + 1) / 3,  # u1 [3], u2 [4, 7], u3 [2]
     "cart_targets": G2,  # u4 [6]
     "purchase_targets": G2,  # u3 [4]
+}
+# AUC of popularity per segment: with only some targets kept, the others are non-targets like any item.
+POPULARITY_AUC_SEGMENTS = {
+    "cold_users": (1 + 1 / 4 + 1) / 3,
+    "head_targets": 1.0,  # u3 [2]: above 4, 5, 6, 7
+    "tail_targets": (1 + 1 / 4 + 3 / 4 + 1 / 2) / 4,  # u3 [4]: below 2, above 5, 6, 7
+    "purchase_targets": 3 / 4,  # u3 [4]
 }
 # Validation rows (the baselines' tuning) and training windows (L + 1 = 5).
 VALIDATION_USERS = [
@@ -81,15 +98,15 @@ def eval_rows(users=TEST_USERS) -> list[tuple]:
     return rows
 
 
-def write_features(spark, root: str, bundle) -> None:
+def write_features(spark, root: str, bundle, validation=VALIDATION_USERS, train_windows=TRAIN_WINDOWS) -> None:
     io.write_json(spark, io.feature_path(root, schema.FEATURE_METADATA),
                   {"num_items": NUM_ITEMS, "max_seq_len": MAX_SEQ_LEN, "counts": {}})
     vocab = [tuple(int(v) for v in row) for row in bundle.item_vocab[schema.ITEM_VOCAB_SCHEMA.fieldNames()].to_numpy()]
     io.write_table(spark.createDataFrame(vocab, schema.ITEM_VOCAB_SCHEMA), io.feature_path(root, "item_vocab"))
     io.write_table(spark.createDataFrame(eval_rows(), schema.EVAL_SCHEMA), io.feature_path(root, "test"))
-    io.write_table(spark.createDataFrame(eval_rows(VALIDATION_USERS), schema.EVAL_SCHEMA),
+    io.write_table(spark.createDataFrame(eval_rows(validation), schema.EVAL_SCHEMA),
                    io.feature_path(root, "validation"))
-    train = [(w, [1 if i else 0 for i in w], [0] * len(w)) for w in TRAIN_WINDOWS]
+    train = [(w, [1 if i else 0 for i in w], [0] * len(w)) for w in train_windows]
     io.write_table(spark.createDataFrame(train, schema.TRAIN_SCHEMA), io.feature_path(root, "train"))
     history = [row[:5] for row in eval_rows()]
     io.write_table(spark.createDataFrame(history, schema.USER_HISTORY_SCHEMA), io.feature_path(root, "user_history"))
@@ -126,7 +143,9 @@ def workspace(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate") / "work"
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)  # restored after the module
-        cfg = from_dict({"paths": {"root": str(root)}, "evaluate": EVALUATE})
+        # score.ranker=model: a random model may lose to a tuned baseline on three validation
+        # users, and these tests gate the model (a baseline served instead: see the tests below).
+        cfg = from_dict({"paths": {"root": str(root)}, "evaluate": EVALUATE, "score": {"ranker": "model"}})
         bundle = tiny_bundle()
         write_features(spark, cfg.paths.resolve("features"), bundle)
         version = register(cfg, bundle)
@@ -144,7 +163,17 @@ def model_per_user(bundle):
         user_vecs = ranking.user_vectors(module, hist, events, torch.zeros_like(hist)).double().numpy()
         item_vecs = module.item_vectors().double().numpy()
     ranked = brute_force(user_vecs, item_vecs, max(KS), [u[2] for u in users])
-    return pandas_reference(ranked, [np.array(u[3]) for u in users], KS), ranked
+    per_user = pandas_reference(ranked, [np.array(u[3]) for u in users], KS)
+    per_user["auc"] = [brute_force_auc(user_vecs[i] @ item_vecs.T, u[2], u[3]) for i, u in enumerate(users)]
+    return per_user, ranked
+
+
+def brute_force_auc(scores: np.ndarray, seen: list[int], targets: list[int]) -> float:
+    """scikit-learn's ROC AUC of one user over the real items not seen."""
+    from sklearn.metrics import roc_auc_score
+
+    eligible = np.setdiff1d(np.arange(schema.FIRST_ITEM_INDEX, len(scores)), seen)
+    return roc_auc_score(np.isin(eligible, targets), scores[eligible])
 
 
 def model_expectation(bundle) -> dict[str, float]:
@@ -191,10 +220,12 @@ def test_evaluate_stage_compares_the_model_with_tuned_baselines_and_promotes_the
     assert set(report["rankers"]) == {"model", "popularity", "cooccurrence", "als", "ease"}
     for name, value in POPULARITY.items():
         assert report["rankers"]["popularity"][name] == pytest.approx(value, abs=1e-9), name
-    for name in metric_names(KS) + ["coverage@1", "coverage@2"]:
+    for name in metric_names(KS) + ["auc", "coverage@1", "coverage@2"]:
         assert report["rankers"]["model"][name] == pytest.approx(model[name], abs=1e-6), name
     for segment, value in POPULARITY_SEGMENTS.items():
         assert report["segments"]["popularity"][segment]["ndcg@2"] == pytest.approx(value, abs=1e-9), segment
+    for segment, value in POPULARITY_AUC_SEGMENTS.items():
+        assert report["segments"]["popularity"][segment]["auc"] == pytest.approx(value, abs=1e-9), segment
     assert report["segments"]["model"]["cold_users"]["users"] == 3
     # Every per-user metric of every ranker has its interval (coverage, over the catalogue, none),
     # and the model is compared with every baseline, paired, on the headline metrics.
@@ -208,7 +239,8 @@ def test_evaluate_stage_compares_the_model_with_tuned_baselines_and_promotes_the
     assert report["intervals"]["popularity"]["ndcg@2"] == [popularity.low, popularity.high]
     assert set(report["paired"]) == {f"model_vs_{r}" for r in report["rankers"] if r != "model"}
     assert set(report["paired"]["model_vs_popularity"]) == {
-        "ndcg@2", "recall@2", "map@2", "hitrate@2", "mrr", "novelty@2", "diversity@2", "head_share@2"
+        "ndcg@2", "recall@2", "map@2", "hitrate@2", "precision@2", "f1@2", "mrr", "auc", "novelty@2", "diversity@2",
+        "head_share@2",
     }
     assert report["paired"]["model_vs_popularity"]["ndcg@2"] == {
         "diff": versus.mean, "low": versus.low, "high": versus.high, "users": 4
@@ -225,12 +257,18 @@ def test_evaluate_stage_compares_the_model_with_tuned_baselines_and_promotes_the
     assert report["gate"]["promote"] and report["gate"]["reasons"][0].startswith("no champion yet")
     assert summary["gate"] == "promoted" and summary["champion_version"] == "1"
     assert registry.alias_version(cfg, "champion") == "1"
+    assert report["ranker_choice"]["ranker"] == "model" and report["ranker_choice"]["version"] == "1"
+    assert summary["serving"].startswith("the model, version 1: ")
 
     client = MlflowClient()
     run = client.get_run(report["mlflow_run_id"])
     assert run.data.tags["stage"] == "evaluate" and run.data.tags["gate.decision"] == "promoted"
     assert run.data.metrics["popularity.ndcg_at_2"] == pytest.approx(POPULARITY["ndcg@2"])
     assert run.data.metrics["model.mrr"] == pytest.approx(model["mrr"], abs=1e-6)
+    assert run.data.metrics["popularity.auc"] == pytest.approx(POPULARITY["auc"])
+    assert run.data.metrics["popularity.precision_at_2"] == pytest.approx(POPULARITY["precision@2"])
+    assert run.data.metrics["popularity.f1_at_2.ci_low"] <= POPULARITY["f1@2"] <= (
+        run.data.metrics["popularity.f1_at_2.ci_high"])
     assert run.data.metrics["popularity.cold_users.ndcg_at_2"] == pytest.approx(POPULARITY_SEGMENTS["cold_users"])
     assert run.data.params["baseline.als.rank"] == "2"
     assert run.data.metrics["popularity.ndcg_at_2.ci_low"] == pytest.approx(popularity.low)
@@ -384,9 +422,27 @@ def test_gate_coverage_and_headline_metrics():
     assert evaluate.gate_coverage_metric("ndcg@20", [5, 20, 50]) == "coverage@20"
     assert evaluate.gate_coverage_metric("mrr", [5, 20, 50]) == "coverage@50"
     assert evaluate.headline_metrics("ndcg@2", KS) == [
-        "ndcg@2", "recall@2", "map@2", "hitrate@2", "coverage@2", "mrr", "novelty@2", "diversity@2", "head_share@2"
+        "ndcg@2", "recall@2", "map@2", "hitrate@2", "precision@2", "f1@2", "coverage@2", "mrr", "auc", "novelty@2",
+        "diversity@2", "head_share@2",
     ]
     assert evaluate.headline_metrics("mrr", KS)[:2] == ["mrr", "recall@2"]
+
+
+def test_per_user_metrics_measure_auc_in_every_segment_from_the_whole_ranking(spark):
+    counts, present = vocab_column(tiny_bundle().item_vocab, schema.PRETEST_COUNT, NUM_ITEMS)
+    stats = evaluate.ItemStats.from_vocab(tiny_bundle().item_vocab, schema.PRETEST_COUNT, NUM_ITEMS, 0.2)
+    rows = spark.createDataFrame(eval_rows(), schema.EVAL_SCHEMA).where(F.size(schema.TARGET_ITEMS) > 0)
+    rankers = {"popularity": functools.partial(PopularityRanker, counts, torch.from_numpy(present))}
+    per_user = evaluate.per_user_metrics(rows, rankers, KS, 3, stats, cold_user_threshold=2).toPandas()
+    got = {segment: dict(zip(part[schema.USER_ID], part["auc"])) for segment, part in per_user.groupby("segment")}
+    # By hand (see POPULARITY): each user's AUC over the items not seen, targets of the segment only.
+    assert got["all"] == pytest.approx({"u1": 1.0, "u2": 1 / 4, "u3": 1.0, "u4": 1 / 2}, abs=1e-12)
+    assert got["tail_targets"] == pytest.approx({"u1": 1.0, "u2": 1 / 4, "u3": 3 / 4, "u4": 1 / 2}, abs=1e-12)
+    assert got["head_targets"] == pytest.approx({"u3": 1.0}, abs=1e-12)
+    assert got["cart_targets"] == pytest.approx({"u4": 1 / 2}, abs=1e-12)
+    overall = per_user[per_user["segment"] == "all"].mean(numeric_only=True)
+    for name in ("precision@1", "precision@2", "f1@1", "f1@2", "auc"):
+        assert overall[name] == pytest.approx(POPULARITY[name], abs=1e-12), name
 
 
 def test_per_user_values_collect_segment_all_by_user_and_ranker(spark):
@@ -438,7 +494,11 @@ def test_bootstrap_settings_are_checked_when_the_config_is_built():
 def test_table_shows_every_ranker():
     values = {**POPULARITY, **{f"{m}@{k}": 0.5 for m in ("novelty", "diversity") for k in KS}}
     text = evaluate.table({"model": values, "popularity": values}, KS)
-    assert text.splitlines()[0].split()[:5] == ["ranker", "recall@1", "ndcg@1", "map@1", "coverage@1"]
+    assert text.splitlines()[0].split()[:7] == ["ranker", "recall@1", "ndcg@1", "map@1", "precision@1", "f1@1",
+                                                "coverage@1"]
+    assert text.splitlines()[0].split()[-3:] == ["mrr", "auc", "users"]
+    auc = text.splitlines()[0].split().index("auc")
+    assert text.splitlines()[1].split()[auc] == f"{POPULARITY['auc']:.4f}"
     assert [line.split()[0] for line in text.splitlines()[1:]] == ["model", "popularity"]
     with_users = {"model": {**values, "users": 1168}, "popularity": {**values, "users": 1168}}
     found = {"model": {"ndcg@2": intervals.Interval(0.5, 0.4, 0.61, 1168)}}
@@ -446,3 +506,164 @@ def test_table_shows_every_ranker():
     assert text.splitlines()[0].endswith("users  ndcg@2 interval")
     assert text.splitlines()[1].endswith(" 1168  [0.4000, 0.6100]")
     assert text.splitlines()[2].endswith(" 1168")
+
+
+# ----------------------------------------------------------------------- a baseline served instead
+
+# Training windows in which every item has a partner (2-3, 4-5, 6-7, twice each) and weaker links
+# (3-4, 5-6); validation users whose next item is their last item's partner. Plain EASE (lambda 1,
+# decay 1) ranks every partner first: ndcg@2 = 1 for all six users, so model - EASE is at most 0
+# for each, and below 0 wherever the model misses the partner at rank 1.
+PARTNER_WINDOWS = [[0, 0, 0, 2, 3]] * 2 + [[0, 0, 0, 4, 5]] * 2 + [[0, 0, 0, 6, 7]] * 2 + [[0, 0, 0, 3, 4],
+                                                                                           [0, 0, 0, 5, 6]]
+PARTNER_USERS = [(f"v{a}", [0, 0, 0, a], [a], [b], [1]) for a, b in ((2, 3), (3, 2), (4, 5), (5, 4), (6, 7), (7, 6))]
+SERVING = {**EVALUATE, "baselines": ["popularity", "ease"], "ease_lambdas": [1.0], "ease_decays": [1.0]}
+SCORE = {"top_k": 3, "explore_share": 0.0, "run_date": "2019-11-01"}
+BOUGHT = {"u4": [5]}  # u4 bought item 5 (product 1005): the score stage never recommends it to u4
+# The EASE weights of PARTNER_WINDOWS (rows: history item 2..7, columns: scored item 2..7), rounded:
+#   2: [ 0.    0.667 -0.25   0.138 -0.048  0.026]    5: [ 0.104 -0.19   0.552  0.     0.345 -0.189]
+#   3: [ 0.547 0.    0.375 -0.207  0.071 -0.039]    6: [-0.039  0.071 -0.207  0.375  0.     0.547]
+#   4: [-0.189 0.345 0.    0.552 -0.19   0.104]     7: [ 0.026 -0.048  0.138 -0.25   0.667  0.   ]
+# so a user's list is the order of the sum of their items' rows (u2 knows no item: fallback).
+EASE_LISTS = {"u1": [1003, 1005, 1007], "u3": [1002, 1004, 1006], "u4": [1003, 1002, 1004], "u5": [1005, 1007, 1006]}
+
+
+def partner_gram() -> np.ndarray:
+    """X'X of PARTNER_WINDOWS by hand: a row per window, a 1 for each of its items 2..7."""
+    x = np.array([[float(i in window) for i in range(2, NUM_ITEMS)] for window in PARTNER_WINDOWS])
+    return x.T @ x
+
+
+def serving_workspace(spark, root, ranker: str):
+    """Partner features, clean events (views of each history item, u4's purchase) and a registry
+    holding tiny_bundle() as version 1 @challenger, under ``score.ranker=ranker``."""
+    import datetime as dt
+
+    cfg = from_dict({"paths": {"root": str(root)}, "evaluate": SERVING, "score": {**SCORE, "ranker": ranker}})
+    bundle = tiny_bundle()
+    write_features(spark, cfg.paths.resolve("features"), bundle, PARTNER_USERS, PARTNER_WINDOWS)
+    at = dt.datetime(2019, 10, 20, 12, tzinfo=dt.timezone.utc)
+    events = [("view", 1000 + i, user) for user, hist, *_ in TEST_USERS for i in hist if i >= 2]
+    events += [("view", 1003, "u2")] + [("purchase", 1000 + i, user) for user, items in BOUGHT.items() for i in items]
+    rows = [(at, kind, product, None, None, None, 10.0, user, f"{user}-s", at.date()) for kind, product, user in events]
+    clean = spark.createDataFrame(rows, schema.CLEAN_SCHEMA)
+    clean.write.mode("overwrite").partitionBy(schema.EVENT_DATE).parquet(cfg.paths.resolve("clean"))
+    return cfg, bundle, register(cfg, bundle)
+
+
+def served_lists(path: str) -> tuple[dict[str, list[int]], dict[str, set[str]], set[str]]:
+    """The written recommendations: (user -> product ids by rank, user -> sources, model versions)."""
+    import pyarrow.parquet as pq
+
+    recs = pq.read_table(path).to_pandas().sort_values([schema.USER_ID, schema.RANK])
+    assert [c for c in recs.columns if c != schema.RUN_DATE] == [
+        c for c in schema.RECOMMENDATION_SCHEMA.fieldNames() if c != schema.RUN_DATE]
+    lists = recs.groupby(schema.USER_ID)[schema.ITEM_ID].agg(list).to_dict()
+    return lists, recs.groupby(schema.USER_ID)[schema.SOURCE].agg(set).to_dict(), set(recs[schema.MODEL_VERSION])
+
+
+def own_lists(ranker, users, k: int, exclude_seen: bool) -> dict[str, list[int]]:
+    """A ranker's own top K of TEST_USERS ``users`` as product ids, leaving out what they bought
+    (as the score stage does) or their seen items (as the pyfunc does)."""
+    rows = [row[:5] for row in eval_rows([u for u in TEST_USERS if u[0] in users])]
+    frame = pd.DataFrame(rows, columns=schema.USER_HISTORY_SCHEMA.fieldNames())
+    bought = None if exclude_seen else [np.array(BOUGHT.get(u, []), dtype=np.int64) for u in frame[schema.USER_ID]]
+    top, _ = ranker.recommend(frame, k, exclude=bought)
+    return {u: [1000 + int(i) for i in row if i >= 0] for u, row in zip(frame[schema.USER_ID], top)}
+
+
+@pytest.mark.e2e
+def test_a_tuned_baseline_that_beats_the_model_on_validation_is_registered_and_served(spark, tmp_path, monkeypatch):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from recsys_spark.evaluation import baselines
+    from recsys_spark.models import registry
+    from recsys_spark.models.bundle import BaselineBundle
+    from recsys_spark.scoring import score
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg, _, model_version = serving_workspace(spark, tmp_path / "work", "auto")
+    summary = evaluate.run(spark, cfg)
+    report = json.loads(open(summary["report"]).read())
+
+    # Decided on validation: EASE beats the model on the six users (upper bound below 0), so it
+    # is registered as version 2 and gated in the model's place; with no champion yet, promoted.
+    choice = report["ranker_choice"]
+    assert (choice["ranker"], choice["baseline"], choice["ahead"], choice["version"]) == ("ease", "ease", True, "2")
+    assert choice["difference"]["users"] == 6 and choice["difference"]["high"] < 0
+    assert choice["reason"].startswith("EASE (tuned) beats the model on validation: model - EASE (tuned) on 6 "
+                                       "validation users = -")
+    assert choice["reason"].endswith(" (95% interval); score.ranker=auto puts it forward instead")
+    assert report["gate"]["challenger_version"] == "2" and report["gate"]["reasons"][0] == choice["reason"]
+    assert report["gate"]["reasons"][1].startswith("no champion yet: challenger version 2 becomes the first champion")
+    assert (summary["gate"], summary["champion_version"]) == ("promoted", "2")
+    assert summary["serving"] == f"EASE (tuned), version 2: {choice['reason']}"
+    assert (registry.alias_version(cfg, "champion"), registry.alias_version(cfg, "challenger")) == ("2", model_version)
+
+    # The version: EASE fitted on the training windows with its tuned lambda, tagged with why; the
+    # model's version says it was not gated, and the evaluate run says what is served.
+    client, name = MlflowClient(), cfg.mlflow.registered_model
+    served, version = registry.load_bundle(cfg, alias="champion")
+    weights = baselines.fit_ease(partner_gram(), 1.0)
+    assert isinstance(served, BaselineBundle) and (served.family, served.params, version) == (
+        "ease", {"lambda": 1.0, "decay": 1.0}, "2")
+    assert served.arrays["items"].tolist() == list(range(2, NUM_ITEMS))
+    np.testing.assert_allclose(served.arrays["weights"], weights, atol=1e-6)
+    tags = client.get_model_version(name, "2").tags
+    assert (tags["ranker"], json.loads(tags["ranker.params"]), tags["ranker.instead_of_version"]) == (
+        "ease", {"lambda": 1.0, "decay": 1.0}, model_version)
+    assert tags["ranker.reason"] == choice["reason"] and tags["gate.decision"] == "promoted"
+    assert tags["eval.run_id"] == report["mlflow_run_id"] and tags["eval.users"] == "4"
+    assert client.get_model_version(name, model_version).tags["gate.reasons"] == choice["reason"]
+    run = client.get_run(report["mlflow_run_id"])
+    assert (run.data.tags["gate.ranker"], run.data.tags["serving"]) == ("ease", summary["serving"])
+    assert client.get_model_version(name, "2").run_id == report["mlflow_run_id"]  # its lineage: this run
+
+    # The score stage serves its lists: EASE's own top 3 of every known user, what they bought left out.
+    ease = baselines.EaseRanker(np.arange(2, NUM_ITEMS), weights, 1.0, NUM_ITEMS, served.ranker().allowed)
+    assert own_lists(ease, EASE_LISTS, 3, exclude_seen=False) == EASE_LISTS
+    scored = score.run(spark, cfg)
+    assert (scored["model_version"], scored["ranker"], scored["users"]) == ("2", "EASE (tuned)", 5)
+    lists, sources, versions = served_lists(scored["recommendations_path"])
+    assert {u: lists[u] for u in EASE_LISTS} == EASE_LISTS and versions == {"2"}
+    assert sources == {"u1": {"model"}, "u2": {"fallback"}, "u3": {"model"}, "u4": {"model"}, "u5": {"model"}}
+    # ... and its pyfunc answers as a model's does: top K of the vocabulary, seen items left out.
+    frame = pd.DataFrame([row[1:5] for row in eval_rows() if row[0] in EASE_LISTS],
+                         columns=schema.USER_HISTORY_SCHEMA.fieldNames()[1:])
+    predicted = mlflow.pyfunc.load_model(f"models:/{name}/2").predict(frame, params={"k": 3})
+    assert predicted["item_ids"].tolist() == list(own_lists(ease, EASE_LISTS, 3, exclude_seen=True).values())
+
+    # score.ranker=model refuses to score with a baseline.
+    with pytest.raises(InputError, match=r"is EASE \(tuned\).*score\.ranker=model"):
+        score.run(spark, from_dict({**cfg.to_dict(), "score": {**cfg.to_dict()["score"], "ranker": "model"}}))
+
+
+@pytest.mark.e2e
+def test_score_ranker_model_gates_and_serves_the_model_although_a_baseline_beats_it(spark, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from recsys_spark.models import registry
+    from recsys_spark.scoring import score
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg, bundle, model_version = serving_workspace(spark, tmp_path / "work", "model")
+    summary = evaluate.run(spark, cfg)
+    report = json.loads(open(summary["report"]).read())
+
+    choice = report["ranker_choice"]
+    assert (choice["ranker"], choice["baseline"], choice["ahead"], choice["version"]) == ("model", "ease", True, "1")
+    assert choice["reason"].endswith("; score.ranker=model keeps the model")
+    reasons = report["gate"]["reasons"]
+    assert reasons[0].startswith("no champion yet: challenger version 1") and reasons[-1] == choice["reason"]
+    assert (summary["gate"], summary["champion_version"]) == ("promoted", model_version)
+    assert summary["serving"] == f"the model, version 1: {choice['reason']}"
+    versions = MlflowClient().search_model_versions(f"name='{cfg.mlflow.registered_model}'")
+    assert [str(v.version) for v in versions] == [model_version]  # no baseline registered
+    assert registry.alias_version(cfg, "champion") == model_version
+
+    scored = score.run(spark, cfg)
+    assert (scored["model_version"], scored["ranker"]) == (model_version, "the model")
+    lists, sources, served_versions = served_lists(scored["recommendations_path"])
+    assert {u: lists[u] for u in EASE_LISTS} == own_lists(bundle.ranker(), EASE_LISTS, 3, exclude_seen=False)
+    assert served_versions == {model_version} and sources["u2"] == {"fallback"}

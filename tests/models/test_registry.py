@@ -176,3 +176,38 @@ def test_apply_decision_moves_the_champion_alias_and_tags_the_version(store):
     registry.apply_decision(cfg, better, "champion")
     assert registry.alias_version(cfg, "champion") == "3"
     assert client.get_model_version(name, "2").tags["gate.reasons"].startswith("blocked")
+
+
+# ----------------------------------------------------------------------- what is gated
+
+
+@pytest.mark.unit
+def test_a_tuned_baseline_that_beats_the_model_on_validation_is_put_forward_and_the_reason_says_so():
+    # model - EASE on 172 validation users: -0.105 [-0.155, -0.057], the upper bound below 0.
+    behind = (-0.105, -0.155, -0.057, 172)
+    choice = registry.choose_ranker("ease", behind, "auto")
+    assert (choice.ranker, choice.baseline, choice.ahead) == ("ease", "ease", True)
+    assert choice.reason == (
+        "EASE (tuned) beats the model on validation: model - EASE (tuned) on 172 validation users = -0.1050 "
+        "[-0.1550, -0.0570] (95% interval); score.ranker=auto puts it forward instead"
+    )
+    assert choice.as_dict()["difference"] == {"diff": -0.105, "low": -0.155, "high": -0.057, "users": 172}
+    # score.ranker=model keeps the model, and says a baseline beats it.
+    forced = registry.choose_ranker("ease", behind, "model")
+    assert (forced.ranker, forced.ahead) == ("model", True)
+    assert forced.reason.endswith("; score.ranker=model keeps the model")
+
+
+@pytest.mark.unit
+def test_the_model_is_put_forward_unless_the_upper_bound_is_below_zero():
+    tied = registry.choose_ranker("cooccurrence", (-0.02, -0.05, 0.01, 812), "auto", confidence=0.9)
+    assert (tied.ranker, tied.ahead) == ("model", False)
+    assert tied.reason == ("no tuned baseline beats the model on validation: model - co-occurrence (tuned) on 812 "
+                           "validation users = -0.0200 [-0.0500, +0.0100] (90% interval), upper bound not below 0")
+    assert registry.choose_ranker("als", (-0.02, -0.04, 0.0, 812)).ranker == "model"  # 0 is not below 0
+    nan = float("nan")
+    assert registry.choose_ranker("als", (nan, nan, nan, 0)).ranker == "model"  # no validation user: no bound
+    none = registry.choose_ranker(None, None)
+    assert (none.ranker, none.baseline, none.reason) == ("model", None, "")
+    with pytest.raises(ConfigError, match="score.ranker"):
+        registry.choose_ranker("ease", (-0.1, -0.2, -0.05, 100), "baseline")

@@ -264,3 +264,36 @@ def test_boost_lifts_the_pool_into_the_list_deterministically():
                         block_size=50).recommend(many_known(50))
     assert set(mixed[schema.ITEM_ID]) <= set(POOL) | set(scores)
     assert (mixed[schema.PROPENSITY] < 1).any() and (mixed[schema.PROPENSITY] > 0).all()
+
+
+def test_a_served_baseline_scores_with_its_own_ranker_through_the_same_plan():
+    import pickle
+
+    from recsys_spark.models.bundle import BaselineBundle
+    from recsys_spark.scoring.recommender import RankerEncoder
+    from recsys_spark.scoring.score import item_vectors_of
+
+    # EASE weights over items 2..5 (row: a history item, column: a scored item): 2 -> 3 weighs 3,
+    # 3 -> 2 weighs 2, 3 -> 4 weighs 1, 4 -> 5 weighs 4. "known" had 1002 and 1003 (its history)
+    # and 1004 before them (in its seen items only): 1005 scores 4, 1003 3, 1002 2, and 1004 1
+    # but "known" bought it; items 6..9 are no EASE items and score 0.
+    weights = np.zeros((4, 4), dtype=np.float32)
+    weights[0, 1], weights[1, 0], weights[1, 2], weights[2, 3] = 3.0, 2.0, 1.0, 4.0
+    vocab = tiny_bundle().item_vocab
+    baseline = BaselineBundle("ease", {"lambda": 1.0, "decay": 1.0}, {"items": np.arange(2, 6), "weights": weights},
+                              vocab, {"num_items": NUM_ITEMS, "max_seq_len": 4}, {})
+    # The histories are written with another numbering: feature index 2 is product 1003, 3 is 1002,
+    # 4 is 1005 and 5 is 1004 (read as 1005, "known" would get 1003, 1002, then items scoring 0).
+    feature_vocab = pd.DataFrame({schema.ITEM_IDX: [3, 2, 5, 4, 6, 7, 8, 9], schema.PRODUCT_ID: vocab[schema.PRODUCT_ID]})
+    frame = batch(USERS[:2])  # "known" (bought 1004) and "cold_cat" (no item the baseline knows)
+    frame.at[0, schema.HIST_ITEMS] = [0, 0, 3, 2]  # 1002 then 1003
+    frame.at[0, schema.SEEN_ITEMS] = [2, 3, 5]  # 1003, 1002, 1004
+    sc = ScoreConfig(top_k=K, block_size=2, explore_share=0.0, run_date="2019-11-01")
+    plan = build_plan(baseline, item_vectors_of(baseline), feature_vocab, stats_frame(), np.zeros(0, np.int64), sc)
+    assert isinstance(plan.encoder, RankerEncoder) and plan.model_items.vectors.shape == (8, 0)
+
+    out = Recommender(pickle.loads(pickle.dumps(plan))).recommend(frame)  # as a task gets it: broadcast
+    assert lists(out) == {"known": [1005, 1003, 1002], "cold_cat": [1007, 1008, 3000]}
+    known = out[out[schema.USER_ID] == "known"]
+    assert known[schema.SCORE].tolist() == [4.0, 3.0, 2.0] and set(known[schema.SOURCE]) == {"model"}
+    assert set(out[out[schema.USER_ID] == "cold_cat"][schema.SOURCE]) == {"fallback"}
