@@ -153,8 +153,6 @@ def train_fn(cfg_dict: dict[str, Any], run_id: str | None, tracking_uri: str | N
 
 def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, tracking_uri: str | None,
            on_checkpoint: Callable[[int], None] | None) -> dict[str, Any]:
-    from tqdm import tqdm
-
     cfg = from_dict(cfg_dict)
     tc = cfg.train
     rank, size, is_main = comm.rank, comm.size, comm.is_main
@@ -365,11 +363,7 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
             break
         module.train()
         since.reset()
-        # Rank 0 only; where stderr is a log rather than a terminal (Spark executors, Horovod's
-        # forwarded output) every refresh is a new line, so at most one every 30 s there: the
-        # postfix is set without a refresh of its own, or each step would print one.
-        progress = tqdm(desc=f"pass {epoch}", unit="step", disable=not is_main, initial=step, total=total_steps,
-                        mininterval=2 if sys.stderr.isatty() else PROGRESS_LOG_INTERVAL_S)
+        progress = progress_bar(f"pass {epoch}", step, total_steps, enabled=is_main)
         with windows.pass_batches(seed=tc.seed * 1000 + epoch + 7919 * rank) as batches:
             # Shards hold different numbers of batches. Every rank must join every collective or
             # the job hangs, so all ranks stop as soon as one runs out. Whether every rank has its
@@ -465,6 +459,23 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
                       resumed_from=resumed_from,
                       optimizer_moments=optimizer_moments(optimizer, model) if tc.warm_optimizer else None)
     return result
+
+
+def progress_bar(desc: str, initial: int, total: int, enabled: bool, stream=None):
+    """tqdm over optimiser steps, on rank 0 only (``enabled``).
+
+    Where the stream is a log rather than a terminal (Spark executors, Horovod's forwarded
+    output, a redirected `make demo`) every refresh is a new line, so at most one every
+    PROGRESS_LOG_INTERVAL_S there: tqdm's monitor thread would otherwise force a refresh every
+    ``maxinterval`` (10 s) once its dynamic ``miniters`` exceeds 1, and a ``set_postfix`` with its
+    default refresh would print at every step; the caller sets the postfix with refresh=False.
+    """
+    from tqdm import tqdm
+
+    stream = stream if stream is not None else sys.stderr
+    interval = 2 if stream.isatty() else PROGRESS_LOG_INTERVAL_S
+    return tqdm(desc=desc, unit="step", disable=not enabled, initial=initial, total=total, file=stream,
+                mininterval=interval, maxinterval=max(interval, 10), miniters=1)
 
 
 def optimizer_moments(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, dict[str, Any]]:

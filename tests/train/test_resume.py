@@ -184,3 +184,17 @@ def test_the_progress_bar_writes_at_most_one_update_per_30_s_where_stderr_is_a_l
     train(overrides(tmp_path, features, epochs=3, eval_every_steps=0))
     updates = capfd.readouterr().err.count("\r")
     assert 0 < updates <= 2 * 3
+
+
+def test_the_progress_bar_of_a_log_never_refreshes_between_its_30_s_ticks():
+    import io
+
+    from recsys_spark.train.loop import PROGRESS_LOG_INTERVAL_S, progress_bar
+
+    # tqdm's monitor thread forces a refresh every maxinterval (10 s) once a dynamic miniters
+    # exceeds 1: seen as an update every 10-20 s on 3.5 s steps. Fixed miniters and a maxinterval
+    # of the log interval leave mininterval alone in charge.
+    bar = progress_bar("pass 1", 0, 100, enabled=True, stream=io.StringIO())
+    assert PROGRESS_LOG_INTERVAL_S == 30
+    assert (bar.mininterval, bar.maxinterval, bar.miniters, bar.dynamic_miniters) == (30, 30, 1, False)
+    bar.close()
