@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="an override of every variant (before the variant's own)")
     parser.add_argument("--world-size", type=int, default=1, choices=[1, 2])
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the one process (--world-size 1)")
+    parser.add_argument("--protocol", choices=["leave_last_out", "temporal"], default="leave_last_out",
+                        help="evaluate.protocol of the shapes' features (temporal ones live under <out>/<shape>_temporal)")
     args = parser.parse_args(argv)
     variants = args.variants or [("default", [])]
     shapes = [s for s in args.shapes.split(",") if s]
@@ -144,20 +146,21 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     try:
         for shape in shapes:
-            base = shape_overrides(shape, out / shape, args.users, [])
+            folder = out / (shape if args.protocol == "leave_last_out" else f"{shape}_{args.protocol}")
+            base = shape_overrides(shape, folder, args.users, [f"evaluate.protocol={args.protocol}"])
             # The data-threshold overrides featurize needed apply to featurize alone: not repeated here.
             prepare(spark, shape, base)
             first: dict[str, np.ndarray] | None = None
             for name, overrides in variants:
                 cfg = load_config(PROFILE, [*base, *launcher,
-                                            f"paths.checkpoints={out / shape / 'checkpoints' / name}",
+                                            f"paths.checkpoints={folder / 'checkpoints' / name}",
                                             *args.sets, *overrides])
                 result, seconds = train_variant(spark, cfg, args.world_size)
                 val = ranked_values(cfg, result, "validation")["ndcg"]
                 test = ranked_values(cfg, result, "test")["ndcg"]
                 best = result["history"][result["best_evaluation"] - 1]
                 row = {
-                    "shape": shape, "variant": name, "overrides": [*args.sets, *overrides],
+                    "shape": shape, "protocol": args.protocol, "variant": name, "overrides": [*args.sets, *overrides],
                     "world_size": args.world_size, "user_vector": result["user_vector"],
                     "best_step": result["best_step"], "steps": result["steps"], "stop": result["stop_reason"],
                     "train_s": round(seconds, 1), "steps_per_s": round(result["steps"] / seconds, 2),
