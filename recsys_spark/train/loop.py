@@ -324,7 +324,9 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
             best_values = {"ndcg": chosen["values"]}
             if is_main:
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                save_weights(checkpoints, BEST_WEIGHTS, {"model": best_state, "model_args": model_args,
+                # The weights with the user-vector mode they were chosen in: what would be served.
+                served_args = {**model_args, "user_vector": mode}
+                save_weights(checkpoints, BEST_WEIGHTS, {"model": best_state, "model_args": served_args,
                                                          "config": cfg_dict, "best": dict(best)})
         else:
             best["bad_evaluations"] += 1
