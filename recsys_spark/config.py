@@ -112,6 +112,9 @@ class PathsConfig:
     feedback: str = "feedback"
     clean_feedback: str = "clean_feedback"
     feedback_quarantine: str = "feedback_quarantine"
+    # Under clean.id_types.product_id=string: each product's 63-bit key and its id as it came in
+    # (schema.PRODUCT_IDS_SCHEMA, by event_date), written by clean, read by score (product_ids.py).
+    product_ids: str = "product_ids"
 
     def resolve(self, name: str) -> str:
         value = getattr(self, name)
@@ -172,6 +175,10 @@ class GenerateConfig:
     event_types: list[str] = field(default_factory=lambda: ["view", "cart", "remove_from_cart", "purchase"])
     # Added to every product_id (e.g. 4611686018427387000 for ids near 2^62).
     item_id_offset: int = 0
+    # Ids as a shop's export may hold them (clean.id_types.*=string reads them): UUID visitors and
+    # product ids that are no integers, SKUs with dashes (SKU-012345678-XL) and zero-padded codes
+    # (0012345678). Each stands for one integer id, so the log is the same as without. CSV only.
+    string_ids: bool = False
     # A growing catalogue: from the second day on, this many catalogue items launch each day
     # (none is seen before its day; each category's most popular item is there from the start).
     new_items_per_day: int = 0
@@ -195,6 +202,8 @@ class GenerateConfig:
                     "new_items_per_day"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"generate.{key} must not be negative, got {getattr(self, key)}")
+        if self.string_ids and self.format != "csv":
+            raise ConfigError(f"generate.string_ids=true writes csv only, not generate.format={self.format}")
         launched_later = self.new_items_per_day * (self.days - 1)
         if launched_later > self.n_items - self.n_categories:
             raise ConfigError(f"generate.new_items_per_day={self.new_items_per_day} launches {launched_later} items over "
@@ -287,10 +296,6 @@ class CleanConfig:
         for column, kind in self.id_types.items():
             if kind not in ID_TYPES:
                 raise ConfigError(f"clean.id_types.{column}: {kind!r} is not one of {', '.join(map(repr, ID_TYPES))}")
-        # String product ids need every layer after clean to carry them (issue 31, not done yet).
-        if self.id_types[schema.PRODUCT_ID] != schema.ID_INTEGER:
-            raise ConfigError(f"clean.id_types.{schema.PRODUCT_ID}={self.id_types[schema.PRODUCT_ID]} is not supported "
-                              f"yet: product ids must be whole numbers ({schema.ID_INTEGER})")
         if not self.max_price > 0:
             raise ConfigError(f"clean.max_price must be positive, got {self.max_price}")
         for source, target in self.event_aliases.items():

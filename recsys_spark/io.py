@@ -228,18 +228,21 @@ def read_feedback(spark: SparkSession, path: str) -> DataFrame | None:
     return df.select(*schema.FEEDBACK_SCHEMA.names, F.col("_metadata.file_path").alias(schema.SOURCE_FILE))
 
 
-def read_clean_feedback(spark: SparkSession, path: str) -> DataFrame | None:
-    """The clean feedback (CLEAN_FEEDBACK_SCHEMA); None when clean has never written it."""
+def read_clean_feedback(spark: SparkSession, path: str, id_type: str = schema.ID_INTEGER) -> DataFrame | None:
+    """The clean feedback (CLEAN_FEEDBACK_SCHEMA, item_id typed by ``clean.id_types.product_id``);
+    None when clean has never written it."""
     if not exists(spark, path):
         return None
-    return spark.read.schema(schema.CLEAN_FEEDBACK_SCHEMA).parquet(path)
+    return spark.read.schema(schema.with_product_ids(schema.CLEAN_FEEDBACK_SCHEMA, id_type)).parquet(path)
 
 
-def read_recommendations(spark: SparkSession, path: str) -> DataFrame | None:
-    """The served recommendations (RECOMMENDATION_SCHEMA); None when score has written none."""
+def read_recommendations(spark: SparkSession, path: str, id_type: str = schema.ID_INTEGER) -> DataFrame | None:
+    """The served recommendations (RECOMMENDATION_SCHEMA, item_id typed by
+    ``clean.id_types.product_id``); None when score has written none."""
     if not holds_data(spark, path):
         return None
-    return read_table(spark, path, schema.RECOMMENDATION_SCHEMA, "paths.recommendations")
+    struct = schema.with_product_ids(schema.RECOMMENDATION_SCHEMA, id_type)
+    return read_table(spark, path, struct, "paths.recommendations")
 
 
 # ----------------------------------------------------------------------------- features

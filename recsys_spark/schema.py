@@ -4,6 +4,7 @@ Layers:
   raw          the REES46 e-commerce behaviour contract (CSV / JSON lines / Parquet)
   quarantine   rejected raw rows with a reason code and their original content
   clean        validated, de-duplicated, sessionised, pseudonymised events, by event_date
+  product_ids  under string product ids: each product's 63-bit key and its id as it came in
   features     vocabularies, training windows, evaluation rows, latest user histories
   recommendations  top-K per user, by run_date
   feedback     what the shop logs back about the recommendations it showed (one row per
@@ -401,6 +402,32 @@ FEEDBACK_COUNTS_SCHEMA = T.StructType(
         T.StructField(CLICKS, T.LongType(), False),  # exposures with clicked = true
     ]
 )
+
+# ----------------------------------------------------------------------------- string product ids
+# paths.product_ids (clean.id_types.product_id=string only, see product_ids.py): the key clean
+# gives each product (its product_id in every layer from clean to the scoring internals) and
+# the id as it came in, by the event_date it was seen on (as the clean events).
+ORIGINAL_ID = "original_id"
+PRODUCT_IDS_SCHEMA = T.StructType(
+    [
+        T.StructField(PRODUCT_ID, T.LongType(), False),  # the 63-bit key
+        T.StructField(ORIGINAL_ID, T.StringType(), False),  # the product id as it came in, trimmed
+        T.StructField(EVENT_DATE, T.DateType(), False),  # partition column
+    ]
+)
+# The fields that carry the shop's product id outside the pipeline: a long under integer ids,
+# the original text under string ids (RECOMMENDATION_SCHEMA, FEEDBACK_SCHEMA, FEEDBACK_COUNTS_SCHEMA).
+_SHOP_PRODUCT_FIELDS = (ITEM_ID, PRODUCT_ID)
+
+
+def with_product_ids(struct: T.StructType, id_type: str) -> T.StructType:
+    """``struct`` (an output or feedback schema above) with its product id field typed for
+    ``clean.id_types.product_id``: unchanged under integer ids, a string under string ids."""
+    if id_type != ID_STRING:
+        return struct
+    return T.StructType([T.StructField(f.name, T.StringType(), f.nullable) if f.name in _SHOP_PRODUCT_FIELDS else f
+                         for f in struct.fields])
+
 
 # ----------------------------------------------------------------------------- time gaps
 # A step's time gap (seconds since the user's previous step) as a log2 bucket:

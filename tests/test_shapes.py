@@ -15,6 +15,7 @@ import pytest
 from recsys_spark import schema
 from recsys_spark.cli import stage_function
 from recsys_spark.config import load_config
+from recsys_spark.data.generate import regime_overrides
 from recsys_spark.errors import RecsysError
 
 from tests.conftest import tiny_overrides_at
@@ -42,6 +43,11 @@ SHAPES = {
     "gzip_csv": ["generate.compression=gzip"],
     "json_lines": ["generate.format=json", "clean.input_format=json"],
     "parquet": ["generate.format=parquet", "clean.input_format=parquet"],
+    # UUID visitors; product ids that are SKUs with dashes (SKU-012345678-XL) or zero-padded (0012345678).
+    "string_ids": ["generate.string_ids=true", "clean.id_types.user_id=string", "clean.id_types.product_id=string"],
+    # Issue 31's session log: anonymous visitors with one session each, most products seen once
+    # (no bot: at this size one bot's rows would outnumber the visitors').
+    "session_log": [*regime_overrides("session_log"), "generate.n_users=300", "generate.n_bots=0"],
 }
 
 
@@ -107,8 +113,8 @@ def test_shape_runs_end_to_end_or_stops_naming_the_key(spark, tmp_path, shape):
 
 
 # Shapes the temporal split cannot evaluate: one day leaves no training period; 210 days of
-# users active 10 days each leave a handful of users in the last days.
-LEAVE_LAST_OUT = {"one_day", "long_span_thin_tail"}
+# users active 10 days each, or 60 days of one-session visitors, leave a handful of users in the last days.
+LEAVE_LAST_OUT = {"one_day", "long_span_thin_tail", "session_log"}
 
 
 def _no_defects(report, recommendations, hinted):
@@ -130,5 +136,13 @@ def _big_ids(report, recommendations, hinted):
     assert recommendations[schema.ITEM_ID].min() >= 4611686018427387000
 
 
+def _string_ids(report, recommendations, hinted):
+    # Only the generator's own faults are rejected (a 64-bit visitor id is no fault now), and the
+    # recommendations name the products as the log does (tests/test_string_ids.py checks each one).
+    assert report["rejected"][schema.REASON_BAD_ID] == 0
+    items = recommendations[schema.ITEM_ID]
+    assert items.map(type).eq(str).all() and items.str.fullmatch(r"SKU-0[0-9]{8}-(XS|S|M|L|XL)|00[0-9]{8}").all()
+
+
 CHECKS = {"no_defects": _no_defects, "ratings_bursts": _bursts, "no_brand_price_category": _empty_columns,
-          "item_ids_near_2_62": _big_ids}
+          "item_ids_near_2_62": _big_ids, "string_ids": _string_ids}

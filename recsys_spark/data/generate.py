@@ -19,7 +19,8 @@ Other shapes of real logs, each off by default (the default output does not chan
 ``user_active_days`` (users active in a short window each: a thin tail of recent users),
 ``burst_share`` (ratings-like bursts of 100-300 distinct items a user-minute's pace),
 ``empty_columns``, ``event_types`` (e.g. purchases only), ``item_id_offset`` (ids near 2^62),
-``naive_timestamps`` and ``format=parquet``. :func:`regime_overrides` names a few mixes.
+``naive_timestamps``, ``string_ids`` (UUID visitors, SKU and zero-padded product ids) and
+``format=parquet``. :func:`regime_overrides` names a few mixes.
 
 Everything is vectorised with numpy across the sessions of a day and generated day by day, so
 memory stays bounded by one day of events; a seed gives byte-identical files.
@@ -33,6 +34,7 @@ import gzip
 import io
 import logging
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -678,17 +680,19 @@ _NUMERIC_COLUMNS = {schema.PRODUCT_ID, schema.CATEGORY_ID, schema.PRICE, schema.
 _GARBAGE_ALPHABET = np.array(list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ <>/!?#;:=_-"))
 
 
-def to_raw_text(events: pd.DataFrame, naive: bool = False, empty_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+def to_raw_text(events: pd.DataFrame, naive: bool = False, empty_columns: tuple[str, ...] = (),
+                string_ids: bool = False) -> pd.DataFrame:
     """Render typed events as the raw contract's text values.
 
     Args:
         events: a frame from :func:`generate_events`.
         naive: write event_time without its zone (``2019-10-01 00:00:04``).
         empty_columns: columns set to null on every row.
+        string_ids: user and product ids as :func:`string_user_id` and :func:`string_product_id`.
 
     Returns:
         The same rows and columns as text (object dtype, None for null): event_time like
-        ``2019-10-01 00:00:04 UTC``, prices with 2 decimals, ids as integers.
+        ``2019-10-01 00:00:04 UTC``, prices with 2 decimals, ids as integers (or strings).
     """
     seconds = (events[schema.EVENT_TIME] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
     seconds = seconds.to_numpy(dtype=np.int64)
@@ -700,17 +704,35 @@ def to_raw_text(events: pd.DataFrame, naive: bool = False, empty_columns: tuple[
     text = {
         schema.EVENT_TIME: day_text[inverse] + " " + _HMS[in_day] + ("" if naive else " UTC"),
         schema.EVENT_TYPE: events[schema.EVENT_TYPE].to_numpy(dtype=object),
-        schema.PRODUCT_ID: _as_text(events[schema.PRODUCT_ID].to_numpy()),
+        schema.PRODUCT_ID: _as_text(events[schema.PRODUCT_ID].to_numpy(), string_product_id if string_ids else str),
         schema.CATEGORY_ID: _as_text(events[schema.CATEGORY_ID].to_numpy()),
         schema.CATEGORY_CODE: events[schema.CATEGORY_CODE].to_numpy(dtype=object),
         schema.BRAND: events[schema.BRAND].to_numpy(dtype=object),
         schema.PRICE: _as_text(cents, lambda c: f"{c // 100}.{c % 100:02d}"),
-        schema.USER_ID: _as_text(events[schema.USER_ID].to_numpy()),
+        schema.USER_ID: _as_text(events[schema.USER_ID].to_numpy(), string_user_id if string_ids else str),
         schema.USER_SESSION: events[schema.USER_SESSION].to_numpy(dtype=object),
     }
     for column in empty_columns:
         text[column] = np.full(len(events), None, dtype=object)
     return pd.DataFrame(text, columns=schema.RAW_COLUMNS)
+
+
+_SIZES = ("XS", "S", "M", "L", "XL")
+_STRING_ID_NAMESPACE = uuid.UUID("6f1c1a52-31e4-4c55-9a3e-2d0b1f5e7a90")
+
+
+def string_user_id(user_id: int) -> str:
+    """The UUID visitor id that stands for integer ``user_id`` (generate.string_ids)."""
+    return str(uuid.uuid5(_STRING_ID_NAMESPACE, str(user_id)))
+
+
+def string_product_id(product_id: int) -> str:
+    """The shop-style id that stands for integer ``product_id`` (generate.string_ids): a SKU with
+    dashes and a zero-padded number (``SKU-012345678-XL``) for two products in three, else the
+    number zero-padded to ten digits (``0012345678``): text that looks like an integer but is not one."""
+    if product_id % 3:
+        return f"SKU-{product_id:09d}-{_SIZES[product_id % len(_SIZES)]}"
+    return f"{product_id:010d}"
 
 
 def _as_text(values: np.ndarray, fmt=str) -> np.ndarray:
@@ -895,7 +917,7 @@ def run(spark: SparkSession | None, cfg: Config) -> dict:
     for day, events in generate_events(gen, world):
         protected = events[schema.USER_ID].isin(world.bot_user_ids).to_numpy()
         rng = np.random.default_rng([gen.seed, 2, day.toordinal()])
-        text = to_raw_text(events, gen.naive_timestamps, tuple(gen.empty_columns))
+        text = to_raw_text(events, gen.naive_timestamps, tuple(gen.empty_columns), gen.string_ids)
         if gen.format == "parquet":
             rows, duplicated, counts = inject_row_faults(text, rates, rng, protected)
             rows = with_duplicates(rows, duplicated)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
+from typing import Mapping
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -134,7 +135,15 @@ def _csv(spark: SparkSession, paths: list[str], columns: list[str], header: bool
     return df.select("*", _file_name())
 
 
-def _rees46(spark: SparkSession, paths: list[str], fmt: str) -> DataFrame:
+def typed_schema(id_types: Mapping[str, str] | None = None) -> T.StructType:
+    """schema.RAW_TYPED_SCHEMA with the id columns that ``clean.id_types`` makes strings as text
+    (a Parquet log of SKUs stores them as strings)."""
+    strings = {c for c, kind in (id_types or {}).items() if kind == schema.ID_STRING}
+    return T.StructType([T.StructField(f.name, T.StringType(), True) if f.name in strings else f
+                         for f in schema.RAW_TYPED_SCHEMA.fields])
+
+
+def _rees46(spark: SparkSession, paths: list[str], fmt: str, id_types: Mapping[str, str] | None = None) -> DataFrame:
     if fmt == "csv":
         for path in paths:
             check_header(spark, path, schema.RAW_COLUMNS)
@@ -149,7 +158,7 @@ def _rees46(spark: SparkSession, paths: list[str], fmt: str) -> DataFrame:
         )
         return df.select("*", _file_name())
     if fmt == "parquet":
-        df = spark.read.schema(schema.RAW_TYPED_SCHEMA).parquet(*paths)
+        df = spark.read.schema(typed_schema(id_types)).parquet(*paths)
         return df.select(*[F.col(c).cast("string").alias(c) for c in schema.RAW_COLUMNS],
                          F.lit(None).cast("string").alias(schema.CORRUPT_RECORD), _file_name())
     raise ConfigError(f"clean.input_format {fmt!r} is not one of 'csv', 'json', 'parquet'")
@@ -228,8 +237,10 @@ def _yoochoose(spark: SparkSession, paths: list[str]) -> DataFrame:
     return out
 
 
-def read_files(spark: SparkSession, files: list[InputFile], layout: str, fmt: str) -> DataFrame:
-    """The raw text frame of ``files`` in ``layout``.
+def read_files(spark: SparkSession, files: list[InputFile], layout: str, fmt: str,
+               id_types: Mapping[str, str] | None = None) -> DataFrame:
+    """The raw text frame of ``files`` in ``layout`` (``id_types``: clean.id_types, for the
+    Parquet contract's id columns, see :func:`typed_schema`).
 
     All files are read by one reader (Spark packs small files into few tasks); each row's
     ``load_date`` is looked up by its file's name in a map built from :func:`file_date`.
@@ -249,7 +260,7 @@ def read_files(spark: SparkSession, files: list[InputFile], layout: str, fmt: st
         raise ConfigError(f"clean.input_layout {layout!r} is not one of {', '.join(map(repr, LAYOUTS))}")
     paths = [f.path for f in files]
     if layout == "rees46":
-        df = _rees46(spark, paths, fmt)
+        df = _rees46(spark, paths, fmt, id_types)
     elif layout == "retailrocket":
         df = _retailrocket(spark, paths)
     else:

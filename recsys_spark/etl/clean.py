@@ -6,7 +6,10 @@ and writes
   ``paths.quarantine``  QUARANTINE_SCHEMA partitioned by load_date: each rejected row, its
                         reason and its original content with the user id replaced by its
                         pseudonym (the raw user id appears in no output),
-  ``paths.reports``/clean_report.json  the reconciliation, also logged to MLflow.
+  ``paths.reports``/clean_report.json  the reconciliation, also logged to MLflow,
+  ``paths.product_ids`` under ``clean.id_types.product_id=string`` only: each product's 63-bit
+                        key (its product_id in the clean events) and its id as it came in, by
+                        event_date (product_ids.py).
 It also validates the shop's logged feedback, ``paths.feedback`` when present, into
 ``paths.clean_feedback`` and ``paths.feedback_quarantine`` (feedback.py; its counts under
 ``feedback`` in the report).
@@ -30,6 +33,7 @@ swapped into the live tables partition by partition (see publish.py for the guar
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import math
 import uuid
@@ -40,7 +44,7 @@ from typing import Any
 from pyspark.sql import Column, DataFrame, Observation, SparkSession, Window
 from pyspark.sql import functions as F
 
-from recsys_spark import io, tracking, waits
+from recsys_spark import io, product_ids, tracking, waits
 from recsys_spark import schema
 from recsys_spark.config import CleanConfig, Config
 from recsys_spark.errors import DataQualityError, relax_hint
@@ -50,7 +54,7 @@ from recsys_spark.etl.pseudonym import (
     KEY_IPAD, KEY_OPAD,
 )
 from recsys_spark.etl.validate import (
-    BUCKET, IN_WINDOW, MICROS, ORIGINAL, EventWindow, Rules, offending_field, parse_events, valid_events,
+    BUCKET, IN_WINDOW, MICROS, ORIGINAL, PRODUCT_TEXT, EventWindow, Rules, offending_field, parse_events, valid_events,
 )
 from recsys_spark.spark import materialised, spread_key
 
@@ -289,6 +293,15 @@ def clean_events(valid: DataFrame, key: bytes, rules: BehaviourRules) -> tuple[D
     return schema.conform(out, schema.CLEAN_SCHEMA), Fates((counted, many_items, fates))
 
 
+def product_id_pairs(parsed: DataFrame) -> DataFrame:
+    """Under string product ids: the distinct (key, original id, event date) of the valid rows of
+    :func:`parse_events`, as schema.PRODUCT_IDS_SCHEMA (the rows later dropped as duplicates or
+    bots included: a key's original id is a function of the key, so extra pairs are harmless)."""
+    valid = parsed.where(F.col(schema.REASON).isNull() & F.col(IN_WINDOW))
+    pairs = valid.select(schema.PRODUCT_ID, F.col(PRODUCT_TEXT).alias(schema.ORIGINAL_ID), schema.EVENT_DATE).distinct()
+    return schema.conform(pairs, schema.PRODUCT_IDS_SCHEMA)
+
+
 def quarantine_rows(rejected: DataFrame, key: bytes, layout: str, fmt: str) -> DataFrame:
     """Rejected rows of :func:`parse_events` as QUARANTINE_SCHEMA plus ``load_date``.
 
@@ -370,14 +383,18 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     key = pseudonym_key(cc.pseudonym_key_env, cc.allow_dev_key)
     window = EventWindow.from_config(cc.start_date, cc.end_date, dt.datetime.now(dt.timezone.utc))
     files = adapters.in_window(adapters.list_input_files(spark, raw_path), window.start, window.end)
-    raw = adapters.read_files(spark, files, cc.input_layout, cc.input_format)
+    raw = adapters.read_files(spark, files, cc.input_layout, cc.input_format, cc.id_types)
     run_id = uuid.uuid4().hex
     staged_clean = publish.staging_path(clean_path, run_id)
     staged_quarantine = publish.staging_path(quarantine_path, run_id)
     partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
+    string_products = product_ids.is_string(cc.id_types[schema.PRODUCT_ID])
+    ids_path = cfg.paths.resolve("product_ids")
+    staged_ids = publish.staging_path(ids_path, run_id)
+    tables = (clean_path, quarantine_path, *([ids_path] if string_products else []))
 
     with tracking.stage_run(cfg, "clean"):
-        for table in (clean_path, quarantine_path):
+        for table in tables:
             publish.clear_leftovers(spark, table)
         log.info("clean: %d file(s) of %s (%s layout) for dates %s..%s", len(files), raw_path, cc.input_layout,
                  window.start or "first", window.end or "last")
@@ -416,6 +433,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
                 io.write_partitioned, quarantine.repartition(schema.LOAD_DATE), staged_quarantine, schema.LOAD_DATE)
             events, fates = clean_events(valid_events(parsed), key, behaviour)
             io.write_partitioned(events, staged_clean, schema.EVENT_DATE)
+            if string_products:
+                io.write_partitioned(product_id_pairs(parsed), staged_ids, schema.EVENT_DATE)
             waits.result(quarantined, cfg.spark.stage_timeout_minutes * 60, "the quarantine's write",
                          "spark.stage_timeout_minutes")
             # Read while the parsed rows exist: a count Spark did not report is taken from them.
@@ -446,11 +465,17 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             check_rejected_share(rejections, cc, aside)
             check_bot_share(bots, cc)
             check_kept(outcome)
+            if string_products:
+                live = [product_ids.read_table(spark, ids_path)] if io.holds_data(spark, ids_path) else []
+                staged = [spark.read.schema(schema.PRODUCT_IDS_SCHEMA).parquet(staged_ids)]
+                product_ids.check_collisions(functools.reduce(DataFrame.unionByName, [
+                    t.select(schema.PRODUCT_ID, schema.ORIGINAL_ID) for t in live + staged]))
         except DataQualityError:
             # Nothing is published: the live tables stay as they were, consistent with each other.
             # This run's rejected rows are kept apart, where the message says (see publish.set_aside).
             publish.set_aside(spark, staged_quarantine, quarantine_path, run_id)
-            publish.clear_leftovers(spark, clean_path)
+            for table in (clean_path, *([ids_path] if string_products else [])):
+                publish.clear_leftovers(spark, table)
             raise
         written = spark.read.schema(schema.CLEAN_SCHEMA).parquet(staged_clean).count() if io.exists(spark, staged_clean) else 0
         if written != outcome.rows_kept:
@@ -463,6 +488,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             set(publish.staged_values(spark, staged_clean, schema.EVENT_DATE))
             | set(publish.staged_values(spark, staged_quarantine, schema.LOAD_DATE)))
         publish.swap_partitions(spark, staged_clean, clean_path, schema.EVENT_DATE, list(dates), run_id)
+        if string_products:
+            publish.swap_partitions(spark, staged_ids, ids_path, schema.EVENT_DATE, list(dates), run_id)
         undated = [None] if int(counts["undated"]) or any(f.load_date is None for f in files) else []
         publish.swap_partitions(spark, staged_quarantine, quarantine_path, schema.LOAD_DATE, [*dates, *undated], run_id)
         # The shop's feedback on served recommendations, if any (etl/feedback.py): published on its own.

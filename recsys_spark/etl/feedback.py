@@ -56,8 +56,9 @@ _RANK = "_rank"
 # ----------------------------------------------------------------------------- transforms
 
 
-def typed_feedback(raw: DataFrame, path: str) -> DataFrame:
-    """The rows of :func:`io.read_feedback` with FEEDBACK_SCHEMA's types.
+def typed_feedback(raw: DataFrame, path: str, id_type: str = schema.ID_INTEGER) -> DataFrame:
+    """The rows of :func:`io.read_feedback` with FEEDBACK_SCHEMA's types (item_id a string under
+    ``clean.id_types.product_id=string``, ``id_type``).
 
     A column of another type is converted value by value (``try_cast``: a value that does not
     convert becomes null, and is quarantined as missing) and kept as read in ``_raw_<name>`` for
@@ -67,7 +68,7 @@ def typed_feedback(raw: DataFrame, path: str) -> DataFrame:
         InputError: a column whose type cannot convert at all (naming it, the path and the key).
     """
     columns, originals = [], []
-    for f in schema.FEEDBACK_SCHEMA.fields:
+    for f in schema.with_product_ids(schema.FEEDBACK_SCHEMA, id_type).fields:
         found = raw.schema[f.name].dataType
         if found == f.dataType:
             columns.append(F.col(f.name))
@@ -149,9 +150,10 @@ def flag_feedback(feedback: DataFrame, served: DataFrame) -> DataFrame:
     return out.drop(_SERVED, _RANK)
 
 
-def kept_feedback(flagged: DataFrame) -> DataFrame:
-    """The rows of :func:`flag_feedback` without a reason, as CLEAN_FEEDBACK_SCHEMA."""
-    return schema.conform(flagged.where(F.col(schema.REASON).isNull()), schema.CLEAN_FEEDBACK_SCHEMA)
+def kept_feedback(flagged: DataFrame, id_type: str = schema.ID_INTEGER) -> DataFrame:
+    """The rows of :func:`flag_feedback` without a reason, as CLEAN_FEEDBACK_SCHEMA (with_product_ids)."""
+    return schema.conform(flagged.where(F.col(schema.REASON).isNull()),
+                          schema.with_product_ids(schema.CLEAN_FEEDBACK_SCHEMA, id_type))
 
 
 def quarantined_feedback(flagged: DataFrame) -> DataFrame:
@@ -164,7 +166,7 @@ def quarantined_feedback(flagged: DataFrame) -> DataFrame:
         F.col(schema.REASON), record.alias(schema.RAW_RECORD), F.col(schema.SOURCE_FILE), F.col(schema.RUN_DATE))
 
 
-def count_feedback(feedback: DataFrame, before: dt.date) -> DataFrame:
+def count_feedback(feedback: DataFrame, before: dt.date, id_type: str = schema.ID_INTEGER) -> DataFrame:
     """Exposures and clicks per item over the run dates before ``before``.
 
     Args:
@@ -172,14 +174,15 @@ def count_feedback(feedback: DataFrame, before: dt.date) -> DataFrame:
         before: the first run date not counted.
 
     Returns:
-        FEEDBACK_COUNTS_SCHEMA: product_id (the exposures' item_id), exposures (rows), clicks
-        (rows with clicked true); one row per item with an exposure.
+        FEEDBACK_COUNTS_SCHEMA (with_product_ids of ``id_type``): product_id (the exposures'
+        item_id, the shop's id), exposures (rows), clicks (rows with clicked true); one row per
+        item with an exposure.
     """
     counts = (feedback.where(F.col(schema.RUN_DATE) < F.lit(before))
               .groupBy(F.col(schema.ITEM_ID).alias(schema.PRODUCT_ID))
               .agg(F.count(F.lit(1)).alias(schema.EXPOSURES),
                    F.count(F.when(F.col(schema.CLICKED), 1)).alias(schema.CLICKS)))
-    return schema.conform(counts, schema.FEEDBACK_COUNTS_SCHEMA)
+    return schema.conform(counts, schema.with_product_ids(schema.FEEDBACK_COUNTS_SCHEMA, id_type))
 
 
 # ----------------------------------------------------------------------------- reconciliation
@@ -243,12 +246,13 @@ def clean_feedback(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 
     for table in (clean_path, quarantine_path):
         publish.clear_leftovers(spark, table)
-    feedback = typed_feedback(raw, source).where(in_window(window))
-    recommendations = io.read_recommendations(spark, cfg.paths.resolve("recommendations"))
+    id_type = cc.id_types[schema.PRODUCT_ID]
+    feedback = typed_feedback(raw, source, id_type).where(in_window(window))
+    recommendations = io.read_recommendations(spark, cfg.paths.resolve("recommendations"), id_type)
     if recommendations is None:
         log.warning("clean: no recommendations at %s: every feedback row is an unknown exposure",
                     cfg.paths.resolve("recommendations"))
-        recommendations = spark.createDataFrame([], schema.RECOMMENDATION_SCHEMA)
+        recommendations = spark.createDataFrame([], schema.with_product_ids(schema.RECOMMENDATION_SCHEMA, id_type))
     served = served_exposures(recommendations.where(in_window(window)))
     run_id = uuid.uuid4().hex
     staged_clean = publish.staging_path(clean_path, run_id)
@@ -257,7 +261,7 @@ def clean_feedback(spark: SparkSession, cfg: Config) -> dict[str, Any]:
              window.end or "last")
     with materialised(flag_feedback(feedback, served)) as flagged:
         # Each date as at most clean.output_files_per_day files, as clean's events.
-        kept = kept_feedback(flagged)
+        kept = kept_feedback(flagged, id_type)
         bucket = F.pmod(F.xxhash64(schema.USER_ID), F.lit(cc.output_files_per_day))
         io.write_partitioned(kept.repartition(schema.RUN_DATE, bucket), staged_clean, schema.RUN_DATE)
         io.write_partitioned(quarantined_feedback(flagged).repartition(schema.RUN_DATE), staged_quarantine,
@@ -268,7 +272,8 @@ def clean_feedback(spark: SparkSession, cfg: Config) -> dict[str, Any]:
                  .groupBy(schema.REASON).count().collect()}
     outcome = FeedbackOutcome(
         rows_read=feedback.count(),
-        rows_kept=spark.read.schema(schema.CLEAN_FEEDBACK_SCHEMA).parquet(staged_clean).count(),
+        rows_kept=spark.read.schema(schema.with_product_ids(schema.CLEAN_FEEDBACK_SCHEMA, id_type))
+        .parquet(staged_clean).count(),
         quarantined={code: by_reason.get(code, 0) for code in schema.FEEDBACK_REASON_CODES},
     )
     outcome.check()
@@ -302,9 +307,10 @@ def feedback_counts(spark: SparkSession, cfg: Config, before: dt.datetime | dt.d
     if isinstance(before, dt.datetime):
         before = before.astimezone(dt.timezone.utc).date() if before.tzinfo else before.date()
     path = cfg.paths.resolve("clean_feedback")
-    feedback = io.read_clean_feedback(spark, path)
+    id_type = cfg.clean.id_types[schema.PRODUCT_ID]
+    feedback = io.read_clean_feedback(spark, path, id_type)
     if feedback is None:
         log.info("featurize: no clean feedback at %s (paths.clean_feedback): feedback_counts is empty", path)
-        return spark.createDataFrame([], schema.FEEDBACK_COUNTS_SCHEMA)
+        return spark.createDataFrame([], schema.with_product_ids(schema.FEEDBACK_COUNTS_SCHEMA, id_type))
     log.info("featurize: feedback_counts from %s, run dates before %s", path, before.isoformat())
-    return count_feedback(feedback, before).repartition(1).sortWithinPartitions(schema.PRODUCT_ID)
+    return count_feedback(feedback, before, id_type).repartition(1).sortWithinPartitions(schema.PRODUCT_ID)

@@ -15,6 +15,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from recsys_spark import schema
+from recsys_spark.product_ids import product_key
 from recsys_spark.config import CleanConfig, iso_date
 from recsys_spark.errors import ConfigError
 
@@ -27,6 +28,8 @@ MICROS = "_micros"  # event_time as epoch microseconds: the sort key of every wi
 BUCKET = "_bucket"
 ORIGINAL = "_original"  # the text fields of a rejected row (null for valid rows)
 IN_WINDOW = "_in_window"  # false for rows of an undated file dated outside the processed window
+# Under string product ids: a valid row's product id as it came in (trimmed); product_id is its key.
+PRODUCT_TEXT = "_product_text"
 
 # The typed columns of a valid event, in contract order, plus its UTC date.
 EVENT_COLUMNS = [*schema.RAW_COLUMNS, schema.EVENT_DATE]
@@ -126,6 +129,12 @@ def id_value(text: Column, id_type: str) -> Column:
     return text if id_type == schema.ID_STRING else _as_long(text)
 
 
+def product_value(text: Column, id_type: str) -> Column:
+    """The product_id of trimmed ``text``: :func:`id_value` under integer ids, the text's 63-bit
+    key (product_ids.product_key) under string ids."""
+    return product_key(text) if id_type == schema.ID_STRING else _as_long(text)
+
+
 def normalise_event_type(text: Column, aliases: Mapping[str, str] | None) -> Column:
     """Lower-cased type mapped through ``aliases`` (keys compared trimmed and lower-cased)."""
     kind = F.lower(text)
@@ -158,7 +167,8 @@ def parse_events(raw: DataFrame, window: EventWindow, rules: Rules) -> DataFrame
         id, a long or the text, user_session trimmed text), ``_micros``, ``load_date`` (the file's date, else the
         event date), ``_bucket``, ``_in_window``, ``reason`` (null when valid), and for rejected
         rows only ``_original`` (struct of the original text fields), ``_corrupt_record`` and
-        ``source_file``.
+        ``source_file``. Under string product ids product_id is the text's 63-bit key and
+        ``_product_text`` (valid rows only) the text.
     """
     # Staged projections, each typed value computed once per row and then referenced by name:
     # Spark keeps a projection apart from the next when the next uses a costly column of it
@@ -166,12 +176,14 @@ def parse_events(raw: DataFrame, window: EventWindow, rules: Rules) -> DataFrame
     # WHEN branch of the reason (subexpression elimination skips conditional branches): the
     # parse was three times slower that way.
     text = {c: f"_text_{c}" for c in schema.RAW_COLUMNS}
+    string_products = rules.id_type(schema.PRODUCT_ID) == schema.ID_STRING
     texts = raw.select("*", *[_text(c).alias(text[c]) for c in schema.RAW_COLUMNS])
     values = texts.select(
         "*",
         parse_event_time(F.col(text[schema.EVENT_TIME]), rules.naive_timezone).alias(schema.EVENT_TIME + "_"),
         normalise_event_type(F.col(text[schema.EVENT_TYPE]), rules.event_aliases).alias(schema.EVENT_TYPE + "_"),
-        *[id_value(F.col(text[c]), rules.id_type(c)).alias(c + "_") for c in (schema.PRODUCT_ID, schema.USER_ID)],
+        product_value(F.col(text[schema.PRODUCT_ID]), rules.id_type(schema.PRODUCT_ID)).alias(schema.PRODUCT_ID + "_"),
+        id_value(F.col(text[schema.USER_ID]), rules.id_type(schema.USER_ID)).alias(schema.USER_ID + "_"),
         _as_long(F.col(text[schema.CATEGORY_ID])).alias(schema.CATEGORY_ID + "_"),
         F.col(text[schema.PRICE]).try_cast("double").alias(schema.PRICE + "_"),
     )
@@ -228,6 +240,7 @@ def parse_events(raw: DataFrame, window: EventWindow, rules: Rules) -> DataFrame
         F.struct(*[F.col(c) for c in schema.RAW_COLUMNS]).alias(ORIGINAL),
         F.col(schema.CORRUPT_RECORD),
         F.col(schema.SOURCE_FILE),
+        *([F.col(text[schema.PRODUCT_ID]).alias(PRODUCT_TEXT)] if string_products else []),
     )
     rejected = F.col(schema.REASON).isNotNull()
     return typed.select(
@@ -240,6 +253,7 @@ def parse_events(raw: DataFrame, window: EventWindow, rules: Rules) -> DataFrame
         F.when(rejected, F.col(ORIGINAL)).alias(ORIGINAL),
         F.when(rejected, F.col(schema.CORRUPT_RECORD)).alias(schema.CORRUPT_RECORD),
         F.when(rejected, F.col(schema.SOURCE_FILE)).alias(schema.SOURCE_FILE),
+        *([F.when(~rejected, F.col(PRODUCT_TEXT)).alias(PRODUCT_TEXT)] if string_products else []),
     )
 
 

@@ -40,7 +40,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recsys_spark import io, tracking
+from recsys_spark import io, product_ids, tracking
 from recsys_spark import schema
 from recsys_spark.config import Config, EvaluateConfig
 from recsys_spark.errors import InputError
@@ -829,7 +829,10 @@ def off_policy(spark: SparkSession, cfg: Config, bundle, vocab: pd.DataFrame, ve
     ``evaluate.ope_days`` run dates of ``paths.clean_feedback`` (see
     :func:`recsys_spark.evaluation.offpolicy.evaluate_target`), or one line saying there is none."""
     path = cfg.paths.resolve("clean_feedback")
-    feedback = io.read_clean_feedback(spark, path)
+    id_type = cfg.clean.id_types[schema.PRODUCT_ID]
+    feedback = io.read_clean_feedback(spark, path, id_type)
+    if feedback is not None and product_ids.is_string(id_type):  # the shop's ids -> the keys inside
+        feedback = feedback.withColumn(schema.ITEM_ID, product_ids.keys(F.col(schema.ITEM_ID), id_type))
     if feedback is None or feedback.isEmpty():
         log.info("evaluate: no clean feedback at %s: off-policy evaluation skipped", path)
         return offpolicy.no_feedback(path)

@@ -353,7 +353,7 @@ def _plan_as_of(spark: SparkSession, cfg, events: DataFrame, bundle, item_vector
     if sc.explore_policy == policies.THOMPSON:
         active = past.where(F.col(schema.EVENT_TIME) >= F.lit(since)).select(schema.USER_ID).distinct().count()
         if sc.feedback_counts_path:
-            counts = score.read_feedback_counts(spark, sc.feedback_counts_path)
+            counts = score.read_feedback_counts(spark, sc.feedback_counts_path, cfg.clean.id_types[schema.PRODUCT_ID])
     return score.build_plan(bundle, item_vectors, feature_items, stats, excluded, sc, counts, active, run_date)
 
 
@@ -381,7 +381,8 @@ def evaluate_target(spark: SparkSession, cfg, bundle, feedback: DataFrame, vocab
     events = io.read_clean(spark, cfg.paths.resolve("clean"))
     feature_vocab = io.read_features(spark, cfg.paths.resolve("features"), "item_vocab")
     feature_items = vocab[[schema.ITEM_IDX, schema.PRODUCT_ID]]
-    excluded = score.read_exclusions(spark, sc.exclude_items_path) if sc.exclude_items_path else np.zeros(0, np.int64)
+    excluded = (score.read_exclusions(spark, sc.exclude_items_path, cfg.clean.id_types[schema.PRODUCT_ID])
+                if sc.exclude_items_path else np.zeros(0, np.int64))
     with torch.no_grad():
         item_vectors = bundle.build_module().item_vectors().numpy()
 

@@ -34,7 +34,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recsys_spark import io, tracking
+from recsys_spark import io, product_ids, tracking
 from recsys_spark import schema
 from recsys_spark.config import Config, ScoreConfig
 from recsys_spark.errors import DataQualityError, InputError
@@ -105,11 +105,15 @@ def check_alias(cfg: Config) -> None:
         )
 
 
-def read_exclusions(spark: SparkSession, path: str) -> np.ndarray:
+def read_exclusions(spark: SparkSession, path: str, id_type: str = schema.ID_INTEGER) -> np.ndarray:
     """Product ids never to recommend, from a CSV (header) or Parquet with a product_id column.
 
+    Args:
+        id_type: ``clean.id_types.product_id``: under string ids a value is the shop's id as
+            text, turned into its key (product_ids.keys).
+
     Returns:
-        int64 [n], sorted distinct.
+        int64 [n], sorted distinct (the keys under string ids).
 
     Raises:
         InputError: the path is missing or lacks product_id; DataQualityError: a value is no id.
@@ -120,20 +124,28 @@ def read_exclusions(spark: SparkSession, path: str) -> np.ndarray:
     df = spark.read.option("header", "true").csv(path) if is_csv else spark.read.parquet(path)
     if schema.PRODUCT_ID not in df.columns:
         raise InputError(f"{path} has no {schema.PRODUCT_ID} column (config key {key}); columns: {df.columns}")
-    ids = df.select(F.col(schema.PRODUCT_ID).cast("string").alias("raw"), F.col(schema.PRODUCT_ID).cast("long").alias("id"))
+    ids = df.select(F.col(schema.PRODUCT_ID).cast("string").alias("raw"),
+                    product_ids.keys(F.col(schema.PRODUCT_ID), id_type).alias("id"))
     bad = ids.where(F.col("id").isNull())
     if not bad.isEmpty():
         example = bad.first()["raw"]
-        raise DataQualityError(f"{path}: {bad.count()} {schema.PRODUCT_ID} value(s) are not integer ids, e.g. {example!r} ({key})")
+        kind = "empty" if product_ids.is_string(id_type) else "not integer ids"
+        raise DataQualityError(
+            f"{path}: {bad.count()} {schema.PRODUCT_ID} value(s) are {kind}, e.g. {example!r} ({key})")
     values = ids.select("id").distinct().toPandas()["id"].to_numpy(dtype=np.int64)
     return np.sort(values)
 
 
-def read_feedback_counts(spark: SparkSession, path: str) -> pd.DataFrame:
+def read_feedback_counts(spark: SparkSession, path: str, id_type: str = schema.ID_INTEGER) -> pd.DataFrame:
     """Logged feedback per product, for Thompson sampling: Parquet with product_id, exposures, clicks.
 
+    Args:
+        id_type: ``clean.id_types.product_id``: under string ids product_id is the shop's id
+            as text (featurize's feedback_counts), turned into its key (product_ids.keys).
+
     Returns:
-        product_id, exposures, clicks (int64), one row per product (rows of a product summed).
+        product_id (the key under string ids), exposures, clicks (int64), one row per product
+        (rows of a product summed).
 
     Raises:
         InputError: the path is missing or lacks a column; DataQualityError: a null, negative or
@@ -146,10 +158,14 @@ def read_feedback_counts(spark: SparkSession, path: str) -> pd.DataFrame:
     if missing:
         raise InputError(f"{path} has no {', '.join(missing)} column (config key {key}); columns: {df.columns}")
     names = (schema.PRODUCT_ID, *FEEDBACK_COUNTS)
-    typed = df.select(*[F.col(c).cast("long").alias(c) for c in names], *[F.col(c).alias(f"raw_{c}") for c in names])
+    typed = df.select(product_ids.keys(F.col(schema.PRODUCT_ID), id_type).alias(schema.PRODUCT_ID),
+                      *[F.col(c).cast("long").alias(c) for c in FEEDBACK_COUNTS],
+                      *[F.col(c).alias(f"raw_{c}") for c in names])
     wrong = (F.col("clicks") < 0) | (F.col("clicks") > F.col("exposures"))
     for c in names:
-        wrong = wrong | F.col(c).isNull() | (F.col(c) != F.col(f"raw_{c}"))  # null, or not a whole number
+        wrong = wrong | F.col(c).isNull()
+        if c != schema.PRODUCT_ID or not product_ids.is_string(id_type):
+            wrong = wrong | (F.col(c) != F.col(f"raw_{c}"))  # not a whole number
     bad = typed.where(wrong)
     if not bad.isEmpty():
         row = bad.first()
@@ -360,6 +376,10 @@ def count_written(written: DataFrame, users: int, k: int) -> dict[str, int | flo
             f"score: {totals['rows']} rows for {totals['users']} users written from {users} users at top_k={k}: "
             f"features/user_history holds duplicate users"
         )
+    unnamed = written.where(F.col(schema.ITEM_ID).isNull())
+    if not unnamed.isEmpty():  # under string ids, a key without its original (product_ids.originals)
+        raise DataQualityError(f"score: {unnamed.count()} recommended items have no product id in paths.product_ids: "
+                               f"re-run clean for the dates the features were built from")
     if totals["users"] == 0:  # a run that writes nothing does not succeed
         raise DataQualityError(f"score: no recommendations written for any of the {users} users of "
                                f"features/user_history at top_k={k}: check the features and score.exclude_items_path")
@@ -396,7 +416,12 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     clean_path = cfg.paths.resolve("clean")
     io.require_input(spark, clean_path, "paths.clean")
     events = io.read_clean(spark, clean_path)
-    excluded = read_exclusions(spark, sc.exclude_items_path) if sc.exclude_items_path else np.zeros(0, np.int64)
+    id_type = cfg.clean.id_types[schema.PRODUCT_ID]
+    excluded = (read_exclusions(spark, sc.exclude_items_path, id_type) if sc.exclude_items_path
+                else np.zeros(0, np.int64))
+    # Under string product ids the items are keys inside; the output names them as the shop does.
+    originals = (product_ids.read_table(spark, cfg.paths.resolve("product_ids"))
+                 if product_ids.is_string(id_type) else None)
 
     check_alias(cfg)
     bundle, version = registry.load_bundle(cfg, alias=sc.model_alias, version=sc.model_version or None)
@@ -426,7 +451,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         if sc.explore_policy == policies.THOMPSON:
             active_users = events.where(F.col(schema.EVENT_TIME) >= F.lit(since)).select(schema.USER_ID).distinct().count()
             if sc.feedback_counts_path:
-                feedback = read_feedback_counts(spark, sc.feedback_counts_path)
+                feedback = read_feedback_counts(spark, sc.feedback_counts_path, id_type)
         item_vectors = item_vectors_of(bundle)
         feature_items = feature_vocab.select(schema.ITEM_IDX, schema.PRODUCT_ID).toPandas()
         plan = build_plan(bundle, item_vectors, feature_items, stats, excluded, sc, feedback, active_users, run_date)
@@ -443,8 +468,9 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             ranked = recommend(rows, broadcast)
             out = cfg.paths.resolve("recommendations")
             policy_version = policies.policy_version(sc, version)
-            io.write_partitioned(with_run_columns(ranked, cfg.mlflow.registered_model, version, run_date,
-                                                  sc.explore_policy, policy_version), out, schema.RUN_DATE)
+            served = with_run_columns(ranked, cfg.mlflow.registered_model, version, run_date, sc.explore_policy,
+                                      policy_version)
+            io.write_partitioned(product_ids.originals(served, schema.ITEM_ID, originals), out, schema.RUN_DATE)
         finally:
             broadcast.destroy()
         written = spark.read.parquet(out).where(F.col(schema.RUN_DATE) == F.lit(run_date).cast(T.DateType()))

@@ -73,6 +73,20 @@ def test_contract_csv_gzip_json_and_parquet_give_the_same_rows(spark, tmp_path):
     assert rows(df) == expected
 
 
+def test_parquet_with_string_ids_is_read_as_text_under_string_id_types(spark, tmp_path):
+    string_ids = {schema.USER_ID: schema.ID_STRING, schema.PRODUCT_ID: schema.ID_STRING}
+    typed = adapters.typed_schema(string_ids)
+    assert [f.name for f in typed.fields if f.dataType != schema.RAW_TYPED_SCHEMA[f.name].dataType] == [
+        schema.PRODUCT_ID, schema.USER_ID]
+    assert adapters.typed_schema({schema.USER_ID: schema.ID_INTEGER}) == schema.RAW_TYPED_SCHEMA
+    visitor = "0b6f3c3e-8f1d-4c1e-9a57-2f6f1b2d9e01"
+    row = ("2019-10-01 10:00:00 UTC", "view", "0035789", 7, None, "acme", 9.99, visitor, "s1")
+    spark.createDataFrame([row], typed).write.parquet(str(tmp_path / "parquet"))
+    files = adapters.list_input_files(spark, str(tmp_path / "parquet"))
+    df = adapters.read_files(spark, files, "rees46", "parquet", string_ids)
+    assert rows(df) == [("2019-10-01 10:00:00 UTC", "view", "0035789", "7", None, "acme", "9.99", visitor, "s1")]
+
+
 def test_a_csv_header_that_does_not_match_fails_in_one_line(spark, tmp_path):
     (tmp_path / "events.csv").write_text("event_time,event_type,product_id,user_id,price\n")
     with pytest.raises(InputError) as err:

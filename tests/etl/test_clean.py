@@ -3,6 +3,7 @@ random mixes of good and bad rows (hypothesis), and a run killed with SIGKILL th
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import json
@@ -18,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyspark.sql import functions as F
 
-from recsys_spark import io
+from recsys_spark import io, product_ids
 from recsys_spark import schema
 from recsys_spark.config import load_config
 from recsys_spark.errors import ConfigError, DataQualityError, InputError
@@ -451,3 +452,55 @@ def test_string_user_ids_are_kept_and_pseudonymised_as_they_came_in(spark, tmp_p
     assert kept == {pseudonym(u) for u in [*users, "541312140"]} and pseudonym("123") not in kept
     with pytest.raises(ConfigError, match="clean.id_types.user_id: 'uuid' is not one of 'integer', 'string'"):
         load_config(None, ["clean.id_types.user_id=uuid"])
+
+
+def _key(spark, text: str) -> int:
+    return spark.range(1).select(product_ids.product_key(F.lit(text))).first()[0]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_string_product_ids_get_a_key_and_a_table_that_names_them_as_they_came_in(spark, tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "e2e-key")
+    root = tmp_path / "work"
+    products = ["SKU-0035789-XL", "0035789", "35789", "A-1234-XL", " B07XJ8C8F5 "]
+    day1 = [f"2019-10-01 10:0{i}:00 UTC,view,{p},7,,acme,1.5,{541312140 + i},x{i}" for i, p in enumerate(products)]
+    write_raw(root, day1=day1, day2=[DAY2[0].replace(",100,", ",SKU-0035789-XL,")])
+    summary = clean.run(spark, load_config(None, overrides(root, "clean.id_types.product_id=string")))
+    assert summary["rows_kept"] == 6 and sum(summary["rejected"].values()) == 0
+    texts = [p.strip() for p in products]  # trimmed, as every id; "0035789" and "35789" are two products
+    keys = {t: _key(spark, t) for t in texts}
+    assert len(set(keys.values())) == 5 and min(keys.values()) >= 0
+    clean_keys = {r[schema.PRODUCT_ID] for r in io.read_clean(spark, summary["clean_path"]).collect()}
+    assert clean_keys == set(keys.values())
+    table = product_ids.read_table(spark, str(root / "product_ids"))
+    assert sorted(tuple(r) for r in table.collect()) == sorted((k, t) for t, k in keys.items())
+    # By event date, as the clean events: SKU-0035789-XL on both days.
+    by_date = spark.read.parquet(str(root / "product_ids")).where(F.col(schema.ORIGINAL_ID) == "SKU-0035789-XL")
+    assert by_date.count() == 2
+
+    # Integer mode writes no such table.
+    plain = tmp_path / "plain"
+    write_raw(plain, day1=[DAY1[0]], day2=[DAY2[0]])
+    clean.run(spark, load_config(None, overrides(plain)))
+    assert not (plain / "product_ids").exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_two_product_ids_with_one_key_stop_clean_naming_both(spark, tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "e2e-key")
+    root = tmp_path / "work"
+    write_raw(root, day1=[DAY1[0].replace(",100,", ",SKU-1,")], day2=[DAY2[0].replace(",100,", ",SKU-2,")])
+    config = load_config(None, overrides(root, "clean.id_types.product_id=string", "clean.start_date=2019-10-02",
+                                         "clean.end_date=2019-10-02"))
+    # A live partition of another date holds another id with SKU-2's key (a 63-bit collision, planted).
+    planted = spark.createDataFrame([(_key(spark, "SKU-2"), "SKU-X", dt.date(2019, 10, 1))], schema.PRODUCT_IDS_SCHEMA)
+    io.write_partitioned(planted, str(root / "product_ids"), schema.EVENT_DATE)
+    with pytest.raises(DataQualityError) as stopped:
+        clean.run(spark, config)
+    message = str(stopped.value)
+    assert message.startswith("clean: product ids 'SKU-2' and 'SKU-X' have the same 63-bit key ") and "\n" not in message
+    assert not (root / "clean").exists() or not any((root / "clean").glob("event_date=*"))
+    assert [p.name for p in (root / "product_ids").glob("event_date=*")] == ["event_date=2019-10-01"]
+    assert not (root / "product_ids" / "_staging").exists()

@@ -9,9 +9,10 @@ import json
 import math
 
 import pytest
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recsys_spark import io
+from recsys_spark import io, product_ids
 from recsys_spark import schema
 from recsys_spark.config import load_config
 from recsys_spark.errors import DataQualityError, InputError
@@ -301,3 +302,30 @@ def test_clean_reports_the_feedback_of_its_run(spark, tmp_path, monkeypatch):
     assert (fed_back["rows_read"], fed_back["rows_kept"], fed_back["quarantined"]) == (
         20, 5, expected_quarantined(fate for _, fate in LOG))
     assert json.loads((root / "reports" / clean.REPORT_FILE).read_text())["feedback"] == fed_back
+
+
+def test_string_product_ids_stay_strings_through_the_contract_and_the_counts(spark, tmp_path):
+    cfg = cfg_at(tmp_path, "clean.id_types.product_id=string")
+    strings = schema.with_product_ids(schema.RECOMMENDATION_SCHEMA, schema.ID_STRING)
+    served = [rec("u1", 0, "SKU-0035789-XL", 1.0, D1), rec("u1", 1, "0035789", 0.5, D1)]
+    io.write_partitioned(spark.createDataFrame(served, strings), cfg.paths.resolve("recommendations"), schema.RUN_DATE)
+    logged = T.StructType([T.StructField(f.name, f.dataType, True)
+                           for f in schema.with_product_ids(schema.FEEDBACK_SCHEMA, schema.ID_STRING).fields])
+    rows = [fb("u1", "SKU-0035789-XL", D1, 0, 1.0, clicked=True), fb("u1", "0035789", D1, 1, 0.5),
+            fb("u1", "35789", D1, 1, 0.5)]  # not what was served: the zeros count
+    spark.createDataFrame(rows, logged).write.parquet(cfg.paths.resolve("feedback"))
+    report = feedback.clean_feedback(spark, cfg)
+    assert report["rows_kept"] == 2 and report["quarantined"][schema.FEEDBACK_UNKNOWN_EXPOSURE] == 1
+    kept = io.read_clean_feedback(spark, cfg.paths.resolve("clean_feedback"), schema.ID_STRING)
+    assert sorted(r[schema.ITEM_ID] for r in kept.collect()) == ["0035789", "SKU-0035789-XL"]
+
+    counts = feedback.feedback_counts(spark, cfg, D2)
+    assert counts.schema[schema.PRODUCT_ID].dataType == T.StringType()
+    assert sorted(tuple(r) for r in counts.collect()) == [("0035789", 1, 0), ("SKU-0035789-XL", 1, 1)]
+    # Score reads them back as the keys clean gave the products.
+    path = str(tmp_path / "counts")
+    io.write_table(counts, path)
+    read = score.read_feedback_counts(spark, path, schema.ID_STRING)
+    keys = spark.createDataFrame([("0035789",), ("SKU-0035789-XL",)], "t string").select(
+        product_ids.product_key(F.col("t"))).toPandas().iloc[:, 0].tolist()
+    assert sorted(read.values.tolist()) == sorted([[keys[0], 1, 0], [keys[1], 1, 1]])
