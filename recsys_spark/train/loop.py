@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from recsys_spark import io
 from recsys_spark import schema
-from recsys_spark.config import AUTO_TEMPORAL_HORIZON, TRAINING_USER_VECTOR, TrainConfig, from_dict
+from recsys_spark.config import TRAINING_USER_VECTOR, TrainConfig, from_dict
 from recsys_spark.errors import DataQualityError, InputError
 from recsys_spark.evaluation.metrics import batch_metrics
 from recsys_spark.models import ranking
@@ -192,7 +192,7 @@ def _train(cfg_dict: dict[str, Any], comm: Collective, run_id: str | None, track
         torch.from_numpy(item_features[schema.BRAND_IDX]),
         torch.from_numpy(item_features[schema.PRICE_BUCKET]),
     )
-    recipe = resolve_recipe(tc, metadata, model_args["num_items"], size)
+    recipe = resolve_recipe(tc, model_args["num_items"], size)
     task = RetrievalTask(
         model,
         item_prob=popularity(torch.from_numpy(item_features[schema.TRAIN_COUNT])),
@@ -601,8 +601,8 @@ def cooldown_done(state: dict[str, Any], step: int) -> bool:
     return state["cooldown_start"] >= 0 and step >= state["cooldown_start"] + state["cooldown_steps"]
 
 
-def resolve_recipe(tc: TrainConfig, metadata: dict[str, Any], num_items: int, size: int) -> dict[str, Any]:
-    """What the ``auto`` settings become on these features and this world size.
+def resolve_recipe(tc: TrainConfig, num_items: int, size: int) -> dict[str, Any]:
+    """What the ``auto`` settings become on this catalogue and this world size.
 
     Returns:
         {"loss": "full" | "sampled", "target_horizon": int, "rank_batch": windows per rank and step}.
@@ -613,11 +613,8 @@ def resolve_recipe(tc: TrainConfig, metadata: dict[str, Any], num_items: int, si
     if tc.batch_size % size:
         raise InputError(f"train.batch_size ({tc.batch_size}) is the batch over all ranks: it must be a multiple of "
                          f"the {size} training processes")
-    horizon = tc.target_horizon
-    if horizon == "auto":
-        horizon = 1 if metadata.get("protocol", "leave_last_out") == "leave_last_out" else AUTO_TEMPORAL_HORIZON
-    return {"loss": resolve_loss(tc.loss, num_items, tc.full_softmax_max_items), "target_horizon": int(horizon),
-            "rank_batch": tc.batch_size // size}
+    return {"loss": resolve_loss(tc.loss, num_items, tc.full_softmax_max_items),
+            "target_horizon": tc.target_horizon, "rank_batch": tc.batch_size // size}
 
 
 def _glibc():

@@ -28,7 +28,7 @@ def test_model_args_come_from_metadata_and_config():
     metadata = {"num_items": 40, "num_categories": 5, "num_brands": 7, "num_price_buckets": 11, "max_seq_len": 20,
                 "num_event_codes": 5, "num_gap_buckets": 24}
     args = model_args_from(metadata, TrainConfig(embedding_dim=32, num_layers=3, num_heads=4, dropout=0.2,
-                                                 user_features=False))
+                                                 user_features=False, interest_pooling=True))
     assert args == {"num_items": 40, "num_categories": 5, "num_brands": 7, "num_price_buckets": 11,
                     "num_event_codes": 5, "num_gap_buckets": 24, "max_seq_len": 20,
                     "dim": 32, "num_layers": 3, "num_heads": 4, "dropout": 0.2, "use_user_features": False,
