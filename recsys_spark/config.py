@@ -476,9 +476,12 @@ class TrainConfig:
     dropout: float = 0.2
     # "full": cross-entropy over every item of the catalogue (no sampling, no correction: SASRec
     # with cross-entropy); "sampled": the in-batch targets plus uniform_negatives uniform draws,
-    # logQ-corrected (train/loss.py); "auto": full up to full_softmax_max_items items.
+    # logQ-corrected (train/loss.py); "auto": full up to full_softmax_max_items items. The full
+    # loss's logits take batch x steps x items floats (with their gradient ~2.2 GB per rank at
+    # 50,000 items and the default batch, ~0.5 GB at 10,000) and its step ~2x the sampled one's
+    # at 10,000 items, ~11x at 50,000 (benchmarks/loss_bench.py, RESULTS.md).
     loss: Literal["auto", "full", "sampled"] = "auto"
-    full_softmax_max_items: int = 100000
+    full_softmax_max_items: int = 20000
     uniform_negatives: int = 256
     # Each position predicts a step drawn from its next `target_horizon` steps (1 = the next
     # item). 1 led 10 on validation under both protocols and on every shape measured
