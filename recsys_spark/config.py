@@ -1127,12 +1127,7 @@ def _check(key: str, value: Any, hint: Any) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        for member in inner[:-1]:  # the first member the value fits; the last one's error otherwise
-            try:
-                return _check(key, value, member)
-            except ConfigError:
-                pass
-        return _check(key, value, inner[-1])
+        return _check(key, value, inner[0])
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {_describe(value)}")

@@ -769,18 +769,6 @@ def validation_lists(model: TwoTowerModel, rows: data.EvalRows, k: int, device: 
     return top
 
 
-def ranking_sums(model: TwoTowerModel, rows: data.EvalRows, k: int, device: torch.device | None = None,
-                 mode: str | None = None) -> tuple[float, float, int]:
-    """NDCG@k and Recall@k (``evaluation.metrics``) of :func:`validation_lists`, summed over the
-    rows with at least one target.
-
-    Returns:
-        (sum of NDCG@k, sum of Recall@k, number of rows counted).
-    """
-    values = ranking_values(model, rows, k, device, mode)
-    return float(values["ndcg"].sum()), float(values["recall"].sum()), len(values["ndcg"])
-
-
 def ranking_values(model: TwoTowerModel, rows: data.EvalRows, k: int, device: torch.device | None = None,
                    mode: str | None = None) -> dict[str, np.ndarray]:
     """Per-user NDCG@k and Recall@k of :func:`validation_lists`, for the rows with a target.

@@ -18,7 +18,7 @@ from recsys_spark import schema
 from recsys_spark.errors import DataQualityError, InputError
 from recsys_spark.train import data
 from recsys_spark.config import TrainConfig
-from recsys_spark.train.loop import lr_factor, ranking_sums, save_checkpoint, state_checksum
+from recsys_spark.train.loop import lr_factor, ranking_values, save_checkpoint, state_checksum
 
 pytestmark = pytest.mark.unit
 
@@ -207,7 +207,8 @@ def test_ranking_sums_match_hand_computed_ndcg_and_recall():
         seen_items=[np.array([], dtype=np.int64), np.array([5]), np.array([], dtype=np.int64)],
         target_items=[np.array([3, 5]), np.array([3]), np.array([], dtype=np.int64)],
     )
-    ndcg_sum, recall_sum, counted = ranking_sums(FixedScores(table), rows, k=2)
+    values = ranking_values(FixedScores(table), rows, k=2)  # the rows with a target only
+    ndcg_sum, recall_sum, counted = values["ndcg"].sum(), values["recall"].sum(), len(values["ndcg"])
     # user 0: top-2 = [2, 3]; hit at rank 2: DCG = 1/log2(3); IDCG (2 targets) = 1 + 1/log2(3)
     #   NDCG = 0.63093 / 1.63093 = 0.386853; recall = 1/2
     # user 1: top-2 = [4, 3]; hit at rank 2: DCG = 1/log2(3); IDCG (1 target) = 1 -> 0.630930; recall 1
