@@ -75,6 +75,9 @@ EXCLUDE_ITEMS = "exclude_items"
 USERS = "users"
 REPORT_FILE = "evaluation.json"
 HTML_FILE = "evaluation.html"
+# Under paths.reports: each test user's metrics per ranker (user_id, ranker, one column per metric),
+# the values behind the report's means and intervals, for pairing two runs on the same users.
+PER_USER_TABLE = "per_user_metrics"
 
 # Rankers of the test comparison.
 MODEL, CHAMPION, POPULARITY, COOCCURRENCE, ALS, EASE = "model", "champion", "popularity", "cooccurrence", "als", "ease"
@@ -334,6 +337,23 @@ def per_user_values(per_user: DataFrame, names: Sequence[str]) -> tuple[np.ndarr
                      frame[list(names)].to_numpy(dtype=np.float64).reshape(len(frame), len(names)))
 
 
+def write_per_user(spark: SparkSession, path: str, users: np.ndarray, rankers: Sequence[str], values: np.ndarray,
+                   names: Sequence[str]) -> None:
+    """Write the per-user values behind the report (:func:`per_user_values`' output) as Parquet.
+
+    Args:
+        path: the table's folder (replaced).
+        users: [U] user ids; rankers: [R] names; values: float [U, R, M] (NaN: no row), M = names.
+    """
+    rows = [
+        pd.DataFrame({schema.USER_ID: users, RANKER: ranker, **{name: values[:, r, m] for m, name in enumerate(names)}})
+        .dropna(subset=list(names), how="all")
+        for r, ranker in enumerate(rankers)
+    ]
+    frame = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=[schema.USER_ID, RANKER, *names])
+    io.write_table(spark.createDataFrame(frame.astype({schema.USER_ID: str})).coalesce(1), path)
+
+
 def pair_name(a: str, b: str) -> str:
     """The name of the paired comparison a - b in the report and MLflow: ``model_vs_als``."""
     return f"{a}_vs_{b}"
@@ -548,7 +568,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         rows = with_exclusions(test.where(F.size(schema.TARGET_ITEMS) > 0), excluded)
         per_user = per_user_metrics(rows, rankers, ks, ec.block_size, stats, ec.cold_user_threshold).persist()
         results = average_metrics(per_user, ks, catalogue_size=len(vocab))
-        _, ranker_names, user_values = per_user_values(per_user, all_metric_names(ks))
+        user_ids, ranker_names, user_values = per_user_values(per_user, all_metric_names(ks))
         per_user.unpersist()
         if MODEL not in results:
             raise InputError(f"{io.feature_path(root, 'test')} holds no user with a target item")
@@ -630,6 +650,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         html = render_html(report)
         io.write_json(spark, report_path, report)
         io.write_text(spark, html_path, html)
+        write_per_user(spark, f"{reports}/{PER_USER_TABLE}", user_ids, ranker_names, user_values, all_metric_names(ks))
         mlflow.log_text(html, HTML_FILE)
         registry.apply_decision(cfg, decision, ec.champion_alias, active.info.run_id)
         _tag_model_version(cfg, version, results[MODEL][ALL], results, primary, active.info.run_id,

@@ -216,6 +216,13 @@ def test_evaluate_stage_compares_the_model_with_tuned_baselines_and_promotes_the
 
     report = json.loads(open(summary["report"]).read())
     assert summary["report"] == f"{cfg.paths.resolve('reports')}/evaluation.json"
+    # The per-user values behind the report: popularity's NDCG@2 per user by hand, the model's
+    # as model_per_user computes them.
+    per_user = pd.read_parquet(f"{cfg.paths.resolve('reports')}/{evaluate.PER_USER_TABLE}")
+    assert set(per_user["ranker"]) == {"model", "popularity", "cooccurrence", "als", "ease"}
+    popular = per_user[per_user["ranker"] == "popularity"].sort_values("user_id")
+    assert popular["ndcg@2"].tolist() == pytest.approx(POPULARITY_NDCG2, abs=1e-9)
+    assert sorted(per_user[per_user["ranker"] == "model"]["ndcg@2"]) == pytest.approx(sorted(model_users), abs=1e-6)
     assert (report["users"], report["users_with_targets"], report["catalogue_size"], report["head_items"]) == (5, 4, 6, 1)
     assert set(report["rankers"]) == {"model", "popularity", "cooccurrence", "als", "ease"}
     for name, value in POPULARITY.items():
