@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 CONFIG ?= conf/local.yaml
 MLFLOW_DB := $(CURDIR)/work/mlflow/mlflow.db
 
-.PHONY: setup airflow-env demo test test-fast package mlflow-ui clean-work
+.PHONY: setup airflow-env demo test test-fast package mlflow-ui clean-work serve
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -14,6 +14,9 @@ airflow-env:  ## .venv-airflow: Airflow 3 and its Spark provider, for dags/recsy
 
 demo: setup  ## the whole pipeline on generated sample data, local Spark, local MLflow
 	$(BIN)/recsys run --config $(CONFIG)
+
+serve: setup  ## after `make demo`: Redis, the latest lists published, the service on http://127.0.0.1:8000
+	@bash scripts/serve.sh $(CONFIG) $(SERVE_ARGS)
 
 test: setup airflow-env  ## the default test suite (everything but GPU tests; the DAG's in .venv-airflow)
 	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)

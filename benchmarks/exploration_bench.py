@@ -61,7 +61,17 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+from common import (  # noqa: E402
+    command_line,
+    describe,
+    fresh_folder,
+    loop_overrides,
+    read_recommendations,
+    set_aliases,
+    start_logging,
+)
 from recsys_spark.config import Config, load_config  # noqa: E402
 
 K = 20
@@ -94,28 +104,8 @@ SETTINGS = (
 
 def base_overrides(out: Path, args: argparse.Namespace) -> list[str]:
     """The settings every stage of every day and setting shares."""
-    return [
-        f"paths.root={out}",
-        "spark.show_progress=false",
-        f"spark.stage_timeout_minutes={args.stage_timeout_minutes}",
-        "spark.shuffle_partitions=4",
-        f"generate.n_users={args.users}",
-        f"generate.n_items={args.items}",
-        f"generate.days={args.history_days + args.days}",
-        f"generate.new_items_per_day={args.new_items_per_day}",
-        f"generate.taste_drift={args.taste_drift}",
-        "generate.defects=false",
-        "clean.allow_dev_key=true",
-        "featurize.validation_days=1",
-        "featurize.test_days=1",
-        "evaluate.protocol=temporal",
-        "train.launcher=local",
-        "train.threads_per_proc=2",
-        f"train.max_steps={args.train_steps}",
-        f"score.top_k={K}",
-        "evaluate.ope_days=0",
-        *args.set,
-    ]
+    return loop_overrides(out, args, args.history_days + args.days, "generate.defects=false",
+                          f"train.max_steps={args.train_steps}", f"score.top_k={K}", "evaluate.ope_days=0")
 
 
 def setting_paths(setting: Setting) -> list[str]:
@@ -137,14 +127,6 @@ def link_day_files(source: Path, target: Path) -> None:
     for path in sorted(source.iterdir()):
         if not (target / path.name).exists():
             os.link(path, target / path.name)
-
-
-def read_day(path: Path, run_date: str) -> pd.DataFrame:
-    import pyarrow.parquet as pq
-
-    frame = pq.read_table(path / f"run_date={run_date}").to_pandas()
-    frame["run_date"] = pd.Timestamp(run_date).date()
-    return frame
 
 
 def write_clicks(events: pd.DataFrame, folder: Path, run_date: str) -> int:
@@ -216,8 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--breakdown-only", action="store_true",
                         help="only print the exploration breakdown of an earlier run in --out")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("recsys_spark").setLevel(logging.WARNING)
+    start_logging(logging.WARNING)
     if args.breakdown_only:
         breakdown(args.out.resolve(), args)
         return 0
@@ -230,11 +211,8 @@ def main(argv: list[str] | None = None) -> int:
 
     chosen = {a.strip() for a in args.settings.split(",")} | {"none"}
     settings = [s for s in SETTINGS if s.alias in chosen]
-    out = args.out.resolve()
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    command = "benchmarks/exploration_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    out = fresh_folder(args.out)
+    command = command_line("exploration_bench.py", argv)
     started = time.time()
     base = load_config(None, base_overrides(out, args))
     spark = get_session(base.spark)
@@ -250,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     stage_function("clean")(spark, shared)
     stage_function("featurize")(spark, shared)
     day0 = stage_function("train")(spark, shared)
-    alias(shared, [s.alias for s in settings], day0["version"])
+    set_aliases(shared, [s.alias for s in settings], day0["version"])
     for setting in settings:
         link_day_files(out / "raw", out / f"loop_{setting.alias}" / "raw")
         shutil.copytree(out / "clean0", out / f"loop_{setting.alias}" / "clean")
@@ -272,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                 extra.append(f"score.feedback_counts_path={counts}")
             cfg = day_config(out, args, setting, features[setting.alias], extra)
             stage_function("score")(spark, cfg)
-            recs = read_day(out / f"loop_{setting.alias}" / "recommendations", run_date)
+            recs = read_recommendations(out / f"loop_{setting.alias}" / "recommendations", run_date)
             feedback = feedback_sim.simulate_feedback(world, gen_cfg, recs, model, DEV_KEY, seed=day)
             feedback_sim.write_feedback(None, feedback, str(out / f"loop_{setting.alias}" / "feedback"))
             events = feedback_sim.click_events(world, feedback, DEV_KEY, seed=day)
@@ -365,17 +343,6 @@ def breakdown(out: Path, args: argparse.Namespace) -> None:
                   f"{part['new'].mean():9.1%}")
 
 
-def alias(cfg: Config, aliases: list[str], version: str) -> None:
-    from mlflow import MlflowClient
-
-    import mlflow
-
-    mlflow.set_tracking_uri(cfg.tracking_uri)
-    client = MlflowClient()
-    for name in aliases:
-        client.set_registered_model_alias(cfg.mlflow.registered_model, name, version)
-
-
 def greedy_ndcg(spark, out: Path, args, setting: Setting, features: str, model_alias: str, run_date: str, world,
                 gen_cfg, model, key: bytes) -> np.ndarray:
     """Per-user NDCG@K on the truth of the model at ``model_alias`` ranking greedily for ``run_date``."""
@@ -386,7 +353,7 @@ def greedy_ndcg(spark, out: Path, args, setting: Setting, features: str, model_a
                                                     "score.explore_policy=epsilon", f"score.run_date={run_date}",
                                                     f"paths.recommendations={folder}"])
     stage_function("score")(spark, cfg)
-    frame = read_day(out / folder, run_date)
+    frame = read_recommendations(out / folder, run_date)
     return truth_ndcg(world, gen_cfg, frame[frame["source"] != "fallback"], model, key)
 
 
@@ -405,7 +372,7 @@ def off_policy(spark, out: Path, args, settings: list[Setting], loggers: list[Se
         cfg = day_config(out, args, target, features[target.alias], [f"score.run_date={run_date}"])
         bundle, version = load_bundle(cfg, alias=target.alias)
         vocab = io.read_features(spark, features[target.alias], "item_vocab").toPandas()
-        served = read_day(out / f"loop_{target.alias}" / "recommendations", run_date)
+        served = read_recommendations(out / f"loop_{target.alias}" / "recommendations", run_date)
         for logger in loggers:
             if logger.alias == target.alias:
                 continue
@@ -424,12 +391,6 @@ def off_policy(spark, out: Path, args, settings: list[Setting], loggers: list[Se
             print(f"  OPE {target.name:13s} from {logger.name:13s} truth {truth:.4f}  " + "  ".join(
                 f"{e} {describe(row[e])}" for e in ESTIMATORS), flush=True)
     return results
-
-
-def describe(found: dict[str, Any]) -> str:
-    if not found or found.get("value") is None:
-        return f"withheld ({found.get('reason') if found else 'no estimate'})"
-    return f"{found['value']:.4f} [{found['low']:.4f}, {found['high']:.4f}] ess {found['ess']:,.0f}"
 
 
 def report(rows, served, ndcg, ope, settings, launched, args, command, seconds, out: Path) -> None:

@@ -45,7 +45,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+from common import command_line, fresh_folder, loop_overrides, set_aliases, start_logging  # noqa: E402
 from recsys_spark.config import Config, load_config  # noqa: E402
 
 ARMS = ("full", "finetune", "replay")
@@ -55,24 +57,7 @@ BOOTSTRAP = dict(samples=1000, seed=11, confidence=0.95)
 
 def base_overrides(out: Path, args: argparse.Namespace) -> list[str]:
     """The settings every stage of every day shares."""
-    return [
-        f"paths.root={out}",
-        "spark.show_progress=false",
-        f"spark.stage_timeout_minutes={args.stage_timeout_minutes}",
-        "spark.shuffle_partitions=4",
-        f"generate.n_users={args.users}",
-        f"generate.n_items={args.items}",
-        f"generate.days={args.history_days + args.days + 1}",
-        f"generate.new_items_per_day={args.new_items_per_day}",
-        f"generate.taste_drift={args.taste_drift}",
-        "clean.allow_dev_key=true",
-        "featurize.validation_days=1",
-        "featurize.test_days=1",
-        "evaluate.protocol=temporal",
-        "train.launcher=local",
-        "train.threads_per_proc=2",
-        *args.set,
-    ]
+    return loop_overrides(out, args, args.history_days + args.days + 1)
 
 
 def day_config(out: Path, args: argparse.Namespace, day: int, extra: list[str]) -> Config:
@@ -96,7 +81,7 @@ def evaluate_model(cfg: Config, version: str) -> dict[str, Any]:
     import torch
 
     from recsys_spark import io
-    from recsys_spark.evaluation.metrics import batch_metrics
+    from recsys_spark.metrics import batch_metrics
     from recsys_spark.models.registry import load_bundle
     from recsys_spark.train import data
     from recsys_spark.train.loop import validation_lists
@@ -133,18 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage-timeout-minutes", type=float, default=60.0)
     parser.add_argument("--set", action="append", default=[], help="key=value for every stage (repeatable)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("recsys_spark").setLevel(logging.INFO)
+    start_logging(logging.INFO)
 
     from recsys_spark.cli import stage_function
     from recsys_spark.evaluation.intervals import mean_interval
     from recsys_spark.spark import get_session
 
-    out = args.out.resolve()
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    command = "benchmarks/incremental_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    out = fresh_folder(args.out)
+    command = command_line("incremental_bench.py", argv)
     started = time.time()
     cfg = load_config(None, base_overrides(out, args))
     spark = get_session(cfg.spark)
@@ -175,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             began = time.time()
             summary = stage_function("train")(spark, train_cfg)
             seconds = time.time() - began
-            if day == 1:
-                alias_all(train_cfg, summary["version"])
+            if day == 1:  # the full model starts every chain
+                set_aliases(train_cfg, list(ARMS), summary["version"])
             found = evaluate_model(train_cfg, summary["version"])
             row = {"day": day, "arm": arm, "seconds": seconds, "steps": summary["steps"],
                    "examples": summary["steps"] * train_cfg.train.batch_size, "version": summary["version"],
@@ -198,17 +179,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def dt_date(iso: str) -> np.datetime64:
     return np.datetime64(iso, "D")
-
-
-def alias_all(cfg: Config, version: str) -> None:
-    """Day 1: the full model starts every chain."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    mlflow.set_tracking_uri(cfg.tracking_uri)
-    client = MlflowClient()
-    for arm in ARMS:
-        client.set_registered_model_alias(cfg.mlflow.registered_model, arm, version)
 
 
 def by(rows: list[dict[str, Any]], day: int, arm: str) -> dict[str, Any]:

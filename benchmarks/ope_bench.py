@@ -33,11 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+from common import command_line, describe, fresh_folder, read_recommendations, start_logging  # noqa: E402
 from recsys_spark.config import load_config  # noqa: E402
 
 TARGETS = {
@@ -66,14 +67,6 @@ def overrides(out: Path, args: argparse.Namespace) -> list[str]:
     ]
 
 
-def read_recommendations(path: Path, run_date: str) -> pd.DataFrame:
-    import pyarrow.parquet as pq
-
-    frame = pq.read_table(path / f"run_date={run_date}").to_pandas()
-    frame["run_date"] = pd.Timestamp(run_date).date()
-    return frame
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/ope_bench"))
@@ -84,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="click draws of the simulator")
     parser.add_argument("--set", action="append", default=[], help="key=value for every stage (repeatable)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("recsys_spark").setLevel(logging.INFO)
+    start_logging(logging.INFO)
 
     from recsys_spark import io
     from recsys_spark.cli import stage_function
@@ -97,14 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     from recsys_spark.models.registry import load_bundle
     from recsys_spark.spark import get_session
 
-    out = args.out.resolve()
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out = fresh_folder(args.out)
     started = time.time()
     start = np.datetime64(load_config(None, []).generate.start_date, "D")
     args.run_date = str(start + np.timedelta64(args.days, "D"))  # the day after the log
-    command = "benchmarks/ope_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line("ope_bench.py", argv)
     base = overrides(out, args)
     cfg = load_config(None, base)
     spark = get_session(cfg.spark)
@@ -155,12 +144,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"{e} {describe(row[e])}" for e in ESTIMATORS), flush=True)
     summarise(results, args, command, time.time() - started)
     return 0
-
-
-def describe(found: dict[str, Any]) -> str:
-    if found.get("value") is None:
-        return f"withheld ({found.get('reason')})"
-    return f"{found['value']:.4f} [{found['low']:.4f}, {found['high']:.4f}] ess {found['ess']:,.0f}"
 
 
 def summarise(results: list[dict[str, Any]], args: argparse.Namespace, command: str, seconds: float) -> None:

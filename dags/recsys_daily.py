@@ -1,4 +1,4 @@
-"""``recsys_daily``: the daily batch, clean -> featurize -> train -> evaluate -> score, by spark-submit.
+"""``recsys_daily``: the daily batch, clean -> featurize -> train -> evaluate -> score -> publish, by spark-submit.
 
 Each task is one ``spark-submit jobs/<stage>.py --config <file> [section.key=value ...]`` of
 the packaged project (``make package`` builds the ``--py-files`` zip). The run's date, ``ds``,
@@ -6,7 +6,11 @@ goes to the jobs as dotted overrides: clean re-cleans exactly that day (its even
 partition is replaced, the others are left alone) and score writes exactly that day's
 run_date partition, so a backfill of a past date reprocesses that date and nothing else.
 Evaluate holds the registry gate: it moves the champion alias only when the new model wins,
-and score reads the champion.
+and score reads the champion. Publish loads that day's recommendations into the Redis store of
+the config's ``serve`` section and switches the served version to them once all are written;
+a retry of a date publishes the same version again (idempotent), a backfill of a date older
+than the one served is not published (it would replace newer lists), and ``recsys publish
+--rollback`` serves the version before.
 
 Runs are daily over a data interval: the run of ``ds`` = 2019-10-05 starts once that day is
 over (2019-10-06 00:00 UTC) and processes 2019-10-05.
@@ -116,6 +120,7 @@ STAGES = (
     Stage("train", dt.timedelta(hours=4), retries=1, overrides=(FEATURES, "train.mode={{ train_mode(ds, params) }}")),
     Stage("evaluate", dt.timedelta(hours=1), retries=1, overrides=(FEATURES,)),
     Stage("score", dt.timedelta(hours=1), retries=2, overrides=(FEATURES, "score.run_date={{ ds }}")),
+    Stage("publish", dt.timedelta(minutes=30), retries=2, overrides=("publish.run_date={{ ds }}",)),
 )
 # The run's SLA: it fails when not done by then (the recommendations of `ds` are due the
 # morning after). Airflow 3 removed task SLAs (`sla=`); timeouts are how a run is held to one.

@@ -10,7 +10,9 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+from py4j.protocol import Py4JJavaError
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -46,8 +48,6 @@ class HadoopFs:
 
     def rename(self, src: str, dst: str) -> None:
         """Move ``src`` to ``dst`` (its parent is created); raises OSError if the file system refuses."""
-        from py4j.protocol import Py4JJavaError
-
         self.fs.mkdirs(self.path(dst).getParent())
         try:
             renamed = self.fs.rename(self.path(src), self.path(dst))
@@ -159,8 +159,6 @@ def local_uri(path: str) -> str:
     """
     if is_uri(path):
         return path
-    from urllib.parse import quote
-
     return "file://" + quote(str(Path(path).resolve()), safe="/=")
 
 
@@ -243,6 +241,17 @@ def read_recommendations(spark: SparkSession, path: str, id_type: str = schema.I
         return None
     struct = schema.with_product_ids(schema.RECOMMENDATION_SCHEMA, id_type)
     return read_table(spark, path, struct, "paths.recommendations")
+
+
+def recommendation_dates(spark: SparkSession, path: str) -> list[str]:
+    """The run dates (ISO, sorted) of the partitions under ``path`` that hold a data file; [] when
+    ``path`` is missing. Lists folders: no file is read."""
+    if not exists(spark, path):
+        return []
+    fs = HadoopFs(spark, path)
+    prefix = f"{schema.RUN_DATE}="
+    return sorted(name.removeprefix(prefix) for name in fs.folders(path)
+                  if name.startswith(prefix) and fs.files(f"{path.rstrip('/')}/{name}"))
 
 
 # ----------------------------------------------------------------------------- features

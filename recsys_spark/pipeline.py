@@ -7,11 +7,14 @@ import logging
 import time
 from typing import Any
 
+import mlflow
+from mlflow import MlflowClient
 from pyspark.sql import SparkSession
 
 from recsys_spark import io, tracking
 from recsys_spark import schema
 from recsys_spark.config import Config
+from recsys_spark.stages import stage_function
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +38,6 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         metric of the model and of every baseline with its interval and users, and the paired
         differences of the model with each of them.
     """
-    import mlflow
-
-    from recsys_spark.cli import stage_function
-
     experiment_id = tracking.setup(cfg)
     run_date = tracking.resolve_run_date(cfg)
     summaries: dict[str, dict] = {}
@@ -126,8 +125,6 @@ def data_ranges(spark: SparkSession | None, cfg: Config, summaries: dict[str, di
 
 def tag_data_ranges(parent_run_id: str, experiment_id: str, ranges: dict[str, tuple[str, str]]) -> None:
     """Tag the pipeline run, and each of its stage runs that has no data range of its own."""
-    from mlflow import MlflowClient
-
     client = MlflowClient()
     children = client.search_runs(
         [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=100

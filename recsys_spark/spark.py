@@ -7,7 +7,7 @@ import sys
 from contextlib import contextmanager
 from typing import Iterator
 
-from pyspark import StorageLevel
+from pyspark import SparkConf, SparkContext, StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -78,8 +78,6 @@ def _submitted_conf() -> set[str]:
     """Keys that spark-submit already set (it passes them as spark.* system properties)."""
     if "SPARK_SUBMIT" not in os.environ and "PYSPARK_GATEWAY_PORT" not in os.environ:
         return set()
-    from pyspark import SparkConf, SparkContext
-
     # Connect to spark-submit's JVM first: without it SparkConf() is a Python-only dict and
     # misses the spark.* system properties that hold the command line's settings.
     SparkContext._ensure_initialized()

@@ -26,9 +26,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
+from pyspark.sql import SparkSession
 
 from recsys_spark.config import Config
 from recsys_spark.errors import ConfigError
+from recsys_spark.stages import STAGES
+
+# mlflow (2 s to import) is imported inside the functions that call it: every stage module imports
+# this one, and the Spark executors import the stage modules whose functions they run.
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +60,7 @@ EXPERIMENT_NOTE = (
 
 def setup(cfg: Config) -> str:
     """Point MLflow at the configured store and return the experiment id (created if new)."""
-    import mlflow
+    import mlflow  # not at the top: see the note at the imports
 
     uri = cfg.tracking_uri
     if uri.startswith("sqlite:///"):
@@ -132,7 +137,7 @@ def stage_run(cfg: Config, stage: str, run_date: str | None = None) -> Iterator[
     Yields:
         the active ``mlflow.ActiveRun``. A stage that raises leaves the run FAILED.
     """
-    import mlflow
+    import mlflow  # not at the top: see the note at the imports
 
     experiment_id = setup(cfg)
     date = resolve_run_date(cfg, run_date)
@@ -152,7 +157,7 @@ def tag_data_range(first: dt.date | dt.datetime | str | None, last: dt.date | dt
 
     Datetimes are reduced to their UTC date; None leaves that end untagged.
     """
-    import mlflow
+    import mlflow  # not at the top: see the note at the imports
 
     tags = {key: _iso_date(value) for key, value in ((TAG_FIRST_DATE, first), (TAG_LAST_DATE, last))
             if value is not None}
@@ -171,7 +176,7 @@ def data_range_of_features(metadata: dict[str, Any]) -> tuple[str, str] | None:
 
 def log_config(cfg: Config) -> None:
     """Log the resolved config as params (dotted keys) and as ``config.yaml``."""
-    import mlflow
+    import mlflow  # not at the top: see the note at the imports
 
     params = {k: str(v)[:_MAX_PARAM] for k, v in cfg.flat().items()}
     mlflow.log_params(params)
@@ -179,13 +184,13 @@ def log_config(cfg: Config) -> None:
 
 
 def log_json(obj: Any, artifact_file: str) -> None:
-    import mlflow
+    import mlflow  # not at the top: see the note at the imports
 
     mlflow.log_dict(obj, artifact_file)
 
 
 def log_figure(fig: Any, artifact_file: str) -> None:
-    import mlflow
+    import mlflow  # not at the top: see the note at the imports
 
     mlflow.log_figure(fig, artifact_file)
 
@@ -202,12 +207,7 @@ def _iso_date(value: dt.date | dt.datetime | str) -> str:
 
 def _spark_tags() -> dict[str, str]:
     """The running Spark application, so that a run links to its Spark UI / history entry."""
-    try:
-        from pyspark.sql import SparkSession
-
-        spark = SparkSession.getActiveSession()
-    except ImportError:
-        return {}
+    spark = SparkSession.getActiveSession()
     if spark is None:
         return {}
     context = spark.sparkContext
@@ -215,7 +215,5 @@ def _spark_tags() -> dict[str, str]:
 
 
 def _stage_description(stage: str) -> str | None:
-    from recsys_spark.cli import STAGES  # lazy: the CLI imports the stages, which import this
-
     entry = STAGES.get(stage)
     return f"`recsys {stage}`: {entry[1]}." if entry else None

@@ -8,6 +8,23 @@ STAMP="$VENV/.recsys-installed"
 HASH="$(cat "$ROOT/requirements/constraints.txt" "$ROOT/setup.cfg" "$ROOT/scripts/bootstrap.sh" \
         "$ROOT/scripts/build_horovod.sh" | sha256sum | cut -d' ' -f1)"
 
+# A Redis server for `recsys publish` / `recsys serve` and the tests that use a real one. Checked
+# on every run (the check costs nothing): a machine can lose it while the venv stays as it is.
+if ! command -v redis-server >/dev/null 2>&1; then
+    SUDO=""
+    [[ "$(id -u)" -eq 0 ]] || SUDO="sudo -n"
+    if command -v apt-get >/dev/null 2>&1 && { [[ -z "$SUDO" ]] || sudo -n true 2>/dev/null; }; then
+        echo "bootstrap: installing redis-server (apt-get)"
+        $SUDO apt-get install -y -q redis-server >/dev/null \
+            || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q redis-server >/dev/null; } \
+            || { echo "bootstrap: apt-get could not install redis-server" >&2; exit 1; }
+    else
+        echo "bootstrap: redis-server is not on PATH and cannot be installed here (not root, no apt-get or" \
+             "no password-less sudo): install it (apt-get install redis-server, brew install redis) before" \
+             "\`make serve\` or \`make test\`" >&2
+    fi
+fi
+
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$HASH" && -x "$VENV/bin/recsys" ]]; then
     exit 0
 fi

@@ -20,6 +20,10 @@ NOTES = {
     "# nested MLflow runs `trial <n>`, then the final training with the best values.",
     "evaluate": "Full-ranking evaluation against baselines.",
     "score": "Batch top-K scoring from the registered model.",
+    "publish": "The publish stage: a run date's recommendations into the Redis store (empty run_date = the latest).",
+    "serve": "The Redis store of the served lists: written by publish, read by serve. The Redis password, if\n"
+    "# any, comes from the environment variable named by redis_password_env, never from here (nor the API key:\n"
+    "# api_key_env). `recsys serve`: its address, request limits, exposure writer and model polling.",
 }
 
 

@@ -115,3 +115,22 @@ def tiny_pipeline(tmp_path_factory) -> PipelineRun:
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     return PipelineRun(root=folder / "work", stdout=out.stdout)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One real ``redis-server`` for the session (tests/redis_server.py). A test that stops it must
+    start it again; one that needs its own (to kill it) builds a RedisServer in its tmp_path."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    """The session's Redis, running and empty: its URL (redis://127.0.0.1:<port>/0)."""
+    redis_server.start()
+    redis_server.flush()
+    return redis_server.url

@@ -47,6 +47,8 @@ BAD_KEYS = {
     "search": ("search.trials=-1", "search.trials must be >= 0, got -1"),
     "evaluate": ("evaluate.ks=[0,10]", "evaluate.ks: expected positive cut-offs, got [0, 10]"),
     "score": ("score.run_date=yesterday", "score.run_date: 'yesterday' is not an ISO date (YYYY-MM-DD)"),
+    "publish": ("publish.run_date=2019-13-01", "publish.run_date: '2019-13-01' is not an ISO date (YYYY-MM-DD)"),
+    "serve": ("serve.keep_versions=1", "serve.keep_versions must be >= 2, got 1"),
 }
 
 
@@ -65,7 +67,8 @@ def test_a_bad_key_of_any_section_stops_any_stage_before_spark_starts(tmp_path, 
     assert out.stderr.strip() == f"recsys {stage}: error: {message}"
 
 
-@pytest.mark.parametrize("stage, key", [("clean", "raw"), ("featurize", "clean"), ("train", "features"), ("score", "features")])
+@pytest.mark.parametrize("stage, key", [("clean", "raw"), ("featurize", "clean"), ("train", "features"), ("score", "features"),
+                                        ("publish", "recommendations")])
 def test_missing_input_path_is_one_line_naming_path_and_key(tmp_path, stage, key):
     out = _recsys(stage, f"paths.root={tmp_path}")
     assert out.returncode == 2
@@ -77,6 +80,11 @@ def test_missing_input_path_is_one_line_naming_path_and_key(tmp_path, stage, key
 def test_unknown_stage_is_rejected_by_argparse():
     out = _recsys("explode")
     assert out.returncode == 2 and "invalid choice: 'explode'" in out.stderr
+
+
+def test_an_option_of_another_stage_is_refused():
+    out = _recsys("score", "--rollback")
+    assert out.returncode == 2 and "--rollback is an option of recsys publish, not of recsys score" in out.stderr
 
 
 def test_packaged_zip_imports_without_site_packages(tmp_path):
@@ -92,3 +100,14 @@ def test_packaged_zip_imports_without_site_packages(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(zpath / "recsys_spark" / "__init__.py")
+
+
+def test_a_job_entry_parses_the_options_of_its_stage_only(capsys):
+    from recsys_spark.cli import run_stage
+
+    assert run_stage("clean", ["clean.session_gap_minutes=0"]) == 2
+    assert capsys.readouterr().err.strip() == "recsys clean: error: clean.session_gap_minutes must be >= 1, got 0"
+    assert run_stage("publish", ["--rollback", "publish.run_date=2019-10-12"]) == 2
+    assert capsys.readouterr().err.strip() == ("recsys publish: error: publish.rollback=true switches back to the "
+                                               "previous version: it publishes no run date (drop "
+                                               "publish.run_date=2019-10-12)")

@@ -317,3 +317,27 @@ def test_extending_vocabularies_needs_the_folder_to_extend():
         load_config(None, ["featurize.vocab_mode=extend"])
     with pytest.raises(ConfigError, match="featurize.vocab_mode"):
         load_config(None, ["featurize.vocab_mode=grow"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("serve.keep_versions=1", "serve.keep_versions must be >= 2, got 1"),
+    ("serve.publish_batch=0", "serve.publish_batch must be >= 1, got 0"),
+    ("serve.socket_timeout_s=0", "serve.socket_timeout_s must be > 0 (every wait has a bound), got 0.0"),
+    ("serve.publish_timeout_s=-1", "serve.publish_timeout_s must be > 0 (every wait has a bound), got -1.0"),
+    ("serve.redis_url=http://localhost:6379", "serve.redis_url: 'http://localhost:6379' is not a redis://host:port/db URL"),
+    ("serve.redis_url=redis://:hunter2@localhost:6379/0",
+     "serve.redis_url holds credentials: put the password in the environment variable RECSYS_REDIS_PASSWORD instead"),
+    ("serve.redis_prefix=shop*", "serve.redis_prefix: 'shop*' must be non-empty letters, digits, _ . : -"),
+    ("publish.run_date=yesterday", "publish.run_date: 'yesterday' is not an ISO date (YYYY-MM-DD)"),
+])
+def test_serve_and_publish_values_fail_fast_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert str(err.value) == message
+
+
+def test_a_rollback_publishes_no_date():
+    assert load_config(None, ["publish.rollback=true", "serve.redis_prefix=shop:recsys"]).publish.rollback
+    with pytest.raises(ConfigError, match=r"^publish.rollback=true switches back to the previous version: it publishes "
+                                          r"no run date \(drop publish.run_date=2019-10-12\)$"):
+        load_config(None, ["publish.rollback=true", "publish.run_date=2019-10-12"])

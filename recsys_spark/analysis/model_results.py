@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from recsys_spark import schema
 from recsys_spark.errors import InputError
@@ -49,8 +50,6 @@ def read_table(path: str, columns: Sequence[str] | None = None, filters: list | 
     Raises:
         InputError: the path does not exist.
     """
-    import pyarrow.parquet as pq
-
     if not os.path.exists(path):
         raise InputError(f"table not found: {path}")
     return pq.read_table(path, columns=list(columns) if columns else None, filters=filters).to_pandas()
@@ -74,6 +73,8 @@ def latest_partition(path: str, column: str = schema.RUN_DATE) -> str:
 
 def report_path(reports_folder: str) -> str:
     """Args: ``cfg.paths.resolve("reports")``. Returns: where evaluate writes its report."""
+    # Here, not at the top: evaluate brings torch (2 s), which the notebooks that read results
+    # through this module do not need.
     from recsys_spark.evaluation.evaluate import REPORT_FILE
 
     return os.path.join(reports_folder, REPORT_FILE)
@@ -190,7 +191,7 @@ def nearest_items(item_vecs: np.ndarray, product_ids: np.ndarray, queries: Seque
 
 def item_space(bundle) -> tuple[np.ndarray, np.ndarray]:
     """Args: a ModelBundle. Returns: (item vectors float32 [N, d] of the model's item tower, product ids int64 [N])."""
-    import torch
+    import torch  # here, not at the top: only this function needs torch (2 s), see report_path
 
     with torch.no_grad():
         vectors = bundle.build_module().item_vectors().numpy()

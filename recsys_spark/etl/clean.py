@@ -41,6 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import mlflow
 from pyspark.sql import Column, DataFrame, Observation, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -371,8 +372,6 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         ConfigError: a bad window, threshold, alias or files per day.
         DataQualityError: the counts do not reconcile (nothing is replaced then).
     """
-    import mlflow
-
     cc = cfg.clean
     raw_path = cfg.paths.resolve("raw")
     clean_path = cfg.paths.resolve("clean")

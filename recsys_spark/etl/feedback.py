@@ -18,8 +18,8 @@ replaces each of its dates, an open one the dates found; the null partition of t
 always replaced (every run reads every row without a run_date). Absent or empty feedback is
 skipped and nothing is touched.
 
-``featurize`` (:func:`feedback_counts`) counts the clean feedback per item into the feature
-table ``feedback_counts``, the input of Thompson exploration (``score.feedback_counts_path``).
+``featurize`` counts the clean feedback per item into the feature table ``feedback_counts``
+(features/feedback.py).
 """
 
 from __future__ import annotations
@@ -166,25 +166,6 @@ def quarantined_feedback(flagged: DataFrame) -> DataFrame:
         F.col(schema.REASON), record.alias(schema.RAW_RECORD), F.col(schema.SOURCE_FILE), F.col(schema.RUN_DATE))
 
 
-def count_feedback(feedback: DataFrame, before: dt.date, id_type: str = schema.ID_INTEGER) -> DataFrame:
-    """Exposures and clicks per item over the run dates before ``before``.
-
-    Args:
-        feedback: clean feedback (CLEAN_FEEDBACK_SCHEMA).
-        before: the first run date not counted.
-
-    Returns:
-        FEEDBACK_COUNTS_SCHEMA (with_product_ids of ``id_type``): product_id (the exposures'
-        item_id, the shop's id), exposures (rows), clicks (rows with clicked true); one row per
-        item with an exposure.
-    """
-    counts = (feedback.where(F.col(schema.RUN_DATE) < F.lit(before))
-              .groupBy(F.col(schema.ITEM_ID).alias(schema.PRODUCT_ID))
-              .agg(F.count(F.lit(1)).alias(schema.EXPOSURES),
-                   F.count(F.when(F.col(schema.CLICKED), 1)).alias(schema.CLICKS)))
-    return schema.conform(counts, schema.with_product_ids(schema.FEEDBACK_COUNTS_SCHEMA, id_type))
-
-
 # ----------------------------------------------------------------------------- reconciliation
 
 
@@ -290,27 +271,3 @@ def clean_feedback(spark: SparkSession, cfg: Config) -> dict[str, Any]:
              ": " + ", ".join(f"{n} {code}" for code, n in outcome.quarantined.items() if n) if quarantined else "",
              len(dates))
     return feedback_report(outcome, True, dates)
-
-
-def feedback_counts(spark: SparkSession, cfg: Config, before: dt.datetime | dt.date) -> DataFrame:
-    """The feature table ``feedback_counts``: :func:`count_feedback` of ``paths.clean_feedback``
-    over the run dates strictly before ``before``, one sorted file. Empty (with its schema) when
-    clean has written no feedback, so its readers need no special case.
-
-    Args:
-        before: the features' serve snapshot (an aware datetime, or a date): a run date counts
-            when its whole day lies before it.
-
-    Returns:
-        FEEDBACK_COUNTS_SCHEMA rows, as score's ``read_feedback_counts`` reads them.
-    """
-    if isinstance(before, dt.datetime):
-        before = before.astimezone(dt.timezone.utc).date() if before.tzinfo else before.date()
-    path = cfg.paths.resolve("clean_feedback")
-    id_type = cfg.clean.id_types[schema.PRODUCT_ID]
-    feedback = io.read_clean_feedback(spark, path, id_type)
-    if feedback is None:
-        log.info("featurize: no clean feedback at %s (paths.clean_feedback): feedback_counts is empty", path)
-        return spark.createDataFrame([], schema.with_product_ids(schema.FEEDBACK_COUNTS_SCHEMA, id_type))
-    log.info("featurize: feedback_counts from %s, run dates before %s", path, before.isoformat())
-    return count_feedback(feedback, before, id_type).repartition(1).sortWithinPartitions(schema.PRODUCT_ID)

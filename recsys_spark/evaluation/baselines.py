@@ -1,8 +1,10 @@
 """The baselines a model must beat: item-item co-occurrence, implicit ALS (Spark MLlib) and EASE.
 
 All learn from the training windows only (``features/train``: what the model learns from),
-and all rank the whole catalogue through :class:`~recsys_spark.evaluation.rankers.Ranker`, so
-they are measured by exactly the code that measures the model.
+and all rank the whole catalogue through :class:`~recsys_spark.models.rankers.Ranker`, so
+they are measured by exactly the code that measures the model. This module fits and tunes them;
+their rankers (how a fit scores a user) are in :mod:`recsys_spark.models.rankers`, where a
+registered baseline's bundle rebuilds them.
 
 Co-occurrence: two steps of one training window, ``d`` steps apart with ``1 <= d <= window``,
 count once for the pair of their items (both ways, distinct items only). Similarity is that
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -37,12 +38,21 @@ import torch
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
-from torch import Tensor
 
 from recsys_spark import schema
 from recsys_spark.config import COOCCURRENCE_SIMILARITIES
-from recsys_spark.evaluation.rankers import Ranker
-from recsys_spark.models.ranking import int_arrays, int_matrix
+# The fits' rankers (how a fit scores a user) live with the model's, where a registered baseline's
+# bundle rebuilds them; the tests and benchmarks also know them by this module.
+from recsys_spark.models.rankers import (  # noqa: F401
+    AlsRanker,
+    CooccurrenceRanker,
+    EaseRanker,
+    SparseRows,
+    ease_columns,
+    fold_in,
+    recency_entries,
+)
+from recsys_spark.models.ranking import int_matrix
 
 log = logging.getLogger(__name__)
 
@@ -52,65 +62,6 @@ _A, _B, _D = "item_a", "item_b", "distance"
 
 
 # ----------------------------------------------------------------------------- co-occurrence
-
-
-@dataclass(frozen=True)
-class SparseRows:
-    """A square matrix in compressed sparse row form (numpy only, cheap to broadcast).
-
-    Args:
-        indptr: int64 [N + 1]; row r's entries are ``indices[indptr[r]:indptr[r + 1]]``.
-        indices: int64 [nnz], column of each entry.
-        data: float32 [nnz], value of each entry.
-    """
-
-    indptr: np.ndarray
-    indices: np.ndarray
-    data: np.ndarray
-
-    @property
-    def size(self) -> int:
-        return len(self.indptr) - 1
-
-    @classmethod
-    def from_pairs(cls, rows: np.ndarray, cols: np.ndarray, values: np.ndarray, size: int) -> "SparseRows":
-        """Build from (row, col, value) triplets; duplicate (row, col) pairs are summed."""
-        rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
-        keys, inverse = np.unique(rows * size + cols, return_inverse=True)
-        data = np.bincount(inverse, weights=np.asarray(values, dtype=np.float64), minlength=len(keys))
-        indptr = np.searchsorted(keys // size, np.arange(size + 1)).astype(np.int64)
-        return cls(indptr, (keys % size).astype(np.int64), data.astype(np.float32))
-
-    def dense(self) -> np.ndarray:
-        """Returns: float32 [N, N] (for tests and small catalogues)."""
-        out = np.zeros((self.size, self.size), dtype=np.float32)
-        rows = np.repeat(np.arange(self.size), np.diff(self.indptr))
-        out[rows, self.indices] = self.data
-        return out
-
-    def weighted_rows(self, weights: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """``weights @ M[items]`` per user, without building M densely.
-
-        Args:
-            weights: float [B, L], weight of each history position (0 for padding).
-            items: int [B, L], the row (item index) of each history position.
-
-        Returns:
-            float32 [B, N].
-        """
-        batch, length = items.shape
-        user = np.repeat(np.arange(batch), length)
-        rows, w = items.ravel(), weights.ravel()
-        keep = (w != 0) & (rows >= 0) & (rows < self.size)
-        user, rows, w = user[keep], rows[keep], w[keep]
-        starts, lengths = self.indptr[rows], self.indptr[rows + 1] - self.indptr[rows]
-        # Positions of every entry of every selected row, as one flat index array.
-        offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
-        cell = np.repeat(user, lengths) * self.size + self.indices[offsets]
-        value = np.repeat(w, lengths) * self.data[offsets]
-        return np.bincount(cell, weights=value, minlength=batch * self.size).reshape(batch, self.size).astype(
-            np.float32
-        )
 
 
 def cooccurrence_pairs(train: DataFrame, windows: Sequence[int]) -> DataFrame:
@@ -174,34 +125,6 @@ def similarity_matrix(pairs: pd.DataFrame, window: int, similarity: str, num_ite
                                  num_items)
 
 
-class CooccurrenceRanker(Ranker):
-    """Scores items by their similarity to the user's recent history items.
-
-    Args:
-        matrix: SparseRows [N, N], item-item similarity (see :func:`similarity_matrix`).
-        decay: weight ``decay**t`` of the t-th latest history step (t = 0 is the latest).
-        allowed: BoolTensor[N] or None.
-    """
-
-    name = "cooccurrence"
-
-    def __init__(self, matrix: SparseRows, decay: float, allowed: Tensor | None = None):
-        super().__init__(torch.zeros(matrix.size, 0), allowed)
-        self.matrix = matrix
-        self.decay = decay
-
-    def user_vectors(self, batch: pd.DataFrame) -> Tensor:
-        """The user's weights over items (an N-wide vector; the item side is the identity)."""
-        return self.score_block(batch)
-
-    def score_block(self, batch: pd.DataFrame, excluded: Tensor | None = None) -> Tensor:
-        items = int_matrix(batch[schema.HIST_ITEMS])  # [B, L], left-padded: the latest step is last
-        length = items.shape[1]
-        weights = np.power(float(self.decay), np.arange(length - 1, -1, -1, dtype=np.float64))
-        weights = np.where(items >= schema.FIRST_ITEM_INDEX, weights[None, :], 0.0)
-        return torch.from_numpy(self.matrix.weighted_rows(weights, items))
-
-
 # ----------------------------------------------------------------------------- ALS
 
 ALS_USER, ALS_ITEM, ALS_RATING = "window_id", "item", "rating"
@@ -236,6 +159,8 @@ def fit_als(interactions: DataFrame, num_items: int, rank: int, reg_param: float
     Returns:
         float32 [N, rank]: row i is item i's factors (0 for items without interactions).
     """
+    # Here, not at the top: only the driver fits ALS; the Spark executors that import this
+    # module for the co-occurrence and EASE tasks need no pyspark.ml.
     from pyspark.ml.recommendation import ALS
 
     # One block per task slot rather than MLlib's default of 10: every ALS iteration runs a few
@@ -252,60 +177,6 @@ def fit_als(interactions: DataFrame, num_items: int, rank: int, reg_param: float
     if len(factors):
         out[factors["id"].to_numpy(dtype=np.int64)] = np.stack(factors["features"].to_numpy()).astype(np.float32)
     return out
-
-
-def fold_in(item_factors: np.ndarray, seen: Sequence[np.ndarray], reg_param: float, alpha: float) -> np.ndarray:
-    """The implicit-ALS user vectors of users given their items, with item factors fixed.
-
-    Solves ``(Y'Y + alpha * Y_u'Y_u + reg_param * n_u * I) x_u = (1 + alpha) * Y_u' 1`` for
-    every user u, with Y_u the factors of u's n_u items: the user step of Spark's implicit ALS
-    for ratings of 1 (n_u floored at 1 so that a user without items gets a zero vector).
-
-    Args:
-        item_factors: float [N, r].
-        seen: B int arrays of item indices (out-of-range entries ignored).
-        reg_param, alpha: the ALS settings the factors were fitted with.
-
-    Returns:
-        float32 [B, r].
-    """
-    factors = torch.from_numpy(np.asarray(item_factors, dtype=np.float64))
-    num_items, rank = factors.shape
-    lists = [np.unique(s[(s >= 0) & (s < num_items)]) for s in seen]
-    longest = max([len(s) for s in lists] + [1])
-    index = np.zeros((len(lists), longest), dtype=np.int64)
-    mask = np.zeros((len(lists), longest), dtype=np.float64)
-    for row, items in enumerate(lists):
-        index[row, : len(items)] = items
-        mask[row, : len(items)] = 1.0
-    ys = factors[torch.from_numpy(index)] * torch.from_numpy(mask)[:, :, None]  # [B, m, r]
-    counts = torch.from_numpy(np.maximum(mask.sum(axis=1), 1.0))
-    gram = factors.T @ factors
-    lhs = gram[None] + alpha * torch.einsum("bmr,bms->brs", ys, ys)
-    lhs = lhs + reg_param * counts[:, None, None] * torch.eye(rank, dtype=torch.float64)[None]
-    rhs = (1.0 + alpha) * ys.sum(dim=1)
-    return torch.linalg.solve(lhs, rhs).float().numpy()
-
-
-class AlsRanker(Ranker):
-    """Implicit ALS: fitted item factors, user vectors folded in from each user's seen_items.
-
-    Args:
-        item_factors: float32 [N, r] (see :func:`fit_als`).
-        reg_param, alpha: the settings they were fitted with.
-        allowed: BoolTensor[N] or None.
-    """
-
-    name = "als"
-
-    def __init__(self, item_factors: np.ndarray, reg_param: float, alpha: float, allowed: Tensor | None = None):
-        super().__init__(torch.from_numpy(np.asarray(item_factors, dtype=np.float32)), allowed)
-        self.reg_param = reg_param
-        self.alpha = alpha
-
-    def user_vectors(self, batch: pd.DataFrame) -> Tensor:
-        seen = int_arrays(batch[schema.SEEN_ITEMS])
-        return torch.from_numpy(fold_in(self.item_vecs.numpy(), seen, self.reg_param, self.alpha))
 
 
 # ----------------------------------------------------------------------------- EASE
@@ -333,52 +204,6 @@ def ease_items(train_counts: np.ndarray, max_items: int) -> np.ndarray | None:
     return items
 
 
-def ease_columns(items: np.ndarray, num_items: int) -> np.ndarray:
-    """int64 [N]: the EASE row / column of every item index, -1 for items it does not model."""
-    columns = np.full(num_items, -1, dtype=np.int64)
-    columns[items] = np.arange(len(items))
-    return columns
-
-
-def recency_entries(
-    items: np.ndarray, columns: np.ndarray, older: Sequence[np.ndarray] | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The distinct modelled items of each row, with the age of their latest step.
-
-    The age of a step is its distance in steps from the row's last step (0 = the last one);
-    an item met several times takes its latest step. Items of ``older`` not among the steps
-    get age L (older than every step).
-
-    Args:
-        items: int [B, L], step items left-padded (the last column is the latest step).
-        columns: int64 [N] from :func:`ease_columns`.
-        older: B int arrays of earlier items of each row (e.g. seen_items), or None.
-
-    Returns:
-        (rows, cols, ages), int64 [m] each, sorted by (row, col): one entry per row and
-        distinct modelled item, ``cols`` in EASE columns.
-    """
-    batch, length = items.shape
-    inside = (items >= 0) & (items < len(columns))
-    cols = np.where(inside, columns[np.where(inside, items, 0)], -1).ravel()
-    rows = np.repeat(np.arange(batch, dtype=np.int64), length)
-    ages = np.tile(np.arange(length - 1, -1, -1, dtype=np.int64), batch)
-    if older is not None:
-        extra = np.concatenate([np.asarray(o, dtype=np.int64) for o in older] + [np.zeros(0, np.int64)])
-        extra_rows = np.repeat(np.arange(batch, dtype=np.int64), [len(o) for o in older])
-        ok = (extra >= 0) & (extra < len(columns))
-        rows = np.concatenate([rows, extra_rows[ok]])
-        cols = np.concatenate([cols, columns[extra[ok]]])
-        ages = np.concatenate([ages, np.full(int(ok.sum()), length, dtype=np.int64)])
-    keep = cols >= 0
-    rows, cols, ages = rows[keep], cols[keep], ages[keep]
-    order = np.lexsort((ages, cols, rows))
-    rows, cols, ages = rows[order], cols[order], ages[order]
-    first = np.ones(len(rows), dtype=bool)
-    first[1:] = (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])
-    return rows[first], cols[first], ages[first]
-
-
 def ease_gram_entries(train: DataFrame, columns: np.ndarray, decays: Sequence[float]) -> DataFrame:
     """The entries of G = X'X for each decay, X having one row per training window.
 
@@ -388,7 +213,7 @@ def ease_gram_entries(train: DataFrame, columns: np.ndarray, decays: Sequence[fl
 
     Args:
         train: training windows (schema.TRAIN_SCHEMA; item_seq is used).
-        columns: int64 [N] from :func:`ease_columns`.
+        columns: int64 [N] from :func:`~recsys_spark.models.rankers.ease_columns`.
         decays: the decays, each in (0, 1].
 
     Returns:
@@ -480,50 +305,6 @@ def fit_ease(gram: np.ndarray, lam: float) -> np.ndarray:
     weights.div_(-weights.diagonal().clone()[None, :])
     weights.diagonal().zero_()
     return weights.float().numpy()
-
-
-class EaseRanker(Ranker):
-    """EASE: a user's scores are ``x_u @ B``, x_u their recency-weighted items.
-
-    ``x_u[i] = decay**age`` of the latest step of item i in hist_items (age 0 = the last
-    step, as in :func:`recency_entries`); items of seen_items older than the history weigh
-    ``decay**L``. Decay 1.0 gives the binary x_u of plain EASE (every item before the cutoff).
-
-    Args:
-        items: int64 [n], the item index of every EASE column (see :func:`ease_items`).
-        weights: float32 [n, n], B from :func:`fit_ease`.
-        decay: in (0, 1], the decay the weights were fitted with.
-        num_items: N.
-        allowed: BoolTensor[N] or None.
-    """
-
-    name = "ease"
-
-    def __init__(self, items: np.ndarray, weights: np.ndarray, decay: float, num_items: int,
-                 allowed: Tensor | None = None):
-        super().__init__(torch.zeros(num_items, 0), allowed)
-        self.items = torch.from_numpy(np.asarray(items, dtype=np.int64))
-        self.columns = ease_columns(np.asarray(items, dtype=np.int64), num_items)
-        self.weights = torch.from_numpy(np.asarray(weights, dtype=np.float32))
-        self.decay = decay
-
-    def user_vectors(self, batch: pd.DataFrame) -> Tensor:
-        """The user's weights over items (an N-wide vector; the item side is the identity)."""
-        return self.score_block(batch)
-
-    def score_block(self, batch: pd.DataFrame, excluded: Tensor | None = None) -> Tensor:
-        rows, cols, ages = recency_entries(int_matrix(batch[schema.HIST_ITEMS]), self.columns,
-                                           int_arrays(batch[schema.SEEN_ITEMS]))
-        history = torch.sparse_coo_tensor(
-            torch.from_numpy(np.stack([rows, cols])),
-            torch.from_numpy(np.power(float(self.decay), ages).astype(np.float32)),
-            (len(batch), len(self.items)),
-            is_coalesced=True,  # recency_entries: sorted by (row, col), no duplicates
-            check_invariants=False,
-        )
-        scores = torch.zeros(len(batch), self.num_items)
-        scores[:, self.items] = torch.sparse.mm(history, self.weights)
-        return scores
 
 
 # ----------------------------------------------------------------------------- grids

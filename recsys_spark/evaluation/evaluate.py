@@ -22,7 +22,7 @@ the registry gate.
    last ``evaluate.ope_days`` logged run dates (:mod:`~recsys_spark.evaluation.offpolicy`;
    report key "off_policy", MLflow ``ope.<estimator>.clicks_per_list`` / ``.low`` / ``.high`` / ``.ess``).
 
-Metric definitions: :mod:`recsys_spark.evaluation.metrics`.
+Metric definitions: :mod:`recsys_spark.metrics`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from recsys_spark.errors import InputError
 from recsys_spark.evaluation import baselines, offpolicy
 from recsys_spark.evaluation.intervals import Interval, as_bounds, as_differences, by_user, compare
 from recsys_spark.evaluation.report import DEFINITIONS, SPLITS, figures, grid_table, render_html
-from recsys_spark.evaluation.metrics import (
+from recsys_spark.metrics import (
     AUC,
     MRR,
     auc,
@@ -59,7 +59,18 @@ from recsys_spark.evaluation.metrics import (
     metric_names,
     self_information,
 )
-from recsys_spark.evaluation.rankers import ModelRanker, PopularityRanker, Ranker, vocab_column
+from recsys_spark.models import bundle as bundles
+from recsys_spark.models.rankers import (
+    AlsRanker,
+    CooccurrenceRanker,
+    EaseRanker,
+    ModelRanker,
+    PopularityRanker,
+    Ranker,
+    SparseRows,
+    ease_columns,
+    vocab_column,
+)
 from recsys_spark.models.bundle import BaselineBundle, ModelBundle, ranker_label
 from recsys_spark.models.ranking import int_arrays
 from recsys_spark.features.split import before
@@ -424,6 +435,7 @@ def choose_on_validation(validation: DataFrame, model: Callable[[], Ranker], tun
     Returns:
         registry.RankerChoice.
     """
+    # Here, not at the top: the registry brings mlflow (2 s), kept out of the Spark executors that import this module.
     from recsys_spark.models import registry
 
     primary = ec.primary_metric
@@ -520,6 +532,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         version, ``serving`` (which ranker holds the champion alias now, and why), users,
         users_evaluated, the report paths.
     """
+    # Here, not at the top: mlflow (2 s), which the registry brings too, stays out of the Spark
+    # executors that import this module.
     import mlflow
 
     from recsys_spark.models import registry
@@ -761,7 +775,7 @@ def tune_baselines(
         items = baselines.ease_items(vocab_column(vocab, schema.TRAIN_COUNT, num_items)[0], ec.ease_max_items)
         if items is not None:
             log.info("evaluate: EASE: X'X of %d items for decays %s", len(items), ec.ease_decays)
-            entries = baselines.ease_gram_entries(train, baselines.ease_columns(items, num_items), ec.ease_decays).toPandas()
+            entries = baselines.ease_gram_entries(train, ease_columns(items, num_items), ec.ease_decays).toPandas()
             ease_grid = baselines.grid(**{"lambda": ec.ease_lambdas, "decay": ec.ease_decays})
             per_pass = max(1, ec.ease_max_items ** 2 // max(len(items), 1) ** 2)
             ease_passes = [ease_grid[i : i + per_pass] for i in range(0, len(ease_grid), per_pass)]
@@ -872,6 +886,7 @@ def _champion(cfg: Config, ec: EvaluateConfig, challenger: str, vocab: pd.DataFr
     """(bundle or None, version or None, note): the champion to compare with, when there is one
     other than the challenger, it was trained on the current vocabulary and it may be served (a
     tuned baseline may not under score.ranker=model)."""
+    # Here, not at the top: the registry brings mlflow (2 s), kept out of the Spark executors that import this module.
     from recsys_spark.models import registry
 
     version = registry.alias_version(cfg, ec.champion_alias)
@@ -906,6 +921,7 @@ def _log_to_mlflow(report: Mapping[str, Any], decision, ks: Sequence[int]) -> No
     (``paired.<a>_vs_<b>.<metric>.diff`` / ``.low`` / ``.high`` / ``.users``),
     ``users_evaluated``, the tuned baseline settings as params, the gate as tags, the JSON
     report and the figures."""
+    # Here, not at the top: mlflow (2 s) stays out of the Spark executors that import this module.
     import mlflow
 
     primary = report["primary_metric"]
@@ -953,6 +969,7 @@ def _tag_model_version(cfg: Config, version: str, model: Mapping[str, float], re
     its interval and users (``eval.<primary>.ci_low`` / ``.ci_high``, ``eval.users``) and the
     paired differences on it (``eval.model_vs_<other>.<primary>``: "+0.0123 [..] (n users)").
     ``ranker``: what the version is among the evaluated rankers (a served baseline's family)."""
+    # Here, not at the top: mlflow (2 s) stays out of the Spark executors that import this module.
     from mlflow import MlflowClient
 
     client = MlflowClient()
@@ -983,14 +1000,10 @@ def _broadcast_model(context, bundle) -> Callable[[], Ranker]:
 
 
 def _bundle_ranker(bundle_bc) -> Ranker:
-    from recsys_spark.models import bundle
-
-    return bundle.read(bundle_bc.value).ranker()
+    return bundles.read(bundle_bc.value).ranker()
 
 
 def _model_ranker(bundle_bc, vectors_bc) -> ModelRanker:
-    from recsys_spark.models.bundle import ModelBundle
-
     bundle = ModelBundle.from_bytes(bundle_bc.value)
     return ModelRanker.from_bundle(bundle, torch.from_numpy(vectors_bc.value))
 
@@ -999,21 +1012,21 @@ def _popularity_ranker(counts: np.ndarray, present: np.ndarray) -> PopularityRan
     return PopularityRanker(counts, torch.from_numpy(present))
 
 
-def _cooccurrence_ranker(matrices_bc, key, decay: float, present: np.ndarray) -> baselines.CooccurrenceRanker:
-    return baselines.CooccurrenceRanker(matrices_bc.value[key], decay, torch.from_numpy(present))
+def _cooccurrence_ranker(matrices_bc, key, decay: float, present: np.ndarray) -> CooccurrenceRanker:
+    return CooccurrenceRanker(matrices_bc.value[key], decay, torch.from_numpy(present))
 
 
-def _als_ranker(factors_bc, label: str, reg_param: float, alpha: float, present: np.ndarray) -> baselines.AlsRanker:
-    return baselines.AlsRanker(factors_bc.value[label], reg_param, alpha, torch.from_numpy(present))
+def _als_ranker(factors_bc, label: str, reg_param: float, alpha: float, present: np.ndarray) -> AlsRanker:
+    return AlsRanker(factors_bc.value[label], reg_param, alpha, torch.from_numpy(present))
 
 
-def _ease_ranker(weights_bc, decay: float, present: np.ndarray) -> baselines.EaseRanker:
+def _ease_ranker(weights_bc, decay: float, present: np.ndarray) -> EaseRanker:
     items, weights = weights_bc.value
-    return baselines.EaseRanker(items, weights, decay, len(present), torch.from_numpy(present))
+    return EaseRanker(items, weights, decay, len(present), torch.from_numpy(present))
 
 
 # The fit of a chosen grid point as a BaselineBundle holds it (models.bundle.BaselineBundle.arrays).
-def _similarity_arrays(matrix: baselines.SparseRows) -> dict[str, np.ndarray]:
+def _similarity_arrays(matrix: SparseRows) -> dict[str, np.ndarray]:
     return {"indptr": matrix.indptr, "indices": matrix.indices, "data": matrix.data}
 
 

@@ -49,10 +49,11 @@ import torch
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recsys_spark import schema
+from recsys_spark import io, schema
 from recsys_spark.evaluation import ope
+from recsys_spark.features.sequences import add_gap_buckets, collapse_steps, encode_items, history_rows
 from recsys_spark.models import ranking
-from recsys_spark.scoring import inputs, policies, topk
+from recsys_spark.scoring import inputs, policies, score, topk
 from recsys_spark.scoring.recommender import (
     EXCLUDE_PRODUCTS,
     SOURCE_FALLBACK,
@@ -327,8 +328,6 @@ def scoring_rows_as_of(events: DataFrame, item_vocab: DataFrame, users: DataFram
     Returns:
         inputs.scoring_rows columns, one row per user with an event before the date.
     """
-    from recsys_spark.features.sequences import add_gap_buckets, collapse_steps, encode_items, history_rows
-
     midnight = dt.datetime.combine(dt.date.fromisoformat(run_date), dt.time(), tzinfo=dt.timezone.utc)
     past = events.where(F.col(schema.EVENT_TIME) < F.lit(midnight)).join(
         F.broadcast(users.select(schema.USER_ID).distinct()), schema.USER_ID, "left_semi")
@@ -340,8 +339,6 @@ def scoring_rows_as_of(events: DataFrame, item_vocab: DataFrame, users: DataFram
 def _plan_as_of(spark: SparkSession, cfg, events: DataFrame, bundle, item_vectors: np.ndarray,
                 feature_items: pd.DataFrame, excluded: np.ndarray, run_date: str) -> ScoringPlan:
     """score.build_plan with the popularity (and Thompson's active users) as of the run date."""
-    from recsys_spark.scoring import score
-
     sc = cfg.score
     midnight = dt.datetime.combine(dt.date.fromisoformat(run_date), dt.time(), tzinfo=dt.timezone.utc)
     past = events.where(F.col(schema.EVENT_TIME) < F.lit(midnight))
@@ -374,9 +371,6 @@ def evaluate_target(spark: SparkSession, cfg, bundle, feedback: DataFrame, vocab
         "lists", "exposures", "clicks", "logged", "estimates", "min_ess", "exposure_deciles",
         "history", "reward_model"}.
     """
-    from recsys_spark import io
-    from recsys_spark.scoring import score
-
     ec, sc = cfg.evaluate, cfg.score
     events = io.read_clean(spark, cfg.paths.resolve("clean"))
     feature_vocab = io.read_features(spark, cfg.paths.resolve("features"), "item_vocab")

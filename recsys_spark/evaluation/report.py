@@ -13,6 +13,8 @@ import base64
 import io
 from typing import Any, Mapping, Sequence
 
+import jinja2
+
 # How featurize split the data (evaluate.protocol; features/split.py).
 SPLITS = {
     "temporal": "global cutoffs: the test users are those with a new item in the last featurize.test_days days, "
@@ -70,6 +72,8 @@ def figures(report: Mapping[str, Any]) -> dict[str, Any]:
         primary metric per segment and ranker, and "paired" (when the report has paired
         differences): model - each other ranker on the primary metric, with its interval}.
     """
+    # Here, not at the top: matplotlib (1 s) only draws the figures on the driver; the Spark
+    # executors that import evaluate, and so this module, never need it.
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullLocator
 
@@ -135,6 +139,8 @@ def exposure_figure(deciles: Mapping[str, Mapping[str, Any]]):
     Returns:
         a matplotlib Figure.
     """
+    # Here, not at the top: matplotlib (1 s) only draws the figures on the driver; the Spark
+    # executors that import evaluate, and so this module, never need it.
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(10, 3.8))
@@ -162,6 +168,8 @@ def paired_figure(pairs: Mapping[str, Mapping[str, float]], metric: str, confide
     Returns:
         a matplotlib Figure.
     """
+    # Here, not at the top: matplotlib (1 s) only draws the figures on the driver; the Spark
+    # executors that import evaluate, and so this module, never need it.
     from matplotlib.figure import Figure
 
     names = list(pairs)
@@ -325,8 +333,6 @@ def render_html(report: Mapping[str, Any]) -> str:
     Returns:
         the HTML text.
     """
-    import jinja2
-
     first = next(iter(report["rankers"].values()), {})
 
     def metrics_at(k: int) -> list[str]:

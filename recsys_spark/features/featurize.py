@@ -18,6 +18,7 @@ import math
 import time
 from typing import Any
 
+import mlflow
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -25,8 +26,7 @@ from recsys_spark import io, tracking
 from recsys_spark import schema
 from recsys_spark.config import Config, EvaluateConfig, FeaturizeConfig
 from recsys_spark.errors import ConfigError, DataQualityError, InputError, relax_hint
-from recsys_spark.etl import feedback
-from recsys_spark.features import quality
+from recsys_spark.features import feedback, quality
 from recsys_spark.features import vocab
 from recsys_spark.features.layout import block_mb, plan_train_files, shuffle_for_training, window_bytes
 from recsys_spark.features.leakage import check_no_leakage
@@ -113,6 +113,8 @@ def resolve_vocab_from(cfg: Config) -> str:
     value = cfg.featurize.vocab_from
     if not value.startswith("@"):
         return value
+    # Here, not at the top: the registry brings torch (2 s), which featurize needs only for a
+    # vocabulary taken from a registered model.
     from recsys_spark.models import registry
 
     found = registry.training_features(cfg, value[1:])
@@ -334,8 +336,6 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         DataQualityError: a data-quality threshold is breached, or the leakage guard finds a
             row that depends on an event at or after its cutoff (nothing is written then).
     """
-    import mlflow
-
     fc = cfg.featurize
     clean_path = cfg.paths.resolve("clean")
     io.require_input(spark, clean_path, "paths.clean")

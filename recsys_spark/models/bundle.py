@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from recsys_spark import schema
+from recsys_spark.models import rankers
 from recsys_spark.models.two_tower import TwoTowerModel
 
 FORMAT_VERSION = 1
@@ -92,11 +93,9 @@ class ModelBundle:
             return cls.from_bytes(src.read())
 
     def ranker(self, item_vecs: Tensor | None = None):
-        """The model as a ranker (``evaluation.rankers.ModelRanker``): its own scores, every
+        """The model as a ranker (``models.rankers.ModelRanker``): its own scores, every
         vocabulary item allowed. Args: item_vecs Tensor[N, d] computed elsewhere, or None."""
-        from recsys_spark.evaluation.rankers import ModelRanker
-
-        return ModelRanker.from_bundle(self, item_vecs)
+        return rankers.ModelRanker.from_bundle(self, item_vecs)
 
     def build_module(self) -> TwoTowerModel:
         """Returns: the TwoTowerModel with the trained weights, in eval mode.
@@ -122,7 +121,7 @@ class BaselineBundle:
         family: "cooccurrence", "als" or "ease" (a key of BASELINE_NAMES).
         params: the grid point tuned on validation, e.g. {"lambda": 100.0, "decay": 1.0}.
         arrays: the fit: cooccurrence ``indptr``, ``indices``, ``data`` (the item-item
-            similarity as baselines.SparseRows); als ``item_factors`` float32 [N, r]; ease
+            similarity as rankers.SparseRows); als ``item_factors`` float32 [N, r]; ease
             ``items`` int64 [n] and ``weights`` float32 [n, n].
         item_vocab: rows of schema.ITEM_VOCAB_SCHEMA of the features it was fitted on.
         model_args: ``num_items`` N and ``max_seq_len`` L, the keys a ModelBundle's share.
@@ -176,17 +175,15 @@ class BaselineBundle:
     def ranker(self):
         """The ranker evaluate measured: this fit with its tuned settings, every vocabulary item
         allowed (as evaluate allows them)."""
-        from recsys_spark.evaluation import baselines
-
         allowed = torch.from_numpy(self.product_ids() >= 0)
         arrays, params = self.arrays, self.params
         if self.family == "cooccurrence":
-            matrix = baselines.SparseRows(arrays["indptr"], arrays["indices"], arrays["data"])
-            return baselines.CooccurrenceRanker(matrix, params["decay"], allowed)
+            matrix = rankers.SparseRows(arrays["indptr"], arrays["indices"], arrays["data"])
+            return rankers.CooccurrenceRanker(matrix, params["decay"], allowed)
         if self.family == "als":
-            return baselines.AlsRanker(arrays["item_factors"], params["reg_param"], params["alpha"], allowed)
-        return baselines.EaseRanker(arrays["items"], arrays["weights"], params["decay"], self.model_args["num_items"],
-                                    allowed)
+            return rankers.AlsRanker(arrays["item_factors"], params["reg_param"], params["alpha"], allowed)
+        return rankers.EaseRanker(arrays["items"], arrays["weights"], params["decay"], self.model_args["num_items"],
+                                  allowed)
 
 
 Bundle = ModelBundle | BaselineBundle

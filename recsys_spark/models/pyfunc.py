@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+from importlib import metadata
 from typing import Any
 
+import mlflow
 import mlflow.pyfunc
+from mlflow.models import infer_signature
 import numpy as np
 import pandas as pd
 
@@ -105,9 +108,6 @@ def log_model(bundle: Bundle, registered_model: str | None, k: int = DEFAULT_K):
     Returns:
         mlflow.models.model.ModelInfo (``registered_model_version`` holds the new version).
     """
-    import mlflow
-    from mlflow.models import infer_signature
-
     example = example_input(bundle)
     output = RecommenderPyfunc.from_bundle(bundle).predict(None, example, {"k": k})
     signature = infer_signature(example, output, params={"k": k})
@@ -126,8 +126,6 @@ def log_model(bundle: Bundle, registered_model: str | None, k: int = DEFAULT_K):
 
 
 def _requirements() -> list[str]:
-    from importlib import metadata
-
     out = []
     for name in ("torch", "numpy", "pandas", "pyarrow", "mlflow"):
         try:

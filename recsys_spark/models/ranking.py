@@ -1,6 +1,6 @@
 """The one ranking path: a history scored against the item vectors, exclusions masked, top K.
 
-Evaluation (:mod:`recsys_spark.evaluation.rankers`), scoring
+Evaluation (through :mod:`recsys_spark.models.rankers`), scoring
 (:mod:`recsys_spark.scoring.recommender`, whose category cap and exploration are steps after
 this top K), the MLflow pyfunc (:mod:`recsys_spark.models.pyfunc`) and validation during
 training (:mod:`recsys_spark.train.loop`) all rank through these functions, so they agree on

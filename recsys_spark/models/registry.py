@@ -5,15 +5,21 @@ validation (:func:`choose_ranker`), registered as a version of its own (:func:`r
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from recsys_spark.config import Config, ScoreConfig
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from recsys_spark.config import Config, PathsConfig, ScoreConfig
 from recsys_spark.errors import ConfigError, InputError
 from recsys_spark.models import bundle as bundles
 from recsys_spark.models.bundle import BaselineBundle, Bundle, ranker_label
-from recsys_spark.models.pyfunc import BUNDLE_FILE
+from recsys_spark.models.pyfunc import BUNDLE_FILE, log_model
 
 _MAX_TAG = 5000  # MLflow's limit on a model version tag's value
 
@@ -33,10 +39,6 @@ def load_bundle(cfg: Config, alias: str | None = None, version: int | None = Non
     Raises:
         InputError: no such model, alias or version in the registry.
     """
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
     mlflow.set_tracking_uri(cfg.tracking_uri)
     name = cfg.mlflow.registered_model
     client = MlflowClient()
@@ -71,12 +73,6 @@ def training_features(cfg: Config, alias: str) -> tuple[str, str] | None:
         InputError: the version's run logged no paths params; any other registry error (e.g.
             an unreachable tracking server) propagates: it must not pass for "no model".
     """
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from recsys_spark.config import PathsConfig
-
     mlflow.set_tracking_uri(cfg.tracking_uri)
     name = cfg.mlflow.registered_model
     client = MlflowClient()
@@ -102,8 +98,6 @@ def _find(root: str, filename: str) -> str:
 
 
 def _temp_dir():
-    import tempfile
-
     return tempfile.TemporaryDirectory(prefix="recsys_model_")
 
 
@@ -242,10 +236,6 @@ def decide(
 
 def alias_version(cfg: Config, alias: str) -> str | None:
     """The version of ``cfg.mlflow.registered_model`` that holds ``alias``, or None."""
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
     mlflow.set_tracking_uri(cfg.tracking_uri)
     try:
         return str(MlflowClient().get_model_version_by_alias(cfg.mlflow.registered_model, alias).version)
@@ -257,9 +247,6 @@ def apply_decision(cfg: Config, decision: GateDecision, champion_alias: str, run
     """Move ``champion_alias`` to the challenger when promoted, and tag the challenger version
     with the decision (``gate.decision``, ``gate.reasons``, ``gate.champion_version``,
     ``gate.run_id``)."""
-    import mlflow
-    from mlflow import MlflowClient
-
     mlflow.set_tracking_uri(cfg.tracking_uri)
     client = MlflowClient()
     name, version = cfg.mlflow.registered_model, decision.challenger_version
@@ -358,12 +345,6 @@ def register_baseline(cfg: Config, bundle: BaselineBundle, reason: str, model_ve
     Returns:
         the new version, as a string.
     """
-    import json
-
-    from mlflow import MlflowClient
-
-    from recsys_spark.models.pyfunc import log_model
-
     name = cfg.mlflow.registered_model
     info = log_model(bundle, name, k=k)
     version = str(info.registered_model_version)

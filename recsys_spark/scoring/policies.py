@@ -53,7 +53,7 @@ import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -62,9 +62,6 @@ from torch import Tensor
 from recsys_spark.config import ScoreConfig
 from recsys_spark.models.ranking import NEG_INF
 from recsys_spark.scoring import topk
-
-if TYPE_CHECKING:
-    from recsys_spark.scoring.recommender import ListRules
 
 EPSILON, THOMPSON, BOOST = ScoreConfig.EXPLORE_POLICIES
 # Users x samples whose lists are built at once: bounds a task's memory for the Monte-Carlo
@@ -78,6 +75,23 @@ BETA_CHUNK = 1 << 22
 POLICY_KEYS = ("top_k", "category_cap", "explore_share", "explore_pool_share", "explore_policy", "popular_days",
                "exclude_event_types", "exclude_items_path", "thompson_prior_strength", "thompson_draws",
                "feedback_counts_path", "boost_bonus")
+
+
+@dataclass
+class ListRules:
+    """Args:
+        k: items per user.
+        block_size: users per matrix multiply.
+        category_cap: most items of one category per list, 0 = no cap.
+        explore_share: probability that a model list's position goes to an exploration pick.
+        propensity_samples: Monte-Carlo draws per user of a random list's propensities.
+    """
+
+    k: int
+    block_size: int
+    category_cap: int = 0
+    explore_share: float = 0.0
+    propensity_samples: int = 200
 
 
 @dataclass

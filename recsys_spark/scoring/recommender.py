@@ -26,11 +26,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
+from pyspark import TaskContext
 from torch import Tensor
 
 from recsys_spark import schema
+from recsys_spark.models import bundle as bundles
 from recsys_spark.models import ranking
+from recsys_spark.models.bundle import ModelBundle
 from recsys_spark.scoring import policies, topk
+from recsys_spark.scoring.policies import ListRules
 
 SOURCE_MODEL = "model"
 SOURCE_FALLBACK = "fallback"
@@ -171,8 +175,6 @@ class ModelEncoder:
 
     def module(self):
         if self._module is None:
-            from recsys_spark.models.bundle import ModelBundle
-
             self._module = ModelBundle.from_bytes(self.bundle_bytes).build_module()
         return self._module
 
@@ -235,11 +237,9 @@ class RankerEncoder(ModelEncoder):
         return {**super().__getstate__(), "columns": self.columns, "_ranker": None}
 
     def ranker(self):
-        """The baseline's ranker (evaluation.rankers.Ranker), built once per task."""
+        """The baseline's ranker (models.rankers.Ranker), built once per task."""
         if self._ranker is None:
-            from recsys_spark.models import bundle
-
-            self._ranker = bundle.read(self.bundle_bytes).ranker()
+            self._ranker = bundles.read(self.bundle_bytes).ranker()
         return self._ranker
 
     def encode(self, users: UserBatch) -> Tensor:
@@ -274,23 +274,6 @@ class VectorEncoder:
     def score(self, users: UserBatch, item_vectors: Tensor, excluded: tuple[np.ndarray, np.ndarray], out: Tensor) -> None:
         """Fill ``out`` [B, M] with the dot products of the given user vectors and ``item_vectors``."""
         torch.matmul(self.encode(users), item_vectors.T, out=out)
-
-
-@dataclass
-class ListRules:
-    """Args:
-        k: items per user.
-        block_size: users per matrix multiply.
-        category_cap: most items of one category per list, 0 = no cap.
-        explore_share: probability that a model list's position goes to an exploration pick.
-        propensity_samples: Monte-Carlo draws per user of a random list's propensities.
-    """
-
-    k: int
-    block_size: int
-    category_cap: int = 0
-    explore_share: float = 0.0
-    propensity_samples: int = 200
 
 
 @dataclass
@@ -396,8 +379,6 @@ def task_recommender(plan_broadcast) -> Recommender:
     Also sets torch's threads to the task's CPUs (``spark.task.cpus``, 1 by default): Spark
     already runs one task per core, more threads per task would oversubscribe them.
     """
-    from pyspark import TaskContext
-
     context = TaskContext.get()
     torch.set_num_threads(max(1, context.cpus() if context is not None else 1))
     plan = plan_broadcast.value

@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -84,6 +85,7 @@ def check_alias(cfg: Config) -> None:
 
     A missing registered model is left to :func:`registry.load_bundle` (it says to train first).
     """
+    # Here, not at the top: mlflow (2 s) stays out of the Spark executors that import this module.
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -177,6 +179,57 @@ def read_feedback_counts(spark: SparkSession, path: str, id_type: str = schema.I
 
 
 NULLABLE_INTS = {pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype()}
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """What :func:`build_plan` takes besides the model and the settings: small driver-side tables,
+    the same for every model. The score stage and the service's real-time path
+    (``serving/realtime.py``) read them with :func:`read_plan_inputs`, so both rank alike.
+
+    Args:
+        feature_vocab: the featurize run's item_vocab (item_idx, product_id).
+        stats: inputs.PRODUCT_STATS_SCHEMA rows, nullable integers exact.
+        excluded: int64 product ids never to recommend (score.exclude_items_path).
+        feedback: thompson's :func:`read_feedback_counts` rows, or None.
+        active_users: thompson's distinct users of the recent window, else 0.
+    """
+
+    feature_vocab: pd.DataFrame
+    stats: pd.DataFrame
+    excluded: np.ndarray
+    feedback: pd.DataFrame | None = None
+    active_users: int = 0
+
+
+def read_plan_inputs(spark: SparkSession, cfg: Config, events: DataFrame, feature_vocab: DataFrame,
+                     excluded: np.ndarray) -> PlanInputs:
+    """The model-independent inputs of the plan (:class:`PlanInputs`), "recent" being the
+    ``score.popular_days`` before the last clean event.
+
+    Args:
+        events: the clean events; feature_vocab: features/item_vocab; excluded: as read by
+            :func:`read_exclusions` (or empty).
+
+    Raises:
+        InputError: ``paths.clean`` holds no events.
+    """
+    sc = cfg.score
+    last_micros = events.agg(F.unix_micros(F.max(schema.EVENT_TIME))).first()[0]
+    if last_micros is None:
+        raise InputError(f"{cfg.paths.resolve('clean')} holds no events (config key paths.clean)")
+    last_event = dt.datetime.fromtimestamp(last_micros / 1e6, tz=dt.timezone.utc)
+    since = last_event - dt.timedelta(days=sc.popular_days)
+    # Through Arrow with nullable integers: toPandas() turns a long column with nulls into
+    # float64, which rounds category ids above 2^53.
+    stats = inputs.product_stats(events, since).toArrow().to_pandas(types_mapper=NULLABLE_INTS.get)
+    feedback, active_users = None, 0
+    if sc.explore_policy == policies.THOMPSON:
+        active_users = events.where(F.col(schema.EVENT_TIME) >= F.lit(since)).select(schema.USER_ID).distinct().count()
+        if sc.feedback_counts_path:
+            feedback = read_feedback_counts(spark, sc.feedback_counts_path, cfg.clean.id_types[schema.PRODUCT_ID])
+    return PlanInputs(feature_vocab.select(schema.ITEM_IDX, schema.PRODUCT_ID).toPandas(), stats, excluded, feedback,
+                      active_users)
 
 
 def build_plan(
@@ -404,6 +457,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         model", or the tuned baseline the gate served, e.g. "EASE (tuned)"), policy,
         policy_version, and the counts of :func:`count_written`.
     """
+    # Here, not at the top: mlflow (2 s), which the registry brings too, stays out of the Spark
+    # executors that import this module.
     import mlflow
 
     from recsys_spark.models import registry
@@ -439,22 +494,10 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     with tracking.stage_run(cfg, "score", run_date=run_date):
         mlflow.set_tags({"model_version": version, "registered_model": cfg.mlflow.registered_model,
                          "ranker": bundle.ranker_name})
-        last_micros = events.agg(F.unix_micros(F.max(schema.EVENT_TIME))).first()[0]
-        if last_micros is None:
-            raise InputError(f"{clean_path} holds no events (config key paths.clean)")
-        last_event = dt.datetime.fromtimestamp(last_micros / 1e6, tz=dt.timezone.utc)
-        since = last_event - dt.timedelta(days=sc.popular_days)
-        # Through Arrow with nullable integers: toPandas() turns a long column with nulls into
-        # float64, which rounds category ids above 2^53.
-        stats = inputs.product_stats(events, since).toArrow().to_pandas(types_mapper=NULLABLE_INTS.get)
-        feedback, active_users = None, 0
-        if sc.explore_policy == policies.THOMPSON:
-            active_users = events.where(F.col(schema.EVENT_TIME) >= F.lit(since)).select(schema.USER_ID).distinct().count()
-            if sc.feedback_counts_path:
-                feedback = read_feedback_counts(spark, sc.feedback_counts_path, id_type)
-        item_vectors = item_vectors_of(bundle)
-        feature_items = feature_vocab.select(schema.ITEM_IDX, schema.PRODUCT_ID).toPandas()
-        plan = build_plan(bundle, item_vectors, feature_items, stats, excluded, sc, feedback, active_users, run_date)
+        given = read_plan_inputs(spark, cfg, events, feature_vocab, excluded)
+        feature_items = given.feature_vocab
+        plan = build_plan(bundle, item_vectors_of(bundle), feature_items, given.stats, excluded, sc, given.feedback,
+                          given.active_users, run_date)
         known = int((plan.encoder.remap >= schema.FIRST_ITEM_INDEX).sum())
         log.info("score: model catalogue %d items (%d products excluded), fallback catalogue %d products, "
                  "exploration pool %d; the model knows %d of the %d items of features/item_vocab",

@@ -23,7 +23,9 @@ from abc import ABC, abstractmethod
 from typing import Any, Callable, Literal
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 Op = Literal["sum", "min", "max"]
 
@@ -162,6 +164,8 @@ def init_horovod(cycle_time_ms: float = 0.0) -> Any:
     Returns:
         the ``horovod.torch`` module.
     """
+    # Here, not at the top: horovod (2 s) serves the Horovod collective alone; the local and
+    # torch.distributed ranks never load it.
     import horovod.torch as hvd
 
     drop_unparsable_horovod_settings()
@@ -207,8 +211,6 @@ class TorchCollective(Collective):
     name = "torch_distributed"
 
     def __init__(self, use_gpu: bool = False) -> None:
-        import torch.distributed as dist
-
         self.dist = dist
         self._owns_group = not dist.is_initialized()
         if self._owns_group:
@@ -244,8 +246,6 @@ class TorchCollective(Collective):
         return out
 
     def distribute(self, module, optimizer, device):
-        from torch.nn.parallel import DistributedDataParallel
-
         # DDP broadcasts rank 0's parameters and buffers when it wraps the module; the
         # optimizer holds no state yet, or rank 0's restored state is loaded on every rank.
         wrapped = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)

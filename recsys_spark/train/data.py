@@ -9,6 +9,7 @@ converts whole columns at once (about 7x faster in STACK.md's measurement).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import warnings
 from dataclasses import dataclass
@@ -17,11 +18,12 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import torch
 
 from recsys_spark import io
 from recsys_spark import schema
-from recsys_spark.errors import InputError
+from recsys_spark.errors import DataQualityError, InputError
 
 TRAIN_COLUMNS = (schema.ITEM_SEQ, schema.EVENT_SEQ, schema.GAP_SEQ)
 HISTORY_COLUMNS = (schema.HIST_ITEMS, schema.HIST_EVENTS, schema.HIST_GAPS)
@@ -42,6 +44,8 @@ def train_batches(path: str, rank: int, size: int, batch_size: int, seed: int,
     Yields:
         an iterator of (item_seq, event_seq, gap_seq), each LongTensor[B, L+1].
     """
+    # Here, not at the top: petastorm (1 s) is needed only where batches are read, and the
+    # driver imports this module too.
     from petastorm import make_batch_reader
     from petastorm.pytorch import BatchedDataLoader
 
@@ -183,18 +187,12 @@ def _stack(column: pd.Series) -> np.ndarray:
 
 def open_dataset(path: str) -> ds.Dataset:
     """A pyarrow dataset over a Parquet table, for local paths and Hadoop-style URIs alike."""
-    import pyarrow.fs as pafs
-
     filesystem, inner = pafs.FileSystem.from_uri(io.local_uri(path))
     return ds.dataset(inner, filesystem=filesystem, format="parquet")
 
 
 def read_metadata(features_root: str) -> dict:
     """``metadata.json`` of the features, read without Spark (inside a training task)."""
-    import json
-
-    import pyarrow.fs as pafs
-
     path = io.feature_path(features_root, schema.FEATURE_METADATA)
     filesystem, inner = pafs.FileSystem.from_uri(io.local_uri(path))
     try:
@@ -228,8 +226,6 @@ def item_feature_arrays(item_vocab: pd.DataFrame, num_items: int) -> dict[str, n
     Raises:
         DataQualityError: an item_idx outside 2..num_items-1, or one listed twice.
     """
-    from recsys_spark.errors import DataQualityError
-
     idx = item_vocab[schema.ITEM_IDX].to_numpy(dtype=np.int64)
     if len(idx) and (idx.min() < schema.FIRST_ITEM_INDEX or idx.max() >= num_items):
         raise DataQualityError(f"item_vocab.item_idx outside {schema.FIRST_ITEM_INDEX}..{num_items - 1} (num_items)")

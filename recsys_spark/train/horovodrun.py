@@ -20,9 +20,9 @@ import logging
 import sys
 
 from recsys_spark import io, tracking
-from recsys_spark.cli import build_parser
 from recsys_spark.config import load_config
 from recsys_spark.errors import RecsysError
+from recsys_spark.stages import build_parser
 from recsys_spark.train import data
 from recsys_spark.train.collective import init_horovod
 from recsys_spark.train.loop import train_fn

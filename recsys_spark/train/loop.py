@@ -8,11 +8,14 @@ MLflow metrics, checkpoints) happens on rank 0 only, behind one ``is_main`` flag
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import hashlib
 import io as _bytes_io
 import math
 import os
 import random
+import resource
 import socket
 import sys
 import time
@@ -20,14 +23,16 @@ import warnings
 from typing import Any, Callable
 
 import numpy as np
+import pyarrow.fs as pafs
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from recsys_spark import io
 from recsys_spark import schema
 from recsys_spark.config import TRAINING_USER_VECTOR, TrainConfig, from_dict
 from recsys_spark.errors import DataQualityError, InputError
-from recsys_spark.evaluation.metrics import batch_metrics
+from recsys_spark.metrics import batch_metrics
 from recsys_spark.models import ranking
 from recsys_spark.models.two_tower import TwoTowerModel
 from recsys_spark.train import data
@@ -472,8 +477,6 @@ def progress_bar(desc: str, initial: int, total: int, enabled: bool, stream=None
     ``maxinterval`` (10 s) once its dynamic ``miniters`` exceeds 1, and a ``set_postfix`` with its
     default refresh would print at every step; the caller sets the postfix with refresh=False.
     """
-    from tqdm import tqdm
-
     stream = stream if stream is not None else sys.stderr
     interval = 2 if stream.isatty() else PROGRESS_LOG_INTERVAL_S
     return tqdm(desc=desc, unit="step", disable=not enabled, initial=initial, total=total, file=stream,
@@ -619,8 +622,6 @@ def resolve_recipe(tc: TrainConfig, num_items: int, size: int) -> dict[str, Any]
 
 def _glibc():
     """The C library's handle when it is glibc (mallopt, malloc_trim), else None (macOS, musl)."""
-    import ctypes
-
     try:
         libc = ctypes.CDLL("libc.so.6")
         return libc if hasattr(libc, "malloc_trim") else None
@@ -645,8 +646,6 @@ def release_free_memory() -> None:
     """Collect garbage and hand the heap's free pages back to the OS (glibc's malloc_trim), once
     per epoch: what the epoch's reader and validation freed does not stay resident. No-op off glibc.
     """
-    import gc
-
     gc.collect()
     libc = _glibc()
     if libc is not None:
@@ -655,9 +654,6 @@ def release_free_memory() -> None:
 
 def peak_rss_mb() -> float:
     """This process's peak resident set size so far, in MiB (Linux reports KiB, macOS bytes)."""
-    import resource
-    import sys
-
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
@@ -864,8 +860,6 @@ def save_checkpoint(directory: str, checkpoint: dict[str, Any]) -> str:
 
 def _write_bytes(directory: str, name: str, data: bytes) -> str:
     """Write ``data`` to ``<directory>/<name>`` through a ``.partial`` file and a rename."""
-    import pyarrow.fs as pafs
-
     filesystem, inner = pafs.FileSystem.from_uri(io.local_uri(directory))
     filesystem.create_dir(inner, recursive=True)
     path = inner.rstrip("/") + "/" + name
@@ -882,8 +876,6 @@ def read_checkpoint(directory: str, name: str = LAST_CHECKPOINT) -> dict[str, An
     Raises:
         InputError: the file is missing or unreadable.
     """
-    import pyarrow.fs as pafs
-
     filesystem, inner = pafs.FileSystem.from_uri(io.local_uri(directory))
     path = inner.rstrip("/") + "/" + name
     try:
@@ -897,8 +889,6 @@ def read_checkpoint(directory: str, name: str = LAST_CHECKPOINT) -> dict[str, An
 
 def load_checkpoint(directory: str) -> dict[str, Any] | None:
     """The latest checkpoint under ``directory``, or None when there is none."""
-    import pyarrow.fs as pafs
-
     filesystem, inner = pafs.FileSystem.from_uri(io.local_uri(directory))
     info = filesystem.get_file_info(inner.rstrip("/") + "/" + LAST_CHECKPOINT)
     if info.type == pafs.FileType.NotFound:
@@ -907,6 +897,8 @@ def load_checkpoint(directory: str) -> dict[str, Any] | None:
 
 
 def _mlflow_client(tracking_uri: str | None):
+    # Here, not at the top: only rank 0 logs; the other training processes, which import this
+    # module to run train_fn, never load mlflow (2 s).
     import mlflow
     from mlflow import MlflowClient
 

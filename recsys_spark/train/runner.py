@@ -4,19 +4,36 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import logging
+import os
+import tempfile
+import warnings
 from typing import Any
 
+import mlflow
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import torch
+from mlflow import MlflowClient
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.exceptions import MlflowException
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from recsys_spark import io, schema, tracking
 from recsys_spark.config import Config
-from recsys_spark.errors import DataQualityError
-from recsys_spark.models.bundle import ModelBundle
-from recsys_spark.train.loop import metric_key, train_fn
-from recsys_spark.waits import WaitTimeout
+from recsys_spark.errors import InputError
+from recsys_spark.features.layout import block_mb, plan_train_files, shuffle_for_training, window_bytes
+from recsys_spark.models import growth, registry
+from recsys_spark.models.bundle import LEGACY_MODEL_ARGS, ModelBundle
+from recsys_spark.models.pyfunc import log_model
+from recsys_spark.train import data
+from recsys_spark.train.launch import check_ranks, launch
+from recsys_spark.train.loop import WARM_START, metric_key, model_args_from, save_weights
+from recsys_spark.train.search import search, with_train_values
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +78,6 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 
     with tracking.stage_run(cfg, "train") as active:
         run_id = active.info.run_id
-        import mlflow
-
         tags = {"train.data_range": " .. ".join(tracking.data_range_of_features(metadata) or ())}
         end = windows_end(spark, features)
         if end is not None:
@@ -103,14 +118,6 @@ def warm_start(cfg: Config, metadata: dict[str, Any], item_vocab) -> dict[str, s
             or gap codes, price buckets), or the features' vocabulary does not extend the
             parent's: both name the key to change.
     """
-    from mlflow import MlflowClient
-
-    from recsys_spark.errors import InputError
-    from recsys_spark.models import growth, registry
-    from recsys_spark.models.bundle import LEGACY_MODEL_ARGS
-    from recsys_spark.train import data
-    from recsys_spark.train.loop import WARM_START, model_args_from, save_weights
-
     tc = cfg.train
     wanted = f"version {tc.parent_version}" if tc.parent_version else f"@{tc.parent_alias}"
     try:
@@ -168,14 +175,6 @@ def parent_moments(run_id: str, grown_state) -> dict[str, Any] | None:
     """The optimiser moments the parent's run logged (:data:`MOMENTS_ARTIFACT`), grown to the
     child's tables; None (with a log line) when the run logged none (train.warm_optimizer was off,
     or it predates them)."""
-    import tempfile
-
-    import mlflow
-    import torch
-    from mlflow.exceptions import MlflowException
-
-    from recsys_spark.models import growth
-
     with tempfile.TemporaryDirectory(prefix="recsys_moments_") as tmp:
         try:
             path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MOMENTS_ARTIFACT, dst_path=tmp)
@@ -211,9 +210,6 @@ def select_windows(spark: SparkSession, cfg: Config, after: str) -> dict[str, An
             no window after the parent's. Fewer older windows than train.replay_windows replays
             them all (with a warning).
     """
-    from recsys_spark.errors import InputError
-    from recsys_spark.features.layout import block_mb, plan_train_files, shuffle_for_training, window_bytes
-
     tc, fc = cfg.train, cfg.featurize
     features = cfg.paths.resolve("features")
     table = spark.read.parquet(io.feature_path(features, "train"))
@@ -258,10 +254,6 @@ def search_first(spark: SparkSession, cfg: Config, run_id: str) -> tuple[dict[st
     Returns:
         (search's result, ``cfg`` with the best train values: the final training's config).
     """
-    import mlflow
-
-    from recsys_spark.train.search import search, with_train_values
-
     found = search(spark, cfg, run_id, cfg.tracking_uri)
     chosen = found["best_params"]
     log.info("search: training the model with trial %d's values (%s %.4f): %s", found["best_trial"],
@@ -283,9 +275,6 @@ def finish(cfg: Config, results: list[dict[str, Any]], item_vocab, run_id: str) 
     Returns:
         the summary that :func:`run` returns.
     """
-    import mlflow
-    from mlflow import MlflowClient
-
     main = check_ranks(results)
     checksums = main.get("rank_checksums") or [r["checksum"] for r in results]
     mlflow.set_tags({
@@ -327,8 +316,6 @@ def finish(cfg: Config, results: list[dict[str, Any]], item_vocab, run_id: str) 
         log_moments(main["optimizer_moments"])
     tracking.log_figure(training_curve(history, cfg.train.eval_k), "training/curve.png")
 
-    from recsys_spark.models.pyfunc import log_model
-
     info = log_model(bundle, cfg.mlflow.registered_model, k=cfg.train.eval_k)
     version = str(info.registered_model_version)
     client = MlflowClient()
@@ -363,12 +350,6 @@ def finish(cfg: Config, results: list[dict[str, Any]], item_vocab, run_id: str) 
 
 def log_moments(moments: dict[str, Any]) -> None:
     """Log AdamW's moments after the last step as :data:`MOMENTS_ARTIFACT` of the active run."""
-    import os
-    import tempfile
-
-    import mlflow
-    import torch
-
     folder, name = MOMENTS_ARTIFACT.rsplit("/", 1)
     with tempfile.TemporaryDirectory(prefix="recsys_moments_") as tmp:
         path = os.path.join(tmp, name)
@@ -383,12 +364,6 @@ def log_inputs(features: str, spark: SparkSession | None = None) -> None:
     row count, so a re-featurised table gets a new digest even under the same path. With a
     Spark session the schema and a row count are logged too.
     """
-    import warnings
-
-    import mlflow
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-
     for name, context in (("train", "training"), ("validation", "validation")):
         path = io.feature_path(features, name)
         digest, label = table_digest(path), f"features/{name}"
@@ -403,11 +378,6 @@ def log_inputs(features: str, spark: SparkSession | None = None) -> None:
 
 def table_digest(path: str) -> str:
     """A short content digest of a Parquet table: sha256 over (file, size, rows) of each part file."""
-    import hashlib
-
-    import pyarrow.fs as pafs
-    import pyarrow.parquet as pq
-
     filesystem, inner = pafs.FileSystem.from_uri(io.local_uri(path))
     selector = pafs.FileSelector(inner, recursive=True)
     digest = hashlib.sha256()
@@ -420,69 +390,11 @@ def table_digest(path: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def launch(spark: SparkSession, cfg: Config, run_id: str | None, tracking_uri: str | None) -> list[dict[str, Any]]:
-    """Run :func:`train_fn` with the configured launcher.
-
-    "horovod_spark": ``train.num_proc`` Horovod processes on gloo, one per Spark task (so the
-    cluster needs that many free task slots). "torch_distributor": as many torch.distributed
-    processes started by Spark's TorchDistributor (gloo on CPU, NCCL on GPU). "local": in this
-    process, world size 1.
-
-    Returns:
-        train_fn's results in rank order (TorchDistributor hands back rank 0's only; it carries
-        every rank's weight checksum).
-    """
-    args = (cfg.to_dict(), run_id, tracking_uri)
-    tc = cfg.train
-    if tc.launcher == "local":
-        import torch
-
-        threads = torch.get_num_threads()
-        try:
-            return [train_fn(*args)]
-        finally:
-            torch.set_num_threads(threads)
-
-    if tc.launcher == "torch_distributor":
-        from pyspark.ml.torch.distributor import TorchDistributor
-
-        use_gpu = tc.device == "cuda"
-        # local_mode=False: the processes run inside Spark tasks, as Horovod's do, so the
-        # driver stays free and a cluster spreads them over its executors.
-        distributor = TorchDistributor(num_processes=tc.num_proc, local_mode=False, use_gpu=use_gpu)
-        return [distributor.run(train_fn, *args, "torch")]
-
-    import horovod.spark
-    from horovod.runner.common.util.timeout import TimeoutException
-
-    try:
-        return horovod.spark.run(
-            train_fn, args=args, num_proc=tc.num_proc, use_mpi=False, use_gloo=True, verbose=1,
-            start_timeout=tc.start_timeout_s,
-        )
-    except TimeoutException:
-        raise WaitTimeout(f"the {tc.num_proc} Horovod processes did not all start within train.start_timeout_s="
-                          f"{tc.start_timeout_s} (free Spark task slots: lower train.num_proc or add executors)") from None
-
-
-def check_ranks(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Rank 0's result, after checking that every rank ended with the same weights.
-
-    Raises:
-        DataQualityError: the ranks' weights differ (data-parallel training went out of step).
-    """
-    main = next((r for r in results if r.get("rank") == 0), None)
-    if main is None or main.get("state_dict") is None:
-        raise DataQualityError("training returned no result from rank 0")
-    checksums = main.get("rank_checksums") or [r["checksum"] for r in results]
-    if len(set(checksums)) != 1:
-        raise DataQualityError(f"the {len(checksums)} training ranks ended with different weights")
-    return main
-
-
 def training_curve(history: list[dict[str, float]], k: int):
     """A two-panel matplotlib figure: train loss and validation NDCG@k / Recall@k per evaluation,
     against the optimiser step."""
+    # Here, not at the top: matplotlib.use("Agg") would switch the backend of any notebook that
+    # imports this module, and matplotlib takes 1 s to import.
     import matplotlib
 
     matplotlib.use("Agg")

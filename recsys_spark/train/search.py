@@ -15,10 +15,13 @@ import logging
 import time
 from typing import Any
 
+import mlflow
+from mlflow import MlflowClient
 from pyspark.sql import SparkSession
 
 from recsys_spark.config import Config, SearchDimension, parse_space
 from recsys_spark.errors import ConfigError, RecsysError
+from recsys_spark.train import launch
 from recsys_spark.train.loop import metric_key
 
 log = logging.getLogger(__name__)
@@ -51,8 +54,9 @@ def search(spark: SparkSession, cfg: Config, parent_run_id: str, tracking_uri: s
     Raises:
         RecsysError: no trial completed (the message gives each failed trial's reason).
     """
+    # Here, not at the top: optuna (0.5 s) is needed only with search.trials > 0, and every
+    # train stage imports this module.
     import optuna
-    from mlflow import MlflowClient
 
     dimensions = parse_space(cfg.search.space)
     metric = metric_key("val_ndcg", cfg.train.eval_k)
@@ -122,10 +126,6 @@ def run_trial(spark: SparkSession, cfg: Config, dimensions: list[SearchDimension
         complete), "best_epoch", "evaluations" (entries of its history), "seconds", "run_id",
         "reason" (why it failed or was pruned)}.
     """
-    import mlflow
-
-    from recsys_spark.train.runner import check_ranks, launch
-
     number = trial.number + 1
     params = {d.key: suggest(trial, d) for d in dimensions}
     row: dict[str, Any] = {"trial": number, "state": "pruned", "params": params, "value": None, "best_epoch": None,
@@ -145,7 +145,7 @@ def run_trial(spark: SparkSession, cfg: Config, dimensions: list[SearchDimension
             row["run_id"] = run.info.run_id
             mlflow.log_params({f"train.{key}": value for key, value in params.items()})
             try:
-                main = check_ranks(launch(spark, trial_cfg, run.info.run_id, tracking_uri))
+                main = launch.check_ranks(launch.launch(spark, trial_cfg, run.info.run_id, tracking_uri))
             except RecsysError as exc:
                 mlflow.set_tag(TAG_ERROR, one_line(exc))
                 raise
@@ -200,6 +200,8 @@ def trials_figure(rows: list[dict[str, Any]], metric: str):
     Args:
         rows: the trials table (:func:`run_trial`'s rows, in trial order).
     """
+    # Here, not at the top: matplotlib.use("Agg") would switch the backend of any notebook that
+    # imports this module, and matplotlib takes 1 s to import.
     import matplotlib
 
     matplotlib.use("Agg")

@@ -12,7 +12,7 @@ from tests.airflow.conftest import DAGS, REPO, load_dag
 
 pytestmark = pytest.mark.unit
 
-STAGES = ["clean", "featurize", "train", "evaluate", "score"]
+STAGES = ["clean", "featurize", "train", "evaluate", "score", "publish"]
 
 
 def render(task, ds: str, params: dict):
@@ -47,7 +47,8 @@ def test_each_task_has_retries_and_a_timeout_that_fits_it(airflow_home):
     assert all(timeouts[s] <= dt.timedelta(hours=1) for s in STAGES if s != "train")
     # The whole chain fits in the run's timeout.
     assert sum(timeouts.values(), dt.timedelta()) <= dag.dagrun_timeout
-    assert {t.task_id: t.retries for t in dag.tasks} == {"clean": 2, "featurize": 2, "train": 1, "evaluate": 1, "score": 2}
+    assert {t.task_id: t.retries for t in dag.tasks} == {"clean": 2, "featurize": 2, "train": 1, "evaluate": 1, "score": 2,
+                                                         "publish": 2}
     assert all(t.retry_delay == dt.timedelta(minutes=5) and t.retry_exponential_backoff for t in dag.tasks)
 
 
@@ -70,6 +71,7 @@ def test_arguments_of_each_task_for_a_date_with_the_built_in_defaults(airflow_ho
         assert rendered["train"].application_args == [*config, features, f"train.mode={mode}"]
         assert rendered["evaluate"].application_args == [*config, features]
         assert rendered["score"].application_args == [*config, features, f"score.run_date={ds}"]
+        assert rendered["publish"].application_args == [*config, f"publish.run_date={ds}"]
         for stage, task in rendered.items():
             assert task.application == f"{REPO}/jobs/{stage}.py"
             assert task.py_files == f"{REPO}/dist/recsys_spark.zip"
@@ -202,4 +204,4 @@ def test_every_stage_of_a_run_reads_and_writes_the_same_features_folder(airflow_
     }
     run_folder = ["paths.features=s3://bucket/recsys/features/ds=2019-10-07"]
     assert features == {"clean": [], "featurize": run_folder, "train": run_folder, "evaluate": run_folder,
-                        "score": run_folder}
+                        "score": run_folder, "publish": []}

@@ -42,10 +42,13 @@ def day_files(folder: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
 
 
-def test_dag_runs_one_date_end_to_end(airflow_home, tmp_path, tiny_overrides, monkeypatch):
+def test_dag_runs_one_date_end_to_end(airflow_home, tmp_path, tiny_overrides, monkeypatch, redis_server):
+    redis_server.start()
+    redis_server.flush()
     config = write_config(
         tmp_path / "tiny.yaml",
-        [*tiny_overrides, "generate.start_date=2019-10-01", "train.launcher=local", "evaluate.baselines=[popularity]"],
+        [*tiny_overrides, "generate.start_date=2019-10-01", "train.launcher=local", "evaluate.baselines=[popularity]",
+         f"serve.redis_url={redis_server.url}"],
     )
     root = tmp_path / "work"
     # The days before the run date exist already, as after the DAG's earlier runs.
@@ -71,7 +74,7 @@ def test_dag_runs_one_date_end_to_end(airflow_home, tmp_path, tiny_overrides, mo
     run = dag.test(logical_date=dt.datetime.combine(RUN_DATE, dt.time(), dt.timezone.utc))
 
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
-    assert states == dict.fromkeys(["clean", "featurize", "train", "evaluate", "score"], "success"), states
+    assert states == dict.fromkeys(["clean", "featurize", "train", "evaluate", "score", "publish"], "success"), states
     assert str(run.state) == "success"
 
     # clean wrote exactly the run's date and left the days before it as they were.
@@ -88,3 +91,10 @@ def test_dag_runs_one_date_end_to_end(airflow_home, tmp_path, tiny_overrides, mo
     assert [p.name for p in (root / "recommendations").iterdir() if p.name.startswith("run_date=")] == [
         f"run_date={RUN_DATE}"
     ]
+    # publish served that date's lists.
+    version = redis_server.get("recsys:current")
+    assert version is not None and version.startswith(f"{RUN_DATE}-")
+    user = recs["user_id"].iloc[0]
+    served = json.loads(redis_server.get(f"recsys:v:{version}:u:{user}"))
+    mine = recs[recs["user_id"] == user].sort_values("slot")
+    assert served["items"] == mine["item_id"].tolist() and served["slots"] == mine["slot"].tolist()

@@ -18,6 +18,7 @@ from recsys_spark.config import load_config
 from recsys_spark.errors import DataQualityError, InputError
 from recsys_spark.etl import clean, feedback
 from recsys_spark.features import featurize
+from recsys_spark.features import feedback as feedback_features
 from recsys_spark.scoring import score
 
 from tests.etl.test_clean import KEY_ENV, overrides as clean_overrides, write_raw
@@ -246,19 +247,19 @@ def clean_feedback_rows(spark, rows):
 def test_counts_per_item_take_the_run_dates_before_the_cutoff_only(spark, tmp_path):
     rows = [(10, D1, True), (10, D1, False), (10, D2, True), (11, D2, False), (11, D3, True), (12, D3, True)]
     # Before D3: item 10 three exposures, two clicks; 11 one exposure, no click; 12 none.
-    counts = feedback.count_feedback(clean_feedback_rows(spark, rows), D3)
+    counts = feedback_features.count_feedback(clean_feedback_rows(spark, rows), D3)
     assert counts.schema.simpleString() == schema.FEEDBACK_COUNTS_SCHEMA.simpleString()
     assert sorted(tuple(r) for r in counts.collect()) == [(10, 3, 2), (11, 1, 0)]
 
     cfg = cfg_at(tmp_path)
-    empty = feedback.feedback_counts(spark, cfg, dt.datetime(2024, 3, 3, tzinfo=dt.timezone.utc))
+    empty = feedback_features.feedback_counts(spark, cfg, dt.datetime(2024, 3, 3, tzinfo=dt.timezone.utc))
     assert empty.count() == 0 and empty.schema.simpleString() == schema.FEEDBACK_COUNTS_SCHEMA.simpleString()
     io.write_partitioned(clean_feedback_rows(spark, rows), cfg.paths.resolve("clean_feedback"), schema.RUN_DATE)
     # The serve snapshot is a midnight: D3's exposures are not before it, D2's are.
-    at_d3 = feedback.feedback_counts(spark, cfg, dt.datetime(2024, 3, 3, tzinfo=dt.timezone.utc))
+    at_d3 = feedback_features.feedback_counts(spark, cfg, dt.datetime(2024, 3, 3, tzinfo=dt.timezone.utc))
     assert [tuple(r) for r in at_d3.collect()] == [(10, 3, 2), (11, 1, 0)]
     # A cutoff inside a day leaves that day out (its exposures are not all before it).
-    inside = feedback.feedback_counts(spark, cfg, dt.datetime(2024, 3, 3, 12, tzinfo=dt.timezone.utc))
+    inside = feedback_features.feedback_counts(spark, cfg, dt.datetime(2024, 3, 3, 12, tzinfo=dt.timezone.utc))
     assert [tuple(r) for r in inside.collect()] == [(10, 3, 2), (11, 1, 0)]
 
 
@@ -284,7 +285,7 @@ def test_score_reads_the_counts_as_featurize_writes_them(spark, tmp_path):
 
     # Without clean feedback the table is empty, and as readable.
     empty = tmp_path / "empty"
-    io.write_table(feedback.feedback_counts(spark, cfg_at(empty), dt.date(2024, 1, 5)), str(empty / "counts"))
+    io.write_table(feedback_features.feedback_counts(spark, cfg_at(empty), dt.date(2024, 1, 5)), str(empty / "counts"))
     assert score.read_feedback_counts(spark, str(empty / "counts")).values.tolist() == []
 
 
@@ -319,7 +320,7 @@ def test_string_product_ids_stay_strings_through_the_contract_and_the_counts(spa
     kept = io.read_clean_feedback(spark, cfg.paths.resolve("clean_feedback"), schema.ID_STRING)
     assert sorted(r[schema.ITEM_ID] for r in kept.collect()) == ["0035789", "SKU-0035789-XL"]
 
-    counts = feedback.feedback_counts(spark, cfg, D2)
+    counts = feedback_features.feedback_counts(spark, cfg, D2)
     assert counts.schema[schema.PRODUCT_ID].dataType == T.StringType()
     assert sorted(tuple(r) for r in counts.collect()) == [("0035789", 1, 0), ("SKU-0035789-XL", 1, 1)]
     # Score reads them back as the keys clean gave the products.

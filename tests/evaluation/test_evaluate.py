@@ -20,8 +20,8 @@ from recsys_spark.config import EvaluateConfig, from_dict, load_config
 from recsys_spark.errors import ConfigError, InputError
 from recsys_spark.evaluation import evaluate
 from recsys_spark.evaluation import intervals
-from recsys_spark.evaluation.metrics import metric_names
-from recsys_spark.evaluation.rankers import PopularityRanker, vocab_column
+from recsys_spark.metrics import metric_names
+from recsys_spark.models.rankers import PopularityRanker, vocab_column
 
 from tests.evaluation.test_metrics import pandas_reference
 from tests.evaluation.test_rankers import MAX_SEQ_LEN, NUM_ITEMS, tiny_bundle

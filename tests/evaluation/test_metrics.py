@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys_spark.evaluation import metrics
+from recsys_spark import metrics
 
 pytestmark = pytest.mark.unit
 

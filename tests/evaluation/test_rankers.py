@@ -12,7 +12,7 @@ from torch import nn
 
 from recsys_spark import schema
 from recsys_spark.errors import DataQualityError
-from recsys_spark.evaluation.rankers import ModelRanker, PopularityRanker, vocab_column
+from recsys_spark.models.rankers import ModelRanker, PopularityRanker, vocab_column
 from recsys_spark.models import ranking
 
 from tests.models.test_ranking import brute_force

@@ -11,7 +11,7 @@ import torch
 from recsys_spark import schema
 from recsys_spark.config import ScoreConfig
 from recsys_spark.errors import DataQualityError
-from recsys_spark.evaluation.rankers import ModelRanker
+from recsys_spark.models.rankers import ModelRanker
 from recsys_spark.models import ranking
 from recsys_spark.models.pyfunc import RecommenderPyfunc
 from recsys_spark.models.two_tower import TwoTowerModel

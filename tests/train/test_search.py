@@ -12,6 +12,7 @@ from recsys_spark import tracking
 from recsys_spark.config import Config, SearchConfig, TrainConfig, load_config, parse_space
 from recsys_spark.errors import ConfigError, InputError, RecsysError
 from recsys_spark.models.registry import load_bundle
+from recsys_spark.train import launch as launchers
 from recsys_spark.train import runner, search
 from recsys_spark.train.loop import read_checkpoint
 
@@ -66,7 +67,7 @@ def test_a_failed_trial_is_recorded_with_its_reason_and_the_search_goes_on(tmp_p
             raise InputError("the trial's data went away\nsecond line")
         return fake_result([0.1, 0.3] if trial_cfg.paths.checkpoints.endswith("trial_001") else [0.2, 0.1])
 
-    monkeypatch.setattr(runner, "launch", launch)
+    monkeypatch.setattr(launchers, "launch", launch)
     found, parent_id = search_in_a_run(cfg)
 
     assert found["trials"] == 3 and (found["complete"], found["failed"], found["pruned"]) == (2, 1, 0)
