@@ -84,7 +84,7 @@ def evaluate_model(cfg: Config, version: str) -> dict[str, Any]:
     from recsys_spark.metrics import batch_metrics
     from recsys_spark.models.registry import load_bundle
     from recsys_spark.train import data
-    from recsys_spark.train.loop import validation_lists
+    from recsys_spark.train.validation import validation_lists
 
     bundle, _ = load_bundle(cfg, version=int(version))
     model = bundle.build_module()

@@ -86,7 +86,7 @@ def ranked_values(cfg: Config, result: dict[str, Any], split: str) -> dict[str, 
     from recsys_spark import io
     from recsys_spark.models.two_tower import TwoTowerModel
     from recsys_spark.train import data
-    from recsys_spark.train.loop import ranking_values
+    from recsys_spark.train.validation import ranking_values
 
     rows = data.read_eval_rows(io.feature_path(cfg.paths.resolve("features"), split))
     model = TwoTowerModel(**{**result["model_args"], "user_vector": result["user_vector"]})

@@ -195,6 +195,21 @@ def log_figure(fig: Any, artifact_file: str) -> None:
     mlflow.log_figure(fig, artifact_file)
 
 
+def log_text(text: str, artifact_file: str) -> None:
+    import mlflow  # not at the top: see the note at the imports
+
+    mlflow.log_text(text, artifact_file)
+
+
+def log_results(metrics: dict[str, float], params: dict[str, Any], tags: dict[str, str]) -> None:
+    """Log a stage's metrics, params and tags to the active run, in that order."""
+    import mlflow  # not at the top: see the note at the imports
+
+    mlflow.log_metrics(metrics)
+    mlflow.log_params(params)
+    mlflow.set_tags(tags)
+
+
 def _iso_date(value: dt.date | dt.datetime | str) -> str:
     if isinstance(value, str):
         value = dt.datetime.fromisoformat(value) if "T" in value or " " in value else dt.date.fromisoformat(value)

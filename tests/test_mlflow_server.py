@@ -24,7 +24,7 @@ import yaml
 from recsys_spark import tracking
 from recsys_spark.config import load_config
 from recsys_spark.train import runner
-from recsys_spark.train.loop import metric_key
+from recsys_spark.train.validation import metric_key
 
 from tests.train.test_data import write_features
 

@@ -109,7 +109,7 @@ def grow_moments(moments: Mapping[str, Mapping[str, Any]], grown_state: Mapping[
 
     Args:
         moments: {parameter name (a state-dict key): {"step", "exp_avg", "exp_avg_sq"}}, AdamW's
-            state of the parent's last step (see ``train.loop.optimizer_moments``).
+            state of the parent's last step (see ``train.checkpoint.optimizer_moments``).
         grown_state: :func:`grow_state`'s result.
 
     Returns:

@@ -3,7 +3,7 @@
 Evaluation (through :mod:`recsys_spark.models.rankers`), scoring
 (:mod:`recsys_spark.scoring.recommender`, whose category cap and exploration are steps after
 this top K), the MLflow pyfunc (:mod:`recsys_spark.models.pyfunc`) and validation during
-training (:mod:`recsys_spark.train.loop`) all rank through these functions, so they agree on
+training (:mod:`recsys_spark.train.validation`) all rank through these functions, so they agree on
 what a user vector is, which items a user may get, and how ties and empty slots come out.
 
 Conventions: an item is a column of a score matrix (its index in an item space: the model's

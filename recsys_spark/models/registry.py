@@ -263,6 +263,14 @@ def apply_decision(cfg: Config, decision: GateDecision, champion_alias: str, run
         client.set_model_version_tag(name, version, key, value)
 
 
+def tag_version(cfg: Config, version: str, tags: Mapping[str, str]) -> None:
+    """Set ``tags`` on a version of ``mlflow.registered_model``, in their order (inside a stage's
+    run: the tracking URI is set)."""
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(cfg.mlflow.registered_model, version, key, value)
+
+
 # ----------------------------------------------------------------------------- what is gated
 
 @dataclass(frozen=True)

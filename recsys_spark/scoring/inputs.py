@@ -11,6 +11,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recsys_spark import schema
+from recsys_spark.scoring.exclusions import excluding
 from recsys_spark.scoring.recommender import EXCLUDE_PRODUCTS, USER_CATEGORY, USER_KEY
 
 RECENT_USERS = "recent_users"  # distinct users with an event on the product in the recent window
@@ -45,7 +46,7 @@ def user_context(events: DataFrame, exclude_event_types: Sequence[str]) -> DataF
         CONTEXT_SCHEMA: user_id, exclude_products (sorted distinct product ids), user_category
         (category_id of the user's latest event that has one; ties by the larger id; null if none).
     """
-    excluded = F.when(F.col(schema.EVENT_TYPE).isin(list(exclude_event_types)), F.col(schema.PRODUCT_ID))
+    excluded = F.when(excluding(exclude_event_types), F.col(schema.PRODUCT_ID))
     latest = F.max(F.when(F.col(schema.CATEGORY_ID).isNotNull(), F.struct(schema.EVENT_TIME, schema.CATEGORY_ID)))
     out = events.groupBy(schema.USER_ID).agg(
         F.array_sort(F.array_distinct(F.collect_list(excluded))).alias(EXCLUDE_PRODUCTS),  # nulls skipped

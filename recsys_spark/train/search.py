@@ -22,7 +22,7 @@ from pyspark.sql import SparkSession
 from recsys_spark.config import Config, SearchDimension, parse_space
 from recsys_spark.errors import ConfigError, RecsysError
 from recsys_spark.train import launch
-from recsys_spark.train.loop import metric_key
+from recsys_spark.train.validation import metric_key
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from recsys_spark.models.two_tower import TwoTowerModel
 from recsys_spark.scoring.recommender import EXCLUDE_PRODUCTS, USER_CATEGORY, USER_KEY, Recommender
 from recsys_spark.scoring.score import build_plan
 from recsys_spark.train import data
-from recsys_spark.train.loop import validation_lists
+from recsys_spark.train.validation import validation_lists
 
 from tests.models.test_two_tower import make_model
 from tests.scoring.tiny import NUM_ITEMS, PRODUCT, tiny_bundle

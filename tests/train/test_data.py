@@ -18,7 +18,9 @@ from recsys_spark import schema
 from recsys_spark.errors import DataQualityError, InputError
 from recsys_spark.train import data
 from recsys_spark.config import TrainConfig
-from recsys_spark.train.loop import lr_factor, ranking_values, save_checkpoint, state_checksum
+from recsys_spark.train.checkpoint import save_checkpoint, state_checksum
+from recsys_spark.train.schedule import lr_factor
+from recsys_spark.train.validation import ranking_values
 
 pytestmark = pytest.mark.unit
 
@@ -252,7 +254,7 @@ class StubComm:
 
 
 def test_a_read_that_fails_on_rank_0_fails_every_rank_instead_of_hanging_the_others():
-    from recsys_spark.train.loop import read_on_main
+    from recsys_spark.train.checkpoint import read_on_main
 
     def broken():
         raise InputError("checkpoint /x/last.pt cannot be read: truncated")
@@ -282,7 +284,7 @@ def test_grad_clip_zero_leaves_the_gradient_alone_and_a_positive_norm_clips_it(m
 
 def test_a_plateau_needs_patience_and_either_enough_steps_or_a_decline_beyond_the_noise():
     from recsys_spark.config import TrainConfig
-    from recsys_spark.train.loop import plateau_reached
+    from recsys_spark.train.validation import plateau_reached
 
     tc = TrainConfig(patience=3, patience_steps=100)
     best = {"ndcg": 0.30, "step": 200, "bad_evaluations": 3}

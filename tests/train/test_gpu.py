@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from recsys_spark.train.loop import amp_settings, pick_device
+from recsys_spark.train.system import amp_settings, pick_device
 
 from tests.train.test_data import write_features
 from tests.train.test_resume import overrides, train

@@ -16,7 +16,7 @@ from recsys_spark.errors import InputError
 from recsys_spark.models.pyfunc import ITEM_IDS, SCORES, RecommenderPyfunc
 from recsys_spark.models.registry import load_bundle
 from recsys_spark.train import runner
-from recsys_spark.train.loop import state_checksum
+from recsys_spark.train.checkpoint import state_checksum
 
 from tests.train.test_data import write_features
 

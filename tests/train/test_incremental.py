@@ -173,7 +173,7 @@ def test_two_horovod_ranks_start_from_the_parent_and_resume_an_incremental_run_e
 
 
 def test_an_incremental_run_continues_the_parents_optimiser_moments(spark, parent):
-    from recsys_spark.train.loop import WARM_START, read_checkpoint
+    from recsys_spark.train.checkpoint import WARM_START, read_checkpoint
 
     root, first = parent
     cfg = config(root, root / "day2", checkpoints=root / "moments", mode="incremental", epochs=1)

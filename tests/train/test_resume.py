@@ -13,7 +13,8 @@ import torch
 
 from recsys_spark.config import load_config
 from recsys_spark.errors import InputError
-from recsys_spark.train.loop import BEST_WEIGHTS, LAST_CHECKPOINT, read_checkpoint, state_checksum, train_fn
+from recsys_spark.train.checkpoint import BEST_WEIGHTS, LAST_CHECKPOINT, read_checkpoint, state_checksum
+from recsys_spark.train.loop import train_fn
 
 from tests.train.test_data import write_features
 

@@ -9,8 +9,10 @@ import pytest
 
 from recsys_spark.config import TrainConfig
 from recsys_spark.errors import DataQualityError
-from recsys_spark.train.loop import bind_threads, metric_key, model_args_from, pin_cpus
+from recsys_spark.train.checkpoint import model_args_from
 from recsys_spark.train.runner import check_ranks, training_curve
+from recsys_spark.train.system import bind_threads, pin_cpus
+from recsys_spark.train.validation import metric_key
 
 pytestmark = pytest.mark.unit
 

@@ -14,7 +14,7 @@ from recsys_spark.errors import ConfigError, InputError, RecsysError
 from recsys_spark.models.registry import load_bundle
 from recsys_spark.train import launch as launchers
 from recsys_spark.train import runner, search
-from recsys_spark.train.loop import read_checkpoint
+from recsys_spark.train.checkpoint import read_checkpoint
 
 from tests.train.test_data import write_features
 

@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 
 from recsys_spark.models.registry import load_bundle
 from recsys_spark.train import runner
-from recsys_spark.train.loop import state_checksum
+from recsys_spark.train.checkpoint import state_checksum
 
 from tests.train.test_data import write_features
 from tests.train.test_horovod import EPOCHS, tiny_config
