@@ -42,6 +42,7 @@ else
         exit 1
     fi
     mkdir -p "$ROOT"
+    ROOT="$(cd "$ROOT" && pwd)"  # redis-server changes into --dir before it opens --logfile
     redis-server --port "$PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$ROOT" \
         --logfile "$ROOT/redis.log" --daemonize no &
     REDIS_PID=$!
