@@ -22,6 +22,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -57,6 +58,13 @@ def _at_least(section: str, values: Any, minimums: Mapping[str, float]) -> None:
             raise ConfigError(f"{section}.{key} must be >= {minimum}, got {getattr(values, key)}")
 
 
+def _bounded_waits(section: str, values: Any, keys: tuple[str, ...]) -> None:
+    """Raise ConfigError naming the first ``section.key`` of a wait that is not > 0."""
+    for key in keys:
+        if not getattr(values, key) > 0:
+            raise ConfigError(f"{section}.{key} must be > 0 (every wait has a bound), got {getattr(values, key)}")
+
+
 def iso_date(key: str, value: str) -> dt.date | None:
     """``value`` as a date ("" -> None). Raises: ConfigError naming ``key``."""
     if not value:
@@ -88,9 +96,7 @@ class SparkConfig:
     observation_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
-        for key in ("stage_timeout_minutes", "observation_timeout_s"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"spark.{key} must be > 0 (every wait has a bound), got {getattr(self, key)}")
+        _bounded_waits("spark", self, ("stage_timeout_minutes", "observation_timeout_s"))
 
 
 @dataclass(frozen=True)
@@ -605,9 +611,7 @@ class SearchConfig:
         load_config)."""
         if self.trials < 0:
             raise ConfigError(f"search.trials must be >= 0, got {self.trials}")
-        if not self.timeout_minutes > 0:
-            raise ConfigError(f"search.timeout_minutes must be > 0 (every wait has a bound), got "
-                              f"{self.timeout_minutes}")
+        _bounded_waits("search", self, ("timeout_minutes",))
         if self.trials and not self.space:
             raise ConfigError(f"search.space names no train key to search (search.trials={self.trials})")
         # Parsed, each value of its key's type (YAML reads `1e-3` as text): what is logged is what is searched.
@@ -984,8 +988,6 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         """Raise ConfigError naming the first invalid serve setting."""
-        from urllib.parse import urlsplit
-
         _at_least("serve", self, {"keep_versions": 2, "publish_batch": 1, "publish_retries": 0, "port": 1,
                                   "max_events": 1, "max_body_bytes": 1024, "feedback_batch_rows": 1,
                                   "redis_retry_seconds": 0})
@@ -994,10 +996,8 @@ class ServeConfig:
         if self.feedback_max_pending_rows < self.feedback_batch_rows:
             raise ConfigError(f"serve.feedback_max_pending_rows ({self.feedback_max_pending_rows}) must be >= "
                               f"serve.feedback_batch_rows ({self.feedback_batch_rows})")
-        for key in ("socket_timeout_s", "socket_connect_timeout_s", "publish_timeout_s", "feedback_flush_seconds",
-                    "model_poll_seconds"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"serve.{key} must be > 0 (every wait has a bound), got {getattr(self, key)}")
+        _bounded_waits("serve", self, ("socket_timeout_s", "socket_connect_timeout_s", "publish_timeout_s",
+                                       "feedback_flush_seconds", "model_poll_seconds"))
         url = urlsplit(self.redis_url)
         if url.scheme not in ("redis", "rediss") or not url.hostname:
             raise ConfigError(f"serve.redis_url: {self.redis_url!r} is not a redis://host:port/db URL")

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator
 
 import pyarrow as pa
+import redis
 from pyspark.errors import PythonException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -39,7 +39,7 @@ from pyspark.sql import types as T
 from recsys_spark import io, schema, tracking
 from recsys_spark.config import Config, ServeConfig
 from recsys_spark.errors import DataQualityError, InputError
-from recsys_spark.serving.store import LIST_FIELDS, RecommendationStore, client, connect, encode_list
+from recsys_spark.serving.store import LIST_FIELDS, RecommendationStore, connect, encode_list, redis_password
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +136,7 @@ def list_writer(sc: ServeConfig, password: str | None, version: str) -> Callable
     pipelined batches of ``serve.publish_batch``; yield one row, the keys Redis acknowledged."""
 
     def write(batches: Batches) -> Batches:
-        store = RecommendationStore(
-            client(sc.redis_url, password, sc.publish_timeout_s, sc.publish_timeout_s, sc.publish_retries),
-            sc.redis_prefix)
+        store = RecommendationStore(connect(sc, for_publish=True, password=password), sc.redis_prefix)
         written = 0
         try:
             for batch in batches:
@@ -182,8 +180,6 @@ def task_error(exc: Exception) -> str:
 def open_store(sc: ServeConfig) -> RecommendationStore:
     """The store at ``serve.redis_url``, with the writer's bounds. Raises: InputError when Redis
     does not answer."""
-    import redis
-
     store = RecommendationStore(connect(sc, for_publish=True), sc.redis_prefix)
     try:
         store.ping()
@@ -203,7 +199,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     """
     if cfg.publish.rollback:
         return rollback(cfg)
-    import mlflow
+    import mlflow  # not at the top: Spark tasks import this module for list_writer (mlflow: 2 s)
 
     sc = cfg.serve
     path = cfg.paths.resolve("recommendations")
@@ -226,9 +222,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             log.info("publish: %s/%s=%s, %d users, as version %s to %s (%s:*); serving %s", path, schema.RUN_DATE,
                      run_date, part.users, version, sc.redis_url, sc.redis_prefix, served or "nothing yet")
             store.write_meta(version, part.meta())
-            password = (os.environ.get(sc.redis_password_env) or None) if sc.redis_password_env else None
             try:
-                written = write_lists(user_lists(recs), sc, password, version)
+                written = write_lists(user_lists(recs), sc, redis_password(sc), version)
             except PythonException as exc:  # a task's error: Redis went away, or slower than its bounds
                 raise InputError(f"publish: writing version {version} to Redis at {sc.redis_url} failed "
                                  f"(config key serve.redis_url): {task_error(exc).rstrip('.')}; not switched, "
@@ -262,7 +257,7 @@ def rollback(cfg: Config) -> dict[str, Any]:
     Raises:
         StoreError: nothing to roll back to, in one line naming the key and the versions kept.
     """
-    import mlflow
+    import mlflow  # not at the top: Spark tasks import this module for list_writer (mlflow: 2 s)
 
     sc = cfg.serve
     store = open_store(sc)

@@ -119,17 +119,22 @@ def decode_list(raw: bytes | str) -> dict[str, list]:
     return arrays
 
 
-def connect(sc: ServeConfig, *, for_publish: bool = False) -> redis.Redis:
+def redis_password(sc: ServeConfig) -> str | None:
+    """The password in the environment variable named by ``serve.redis_password_env`` (None: unset or empty)."""
+    return (os.environ.get(sc.redis_password_env) or None) if sc.redis_password_env else None
+
+
+def connect(sc: ServeConfig, *, for_publish: bool = False, password: str | None = None) -> redis.Redis:
     """A client of ``serve.redis_url``, every wait bounded.
 
     Args:
-        sc: the serve section; the password, if any, comes from the environment variable
-            ``sc.redis_password_env``.
+        sc: the serve section.
         for_publish: the writer's bounds (``serve.publish_timeout_s``, ``serve.publish_retries``
             with backoff) instead of the service's (``serve.socket_timeout_s`` /
             ``socket_connect_timeout_s``, no retry: a slow Redis means a fallback, not a wait).
+        password: None = :func:`redis_password` of this process (a Spark task gets the driver's).
     """
-    password = (os.environ.get(sc.redis_password_env) or None) if sc.redis_password_env else None
+    password = password or redis_password(sc)
     if for_publish:
         return client(sc.redis_url, password, sc.publish_timeout_s, sc.publish_timeout_s, sc.publish_retries)
     return client(sc.redis_url, password, sc.socket_timeout_s, sc.socket_connect_timeout_s, 0)
