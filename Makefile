@@ -18,8 +18,12 @@ demo: setup  ## the whole pipeline on generated sample data, local Spark, local 
 serve: setup  ## after `make demo`: Redis, the latest lists published, the service on http://127.0.0.1:8000
 	@bash scripts/serve.sh $(CONFIG) $(SERVE_ARGS)
 
+# Two test processes: most tests wait on a JVM, a subprocess or one Python thread, so two keep two
+# cores busy (TEST_WORKERS=0 runs them in this process, one after another).
+TEST_WORKERS ?= 2
+
 test: setup airflow-env  ## the default test suite (everything but GPU tests; the DAG's in .venv-airflow)
-	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not gpu" -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "unit" $(PYTEST_ARGS)

@@ -17,6 +17,20 @@ import pyarrow.parquet as pq
 from recsys_spark.config import Config
 
 
+def add_loop_arguments(parser: argparse.ArgumentParser, out: str, days: int, days_help: str, history_help: str,
+                       users: int) -> None:
+    """Add the options of the world a simulated-days run shares (:func:`loop_overrides` reads
+    them), in this order: --out (default ``out``), --days, --history-days (14), --users, --items
+    (1500), --new-items-per-day (10) and --taste-drift (0.5)."""
+    parser.add_argument("--out", type=Path, default=Path(out))
+    parser.add_argument("--days", type=int, default=days, help=days_help)
+    parser.add_argument("--history-days", type=int, default=14, help=history_help)
+    parser.add_argument("--users", type=int, default=users)
+    parser.add_argument("--items", type=int, default=1500)
+    parser.add_argument("--new-items-per-day", type=int, default=10)
+    parser.add_argument("--taste-drift", type=float, default=0.5)
+
+
 def loop_overrides(out: Path, args: argparse.Namespace, generate_days: int, *extra: str) -> list[str]:
     """The settings every stage of a simulated-days run shares: the world of ``args`` (users,
     items, new items per day, taste drift) over ``generate_days`` days, one validation and one test

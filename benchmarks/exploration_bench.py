@@ -63,15 +63,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from common import (  # noqa: E402
-    command_line,
-    describe,
-    fresh_folder,
-    loop_overrides,
-    read_recommendations,
-    set_aliases,
-    start_logging,
-)
+from common import add_loop_arguments, command_line, describe, fresh_folder, loop_overrides  # noqa: E402
+from common import read_recommendations, set_aliases, start_logging  # noqa: E402
 from recsys_spark.config import Config, load_config  # noqa: E402
 
 K = 20
@@ -179,13 +172,8 @@ def truth_ndcg(world, gen_cfg, frame: pd.DataFrame, model, key: bytes) -> np.nda
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("/tmp/exploration_bench"))
-    parser.add_argument("--days", type=int, default=10, help="simulated days of the loop")
-    parser.add_argument("--history-days", type=int, default=14, help="days of organic log before the loop")
-    parser.add_argument("--users", type=int, default=2000)
-    parser.add_argument("--items", type=int, default=1500)
-    parser.add_argument("--new-items-per-day", type=int, default=10)
-    parser.add_argument("--taste-drift", type=float, default=0.5)
+    add_loop_arguments(parser, "/tmp/exploration_bench", 10, "simulated days of the loop",
+                       "days of organic log before the loop", users=2000)
     parser.add_argument("--train-steps", type=int, default=1200, help="train.max_steps of the day-0 full training")
     parser.add_argument("--replay", type=int, default=300, help="train.replay_windows of the daily training")
     parser.add_argument("--incremental-epochs", type=int, default=2)

@@ -47,7 +47,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from common import command_line, fresh_folder, loop_overrides, set_aliases, start_logging  # noqa: E402
+from common import add_loop_arguments, command_line, fresh_folder, loop_overrides, set_aliases  # noqa: E402
+from common import start_logging  # noqa: E402
 from recsys_spark.config import Config, load_config  # noqa: E402
 
 ARMS = ("full", "finetune", "replay")
@@ -106,13 +107,8 @@ def interval_text(values: np.ndarray) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("/tmp/incremental_bench"))
-    parser.add_argument("--days", type=int, default=8, help="simulated days (each: featurize, 3 trainings)")
-    parser.add_argument("--history-days", type=int, default=14, help="days of log before the first simulated day")
-    parser.add_argument("--users", type=int, default=4000)
-    parser.add_argument("--items", type=int, default=1500)
-    parser.add_argument("--new-items-per-day", type=int, default=10)
-    parser.add_argument("--taste-drift", type=float, default=0.5)
+    add_loop_arguments(parser, "/tmp/incremental_bench", 8, "simulated days (each: featurize, 3 trainings)",
+                       "days of log before the first simulated day", users=4000)
     parser.add_argument("--replay", type=int, default=800, help="train.replay_windows of the replay arm")
     parser.add_argument("--incremental-epochs", type=int, default=3)
     parser.add_argument("--stage-timeout-minutes", type=float, default=60.0)

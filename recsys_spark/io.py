@@ -243,6 +243,22 @@ def read_recommendations(spark: SparkSession, path: str, id_type: str = schema.I
     return read_table(spark, path, struct, "paths.recommendations")
 
 
+def served_lists_path(feedback_root: str) -> str:
+    """The folder of the service's real-time and fallback lists under ``paths.feedback``."""
+    return f"{feedback_root.rstrip('/')}/{schema.SERVED_LISTS_FOLDER}"
+
+
+def read_served_lists(spark: SparkSession, feedback_root: str, id_type: str = schema.ID_INTEGER) -> DataFrame | None:
+    """The lists the service answered in real time or from the fallback (SERVED_LIST_SCHEMA,
+    item_id typed by ``clean.id_types.product_id``) under ``paths.feedback``; None when the
+    service has written none."""
+    path = served_lists_path(feedback_root)
+    if not holds_data(spark, path):
+        return None
+    struct = schema.with_product_ids(schema.SERVED_LIST_SCHEMA, id_type)
+    return read_table(spark, path, struct, "paths.feedback")
+
+
 def recommendation_dates(spark: SparkSession, path: str) -> list[str]:
     """The run dates (ISO, sorted) of the partitions under ``path`` that hold a data file; [] when
     ``path`` is missing. Lists folders: no file is read."""

@@ -49,23 +49,35 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     ) as parent:
         tracking.log_config(cfg)
         for stage in ORDER:
-            if stage == "generate" and io.exists(spark, cfg.paths.resolve("raw")):
-                log.info("paths.raw %s exists: using it, not generating sample data", cfg.paths.resolve("raw"))
-                continue
-            log.info("=== stage %d/%d: %s ===", ORDER.index(stage) + 1, len(ORDER), stage)
-            started = time.time()
-            try:
-                summaries[stage] = stage_function(stage)(spark, cfg)
-            except BaseException:
-                mlflow.set_tag("failed_stage", stage)
-                raise
-            mlflow.log_metric(f"seconds.{stage}", round(time.time() - started, 1))
+            run_stage(spark, cfg, stage, summaries)
         tag_data_ranges(parent.info.run_id, experiment_id, data_ranges(spark, cfg, summaries))
         warnings = {stage: summary["warning"] for stage, summary in summaries.items() if summary.get("warning")}
         for stage, warning in warnings.items():
             mlflow.set_tag(f"warning.{stage}", warning[:5000])
         tracking.log_json(json.loads(json.dumps(summaries, default=str)), SUMMARY_ARTIFACT)
+    return result_of(cfg, summaries, warnings, f"{parent.info.run_id} (pipeline-{run_date})")
 
+
+def run_stage(spark: SparkSession, cfg: Config, stage: str, summaries: dict[str, dict]) -> None:
+    """Run ``stage`` inside the pipeline run, its summary into ``summaries``: the seconds it took
+    as the metric ``seconds.<stage>``, a failure as the tag ``failed_stage``. generate runs only
+    when ``paths.raw`` is absent."""
+    if stage == "generate" and io.exists(spark, cfg.paths.resolve("raw")):
+        log.info("paths.raw %s exists: using it, not generating sample data", cfg.paths.resolve("raw"))
+        return
+    log.info("=== stage %d/%d: %s ===", ORDER.index(stage) + 1, len(ORDER), stage)
+    started = time.time()
+    try:
+        summaries[stage] = stage_function(stage)(spark, cfg)
+    except BaseException:
+        mlflow.set_tag("failed_stage", stage)
+        raise
+    mlflow.log_metric(f"seconds.{stage}", round(time.time() - started, 1))
+
+
+def result_of(cfg: Config, summaries: dict[str, dict], warnings: dict[str, str], pipeline_run: str) -> dict[str, Any]:
+    """What :func:`run` returns, from the stages' summaries and warnings and the pipeline run
+    (``<run id> (pipeline-<run date>)``)."""
     evaluation = summaries["evaluate"]
     metric = cfg.evaluate.primary_metric
     score = summaries["score"]
@@ -77,7 +89,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
                         else score.get("model")),
         "mlflow_tracking_uri": cfg.tracking_uri,
         "mlflow_experiment": cfg.mlflow.experiment,
-        "mlflow_pipeline_run": f"{parent.info.run_id} (pipeline-{run_date})",
+        "mlflow_pipeline_run": pipeline_run,
         "trained": (f"models:/{cfg.mlflow.registered_model}@{cfg.mlflow.alias} "
                     f"(version {summaries['train'].get('version')})"),
         "gate": f"{evaluation.get('gate')} (champion: version {evaluation.get('champion_version')})",

@@ -14,6 +14,7 @@ Layers:
 
 from __future__ import annotations
 
+import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -39,20 +40,10 @@ ID_STRING = "string"
 RAW_TEXT_SCHEMA = T.StructType([T.StructField(c, T.StringType(), True) for c in RAW_COLUMNS])
 CORRUPT_RECORD = "_corrupt_record"
 
-# The typed raw contract, as a Parquet source is expected to carry it.
-RAW_TYPED_SCHEMA = T.StructType(
-    [
-        T.StructField(EVENT_TIME, T.StringType(), True),
-        T.StructField(EVENT_TYPE, T.StringType(), True),
-        T.StructField(PRODUCT_ID, T.LongType(), True),
-        T.StructField(CATEGORY_ID, T.LongType(), True),
-        T.StructField(CATEGORY_CODE, T.StringType(), True),
-        T.StructField(BRAND, T.StringType(), True),
-        T.StructField(PRICE, T.DoubleType(), True),
-        T.StructField(USER_ID, T.LongType(), True),
-        T.StructField(USER_SESSION, T.StringType(), True),
-    ]
-)
+# The typed raw contract, as a Parquet source is expected to carry it: the ids and the price as
+# numbers, the other columns as text, every one nullable.
+_RAW_NUMBERS = {PRODUCT_ID: T.LongType(), CATEGORY_ID: T.LongType(), PRICE: T.DoubleType(), USER_ID: T.LongType()}
+RAW_TYPED_SCHEMA = T.StructType([T.StructField(c, _RAW_NUMBERS.get(c, T.StringType()), True) for c in RAW_COLUMNS])
 
 # Event types, their integer codes in features (0 is padding) and their strength, used when
 # consecutive events on one item collapse into one sequence step.
@@ -363,6 +354,31 @@ CLEAN_FEEDBACK_SCHEMA = T.StructType(
 # paths.feedback_quarantine: QUARANTINE_SCHEMA (raw_record = the row's contract columns as read,
 # as JSON) partitioned by run_date (null when the row has none: Spark's null partition).
 FEEDBACK_QUARANTINE_SCHEMA = T.StructType([*QUARANTINE_SCHEMA.fields, T.StructField(RUN_DATE, T.DateType(), True)])
+
+# The lists the service answered without the batch's recommendations (real-time and fallback
+# lists, serving/exposures.py), one row per item, under {paths.feedback}/_served_lists by run_date:
+# the folder's leading "_" hides it from the readers of paths.feedback (Spark, pyarrow,
+# io.HadoopFs.files). clean accepts an exposure whose key (EXPOSURE_KEY) and propensity match a
+# row here as it accepts one that matches paths.recommendations (etl/feedback.py).
+SERVED_LISTS_FOLDER = "_served_lists"
+ANSWERED_BY = "answered_by"  # realtime | fallback
+SERVED_AT = "served_at"
+SERVED_LIST_SCHEMA = T.StructType(
+    [
+        T.StructField(USER_ID, T.StringType(), False),  # the pseudonym
+        T.StructField(ITEM_ID, T.LongType(), False),  # the shop's product id
+        T.StructField(SLOT, T.IntegerType(), False),
+        T.StructField(PROPENSITY, T.DoubleType(), False),
+        T.StructField(POLICY, T.StringType(), True),
+        T.StructField(POLICY_VERSION, T.StringType(), True),
+        T.StructField(SCORE, T.FloatType(), True),
+        T.StructField(SOURCE, T.StringType(), True),  # model | fallback | explore
+        T.StructField(MODEL_VERSION, T.StringType(), True),
+        T.StructField(ANSWERED_BY, T.StringType(), True),
+        T.StructField(SERVED_AT, T.TimestampType(), True),
+        T.StructField(RUN_DATE, T.DateType(), False),  # partition column
+    ]
+)
 # Reasons, in the order they are tested (a row gets the first that matches); a value of the
 # wrong type counts as missing.
 FEEDBACK_NULL_ITEM = "null_item_id"
@@ -464,3 +480,27 @@ def relaxed(dtype: T.DataType) -> T.DataType:
 def conform(df: DataFrame, schema: T.StructType) -> DataFrame:
     """Select ``schema``'s columns in order, cast to its types (nullability not narrowed)."""
     return df.select(*[F.col(f.name).cast(relaxed(f.dataType)).alias(f.name) for f in schema.fields])
+
+
+# --- data preparation (moved from etl/, features/, data/) ---
+# Parquet written without Spark (the generator's raw files, the feedback simulator's partitions):
+# each Spark type as Arrow writes it, so that Spark reads the files back with the types above.
+ARROW_TYPES = {
+    T.StringType(): pa.string(), T.LongType(): pa.int64(), T.IntegerType(): pa.int32(),
+    T.DoubleType(): pa.float64(), T.DateType(): pa.date32(), T.TimestampType(): pa.timestamp("us", tz="UTC"),
+    T.BooleanType(): pa.bool_(),
+}
+
+
+def arrow_schema(struct: T.StructType) -> pa.Schema:
+    """``struct`` as an Arrow schema: its names, its types as ARROW_TYPES writes them, its nullability."""
+    return pa.schema([pa.field(f.name, ARROW_TYPES[f.dataType], nullable=f.nullable) for f in struct.fields])
+
+
+# A raw Parquet file of the generator (data/generate.py).
+RAW_ARROW_SCHEMA = arrow_schema(RAW_TYPED_SCHEMA)
+# The feedback contract's columns, in order, as the simulator's frames hold them (data/feedback_sim.py).
+FEEDBACK_COLUMNS = FEEDBACK_SCHEMA.fieldNames()
+# One run_date partition's file of simulated feedback: FEEDBACK_SCHEMA but run_date, which the
+# partition folder's name holds.
+FEEDBACK_PARTITION_ARROW_SCHEMA = arrow_schema(T.StructType([f for f in FEEDBACK_SCHEMA.fields if f.name != RUN_DATE]))

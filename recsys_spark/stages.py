@@ -13,22 +13,30 @@ from __future__ import annotations
 
 import argparse
 import importlib
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from recsys_spark.config import Config
 from recsys_spark.waits import stage_deadline
 
-# stage -> (module, what it does). Each module has ``run(spark, cfg) -> dict`` (a summary).
-STAGES: dict[str, tuple[str, str]] = {
-    "generate": ("recsys_spark.data.generate", "write a synthetic REES46-style clickstream to paths.raw"),
-    "clean": ("recsys_spark.etl.clean", "validate, de-duplicate, sessionise, pseudonymise raw events"),
-    "featurize": ("recsys_spark.features.featurize", "vocabularies, sequences, temporal split"),
-    "train": ("recsys_spark.train.runner", "train the two-tower model with Horovod on Spark, register it"),
-    "evaluate": ("recsys_spark.evaluation.evaluate", "full-ranking metrics against baselines"),
-    "score": ("recsys_spark.scoring.score", "top-K recommendations per user from the registered model"),
-    "publish": ("recsys_spark.serving.publish", "a run date's recommendations into Redis, then served atomically"),
-    "serve": ("recsys_spark.serving.server", "the HTTP service: cached, real-time and fallback lists, exposures logged"),
-    "run": ("recsys_spark.pipeline", "the whole pipeline: generate, clean, featurize, train, evaluate, score"),
+
+class Stage(NamedTuple):
+    """A stage: its module, which has ``run(spark, cfg) -> dict`` (a summary), and what it does."""
+
+    module: str
+    purpose: str
+
+
+STAGES: dict[str, Stage] = {
+    "generate": Stage("recsys_spark.data.generate", "write a synthetic REES46-style clickstream to paths.raw"),
+    "clean": Stage("recsys_spark.etl.clean", "validate, de-duplicate, sessionise, pseudonymise raw events"),
+    "featurize": Stage("recsys_spark.features.featurize", "vocabularies, sequences, temporal split"),
+    "train": Stage("recsys_spark.train.runner", "train the two-tower model with Horovod on Spark, register it"),
+    "evaluate": Stage("recsys_spark.evaluation.evaluate", "full-ranking metrics against baselines"),
+    "score": Stage("recsys_spark.scoring.score", "top-K recommendations per user from the registered model"),
+    "publish": Stage("recsys_spark.serving.publish", "a run date's recommendations into Redis, then served atomically"),
+    "serve": Stage("recsys_spark.serving.server",
+                   "the HTTP service: cached, real-time and fallback lists, exposures logged"),
+    "run": Stage("recsys_spark.pipeline", "the whole pipeline: generate, clean, featurize, train, evaluate, score"),
 }
 
 # The paths (config keys) each stage reads; local ones are checked before Spark starts.
@@ -92,7 +100,7 @@ def stage_function(stage: str) -> Callable[[Any, Config], dict]:
 
     ``run`` itself is not bounded as a whole: it calls each stage through this function.
     """
-    module = importlib.import_module(STAGES[stage][0])
+    module = importlib.import_module(STAGES[stage].module)
     if stage in ("run", "serve"):  # serve runs until stopped; it bounds its own Spark part
         return module.run
 

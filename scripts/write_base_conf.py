@@ -29,7 +29,7 @@ NOTES = {
 
 def main() -> None:
     lines = [
-        "# Built-in defaults of every key (recsys_spark/config.py). A test keeps this file equal to them:",
+        "# Built-in defaults of every key (recsys_spark/config/). A test keeps this file equal to them:",
         "# after changing a default, run `python scripts/write_base_conf.py`.",
         "# Profiles extend it: conf/local.yaml (the quick start), conf/cluster.example.yaml.",
         "",

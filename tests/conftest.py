@@ -25,12 +25,66 @@ TIME_LIMITS_S = {"gpu": 900, "e2e": 1800, "distributed": 900, "unit": 300}
 DEFAULT_TIME_LIMIT_S = 600
 
 
+# pytest-xdist (`make test` runs two workers): a module's tests stay on one worker, so its module
+# fixtures are built once; the modules below are exceptions.
+SAME_WORKER = {"tests/test_e2e.py": "tiny_pipeline", "tests/test_notebooks.py": "tiny_pipeline"}  # one session fixture
+EACH_TEST_ALONE = ("tests/test_shapes.py",)  # whole-pipeline runs that share only the Spark session
+
+
+def test_block(nodeid: str) -> str:
+    """The tests that must run on one worker with ``nodeid``, named: its module, its shared
+    fixture's name, or the test itself."""
+    path = nodeid.split("::", 1)[0]
+    if path in EACH_TEST_ALONE:
+        return nodeid
+    return SAME_WORKER.get(path, path)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("timeout") is not None:
             continue
         limits = [s for marker, s in TIME_LIMITS_S.items() if item.get_closest_marker(marker) is not None]
         item.add_marker(pytest.mark.timeout(max(limits, default=DEFAULT_TIME_LIMIT_S)))
+    items[:] = heaviest_first(items)
+
+
+def heaviest_first(items: list) -> list:
+    """The blocks of whole-pipeline and multi-process tests, then those that share a module fixture
+    (one trains a model or runs Spark jobs for several tests), then the rest; each in collection order.
+
+    Two workers then start on the long tests together and finish on short ones, instead of one
+    worker idling while the other runs a five-minute test it drew last. A block (test_block) moves
+    as one: its heaviest test decides.
+    """
+    rank: dict[str, int] = {}
+    for item in items:
+        block = test_block(item.nodeid)
+        rank[block] = min(rank.get(block, 2), weight(item))
+    return sorted(items, key=lambda item: rank[test_block(item.nodeid)])
+
+
+def weight(item) -> int:
+    """0: a whole pipeline or several processes; 1: shares a module or class fixture; 2: the rest."""
+    if any(item.get_closest_marker(m) is not None for m in ("e2e", "distributed")):
+        return 0
+    definitions = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    if any(d.scope in ("module", "class") for defs in definitions.values() for d in defs):
+        return 1
+    return 2
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, absent from the Airflow environment
+def pytest_xdist_make_scheduler(config, log):
+    """Scopes of work by test_block, handed out in collection order (heaviest first)."""
+    from xdist.scheduler import LoadScopeScheduling  # only where xdist runs the tests
+
+    class BlockScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return test_block(nodeid)
+
+    config.option.loadscopereorder = False  # keep heaviest_first's order
+    return BlockScheduling(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -90,7 +90,7 @@ def test_an_option_of_another_stage_is_refused():
 def test_packaged_zip_imports_without_site_packages(tmp_path):
     zpath = build_zip(tmp_path / "recsys_spark.zip")
     names = zipfile.ZipFile(zpath).namelist()
-    assert "recsys_spark/__init__.py" in names and "recsys_spark/config.py" in names
+    assert "recsys_spark/__init__.py" in names and "recsys_spark/config/__init__.py" in names
     assert not any("__pycache__" in n or n.startswith("tests/") for n in names)
     # -S: no site-packages, so the package can only come from the zip.
     out = subprocess.run(

@@ -1,7 +1,7 @@
 """A feedback simulator: the clicks and purchases the generator's users would give to shown lists.
 
 The score stage writes top-K lists (``schema.RECOMMENDATION_SCHEMA``); this module plays them
-to the synthetic users of :func:`recsys_spark.data.generate.build_world` and returns one row
+to the synthetic users of :func:`recsys_spark.data.world.build_world` and returns one row
 per shown item with its outcome (the feedback contract, ``schema.FEEDBACK_SCHEMA``), so that a
 policy's logged feedback, its off-policy estimates and its true value can all be had on the
 same synthetic world.
@@ -35,18 +35,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql import SparkSession
-from pyspark.sql import types as T
 
 from recsys_spark import io, schema
 from recsys_spark.config import GenerateConfig, is_uri
-from recsys_spark.data.generate import HOUR_WEIGHTS, World, typed_events, uuids
+from recsys_spark.data.clickstream import typed_events, uuids
+from recsys_spark.data.world import HOUR_WEIGHTS, World
 from recsys_spark.errors import InputError
 from recsys_spark.etl.pseudonym import PSEUDONYM_HEX_CHARS
 from recsys_spark.scoring.topk import uniforms
 
 log = logging.getLogger(__name__)
 
-FEEDBACK_COLUMNS = schema.FEEDBACK_SCHEMA.fieldNames()
 # What is read from a recommendations frame (and copied, but for item and slot, as it is).
 _COPIED = [schema.USER_ID, schema.ITEM_ID, schema.RUN_DATE, schema.SLOT, schema.PROPENSITY, schema.POLICY,
            schema.POLICY_VERSION]
@@ -59,11 +58,6 @@ _SLOT_BITS, _USER_BITS = 12, 32
 MAX_SLOT = 2**_SLOT_BITS - 1
 
 _EPOCH = dt.date(1970, 1, 1)
-_ARROW_TYPES = {
-    T.StringType(): pa.string(), T.LongType(): pa.int64(), T.IntegerType(): pa.int32(),
-    T.DoubleType(): pa.float64(), T.DateType(): pa.date32(), T.TimestampType(): pa.timestamp("us", tz="UTC"),
-    T.BooleanType(): pa.bool_(),
-}
 
 
 # ----------------------------------------------------------------------------- the click model
@@ -111,8 +105,11 @@ class ClickModel:
     max_ctr: float = 0.5
     purchase_rate: float = 0.1
 
+    # The values that may be any number >= 0 (max_ctr and purchase_rate have ranges of their own).
+    _NON_NEGATIVE = ("position_bias", "scale", "popularity_weight")
+
     def __post_init__(self) -> None:
-        for name in ("position_bias", "scale", "popularity_weight"):
+        for name in self._NON_NEGATIVE:
             if not getattr(self, name) >= 0:
                 raise ValueError(f"ClickModel.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.max_ctr <= 1:
@@ -335,7 +332,7 @@ def simulate_feedback(world: World, gen_cfg: GenerateConfig, recommendations: pd
         seed: with the run date, the user and the slot, keys every draw.
 
     Returns:
-        One row per shown item of a world user, columns ``FEEDBACK_COLUMNS`` (user_id str,
+        One row per shown item of a world user, columns ``schema.FEEDBACK_COLUMNS`` (user_id str,
         item_id int64, run_date datetime.date, slot int32, propensity float64, policy and
         policy_version str, shown_at datetime64[ns, UTC], clicked and purchased bool), sorted by
         run_date, user_id, policy, policy_version, slot; ``attrs["unknown_users"]`` and
@@ -366,7 +363,7 @@ def simulate_feedback(world: World, gen_cfg: GenerateConfig, recommendations: pd
             schema.CLICKED: clicked,
             schema.PURCHASED: purchased,
         },
-        columns=FEEDBACK_COLUMNS,
+        columns=schema.FEEDBACK_COLUMNS,
     )
     out.attrs.update(unknown_users=rows.unknown_users, unknown_rows=rows.unknown_rows)
     log.info("feedback: %d exposures, %d clicks, %d purchases; skipped %d row(s) of %d unknown user(s)",
@@ -478,24 +475,23 @@ def write_feedback(spark: SparkSession | None, frame: pd.DataFrame, path: str) -
     Raises:
         InputError: a column is missing, or a URI without a session.
     """
-    missing = [c for c in FEEDBACK_COLUMNS if c not in frame.columns]
+    missing = [c for c in schema.FEEDBACK_COLUMNS if c not in frame.columns]
     if missing:
         raise InputError(f"feedback: column(s) {', '.join(missing)} missing")
     dates = sorted({d.isoformat() for d in pd.to_datetime(frame[schema.RUN_DATE]).dt.date})
     if is_uri(path):
         if spark is None:
             raise InputError(f"feedback: writing to {path} needs a Spark session")
-        rows = spark.createDataFrame(frame[FEEDBACK_COLUMNS], schema.FEEDBACK_SCHEMA)
+        rows = spark.createDataFrame(frame[schema.FEEDBACK_COLUMNS], schema.FEEDBACK_SCHEMA)
         io.write_partitioned(rows, path, schema.RUN_DATE)
         return dates
-    fields = [f for f in schema.FEEDBACK_SCHEMA.fields if f.name != schema.RUN_DATE]
-    arrow_schema = pa.schema([pa.field(f.name, _ARROW_TYPES[f.dataType], nullable=f.nullable) for f in fields])
+    arrow_schema = schema.FEEDBACK_PARTITION_ARROW_SCHEMA
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
     day_text = pd.to_datetime(frame[schema.RUN_DATE]).dt.strftime("%Y-%m-%d")
     for date in dates:
         rows = frame[(day_text == date).to_numpy()]
-        table = pa.Table.from_pandas(rows[[f.name for f in fields]], schema=arrow_schema, preserve_index=False)
+        table = pa.Table.from_pandas(rows[arrow_schema.names], schema=arrow_schema, preserve_index=False)
         final = root / f"{schema.RUN_DATE}={date}"
         staging = root / f".{schema.RUN_DATE}={date}.tmp-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
@@ -528,8 +524,8 @@ def click_events(world: World, feedback: pd.DataFrame, key: bytes, seed: int) ->
         seed: seeds the delays and session ids.
 
     Returns:
-        events with ``schema.RAW_COLUMNS`` as :func:`recsys_spark.data.generate.generate_events`
-        yields them (raw user ids, time-ordered), ready for ``generate.to_raw_text``.
+        events with ``schema.RAW_COLUMNS`` as :func:`recsys_spark.data.clickstream.generate_events`
+        yields them (raw user ids, time-ordered), ready for ``raw_text.to_raw_text``.
 
     Raises:
         InputError: a clicked row whose user or item is not the world's.

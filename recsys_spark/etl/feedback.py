@@ -9,7 +9,11 @@ typed columns, so the text formats of ``clean.input_format`` are not accepted he
 inside ``clean.start_date..end_date``; a row without a run_date is in every window) gets the
 first reason of ``schema.FEEDBACK_REASON_CODES`` it breaks, the checks against
 ``paths.recommendations`` included (the key must name a served row and the propensity must be
-the served one, to 1e-9 relative), and of several valid rows of one exposure one is kept.
+the served one, to 1e-9 relative), and of several valid rows of one exposure one is kept. The
+served rows are the recommendations and the lists the service answered in real time or from the
+fallback (``{paths.feedback}/_served_lists``, written by serving/exposures.py, hidden from the
+readers of paths.feedback by its leading ``_``); a key served by both carries both propensities,
+and an exposure is valid when its propensity is one of them.
 Valid rows go to ``paths.clean_feedback`` (CLEAN_FEEDBACK_SCHEMA, by run_date), the others to
 ``paths.feedback_quarantine`` (QUARANTINE_SCHEMA by run_date, a null run_date in Spark's null
 partition). Both are staged, reconciled (rows read = kept + quarantined, else DataQualityError
@@ -48,6 +52,7 @@ log = logging.getLogger(__name__)
 PROPENSITY_RTOL = 1e-9
 # Columns of flag_feedback beside the contract's (dropped before writing).
 SERVED_PROPENSITY = "_served_propensity"
+_SERVED_PROPENSITIES = "_served_propensities"
 _SERVED = "_served"
 _RAW = "_raw_"  # prefix of a column as read, kept when its type is not the contract's
 _RANK = "_rank"
@@ -94,10 +99,29 @@ def in_window(window: EventWindow) -> Column:
     return run_date.isNull() | inside
 
 
-def served_exposures(recommendations: DataFrame) -> DataFrame:
-    """The served rows' keys (schema.EXPOSURE_KEY) and propensity as ``_served_propensity``, one
-    row per key (score writes one; the smallest propensity if a key repeats)."""
-    return recommendations.groupBy(*schema.EXPOSURE_KEY).agg(F.min(schema.PROPENSITY).alias(SERVED_PROPENSITY))
+def served_exposures(recommendations: DataFrame, served_lists: DataFrame | None = None) -> DataFrame:
+    """The served rows' keys (schema.EXPOSURE_KEY), one row per key, with the smallest served
+    propensity as ``_served_propensity`` and all of them (sorted, distinct) as
+    ``_served_propensities``.
+
+    Args:
+        recommendations: the score stage's rows (RECOMMENDATION_SCHEMA; one per key).
+        served_lists: the service's real-time and fallback lists (SERVED_LIST_SCHEMA), or None.
+            A key of both (the cached list and a real-time one of the same date) then carries
+            several propensities, each of them a served one.
+    """
+    rows = recommendations.select(*schema.EXPOSURE_KEY, schema.PROPENSITY)
+    if served_lists is not None:
+        rows = rows.unionByName(served_lists.select(*schema.EXPOSURE_KEY, schema.PROPENSITY))
+    return rows.groupBy(*schema.EXPOSURE_KEY).agg(
+        F.min(schema.PROPENSITY).alias(SERVED_PROPENSITY),
+        F.array_sort(F.collect_set(schema.PROPENSITY)).alias(_SERVED_PROPENSITIES))
+
+
+def differs_from_served(propensity: Column, served: Column) -> Column:
+    """Whether the logged ``propensity`` differs from every served propensity in the array
+    ``served`` by more than PROPENSITY_RTOL relative (an exposure is valid when it matches one)."""
+    return F.forall(served, lambda p: F.abs(propensity - p) > PROPENSITY_RTOL * p)
 
 
 def flag_feedback(feedback: DataFrame, served: DataFrame) -> DataFrame:
@@ -106,7 +130,7 @@ def flag_feedback(feedback: DataFrame, served: DataFrame) -> DataFrame:
 
     Args:
         feedback: :func:`typed_feedback` rows (FEEDBACK_SCHEMA columns, any others carried).
-        served: :func:`served_exposures`.
+        served: :func:`served_exposures` (its keys and served propensities).
 
     Returns:
         ``feedback`` with ``_served_propensity`` (null for an unknown exposure) and ``reason``
@@ -115,7 +139,7 @@ def flag_feedback(feedback: DataFrame, served: DataFrame) -> DataFrame:
         purchase first, then the other columns, so a re-run keeps the same row).
     """
     user, item, run_date, slot = (F.col(c) for c in schema.EXPOSURE_KEY)
-    propensity, served_propensity = F.col(schema.PROPENSITY), F.col(SERVED_PROPENSITY)
+    propensity = F.col(schema.PROPENSITY)
     broken = {
         schema.REASON_NULL_USER: user.isNull(),
         schema.FEEDBACK_NULL_ITEM: item.isNull(),
@@ -127,7 +151,7 @@ def flag_feedback(feedback: DataFrame, served: DataFrame) -> DataFrame:
         schema.FEEDBACK_PROPENSITY_ABOVE_ONE: propensity > 1,
         schema.FEEDBACK_NULL_CLICKED: F.col(schema.CLICKED).isNull(),
         schema.FEEDBACK_UNKNOWN_EXPOSURE: F.col(_SERVED).isNull(),
-        schema.FEEDBACK_PROPENSITY_DIFFERS: F.abs(propensity - served_propensity) > PROPENSITY_RTOL * served_propensity,
+        schema.FEEDBACK_PROPENSITY_DIFFERS: differs_from_served(propensity, F.col(_SERVED_PROPENSITIES)),
     }
     reason = None
     for code in schema.FEEDBACK_REASON_CODES:  # one CASE WHEN in rule order: the first rule broken wins
@@ -147,7 +171,7 @@ def flag_feedback(feedback: DataFrame, served: DataFrame) -> DataFrame:
     duplicate = F.col(schema.REASON).isNull() & (F.col(_RANK) > 1)
     out = ranked.withColumn(schema.REASON, F.when(duplicate, F.lit(schema.FEEDBACK_DUPLICATE))
                             .otherwise(F.col(schema.REASON)))
-    return out.drop(_SERVED, _RANK)
+    return out.drop(_SERVED, _SERVED_PROPENSITIES, _RANK)
 
 
 def kept_feedback(flagged: DataFrame, id_type: str = schema.ID_INTEGER) -> DataFrame:
@@ -234,7 +258,11 @@ def clean_feedback(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         log.warning("clean: no recommendations at %s: every feedback row is an unknown exposure",
                     cfg.paths.resolve("recommendations"))
         recommendations = spark.createDataFrame([], schema.with_product_ids(schema.RECOMMENDATION_SCHEMA, id_type))
-    served = served_exposures(recommendations.where(in_window(window)))
+    # The service's real-time and fallback lists are served rows too (absent: the batch's alone).
+    served_lists = io.read_served_lists(spark, source, id_type)
+    if served_lists is not None:
+        served_lists = served_lists.where(in_window(window))
+    served = served_exposures(recommendations.where(in_window(window)), served_lists)
     run_id = uuid.uuid4().hex
     staged_clean = publish.staging_path(clean_path, run_id)
     staged_quarantine = publish.staging_path(quarantine_path, run_id)

@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 
 from recsys_spark import schema
 from recsys_spark.product_ids import product_key
-from recsys_spark.config import CleanConfig, iso_date
+from recsys_spark.config import CleanConfig, clean_dates
 from recsys_spark.errors import ConfigError
 
 _MICROS_PER_DAY = 86_400 * 1_000_000
@@ -53,9 +53,7 @@ class EventWindow:
         """
         if now.tzinfo is None:
             raise ConfigError("the processed window needs an aware 'now' (UTC), got a naive datetime")
-        start, end = iso_date("clean.start_date", start_date), iso_date("clean.end_date", end_date)
-        if start and end and start > end:
-            raise ConfigError(f"clean.start_date {start} is after clean.end_date {end}")
+        start, end = clean_dates(start_date, end_date)
         return cls(start, end, now)
 
     def dates(self) -> list[dt.date] | None:
@@ -176,7 +174,45 @@ def parse_events(raw: DataFrame, window: EventWindow, rules: Rules) -> DataFrame
     # WHEN branch of the reason (subexpression elimination skips conditional branches): the
     # parse was three times slower that way.
     text = {c: f"_text_{c}" for c in schema.RAW_COLUMNS}
+    values = _typed_values(raw, text, rules)
+    file_date = F.col(schema.LOAD_DATE)
+    staged_load_date = schema.LOAD_DATE + "_"
+    reason = _reason(text, file_date, window, rules)
+    # A malformed line's fields are not trusted: it is attributed to its file's date only.
+    load_date = F.when(F.col(schema.CORRUPT_RECORD).isNotNull(), file_date).otherwise(
+        F.coalesce(file_date, _typed(schema.EVENT_DATE)))
+    in_window = F.lit(True)
+    if window.start is not None:
+        in_window = in_window & ~(F.col(staged_load_date) < F.lit(window.start)).eqNullSafe(True)
+    if window.end is not None:
+        in_window = in_window & ~(F.col(staged_load_date) > F.lit(window.end)).eqNullSafe(True)
+
+    dated = values.select("*", load_date.alias(staged_load_date), reason.alias(schema.REASON))
     string_products = rules.id_type(schema.PRODUCT_ID) == schema.ID_STRING
+    typed = _contract_columns(dated, text, in_window.alias(IN_WINDOW), string_products)
+    rejected = F.col(schema.REASON).isNotNull()
+    return typed.select(
+        F.unix_micros(schema.EVENT_TIME).alias(MICROS),
+        *EVENT_COLUMNS,
+        schema.LOAD_DATE,
+        F.pmod(F.xxhash64(schema.USER_ID), F.lit(rules.files_per_day)).cast("int").alias(BUCKET),
+        IN_WINDOW,
+        schema.REASON,
+        F.when(rejected, F.col(ORIGINAL)).alias(ORIGINAL),
+        F.when(rejected, F.col(schema.CORRUPT_RECORD)).alias(schema.CORRUPT_RECORD),
+        F.when(rejected, F.col(schema.SOURCE_FILE)).alias(schema.SOURCE_FILE),
+        *([F.when(~rejected, F.col(PRODUCT_TEXT)).alias(PRODUCT_TEXT)] if string_products else []),
+    )
+
+
+def _typed(column: str) -> Column:
+    """The typed value of a contract column, as :func:`_typed_values` names it."""
+    return F.col(column + "_")
+
+
+def _typed_values(raw: DataFrame, text: dict[str, str], rules: Rules) -> DataFrame:
+    """``raw`` with each contract column's trimmed text (named by ``text``), then its typed
+    value (:func:`_typed`) and the event's UTC date: two projections and a column."""
     texts = raw.select("*", *[_text(c).alias(text[c]) for c in schema.RAW_COLUMNS])
     values = texts.select(
         "*",
@@ -187,14 +223,16 @@ def parse_events(raw: DataFrame, window: EventWindow, rules: Rules) -> DataFrame
         _as_long(F.col(text[schema.CATEGORY_ID])).alias(schema.CATEGORY_ID + "_"),
         F.col(text[schema.PRICE]).try_cast("double").alias(schema.PRICE + "_"),
     )
-    values = values.withColumn(schema.EVENT_DATE + "_", utc_date(F.col(schema.EVENT_TIME + "_")))
-    event_time, event_date, event_type, product_id, category_id, user_id, price = (
-        F.col(c + "_") for c in (schema.EVENT_TIME, schema.EVENT_DATE, schema.EVENT_TYPE, schema.PRODUCT_ID, schema.CATEGORY_ID, schema.USER_ID,
-                                 schema.PRICE)
-    )
-    file_date = F.col(schema.LOAD_DATE)
-    staged_load_date = schema.LOAD_DATE + "_"
+    return values.withColumn(schema.EVENT_DATE + "_", utc_date(F.col(schema.EVENT_TIME + "_")))
 
+
+def _reason(text: dict[str, str], file_date: Column, window: EventWindow, rules: Rules) -> Column:
+    """The reason code of a row of :func:`_typed_values`: the first rule of schema.REASON_CODES
+    it breaks (one CASE WHEN in rule order), null when it breaks none."""
+    event_time, event_date, event_type, product_id, category_id, user_id, price = (
+        _typed(c) for c in (schema.EVENT_TIME, schema.EVENT_DATE, schema.EVENT_TYPE, schema.PRODUCT_ID,
+                            schema.CATEGORY_ID, schema.USER_ID, schema.PRICE)
+    )
     broken = {
         schema.REASON_MALFORMED: F.col(schema.CORRUPT_RECORD).isNotNull(),
         schema.REASON_BAD_TIME: event_time.isNull(),
@@ -213,47 +251,30 @@ def parse_events(raw: DataFrame, window: EventWindow, rules: Rules) -> DataFrame
     for code in schema.REASON_CODES:  # one CASE WHEN in rule order: the first rule broken wins
         condition = F.coalesce(broken[code], F.lit(False))
         reason = F.when(condition, F.lit(code)) if reason is None else reason.when(condition, F.lit(code))
+    return reason
 
-    # A malformed line's fields are not trusted: it is attributed to its file's date only.
-    load_date = F.when(F.col(schema.CORRUPT_RECORD).isNotNull(), file_date).otherwise(F.coalesce(file_date, event_date))
-    in_window = F.lit(True)
-    if window.start is not None:
-        in_window = in_window & ~(F.col(staged_load_date) < F.lit(window.start)).eqNullSafe(True)
-    if window.end is not None:
-        in_window = in_window & ~(F.col(staged_load_date) > F.lit(window.end)).eqNullSafe(True)
 
-    dated = values.select("*", load_date.alias(staged_load_date), reason.alias(schema.REASON))
-    typed = dated.select(
-        event_time.alias(schema.EVENT_TIME),
-        event_type.alias(schema.EVENT_TYPE),
-        product_id.alias(schema.PRODUCT_ID),
-        category_id.alias(schema.CATEGORY_ID),
+def _contract_columns(dated: DataFrame, text: dict[str, str], in_window: Column, string_products: bool) -> DataFrame:
+    """The contract's columns of a row of ``dated`` (:func:`_typed_values` with its load date and
+    reason), in order, then ``in_window``, the reason and the rejected row's original content."""
+    return dated.select(
+        _typed(schema.EVENT_TIME).alias(schema.EVENT_TIME),
+        _typed(schema.EVENT_TYPE).alias(schema.EVENT_TYPE),
+        _typed(schema.PRODUCT_ID).alias(schema.PRODUCT_ID),
+        _typed(schema.CATEGORY_ID).alias(schema.CATEGORY_ID),
         F.col(text[schema.CATEGORY_CODE]).alias(schema.CATEGORY_CODE),
         F.col(text[schema.BRAND]).alias(schema.BRAND),
-        price.alias(schema.PRICE),
-        user_id.alias(schema.USER_ID),
+        _typed(schema.PRICE).alias(schema.PRICE),
+        _typed(schema.USER_ID).alias(schema.USER_ID),
         F.col(text[schema.USER_SESSION]).alias(schema.USER_SESSION),
-        event_date.alias(schema.EVENT_DATE),
-        F.col(staged_load_date).alias(schema.LOAD_DATE),
-        in_window.alias(IN_WINDOW),
+        _typed(schema.EVENT_DATE).alias(schema.EVENT_DATE),
+        F.col(schema.LOAD_DATE + "_").alias(schema.LOAD_DATE),
+        in_window,
         F.col(schema.REASON),
         F.struct(*[F.col(c) for c in schema.RAW_COLUMNS]).alias(ORIGINAL),
         F.col(schema.CORRUPT_RECORD),
         F.col(schema.SOURCE_FILE),
         *([F.col(text[schema.PRODUCT_ID]).alias(PRODUCT_TEXT)] if string_products else []),
-    )
-    rejected = F.col(schema.REASON).isNotNull()
-    return typed.select(
-        F.unix_micros(schema.EVENT_TIME).alias(MICROS),
-        *EVENT_COLUMNS,
-        schema.LOAD_DATE,
-        F.pmod(F.xxhash64(schema.USER_ID), F.lit(rules.files_per_day)).cast("int").alias(BUCKET),
-        IN_WINDOW,
-        schema.REASON,
-        F.when(rejected, F.col(ORIGINAL)).alias(ORIGINAL),
-        F.when(rejected, F.col(schema.CORRUPT_RECORD)).alias(schema.CORRUPT_RECORD),
-        F.when(rejected, F.col(schema.SOURCE_FILE)).alias(schema.SOURCE_FILE),
-        *([F.when(~rejected, F.col(PRODUCT_TEXT)).alias(PRODUCT_TEXT)] if string_products else []),
     )
 
 

@@ -11,14 +11,15 @@ guard have passed.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import hashlib
 import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
-import mlflow
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -342,119 +343,224 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     root = cfg.paths.resolve("features")
     vocab_from = resolve_vocab_from(cfg)
     if vocab_from:
-        if vocab_from.rstrip("/") == root.rstrip("/"):
+        if fc.vocab_from.startswith("@") and vocab_from.rstrip("/") == root.rstrip("/"):  # a folder: Config's check
             raise ConfigError(f"featurize.vocab_from ({vocab_from}) must differ from paths.features: "
                               "copy the vocabularies elsewhere first")
         io.require_input(spark, vocab_from, "featurize.vocab_from")
-    length = fc.max_seq_len
-    started = time.monotonic()
-
-    def progress(step: str) -> None:
-        log.info("featurize: %s (%.0f s)", step, time.monotonic() - started)
+    clock = Clock()
 
     with tracking.stage_run(cfg, "featurize"):
-        events = io.read_clean(spark, clean_path)
-        # Every table is built from the steps: collapse them once. Vocabularies are small and
-        # broadcast into each table's plan; the checked frames are written as they were checked.
-        collapsed = add_gap_buckets(collapse_steps(events)).persist()
-        split = choose_split(collapsed, events, fc, cfg.evaluate)
-        if split.per_user:
-            log.warning("featurize: %s", split.reason)
-        progress(f"split {split.as_dict()} ({split.reason})")
-        # Under leave_last_out every event and step carries its user's cutoffs from here on.
-        events, raw_steps = split.attach(events), split.attach(collapsed)
-        if split.per_user:
-            raw_steps = raw_steps.persist()
-        if vocab_from:
-            vocabs = load_vocabs(spark, vocab_from, raw_steps, split)
-            if fc.vocab_mode == "extend":
-                vocabs = extend_vocabs(vocabs, raw_steps, events, split, fc)
-        else:
-            vocabs = build_vocabs(raw_steps, events, split, fc)
-        versions = {spec.kind: vocab.version(vocabs[spec.kind], spec) for spec in vocab.SPECS}
-        progress("vocabularies " + ", ".join(f"{kind} {v['size']}" for kind, v in versions.items()))
-
-        # Data quality first: a breach stops the job before the expensive tables.
-        report = quality.quality_report(events, raw_steps, vocabs["item"], split, fc.dq_popularity_top_k)
-        checks = quality.evaluate_checks(report, {
-            "dq_max_null_rate": fc.dq_max_null_rate, "dq_max_event_mix_psi": fc.dq_max_event_mix_psi,
-            "dq_max_popularity_psi": fc.dq_max_popularity_psi, "dq_max_oov_rate": fc.dq_max_oov_rate,
-            "dq_min_drift_events": fc.dq_min_drift_events, "per_user_split": split.per_user,
-            "min_item_count": None if vocab_from else fc.min_item_count,
-        })
-        report = {**report, "cutoffs": split.as_dict(), "checks": checks,
-                  "passed": all(c["passed"] for c in checks)}
-        report_path = cfg.paths.resolve("reports").rstrip("/") + "/" + schema.FEATURE_QUALITY_REPORT
-        io.write_json(spark, report_path, report)
-        tracking.log_json(report, schema.FEATURE_QUALITY_REPORT)
-        mlflow.log_metrics({f"dq.{c['check']}": float(c["value"]) for c in checks})
-        quality.raise_on_failure(checks, report_path)
-        progress(f"data quality: {len(checks)} checks passed")
-
-        steps = encode_items(raw_steps, vocabs["item"])
-        train = train_windows(steps, split.validation, length, fc.max_windows_per_user).persist()
-        validation = eval_rows(steps, split.validation, split.test, length).persist()
-        test = eval_rows(steps, split.test, None, length).persist()
-        user_history = history_rows(steps, None, length)
-        items, users, times = _snapshots(events, split, fc, vocabs)
-
-        counts = check_no_leakage(
-            train=train, item_vocab=vocabs["item"], steps=raw_steps, validation=validation, test=test,
-            cutoffs=split, item_features=items, user_features=users, events=events,
-            popularity_days=fc.popularity_days, train_as_of=times["train"],
-        )
-        totals = raw_steps.agg(F.count("*"), F.countDistinct(schema.USER_ID)).first()
-        counts = {"steps": int(totals[0]), "users": int(totals[1]), **counts,
-                  **unused_training_steps(raw_steps, split, fc)}
-        progress(f"leakage guard passed {counts}")
-        check_eval_users(counts, split, fc)
+        inputs = prepare(spark, io.read_clean(spark, clean_path), cfg, vocab_from, clock)
+        report_path = check_quality(spark, cfg, inputs, vocab_from, clock)
+        tables = build_tables(inputs, fc)
+        counts = checked_counts(inputs, tables, fc, clock)
         unused_warning = check_training_steps(counts, fc)
-
-        files = plan_train_files(counts["train_windows"], window_bytes(length), fc.row_group_mb,
+        files = plan_train_files(counts["train_windows"], window_bytes(fc.max_seq_len), fc.row_group_mb,
                                  fc.train_files, max(1, cfg.train.num_proc))
-        paths = {name: io.feature_path(root, name) for name in schema.FEATURE_TABLES}
-        for spec in vocab.SPECS:
-            table = schema.conform(vocabs[spec.kind], spec.schema).repartition(1).sortWithinPartitions(spec.index)
-            io.write_table(table, paths[spec.table])
-        io.write_table(
-            schema.conform(shuffle_for_training(train, files, fc.shuffle_seed), schema.TRAIN_TABLE_SCHEMA),
-            paths["train"],
-            block_mb(fc.row_group_mb),
-        )
-        io.write_table(schema.conform(validation, schema.EVAL_SCHEMA), paths["validation"])
-        io.write_table(schema.conform(test, schema.EVAL_SCHEMA), paths["test"])
-        io.write_table(schema.conform(user_history, schema.USER_HISTORY_SCHEMA), paths["user_history"])
-        io.write_table(items, paths["item_features"])
-        io.write_table(users, paths["user_features"])
-        io.write_table(schema.conform(split.user_table(raw_steps), schema.USER_SPLIT_SCHEMA), paths["user_split"])
-        io.write_table(feedback.feedback_counts(spark, cfg, times["serve"]), paths["feedback_counts"])
-        progress(f"wrote {len(paths)} tables under {root}")
-
-        extra = {
-            "snapshots": {name: as_of.isoformat() for name, as_of in times.items()},
-            "train_files": files,
-            "quality_report": report_path,
-            "vocab_from": vocab_from,
-            "vocab_mode": fc.vocab_mode if vocab_from else "build",
-        }
-        extra["protocol_reason"] = split.reason
-        metadata = build_metadata(versions, split, fc.price_buckets, length, counts, extra)
+        paths = write_tables(spark, cfg, root, inputs, tables, files)
+        clock.progress(f"wrote {len(paths)} tables under {root}")
         metadata_path = io.feature_path(root, schema.FEATURE_METADATA)
-        io.write_json(spark, metadata_path, metadata)
-        tracking.log_json(metadata, schema.FEATURE_METADATA)
-        mlflow.log_params({"vocab_version": metadata["vocab_version"],
-                           **{f"vocab.{kind}.version": v["version"] for kind, v in versions.items()}})
-        mlflow.log_metrics({**counts, "featurize_s": time.monotonic() - started})
+        metadata = write_metadata(spark, metadata_path, inputs, tables, counts, fc, clock, extra={
+            "train_files": files, "quality_report": report_path, "vocab_from": vocab_from,
+            "vocab_mode": fc.vocab_mode if vocab_from else "build"})
+        release(inputs, tables)
 
-        mlflow.set_tag("protocol", split.protocol)
-        for df in (collapsed, raw_steps, train, validation, test, items, users, *vocabs.values()):
-            df.unpersist()
-
-    log.info("featurize: wrote %s in %.0f s (protocol %s, vocab %s, %s)", root, time.monotonic() - started,
-             split.protocol, metadata["vocab_version"], counts)
+    log.info("featurize: wrote %s in %.0f s (protocol %s, vocab %s, %s)", root, clock.elapsed(),
+             inputs.split.protocol, metadata["vocab_version"], counts)
     summary = {"features": root, **paths, "metadata": metadata_path, "quality_report": report_path,
-               "vocab_version": metadata["vocab_version"], **split.as_dict(), **counts}
-    warnings = [split.reason] if cfg.evaluate.protocol == AUTO and split.protocol == LEAVE_LAST_OUT else []  # switched
+               "vocab_version": metadata["vocab_version"], **inputs.split.as_dict(), **counts}
+    return with_warnings(summary, inputs.split, cfg.evaluate, unused_warning)
+
+
+class Clock:
+    """The time since featurize started, and its progress lines."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def progress(self, step: str) -> None:
+        log.info("featurize: %s (%.0f s)", step, self.elapsed())
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What every table is built from: the clean events and their collapsed steps (both with
+    the split attached), the split and the vocabularies with their versions."""
+
+    events: DataFrame
+    collapsed: DataFrame  # the steps before the split is attached (persisted)
+    steps: DataFrame
+    split: Split
+    vocabs: dict[str, DataFrame]
+    versions: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The feature tables built from :class:`Inputs` and checked by the leakage guard."""
+
+    train: DataFrame
+    validation: DataFrame
+    test: DataFrame
+    user_history: DataFrame
+    items: DataFrame
+    users: DataFrame
+    times: dict[str, dt.datetime]  # snapshot name -> its as_of
+
+
+def prepare(spark: SparkSession, events: DataFrame, cfg: Config, vocab_from: str, clock: Clock) -> Inputs:
+    """Collapse the clean events into steps, choose the split and attach it, and build (or
+    load, or extend) the vocabularies."""
+    fc = cfg.featurize
+    # Every table is built from the steps: collapse them once. Vocabularies are small and
+    # broadcast into each table's plan; the checked frames are written as they were checked.
+    collapsed = add_gap_buckets(collapse_steps(events)).persist()
+    split = choose_split(collapsed, events, fc, cfg.evaluate)
+    if split.per_user:
+        log.warning("featurize: %s", split.reason)
+    clock.progress(f"split {split.as_dict()} ({split.reason})")
+    # Under leave_last_out every event and step carries its user's cutoffs from here on.
+    events, raw_steps = split.attach(events), split.attach(collapsed)
+    if split.per_user:
+        raw_steps = raw_steps.persist()
+    if vocab_from:
+        vocabs = load_vocabs(spark, vocab_from, raw_steps, split)
+        if fc.vocab_mode == "extend":
+            vocabs = extend_vocabs(vocabs, raw_steps, events, split, fc)
+    else:
+        vocabs = build_vocabs(raw_steps, events, split, fc)
+    versions = {spec.kind: vocab.version(vocabs[spec.kind], spec) for spec in vocab.SPECS}
+    clock.progress("vocabularies " + ", ".join(f"{kind} {v['size']}" for kind, v in versions.items()))
+    return Inputs(events, collapsed, raw_steps, split, vocabs, versions)
+
+
+def check_quality(spark: SparkSession, cfg: Config, inputs: Inputs, vocab_from: str, clock: Clock) -> str:
+    """Measure the data quality, write and log its report, and stop on a breached threshold:
+    before the expensive tables are built.
+
+    Returns:
+        the report's path.
+    """
+    fc, split = cfg.featurize, inputs.split
+    report = quality.quality_report(inputs.events, inputs.steps, inputs.vocabs["item"], split, fc.dq_popularity_top_k)
+    checks = quality.evaluate_checks(report, {
+        "dq_max_null_rate": fc.dq_max_null_rate, "dq_max_event_mix_psi": fc.dq_max_event_mix_psi,
+        "dq_max_popularity_psi": fc.dq_max_popularity_psi, "dq_max_oov_rate": fc.dq_max_oov_rate,
+        "dq_min_drift_events": fc.dq_min_drift_events, "per_user_split": split.per_user,
+        "min_item_count": None if vocab_from else fc.min_item_count,
+    })
+    report = {**report, "cutoffs": split.as_dict(), "checks": checks,
+              "passed": all(c["passed"] for c in checks)}
+    report_path = cfg.paths.resolve("reports").rstrip("/") + "/" + schema.FEATURE_QUALITY_REPORT
+    io.write_json(spark, report_path, report)
+    tracking.log_json(report, schema.FEATURE_QUALITY_REPORT)
+    tracking.log_results({f"dq.{c['check']}": float(c["value"]) for c in checks}, {}, {})
+    quality.raise_on_failure(checks, report_path)
+    clock.progress(f"data quality: {len(checks)} checks passed")
+    return report_path
+
+
+def build_tables(inputs: Inputs, fc: FeaturizeConfig) -> Tables:
+    """The training windows, evaluation rows, latest histories and feature snapshots (lazy;
+    the windows, evaluation rows and snapshots persisted)."""
+    split, length = inputs.split, fc.max_seq_len
+    steps = encode_items(inputs.steps, inputs.vocabs["item"])
+    train = train_windows(steps, split.validation, length, fc.max_windows_per_user).persist()
+    validation = eval_rows(steps, split.validation, split.test, length).persist()
+    test = eval_rows(steps, split.test, None, length).persist()
+    user_history = history_rows(steps, None, length)
+    items, users, times = _snapshots(inputs.events, split, fc, inputs.vocabs)
+    return Tables(train, validation, test, user_history, items, users, times)
+
+
+def checked_counts(inputs: Inputs, tables: Tables, fc: FeaturizeConfig, clock: Clock) -> dict[str, int]:
+    """Run the leakage guard and count the steps, users and unused training steps; stop when
+    validation or test holds too few users (:func:`check_eval_users`).
+
+    Returns:
+        the counts of metadata.json.
+    """
+    split = inputs.split
+    counts = check_no_leakage(
+        train=tables.train, item_vocab=inputs.vocabs["item"], steps=inputs.steps, validation=tables.validation,
+        test=tables.test, cutoffs=split, item_features=tables.items, user_features=tables.users,
+        events=inputs.events, popularity_days=fc.popularity_days, train_as_of=tables.times["train"],
+    )
+    totals = inputs.steps.agg(F.count("*"), F.countDistinct(schema.USER_ID)).first()
+    counts = {"steps": int(totals[0]), "users": int(totals[1]), **counts,
+              **unused_training_steps(inputs.steps, split, fc)}
+    clock.progress(f"leakage guard passed {counts}")
+    check_eval_users(counts, split, fc)
+    return counts
+
+
+def write_tables(spark: SparkSession, cfg: Config, root: str, inputs: Inputs, tables: Tables,
+                 files: int) -> dict[str, str]:
+    """Write every table of schema.FEATURE_TABLES under ``root`` (the training windows
+    shuffled into ``files`` files).
+
+    Returns:
+        {table: its path}.
+    """
+    fc = cfg.featurize
+    paths = {name: io.feature_path(root, name) for name in schema.FEATURE_TABLES}
+    for spec in vocab.SPECS:
+        table = schema.conform(inputs.vocabs[spec.kind], spec.schema).repartition(1).sortWithinPartitions(spec.index)
+        io.write_table(table, paths[spec.table])
+    io.write_table(
+        schema.conform(shuffle_for_training(tables.train, files, fc.shuffle_seed), schema.TRAIN_TABLE_SCHEMA),
+        paths["train"],
+        block_mb(fc.row_group_mb),
+    )
+    io.write_table(schema.conform(tables.validation, schema.EVAL_SCHEMA), paths["validation"])
+    io.write_table(schema.conform(tables.test, schema.EVAL_SCHEMA), paths["test"])
+    io.write_table(schema.conform(tables.user_history, schema.USER_HISTORY_SCHEMA), paths["user_history"])
+    io.write_table(tables.items, paths["item_features"])
+    io.write_table(tables.users, paths["user_features"])
+    io.write_table(schema.conform(inputs.split.user_table(inputs.steps), schema.USER_SPLIT_SCHEMA), paths["user_split"])
+    io.write_table(feedback.feedback_counts(spark, cfg, tables.times["serve"]), paths["feedback_counts"])
+    return paths
+
+
+def write_metadata(spark: SparkSession, path: str, inputs: Inputs, tables: Tables, counts: dict[str, int],
+                   fc: FeaturizeConfig, clock: Clock, extra: dict[str, Any]) -> dict[str, Any]:
+    """Write metadata.json to ``path`` and log it, with the vocabulary versions (params), the
+    counts (metrics) and the protocol (tag), to the stage's run.
+
+    Args:
+        extra: further keys of metadata.json, after the snapshots' as_of.
+
+    Returns:
+        the metadata.
+    """
+    split, versions = inputs.split, inputs.versions
+    extra = {"snapshots": {name: as_of.isoformat() for name, as_of in tables.times.items()}, **extra,
+             "protocol_reason": split.reason}
+    metadata = build_metadata(versions, split, fc.price_buckets, fc.max_seq_len, counts, extra)
+    io.write_json(spark, path, metadata)
+    tracking.log_json(metadata, schema.FEATURE_METADATA)
+    tracking.log_results(
+        {**counts, "featurize_s": clock.elapsed()},
+        {"vocab_version": metadata["vocab_version"], **{f"vocab.{kind}.version": v["version"] for kind, v in versions.items()}},
+        {"protocol": split.protocol},
+    )
+    return metadata
+
+
+def release(inputs: Inputs, tables: Tables) -> None:
+    """Unpersist the frames featurize persisted."""
+    for df in (inputs.collapsed, inputs.steps, tables.train, tables.validation, tables.test, tables.items,
+               tables.users, *inputs.vocabs.values()):
+        df.unpersist()
+
+
+def with_warnings(summary: dict[str, Any], split: Split, ec: EvaluateConfig, unused_warning: str) -> dict[str, Any]:
+    """``summary`` with its ``warning``, when there is one: ``evaluate.protocol=auto`` switched to
+    leave_last_out, or many training steps are in no training window."""
+    warnings = [split.reason] if ec.protocol == AUTO and split.protocol == LEAVE_LAST_OUT else []  # switched
     warnings += [unused_warning] if unused_warning else []
     if warnings:
         summary["warning"] = " | ".join(warnings)

@@ -59,8 +59,29 @@ def check_no_leakage(
         DataQualityError: naming the table and the number of offending rows.
     """
     split = cutoffs if isinstance(cutoffs, Split) else None
-    attach = split.attach if split is not None else (lambda frame: frame)
     validation_cutoff = split.describe("validation") if split else f"the validation cutoff {cutoffs.validation.isoformat()}"
+    checks = _sequence_checks(train, item_vocab, steps, validation, test, cutoffs, validation_cutoff)
+    checks += _snapshot_checks(item_features, user_features, events, cutoffs, popularity_days,
+                               train_as_of or cutoffs.validation, validation_cutoff)
+    counts = {}
+    for table, count_name, df, leaks, what in checks:
+        total, offending = _count(df, leaks)
+        if offending:
+            raise DataQualityError(f"leakage in {table}: {offending} of {total} rows {what}")
+        counts[count_name] = total
+    return counts
+
+
+# (table, name of its row count, the rows, the condition of a leaking row, what such rows do)
+_Check = tuple[str, str, DataFrame, Column, str]
+
+
+def _sequence_checks(train: DataFrame, item_vocab: DataFrame, steps: DataFrame, validation: DataFrame,
+                     test: DataFrame, cutoffs: Cutoffs | Split, validation_cutoff: str) -> list[_Check]:
+    """The checks of the training windows, the item vocabulary's counts and the evaluation
+    histories (see :func:`check_no_leakage`); ``validation_cutoff`` names the cutoff in messages."""
+    split = cutoffs if isinstance(cutoffs, Split) else None
+    attach = split.attach if split is not None else (lambda frame: frame)
     test_cutoff = split.describe("test") if split else f"the test cutoff {cutoffs.test.isoformat()}"
     recount = (
         steps.where(before(F.col(STEP_TIME), cutoffs.validation))
@@ -69,7 +90,7 @@ def check_no_leakage(
     )
     vocab = item_vocab.join(recount, schema.PRODUCT_ID, "left")
     late_step = ~before(F.array_max(WINDOW_TIMES), cutoffs.validation)
-    checks = [
+    return [
         ("train", "train_windows", attach(train),
          late_step | (F.col(WINDOW_TIMES) != F.array_sort(WINDOW_TIMES)),
          f"hold a step at or after {validation_cutoff} or steps out of time order"),
@@ -80,8 +101,17 @@ def check_no_leakage(
         ("test", "test_users", attach(test), ~before(F.col(HIST_END), cutoffs.test),
          f"have a history step at or after {test_cutoff}"),
     ]
+
+
+def _snapshot_checks(item_features: DataFrame | None, user_features: DataFrame | None, events: DataFrame | None,
+                     cutoffs: Cutoffs | Split, popularity_days: int, train_as_of: dt.datetime,
+                     validation_cutoff: str) -> list[_Check]:
+    """The checks of the point-in-time feature snapshots given (see :func:`check_no_leakage`).
+
+    Raises:
+        ValueError: a snapshot without ``events`` to recount.
+    """
     seen_late = (F.col(schema.LAST_SEEN) >= F.col(schema.AS_OF)) | (F.col(schema.FIRST_SEEN) >= F.col(schema.AS_OF))
-    train_as_of = train_as_of or cutoffs.validation
     # The "train" snapshot's events: before the validation cutoff (each user's, per-user).
     past = (events.where(before(F.col(schema.EVENT_TIME), cutoffs.validation) & before(F.col(schema.EVENT_TIME), train_as_of))
             if events is not None else None)
@@ -90,6 +120,7 @@ def check_no_leakage(
             F.col(schema.EVENT_TIME) >= F.lit(train_as_of - dt.timedelta(days=popularity_days)))),
         "user_features": (schema.USER_ID, schema.N_EVENTS, lambda e: e),
     }
+    checks = []
     for table, count_name, df in (("item_features", "item_feature_rows", item_features),
                                   ("user_features", "user_feature_rows", user_features)):
         if df is None:
@@ -103,13 +134,7 @@ def check_no_leakage(
         checks.append((table, count_name, rows, seen_late | wrong,
                        f"use an event at or after their as_of (or, in the train snapshot, "
                        f"have a {column} other than its recount before {validation_cutoff})"))
-    counts = {}
-    for table, count_name, df, leaks, what in checks:
-        total, offending = _count(df, leaks)
-        if offending:
-            raise DataQualityError(f"leakage in {table}: {offending} of {total} rows {what}")
-        counts[count_name] = total
-    return counts
+    return checks
 
 
 def _count(df: DataFrame, condition: Column) -> tuple[int, int]:

@@ -72,55 +72,15 @@ def quality_report(events: DataFrame, steps: DataFrame, item_vocab: DataFrame, c
         products without a training step), "drift": {"event_mix_psi" and
         "popularity_psi": {"validation", "test"}}} (periods without events are left out of drift).
     """
-    columns = [f.name for f in schema.CLEAN_SCHEMA.fields]
-    # Exact distinct counts: Spark's HyperLogLog at 1% error was ten times slower on the demo's
-    # events than the exact counts.
-    row = events.agg(
-        F.count("*").alias("rows"),
-        *[F.count(F.when(F.col(c).isNull(), 1)).alias(f"null_{c}") for c in columns],
-        F.count_distinct(schema.USER_ID).alias("users"),
-        F.count_distinct(schema.PRODUCT_ID).alias("items"),
-        F.count_distinct(schema.CATEGORY_ID).alias("categories"),
-        F.count_distinct(schema.BRAND).alias("brands"),
-        F.count_distinct(schema.SESSION_ID).alias("sessions"),
-    ).first()
-    rows = int(row["rows"])
-    null_rate = {c: (row[f"null_{c}"] / rows if rows else 0.0) for c in columns}
-    cardinality = {k: int(row[k]) for k in ("users", "items", "categories", "brands", "sessions")}
-
+    rows, null_rate, cardinality = _profile(events)
     dated = events.withColumn(_PERIOD, period_of(F.col(schema.EVENT_TIME), cutoffs))
     mix_counts: dict[str, dict[str, int]] = {p: {} for p in PERIODS}
     for r in dated.groupBy(_PERIOD, schema.EVENT_TYPE).count().collect():
         mix_counts[r[_PERIOD]][r[schema.EVENT_TYPE]] = int(r["count"])
     totals = {p: sum(mix_counts[p].values()) for p in PERIODS}
     event_mix = {p: {t: mix_counts[p].get(t, 0) / totals[p] for t in schema.EVENT_TYPES} for p in PERIODS if totals[p]}
-
-    known = F.broadcast(item_vocab.select(schema.PRODUCT_ID, F.lit(1).alias("_known")))
-    periods = steps.withColumn(_PERIOD, period_of(F.col(STEP_TIME), cutoffs))
-    # Why a step is out of the vocabulary: its product has no training step at all (a new
-    # product), or too few (featurize.min_item_count): a sparse catalogue's most products.
-    trained = periods.where(F.col(_PERIOD) == "train").select(schema.PRODUCT_ID, F.lit(1).alias("_trained")).distinct()
-    oov = (
-        periods.join(known, schema.PRODUCT_ID, "left")
-        .join(trained, schema.PRODUCT_ID, "left")
-        .groupBy(_PERIOD)
-        .agg(F.count("*").alias("n"), F.count(F.when(F.col("_known").isNull(), 1)).alias("oov"),
-             F.count(F.when(F.col("_known").isNull() & F.col("_trained").isNull(), 1)).alias("unseen"))
-        .collect()
-    )
-    oov_rate = {r[_PERIOD]: r["oov"] / r["n"] for r in oov}
-    unseen_rate = {r[_PERIOD]: r["unseen"] / r["n"] for r in oov}
-
-    top = [
-        r[schema.PRODUCT_ID]
-        for r in dated.where(F.col(_PERIOD) == "train").groupBy(schema.PRODUCT_ID).count()
-        .orderBy(F.desc("count"), F.asc(schema.PRODUCT_ID)).limit(top_k).collect()
-    ]
-    top_df = F.broadcast(events.sparkSession.createDataFrame([(p,) for p in top], f"{schema.PRODUCT_ID} long"))
-    binned = dated.join(top_df.withColumn("_bin", F.col(schema.PRODUCT_ID).cast("string")), schema.PRODUCT_ID, "left")
-    popularity: dict[str, dict[str, int]] = {p: {} for p in PERIODS}
-    for r in binned.groupBy(_PERIOD, F.coalesce("_bin", F.lit(_OTHER)).alias("_bin")).count().collect():
-        popularity[r[_PERIOD]][r["_bin"]] = int(r["count"])
+    oov_rate, unseen_rate = _oov_rates(steps, item_vocab, cutoffs)
+    popularity = _popularity(dated, top_k)
 
     later = [p for p in PERIODS[1:] if totals[p] and totals["train"]]
     drift = {
@@ -138,6 +98,63 @@ def quality_report(events: DataFrame, steps: DataFrame, item_vocab: DataFrame, c
         "oov_unseen_rate": {p: unseen_rate[p] for p in PERIODS if p in unseen_rate},
         "drift": drift,
     }
+
+
+def _profile(events: DataFrame) -> tuple[int, dict[str, float], dict[str, int]]:
+    """(rows, null rate of each clean column, distinct users, items, categories, brands and
+    sessions) of the clean events, in one aggregation."""
+    columns = [f.name for f in schema.CLEAN_SCHEMA.fields]
+    # Exact distinct counts: Spark's HyperLogLog at 1% error was ten times slower on the demo's
+    # events than the exact counts.
+    row = events.agg(
+        F.count("*").alias("rows"),
+        *[F.count(F.when(F.col(c).isNull(), 1)).alias(f"null_{c}") for c in columns],
+        F.count_distinct(schema.USER_ID).alias("users"),
+        F.count_distinct(schema.PRODUCT_ID).alias("items"),
+        F.count_distinct(schema.CATEGORY_ID).alias("categories"),
+        F.count_distinct(schema.BRAND).alias("brands"),
+        F.count_distinct(schema.SESSION_ID).alias("sessions"),
+    ).first()
+    rows = int(row["rows"])
+    null_rate = {c: (row[f"null_{c}"] / rows if rows else 0.0) for c in columns}
+    cardinality = {k: int(row[k]) for k in ("users", "items", "categories", "brands", "sessions")}
+    return rows, null_rate, cardinality
+
+
+def _oov_rates(steps: DataFrame, item_vocab: DataFrame,
+               cutoffs: Cutoffs | Split) -> tuple[dict[str, float], dict[str, float]]:
+    """Per period with steps: the share of its steps outside the vocabulary, and the share on
+    products without a training step."""
+    known = F.broadcast(item_vocab.select(schema.PRODUCT_ID, F.lit(1).alias("_known")))
+    periods = steps.withColumn(_PERIOD, period_of(F.col(STEP_TIME), cutoffs))
+    # Why a step is out of the vocabulary: its product has no training step at all (a new
+    # product), or too few (featurize.min_item_count): a sparse catalogue's most products.
+    trained = periods.where(F.col(_PERIOD) == "train").select(schema.PRODUCT_ID, F.lit(1).alias("_trained")).distinct()
+    oov = (
+        periods.join(known, schema.PRODUCT_ID, "left")
+        .join(trained, schema.PRODUCT_ID, "left")
+        .groupBy(_PERIOD)
+        .agg(F.count("*").alias("n"), F.count(F.when(F.col("_known").isNull(), 1)).alias("oov"),
+             F.count(F.when(F.col("_known").isNull() & F.col("_trained").isNull(), 1)).alias("unseen"))
+        .collect()
+    )
+    return {r[_PERIOD]: r["oov"] / r["n"] for r in oov}, {r[_PERIOD]: r["unseen"] / r["n"] for r in oov}
+
+
+def _popularity(dated: DataFrame, top_k: int) -> dict[str, dict[str, int]]:
+    """Events per period of each of the ``top_k`` most frequent training items (its product id
+    as text) and of every other item together (``other``)."""
+    top = [
+        r[schema.PRODUCT_ID]
+        for r in dated.where(F.col(_PERIOD) == "train").groupBy(schema.PRODUCT_ID).count()
+        .orderBy(F.desc("count"), F.asc(schema.PRODUCT_ID)).limit(top_k).collect()
+    ]
+    top_df = F.broadcast(dated.sparkSession.createDataFrame([(p,) for p in top], f"{schema.PRODUCT_ID} long"))
+    binned = dated.join(top_df.withColumn("_bin", F.col(schema.PRODUCT_ID).cast("string")), schema.PRODUCT_ID, "left")
+    popularity: dict[str, dict[str, int]] = {p: {} for p in PERIODS}
+    for r in binned.groupBy(_PERIOD, F.coalesce("_bin", F.lit(_OTHER)).alias("_bin")).count().collect():
+        popularity[r[_PERIOD]][r["_bin"]] = int(r["count"])
+    return popularity
 
 
 def evaluate_checks(report: Mapping[str, Any], thresholds: Mapping[str, Any]) -> list[dict[str, Any]]:

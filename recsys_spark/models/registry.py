@@ -15,8 +15,8 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from recsys_spark.config import Config, PathsConfig, ScoreConfig
-from recsys_spark.errors import ConfigError, InputError
+from recsys_spark.config import Config, EvaluateConfig, PathsConfig, ScoreConfig
+from recsys_spark.errors import InputError
 from recsys_spark.models import bundle as bundles
 from recsys_spark.models.bundle import BaselineBundle, Bundle, ranker_label
 from recsys_spark.models.pyfunc import BUNDLE_FILE, log_model
@@ -103,8 +103,6 @@ def _temp_dir():
 
 # ----------------------------------------------------------------------------- the gate
 
-PROMOTIONS = ("auto", "force", "block")
-
 
 @dataclass(frozen=True)
 class GateDecision:
@@ -180,8 +178,7 @@ def decide(
     Returns:
         GateDecision.
     """
-    if promotion not in PROMOTIONS:
-        raise ConfigError(f"evaluate.promotion: {promotion!r} is not one of {', '.join(PROMOTIONS)}")
+    EvaluateConfig.check_promotion(promotion)
     if champion_version is not None and champion_version == challenger_version:
         reason = f"challenger version {challenger_version} already is the champion; nothing to change"
         return GateDecision(False, (reason,), challenger_version, champion_version)
@@ -195,43 +192,78 @@ def decide(
                                f"{': ' + champion_note if champion_note else ''}; the challenger replaces it "
                                f"({primary_metric} {value:.4f})"]
     else:
-        means = f"{primary_metric}: challenger {value:.4f} vs champion {champion[primary_metric]:.4f}"
-        if difference is not None:
-            diff, low, high, users = difference
-            better = bool(low > min_improvement)  # False for a NaN bound (no user in common)
-            primary_check = (
-                better,
-                f"{means}, paired difference {diff:+.4f} [{low:+.4f}, {high:+.4f}] ({confidence:.0%} interval, "
-                f"{int(users):,} users): lower bound {'above' if better else 'not above'} the required "
-                f"{min_improvement:+.4f}",
-            )
-        else:
-            gain = value - champion[primary_metric]
-            better = gain > min_improvement
-            primary_check = (
-                better,
-                f"{means} ({gain:+.4f}, {'more' if better else 'not more'} than the required {min_improvement:+.4f}; "
-                f"point values: {primary_metric} has no interval over users)",
-            )
-        loss = champion[coverage_metric] - challenger[coverage_metric]
-        checks = [
-            primary_check,
-            (
-                loss <= max_coverage_loss,
-                f"{coverage_metric}: challenger {challenger[coverage_metric]:.4f} vs champion "
-                f"{champion[coverage_metric]:.4f} (loss {loss:+.4f}, "
-                f"{'within' if loss <= max_coverage_loss else 'beyond'} the allowed {max_coverage_loss:.4f})",
-            ),
-        ]
-        auto = all(passed for passed, _ in checks)
-        # The failing checks first: they decided.
-        reasons = [text for passed, text in checks if not passed] + [text for passed, text in checks if passed]
+        auto, reasons = _gate_checks(challenger, champion, primary_metric, coverage_metric, min_improvement,
+                                     max_coverage_loss, difference, confidence)
     if promotion == "auto":
         return GateDecision(auto, tuple(reasons), challenger_version, champion_version)
     forced = promotion == "force"
     head = f"{'forced' if forced else 'blocked'} by evaluate.promotion={promotion}"
     tail = f"the automatic gate would have {'promoted' if auto else 'kept the champion'}"
     return GateDecision(forced, (head, tail, *reasons), challenger_version, champion_version)
+
+
+def _gate_checks(challenger: Mapping[str, float], champion: Mapping[str, float], primary_metric: str,
+                 coverage_metric: str, min_improvement: float, max_coverage_loss: float,
+                 difference: Sequence[float] | None, confidence: float) -> tuple[bool, list[str]]:
+    """The automatic gate's two checks of :func:`decide` against a measured champion.
+
+    Returns:
+        (both passed, one reason per check, the failing ones first: they decided).
+    """
+    value = challenger[primary_metric]
+    means = f"{primary_metric}: challenger {value:.4f} vs champion {champion[primary_metric]:.4f}"
+    if difference is not None:
+        diff, low, high, users = difference
+        better = bool(low > min_improvement)  # False for a NaN bound (no user in common)
+        primary_check = (
+            better,
+            f"{means}, paired difference {diff:+.4f} [{low:+.4f}, {high:+.4f}] ({confidence:.0%} interval, "
+            f"{int(users):,} users): lower bound {'above' if better else 'not above'} the required "
+            f"{min_improvement:+.4f}",
+        )
+    else:
+        gain = value - champion[primary_metric]
+        better = gain > min_improvement
+        primary_check = (
+            better,
+            f"{means} ({gain:+.4f}, {'more' if better else 'not more'} than the required {min_improvement:+.4f}; "
+            f"point values: {primary_metric} has no interval over users)",
+        )
+    loss = champion[coverage_metric] - challenger[coverage_metric]
+    checks = [
+        primary_check,
+        (
+            loss <= max_coverage_loss,
+            f"{coverage_metric}: challenger {challenger[coverage_metric]:.4f} vs champion "
+            f"{champion[coverage_metric]:.4f} (loss {loss:+.4f}, "
+            f"{'within' if loss <= max_coverage_loss else 'beyond'} the allowed {max_coverage_loss:.4f})",
+        ),
+    ]
+    auto = all(passed for passed, _ in checks)
+    # The failing checks first: they decided.
+    return auto, [text for passed, text in checks if not passed] + [text for passed, text in checks if passed]
+
+
+def check_alias(cfg: Config) -> None:
+    """Fail in one line when ``score.model_alias`` names no version of the registered model.
+
+    A missing registered model is left to :func:`load_bundle` (it says to train first).
+    """
+    sc = cfg.score
+    if sc.model_version > 0:
+        return
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    name = cfg.mlflow.registered_model
+    try:
+        aliases = dict(MlflowClient().get_registered_model(name).aliases or {})
+    except MlflowException:
+        return
+    if sc.model_alias not in aliases:
+        held = ", ".join(f"@{a} = version {v}" for a, v in sorted(aliases.items())) or "no aliases"
+        raise InputError(
+            f"registered model {name!r} has no alias {sc.model_alias!r} ({held}): run `recsys evaluate` to promote "
+            f"the challenger, or score it as it is with score.model_alias=challenger (or score.model_version=N)"
+        )
 
 
 def alias_version(cfg: Config, alias: str) -> str | None:
@@ -324,8 +356,7 @@ def choose_ranker(baseline: str | None, difference: Sequence[float] | None, mode
     Returns:
         RankerChoice.
     """
-    if mode not in ScoreConfig.RANKERS:
-        raise ConfigError(f"score.ranker: {mode!r} is not one of {', '.join(map(repr, ScoreConfig.RANKERS))}")
+    ScoreConfig.check_ranker(mode)
     if baseline is None or difference is None:
         return RankerChoice(bundles.MODEL_KIND)
     diff, low, high, users = difference

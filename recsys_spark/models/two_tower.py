@@ -22,6 +22,11 @@ from recsys_spark.config import TRAINING_USER_VECTOR, TrainConfig
 from recsys_spark.models.ranking import USER_VECTORS
 
 
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """Raise ValueError, naming the argument ``name``, unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
 
 class ItemTower(nn.Module):
     """Item id + category + brand + price-bucket embeddings -> MLP -> item vector.
@@ -136,8 +141,7 @@ class TwoTowerModel(nn.Module):
                  use_interest_pooling: bool = TrainConfig.interest_pooling,
                  user_vector: str = TRAINING_USER_VECTOR):
         super().__init__()
-        if user_vector not in USER_VECTORS:
-            raise ValueError(f"user_vector must be one of {', '.join(USER_VECTORS)}, got {user_vector!r}")
+        check_choice("user_vector", user_vector, USER_VECTORS)
         self.user_vector = user_vector
         self.num_items = num_items
         self.max_seq_len = max_seq_len

@@ -50,6 +50,7 @@ Everything is a pure function of (score.seed, run date, user): re-runs are ident
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -211,14 +212,19 @@ def serve(scores: Tensor, keys: np.ndarray, pool: np.ndarray, categories: np.nda
         propensity = np.ones((num_users, k))
     else:
         top = topk.best_items(scores, k, rules.category_cap)
-        ranked, hits, model_hits = None, np.zeros((num_users, k)), np.zeros((num_users, k))
-        for lists in sample_chunks(scores, top, keys, pool, categories, rules, policy):
-            if ranked is None:
-                first = np.arange(num_users) * (len(lists.items) // num_users)
-                ranked = topk.Ranked(lists.items[first], lists.scores[first], lists.explore[first])
-            chunk_hits, chunk_model_hits = placement_hits(lists, ranked.items)
-            hits += chunk_hits
-            model_hits += chunk_model_hits
+        ranked = sample_lists(scores, top, keys, pool, categories, rules, policy, 0, 1)  # the served list
+        # Only users whose propensity is not exact need the Monte-Carlo (placement_probability
+        # reads no hits of a greedy user); each user's lists depend on its own row alone.
+        sampled = np.flatnonzero(~greedy_users(scores, top, pool, exact_users(top.finite, rules, policy), k))
+        hits, model_hits = np.zeros((num_users, k)), np.zeros((num_users, k))
+        if len(sampled):
+            every = len(sampled) == num_users
+            part = scores if every else scores[torch.from_numpy(sampled)]
+            part_top = top if every else topk.Candidates(top.items[sampled], top.scores[sampled], top.finite[sampled])
+            for lists in sample_chunks(part, part_top, keys[sampled], pool, categories, rules, policy):
+                chunk_hits, chunk_model_hits = placement_hits(lists, ranked.items[sampled])
+                hits[sampled] += chunk_hits
+                model_hits[sampled] += chunk_model_hits
         found = placement_probability(scores, top, pool, rules, policy, ranked.items, hits, model_hits)
         propensity = np.where(ranked.items >= 0, found, 0.0)
     if raw is not None:
@@ -322,6 +328,14 @@ def model_placement(counts: np.ndarray, share: float, k: int) -> np.ndarray:
     Returns:
         float64 [B, K, K]: [b, j, s] (0 for j > s).
     """
+    return np.einsum("bd,djs->bjs", counts, placement_terms(share, k))
+
+
+@functools.lru_cache(maxsize=16)
+def placement_terms(share: float, k: int) -> np.ndarray:
+    """float64 [K + 1, K, K], read-only: [d, j, s] the probability that greedy rank j is the model
+    item at slot s when D = d (:func:`model_placement`); made once per (share, K), not per block
+    (the real-time path ranks blocks of one user)."""
     before = explored_before(share, k)  # [s, m] P(E_s = m)
     # [s, d] P(E_s >= d), d = 0..K (0 at d = K: E_s <= s < K).
     at_least = np.pad(np.cumsum(before[:, ::-1], axis=1)[:, ::-1], ((0, 0), (0, 1)))
@@ -333,7 +347,8 @@ def model_placement(counts: np.ndarray, share: float, k: int) -> np.ndarray:
         tail = at_least[slot, d]  # [1, s]
         picked = np.where(m < d, before[slot, m], np.where(m == d, tail, 0.0))  # P(min(E_s, d) = m)
         terms[d] = np.where(taken >= 0, (1.0 - share) * picked + share * tail * (m == d), 0.0)
-    return np.einsum("bd,djs->bjs", counts, terms)
+    terms.setflags(write=False)
+    return terms
 
 
 def pool_members(scores: Tensor, pool: np.ndarray, items: np.ndarray) -> np.ndarray:

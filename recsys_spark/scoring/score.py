@@ -34,41 +34,20 @@ from pyspark import Broadcast
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.pandas.types import from_arrow_schema
 
 from recsys_spark import io, product_ids, tracking
 from recsys_spark import schema
 from recsys_spark.config import Config, ScoreConfig
 from recsys_spark.errors import DataQualityError, InputError
-from recsys_spark.models.bundle import BaselineBundle, ranker_label
-from recsys_spark.scoring import inputs, policies
-from recsys_spark.scoring.recommender import (
-    ITEM_IDS,
-    PROPENSITIES,
-    SCORES,
-    SOURCE_CODES,
-    SOURCE_EXPLORE,
-    SOURCE_FALLBACK,
-    SOURCE_MODEL,
-    SOURCES,
-    ItemSpace,
-    ListRules,
-    ModelEncoder,
-    RankerEncoder,
-    ScoringPlan,
-    category_codes,
-    task_recommender,
-)
+from recsys_spark.models.bundle import BaselineBundle, Bundle, ranker_label
+from recsys_spark.scoring import inputs, policies, recommender
+from recsys_spark.scoring.recommender import ItemSpace, ListRules, ModelEncoder, RankerEncoder, ScoringPlan
 
 log = logging.getLogger(__name__)
 
 # What a scoring task yields: one row per user (recommender.WIDE_SCHEMA), exploded in Spark.
-WIDE_SPARK_SCHEMA = T.StructType([
-    T.StructField(schema.USER_ID, T.StringType()),
-    T.StructField(ITEM_IDS, T.ArrayType(T.LongType())),
-    T.StructField(SCORES, T.ArrayType(T.FloatType())),
-    T.StructField(SOURCE_CODES, T.ArrayType(T.ByteType())),
-    T.StructField(PROPENSITIES, T.ArrayType(T.DoubleType())),
-])
+WIDE_SPARK_SCHEMA = from_arrow_schema(recommender.WIDE_SCHEMA)
 # The exploded rows; policy, model and run date are added as constants (with_run_columns).
 RANKED_SCHEMA = T.StructType([schema.RECOMMENDATION_SCHEMA[c] for c in (
     schema.USER_ID, schema.RANK, schema.SLOT, schema.ITEM_ID, schema.SCORE, schema.SOURCE, schema.PROPENSITY)])
@@ -78,33 +57,6 @@ FEEDBACK_COUNTS = ("exposures", "clicks")  # the count columns of score.feedback
 def run_date_of(sc: ScoreConfig) -> str:
     """The partition this run writes: ``score.run_date`` (checked by ScoreConfig), else today (UTC)."""
     return sc.run_date or dt.datetime.now(dt.timezone.utc).date().isoformat()
-
-
-def check_alias(cfg: Config) -> None:
-    """Fail in one line when ``score.model_alias`` names no version of the registered model.
-
-    A missing registered model is left to :func:`registry.load_bundle` (it says to train first).
-    """
-    # Here, not at the top: mlflow (2 s) stays out of the Spark executors that import this module.
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    sc = cfg.score
-    if sc.model_version > 0:
-        return
-    mlflow.set_tracking_uri(cfg.tracking_uri)
-    name = cfg.mlflow.registered_model
-    try:
-        aliases = dict(MlflowClient().get_registered_model(name).aliases or {})
-    except MlflowException:
-        return
-    if sc.model_alias not in aliases:
-        held = ", ".join(f"@{a} = version {v}" for a, v in sorted(aliases.items())) or "no aliases"
-        raise InputError(
-            f"registered model {name!r} has no alias {sc.model_alias!r} ({held}): run `recsys evaluate` to promote "
-            f"the challenger, or score it as it is with score.model_alias=challenger (or score.model_version=N)"
-        )
 
 
 def read_exclusions(spark: SparkSession, path: str, id_type: str = schema.ID_INTEGER) -> np.ndarray:
@@ -269,7 +221,7 @@ def build_plan(
     values = category.fillna(0).to_numpy(dtype=np.int64)
     categories = np.unique(values[present])
     stats_space = ItemSpace(stats[schema.PRODUCT_ID].to_numpy(dtype=np.int64), np.zeros(len(stats), dtype=np.int64))
-    stat_codes = category_codes(values, present, categories)
+    stat_codes = recommender.category_codes(values, present, categories)
     recent = stats[inputs.RECENT_USERS].to_numpy(dtype=np.float64)
     ever = stats[inputs.ALL_USERS].to_numpy(dtype=np.float64)
 
@@ -302,22 +254,43 @@ def build_plan(
     else:
         encoder = ModelEncoder(bundle.to_bytes(), remap)
     rules = ListRules(sc.top_k, sc.block_size, sc.category_cap, sc.explore_share, sc.propensity_samples)
+    policy = exploration_policy(sc, len(model_items), model_products[explore_pool], model_recent[explore_pool],
+                                explore_pool, feedback, active_users, run_date or run_date_of(sc))
+    return ScoringPlan(encoder, model_items, fallback_items, explore_pool, categories, rules, policy)
+
+
+def exploration_policy(sc: ScoreConfig, catalogue: int, pool_products: np.ndarray, pool_recent: np.ndarray,
+                       explore_pool: np.ndarray, feedback: pd.DataFrame | None, active_users: int,
+                       run_date: str) -> policies.Policy:
+    """``score.explore_policy`` over the exploration pool: boost's bonus, or thompson's draws.
+
+    Args:
+        catalogue: the items of the model's catalogue.
+        pool_products, pool_recent: int64 / float64 [P], each pool item's product id and its
+            recent users.
+        explore_pool: int64 [P], the pool's positions in the model's catalogue.
+        feedback, active_users: thompson's logged counts (or None) and recent users (see
+            :func:`build_plan`).
+        run_date: seeds thompson's posterior draws.
+
+    Returns:
+        policies.Policy.
+    """
     policy = policies.Policy(sc.explore_policy)
     if sc.explore_policy == policies.BOOST:
-        policy.bonus = policies.boost_bonus(len(model_items), explore_pool, sc.boost_bonus)
+        policy.bonus = policies.boost_bonus(catalogue, explore_pool, sc.boost_bonus)
     elif sc.explore_policy == policies.THOMPSON:
         exposures, clicks = np.zeros(len(explore_pool)), np.zeros(len(explore_pool))
         if feedback is not None and len(feedback):
             logged = ItemSpace(feedback[schema.PRODUCT_ID].to_numpy(dtype=np.int64), np.zeros(len(feedback), np.int64))
-            at = logged.index_of(model_products[explore_pool])
+            at = logged.index_of(pool_products)
             for name, out in (("exposures", exposures), ("clicks", clicks)):
                 out[:] = np.where(at >= 0, feedback[name].to_numpy(dtype=np.float64)[np.maximum(at, 0)], 0.0)
-        alpha, beta = policies.thompson_posterior(model_recent[explore_pool], active_users, sc.thompson_prior_strength,
+        alpha, beta = policies.thompson_posterior(pool_recent, active_users, sc.thompson_prior_strength,
                                                   exposures, clicks)
         width = policies.TRIES_PER_SLOT * sc.top_k  # as many tries as epsilon's
-        policy.draws = policies.thompson_draws(explore_pool, alpha, beta, sc.thompson_draws, width, sc.seed,
-                                               run_date or run_date_of(sc))
-    return ScoringPlan(encoder, model_items, fallback_items, explore_pool, categories, rules, policy)
+        policy.draws = policies.thompson_draws(explore_pool, alpha, beta, sc.thompson_draws, width, sc.seed, run_date)
+    return policy
 
 
 def item_vectors_of(bundle) -> np.ndarray:
@@ -364,21 +337,22 @@ def recommend(rows: DataFrame, plan: Broadcast) -> DataFrame:
     """
 
     def score_partition(batches):
-        recommender = task_recommender(plan)
+        task = recommender.task_recommender(plan)
         for batch in batches:
-            yield from recommender.blocks(batch)
+            yield from task.blocks(batch)
 
     wide = rows.mapInArrow(score_partition, WIDE_SPARK_SCHEMA)
-    entry = F.posexplode(F.arrays_zip(ITEM_IDS, SCORES, SOURCE_CODES, PROPENSITIES)).alias("position", "entry")
-    sources = F.array(*[F.lit(s) for s in SOURCES])
+    lists = (recommender.ITEM_IDS, recommender.SCORES, recommender.SOURCE_CODES, recommender.PROPENSITIES)
+    entry = F.posexplode(F.arrays_zip(*lists)).alias("position", "entry")
+    sources = F.array(*[F.lit(s) for s in recommender.SOURCES])
     return wide.select(schema.USER_ID, entry).select(
         schema.USER_ID,
         (F.col("position") + 1).cast("int").alias(schema.RANK),
         F.col("position").cast("int").alias(schema.SLOT),
-        F.col(f"entry.{ITEM_IDS}").alias(schema.ITEM_ID),
-        F.col(f"entry.{SCORES}").alias(schema.SCORE),
-        F.element_at(sources, F.col(f"entry.{SOURCE_CODES}").cast("int") + 1).alias(schema.SOURCE),
-        F.col(f"entry.{PROPENSITIES}").alias(schema.PROPENSITY),
+        F.col(f"entry.{recommender.ITEM_IDS}").alias(schema.ITEM_ID),
+        F.col(f"entry.{recommender.SCORES}").alias(schema.SCORE),
+        F.element_at(sources, F.col(f"entry.{recommender.SOURCE_CODES}").cast("int") + 1).alias(schema.SOURCE),
+        F.col(f"entry.{recommender.PROPENSITIES}").alias(schema.PROPENSITY),
     )
 
 
@@ -409,8 +383,8 @@ def count_written(written: DataFrame, users: int, k: int) -> dict[str, int | flo
         raise DataQualityError(f"score: {odd.count()} rows with a propensity outside (0, 1], e.g. {odd.first().asDict()}")
     per_user = written.groupBy(schema.USER_ID).agg(
         F.count(F.lit(1)).alias("n"),
-        F.max((F.col(schema.SOURCE) == SOURCE_FALLBACK).cast("int")).alias("fallback"),
-        F.sum((F.col(schema.SOURCE) == SOURCE_EXPLORE).cast("int")).alias("explore"),
+        F.max((F.col(schema.SOURCE) == recommender.SOURCE_FALLBACK).cast("int")).alias("fallback"),
+        F.sum((F.col(schema.SOURCE) == recommender.SOURCE_EXPLORE).cast("int")).alias("explore"),
         F.sum((propensity < 1).cast("int")).alias("random"),
         F.min(propensity).alias("least"),
     )
@@ -439,32 +413,41 @@ def count_written(written: DataFrame, users: int, k: int) -> dict[str, int | flo
     return {
         "users": users,
         "users_recommended": int(totals["users"]),
-        f"users_{SOURCE_MODEL}": int(totals["users"] - totals["fallback"]),
-        f"users_{SOURCE_FALLBACK}": int(totals["fallback"]),
+        f"users_{recommender.SOURCE_MODEL}": int(totals["users"] - totals["fallback"]),
+        f"users_{recommender.SOURCE_FALLBACK}": int(totals["fallback"]),
         "users_short_of_k": int(totals["short"]),
         "rows": int(totals["rows"]),
-        f"rows_{SOURCE_EXPLORE}": int(totals["explore"]),
+        f"rows_{recommender.SOURCE_EXPLORE}": int(totals["explore"]),
         "rows_propensity_below_1": int(totals["random"]),
         "min_propensity": float(totals["least"]),
     }
 
 
-def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
-    """Score every user of ``features/user_history`` and write the run date's partition.
+@dataclass(frozen=True)
+class StageInputs:
+    """What the score stage reads before it loads the model.
 
-    Returns:
-        recommendations_path, run_date, model (its models:/ URI), model_version, ranker ("the
-        model", or the tuned baseline the gate served, e.g. "EASE (tuned)"), policy,
-        policy_version, and the counts of :func:`count_written`.
+    Args:
+        histories: features/user_history; feature_vocab: features/item_vocab.
+        events: the clean events (paths.clean).
+        excluded: int64 product ids never to recommend (score.exclude_items_path; empty: none).
+        originals: under string product ids, paths.product_ids (each key's id as the shop has
+            it, product_ids.read_table), else None.
     """
-    # Here, not at the top: mlflow (2 s), which the registry brings too, stays out of the Spark
-    # executors that import this module.
-    import mlflow
 
-    from recsys_spark.models import registry
+    histories: DataFrame
+    feature_vocab: DataFrame
+    events: DataFrame
+    excluded: np.ndarray
+    originals: DataFrame | None
 
-    sc = cfg.score
-    run_date = run_date_of(sc)
+
+def read_inputs(spark: SparkSession, cfg: Config) -> StageInputs:
+    """Read the score stage's inputs (:class:`StageInputs`).
+
+    Raises:
+        InputError: a missing input folder or column; DataQualityError: an excluded id that is none.
+    """
     root = cfg.paths.resolve("features")
     histories = io.read_features(spark, root, "user_history")
     feature_vocab = io.read_features(spark, root, "item_vocab")
@@ -472,13 +455,29 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     io.require_input(spark, clean_path, "paths.clean")
     events = io.read_clean(spark, clean_path)
     id_type = cfg.clean.id_types[schema.PRODUCT_ID]
-    excluded = (read_exclusions(spark, sc.exclude_items_path, id_type) if sc.exclude_items_path
+    excluded = (read_exclusions(spark, cfg.score.exclude_items_path, id_type) if cfg.score.exclude_items_path
                 else np.zeros(0, np.int64))
     # Under string product ids the items are keys inside; the output names them as the shop does.
     originals = (product_ids.read_table(spark, cfg.paths.resolve("product_ids"))
                  if product_ids.is_string(id_type) else None)
+    return StageInputs(histories, feature_vocab, events, excluded, originals)
 
-    check_alias(cfg)
+
+def load_ranker(cfg: Config, run_date: str) -> tuple[Bundle, str, str, str]:
+    """The registered version scored with (``score.model_alias`` or ``score.model_version``).
+
+    Returns:
+        (its bundle, its version, its models:/ URI, its ranker's label, e.g. "EASE (tuned)").
+
+    Raises:
+        InputError: no such alias or version, or a tuned baseline under score.ranker=model.
+    """
+    # Here, not at the top: the registry brings mlflow (2 s), which stays out of the Spark
+    # executors that import this module.
+    from recsys_spark.models import registry
+
+    sc = cfg.score
+    registry.check_alias(cfg)
     bundle, version = registry.load_bundle(cfg, alias=sc.model_alias, version=sc.model_version or None)
     model_uri = f"models:/{cfg.mlflow.registered_model}/{version}"
     ranker = ranker_label(bundle.ranker_name)
@@ -490,37 +489,74 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         )
     log.info("score: %s (%s, %s), run_date %s", model_uri, f"@{sc.model_alias}" if not sc.model_version else "by version",
              ranker, run_date)
+    return bundle, version, model_uri, ranker
 
+
+def plan_of(spark: SparkSession, cfg: Config, bundle: Bundle, given: StageInputs, run_date: str) -> ScoringPlan:
+    """The run date's :class:`ScoringPlan` of ``bundle``, its inputs read by :func:`read_plan_inputs`."""
+    plan_inputs = read_plan_inputs(spark, cfg, given.events, given.feature_vocab, given.excluded)
+    feature_items = plan_inputs.feature_vocab
+    plan = build_plan(bundle, item_vectors_of(bundle), feature_items, plan_inputs.stats, given.excluded, cfg.score,
+                      plan_inputs.feedback, plan_inputs.active_users, run_date)
+    known = int((plan.encoder.remap >= schema.FIRST_ITEM_INDEX).sum())
+    log.info("score: model catalogue %d items (%d products excluded), fallback catalogue %d products, "
+             "exploration pool %d; the model knows %d of the %d items of features/item_vocab",
+             len(plan.model_items), len(given.excluded), len(plan.fallback_items), len(plan.explore_pool), known,
+             len(feature_items))
+    return plan
+
+
+def write_lists(spark: SparkSession, rows: DataFrame, plan: ScoringPlan, out: str, originals: DataFrame | None,
+                run_columns: tuple[str, str, str, str, str]) -> None:
+    """Rank ``rows`` with ``plan`` (broadcast for the write) and write the run date's partition.
+
+    Args:
+        rows: inputs.scoring_rows() output; out: paths.recommendations.
+        originals: see :class:`StageInputs`.
+        run_columns: model name, model version, run date, policy and policy version
+            (:func:`with_run_columns`).
+    """
+    broadcast = spark.sparkContext.broadcast(plan)
+    try:
+        served = with_run_columns(recommend(rows, broadcast), *run_columns)
+        io.write_partitioned(product_ids.originals(served, schema.ITEM_ID, originals), out, schema.RUN_DATE)
+    finally:
+        broadcast.destroy()
+
+
+def count_run_date(spark: SparkSession, out: str, run_date: str, users: int, k: int) -> dict[str, int | float]:
+    """:func:`count_written` of the run date's partition under ``out``, as written."""
+    written = spark.read.parquet(out).where(F.col(schema.RUN_DATE) == F.lit(run_date).cast(T.DateType()))
+    return count_written(written, users, k)
+
+
+def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
+    """Score every user of ``features/user_history`` and write the run date's partition.
+
+    Returns:
+        recommendations_path, run_date, model (its models:/ URI), model_version, ranker ("the
+        model", or the tuned baseline the gate served, e.g. "EASE (tuned)"), policy,
+        policy_version, and the counts of :func:`count_written`.
+    """
+    sc = cfg.score
+    run_date = run_date_of(sc)
+    given = read_inputs(spark, cfg)
+    bundle, version, model_uri, ranker = load_ranker(cfg, run_date)
     with tracking.stage_run(cfg, "score", run_date=run_date):
-        mlflow.set_tags({"model_version": version, "registered_model": cfg.mlflow.registered_model,
-                         "ranker": bundle.ranker_name})
-        given = read_plan_inputs(spark, cfg, events, feature_vocab, excluded)
-        feature_items = given.feature_vocab
-        plan = build_plan(bundle, item_vectors_of(bundle), feature_items, given.stats, excluded, sc, given.feedback,
-                          given.active_users, run_date)
-        known = int((plan.encoder.remap >= schema.FIRST_ITEM_INDEX).sum())
-        log.info("score: model catalogue %d items (%d products excluded), fallback catalogue %d products, "
-                 "exploration pool %d; the model knows %d of the %d items of features/item_vocab",
-                 len(plan.model_items), len(excluded), len(plan.fallback_items), len(plan.explore_pool), known,
-                 len(feature_items))
-
-        users = histories.count()
-        rows = inputs.scoring_rows(histories, inputs.user_context(events, sc.exclude_event_types), sc.seed, run_date)
-        broadcast = spark.sparkContext.broadcast(plan)
-        try:
-            ranked = recommend(rows, broadcast)
-            out = cfg.paths.resolve("recommendations")
-            policy_version = policies.policy_version(sc, version)
-            served = with_run_columns(ranked, cfg.mlflow.registered_model, version, run_date, sc.explore_policy,
-                                      policy_version)
-            io.write_partitioned(product_ids.originals(served, schema.ITEM_ID, originals), out, schema.RUN_DATE)
-        finally:
-            broadcast.destroy()
-        written = spark.read.parquet(out).where(F.col(schema.RUN_DATE) == F.lit(run_date).cast(T.DateType()))
-        summary = count_written(written, users, sc.top_k)
-        summary.update({"model_catalogue": len(plan.model_items), "excluded_items": int(len(excluded))})
-        mlflow.set_tags({"policy": sc.explore_policy, "policy_version": policy_version})
-        mlflow.log_metrics({f"score.{name}": value for name, value in summary.items()})
+        tracking.log_results({}, {}, {"model_version": version, "registered_model": cfg.mlflow.registered_model,
+                                      "ranker": bundle.ranker_name})
+        plan = plan_of(spark, cfg, bundle, given, run_date)
+        users = given.histories.count()
+        context = inputs.user_context(given.events, sc.exclude_event_types)
+        rows = inputs.scoring_rows(given.histories, context, sc.seed, run_date)
+        out = cfg.paths.resolve("recommendations")
+        policy_version = policies.policy_version(sc, version)
+        write_lists(spark, rows, plan, out, given.originals,
+                    (cfg.mlflow.registered_model, version, run_date, sc.explore_policy, policy_version))
+        summary = count_run_date(spark, out, run_date, users, sc.top_k)
+        summary.update({"model_catalogue": len(plan.model_items), "excluded_items": int(len(given.excluded))})
+        tracking.log_results({f"score.{name}": value for name, value in summary.items()}, {},
+                             {"policy": sc.explore_policy, "policy_version": policy_version})
     if summary["users_short_of_k"]:
         log.warning("score: %d users got fewer than %d items (exclusions or score.category_cap leave too few)",
                     summary["users_short_of_k"], sc.top_k)

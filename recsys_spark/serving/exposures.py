@@ -6,19 +6,30 @@ of the list, its propensity, policy and policy version, ``shown_at``, ``clicked`
 ``paths.feedback`` in the shop's layout that clean reads (``run_date=YYYY-MM-DD/part-*.parquet``,
 as ``data.feedback_sim.write_feedback`` writes it).
 
-Requests only queue their rows (:meth:`ExposureWriter.append`); a background thread writes a
-file when ``serve.feedback_batch_rows`` rows are waiting or ``serve.feedback_flush_seconds``
-have passed, each file first under a hidden temporary name (readers skip names starting with
-``.``) and then renamed: a reader never sees half a file, and a writer killed mid-write loses
-the one batch it held. Rows that cannot be written (a failed write, or more than
-``serve.feedback_max_pending_rows`` waiting) are counted as lost, never retried into a
+Requests only queue one record per list (:class:`Shown`, :meth:`ExposureWriter.append`); a
+background thread turns them into rows and writes a file when ``serve.feedback_batch_rows`` rows
+are waiting or ``serve.feedback_flush_seconds`` have passed (the columns built in slices of
+:data:`SLICE_LISTS` lists, so that the thread never holds the GIL for long while requests wait;
+cached lists parsed from their stored JSON by Arrow, without the GIL), each file first under a
+hidden temporary name (readers skip names starting with ``.``) and then renamed: a reader never
+sees half a file, and a writer killed mid-write loses the one batch it held. Rows that cannot be
+written (a failed write, or more than ``serve.feedback_max_pending_rows`` waiting) are counted as lost, never retried into a
 duplicate. A writer thread that died is started again by the next append, its batch counted as
 lost. :meth:`ExposureWriter.close` flushes what is left and reports the counts.
+
+A real-time or fallback list (``answered_by`` in :data:`RECORDED`) is not in the score stage's
+recommendations that clean checks exposures against, so the thread also records the list itself,
+one row per item as ``schema.SERVED_LIST_SCHEMA``, under ``{paths.feedback}/_served_lists``
+(``run_date=YYYY-MM-DD/part-*.parquet``, the same file name as its exposures; hidden from the
+readers of paths.feedback by the leading ``_``). In each batch the lists' file is written (and
+renamed into place) before the exposures' file: an exposure on disk always has its list; a
+failed or interrupted write of the lists writes no exposure of the batch.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import itertools
 import logging
 import os
@@ -27,10 +38,13 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 from urllib.parse import urlsplit
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
@@ -39,16 +53,43 @@ from recsys_spark.config import is_uri
 
 log = logging.getLogger(__name__)
 
-# One exposure, in FEEDBACK_SCHEMA order: user_id, item_id, run_date (ISO text), slot,
-# propensity, policy, policy_version, shown_at (aware datetime), clicked, purchased.
-Exposure = tuple
+# Lists turned into Arrow columns per step of the writer thread: one step is a few hundred
+# microseconds of GIL, so a cached request (~0.1 ms of CPU) never waits behind a whole batch.
+SLICE_LISTS = 200
+# The answers whose lists are recorded under _served_lists (service.REALTIME, service.FALLBACK):
+# a cached list is a row of the score stage's recommendations already.
+RECORDED = ("realtime", "fallback")
+
+
+class Shown(NamedTuple):
+    """One served list: its exposures are one row per item (not clicked, purchase unknown).
+
+    Args:
+        user: the pseudonym.
+        lists: the list (``items`` as the shop names them, ``slots``, ``propensities``, ``len``):
+            a realtime.ServedList or a store.StoredList (decoded here, by the writer's thread).
+        run_date: ISO date of the list; policy, policy_version: of the list; shown_at: aware datetime.
+        answered_by: the service's answer (cache | realtime | fallback; a list of :data:`RECORDED`
+            is also written to _served_lists); model_version: of the list.
+    """
+
+    user: str
+    lists: object
+    run_date: str
+    policy: str | None
+    policy_version: str | None
+    shown_at: dt.datetime
+    answered_by: str | None = None
+    model_version: str | None = None
+
+
 _ARROW = {"string": pa.string(), "bigint": pa.int64(), "int": pa.int32(), "double": pa.float64(),
-          "boolean": pa.bool_(), "timestamp": pa.timestamp("us", tz="UTC"), "date": pa.date32()}
+          "boolean": pa.bool_(), "timestamp": pa.timestamp("us", tz="UTC"), "date": pa.date32(), "float": pa.float32()}
 
 
-def arrow_schema(id_type: str) -> pa.Schema:
-    """FEEDBACK_SCHEMA without run_date (the folder names it), item_id typed by ``id_type``."""
-    fields = schema.with_product_ids(schema.FEEDBACK_SCHEMA, id_type).fields
+def arrow_schema(id_type: str, struct=schema.FEEDBACK_SCHEMA) -> pa.Schema:
+    """``struct`` (FEEDBACK_SCHEMA) without run_date (the folder names it), item_id typed by ``id_type``."""
+    fields = schema.with_product_ids(struct, id_type).fields
     return pa.schema([pa.field(f.name, _ARROW[f.dataType.simpleString()], nullable=f.nullable)
                       for f in fields if f.name != schema.RUN_DATE])
 
@@ -87,11 +128,13 @@ class ExposureWriter:
             local = urlsplit(root).path if root.startswith("file:") else root
             self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(local)
         self.schema = arrow_schema(id_type)
+        self.served_schema = arrow_schema(id_type, schema.SERVED_LIST_SCHEMA)
         self.batch_rows = batch_rows
         self.flush_seconds = flush_seconds
         self.max_pending_rows = max_pending_rows
         self._write = write or write_atomically
-        self._pending: list[Exposure] = []
+        self._pending: list[Shown] = []
+        self._pending_rows = 0
         self._oldest = 0.0  # monotonic time of the oldest waiting row
         self._cond = threading.Condition()
         self._closing = False
@@ -106,8 +149,9 @@ class ExposureWriter:
         self._thread.start()
         return self
 
-    def append(self, rows: Sequence[Exposure]) -> bool:
-        """Queue the rows of one answer. Returns: False when they were dropped (counted as lost)."""
+    def append(self, shown: Shown) -> bool:
+        """Queue the exposures of one list. Returns: False when they were dropped (counted as lost)."""
+        rows = len(shown.lists)
         if not rows:
             return True
         with self._cond:
@@ -115,19 +159,20 @@ class ExposureWriter:
                 self._restarts += 1
                 log.error("serve: the exposure writer had stopped; starting it again (%d rows lost so far)", self._lost)
                 self.start()
-            if self._closing or len(self._pending) + len(rows) > self.max_pending_rows:
-                self._lost += len(rows)
+            if self._closing or self._pending_rows + rows > self.max_pending_rows:
+                self._lost += rows
                 return False
             if not self._pending:
                 self._oldest = time.monotonic()
-            self._pending.extend(rows)
-            if len(self._pending) >= self.batch_rows:
+            self._pending.append(shown)
+            self._pending_rows += rows
+            if self._pending_rows >= self.batch_rows:
                 self._cond.notify()
         return True
 
     def counts(self) -> WriterCounts:
         with self._cond:
-            return WriterCounts(self._written, self._files, self._lost, len(self._pending) + self._in_hand,
+            return WriterCounts(self._written, self._files, self._lost, self._pending_rows + self._in_hand,
                                 self._restarts)
 
     def close(self, timeout_s: float = 30.0) -> WriterCounts:
@@ -139,16 +184,17 @@ class ExposureWriter:
             self._thread.join(timeout_s)
         with self._cond:
             if self._thread is None or not self._thread.is_alive():
-                self._lost += len(self._pending)
+                self._lost += self._pending_rows
                 self._pending.clear()
-            counts = WriterCounts(self._written, self._files, self._lost, len(self._pending) + self._in_hand,
+                self._pending_rows = 0
+            counts = WriterCounts(self._written, self._files, self._lost, self._pending_rows + self._in_hand,
                                   self._restarts)
         log.info("serve: exposures written %d (%d files), lost %d, unwritten %d", counts.written, counts.files,
                  counts.lost, counts.pending)
         return counts
 
     def _run(self) -> None:
-        batch: list[Exposure] = []
+        batch: list[Shown] = []
         try:
             while True:
                 with self._cond:
@@ -156,20 +202,19 @@ class ExposureWriter:
                         self._cond.wait(self._wait_s())
                     if not self._pending and self._closing:
                         return
-                    batch = self._pending[: self.batch_rows]
-                    del self._pending[: self.batch_rows]
-                    self._in_hand = len(batch)
+                    batch, rows = self._take()
+                    self._in_hand = rows
                     if self._pending:
                         self._oldest = time.monotonic()
                 try:
                     files = self._write_batch(batch)
                 except Exception:  # noqa: BLE001 - any failed write: count the batch, keep serving
-                    log.exception("serve: writing %d exposure rows to %s failed; they are lost", len(batch), self.root)
+                    log.exception("serve: writing %d exposure rows to %s failed; they are lost", rows, self.root)
                     with self._cond:
-                        self._lost += len(batch)
+                        self._lost += rows
                 else:
                     with self._cond:
-                        self._written += len(batch)
+                        self._written += rows
                         self._files += files
                 with self._cond:
                     self._in_hand = 0
@@ -181,8 +226,20 @@ class ExposureWriter:
                     self._lost += self._in_hand
                     self._in_hand = 0
 
+    def _take(self) -> tuple[list[Shown], int]:
+        """The waiting lists of the next batch (whole lists, at least batch_rows rows when as many
+        wait) and their rows; called holding the lock."""
+        rows = taken = 0
+        while taken < len(self._pending) and rows < self.batch_rows:
+            rows += len(self._pending[taken].lists)
+            taken += 1
+        batch = self._pending[:taken]
+        del self._pending[:taken]
+        self._pending_rows -= rows
+        return batch, rows
+
     def _due(self) -> bool:
-        if self._closing or len(self._pending) >= self.batch_rows:
+        if self._closing or self._pending_rows >= self.batch_rows:
             return True
         return bool(self._pending) and time.monotonic() - self._oldest >= self.flush_seconds
 
@@ -191,18 +248,26 @@ class ExposureWriter:
             return self.flush_seconds
         return max(0.001, self.flush_seconds - (time.monotonic() - self._oldest))
 
-    def _write_batch(self, batch: list[Exposure]) -> int:
-        """One file per run date of the batch. Returns: the number of files."""
-        by_date: dict[str, list[Exposure]] = {}
-        for row in batch:
-            by_date.setdefault(row[2], []).append(row)
-        names = [f.name for f in self.schema]
-        for run_date, rows in sorted(by_date.items()):
-            columns = list(zip(*[r[:2] + r[3:] for r in rows]))
-            table = pa.Table.from_arrays([pa.array(c, type=self.schema.field(n).type) for n, c in zip(names, columns)],
-                                         schema=self.schema)
+    def _write_batch(self, batch: list[Shown]) -> int:
+        """One exposure file per run date of the batch, each after the file of its real-time and
+        fallback lists (when it has any). Returns: the number of exposure files."""
+        by_date: dict[str, list[Shown]] = {}
+        for shown in batch:
+            by_date.setdefault(shown.run_date, []).append(shown)
+        for run_date, lists in sorted(by_date.items()):
+            stored = [shown for shown in lists if stored_bytes(shown.lists) is not None]
+            others = [shown for shown in lists if stored_bytes(shown.lists) is None]
+            slices = [stored_exposures(stored, self.schema)] if stored else []
+            slices += [exposure_table(others[i : i + SLICE_LISTS], self.schema)
+                       for i in range(0, len(others), SLICE_LISTS)]
             name = f"{self._prefix}-{next(self._names):06d}.parquet"
-            self._write(table, f"{self.root}/{schema.RUN_DATE}={run_date}/{name}", self.fs)
+            recorded = [shown for shown in lists if shown.answered_by in RECORDED]
+            if recorded:  # first: an exposure never names a list not yet recorded
+                served = [served_list_table(recorded[i : i + SLICE_LISTS], self.served_schema)
+                          for i in range(0, len(recorded), SLICE_LISTS)]
+                self._write(pa.concat_tables(served), f"{self.root}/{schema.SERVED_LISTS_FOLDER}/"
+                            f"{schema.RUN_DATE}={run_date}/{name}", self.fs)
+            self._write(pa.concat_tables(slices), f"{self.root}/{schema.RUN_DATE}={run_date}/{name}", self.fs)
         return len(by_date)
 
 
@@ -215,8 +280,72 @@ def write_atomically(table: pa.Table, path: str, filesystem: pafs.FileSystem) ->
     filesystem.move(tmp, path)
 
 
-def exposure_rows(user: str, items: Sequence, run_date: str, slots: Sequence[int], propensities: Sequence[float],
-                  policy: str | None, policy_version: str | None, shown_at: dt.datetime) -> list[Exposure]:
-    """The exposures of one served list: one row per item, not clicked, purchase unknown."""
-    return [(user, item, run_date, int(slot), float(p), policy, policy_version, shown_at, False, None)
-            for item, slot, p in zip(items, slots, propensities)]
+def exposure_table(lists: Sequence[Shown], arrow: pa.Schema) -> pa.Table:
+    """The exposures of ``lists`` (one row per item) as a table of ``arrow`` (:func:`arrow_schema`)."""
+    sizes = [len(shown.lists) for shown in lists]
+    total = sum(sizes)
+
+    def each(field: int) -> list:  # a list-level value, once per item
+        return [value for shown, n in zip(lists, sizes) for value in itertools.repeat(shown[field], n)]
+
+    def flat(name: str) -> list:  # an item-level sequence
+        return [value for shown in lists for value in getattr(shown.lists, name)]
+
+    columns = [each(0), flat("items"), [int(s) for s in flat("slots")], [float(p) for p in flat("propensities")],
+               each(3), each(4), each(5), [False] * total, [None] * total]
+    return pa.Table.from_arrays([pa.array(c, type=f.type) for c, f in zip(columns, arrow)], schema=arrow)
+
+
+def served_list_table(lists: Sequence[Shown], arrow: pa.Schema) -> pa.Table:
+    """The items of ``lists`` (one row per item) as a table of ``arrow`` (:func:`arrow_schema` of SERVED_LIST_SCHEMA)."""
+    sizes = [len(shown.lists) for shown in lists]
+
+    def each(name: str) -> list:  # a list-level value, once per item
+        return [value for shown, n in zip(lists, sizes) for value in itertools.repeat(getattr(shown, name), n)]
+
+    def flat(name: str) -> list:  # an item-level sequence
+        return [value for shown in lists for value in getattr(shown.lists, name)]
+
+    columns = {schema.USER_ID: each("user"), schema.ITEM_ID: flat("items"),
+               schema.SLOT: [int(s) for s in flat("slots")],
+               schema.PROPENSITY: [float(p) for p in flat("propensities")],
+               schema.POLICY: each("policy"), schema.POLICY_VERSION: each("policy_version"),
+               schema.SCORE: [float(v) for v in flat("scores")], schema.SOURCE: flat("sources"),
+               schema.MODEL_VERSION: each("model_version"), schema.ANSWERED_BY: each("answered_by"),
+               schema.SERVED_AT: each("shown_at")}
+    return pa.Table.from_arrays([pa.array(columns[f.name], type=f.type) for f in arrow], schema=arrow)
+
+
+def stored_bytes(lists) -> bytes | None:
+    """A cached list's stored bytes (store.StoredList, the response's items layout), else None."""
+    raw = getattr(lists, "raw", None)
+    return raw if raw is not None and raw[:1] == b"[" else None
+
+
+def stored_exposures(lists: Sequence[Shown], arrow: pa.Schema) -> pa.Table:
+    """The exposures of cached lists as a table of ``arrow``: their stored JSON parsed by Arrow's
+    JSON reader (C++, without the GIL: decoding them in Python cost the writer ~40 us a list, time
+    the event loop waited for the GIL), the first ``len(lists)`` items of each."""
+    item = pa.struct([(schema.ITEM_ID, arrow.field(schema.ITEM_ID).type), (schema.SLOT, pa.int32()),
+                      (schema.PROPENSITY, pa.float64())])
+    layout = pa.schema([("k", pa.int64()), ("items", pa.list_(item))])
+    lines = b"\n".join(b'{"k":%d,"items":%s}' % (len(shown.lists), stored_bytes(shown.lists)) for shown in lists)
+    parsed = pa_json.read_json(io.BytesIO(lines), parse_options=pa_json.ParseOptions(
+        explicit_schema=layout, unexpected_field_behavior="ignore")).combine_chunks()
+    nested = parsed.column("items").chunk(0)
+    owner = pc.list_parent_indices(nested).to_numpy()
+    offsets = nested.offsets.to_numpy()
+    keep = np.arange(len(owner)) - offsets[owner] < parsed.column("k").to_numpy()[owner]
+    flat = nested.flatten().filter(pa.array(keep))
+    owner = pa.array(owner[keep])
+
+    def each(field: int, dtype: pa.DataType) -> pa.Array:  # a list-level value, once per item
+        return pa.array([shown[field] for shown in lists], dtype).take(owner)
+
+    n = len(owner)
+    columns = {schema.USER_ID: each(0, pa.string()), schema.ITEM_ID: flat.field(0), schema.SLOT: flat.field(1),
+               schema.PROPENSITY: flat.field(2), schema.POLICY: each(3, pa.string()),
+               schema.POLICY_VERSION: each(4, pa.string()), schema.SHOWN_AT: each(5, arrow.field(schema.SHOWN_AT).type),
+               schema.CLICKED: pa.array(np.zeros(n, dtype=bool)), schema.PURCHASED: pa.nulls(n, pa.bool_())}
+    return pa.Table.from_arrays([columns[f.name].cast(f.type) for f in arrow], schema=arrow)
+

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from typing import Mapping
+from typing import Callable, Mapping
 
 from recsys_spark import schema
 from recsys_spark.etl.pseudonym import PSEUDONYM_HEX_CHARS
@@ -83,12 +83,28 @@ def product_key(product_id: str | int, id_type: str = schema.ID_INTEGER) -> int:
 def event_type(value: str, aliases: Mapping[str, str]) -> str:
     """``etl.validate.normalise_event_type`` of a trimmed type: lower case, mapped through
     ``clean.event_aliases``. Raises: IdError when the result is no contract event type."""
-    kind = str(value).strip(" ").lower()
-    mapped = {source.strip().lower(): target for source, target in aliases.items()}.get(kind, kind)
-    if mapped not in schema.EVENT_TYPES:
-        raise IdError(f"event_type: {_short(str(value))!r} is not one of {', '.join(schema.EVENT_TYPES)} "
-                      f"(or an alias of clean.event_aliases)")
-    return mapped
+    return event_types(aliases)(value)
+
+
+def event_types(aliases: Mapping[str, str]) -> Callable[[str], str]:
+    """:func:`event_type` with ``aliases`` read once (a posted session names 50 event types)."""
+    mapped = {source.strip().lower(): target for source, target in aliases.items()}
+    known: dict[str, str] = {}  # raw text -> its contract type: the few texts a shop sends
+
+    def kind(value: str) -> str:
+        found = known.get(value) if isinstance(value, str) else None
+        if found is not None:
+            return found
+        text = str(value).strip(" ").lower()
+        result = mapped.get(text, text)
+        if result not in schema.EVENT_TYPES:
+            raise IdError(f"event_type: {_short(str(value))!r} is not one of {', '.join(schema.EVENT_TYPES)} "
+                          f"(or an alias of clean.event_aliases)")
+        if isinstance(value, str) and len(known) < 1000:
+            known[value] = result
+        return result
+
+    return kind
 
 
 def user_key(user: str, seed: int, run_date: str) -> int:

@@ -209,43 +209,79 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     store = open_store(sc)
     try:
         served = store.current_version()
-        served_date = store.meta(served)["run_date"] if served else ""
-        if run_date < served_date and not cfg.publish.allow_older:
-            log.warning("publish: %s=%s is older than the date served, %s (version %s): not published "
-                        "(publish.allow_older=true serves it)", schema.RUN_DATE, run_date, served_date, served)
-            return {"skipped": f"{path}/{schema.RUN_DATE}={run_date}: older than the date served, {served_date} "
-                               f"(publish.allow_older=true serves it)", "run_date": run_date, "current": served}
+        skipped = older_than_served(store, served, run_date, path, cfg.publish.allow_older)
+        if skipped is not None:
+            return skipped
         with tracking.stage_run(cfg, "publish", run_date=run_date):
-            started = time.perf_counter()
-            part = describe(recs, run_date, path)
-            version = part.version
-            log.info("publish: %s/%s=%s, %d users, as version %s to %s (%s:*); serving %s", path, schema.RUN_DATE,
-                     run_date, part.users, version, sc.redis_url, sc.redis_prefix, served or "nothing yet")
-            store.write_meta(version, part.meta())
-            try:
-                written = write_lists(user_lists(recs), sc, redis_password(sc), version)
-            except PythonException as exc:  # a task's error: Redis went away, or slower than its bounds
-                raise InputError(f"publish: writing version {version} to Redis at {sc.redis_url} failed "
-                                 f"(config key serve.redis_url): {task_error(exc).rstrip('.')}; not switched, "
-                                 f"{served or 'no version'} stays current") from None
-            check_written(part, version, written, served)
-            dropped = store.switch(version, sc.keep_versions)
-            seconds = time.perf_counter() - started
-            versions = store.versions()
-            mlflow.set_tags({"version": version, "redis_prefix": sc.redis_prefix, "redis_url": sc.redis_url,
-                             "model_version": part.model_version, "policy_version": part.policy_version})
-            mlflow.log_metrics({"publish.users": part.users, "publish.rows": part.rows,
-                                "publish.seconds": seconds, "publish.users_per_s": part.users / seconds})
+            done = publish_version(store, recs, run_date, path, sc, served)
+            mlflow.set_tags({"version": done.version, "redis_prefix": sc.redis_prefix, "redis_url": sc.redis_url,
+                             "model_version": done.part.model_version, "policy_version": done.part.policy_version})
+            mlflow.log_metrics({"publish.users": done.part.users, "publish.rows": done.part.rows,
+                                "publish.seconds": done.seconds, "publish.users_per_s": done.users_per_s})
     finally:
         store.close()
-    log.info("publish: %s is current (%d users in %.1f s, %.0f users/s); kept %s, deleted %s", version, part.users,
-             seconds, part.users / seconds, versions, dropped or "none")
-    return {"published": f"{sc.redis_url} {sc.redis_prefix}:v:{version}:*",
-            "source": f"{path}/{schema.RUN_DATE}={run_date}", "run_date": run_date, "version": version,
-            "users": part.users, "rows": part.rows, "k": part.k, "model_version": part.model_version,
-            "policy_version": part.policy_version, "seconds": round(seconds, 2),
-            "users_per_s": round(part.users / seconds, 1), "current": version, "versions": versions,
-            "dropped": dropped}
+    log.info("publish: %s is current (%d users in %.1f s, %.0f users/s); kept %s, deleted %s", done.version,
+             done.part.users, done.seconds, done.users_per_s, done.versions, done.dropped or "none")
+    return done.summary(sc, path)
+
+
+@dataclass(frozen=True)
+class Published:
+    """A version written and made current: the partition, how long it took, the versions kept."""
+
+    part: Partition
+    version: str
+    seconds: float
+    versions: list[str]
+    dropped: list[str]
+
+    @property
+    def users_per_s(self) -> float:
+        return self.part.users / self.seconds
+
+    def summary(self, sc: ServeConfig, path: str) -> dict[str, Any]:
+        part = self.part
+        return {"published": f"{sc.redis_url} {sc.redis_prefix}:v:{self.version}:*",
+                "source": f"{path}/{schema.RUN_DATE}={part.run_date}", "run_date": part.run_date,
+                "version": self.version, "users": part.users, "rows": part.rows, "k": part.k,
+                "model_version": part.model_version, "policy_version": part.policy_version,
+                "seconds": round(self.seconds, 2), "users_per_s": round(self.users_per_s, 1), "current": self.version,
+                "versions": self.versions, "dropped": self.dropped}
+
+
+def older_than_served(store: RecommendationStore, served: str | None, run_date: str, path: str,
+                      allow_older: bool) -> dict[str, Any] | None:
+    """The stage's result when ``run_date`` is older than the date served (and ``publish.allow_older``
+    is off): nothing is published. None when it may be published."""
+    served_date = store.meta(served)["run_date"] if served else ""
+    if run_date >= served_date or allow_older:
+        return None
+    log.warning("publish: %s=%s is older than the date served, %s (version %s): not published "
+                "(publish.allow_older=true serves it)", schema.RUN_DATE, run_date, served_date, served)
+    return {"skipped": f"{path}/{schema.RUN_DATE}={run_date}: older than the date served, {served_date} "
+                       f"(publish.allow_older=true serves it)", "run_date": run_date, "current": served}
+
+
+def publish_version(store: RecommendationStore, recs: DataFrame, run_date: str, path: str, sc: ServeConfig,
+                    served: str | None) -> Published:
+    """Describe the partition, write its version (meta, then every user's list from Spark tasks),
+    check the keys written, switch. Raises: InputError (a task's Redis error), DataQualityError
+    (keys written != users); either way nothing is switched."""
+    started = time.perf_counter()
+    part = describe(recs, run_date, path)
+    version = part.version
+    log.info("publish: %s/%s=%s, %d users, as version %s to %s (%s:*); serving %s", path, schema.RUN_DATE,
+             run_date, part.users, version, sc.redis_url, sc.redis_prefix, served or "nothing yet")
+    store.write_meta(version, part.meta())
+    try:
+        written = write_lists(user_lists(recs), sc, redis_password(sc), version)
+    except PythonException as exc:  # a task's error: Redis went away, or slower than its bounds
+        raise InputError(f"publish: writing version {version} to Redis at {sc.redis_url} failed "
+                         f"(config key serve.redis_url): {task_error(exc).rstrip('.')}; not switched, "
+                         f"{served or 'no version'} stays current") from None
+    check_written(part, version, written, served)
+    dropped = store.switch(version, sc.keep_versions)
+    return Published(part, version, time.perf_counter() - started, store.versions(), dropped)
 
 
 def rollback(cfg: Config) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from recsys_spark import io, product_ids, schema
 from recsys_spark.config import Config
@@ -45,6 +46,7 @@ from recsys_spark.scoring.recommender import (
     ScoringPlan,
 )
 from recsys_spark.serving.ids import user_key
+from recsys_spark.serving.store import encode_list
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +126,17 @@ class ServedList:
         return ServedList(self.items[:k], self.scores[:k], self.sources[:k], self.propensities[:k],
                           self.unknown_products)
 
+    @property
+    def slots(self) -> range:
+        return range(len(self.items))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def items_json(self) -> bytes:
+        """The response's ``items`` array (as the store keeps a cached list)."""
+        return encode_list(self.items, self.scores, self.slots, self.sources, self.propensities)
+
 
 def load_context(spark, cfg: Config, run_date: str | None = None) -> RealtimeContext:
     """Read the plan's inputs as the score stage does (Spark), for the service's lifetime.
@@ -163,8 +176,12 @@ class RealtimeRanker:
         context: the :class:`RealtimeContext` the plan was built from.
         seed: ``score.seed``; exclude_event_types: ``score.exclude_event_types``.
 
-    A Recommender reuses its score buffers, so one list is computed at a time (a lock); the
-    lists are small (one user), the lock is held for milliseconds.
+    Sessions posted at the same time are ranked together, as one block of the Recommender (one
+    forward pass, one Monte-Carlo of the propensities): a caller queues its session's row; the
+    first caller that finds no block running ranks every row queued (its own included), the
+    others wait for their list or for their turn. A Recommender reuses its score buffers, so one
+    block runs at a time. A user's list is the same alone or in a block: every step of the score
+    stage is row by row (its Spark tasks rank blocks of ``score.block_size`` users).
     """
 
     def __init__(self, plan: ScoringPlan, context: RealtimeContext, seed: int, exclude_event_types: Sequence[str]):
@@ -173,7 +190,10 @@ class RealtimeRanker:
         self.seed = seed
         self.exclude_event_types = frozenset(exclude_event_types)
         self.recommender = Recommender(plan)
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._queue: list[_Request] = []
+        self._ranking = False
+        self._block_size = max(1, plan.rules.block_size)
         vocab = context.inputs.feature_vocab
         self._vocab = ItemSpace(vocab[schema.PRODUCT_ID].to_numpy(dtype=np.int64), np.zeros(len(vocab), np.int64))
         self._vocab_idx = vocab[schema.ITEM_IDX].to_numpy(dtype=np.int64)
@@ -204,37 +224,101 @@ class RealtimeRanker:
 
     def _rank(self, events: Sequence[SessionEvent], user: str | None, key: int | None) -> ServedList:
         key = user_key(user or "", self.seed, self.context.run_date) if key is None else key
-        row, unknown = session_row(events, user or "", key, self._encode, self._product_category,
-                                   self.context.max_seq_len, self.exclude_event_types)
-        with self._lock:
-            wide = list(self.recommender.blocks(row))
-        lists = [b for b in wide if b.num_rows]
-        if not lists:
-            return ServedList([], [], [], [], unknown)
-        batch = lists[0]
-        keys = batch.column(ITEM_IDS)[0].values.to_numpy(zero_copy_only=False)
-        codes = batch.column(SOURCE_CODES)[0].values.to_numpy(zero_copy_only=False)
-        return ServedList(
-            items=self.context.shop_ids(keys),
-            scores=[float(s) for s in batch.column(SCORES)[0].values.to_numpy(zero_copy_only=False)],
-            sources=[SOURCES[int(c)] for c in codes],
-            propensities=[float(p) for p in batch.column(PROPENSITIES)[0].values.to_numpy(zero_copy_only=False)],
-            unknown_products=unknown,
-        )
+        row = session_row(events, key, self._encode, self._product_category, self.context.max_seq_len,
+                          self.exclude_event_types)
+        request = _Request(row)
+        with self._cond:
+            self._queue.append(request)
+        while True:
+            with self._cond:
+                while request.done is None and self._ranking:
+                    self._cond.wait()
+                if request.done is not None:
+                    return request.result()
+                # Lead: rank what waits (oldest first; this request, unless a full block is ahead of it).
+                block, self._queue = self._queue[: self._block_size], self._queue[self._block_size :]
+                self._ranking = True
+            try:
+                lists = self._rank_block([r.row for r in block])
+                for r, served in zip(block, lists):
+                    r.done, r.value = True, served
+            except BaseException as exc:  # noqa: BLE001 - every request of the block gets the error
+                for r in block:
+                    r.done, r.value = False, exc
+            finally:
+                with self._cond:
+                    self._ranking = False
+                    self._cond.notify_all()
+
+    def _rank_block(self, rows: list["SessionRow"]) -> list[ServedList]:
+        """The lists of the rows, in their order."""
+        out: list[ServedList | None] = [None] * len(rows)
+        with torch.inference_mode():  # no autograd bookkeeping at all (the score stage's no_grad keeps some)
+            batches = list(self.recommender.blocks(rows_batch(rows)))
+        for batch in batches:
+            at = batch.column(0).to_pylist()  # the rows' positions (rows_batch's user_id)
+            offsets = batch.column(ITEM_IDS).offsets.to_numpy()
+            keys, scores, codes, props = (batch.column(c).values.to_numpy(zero_copy_only=False).tolist()
+                                          for c in (ITEM_IDS, SCORES, SOURCE_CODES, PROPENSITIES))
+            for i, position in enumerate(at):
+                span = slice(offsets[i], offsets[i + 1])
+                out[int(position)] = ServedList(self.context.shop_ids(keys[span]), scores[span],
+                                                [SOURCES[c] for c in codes[span]], props[span],
+                                                rows[int(position)].unknown)
+        return [served if served is not None else ServedList([], [], [], [], r.unknown) for served, r in zip(out, rows)]
 
     def _encode(self, products: np.ndarray) -> np.ndarray:
         """Product keys -> the features' item_idx (OOV_INDEX outside the vocabulary)."""
         at = self._vocab.index_of(products)
         return np.where(at >= 0, self._vocab_idx[np.maximum(at, 0)], schema.OOV_INDEX)
 
-    def _product_category(self, product: int) -> int | None:
-        at = int(self._stats.index_of(np.array([product], dtype=np.int64))[0])
-        return int(self._category[at]) if at >= 0 and self._has_category[at] else None
+    def _product_category(self, products: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Product keys -> (int64 category ids, bool known)."""
+        at = self._stats.index_of(products)
+        known = (at >= 0) & self._has_category[np.maximum(at, 0)]
+        return np.where(known, self._category[np.maximum(at, 0)], 0), known
 
 
-def session_row(events: Sequence[SessionEvent], user: str, key: int, encode, product_category, max_seq_len: int,
-                exclude_event_types: frozenset[str]) -> tuple[pa.RecordBatch, int]:
-    """The scoring row of one session (ROW_SCHEMA), as featurize and score build a user's row.
+class _Request:
+    """One queued session: its row, then its list (done True) or the error raised (done False)."""
+
+    __slots__ = ("row", "done", "value")
+
+    def __init__(self, row: "SessionRow"):
+        self.row = row
+        self.done: bool | None = None
+        self.value = None
+
+    def result(self) -> ServedList:
+        if self.done is False:
+            raise self.value
+        return self.value
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    """One session as the row a scoring task reads (:func:`session_row`).
+
+    Args:
+        items, events, gaps: int32 [max_seq_len] the history, left-padded.
+        seen: sorted distinct item_idx of the known items; excluded: sorted product keys never to
+        recommend; category: the latest categorised event's, or None; key: the exploration key;
+        unknown: posted events whose product is not in the vocabulary.
+    """
+
+    items: np.ndarray
+    events: np.ndarray
+    gaps: np.ndarray
+    seen: list[int]
+    excluded: list[int]
+    category: int | None
+    key: int
+    unknown: int
+
+
+def session_row(events: Sequence[SessionEvent], key: int, encode, product_category, max_seq_len: int,
+                exclude_event_types: frozenset[str]) -> SessionRow:
+    """The scoring row of one session, as featurize and score build a user's row.
 
     Steps (``features.sequences.collapse_steps``): events in time order (ties by event strength,
     type, product), each run of consecutive events on one product one step, at its first event's
@@ -243,10 +327,8 @@ def session_row(events: Sequence[SessionEvent], user: str, key: int, encode, pro
 
     Args:
         encode: int64 [n] product keys -> int64 [n] item_idx (OOV_INDEX when unknown).
-        product_category: product key -> its category id or None (for events without one).
-
-    Returns:
-        (the one-row batch, the number of events whose product is not in the vocabulary).
+        product_category: int64 [n] product keys -> (int64 [n] category ids, bool [n] known),
+            for events without a category.
     """
     ordered = sorted(events, key=lambda e: (e.micros, schema.EVENT_STRENGTH[e.event_type], e.event_type, e.product_id))
     steps: list[list[int]] = []  # [product, micros of the first event, strongest]
@@ -256,29 +338,61 @@ def session_row(events: Sequence[SessionEvent], user: str, key: int, encode, pro
             steps[-1][2] = max(steps[-1][2], strength)
         else:
             steps.append([event.product_id, event.micros, strength])
-    items = encode(np.array([s[0] for s in steps], dtype=np.int64)) if steps else np.zeros(0, np.int64)
-    codes = [_CODE_OF_STRENGTH[s[2]] for s in steps]
-    gaps = [0] + [schema.gap_bucket_of((b[1] - a[1]) // _MICROS) for a, b in zip(steps, steps[1:])]
-    last = slice(max(0, len(steps) - max_seq_len), len(steps))
-    pad = [schema.PAD_INDEX] * (max_seq_len - len(items[last]))
-    posted = encode(np.array([e.product_id for e in events], dtype=np.int64)) if events else np.zeros(0, np.int64)
-    unknown = int((posted == schema.OOV_INDEX).sum())
-    excluded = sorted({e.product_id for e in events if e.event_type in exclude_event_types})
-    categorised = [(e.micros, c) for e in events
-                   for c in [e.category_id if e.category_id is not None else product_category(e.product_id)]
-                   if c is not None]
-    category = max(categorised)[1] if categorised else None
-    row = {
-        schema.USER_ID: [user],
-        schema.HIST_ITEMS: [pad + [int(i) for i in items[last]]],
-        schema.HIST_EVENTS: [pad + codes[last]],
-        schema.HIST_GAPS: [pad + gaps[last]],
-        schema.SEEN_ITEMS: [sorted({int(i) for i in items if i >= schema.FIRST_ITEM_INDEX})],
-        EXCLUDE_PRODUCTS: [excluded],
-        USER_CATEGORY: [category],
-        USER_KEY: [key],
-    }
-    return pa.RecordBatch.from_pydict(row, schema=ROW_SCHEMA), unknown
+    last = steps[max(0, len(steps) - max_seq_len):]
+    pad = max_seq_len - len(last)
+    history = np.zeros((3, max_seq_len), dtype=np.int32)  # schema.PAD_INDEX
+    products = np.array([e.product_id for e in events], dtype=np.int64)
+    posted = encode(products) if len(events) else np.zeros(0, np.int64)
+    step_items = encode(np.array([s[0] for s in steps], dtype=np.int64)) if steps else np.zeros(0, np.int64)
+    if last:
+        history[0, pad:] = step_items[len(steps) - len(last):]
+        history[1, pad:] = [_CODE_OF_STRENGTH[s[2]] for s in last]
+        gaps = [0] + [schema.gap_bucket_of((b[1] - a[1]) // _MICROS) for a, b in zip(steps, steps[1:])]
+        history[2, pad:] = gaps[len(steps) - len(last):]
+    category = None
+    if len(events):
+        given = np.array([e.category_id is not None for e in events])
+        ids_given = np.array([e.category_id if e.category_id is not None else 0 for e in events], dtype=np.int64)
+        usual, known = product_category(products)
+        present = given | known
+        if present.any():
+            micros = np.array([e.micros for e in events], dtype=np.int64)
+            values = np.where(given, ids_given, usual)
+            # The latest categorised event's category (ties: the largest id, as max() of pairs).
+            order = np.lexsort((values[present], micros[present]))
+            category = int(values[present][order[-1]])
+    return SessionRow(
+        items=history[0], events=history[1], gaps=history[2],
+        seen=sorted({int(i) for i in step_items if i >= schema.FIRST_ITEM_INDEX}),
+        excluded=sorted({e.product_id for e in events if e.event_type in exclude_event_types}),
+        category=category, key=key, unknown=int((posted == schema.OOV_INDEX).sum()),
+    )
+
+
+def rows_batch(rows: Sequence[SessionRow]) -> pa.RecordBatch:
+    """The rows as one ROW_SCHEMA batch; user_id holds each row's position (the lists come back
+    grouped model first, fallback second: the position puts them back in order)."""
+    n = len(rows)
+    length = len(rows[0].items) if n else 0
+    fixed = pa.array(np.arange(n + 1) * length, pa.int32())
+
+    def matrix(name: str) -> pa.Array:
+        flat = np.concatenate([getattr(r, name) for r in rows]) if n else np.zeros(0, np.int32)
+        return pa.ListArray.from_arrays(fixed, pa.array(flat.astype(np.int32), pa.int32()))
+
+    def ragged(name: str, dtype) -> pa.Array:
+        values = [getattr(r, name) for r in rows]
+        offsets = pa.array(np.r_[0, np.cumsum([len(v) for v in values])].astype(np.int32), pa.int32())
+        return pa.ListArray.from_arrays(offsets, pa.array([x for v in values for x in v], dtype))
+
+    columns = [
+        pa.array([str(i) for i in range(n)], pa.string()),
+        matrix("items"), matrix("events"), matrix("gaps"),
+        ragged("seen", pa.int32()), ragged("excluded", pa.int64()),
+        pa.array([r.category for r in rows], pa.int64()),
+        pa.array([r.key for r in rows], pa.int64()),
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=ROW_SCHEMA)
 
 
 def micros_of(moment: dt.datetime) -> int:

@@ -5,8 +5,10 @@ exposures are flushed and their counts (written, lost) are the stage's summary.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
+import sys
 from typing import Any
 
 import torch
@@ -31,6 +33,7 @@ def run(spark, cfg: Config) -> dict[str, Any]:
     torch.set_num_threads(1)
     service = build_service(cfg, context)
     app = create_app(service, api_key(cfg))
+    quiet_runtime()
     sc = cfg.serve
     log.info("serve: http://%s:%d (champion version %s, run date %s, exposures to %s, authentication %s)", sc.host,
              sc.port, service.champions.current.version, context.run_date, service.writer.root,
@@ -39,9 +42,26 @@ def run(spark, cfg: Config) -> dict[str, Any]:
     # it found: this one, so that the exposures are flushed and the summary printed, exit status 0.
     stops = {sig: signal.signal(sig, lambda signum, frame: None) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        uvicorn.Server(uvicorn.Config(app, host=sc.host, port=sc.port, log_level="warning", access_log=False)).run()
+        uvicorn.Server(uvicorn.Config(app, host=sc.host, port=sc.port, log_level="warning", access_log=False,
+                                      loop="uvloop", http="httptools")).run()
     finally:
         summary = service.close()
         for sig, handler in stops.items():
             signal.signal(sig, handler)
     return {"served": f"http://{sc.host}:{sc.port}", **summary}
+
+
+def quiet_runtime() -> None:
+    """The interpreter's settings for serving, once everything long-lived is built.
+
+    - ``gc.freeze()``: the model, the plan and the libraries (~450,000 objects on the demo) leave
+      the collector's generations; a full collection scanned them all, a pause of 0.15 to 0.5 s
+      in the middle of requests (the cached path's p99 of 151 ms at 1,000 requests/s).
+    - a 1 ms thread switch interval (Python's default is 5 ms): a background thread (the exposure
+      writer, a real-time block, the champion poll) gives the GIL back to the event loop within
+      1 ms, not 5, so that it does not set the cached path's tail.
+    """
+    gc.collect()
+    gc.freeze()
+    sys.setswitchinterval(0.001)
+

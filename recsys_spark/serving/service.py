@@ -24,6 +24,7 @@ builds this service, and runs the app (serving/app.py) on it.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import time
@@ -38,10 +39,10 @@ from recsys_spark.errors import InputError
 from recsys_spark.etl.pseudonym import pseudonym_key
 from recsys_spark.serving import ids
 from recsys_spark.serving.champion import Champion, ChampionHolder
-from recsys_spark.serving.exposures import ExposureWriter, exposure_rows
+from recsys_spark.serving.exposures import ExposureWriter, Shown
 from recsys_spark.serving.metrics import ServiceMetrics
 from recsys_spark.serving.realtime import RealtimeContext, ServedList, SessionEvent
-from recsys_spark.serving.store import RecommendationStore, StoreError, connect
+from recsys_spark.serving.store import RecommendationStore, StoredList, StoreError, connect
 
 log = logging.getLogger(__name__)
 
@@ -51,25 +52,34 @@ ANSWERS = (CACHE, REALTIME, FALLBACK)
 
 @dataclass(frozen=True)
 class Answer:
-    """One response's list and what it carries (README, "Serve")."""
+    """One response's list and what it carries (README, "Serve").
+
+    ``lists`` is a real-time or fallback list (realtime.ServedList) or a cached one as Redis holds
+    it (store.StoredList): items, scores, slots, sources, propensities and ``items_json()``.
+    """
 
     answered_by: str
     user_id: str | None  # the pseudonym
-    lists: ServedList
-    slots: Sequence[int]
+    lists: ServedList | StoredList
     model_version: str
     policy: str
     policy_version: str
     run_date: str
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def body(self) -> dict[str, Any]:
-        items = [{"item_id": item, "slot": int(slot), "score": score, "source": source, "propensity": propensity}
-                 for item, slot, score, source, propensity in zip(self.lists.items, self.slots, self.lists.scores,
-                                                                  self.lists.sources, self.lists.propensities)]
+    def head(self) -> dict[str, Any]:
         return {"user_id": self.user_id, "answered_by": self.answered_by, "model_version": self.model_version,
-                "policy": self.policy, "policy_version": self.policy_version, "run_date": self.run_date,
-                "items": items, **self.extra}
+                "policy": self.policy, "policy_version": self.policy_version, "run_date": self.run_date}
+
+    def body(self) -> dict[str, Any]:
+        return {**self.head(), "items": json.loads(self.lists.items_json()), **self.extra}
+
+    def json(self) -> bytes:
+        """:meth:`body` as the response's bytes (compact UTF-8 JSON, as Starlette's JSONResponse);
+        a cached list's items are the stored bytes."""
+        head = json.dumps(self.head(), ensure_ascii=False, separators=(",", ":")).encode()
+        extra = json.dumps(self.extra, ensure_ascii=False, separators=(",", ":")).encode()[1:-1]
+        return b"".join((head[:-1], b',"items":', self.lists.items_json(), b"," if extra else b"", extra, b"}"))
 
 
 class Service:
@@ -136,9 +146,9 @@ class Service:
             realtime = any(source != FALLBACK for source in lists.sources)
             if not realtime:
                 self.metrics.fallbacks.labels("no_known_item").inc()
-            answer = Answer(REALTIME if realtime else FALLBACK, user, lists.head(k), range(min(k, len(lists.items))),
-                            champion.version, champion.policy, champion.policy_version,
-                            champion.lists.context.run_date, {"unknown_products": lists.unknown_products})
+            answer = Answer(REALTIME if realtime else FALLBACK, user, lists.head(k), champion.version, champion.policy,
+                            champion.policy_version, champion.lists.context.run_date,
+                            {"unknown_products": lists.unknown_products})
         self._log(answer)
         return answer
 
@@ -150,40 +160,41 @@ class Service:
             self.metrics.lookup("error")
             return None, "redis_unavailable"
         try:
-            found = self.store.get(user, k)
+            found = self.store.get_value(user)
+            if found is not None:
+                version, raw = found
+                meta = self.store.meta(version)
+                lists = StoredList(raw, k)
         except (redis.exceptions.RedisError, OSError) as exc:
             self._skip_redis_until = time.monotonic() + self.cfg.serve.redis_retry_seconds
             self.metrics.lookup("error")
-            self.metrics.errors.labels("redis").inc()
+            self.metrics.child(self.metrics.errors, "redis").inc()
             log.warning("serve: Redis read failed (%s); answering without the cache for %.1f s",
                         type(exc).__name__, self.cfg.serve.redis_retry_seconds)
             return None, "redis_error"
         except StoreError as exc:
             self.metrics.lookup("error")
-            self.metrics.errors.labels("store").inc()
+            self.metrics.child(self.metrics.errors, "store").inc()
             log.error("serve: %s", exc)
             return None, "store_error"
         if found is None:
             self.metrics.lookup("miss")
             return None, "cache_miss"
         self.metrics.lookup("hit")
-        lists = ServedList(list(found.items), list(found.scores), list(found.sources), list(found.propensities))
-        return Answer(CACHE, user, lists, found.slots, found.model_version, found.policy, found.policy_version,
-                      found.run_date), "hit"
+        return Answer(CACHE, user, lists, meta["model_version"], meta["policy"], meta["policy_version"],
+                      meta["run_date"]), "hit"
 
     def _fallback(self, user: str | None, k: int, champion: Champion, reason: str) -> Answer:
-        self.metrics.fallbacks.labels(reason).inc()
-        lists = champion.lists.fallback().head(k)
-        return Answer(FALLBACK, user, lists, range(len(lists.items)), champion.version, champion.policy,
+        self.metrics.child(self.metrics.fallbacks, reason).inc()
+        return Answer(FALLBACK, user, champion.lists.fallback().head(k), champion.version, champion.policy,
                       champion.policy_version, champion.lists.context.run_date)
 
     def _log(self, answer: Answer) -> None:
-        self.metrics.answers.labels(answer.answered_by).inc()
+        self.metrics.child(self.metrics.answers, answer.answered_by).inc()
         if answer.user_id is None:
             return  # an anonymous session: the feedback contract needs a user
-        self.writer.append(exposure_rows(answer.user_id, answer.lists.items, answer.run_date, answer.slots,
-                                         answer.lists.propensities, answer.policy, answer.policy_version,
-                                         dt.datetime.now(dt.timezone.utc)))
+        self.writer.append(Shown(answer.user_id, answer.lists, answer.run_date, answer.policy, answer.policy_version,
+                                 dt.datetime.now(dt.timezone.utc), answer.answered_by, answer.model_version))
 
     # ------------------------------------------------------------------ state
 

@@ -8,7 +8,8 @@ Key space (``prefix`` = ``serve.redis_prefix``)::
                                      serve.keep_versions long)
     {prefix}:v:{version}:meta        a hash: run_date, model_name, model_version, policy,
                                      policy_version, users, rows, k, published_at, source_path
-    {prefix}:v:{version}:u:{user_id} one user's whole list: compact JSON (encode_list)
+    {prefix}:v:{version}:u:{user_id} one user's whole list: the response's items, compact JSON
+                                     (encode_list)
 
 A version's keys are all written before ``current`` names it (:meth:`RecommendationStore.switch`),
 and a reader takes ``current`` and the user's key in one Lua script (atomic in Redis), so a reader
@@ -24,8 +25,12 @@ version without meta, a value that is no list) raises :class:`StoreError`.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
+import socket
+import ssl
+import threading
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -42,6 +47,9 @@ META_FIELDS = ("run_date", "model_name", "model_version", "policy", "policy_vers
 META_INTEGERS = ("users", "rows", "k")
 # The arrays of one user's value, each ordered by slot (encode_list).
 LIST_FIELDS = ("items", "scores", "slots", "sources", "propensities")
+# The key of each of LIST_FIELDS in an item of a stored list (the response's item fields).
+ITEM_KEYS = ("item_id", "score", "slot", "source", "propensity")
+_ITEM_MARK = b'{"item_id":'  # begins each item of a stored list (a quote inside a string is escaped)
 # Keys deleted per UNLINK when a version is dropped, and keys asked per SCAN step.
 DELETE_BATCH = 1000
 
@@ -68,6 +76,9 @@ for i, version in ipairs(listed) do
 end
 return redis.error_reply('the current version ' .. current .. ' is not among the published versions')
 """
+
+
+_GET_SHA = hashlib.sha1(_GET.encode()).hexdigest()
 
 
 class StoreError(RecsysError):
@@ -98,25 +109,73 @@ class CachedList:
 
 def encode_list(items: Sequence[Any], scores: Sequence[float], slots: Sequence[int], sources: Sequence[str],
                 propensities: Sequence[float]) -> bytes:
-    """One user's value: compact JSON of the five arrays (equal lengths, ordered by slot).
+    """One user's value: the list as the response's ``items`` (compact JSON, ordered by slot):
+    ``[{"item_id": ..., "slot": ..., "score": ..., "source": ..., "propensity": ...}, ...]``, so
+    that the service answers with the stored bytes as they are.
 
     JSON keeps an int an int at any size (ids above 2^53 included) and a str a str; floats are
     written as Python's shortest exact repr.
     """
-    return json.dumps({"items": list(items), "scores": list(scores), "slots": list(slots), "sources": list(sources),
-                       "propensities": list(propensities)}, separators=(",", ":"), allow_nan=False).encode()
+    return json.dumps([{"item_id": i, "slot": s, "score": c, "source": o, "propensity": p}
+                       for i, s, c, o, p in zip(items, slots, scores, sources, propensities)],
+                      separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
 
 
 def decode_list(raw: bytes | str) -> dict[str, list]:
-    """The arrays of :func:`encode_list`. Raises: StoreError if ``raw`` is not such a value."""
+    """The arrays (LIST_FIELDS) of an :func:`encode_list` value, or of the earlier layout (an
+    object of the five arrays). Raises: StoreError if ``raw`` is neither."""
     try:
         value = json.loads(raw)
-        arrays = {name: value[name] for name in LIST_FIELDS}
+        if isinstance(value, list):
+            arrays = {name: [entry[key] for entry in value] for name, key in zip(LIST_FIELDS, ITEM_KEYS)}
+        else:
+            arrays = {name: value[name] for name in LIST_FIELDS}
     except (ValueError, TypeError, KeyError):
         raise StoreError(f"a stored list is not the JSON of {', '.join(LIST_FIELDS)}: {raw[:80]!r}") from None
     if len({len(a) for a in arrays.values()}) != 1:
         raise StoreError(f"a stored list has arrays of different lengths: {raw[:80]!r}")
     return arrays
+
+
+class StoredList:
+    """A user's cached list as Redis holds it, its first ``k`` entries: answered with the stored
+    bytes (:meth:`items_json`), decoded only when read (the exposure writer reads it, off the
+    request's path).
+
+    Raises:
+        StoreError: ``raw`` is not a stored list (checked by its ends; the whole by the decoding).
+    """
+
+    def __init__(self, raw: bytes, k: int | None = None):
+        head = raw[:1]
+        if not ((head == b"[" and raw.endswith(b"]")) or (head == b"{" and raw.endswith(b"}"))):
+            raise StoreError(f"a stored list is not the JSON of {', '.join(LIST_FIELDS)}: {raw[:80]!r}")
+        self.raw = raw
+        self.k = k
+        whole = raw.count(_ITEM_MARK) if head == b"[" else len(self._decoded()["items"])
+        self.size = whole if k is None else min(k, whole)
+        self._whole = whole
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _decoded(self) -> dict[str, list]:
+        arrays = self.__dict__.get("_arrays")
+        if arrays is None:
+            arrays = self.__dict__["_arrays"] = {n: a[: self.k] for n, a in decode_list(self.raw).items()}
+        return arrays
+
+    items = property(lambda self: self._decoded()["items"])
+    scores = property(lambda self: self._decoded()["scores"])
+    slots = property(lambda self: self._decoded()["slots"])
+    sources = property(lambda self: self._decoded()["sources"])
+    propensities = property(lambda self: self._decoded()["propensities"])
+
+    def items_json(self) -> bytes:
+        """The response's ``items`` array: the stored bytes when the whole list is asked for."""
+        if self.raw[:1] == b"[" and self.size == self._whole:
+            return self.raw
+        return encode_list(self.items, self.scores, self.slots, self.sources, self.propensities)
 
 
 def redis_password(sc: ServeConfig) -> str | None:
@@ -153,6 +212,160 @@ def client(url: str, password: str | None, timeout_s: float, connect_timeout_s: 
                                 socket_connect_timeout=connect_timeout_s, retry=Retry(backoff, retries))
 
 
+class ListReader:
+    """The service's read of one user's list (the ``_GET`` script), without redis-py's per-command
+    machinery: a request's RESP bytes are built with one join, the reply parsed in place, over one
+    socket per thread. redis-py's path was most of the cached GET's CPU.
+
+    The bounds are the client's (its socket timeout and connect timeout, no retry); a failure
+    closes the thread's socket (the next read opens a new one) and raises redis-py's
+    ``ConnectionError`` / ``TimeoutError``, so callers handle it as any Redis error.
+
+    Args:
+        host, port, db, password: the server (``serve.redis_url``; the password from the environment).
+        timeout_s, connect_timeout_s: per read or write, per connection attempt.
+        tls: rediss:// (certificates checked as redis-py checks them by default).
+    """
+
+    def __init__(self, host: str, port: int, db: int, password: str | None, timeout_s: float | None,
+                 connect_timeout_s: float | None, tls: bool = False):
+        self.address = (host, port)
+        self.db, self.password, self.tls = db, password, tls
+        self.timeout_s, self.connect_timeout_s = timeout_s, connect_timeout_s
+        self._local = threading.local()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    @classmethod
+    def of(cls, client: redis.Redis) -> "ListReader | None":
+        """The reader of a redis-py client's server and bounds; None for a connection it cannot
+        open itself (a Unix socket)."""
+        pool = client.connection_pool
+        kwargs = pool.connection_kwargs
+        if "host" not in kwargs or "path" in kwargs:
+            return None
+        return cls(kwargs["host"], int(kwargs.get("port", 6379)), int(kwargs.get("db", 0) or 0),
+                   kwargs.get("password"), kwargs.get("socket_timeout"), kwargs.get("socket_connect_timeout"),
+                   tls=issubclass(pool.connection_class, redis.SSLConnection))
+
+    def get(self, current_key: str, user_prefix: str, user_suffix: str) -> list | None:
+        """The ``_GET`` script's reply: [version, value] (value None when the user has no list),
+        or None when no version is current."""
+        words = [b"EVALSHA", _GET_SHA.encode(), b"1", current_key.encode(), user_prefix.encode(), user_suffix.encode()]
+        reply = self.command(words)
+        if isinstance(reply, StoreError) and str(reply).startswith("NOSCRIPT"):
+            reply = self.command([b"EVAL", _GET.encode(), *words[2:]])  # loads the script for the next EVALSHA
+        if isinstance(reply, StoreError):
+            raise redis.exceptions.ResponseError(str(reply))
+        if reply is None:
+            return None
+        return [reply[0], reply[1] if len(reply) > 1 else None]
+
+    def command(self, words: list[bytes]):
+        """One command's reply (an error reply as a StoreError value). Raises: redis-py's
+        ConnectionError or TimeoutError (the socket is closed)."""
+        conn = getattr(self._local, "conn", None)
+        try:
+            if conn is None:
+                conn = self._connect()
+            conn.sock.sendall(encode_command(words))
+            return conn.reply()
+        except (OSError, ValueError, IndexError) as exc:
+            self._drop(conn)
+            if isinstance(exc, socket.timeout):
+                raise redis.exceptions.TimeoutError(
+                    f"Timeout reading from {self.address[0]}:{self.address[1]}") from None
+            raise redis.exceptions.ConnectionError(f"Redis at {self.address[0]}:{self.address[1]}: {exc}") from None
+
+    def _connect(self) -> "_Connection":
+        sock = socket.create_connection(self.address, timeout=self.connect_timeout_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls:
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.address[0])
+        sock.settimeout(self.timeout_s)
+        conn = _Connection(sock)
+        try:
+            for words in ([b"AUTH", self.password.encode()] if self.password else None,
+                          [b"SELECT", str(self.db).encode()] if self.db else None):
+                if words is not None:
+                    sock.sendall(encode_command(words))
+                    if isinstance(conn.reply(), StoreError):
+                        raise OSError(f"{words[0].decode()} failed")
+        except BaseException:
+            sock.close()
+            raise
+        with self._lock:
+            self._sockets.append(sock)
+        self._local.conn = conn
+        return conn
+
+    def _drop(self, conn: "_Connection | None") -> None:
+        self._local.conn = None
+        if conn is not None:
+            with self._lock:
+                if conn.sock in self._sockets:
+                    self._sockets.remove(conn.sock)
+            conn.sock.close()
+
+    def close(self) -> None:
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            sock.close()
+
+
+def encode_command(words: list[bytes]) -> bytes:
+    """A command in RESP: an array of bulk strings."""
+    return b"".join([b"*%d\r\n" % len(words), *[b"$%d\r\n%s\r\n" % (len(w), w) for w in words]])
+
+
+class _Connection:
+    """One socket and its unread bytes; :meth:`reply` parses one RESP2 reply."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.buffer = b""
+        self.at = 0
+
+    def reply(self):
+        """bytes, int, None (nil), a list of these, or a StoreError for an error reply."""
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"$":
+            size = int(rest)
+            return None if size < 0 else self._bytes(size)
+        if kind == b"*":
+            size = int(rest)
+            return None if size < 0 else [self.reply() for _ in range(size)]
+        if kind == b":":
+            return int(rest)
+        if kind == b"+":
+            return rest
+        if kind == b"-":
+            return StoreError(rest.decode(errors="replace"))
+        raise ValueError(f"not a RESP reply: {line[:40]!r}")
+
+    def _line(self) -> bytes:
+        end = self.buffer.find(b"\r\n", self.at)
+        while end < 0:
+            self._fill()
+            end = self.buffer.find(b"\r\n", self.at)
+        line, self.at = self.buffer[self.at:end], end + 2
+        return line
+
+    def _bytes(self, size: int) -> bytes:
+        while len(self.buffer) - self.at < size + 2:
+            self._fill()
+        data, self.at = self.buffer[self.at:self.at + size], self.at + size + 2
+        return data
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise OSError("connection closed by the server")
+        self.buffer, self.at = self.buffer[self.at:] + chunk, 0
+
+
 class RecommendationStore:
     """The served lists in one Redis database under one key prefix (module docstring).
 
@@ -169,6 +382,7 @@ class RecommendationStore:
         self.client = client
         self.prefix = prefix
         self._get = client.register_script(_GET)
+        self._reader = ListReader.of(client)
         self._rollback = client.register_script(_ROLLBACK)
         # A version's meta never changes once written (the version id is its content): cached.
         self._metas: dict[str, dict[str, Any]] = {}
@@ -220,6 +434,23 @@ class RecommendationStore:
         self._metas[version] = meta
         return meta
 
+    def get_value(self, user_id: str) -> tuple[str, bytes] | None:
+        """(the current version, the user's :func:`encode_list` value in it), read atomically.
+
+        Returns:
+            None when no version is published or the user has no list in it.
+
+        Raises:
+            redis.exceptions.RedisError: Redis is unreachable or slower than the client's timeout.
+        """
+        if self._reader is not None:
+            found = self._reader.get(self.current_key, f"{self.prefix}:v:", f":u:{user_id}")
+        else:
+            found = self._get(keys=[self.current_key], args=[f"{self.prefix}:v:", f":u:{user_id}"])
+        if not found or found[1] is None:
+            return None
+        return found[0].decode(), found[1]
+
     def get(self, user_id: str, k: int | None = None) -> CachedList | None:
         """The user's list in the current version, its first ``k`` entries (all when None).
 
@@ -235,11 +466,11 @@ class RecommendationStore:
         """
         if k is not None and k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
-        found = self._get(keys=[self.current_key], args=[f"{self.prefix}:v:", f":u:{user_id}"])
-        if not found or found[1] is None:
+        found = self.get_value(user_id)
+        if found is None:
             return None
-        version = found[0].decode()
-        arrays = decode_list(found[1])
+        version, raw = found
+        arrays = decode_list(raw)
         meta = self.meta(version)
         return CachedList(
             version=version,
@@ -356,4 +587,6 @@ class RecommendationStore:
         self.client.ping()
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
         self.client.close()

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recsys_spark import schema
-from recsys_spark.models.two_tower import TwoTowerModel
+from recsys_spark.models.two_tower import TwoTowerModel, check_choice
 
 LOSSES = ("full", "sampled")
 
@@ -189,8 +189,7 @@ class RetrievalTask(nn.Module):
         super().__init__()
         if target_horizon < 1:
             raise ValueError(f"train.target_horizon must be >= 1, got {target_horizon}")
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+        check_choice("loss", loss, LOSSES)
         self.loss = loss
         self.visit_gap_bucket = visit_gap_bucket
         self.model = model

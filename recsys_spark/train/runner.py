@@ -12,6 +12,7 @@ import warnings
 from typing import Any
 
 import mlflow
+import pandas as pd
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
@@ -46,6 +47,42 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         {"run_id", "model_uri", "version", "best_evaluation", "best_step", "best_epoch", "val_ndcg_at_<K>", "examples_per_s", ...,
         and after a search "search_best": {"params", "val_ndcg_at_<K>", "trial", "trials"}}.
     """
+    prepared = prepare(spark, cfg)
+    cfg = prepared.cfg
+    with tracking.stage_run(cfg, "train") as active:
+        run_id = active.info.run_id
+        mlflow.set_tags(prepared.tags)
+        log_inputs(cfg.paths.resolve("features"), spark)
+        found = None
+        if cfg.search.trials:
+            found, cfg = search_first(spark, cfg, run_id)
+        results = launch(spark, cfg, run_id, cfg.tracking_uri)
+        summary = finish(cfg, results, prepared.item_vocab, run_id)
+        if found is not None:
+            summary["search_best"] = {
+                "params": found["best_params"], found["metric"]: round(found["best_value"], 5),
+                "trial": found["best_trial"],
+                "trials": ", ".join(f"{found[state]} {state}" for state in ("complete", "failed", "pruned")),
+            }
+        return summary
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """What the features decide before any training process starts."""
+
+    cfg: Config  # as given, or with train.mode=full (no parent) / train.windows_path (incremental)
+    item_vocab: pd.DataFrame
+    tags: dict[str, str]  # the stage run's: data range, windows end, the parent's lineage
+
+
+def prepare(spark: SparkSession, cfg: Config) -> Prepared:
+    """Check the features, and for ``train.mode=incremental`` find the parent and write the windows
+    to train on. ``recsys train`` and ``horovodrun`` (train/horovodrun.py) both start here.
+
+    Raises:
+        InputError: the features are missing or incomplete; no new window after the parent's.
+    """
     features = cfg.paths.resolve("features")
     metadata = io.read_feature_metadata(spark, features)  # fails fast, by name
     item_vocab = io.read_features(spark, features, "item_vocab").toPandas()
@@ -59,31 +96,15 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             selected = select_windows(spark, cfg, parent["windows_end"])
             parent.update(selected)
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, windows_path=selected["path"]))
-
-    with tracking.stage_run(cfg, "train") as active:
-        run_id = active.info.run_id
-        tags = {"train.data_range": " .. ".join(tracking.data_range_of_features(metadata) or ())}
-        end = windows_end(spark, features)
-        if end is not None:
-            tags[WINDOWS_END_TAG] = end
-        if parent is not None:
-            tags.update({"train.parent_version": parent["version"], "train.parent_run_id": parent["run_id"],
-                         "train.new_windows": str(parent["new"]), "train.replayed_windows": str(parent["replayed"]),
-                         "train.optimizer_start": parent["optimizer"]})
-        mlflow.set_tags(tags)
-        log_inputs(features, spark)
-        found = None
-        if cfg.search.trials:
-            found, cfg = search_first(spark, cfg, run_id)
-        results = launch(spark, cfg, run_id, cfg.tracking_uri)
-        summary = finish(cfg, results, item_vocab, run_id)
-        if found is not None:
-            summary["search_best"] = {
-                "params": found["best_params"], found["metric"]: round(found["best_value"], 5),
-                "trial": found["best_trial"],
-                "trials": ", ".join(f"{found[state]} {state}" for state in ("complete", "failed", "pruned")),
-            }
-        return summary
+    tags = {"train.data_range": " .. ".join(tracking.data_range_of_features(metadata) or ())}
+    end = windows_end(spark, features)
+    if end is not None:
+        tags[WINDOWS_END_TAG] = end
+    if parent is not None:
+        tags.update({"train.parent_version": parent["version"], "train.parent_run_id": parent["run_id"],
+                     "train.new_windows": str(parent["new"]), "train.replayed_windows": str(parent["replayed"]),
+                     "train.optimizer_start": parent["optimizer"]})
+    return Prepared(cfg, item_vocab, tags)
 
 
 def search_first(spark: SparkSession, cfg: Config, run_id: str) -> tuple[dict[str, Any], Config]:

@@ -95,6 +95,7 @@ def test_dag_runs_one_date_end_to_end(airflow_home, tmp_path, tiny_overrides, mo
     version = redis_server.get("recsys:current")
     assert version is not None and version.startswith(f"{RUN_DATE}-")
     user = recs["user_id"].iloc[0]
-    served = json.loads(redis_server.get(f"recsys:v:{version}:u:{user}"))
+    served = json.loads(redis_server.get(f"recsys:v:{version}:u:{user}"))  # the response's items, by slot
     mine = recs[recs["user_id"] == user].sort_values("slot")
-    assert served["items"] == mine["item_id"].tolist() and served["slots"] == mine["slot"].tolist()
+    assert [e["item_id"] for e in served] == mine["item_id"].tolist()
+    assert [e["slot"] for e in served] == mine["slot"].tolist()

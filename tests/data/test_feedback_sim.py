@@ -14,7 +14,7 @@ from pyspark.sql import types as T
 from recsys_spark import io, schema
 from recsys_spark.config import GenerateConfig
 from recsys_spark.data import feedback_sim
-from recsys_spark.data.generate import HOUR_WEIGHTS, build_world
+from recsys_spark.data.world import HOUR_WEIGHTS, build_world
 from recsys_spark.errors import InputError
 from recsys_spark.etl import feedback as feedback_etl
 from recsys_spark.etl.pseudonym import pseudonymise

@@ -16,7 +16,8 @@ from pyspark.sql import functions as F
 
 from recsys_spark import schema
 from recsys_spark.config import Config, GenerateConfig, PathsConfig, load_config
-from recsys_spark.data import generate
+from recsys_spark.data import clickstream, generate, raw_text
+from recsys_spark.data.world import World, build_world, category_heads
 from recsys_spark.errors import ConfigError
 from recsys_spark.etl import adapters
 from recsys_spark.etl.validate import parse_event_time
@@ -49,7 +50,7 @@ def _csv_lines(path: Path) -> list[list[str]]:
 
 
 def _all_events(cfg: GenerateConfig) -> pd.DataFrame:
-    return pd.concat([events for _, events in generate.generate_events(cfg)], ignore_index=True)
+    return pd.concat([events for _, events in clickstream.generate_events(cfg)], ignore_index=True)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def test_clean_csv_matches_the_raw_contract(tmp_path):
 
 def test_every_kind_of_dirt_is_present_in_the_stated_counts(dirty_csv):
     cfg, summary = dirty_csv
-    bots = {str(b) for b in generate.build_world(cfg.generate).bot_user_ids}
+    bots = {str(b) for b in build_world(cfg.generate).bot_user_ids}
     rows = []
     for path in _files(Path(summary["raw_path"])):
         lines = _csv_lines(path)
@@ -114,19 +115,19 @@ def test_every_kind_of_dirt_is_present_in_the_stated_counts(dirty_csv):
     assert counted == summary["dirt"]
     assert all(n > 0 for n in counted.values()), counted
     assert summary["events"] == len(rows)
-    assert {r[col[schema.EVENT_TYPE]] for r in good} - set(schema.EVENT_TYPES) <= set(generate.UNKNOWN_EVENT_TYPES)
+    assert {r[col[schema.EVENT_TYPE]] for r in good} - set(schema.EVENT_TYPES) <= set(raw_text.UNKNOWN_EVENT_TYPES)
 
 
 def test_bots_view_hundreds_of_distinct_items_seconds_apart(dirty_csv):
     cfg, summary = dirty_csv
     gen = cfg.generate
     events = _all_events(gen)
-    bot_events = events[events[schema.USER_ID].isin(generate.build_world(gen).bot_user_ids)]
+    bot_events = events[events[schema.USER_ID].isin(build_world(gen).bot_user_ids)]
     assert len(bot_events) == summary["dirt"]["bot_events"]
     sessions = bot_events.groupby(schema.USER_SESSION)
     assert len(sessions) == gen.days // 3  # one burst on a third of the days
     for _, burst in sessions:
-        assert min(generate.BOT_VIEWS[0], gen.n_items) <= len(burst) == burst[schema.PRODUCT_ID].nunique()
+        assert min(clickstream.BOT_VIEWS[0], gen.n_items) <= len(burst) == burst[schema.PRODUCT_ID].nunique()
         assert (burst[schema.EVENT_TYPE] == "view").all()
         gaps = burst[schema.EVENT_TIME].diff().dropna().dt.total_seconds()
         assert gaps.between(1, 4).all()
@@ -228,15 +229,15 @@ def test_a_purchase_or_removal_follows_a_cart_in_the_same_session():
         assert (after[schema.EVENT_TIME] > after["first_cart"]).all()  # NaT (no cart) compares False
     gaps = events.sort_values([schema.USER_SESSION, schema.EVENT_TIME]).groupby(schema.USER_SESSION)[schema.EVENT_TIME].diff()
     seconds = gaps.dropna().dt.total_seconds()
-    assert seconds.between(1, generate.MAX_VIEW_GAP_S + 60).all()
+    assert seconds.between(1, clickstream.MAX_VIEW_GAP_S + 60).all()
     assert seconds.median() < 120
 
 
 def test_next_item_follows_the_complement_or_category_rule():
     base = {**TINY, **NO_DIRT, "p_cart": 0.0, "p_repeat_view": 0.0}
 
-    def consecutive(cfg: GenerateConfig) -> tuple[generate.World, pd.DataFrame]:
-        world = generate.build_world(cfg)
+    def consecutive(cfg: GenerateConfig) -> tuple[World, pd.DataFrame]:
+        world = build_world(cfg)
         views = _all_events(cfg).sort_values([schema.USER_SESSION, schema.EVENT_TIME], kind="stable")
         index = pd.Series(np.arange(world.n_items), index=world.product_id)
         views["item"] = index[views[schema.PRODUCT_ID]].to_numpy()
@@ -289,7 +290,7 @@ def test_defects_off_gives_a_log_without_faults_or_bots_whatever_the_rates(tmp_p
     summary = generate.run(None, _config(tmp_path / "off", defects=False, n_bots=2, **DIRTY))
     zero = generate.run(None, _config(tmp_path / "zero", **NO_DIRT))
 
-    assert summary["dirt"] == dict.fromkeys(generate.DIRT_KINDS, 0)
+    assert summary["dirt"] == dict.fromkeys(raw_text.DIRT_KINDS, 0)
     files = _files(Path(summary["raw_path"]))
     assert [p.read_bytes() for p in files] == [p.read_bytes() for p in _files(Path(zero["raw_path"]))]
     rows = [row for path in files for row in _csv_lines(path)[1:]]
@@ -301,7 +302,7 @@ def test_defects_off_gives_a_log_without_faults_or_bots_whatever_the_rates(tmp_p
     for column in (schema.USER_ID, schema.PRODUCT_ID, schema.USER_SESSION):
         assert all(r[col[column]] != "" for r in rows), column
     assert all(TIME_RE.match(r[col[schema.EVENT_TIME]]) for r in rows)
-    assert len(generate.build_world(GenerateConfig(**{**TINY, "defects": False, "n_bots": 2})).bot_user_ids) == 0
+    assert len(build_world(GenerateConfig(**{**TINY, "defects": False, "n_bots": 2})).bot_user_ids) == 0
 
 
 @pytest.mark.parametrize("n_users, days", [(1, 6), (150, 1), (1, 1)])
@@ -340,11 +341,11 @@ def test_bursts_are_ratings_like_sessions_of_distinct_items():
     events = _all_events(cfg)
 
     size = events.groupby(schema.USER_SESSION)[schema.PRODUCT_ID].agg(["size", "nunique"])
-    bursts = size[size["size"] >= generate.BURST_EVENTS[0]]
+    bursts = size[size["size"] >= clickstream.BURST_EVENTS[0]]
     # ~150 users x 5 sessions x 0.2 = ~150 bursts.
     assert 100 < len(bursts) < 200
     assert (bursts["size"] == bursts["nunique"]).all() and bursts["nunique"].max() > 200
-    assert bursts["size"].between(*generate.BURST_EVENTS).all()
+    assert bursts["size"].between(*clickstream.BURST_EVENTS).all()
     in_bursts = events[events[schema.USER_SESSION].isin(bursts.index)]
     assert set(in_bursts[schema.EVENT_TYPE]) == {"view", "purchase"}
     for _, burst in in_bursts.groupby(schema.USER_SESSION):
@@ -485,19 +486,19 @@ def test_regime_overrides_come_first_and_the_callers_win():
 def test_new_items_launch_on_their_day_and_leave_the_rest_of_the_world_alone():
     cfg = GenerateConfig(n_users=800, n_items=400, n_categories=8, days=6, new_items_per_day=15, burst_share=0.2,
                          n_bots=2, seed=5)
-    world = generate.build_world(cfg)
-    without = generate.build_world(GenerateConfig(**{**cfg.__dict__, "new_items_per_day": 0}))
+    world = build_world(cfg)
+    without = build_world(GenerateConfig(**{**cfg.__dict__, "new_items_per_day": 0}))
     assert without.item_launch_day is None
     for name in ("product_id", "popularity", "item_category", "taste_early", "taste_late", "session_user"):
         assert np.array_equal(getattr(world, name), getattr(without, name)), name
     # 15 items on each of days 1..5, none of them its category's most popular item.
     assert np.bincount(world.item_launch_day).tolist() == [400 - 75, 15, 15, 15, 15, 15]
-    heads = generate.category_heads(world.item_category, world.popularity)
+    heads = category_heads(world.item_category, world.popularity)
     assert len(heads) == 8 and (world.item_launch_day[heads] == 0).all()
 
     launch = dict(zip(world.product_id.tolist(), world.item_launch_day.tolist()))
     first_day: dict[int, int] = {}
-    for day, (_, events) in enumerate(generate.generate_events(cfg, world)):
+    for day, (_, events) in enumerate(clickstream.generate_events(cfg, world)):
         for product in events["product_id"].unique().tolist():
             first_day.setdefault(product, day)
     assert all(day >= launch[product] for product, day in first_day.items())

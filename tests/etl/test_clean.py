@@ -24,6 +24,9 @@ from recsys_spark import schema
 from recsys_spark.config import load_config
 from recsys_spark.errors import ConfigError, DataQualityError, InputError
 from recsys_spark.etl import clean
+from recsys_spark.etl.counts import observe
+from recsys_spark.etl.reconciliation import Outcome, bot_report, check_bot_share, check_rejected_share, rejection_report
+from recsys_spark.etl.rules import BehaviourRules, clean_events
 from recsys_spark.etl.validate import Rules, parse_events, valid_events
 
 from tests.etl.test_validate import WINDOW, raw_frame, raw_row
@@ -142,10 +145,10 @@ def test_run_rejects_bad_settings(spark, tmp_path, monkeypatch, override, key):
 
 
 def test_reconciliation_names_every_term():
-    clean.Outcome(rows_read=10, rows_kept=3, duplicates=2, near_duplicates=1, bot_rows=1,
-                  rejected={schema.REASON_BAD_ID: 3}).check()
-    lost = clean.Outcome(rows_read=10, rows_kept=3, duplicates=2, near_duplicates=1, bot_rows=0,
-                         rejected={schema.REASON_BAD_ID: 3})
+    Outcome(rows_read=10, rows_kept=3, duplicates=2, near_duplicates=1, bot_rows=1,
+            rejected={schema.REASON_BAD_ID: 3}).check()
+    lost = Outcome(rows_read=10, rows_kept=3, duplicates=2, near_duplicates=1, bot_rows=0,
+                   rejected={schema.REASON_BAD_ID: 3})
     with pytest.raises(DataQualityError, match=r"read 10 != kept 3 \+ rejected 3 .* bot rows 0 \(off by 1\)"):
         lost.check()
 
@@ -173,12 +176,12 @@ def test_random_mixes_reconcile_and_lose_no_good_row(spark, good, bad, copies):
     extra = [good_rows[0]] * copies
     parsed = parse_events(raw_frame(spark, good_rows + bad_rows + extra), WINDOW, Rules(max_price=1000.0)).cache()
     rejected = parsed.where(F.col(schema.REASON).isNotNull()).count()
-    events, counted = clean.clean_events(valid_events(parsed), b"k", clean.BehaviourRules())
+    events, counted = clean_events(valid_events(parsed), b"k", BehaviourRules())
     kept = events.collect()
     fates = counted.counts(timeout_s=30)
-    clean.Outcome(rows_read=parsed.count(), rows_kept=len(kept), duplicates=fates["duplicates"],
-                  near_duplicates=fates["near_duplicates"], bot_rows=fates["bot_rows"],
-                  rejected={"any": rejected}).check()
+    Outcome(rows_read=parsed.count(), rows_kept=len(kept), duplicates=fates["duplicates"],
+            near_duplicates=fates["near_duplicates"], bot_rows=fates["bot_rows"],
+            rejected={"any": rejected}).check()
     assert rejected == len(bad_rows) and fates["duplicates"] == copies
     assert sorted((r[schema.USER_ID], r[schema.PRODUCT_ID]) for r in kept) == sorted(
         (pseudonym(str(1000 + i), b"k"), p) for i, (_, _, p) in enumerate(good))
@@ -262,7 +265,7 @@ def test_an_observation_spark_never_reports_is_counted_directly(spark):
     # An observation whose frame never ran stands for one that Spark dropped from the plan: the
     # bounded wait gives up and the same aggregates are computed from the frame.
     frame = spark.createDataFrame([(1,), (2,), (3,)], "x int")
-    _, counted = clean._observe(frame, "never_run", F.count(F.when(F.col("x") > 1, 1)).alias("big"))
+    _, counted = observe(frame, "never_run", F.count(F.when(F.col("x") > 1, 1)).alias("big"))
     started = time.monotonic()
     assert counted.counts(timeout_s=0.5) == {"big": 2}
     assert time.monotonic() - started < 60
@@ -275,7 +278,7 @@ def test_observed_counts_of_an_empty_side_arrive(spark, tmp_path):
     from recsys_spark import waits
 
     frame = spark.createDataFrame([(1, "a"), (2, "b")], "x int, y string")
-    empty, counted = clean._observe(frame.where(F.col("x") > 5), "empty_side", F.count(F.lit(1)).alias("n"))
+    empty, counted = observe(frame.where(F.col("x") > 5), "empty_side", F.count(F.lit(1)).alias("n"))
     empty.repartition("y").write.parquet(str(tmp_path / "out"))
     assert waits.observed(counted.observation, timeout_s=30) == {"n": 0}
 
@@ -287,8 +290,8 @@ FATE = {"valid": 110, "duplicates": 6, "near_duplicates": 4, "user_days": 20, "i
 
 
 def test_bot_report_gives_each_rules_user_days_rows_and_shares():
-    bots = clean.bot_report(FATE, clean.BehaviourRules(bot_max_events_per_minute=30,
-                                                       bot_max_distinct_items_per_session=100))
+    bots = bot_report(FATE, BehaviourRules(bot_max_events_per_minute=30,
+                                           bot_max_distinct_items_per_session=100))
     assert bots == {
         "rows": 100, "user_days": 20, "row_share": 0.4, "warning": "",
         "rules": {
@@ -299,21 +302,21 @@ def test_bot_report_gives_each_rules_user_days_rows_and_shares():
 
 
 def test_bot_share_over_the_limit_warns_or_stops_naming_the_keys():
-    rules = clean.BehaviourRules()
+    rules = BehaviourRules()
     cfg = load_config(None, ["clean.bot_max_row_share=0.5"]).clean
-    quiet = clean.bot_report(FATE, rules)
-    clean.check_bot_share(quiet, cfg)
+    quiet = bot_report(FATE, rules)
+    check_bot_share(quiet, cfg)
     assert quiet["warning"] == ""
 
-    warned = clean.bot_report(FATE, rules)
-    clean.check_bot_share(warned, load_config(None, ["clean.bot_max_row_share=0.2"]).clean)
+    warned = bot_report(FATE, rules)
+    check_bot_share(warned, load_config(None, ["clean.bot_max_row_share=0.2"]).clean)
     assert "40.0% of the rows" in warned["warning"] and "clean.bot_max_distinct_items_per_session=100" in warned[
         "warning"] and "clean.bot_max_row_share=1.0" in warned["warning"]
     assert "\n" not in warned["warning"]
 
     stop = load_config(None, ["clean.bot_max_row_share=0.2", "clean.bot_share_action=stop"]).clean
     with pytest.raises(DataQualityError, match=r"flagged 40\.0% .*clean\.bot_max_row_share=0\.2"):
-        clean.check_bot_share(clean.bot_report(FATE, rules), stop)
+        check_bot_share(bot_report(FATE, rules), stop)
 
 
 @pytest.mark.e2e
@@ -422,19 +425,19 @@ def test_a_run_that_keeps_no_row_fails(spark, tmp_path, monkeypatch):
 
 def test_the_gate_names_the_top_reason_and_warns_between_one_percent_and_the_limit():
     cc = load_config(None, ["clean.max_rejected_share=0.1"]).clean
-    outcome = clean.Outcome(rows_read=1000, rows_kept=950, duplicates=0,
-                            rejected={schema.REASON_UNKNOWN_EVENT: 20, schema.REASON_BAD_PRICE: 30})
-    report = clean.rejection_report(outcome, [["price", "-1"]])
+    outcome = Outcome(rows_read=1000, rows_kept=950, duplicates=0,
+                      rejected={schema.REASON_UNKNOWN_EVENT: 20, schema.REASON_BAD_PRICE: 30})
+    report = rejection_report(outcome, [["price", "-1"]])
     assert (report["share"], report["top_reason"], report["top_rows"]) == (0.05, schema.REASON_BAD_PRICE, 30)
-    clean.check_rejected_share(report, cc, "aside")
+    check_rejected_share(report, cc, "aside")
     assert report["warning"].startswith("5.0% of the rows read were rejected (50); top reason bad_price: 30 rows")
-    quiet = clean.rejection_report(clean.Outcome(1000, 990, 0, rejected={schema.REASON_BAD_PRICE: 10}), [])
-    clean.check_rejected_share(quiet, cc, "aside")
+    quiet = rejection_report(Outcome(1000, 990, 0, rejected={schema.REASON_BAD_PRICE: 10}), [])
+    check_rejected_share(quiet, cc, "aside")
     assert quiet["warning"] == ""
-    over = clean.rejection_report(clean.Outcome(1000, 800, 0, rejected={schema.REASON_BAD_PRICE: 200}), [])
+    over = rejection_report(Outcome(1000, 800, 0, rejected={schema.REASON_BAD_PRICE: 200}), [])
     with pytest.raises(DataQualityError, match=r"20\.0% .*bad_price: 200 rows; more than clean\.max_rejected_share=0\.1, .*in aside\) "
                                                r"\(to accept it: clean\.max_rejected_share=0\.2\)$"):
-        clean.check_rejected_share(over, cc, "aside")
+        check_rejected_share(over, cc, "aside")
 
 
 @pytest.mark.e2e

@@ -229,6 +229,78 @@ def test_without_recommendations_every_exposure_is_unknown(spark, tmp_path):
         2, 0, {**ZERO, schema.FEEDBACK_UNKNOWN_EXPOSURE: 2})
 
 
+def listed(user, item, run_date, slot, propensity, answered_by="realtime"):
+    """One row of a real-time or fallback list the service recorded (SERVED_LIST_SCHEMA)."""
+    return (user, item, slot, propensity, "epsilon", "7:abc", 0.5, "model", "7", answered_by,
+            dt.datetime(run_date.year, run_date.month, run_date.day, 9), run_date)
+
+
+def test_an_exposure_matches_any_served_row_of_its_key_batch_or_service(spark):
+    recommendations = spark.createDataFrame([rec("u1", 0, 10, 0.5, D1), rec("u2", 0, 10, 0.5, D1)],
+                                            schema.RECOMMENDATION_SCHEMA)
+    lists = spark.createDataFrame([listed("u1", 10, D1, 0, 1.0),  # the same key as the batch's, another propensity
+                                   listed("u3", 20, D1, 0, 1.0, "fallback"), listed("u3", 21, D1, 1, 0.25, "fallback")],
+                                  schema.SERVED_LIST_SCHEMA)
+    served = feedback.served_exposures(recommendations, lists)
+    assert sorted((r[schema.USER_ID], r[schema.ITEM_ID], r[schema.SLOT], r["_served_propensities"],
+                   r[feedback.SERVED_PROPENSITY]) for r in served.collect()) == [
+        ("u1", 10, 0, [0.5, 1.0], 0.5), ("u2", 10, 0, [0.5], 0.5), ("u3", 20, 0, [1.0], 1.0),
+        ("u3", 21, 1, [0.25], 0.25)]
+    log = [
+        (fb("u1", 10, D1, 0, 0.5), None),  # the batch's propensity
+        (fb("u4", 10, D1, 0, 0.5), schema.FEEDBACK_UNKNOWN_EXPOSURE),  # served to nobody
+        (fb("u2", 10, D1, 0, 1.0), schema.FEEDBACK_PROPENSITY_DIFFERS),  # u2's key has 0.5 only
+        (fb("u3", 20, D1, 0, 1.0, clicked=True), None),  # a fallback list's row
+        (fb("u3", 21, D1, 1, 0.25 * (1 + 1e-12)), None),  # within 1e-9 of the served 0.25
+        (fb("u3", 21, D1, 1, 0.5, hour=11), schema.FEEDBACK_PROPENSITY_DIFFERS),
+        (fb("u3", 99, D1, 2, 1.0), schema.FEEDBACK_UNKNOWN_EXPOSURE),  # forged: never served
+        (fb("u1", 10, D1, 0, 0.75, hour=11), schema.FEEDBACK_PROPENSITY_DIFFERS),  # neither 0.5 nor 1.0
+        (fb("u1", 10, D1, 0, 1.0, hour=12), schema.FEEDBACK_DUPLICATE),  # the real-time one: valid, a second copy
+    ]
+    logged = spark.createDataFrame([row for row, _ in log], LOGGED).withColumn(schema.SOURCE_FILE, F.lit("f"))
+    flagged = feedback.flag_feedback(logged, served)
+    got = sorted((r[schema.USER_ID], r[schema.ITEM_ID], r[schema.SLOT], r[schema.PROPENSITY], r[schema.REASON])
+                 for r in flagged.collect())
+    assert got == sorted((row[0], row[1], row[3], row[4], fate) for row, fate in log)
+    assert "_served_propensities" not in flagged.columns
+    # Without the service's lists, the batch's rows alone: the fallback's exposures are unknown again.
+    alone = feedback.flag_feedback(logged, feedback.served_exposures(recommendations))
+    assert sorted(r[schema.REASON] or "kept" for r in alone.where("user_id = 'u3'").collect()) == [
+        schema.FEEDBACK_UNKNOWN_EXPOSURE] * 4
+
+
+def write_served_lists(spark, cfg, rows):
+    """The service's recorded lists, where serving/exposures.py writes them under paths.feedback."""
+    frame = spark.createDataFrame(rows, schema.SERVED_LIST_SCHEMA)
+    io.write_partitioned(frame, io.served_lists_path(cfg.paths.resolve("feedback")), schema.RUN_DATE)
+
+
+def test_clean_keeps_the_exposures_of_the_services_recorded_lists(spark, tmp_path):
+    cfg = cfg_at(tmp_path)
+    write_served(spark, cfg)
+    # LOG, plus two exposures of a real-time list for u1 on D1 (slot 1 at another propensity
+    # than the cached list's 0.25) and one with a propensity no list served.
+    extra = [(fb("u1", 11, D1, 1, 0.5, hour=12), schema.FEEDBACK_DUPLICATE),  # valid, u1's slot 1 kept at 0.25
+             (fb("u4", 30, D2, 0, 1.0), None),
+             (fb("u4", 31, D2, 1, 0.3), schema.FEEDBACK_PROPENSITY_DIFFERS)]
+    write_log(spark, cfg, [row for row, _ in LOG + extra])
+    write_served_lists(spark, cfg, [listed("u1", 11, D1, 1, 0.5), listed("u3", 10, D3, 0, 1.0, "fallback"),
+                                    listed("u4", 30, D2, 0, 1.0), listed("u4", 31, D2, 1, 0.2)])
+    assert io.read_feedback(spark, cfg.paths.resolve("feedback")).count() == len(LOG) + 3  # the lists stay hidden
+    summary = feedback.clean_feedback(spark, cfg)
+
+    # LOG's u3 exposure of D3 is a recorded fallback list's now: kept, no longer unknown.
+    fates = [None if row[0] == "u3" else fate for row, fate in LOG + extra]
+    quarantined = expected_quarantined(fates)
+    assert quarantined[schema.FEEDBACK_UNKNOWN_EXPOSURE] == 1  # u1's forged item 99 still is
+    assert (summary["rows_read"], summary["rows_kept"], summary["quarantined"]) == (23, 7, quarantined)
+    assert summary["rows_read"] == summary["rows_kept"] + sum(summary["quarantined"].values())
+    assert kept_rows(spark, cfg) == [
+        ("u1", 10, "2024-03-01", 0, True), ("u1", 11, "2024-03-01", 1, False), ("u1", 12, "2024-03-02", 0, False),
+        ("u2", 10, "2024-03-01", 0, True), ("u2", 11, "2024-03-02", 0, True), ("u3", 10, "2024-03-03", 0, False),
+        ("u4", 30, "2024-03-02", 0, False)]
+
+
 def test_reconciliation_names_every_term():
     outcome = feedback.FeedbackOutcome(rows_read=5, rows_kept=2, quarantined={**ZERO, schema.FEEDBACK_DUPLICATE: 2})
     with pytest.raises(DataQualityError, match=r"^clean feedback does not reconcile: read 5 != kept 2 \+ quarantined 2 "

@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recsys_spark import schema
-from recsys_spark.etl import clean
+from recsys_spark.etl import rules
 from recsys_spark.etl.pseudonym import (
     hmac_pads, pseudonymise, redact_csv_line, redact_json_line, with_key,
 )
@@ -46,7 +46,7 @@ def frame(spark, rows):
     return spark.createDataFrame(rows, EVENT_SCHEMA)
 
 
-RULES = clean.BehaviourRules(near_duplicate_seconds=2, bot_max_events_per_minute=5,
+RULES = rules.BehaviourRules(near_duplicate_seconds=2, bot_max_events_per_minute=5,
                              bot_max_distinct_items_per_session=4, session_gap_minutes=30, max_session_minutes=60)
 
 
@@ -62,7 +62,7 @@ def test_exact_and_near_duplicates(spark):
         event("other_session", 1, session="s2"),
         event("cheaper_same_time", 0, price=1.0),  # sorts first at 0 s, so "first" is its near-duplicate
     ]
-    got = {r.label: (r[clean._DUP], r[clean._NEAR]) for r in clean.flag_duplicates(frame(spark, rows), 2).collect()}
+    got = {r.label: (r[rules._DUP], r[rules._NEAR]) for r in rules.flag_duplicates(frame(spark, rows), 2).collect()}
     assert got == {
         "cheaper_same_time": (False, False), "first": (False, True), "exact_copy": (True, False),
         "double_click_1s": (False, True), "chained_2s_later": (False, True), "3s_later": (False, False),
@@ -73,15 +73,15 @@ def test_exact_and_near_duplicates(spark):
 def test_distinct_items_and_start_of_source_sessions(spark):
     rows = [event("a", 50, product=1), event("b", 10, product=2), event("b_again", 20, product=2, kind="cart"),
             event("c", 30, product=3), event("other", 5, product=1, session="s2")]
-    got = {r.label: (r[clean._DISTINCT], r[clean._SOURCE_START]) for r in
-           clean.flag_duplicates(frame(spark, rows), 1).collect()}
+    got = {r.label: (r[rules._DISTINCT], r[rules._SOURCE_START]) for r in
+           rules.flag_duplicates(frame(spark, rows), 1).collect()}
     s1 = (3, T0 + 10_000_000)
     assert got == {"a": s1, "b": s1, "b_again": s1, "c": s1, "other": (1, T0 + 5_000_000)}
 
 
 def _behaviour(spark, rows):
-    flagged = clean.flag_duplicates(frame(spark, rows), RULES.near_duplicate_seconds)
-    return {r.label: r for r in clean.sessionise_and_flag_bots(flagged, RULES).collect()}
+    flagged = rules.flag_duplicates(frame(spark, rows), RULES.near_duplicate_seconds)
+    return {r.label: r for r in rules.sessionise_and_flag_bots(flagged, RULES).collect()}
 
 
 def test_sessions_by_gap_and_overlong_split(spark):
@@ -114,7 +114,7 @@ def test_bots_by_rate_and_by_distinct_items(spark):
     rows += [event(f"burst{i}", 0, user=11, product=400 + i % 2, price=1.0 + i) for i in range(6)]  # 6 at one time
     rows += [event(f"tied{i}", 59.5 * (i // 5), user=12, product=400 + i % 2, price=1.0 + i) for i in range(10)]
     got = _behaviour(spark, rows)
-    bots = {label.rstrip("0123456789") for label, r in got.items() if r[clean._BOT]}
+    bots = {label.rstrip("0123456789") for label, r in got.items() if r[rules._BOT]}
     # tied: 5 events at 0 s and 5 at 59.5 s, so 10 in some 60 s
     assert bots == {"fast", "browser", "burst", "tied"}  # 3 items per session for user 10: not a bot
 
@@ -123,7 +123,7 @@ def test_clean_events_counts_each_fate_and_hides_raw_ids(spark):
     rows = [event("keep", 0), event("dup", 0), event("near", 1), event("later", 100, product=2)]
     rows += [event(f"bot{i}", i, user=99, product=500 + i) for i in range(6)]  # 6 items: leaves before the rate rule
     rows += [event(f"fast{i}", 3 * i, user=98, product=600 + i % 2) for i in range(6)]  # 2 items, 6 in 15 s
-    out, fates = clean.clean_events(frame(spark, rows).drop("label"), b"k", RULES)
+    out, fates = rules.clean_events(frame(spark, rows).drop("label"), b"k", RULES)
     kept = out.collect()
     counts = fates.counts(timeout_s=30)
     # user-days: users 5 (keep, dup, near, later), 99 and 98, one day each
@@ -138,7 +138,7 @@ def test_clean_events_counts_each_fate_and_hides_raw_ids(spark):
 
 def test_generated_session_ids_hash_the_pseudonym(spark):
     rows = [event("a", 0, session=None), event("b", 90 * 60, session=None)]  # a 90-minute gap: two sessions
-    out, _ = clean.clean_events(frame(spark, rows).drop("label"), b"k", RULES)
+    out, _ = rules.clean_events(frame(spark, rows).drop("label"), b"k", RULES)
     pseudonym = hmac.new(b"k", b"5", hashlib.sha256).hexdigest()[:16]
     expected = {hashlib.sha256(f"{pseudonym}|{T0 + s * 1_000_000}".encode()).hexdigest()[:32] for s in (0, 5400)}
     assert {r[schema.SESSION_ID] for r in out.collect()} == expected
@@ -155,7 +155,7 @@ def test_pseudonym_is_hmac_sha256(spark, key):
 def test_the_key_is_in_no_query_plan(spark):
     key = b"plan-secret-key"
     rows = [event("a", 0)]
-    out, _ = clean.clean_events(frame(spark, rows).drop("label"), key, RULES)
+    out, _ = rules.clean_events(frame(spark, rows).drop("label"), key, RULES)
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         out.explain("extended")

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import json
-import math
 from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from pyspark.sql import functions as F
 
 from recsys_spark import io
 from recsys_spark import schema
@@ -21,47 +18,12 @@ from recsys_spark.errors import ConfigError, InputError
 from recsys_spark.evaluation import evaluate
 from recsys_spark.evaluation import intervals
 from recsys_spark.metrics import metric_names
-from recsys_spark.models.rankers import PopularityRanker, vocab_column
 
+from tests.evaluation.kit import G2, KS, POPULARITY, TEST_USERS, eval_rows
 from tests.evaluation.test_metrics import pandas_reference
 from tests.evaluation.test_rankers import MAX_SEQ_LEN, NUM_ITEMS, tiny_bundle
 from tests.models.test_ranking import brute_force
 
-KS = [1, 2]
-G2 = 1 / math.log2(3)
-
-# user, hist_items (L = 4), seen_items, target_items, target_events. Popularity order: 2, 3, 4, 5, 6, 7;
-# with head_share 0.2 of the 155 pretest interactions, item 2 alone is the head.
-TEST_USERS = [
-    ("u1", [0, 0, 0, 2], [2], [3], [1]),  # popularity top-2: 3, 4 -> hit at rank 1
-    ("u2", [0, 0, 0, 1], [], [4, 7], [1, 1]),  # 2, 3 -> no hit
-    ("u3", [0, 0, 0, 3], [3], [4, 2], [4, 1]),  # 2, 4 -> hits at ranks 1 (viewed) and 2 (purchased)
-    ("u4", [0, 2, 3, 4], [2, 3, 4], [6], [2]),  # 5, 6 -> hit at rank 2 (carted)
-    ("u5", [0, 0, 5, 6], [5, 6], [], []),  # no target: left out of every average
-]
-# The popularity baseline by hand, averaged over u1..u4.
-POPULARITY = {
-    "recall@1": (1 + 0 + 1 / 2 + 0) / 4,
-    "ndcg@1": (1 + 0 + 1 + 0) / 4,  # u3: IDCG@1 covers min(1, 2) = 1 position
-    "map@1": (1 + 0 + 1 + 0) / 4,
-    "hitrate@1": (1 + 0 + 1 + 0) / 4,
-    "recall@2": (1 + 0 + 1 + 1) / 4,
-    "ndcg@2": (1 + 0 + (1 + G2) / (1 + G2) + G2) / 4,
-    "map@2": (1 + 0 + (1 + 1) / 2 + (1 / 2) / 1) / 4,
-    "hitrate@2": (1 + 0 + 1 + 1) / 4,
-    "mrr": (1 + 0 + 1 + 1 / 2) / 4,
-    "precision@1": (1 + 0 + 1 + 0) / 4,
-    "precision@2": (1 / 2 + 0 + 1 + 1 / 2) / 4,
-    "f1@1": (1 + 0 + 2 / 3 + 0) / 4,  # u3: P 1, R 1/2
-    "f1@2": (2 / 3 + 0 + 1 + 2 / 3) / 4,  # u1, u4: P 1/2, R 1
-    # Over the eligible (unseen) items: u1 3 first of 3..7; u2 4 (above 5, 6) and 7 (last) of 2..7:
-    # (2/4 + 0) / 2; u3 2 and 4 first of 2, 4..7; u4 6 second of 5, 6, 7.
-    "auc": (1 + 1 / 4 + 1 + 1 / 2) / 4,
-    "coverage@1": 3 / 6,  # {3, 2, 2, 5}
-    "coverage@2": 5 / 6,  # {3, 4, 2, 3, 2, 4, 5, 6}
-    "head_share@1": (0 + 1 + 1 + 0) / 4,  # item 2 tops u2 and u3
-    "head_share@2": (0 + 1 / 2 + 1 / 2 + 0) / 4,
-}
 # ndcg@2 of popularity per user u1..u4 (the bootstrap resamples these).
 POPULARITY_NDCG2 = [1.0, 0.0, 1.0, G2]
 # ndcg@2 of popularity per segment (cold: fewer than 2 seen items, i.e. u1, u2, u3).
@@ -88,14 +50,6 @@ VALIDATION_USERS = [
     ("v3", [0, 0, 4, 2], [2, 4], [3], [2]),
 ]
 TRAIN_WINDOWS = [[0, 2, 3, 4, 2], [0, 0, 3, 5, 1], [2, 3, 4, 5, 6], [0, 0, 0, 6, 7]]
-
-
-def eval_rows(users=TEST_USERS) -> list[tuple]:
-    rows = []
-    for user, hist, seen, targets, target_events in users:
-        events = [1 if i else 0 for i in hist]
-        rows.append((user, hist, events, [0] * len(hist), seen, targets, target_events))
-    return rows
 
 
 def write_features(spark, root: str, bundle, validation=VALIDATION_USERS, train_windows=TRAIN_WINDOWS) -> None:
@@ -338,64 +292,6 @@ def test_a_new_challenger_is_compared_with_the_champion_on_the_same_test_data(sp
 
 
 @pytest.mark.unit
-def test_segments_split_users_by_history_and_targets_by_popularity_and_event():
-    targets = [np.array([3]), np.array([4, 7]), np.array([4, 2]), np.array([6])]
-    events = [np.array([1]), np.array([1, 1]), np.array([4, 1]), np.array([2])]
-    is_head = np.zeros(8, dtype=bool)
-    is_head[2] = True
-    parts = evaluate.segments_of(targets, events, np.array([1, 0, 1, 3]), is_head, cold_user_threshold=2)
-    assert set(parts) == set(evaluate.SEGMENTS)
-    got = {name: (index.tolist(), [t.tolist() for t in kept]) for name, (index, kept) in parts.items()}
-    assert got["all"] == ([0, 1, 2, 3], [[3], [4, 7], [4, 2], [6]])
-    assert got["cold_users"] == ([0, 1, 2], [[3], [4, 7], [4, 2]])
-    assert got["warm_users"] == ([3], [[6]])
-    assert got["head_targets"] == ([2], [[2]])
-    assert got["tail_targets"] == ([0, 1, 2, 3], [[3], [4, 7], [4], [6]])
-    assert got["view_targets"] == ([0, 1, 2], [[3], [4, 7], [2]])
-    assert got["cart_targets"] == ([3], [[6]])
-    assert got["purchase_targets"] == ([2], [[4]])
-
-
-def test_exclusions_by_event_type_come_from_the_clean_events_before_the_cutoff(spark):
-    import datetime as dt
-
-    cutoff = dt.datetime(2019, 10, 10, tzinfo=dt.timezone.utc)
-    day = lambda d: dt.datetime(2019, 10, d, 12, tzinfo=dt.timezone.utc)  # noqa: E731
-    events = [  # (time, type, product, user): products 1002.. are items 2..
-        (day(1), "purchase", 1002, "u1"), (day(2), "view", 1003, "u1"), (day(3), "purchase", 1004, "u2"),
-        (day(11), "purchase", 1005, "u1"),  # after the cutoff
-        (day(4), "purchase", 999, "u2"),  # no vocabulary item
-    ]
-    rows = [(t, e, p, None, None, None, None, u, "s", t.date()) for t, e, p, u in events]
-    clean = spark.createDataFrame(rows, schema.CLEAN_SCHEMA)
-    vocab = spark.createDataFrame([(i, 1000 + i, 0, 0, 0, 1, 1) for i in range(2, 8)], schema.ITEM_VOCAB_SCHEMA)
-    excluded = evaluate.excluded_items(clean, vocab, cutoff, ["purchase"])
-    assert {r[schema.USER_ID]: list(r[evaluate.EXCLUDE_ITEMS]) for r in excluded.collect()} == {"u1": [2], "u2": [4]}
-
-    test = spark.createDataFrame(eval_rows(), schema.EVAL_SCHEMA)
-    joined = evaluate.with_exclusions(test, excluded)
-    got = {r[schema.USER_ID]: list(r[evaluate.EXCLUDE_ITEMS]) for r in joined.collect()}
-    assert got == {"u1": [2], "u2": [4], "u3": [], "u4": [], "u5": []}
-    assert evaluate.with_exclusions(test, None) is test
-
-
-def test_exclusions_follow_each_users_own_cutoff(spark):
-    import datetime as dt
-
-    day = lambda d: dt.datetime(2019, 10, d, 12, tzinfo=dt.timezone.utc)  # noqa: E731
-    events = [(day(1), "purchase", 1002, "u1"), (day(5), "purchase", 1003, "u1"),
-              (day(1), "purchase", 1004, "u2"), (day(5), "purchase", 1005, "u2")]
-    rows = [(t, e, p, None, None, None, None, u, "s", t.date()) for t, e, p, u in events]
-    clean = spark.createDataFrame(rows, schema.CLEAN_SCHEMA)
-    vocab = spark.createDataFrame([(i, 1000 + i, 0, 0, 0, 1, 1) for i in range(2, 8)], schema.ITEM_VOCAB_SCHEMA)
-    # leave_last_out: u1's test target on day 3, u2's on day 9.
-    cutoffs = spark.createDataFrame([("u1", day(2), day(3)), ("u2", day(8), day(9))], schema.USER_SPLIT_SCHEMA)
-    joined = clean.join(cutoffs.select(schema.USER_ID, schema.TEST_AT), schema.USER_ID)
-    excluded = evaluate.excluded_items(joined, vocab, F.col(schema.TEST_AT), ["purchase"])
-    assert {r[schema.USER_ID]: list(r[evaluate.EXCLUDE_ITEMS]) for r in excluded.collect()} == {"u1": [2], "u2": [4, 5]}
-
-
-@pytest.mark.unit
 def test_config_is_checked_before_any_work():
     ok = EvaluateConfig()
     replace(ok, primary_metric="coverage@20")
@@ -413,78 +309,6 @@ def test_config_is_checked_before_any_work():
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             replace(ok, **change)
     replace(ok, baselines=["popularity"], als_ranks=[])  # ALS off: its grid is unused
-
-
-@pytest.mark.unit
-def test_a_model_trained_on_another_vocabulary_is_refused():
-    bundle = tiny_bundle()
-    evaluate.check_same_vocabulary(bundle, bundle.item_vocab, NUM_ITEMS, "1")
-    shifted = bundle.item_vocab.assign(**{schema.PRODUCT_ID: bundle.item_vocab[schema.PRODUCT_ID] + 1})
-    with pytest.raises(InputError, match="another item vocabulary"):
-        evaluate.check_same_vocabulary(bundle, shifted, NUM_ITEMS, "1")
-
-
-@pytest.mark.unit
-def test_gate_coverage_and_headline_metrics():
-    assert evaluate.gate_coverage_metric("ndcg@20", [5, 20, 50]) == "coverage@20"
-    assert evaluate.gate_coverage_metric("mrr", [5, 20, 50]) == "coverage@50"
-    assert evaluate.headline_metrics("ndcg@2", KS) == [
-        "ndcg@2", "recall@2", "map@2", "hitrate@2", "precision@2", "f1@2", "coverage@2", "mrr", "auc", "novelty@2",
-        "diversity@2", "head_share@2",
-    ]
-    assert evaluate.headline_metrics("mrr", KS)[:2] == ["mrr", "recall@2"]
-
-
-def test_per_user_metrics_measure_auc_in_every_segment_from_the_whole_ranking(spark):
-    counts, present = vocab_column(tiny_bundle().item_vocab, schema.PRETEST_COUNT, NUM_ITEMS)
-    stats = evaluate.ItemStats.from_vocab(tiny_bundle().item_vocab, schema.PRETEST_COUNT, NUM_ITEMS, 0.2)
-    rows = spark.createDataFrame(eval_rows(), schema.EVAL_SCHEMA).where(F.size(schema.TARGET_ITEMS) > 0)
-    rankers = {"popularity": functools.partial(PopularityRanker, counts, torch.from_numpy(present))}
-    per_user = evaluate.per_user_metrics(rows, rankers, KS, 3, stats, cold_user_threshold=2).toPandas()
-    got = {segment: dict(zip(part[schema.USER_ID], part["auc"])) for segment, part in per_user.groupby("segment")}
-    # By hand (see POPULARITY): each user's AUC over the items not seen, targets of the segment only.
-    assert got["all"] == pytest.approx({"u1": 1.0, "u2": 1 / 4, "u3": 1.0, "u4": 1 / 2}, abs=1e-12)
-    assert got["tail_targets"] == pytest.approx({"u1": 1.0, "u2": 1 / 4, "u3": 3 / 4, "u4": 1 / 2}, abs=1e-12)
-    assert got["head_targets"] == pytest.approx({"u3": 1.0}, abs=1e-12)
-    assert got["cart_targets"] == pytest.approx({"u4": 1 / 2}, abs=1e-12)
-    overall = per_user[per_user["segment"] == "all"].mean(numeric_only=True)
-    for name in ("precision@1", "precision@2", "f1@1", "f1@2", "auc"):
-        assert overall[name] == pytest.approx(POPULARITY[name], abs=1e-12), name
-
-
-def test_per_user_values_collect_segment_all_by_user_and_ranker(spark):
-    def row(ranker, segment, user, value):
-        names = evaluate.all_metric_names(KS)
-        return (ranker, segment, user, 1, *[value + i for i in range(len(names))], [2, 3])
-
-    rows = [row("model", "all", "u2", 0.5), row("model", "all", "u1", 0.25), row("popularity", "all", "u1", 1.0),
-            row("model", "cold_users", "u1", 9.0)]  # other segments are left out
-    per_user = spark.createDataFrame(rows, evaluate.per_user_schema(KS))
-    users, rankers, values = evaluate.per_user_values(per_user, ["ndcg@2", "mrr"])
-    names = evaluate.all_metric_names(KS)
-    assert users.tolist() == ["u1", "u2"] and rankers == ["model", "popularity"]
-    ndcg, mrr = names.index("ndcg@2"), names.index("mrr")
-    assert values[:, 0].tolist() == [[0.25 + ndcg, 0.25 + mrr], [0.5 + ndcg, 0.5 + mrr]]
-    assert values[0, 1].tolist() == [1.0 + ndcg, 1.0 + mrr] and np.isnan(values[1, 1]).all()
-
-
-@pytest.mark.unit
-def test_compare_rankers_pairs_the_model_with_the_champion_and_every_baseline():
-    names = evaluate.all_metric_names(KS)
-    rng = np.random.default_rng(0)
-    values = rng.random((6, 4, len(names)))
-    rankers = ["als", "champion", "model", "popularity"]
-    ec = replace(EvaluateConfig(), bootstrap_samples=200)
-    singles, paired = evaluate.compare_rankers(values, rankers, KS, "ndcg@2", ec)
-    assert set(singles) == set(rankers) and all(set(m) == set(names) for m in singles.values())
-    assert list(paired) == ["model_vs_champion", "model_vs_als", "model_vs_popularity"]
-    assert list(paired["model_vs_als"]) == [n for n in evaluate.headline_metrics("ndcg@2", KS) if n != "coverage@2"]
-    ndcg = names.index("ndcg@2")
-    assert singles["als"]["ndcg@2"] == intervals.mean_interval(values[:, 0, ndcg], 200, ec.bootstrap_seed, ec.confidence)
-    assert paired["model_vs_als"]["ndcg@2"] == intervals.mean_interval(values[:, 2, ndcg] - values[:, 0, ndcg], 200,
-                                                               ec.bootstrap_seed, ec.confidence)
-    # Without the model (it never happens in run) there is nothing to pair.
-    assert evaluate.compare_rankers(values[:, :2], rankers[:2], KS, "ndcg@2", ec)[1] == {}
 
 
 @pytest.mark.unit

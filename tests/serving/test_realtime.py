@@ -5,7 +5,8 @@ events and features, with the tiny model registered as the champion, then:
   wrote for them (items, slots, sources, scores, propensities), exploration included;
 - the cached answer is the score stage's Parquet;
 - the exposures the service writes come back through clean's feedback path, read = kept +
-  quarantined, the served rows of the Parquet kept.
+  quarantined: the cached, real-time and fallback lists' rows kept (the latter two recorded under
+  paths.feedback/_served_lists), a forged item or propensity quarantined.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import datetime as dt
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
@@ -130,22 +132,44 @@ def test_a_posted_history_gets_the_score_stages_list_and_the_cache_serves_its_pa
 
 def test_the_exposures_come_back_through_cleans_feedback_path(pipeline, spark):
     from recsys_spark.etl.feedback import clean_feedback
+    from recsys_spark.serving.exposures import arrow_schema
 
     cfg, key, service, recs, _ = pipeline
     client = TestClient(create_app(service))
     assert client.get("/v1/recommendations/101", params={"k": 3}).json()["answered_by"] == "cache"
-    assert client.get("/v1/recommendations/999").json()["answered_by"] == "fallback"  # no such row was scored
+    new = client.get("/v1/recommendations/999").json()  # no such row was scored
+    assert new["answered_by"] == "fallback" and len(new["items"]) == K
+    posted = [{"product_id": 1009, "event_type": "view", "category_id": CATEGORY.get(1009),
+               "event_time": T0.isoformat()}]
+    realtime = client.post("/v1/recommendations", json={"user_id": 998, "events": posted}).json()
+    assert realtime["answered_by"] == "realtime" and realtime["items"]
     counts = service.writer.close()
     assert counts.lost == 0 and counts.pending == 0
+    # What a shop could forge beside them: an item the service never served the new user, and one
+    # of its served items at another propensity.
+    user, served = ids.pseudonym(999, key), new["items"][0]
+    forged = [(user, 424242, 0, 1.0), (user, served["item_id"], served["slot"], served["propensity"] / 2)]
+    shown = dt.datetime.now(dt.timezone.utc)
+    table = pa.Table.from_pylist([dict(zip(arrow_schema(schema.ID_INTEGER).names, (
+        u, item, slot, p, new["policy"], new["policy_version"], shown, False, None))) for u, item, slot, p in forged],
+        schema=arrow_schema(schema.ID_INTEGER))
+    pq.write_table(table, f"{cfg.paths.resolve('feedback')}/run_date={DAY}/part-forged.parquet")
+
     report = clean_feedback(spark, cfg)
-    quarantined = sum(report["quarantined"].values())
-    assert report["rows_read"] == counts.written == report["rows_kept"] + quarantined
-    # The cached lists (and the real-time ones, equal to them) are served rows: kept; the new user's
-    # fallback list was never written by score: each of its rows quarantined as unknown.
-    assert report["quarantined"][schema.FEEDBACK_UNKNOWN_EXPOSURE] == K
-    assert report["rows_kept"] >= 3
+    quarantined = report["quarantined"]
+    assert report["rows_read"] == counts.written + 2 == report["rows_kept"] + sum(quarantined.values())
+    # Every list served (cached, real-time, fallback) is a served row: only the forged rows are
+    # quarantined, beside the second copies of an exposure (the first test served the same lists).
+    assert quarantined[schema.FEEDBACK_UNKNOWN_EXPOSURE] == 1
+    assert quarantined[schema.FEEDBACK_PROPENSITY_DIFFERS] == 1
+    assert sum(quarantined.values()) == 2 + quarantined[schema.FEEDBACK_DUPLICATE]
     kept = spark.read.parquet(cfg.paths.resolve("clean_feedback")).toPandas()
-    assert set(kept[schema.USER_ID]) <= set(recs[schema.USER_ID])
+    by_user = kept.groupby(schema.USER_ID).size()
+    assert by_user[user] == K and by_user[ids.pseudonym(998, key)] == len(realtime["items"])  # fallback and real-time lists: kept
+    assert by_user[ids.pseudonym(101, key)] >= 3
+    lists = io.read_served_lists(spark, cfg.paths.resolve("feedback")).toPandas()
+    assert set(lists[lists[schema.USER_ID] == user][schema.ANSWERED_BY]) == {"fallback"}
+    assert set(lists[lists[schema.USER_ID] == ids.pseudonym(998, key)][schema.ANSWERED_BY]) == {"realtime"}
 
 
 @pytest.mark.timeout(300)

@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 from recsys_spark import schema
 from recsys_spark.serving import ids
 from recsys_spark.serving.app import create_app
-from recsys_spark.serving.exposures import ExposureWriter
-from recsys_spark.serving.realtime import SessionEvent, micros_of
+from recsys_spark.serving.exposures import ExposureWriter, Shown
+from recsys_spark.serving.realtime import ServedList, SessionEvent, micros_of
 
 from tests.redis_server import RedisServer
 from tests.serving import kit
@@ -287,8 +287,8 @@ def test_a_killed_exposure_writer_loses_one_batch_and_reports_it(tmp_path, redis
 def test_the_writer_flushes_on_time_and_hides_half_written_files(tmp_path):
     writer = ExposureWriter(str(tmp_path / "feedback"), batch_rows=1000, flush_seconds=0.2).start()
     shown = dt.datetime(2024, 1, 2, 3, tzinfo=dt.timezone.utc)
-    writer.append([("u", 1002, "2024-01-02", 0, 0.5, "epsilon", "1:x", shown, False, None)])
-    writer.append([("u", 1003, "2024-01-03", 1, 1.0, "epsilon", "1:x", shown, False, None)])
+    writer.append(Shown("u", ServedList([1002], [0.5], ["model"], [0.5]), "2024-01-02", "epsilon", "1:x", shown))
+    writer.append(Shown("u", ServedList([1003], [0.1], ["model"], [1.0]), "2024-01-03", "epsilon", "1:x", shown))
     deadline = dt.datetime.now() + dt.timedelta(seconds=10)
     while writer.counts().written < 2 and dt.datetime.now() < deadline:
         __import__("time").sleep(0.05)
@@ -299,9 +299,58 @@ def test_the_writer_flushes_on_time_and_hides_half_written_files(tmp_path):
     row = pq.read_table(next((tmp_path / "feedback").rglob("*.parquet"))).to_pylist()[0]
     assert row[schema.SHOWN_AT] == shown and row[schema.PURCHASED] is None
     full = ExposureWriter(str(tmp_path / "other"), batch_rows=2, flush_seconds=60, max_pending_rows=2)
-    assert full.append([("u", 1, "2024-01-02", 0, 1.0, None, None, shown, False, None)] * 3) is False
+    assert full.append(Shown("u", ServedList([1, 2, 3], [0.0] * 3, ["fallback"] * 3, [1.0] * 3), "2024-01-02", None,
+                             None, shown)) is False
     assert full.counts().lost == 3
     assert json.dumps(writer.close().__dict__)
+
+
+def test_realtime_and_fallback_lists_are_recorded_before_their_exposures(tmp_path):
+    from recsys_spark.serving import service as service_module
+    from recsys_spark.serving.exposures import RECORDED, write_atomically
+
+    assert RECORDED == (service_module.REALTIME, service_module.FALLBACK)
+    paths = []
+
+    def write(table, path, filesystem):
+        paths.append(path.removeprefix(str(tmp_path / "feedback") + "/"))
+        write_atomically(table, path, filesystem)
+
+    writer = ExposureWriter(str(tmp_path / "feedback"), batch_rows=5, flush_seconds=60, write=write).start()
+    shown = dt.datetime(2024, 1, 2, 3, tzinfo=dt.timezone.utc)
+    writer.append(Shown("u", ServedList([1002, 1003], [0.5, 0.25], ["model", "explore"], [0.9, 0.1]), "2024-01-02",
+                        "epsilon", "1:x", shown, "realtime", "1"))
+    writer.append(Shown("v", ServedList([1004], [0.0], ["fallback"], [1.0]), "2024-01-02", "epsilon", "1:x", shown,
+                        "fallback", "1"))
+    writer.append(Shown("w", ServedList([1005, 1006], [0.0, 0.0], ["model"] * 2, [1.0, 1.0]), "2024-01-02",
+                        "epsilon", "1:x", shown, "cache", "1"))  # 5 rows: one batch
+    assert writer.close().written == 5
+    [lists, exposures] = paths  # the lists' file first, under the same name
+    assert lists.startswith("_served_lists/run_date=2024-01-02/part-") and exposures == lists.split("/", 1)[1]
+    recorded = pq.read_table(tmp_path / "feedback" / lists).to_pylist()
+    assert [(r[schema.USER_ID], r[schema.ITEM_ID], r[schema.SLOT], r[schema.PROPENSITY], r[schema.SCORE],
+             r[schema.SOURCE], r[schema.ANSWERED_BY], r[schema.MODEL_VERSION]) for r in recorded] == [
+        ("u", 1002, 0, 0.9, 0.5, "model", "realtime", "1"), ("u", 1003, 1, 0.1, 0.25, "explore", "realtime", "1"),
+        ("v", 1004, 0, 1.0, 0.0, "fallback", "fallback", "1")]  # the cached list is not recorded
+    assert recorded[0][schema.SERVED_AT] == shown and recorded[0][schema.POLICY_VERSION] == "1:x"
+    assert pq.read_table(tmp_path / "feedback").num_rows == 5  # pyarrow's reader skips _served_lists
+
+
+def test_a_failed_write_of_the_lists_writes_none_of_their_exposures(tmp_path):
+    from recsys_spark.serving.exposures import write_atomically
+
+    def write(table, path, filesystem):
+        if "/_served_lists/" in path:
+            raise OSError("disk full")  # a crash between the two files: the lists' file comes first
+        write_atomically(table, path, filesystem)
+
+    writer = ExposureWriter(str(tmp_path / "feedback"), batch_rows=1, flush_seconds=60, write=write).start()
+    shown = dt.datetime(2024, 1, 2, 3, tzinfo=dt.timezone.utc)
+    writer.append(Shown("u", ServedList([1002], [0.5], ["model"], [0.9]), "2024-01-02", "epsilon", "1:x", shown,
+                        "realtime", "1"))
+    counts = writer.close()
+    assert (counts.written, counts.lost, counts.files) == (0, 1, 0)
+    assert not list((tmp_path / "feedback").rglob("*.parquet"))  # no exposure without its list
 
 
 def test_serve_settings_out_of_range_fail_by_name():
@@ -317,3 +366,33 @@ def test_serve_settings_out_of_range_fail_by_name():
                            ({"model_poll_seconds": -1}, "serve.model_poll_seconds must be > 0")]:
         with pytest.raises(ConfigError, match=message):
             from_dict({"serve": serve})
+
+
+def test_sessions_posted_at_once_are_ranked_in_one_block_with_the_lists_they_get_alone(served):
+    """Concurrent sessions share one Recommender block (realtime.RealtimeRanker): each gets the list
+    it gets alone, propensities included, and fewer blocks than sessions run."""
+    import threading
+
+    cfg, service = served
+    ranker = service.champions.current.lists
+    sessions = [(ids.pseudonym(str(u), kit.KEY), session_events()[: 1 + u % 4]) for u in range(16)]
+    alone = [ranker.rank(user, events) for user, events in sessions]
+    blocks = []
+    rank_block = ranker._rank_block
+
+    def counted(rows):
+        blocks.append(len(rows))
+        time.sleep(0.05)  # a slow block: the others queue behind it
+        return rank_block(rows)
+
+    ranker._rank_block = counted
+    together: dict[int, object] = {}
+    threads = [threading.Thread(target=lambda i=i: together.__setitem__(i, ranker.rank(*sessions[i])))
+               for i in range(len(sessions))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert [together[i] for i in range(len(sessions))] == alone
+    assert sum(blocks) == len(sessions) and len(blocks) < len(sessions) and max(blocks) > 1
+    assert any(p < 1 for served in alone for p in served.propensities)  # exploration was on

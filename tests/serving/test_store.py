@@ -3,13 +3,14 @@ a publish that stops before its switch."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
 import redis
 
 from recsys_spark.config import ServeConfig
-from recsys_spark.serving.store import CachedList, RecommendationStore, StoreError, connect, encode_list
+from recsys_spark.serving.store import CachedList, RecommendationStore, StoredList, StoreError, connect, encode_list
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
@@ -204,3 +205,25 @@ def dump(client: redis.Redis) -> dict[bytes, object]:
         kind = client.type(key)
         out[key] = {b"string": client.get, b"hash": client.hgetall, b"list": lambda k: client.lrange(k, 0, -1)}[kind](key)
     return out
+
+
+def test_the_service_reader_survives_a_script_flush_and_reads_both_layouts(store, reader):
+    """The service's reader (store.ListReader) sends EVALSHA: after SCRIPT FLUSH it loads the script
+    again; a value of the earlier layout (an object of five arrays) is still read."""
+    publish(store, "2019-10-01-7-v1", ["u1"], tag=10)
+    assert reader.get("u1").items == (10, 11)
+    store.client.script_flush()
+    assert reader.get("u1").items == (10, 11) and reader.get("nobody") is None
+    old = json.dumps({"items": [7, 8], "scores": [0.5, 0.25], "slots": [0, 1], "sources": ["model", "explore"],
+                      "propensities": [0.9, 0.1]}).encode()
+    store.client.set(store.user_key("2019-10-01-7-v1", "u2"), old)
+    assert reader.get("u2").items == (7, 8) and reader.get("u2", k=1).propensities == (0.9,)
+    version, raw = reader.get_value("u1")
+    assert version == "2019-10-01-7-v1" and raw == value(10)
+    whole, first = StoredList(raw), StoredList(raw, k=1)
+    assert (len(whole), len(first)) == (2, 1) and whole.items_json() == raw
+    assert json.loads(first.items_json()) == [{"item_id": 10, "slot": 0, "score": 10.0, "source": "model",
+                                               "propensity": 1.0}]
+    assert StoredList(old, k=1).items_json() == encode_list([7], [0.5], [0], ["model"], [0.9])
+    with pytest.raises(StoreError, match="a stored list is not the JSON of items"):
+        StoredList(b"nonsense")

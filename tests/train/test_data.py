@@ -1,4 +1,4 @@
-"""Per-rank training data (Petastorm shards), evaluation rows, item features, validation metrics."""
+"""Per-rank training data (Petastorm shards), evaluation rows, item features (train/data.py)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from torch import nn
 
 from recsys_spark import schema
 from recsys_spark.errors import DataQualityError, InputError
 from recsys_spark.train import data
-from recsys_spark.config import TrainConfig
-from recsys_spark.train.checkpoint import save_checkpoint, state_checksum
-from recsys_spark.train.schedule import lr_factor
-from recsys_spark.train.validation import ranking_values
 
 pytestmark = pytest.mark.unit
 
@@ -177,120 +172,3 @@ def test_metadata_and_item_features(features):
         data.item_feature_arrays(vocab, num_items=3)
     with pytest.raises(DataQualityError, match="more than once"):
         data.item_feature_arrays(pd.concat([vocab, vocab]), num_items=5)
-
-
-class FixedScores(nn.Module):
-    """Stand-in model: user vector = one-hot of the row's last history item; items score = table."""
-
-    def __init__(self, table: torch.Tensor):
-        super().__init__()
-        self.table = table  # [users, items]: scores of each user (picked by last hist item)
-
-    def item_vectors(self) -> torch.Tensor:
-        return torch.eye(self.table.shape[1])
-
-    user_vector = "last"
-
-    def sequence_vectors(self, items, events, gaps) -> torch.Tensor:
-        return self.table[items]
-
-
-def test_ranking_sums_match_hand_computed_ndcg_and_recall():
-    # 6 item indices (0 pad, 1 OOV, real 2..5); k = 2.
-    table = torch.tensor([
-        [9.0, 9.0, 4.0, 3.0, 2.0, 1.0],  # user 0: ranking 2, 3, 4, 5 (pad, OOV never ranked)
-        [0.0, 0.0, 1.0, 2.0, 3.0, 4.0],  # user 1: ranking 5, 4, 3, 2 but 5 was seen -> 4, 3, 2
-        [0.0, 0.0, 1.0, 2.0, 3.0, 4.0],  # user 2: no targets, not counted
-    ])
-    rows = data.EvalRows(
-        hist_items=np.array([[0, 0], [0, 1], [1, 2]]),
-        hist_events=np.zeros((3, 2), dtype=np.int64),
-        hist_gaps=np.zeros((3, 2), dtype=np.int64),
-        seen_items=[np.array([], dtype=np.int64), np.array([5]), np.array([], dtype=np.int64)],
-        target_items=[np.array([3, 5]), np.array([3]), np.array([], dtype=np.int64)],
-    )
-    values = ranking_values(FixedScores(table), rows, k=2)  # the rows with a target only
-    ndcg_sum, recall_sum, counted = values["ndcg"].sum(), values["recall"].sum(), len(values["ndcg"])
-    # user 0: top-2 = [2, 3]; hit at rank 2: DCG = 1/log2(3); IDCG (2 targets) = 1 + 1/log2(3)
-    #   NDCG = 0.63093 / 1.63093 = 0.386853; recall = 1/2
-    # user 1: top-2 = [4, 3]; hit at rank 2: DCG = 1/log2(3); IDCG (1 target) = 1 -> 0.630930; recall 1
-    assert counted == 2
-    assert ndcg_sum == pytest.approx(0.386853 + 0.630930, abs=1e-6)
-    assert recall_sum == pytest.approx(1.5)
-
-
-def test_checkpoint_round_trip_and_checksum(tmp_path):
-    state = {"w": torch.arange(4.0), "b": torch.ones(2)}
-    path = save_checkpoint(str(tmp_path / "ckpt"), {"epoch": 3, "model": state})
-    assert Path(path).name == "epoch_003.pt" and (tmp_path / "ckpt" / "last.pt").is_file()
-    loaded = torch.load(path, weights_only=False)
-    assert loaded["epoch"] == 3 and state_checksum(loaded["model"]) == state_checksum(state)
-    assert state_checksum({"w": torch.arange(4.0), "b": torch.zeros(2)}) != state_checksum(state)
-
-
-def test_lr_factor_warms_up_then_follows_a_half_cosine_to_the_floor():
-    tc = TrainConfig(warmup_steps=4, lr_schedule="cosine", min_lr_ratio=0.1)
-    total = 14  # 10 steps of decay after the warm-up
-    factors = [lr_factor(step, tc, total) for step in range(16)]
-    assert factors[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
-    assert factors[4] == pytest.approx(1.0)
-    # Halfway through the decay (step 9): the midpoint of 1 and the floor.
-    assert factors[9] == pytest.approx(0.1 + 0.9 * 0.5)
-    assert factors[14] == pytest.approx(0.1) and factors[15] == pytest.approx(0.1)  # stays at the floor
-    assert all(a >= b for a, b in zip(factors[4:], factors[5:]))
-    constant = TrainConfig(warmup_steps=0, lr_schedule="constant")
-    assert [lr_factor(step, constant, total) for step in (0, 7, 20)] == [1.0, 1.0, 1.0]
-
-
-class StubComm:
-    """One rank of two: rank 0 records what it broadcasts, rank 1 receives ``received``."""
-
-    def __init__(self, is_main: bool, received=None):
-        self.is_main, self.received, self.sent = is_main, received, []
-
-    def broadcast_object(self, obj):
-        self.sent.append(obj)
-        return obj if self.is_main else self.received
-
-
-def test_a_read_that_fails_on_rank_0_fails_every_rank_instead_of_hanging_the_others():
-    from recsys_spark.train.checkpoint import read_on_main
-
-    def broken():
-        raise InputError("checkpoint /x/last.pt cannot be read: truncated")
-
-    main = StubComm(is_main=True)
-    with pytest.raises(InputError, match="truncated"):
-        read_on_main(main, broken)
-    assert main.sent == [(False, "InputError: checkpoint /x/last.pt cannot be read: truncated")]  # rank 0 still broadcast
-    other = StubComm(is_main=False, received=main.sent[0])
-    with pytest.raises(InputError, match="rank 0 could not read its input: InputError: checkpoint /x/last.pt"):
-        read_on_main(other, broken)  # rank 1 never reads
-    assert read_on_main(StubComm(is_main=True), lambda: {"step": 3}) == {"step": 3}
-
-
-@pytest.mark.parametrize("max_norm, expected", [(0.0, [-3.0, -4.0]), (1.0, [-0.6, -0.8])])
-def test_grad_clip_zero_leaves_the_gradient_alone_and_a_positive_norm_clips_it(max_norm, expected):
-    from recsys_spark.train.collective import clip_and_step
-
-    param = torch.nn.Parameter(torch.zeros(2))
-    param.grad = torch.tensor([3.0, 4.0])  # norm 5
-    norm = clip_and_step(torch.optim.SGD([param], lr=1.0), [param], max_norm, None)
-    assert norm == pytest.approx(5.0)
-    torch.testing.assert_close(param.detach(), torch.tensor(expected))
-    with pytest.raises(ValueError, match="grad_clip must be >= 0"):
-        clip_and_step(torch.optim.SGD([param], lr=1.0), [param], -1.0, None)
-
-
-def test_a_plateau_needs_patience_and_either_enough_steps_or_a_decline_beyond_the_noise():
-    from recsys_spark.config import TrainConfig
-    from recsys_spark.train.validation import plateau_reached
-
-    tc = TrainConfig(patience=3, patience_steps=100)
-    best = {"ndcg": 0.30, "step": 200, "bad_evaluations": 3}
-    assert plateau_reached(tc, best, 300, 0.30, 0.01)  # 100 steps since the best
-    assert not plateau_reached(tc, best, 250, 0.295, 0.01)  # 50 steps, a drop of 0.005 within the noise
-    assert plateau_reached(tc, best, 250, 0.285, 0.01)  # 50 steps, a drop of 0.015 beyond it
-    assert not plateau_reached(tc, best, 250, 0.285, float("nan"))  # no width: no decline
-    assert not plateau_reached(tc, {**best, "bad_evaluations": 2}, 400, 0.1, 0.01)  # patience first
-    assert not plateau_reached(TrainConfig(patience=0), best, 400, 0.1, 0.01)  # 0: never

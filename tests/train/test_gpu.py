@@ -10,15 +10,9 @@ import torch
 from recsys_spark.train.system import amp_settings, pick_device
 
 from tests.train.test_data import write_features
-from tests.train.test_resume import overrides, train
+from tests.train.test_loop import overrides, train
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")
-
-
-@pytest.mark.unit
-def test_cpu_runs_without_autocast_or_loss_scaling():
-    assert amp_settings(torch.device("cpu"), enabled=True) == (None, False)
-    assert pick_device("cpu", local_rank=3) == torch.device("cpu")
 
 
 @pytest.mark.gpu
