@@ -295,6 +295,27 @@ def apply_decision(cfg: Config, decision: GateDecision, champion_alias: str, run
         client.set_model_version_tag(name, version, key, value)
 
 
+def describe_and_alias(cfg: Config, version: str, run_id: str, description: str, lineage: Sequence[str]) -> None:
+    """A version just logged by run ``run_id``: its description, the run's ``lineage`` tags that
+    are set (the mode, the data it covers, an incremental run's parent), then ``mlflow.alias``
+    (inside the run: the tracking URI is set)."""
+    client = MlflowClient()
+    name = cfg.mlflow.registered_model
+    client.update_model_version(name, version, description=description)
+    run_tags = client.get_run(run_id).data.tags
+    for key in lineage:
+        if key in run_tags:
+            client.set_model_version_tag(name, version, key, run_tags[key])
+    client.set_registered_model_alias(name, cfg.mlflow.alias, version)
+
+
+def version_run(cfg: Config, version: str) -> tuple[str, dict[str, str]]:
+    """The id and tags of the run that logged ``version`` of ``mlflow.registered_model``."""
+    client = MlflowClient()
+    run_id = client.get_model_version(cfg.mlflow.registered_model, version).run_id
+    return run_id, client.get_run(run_id).data.tags
+
+
 def tag_version(cfg: Config, version: str, tags: Mapping[str, str]) -> None:
     """Set ``tags`` on a version of ``mlflow.registered_model``, in their order (inside a stage's
     run: the tracking URI is set)."""

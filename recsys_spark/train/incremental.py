@@ -15,7 +15,6 @@ from typing import Any
 
 import mlflow
 import torch
-from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -96,9 +95,8 @@ def warm_start(cfg: Config, metadata: dict[str, Any], item_vocab) -> dict[str, s
         return None
     categories = data.item_feature_arrays(item_vocab, child_args["num_items"])[schema.CATEGORY_IDX]
     grown = growth.grow_state(parent.state_dict, parent_args, child_args, categories, seed=tc.seed)
-    client = MlflowClient()
-    run_id = client.get_model_version(cfg.mlflow.registered_model, version).run_id
-    end = client.get_run(run_id).data.tags.get(WINDOWS_END_TAG)
+    run_id, run_tags = registry.version_run(cfg, version)
+    end = run_tags.get(WINDOWS_END_TAG)
     if not end:
         raise InputError(f"train.mode=incremental: parent model version {version}'s run {run_id} has no "
                          f"{WINDOWS_END_TAG} tag (trained before it existed): train it again, or set train.mode=full")

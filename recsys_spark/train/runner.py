@@ -16,7 +16,6 @@ import pandas as pd
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
-from mlflow import MlflowClient
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from pyspark.sql import SparkSession
@@ -25,6 +24,7 @@ from recsys_spark import io, tracking
 from recsys_spark.config import Config
 from recsys_spark.models.bundle import ModelBundle
 from recsys_spark.models.pyfunc import log_model
+from recsys_spark.models.registry import describe_and_alias
 from recsys_spark.train.incremental import MOMENTS_ARTIFACT, WINDOWS_END_TAG, select_windows, warm_start, windows_end
 from recsys_spark.train.launch import check_ranks, launch
 from recsys_spark.train.search import search, with_train_values
@@ -168,20 +168,15 @@ def finish(cfg: Config, results: list[dict[str, Any]], item_vocab, run_id: str) 
 
     info = log_model(bundle, cfg.mlflow.registered_model, k=cfg.train.eval_k)
     version = str(info.registered_model_version)
-    client = MlflowClient()
-    client.update_model_version(cfg.mlflow.registered_model, version, description=(
+    description = (
         f"Two-tower sequential recommender (SASRec-style user tower), trained by run {run_id} with "
         f"launcher {cfg.train.launcher} on {main.get('size', len(results))} process(es); best evaluation "
         f"{main['best_evaluation']} of {len(history)} (step {best['step']} of {history[-1]['step']}, pass "
         f"{best['epoch']}): validation NDCG@{cfg.train.eval_k} {best[metric]:.4f}, "
         f"Recall@{cfg.train.eval_k} {best[recall]:.4f} (full ranking, seen items excluded)."
-    ))
+    )
     # The version carries its lineage too: the mode, the data it covers and, incremental, its parent.
-    run_tags = client.get_run(run_id).data.tags
-    for key in LINEAGE_TAGS:
-        if key in run_tags:
-            client.set_model_version_tag(cfg.mlflow.registered_model, version, key, run_tags[key])
-    client.set_registered_model_alias(cfg.mlflow.registered_model, cfg.mlflow.alias, version)
+    describe_and_alias(cfg, version, run_id, description, LINEAGE_TAGS)
     log.info("registered %s version %s as @%s", cfg.mlflow.registered_model, version, cfg.mlflow.alias)
     return {
         "run_id": run_id,
