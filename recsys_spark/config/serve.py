@@ -76,6 +76,9 @@ class ServeConfig:
     model_poll_seconds: float = 30.0
     # After a failed Redis read, requests skip Redis (and fall back) for this long, then try again.
     redis_retry_seconds: float = 1.0
+    # How long a real-time request waits for its list (queued behind the block being ranked, then
+    # its own); past it the fallback answers (reason model_error).
+    realtime_timeout_s: float = 2.0
 
     def __post_init__(self) -> None:
         """Raise ConfigError naming the first invalid serve setting."""
@@ -88,7 +91,7 @@ class ServeConfig:
             raise ConfigError(f"serve.feedback_max_pending_rows ({self.feedback_max_pending_rows}) must be >= "
                               f"serve.feedback_batch_rows ({self.feedback_batch_rows})")
         _bounded_waits("serve", self, ("socket_timeout_s", "socket_connect_timeout_s", "publish_timeout_s",
-                                       "feedback_flush_seconds", "model_poll_seconds"))
+                                       "feedback_flush_seconds", "model_poll_seconds", "realtime_timeout_s"))
         url = urlsplit(self.redis_url)
         if url.scheme not in ("redis", "rediss") or not url.hostname:
             raise ConfigError(f"serve.redis_url: {self.redis_url!r} is not a redis://host:port/db URL")

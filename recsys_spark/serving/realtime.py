@@ -22,6 +22,7 @@ import datetime as dt
 import logging
 import secrets
 import threading
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -184,8 +185,10 @@ class RealtimeRanker:
     stage is row by row (its Spark tasks rank blocks of ``score.block_size`` users).
     """
 
-    def __init__(self, plan: ScoringPlan, context: RealtimeContext, seed: int, exclude_event_types: Sequence[str]):
+    def __init__(self, plan: ScoringPlan, context: RealtimeContext, seed: int, exclude_event_types: Sequence[str],
+                 timeout_s: float = 2.0):
         self.plan = plan
+        self.timeout_s = timeout_s
         self.context = context
         self.seed = seed
         self.exclude_event_types = frozenset(exclude_event_types)
@@ -227,12 +230,16 @@ class RealtimeRanker:
         row = session_row(events, key, self._encode, self._product_category, self.context.max_seq_len,
                           self.exclude_event_types)
         request = _Request(row)
+        deadline = time.monotonic() + self.timeout_s
         with self._cond:
             self._queue.append(request)
         while True:
             with self._cond:
                 while request.done is None and self._ranking:
-                    self._cond.wait()
+                    if not self._cond.wait(timeout=max(0.0, deadline - time.monotonic())) and request.done is None:
+                        if request in self._queue:
+                            self._queue.remove(request)
+                        raise TimeoutError(f"no real-time list within serve.realtime_timeout_s={self.timeout_s:g} s")
                 if request.done is not None:
                     return request.result()
                 # Lead: rank what waits (oldest first; this request, unless a full block is ahead of it).
@@ -407,5 +414,5 @@ def build_ranker(bundle, context: RealtimeContext, cfg: Config) -> RealtimeRanke
     given = context.inputs
     plan = score.build_plan(bundle, score.item_vectors_of(bundle), given.feature_vocab, given.stats, given.excluded,
                             sc, given.feedback, given.active_users, context.run_date)
-    return RealtimeRanker(plan, context, sc.seed, sc.exclude_event_types)
+    return RealtimeRanker(plan, context, sc.seed, sc.exclude_event_types, cfg.serve.realtime_timeout_s)
 

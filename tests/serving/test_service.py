@@ -363,7 +363,8 @@ def test_serve_settings_out_of_range_fail_by_name():
                            ({"feedback_batch_rows": 10, "feedback_max_pending_rows": 5},
                             r"serve.feedback_max_pending_rows \(5\) must be >= serve.feedback_batch_rows \(10\)"),
                            ({"feedback_flush_seconds": 0}, "serve.feedback_flush_seconds must be > 0"),
-                           ({"model_poll_seconds": -1}, "serve.model_poll_seconds must be > 0")]:
+                           ({"model_poll_seconds": -1}, "serve.model_poll_seconds must be > 0"),
+                           ({"realtime_timeout_s": 0}, "serve.realtime_timeout_s must be > 0")]:
         with pytest.raises(ConfigError, match=message):
             from_dict({"serve": serve})
 
@@ -396,3 +397,33 @@ def test_sessions_posted_at_once_are_ranked_in_one_block_with_the_lists_they_get
     assert [together[i] for i in range(len(sessions))] == alone
     assert sum(blocks) == len(sessions) and len(blocks) < len(sessions) and max(blocks) > 1
     assert any(p < 1 for served in alone for p in served.propensities)  # exploration was on
+
+
+def test_a_session_queued_behind_a_stuck_block_gets_the_fallback_within_the_bound(served):
+    """No real-time wait is unbounded: a request queued behind a block that does not finish stops
+    waiting after serve.realtime_timeout_s, and the service answers it with the fallback."""
+    import threading
+
+    cfg, service = served
+    ranker = service.champions.current.lists
+    release = threading.Event()
+    rank_block = ranker._rank_block
+
+    def stuck(rows):
+        release.wait(timeout=30)
+        return rank_block(rows)
+
+    ranker._rank_block, ranker.timeout_s = stuck, 0.3
+    user, events = ids.pseudonym("7", kit.KEY), session_events()
+    first = threading.Thread(target=lambda: ranker.rank(user, events))
+    first.start()
+    time.sleep(0.1)  # the first request leads a block that hangs
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="serve.realtime_timeout_s=0.3"):
+        ranker.rank(user, events)
+    assert 0.2 <= time.monotonic() - started < 2.0
+    answer = service.for_session(None, [events[0]], 5)
+    assert answer.answered_by == "fallback"
+    release.set()
+    first.join(timeout=30)
+    assert not first.is_alive() and ranker._queue == []
