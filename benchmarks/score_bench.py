@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from recsys_spark import schema  # noqa: E402
-from recsys_spark.scoring.recommender import EXCLUDE_PRODUCTS, USER_CATEGORY, USER_KEY, USER_VECTOR  # noqa: E402
+from recsys_spark.schema import EXCLUDE_PRODUCTS, USER_CATEGORY, USER_KEY, USER_VECTOR  # noqa: E402
 from recsys_spark.scoring.recommender import ItemSpace, ListRules, ScoringPlan, VectorEncoder  # noqa: E402
 from recsys_spark.scoring.recommender import task_recommender  # noqa: E402
 from recsys_spark.scoring.score import recommend  # noqa: E402

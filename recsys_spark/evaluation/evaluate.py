@@ -63,7 +63,6 @@ from recsys_spark.evaluation.per_user import (
     MODEL,
     POPULARITY,
     TUNED_BASELINES,
-    USERS,
     ItemStats,
     all_metric_names,
     average_metrics,
@@ -80,13 +79,8 @@ from recsys_spark.metrics import AUC, MRR
 from recsys_spark.models import bundle as bundles
 from recsys_spark.models.bundle import BaselineBundle, ModelBundle, ranker_label
 from recsys_spark.models.rankers import ModelRanker, PopularityRanker, Ranker, vocab_column
+from recsys_spark.schema import USERS
 from recsys_spark.scoring.exclusions import excluded_items, with_exclusions
-
-# Names the tests have read from this module since before its parts moved out (the rest they use
-# is imported above for the stage itself).
-from recsys_spark.evaluation.gate import gate_coverage_metric  # noqa: F401
-from recsys_spark.evaluation.per_user import SEGMENTS, per_user_schema, segments_of  # noqa: F401
-from recsys_spark.scoring.exclusions import EXCLUDE_ITEMS  # noqa: F401
 
 log = logging.getLogger(__name__)
 

@@ -53,11 +53,10 @@ from recsys_spark import io, schema
 from recsys_spark.evaluation import ope
 from recsys_spark.features.sequences import add_gap_buckets, collapse_steps, encode_items, history_rows
 from recsys_spark.models import ranking
+from recsys_spark.schema import EXCLUDE_PRODUCTS, Q_LOGGED, Q_TARGET, TARGET_PROPENSITY, USER_KEY
 from recsys_spark.scoring import inputs, policies, score, topk
 from recsys_spark.scoring.recommender import (
-    EXCLUDE_PRODUCTS,
     SOURCE_FALLBACK,
-    USER_KEY,
     Recommender,
     ScoringPlan,
     UserBatch,
@@ -65,10 +64,6 @@ from recsys_spark.scoring.recommender import (
 
 log = logging.getLogger(__name__)
 
-# Columns :func:`target_placements` adds to the logged rows.
-TARGET_PROPENSITY = "target_propensity"
-Q_LOGGED = "q_logged"
-Q_TARGET = "q_target"
 # A list: the rows of one (run_date, user_id, policy, policy_version).
 LIST_KEY = [schema.RUN_DATE, schema.USER_ID, schema.POLICY, schema.POLICY_VERSION]
 # The feedback columns read (schema.CLEAN_FEEDBACK_SCHEMA's).

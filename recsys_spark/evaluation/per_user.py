@@ -34,14 +34,8 @@ from recsys_spark.metrics import (
 )
 from recsys_spark.models.rankers import Ranker, vocab_column
 from recsys_spark.models.ranking import int_arrays
-from recsys_spark.scoring.exclusions import EXCLUDE_ITEMS
+from recsys_spark.schema import EXCLUDE_ITEMS, NUM_TARGETS, RANKER, SEGMENT, TOP_ITEMS, USERS
 
-# Columns of the per-user metrics table (metric columns are named as all_metric_names(ks)).
-RANKER = "ranker"
-SEGMENT = "segment"
-NUM_TARGETS = "num_targets"
-TOP_ITEMS = "top_items"
-USERS = "users"
 
 # Rankers of the test comparison.
 MODEL, CHAMPION, POPULARITY, COOCCURRENCE, ALS, EASE = "model", "champion", "popularity", "cooccurrence", "als", "ease"
@@ -77,16 +71,8 @@ def headline_metrics(primary: str, ks: Sequence[int]) -> list[str]:
 
 
 def per_user_schema(ks: Sequence[int]) -> T.StructType:
-    return T.StructType(
-        [
-            T.StructField(RANKER, T.StringType(), False),
-            T.StructField(SEGMENT, T.StringType(), False),
-            T.StructField(schema.USER_ID, T.StringType(), False),
-            T.StructField(NUM_TARGETS, T.IntegerType(), False),
-            *[T.StructField(name, T.DoubleType(), False) for name in all_metric_names(ks)],
-            T.StructField(TOP_ITEMS, T.ArrayType(T.IntegerType(), False), False),
-        ]
-    )
+    """The per-user metrics table (schema.per_user_metrics_schema) with the metrics at ``ks``."""
+    return schema.per_user_metrics_schema(all_metric_names(ks))
 
 
 # ----------------------------------------------------------------------------- per item, per user

@@ -9,8 +9,9 @@ from typing import Any, Mapping
 from recsys_spark import tracking
 from recsys_spark.evaluation import offpolicy
 from recsys_spark.evaluation.intervals import Interval
-from recsys_spark.evaluation.per_user import ALL, MODEL, USERS
+from recsys_spark.evaluation.per_user import ALL, MODEL
 from recsys_spark.evaluation.report import figures
+from recsys_spark.schema import USERS
 
 REPORT_FILE = "evaluation.json"
 

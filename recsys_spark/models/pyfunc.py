@@ -23,11 +23,10 @@ import pandas as pd
 from recsys_spark import schema
 from recsys_spark.models import bundle as bundles
 from recsys_spark.models.bundle import Bundle
+from recsys_spark.schema import ITEM_IDS, SCORES
 
 BUNDLE_ARTIFACT = "bundle"
 BUNDLE_FILE = "model_bundle.pt"
-ITEM_IDS = "item_ids"
-SCORES = "scores"
 INPUT_COLUMNS = (schema.HIST_ITEMS, schema.HIST_EVENTS, schema.HIST_GAPS, schema.SEEN_ITEMS)
 DEFAULT_K = 10
 

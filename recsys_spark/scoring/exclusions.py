@@ -16,9 +16,8 @@ from pyspark.sql import types as T
 
 from recsys_spark import schema
 from recsys_spark.features.split import before
+from recsys_spark.schema import EXCLUDE_ITEMS
 
-# The column of excluded item indices, beside schema.EVAL_SCHEMA rows.
-EXCLUDE_ITEMS = "exclude_items"
 
 
 def excluding(event_types: Sequence[str]) -> Column:

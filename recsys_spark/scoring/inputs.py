@@ -11,27 +11,17 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recsys_spark import schema
+from recsys_spark.schema import (
+    ALL_USERS,
+    CONTEXT_SCHEMA,
+    EXCLUDE_PRODUCTS,
+    PRODUCT_STATS_SCHEMA,
+    RECENT_USERS,
+    USER_CATEGORY,
+    USER_KEY,
+)
 from recsys_spark.scoring.exclusions import excluding
-from recsys_spark.scoring.recommender import EXCLUDE_PRODUCTS, USER_CATEGORY, USER_KEY
 
-RECENT_USERS = "recent_users"  # distinct users with an event on the product in the recent window
-ALL_USERS = "all_users"  # distinct users with an event on the product, all time
-
-CONTEXT_SCHEMA = T.StructType(
-    [
-        T.StructField(schema.USER_ID, T.StringType(), False),
-        T.StructField(EXCLUDE_PRODUCTS, T.ArrayType(T.LongType(), False), False),
-        T.StructField(USER_CATEGORY, T.LongType(), True),
-    ]
-)
-PRODUCT_STATS_SCHEMA = T.StructType(
-    [
-        T.StructField(schema.PRODUCT_ID, T.LongType(), False),
-        T.StructField(schema.CATEGORY_ID, T.LongType(), True),
-        T.StructField(RECENT_USERS, T.LongType(), False),
-        T.StructField(ALL_USERS, T.LongType(), False),
-    ]
-)
 
 
 def user_context(events: DataFrame, exclude_event_types: Sequence[str]) -> DataFrame:

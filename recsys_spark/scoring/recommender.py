@@ -30,6 +30,7 @@ from pyspark import TaskContext
 from torch import Tensor
 
 from recsys_spark import schema
+from recsys_spark.schema import EXCLUDE_PRODUCTS, USER_CATEGORY, USER_KEY, USER_VECTOR, WIDE_SCHEMA
 from recsys_spark.models import bundle as bundles
 from recsys_spark.models import ranking
 from recsys_spark.models.bundle import ModelBundle
@@ -41,23 +42,6 @@ SOURCE_FALLBACK = "fallback"
 SOURCE_EXPLORE = "explore"
 SOURCES = (SOURCE_MODEL, SOURCE_FALLBACK, SOURCE_EXPLORE)
 
-# Columns a task reads besides the history (schema.USER_HISTORY_SCHEMA); see inputs.py.
-EXCLUDE_PRODUCTS = "exclude_products"  # array<long>: the user's products never to recommend
-USER_CATEGORY = "user_category"  # long: category_id of the user's latest categorised event, or null
-USER_KEY = "user_key"  # long: hash of (user, seed, run date), seeds the user's exploration
-USER_VECTOR = "user_vector"  # array<float>: a given user vector (benchmarks), see VectorEncoder
-ITEM_IDS = "item_ids"  # array<long>: a user's list, best first (WIDE_SCHEMA)
-SCORES = "scores"  # array<float>
-SOURCE_CODES = "source_codes"  # array<byte>: the position of each item's source in SOURCES
-PROPENSITIES = "propensities"  # array<double>: the probability of each item in its slot
-
-WIDE_SCHEMA = pa.schema([
-    pa.field(schema.USER_ID, pa.string()),
-    pa.field(ITEM_IDS, pa.list_(pa.int64())),
-    pa.field(SCORES, pa.list_(pa.float32())),
-    pa.field(SOURCE_CODES, pa.list_(pa.int8())),
-    pa.field(PROPENSITIES, pa.list_(pa.float64())),
-])
 
 
 @dataclass

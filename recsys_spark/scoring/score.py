@@ -46,12 +46,12 @@ from recsys_spark.scoring.recommender import ItemSpace, ListRules, ModelEncoder,
 
 log = logging.getLogger(__name__)
 
-# What a scoring task yields: one row per user (recommender.WIDE_SCHEMA), exploded in Spark.
-WIDE_SPARK_SCHEMA = from_arrow_schema(recommender.WIDE_SCHEMA)
+# What a scoring task yields: one row per user (schema.WIDE_SCHEMA), exploded in Spark.
+WIDE_SPARK_SCHEMA = from_arrow_schema(schema.WIDE_SCHEMA)
 # The exploded rows; policy, model and run date are added as constants (with_run_columns).
 RANKED_SCHEMA = T.StructType([schema.RECOMMENDATION_SCHEMA[c] for c in (
     schema.USER_ID, schema.RANK, schema.SLOT, schema.ITEM_ID, schema.SCORE, schema.SOURCE, schema.PROPENSITY)])
-FEEDBACK_COUNTS = ("exposures", "clicks")  # the count columns of score.feedback_counts_path
+FEEDBACK_COUNTS = (schema.EXPOSURES, schema.CLICKS)  # the count columns of score.feedback_counts_path
 
 
 def run_date_of(sc: ScoreConfig) -> str:
@@ -342,17 +342,17 @@ def recommend(rows: DataFrame, plan: Broadcast) -> DataFrame:
             yield from task.blocks(batch)
 
     wide = rows.mapInArrow(score_partition, WIDE_SPARK_SCHEMA)
-    lists = (recommender.ITEM_IDS, recommender.SCORES, recommender.SOURCE_CODES, recommender.PROPENSITIES)
+    lists = (schema.ITEM_IDS, schema.SCORES, schema.SOURCE_CODES, schema.PROPENSITIES)
     entry = F.posexplode(F.arrays_zip(*lists)).alias("position", "entry")
     sources = F.array(*[F.lit(s) for s in recommender.SOURCES])
     return wide.select(schema.USER_ID, entry).select(
         schema.USER_ID,
         (F.col("position") + 1).cast("int").alias(schema.RANK),
         F.col("position").cast("int").alias(schema.SLOT),
-        F.col(f"entry.{recommender.ITEM_IDS}").alias(schema.ITEM_ID),
-        F.col(f"entry.{recommender.SCORES}").alias(schema.SCORE),
-        F.element_at(sources, F.col(f"entry.{recommender.SOURCE_CODES}").cast("int") + 1).alias(schema.SOURCE),
-        F.col(f"entry.{recommender.PROPENSITIES}").alias(schema.PROPENSITY),
+        F.col(f"entry.{schema.ITEM_IDS}").alias(schema.ITEM_ID),
+        F.col(f"entry.{schema.SCORES}").alias(schema.SCORE),
+        F.element_at(sources, F.col(f"entry.{schema.SOURCE_CODES}").cast("int") + 1).alias(schema.SOURCE),
+        F.col(f"entry.{schema.PROPENSITIES}").alias(schema.PROPENSITY),
     )
 
 

@@ -47,6 +47,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
+from pyspark.sql import types as T
 
 from recsys_spark import schema
 from recsys_spark.config import is_uri
@@ -83,15 +84,10 @@ class Shown(NamedTuple):
     model_version: str | None = None
 
 
-_ARROW = {"string": pa.string(), "bigint": pa.int64(), "int": pa.int32(), "double": pa.float64(),
-          "boolean": pa.bool_(), "timestamp": pa.timestamp("us", tz="UTC"), "date": pa.date32(), "float": pa.float32()}
-
-
 def arrow_schema(id_type: str, struct=schema.FEEDBACK_SCHEMA) -> pa.Schema:
     """``struct`` (FEEDBACK_SCHEMA) without run_date (the folder names it), item_id typed by ``id_type``."""
     fields = schema.with_product_ids(struct, id_type).fields
-    return pa.schema([pa.field(f.name, _ARROW[f.dataType.simpleString()], nullable=f.nullable)
-                      for f in fields if f.name != schema.RUN_DATE])
+    return schema.arrow_schema(T.StructType([f for f in fields if f.name != schema.RUN_DATE]))
 
 
 @dataclass(frozen=True)

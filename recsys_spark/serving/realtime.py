@@ -32,16 +32,10 @@ import torch
 
 from recsys_spark import io, product_ids, schema
 from recsys_spark.config import Config
+from recsys_spark.schema import ITEM_IDS, PROPENSITIES, SCORES, SOURCE_CODES
 from recsys_spark.scoring import score
 from recsys_spark.scoring.recommender import (
-    EXCLUDE_PRODUCTS,
-    ITEM_IDS,
-    PROPENSITIES,
-    SCORES,
-    SOURCE_CODES,
     SOURCES,
-    USER_CATEGORY,
-    USER_KEY,
     ItemSpace,
     Recommender,
     ScoringPlan,
@@ -51,17 +45,6 @@ from recsys_spark.serving.store import encode_list
 
 log = logging.getLogger(__name__)
 
-# The row a Recommender reads for one user (schema.USER_HISTORY_SCHEMA + the scoring context).
-ROW_SCHEMA = pa.schema([
-    pa.field(schema.USER_ID, pa.string()),
-    pa.field(schema.HIST_ITEMS, pa.list_(pa.int32())),
-    pa.field(schema.HIST_EVENTS, pa.list_(pa.int32())),
-    pa.field(schema.HIST_GAPS, pa.list_(pa.int32())),
-    pa.field(schema.SEEN_ITEMS, pa.list_(pa.int32())),
-    pa.field(EXCLUDE_PRODUCTS, pa.list_(pa.int64())),
-    pa.field(USER_CATEGORY, pa.int64()),
-    pa.field(USER_KEY, pa.int64()),
-])
 _CODE_OF_STRENGTH = {schema.EVENT_STRENGTH[t]: schema.EVENT_CODE[t] for t in schema.EVENT_TYPES}
 _MICROS = 1_000_000
 
@@ -377,7 +360,7 @@ def session_row(events: Sequence[SessionEvent], key: int, encode, product_catego
 
 
 def rows_batch(rows: Sequence[SessionRow]) -> pa.RecordBatch:
-    """The rows as one ROW_SCHEMA batch; user_id holds each row's position (the lists come back
+    """The rows as one schema.SCORING_ROW_SCHEMA batch; user_id holds each row's position (the lists come back
     grouped model first, fallback second: the position puts them back in order)."""
     n = len(rows)
     length = len(rows[0].items) if n else 0
@@ -399,7 +382,7 @@ def rows_batch(rows: Sequence[SessionRow]) -> pa.RecordBatch:
         pa.array([r.category for r in rows], pa.int64()),
         pa.array([r.key for r in rows], pa.int64()),
     ]
-    return pa.RecordBatch.from_arrays(columns, schema=ROW_SCHEMA)
+    return pa.RecordBatch.from_arrays(columns, schema=schema.SCORING_ROW_SCHEMA)
 
 
 def micros_of(moment: dt.datetime) -> int:

@@ -7,7 +7,7 @@ import pytest
 from recsys_spark import schema
 from recsys_spark.errors import InputError
 # The tests read gate's names through evaluate, which imports them for the stage.
-from recsys_spark.evaluation import evaluate
+from recsys_spark.evaluation import evaluate, gate
 
 from tests.evaluation.kit import KS
 from tests.evaluation.test_rankers import NUM_ITEMS, tiny_bundle
@@ -24,8 +24,8 @@ def test_a_model_trained_on_another_vocabulary_is_refused():
 
 @pytest.mark.unit
 def test_gate_coverage_and_headline_metrics():
-    assert evaluate.gate_coverage_metric("ndcg@20", [5, 20, 50]) == "coverage@20"
-    assert evaluate.gate_coverage_metric("mrr", [5, 20, 50]) == "coverage@50"
+    assert gate.gate_coverage_metric("ndcg@20", [5, 20, 50]) == "coverage@20"
+    assert gate.gate_coverage_metric("mrr", [5, 20, 50]) == "coverage@50"
     assert evaluate.headline_metrics("ndcg@2", KS) == [
         "ndcg@2", "recall@2", "map@2", "hitrate@2", "precision@2", "f1@2", "coverage@2", "mrr", "auc", "novelty@2",
         "diversity@2", "head_share@2",

@@ -20,18 +20,9 @@ from recsys_spark.data.generate import build_world
 from recsys_spark.errors import ConfigError
 from recsys_spark.evaluation import ope, report
 from recsys_spark.evaluation import offpolicy
+from recsys_spark.schema import EXCLUDE_PRODUCTS, USER_CATEGORY, USER_KEY, USER_VECTOR
 from recsys_spark.scoring import policies
-from recsys_spark.scoring.recommender import (
-    EXCLUDE_PRODUCTS,
-    USER_CATEGORY,
-    USER_KEY,
-    USER_VECTOR,
-    ItemSpace,
-    ListRules,
-    Recommender,
-    ScoringPlan,
-    VectorEncoder,
-)
+from recsys_spark.scoring.recommender import ItemSpace, ListRules, Recommender, ScoringPlan, VectorEncoder
 from tests.evaluation.test_report import sample_report
 
 pytestmark = pytest.mark.unit

@@ -15,6 +15,7 @@ from recsys_spark.config import EvaluateConfig
 # The tests read per_user's names through evaluate, which imports them for the stage.
 from recsys_spark.evaluation import evaluate
 from recsys_spark.evaluation import intervals
+from recsys_spark.evaluation.per_user import SEGMENTS, per_user_schema, segments_of
 from recsys_spark.models.rankers import PopularityRanker, vocab_column
 
 from tests.evaluation.kit import KS, POPULARITY, eval_rows
@@ -27,8 +28,8 @@ def test_segments_split_users_by_history_and_targets_by_popularity_and_event():
     events = [np.array([1]), np.array([1, 1]), np.array([4, 1]), np.array([2])]
     is_head = np.zeros(8, dtype=bool)
     is_head[2] = True
-    parts = evaluate.segments_of(targets, events, np.array([1, 0, 1, 3]), is_head, cold_user_threshold=2)
-    assert set(parts) == set(evaluate.SEGMENTS)
+    parts = segments_of(targets, events, np.array([1, 0, 1, 3]), is_head, cold_user_threshold=2)
+    assert set(parts) == set(SEGMENTS)
     got = {name: (index.tolist(), [t.tolist() for t in kept]) for name, (index, kept) in parts.items()}
     assert got["all"] == ([0, 1, 2, 3], [[3], [4, 7], [4, 2], [6]])
     assert got["cold_users"] == ([0, 1, 2], [[3], [4, 7], [4, 2]])
@@ -64,7 +65,7 @@ def test_per_user_values_collect_segment_all_by_user_and_ranker(spark):
 
     rows = [row("model", "all", "u2", 0.5), row("model", "all", "u1", 0.25), row("popularity", "all", "u1", 1.0),
             row("model", "cold_users", "u1", 9.0)]  # other segments are left out
-    per_user = spark.createDataFrame(rows, evaluate.per_user_schema(KS))
+    per_user = spark.createDataFrame(rows, per_user_schema(KS))
     users, rankers, values = evaluate.per_user_values(per_user, ["ndcg@2", "mrr"])
     names = evaluate.all_metric_names(KS)
     assert users.tolist() == ["u1", "u2"] and rankers == ["model", "popularity"]

@@ -12,7 +12,8 @@ from recsys_spark import schema
 from recsys_spark.evaluation import baselines
 from recsys_spark.models import bundle as bundles
 from recsys_spark.models.bundle import BaselineBundle, ModelBundle
-from recsys_spark.models.pyfunc import ITEM_IDS, SCORES, RecommenderPyfunc
+from recsys_spark.models.pyfunc import RecommenderPyfunc
+from recsys_spark.schema import ITEM_IDS, SCORES
 
 from tests.evaluation.test_rankers import history_rows, tiny_bundle
 

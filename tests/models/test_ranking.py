@@ -15,7 +15,8 @@ from recsys_spark.models.rankers import ModelRanker
 from recsys_spark.models import ranking
 from recsys_spark.models.pyfunc import RecommenderPyfunc
 from recsys_spark.models.two_tower import TwoTowerModel
-from recsys_spark.scoring.recommender import EXCLUDE_PRODUCTS, USER_CATEGORY, USER_KEY, Recommender
+from recsys_spark.schema import EXCLUDE_PRODUCTS, USER_CATEGORY, USER_KEY
+from recsys_spark.scoring.recommender import Recommender
 from recsys_spark.scoring.score import build_plan
 from recsys_spark.train import data
 from recsys_spark.train.validation import validation_lists

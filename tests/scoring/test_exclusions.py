@@ -5,8 +5,7 @@ from __future__ import annotations
 from pyspark.sql import functions as F
 
 from recsys_spark import schema
-# The tests read the exclusions through evaluate, which imports them from scoring.exclusions.
-from recsys_spark.evaluation import evaluate
+from recsys_spark.scoring import exclusions
 
 from tests.evaluation.kit import eval_rows
 
@@ -24,14 +23,14 @@ def test_exclusions_by_event_type_come_from_the_clean_events_before_the_cutoff(s
     rows = [(t, e, p, None, None, None, None, u, "s", t.date()) for t, e, p, u in events]
     clean = spark.createDataFrame(rows, schema.CLEAN_SCHEMA)
     vocab = spark.createDataFrame([(i, 1000 + i, 0, 0, 0, 1, 1) for i in range(2, 8)], schema.ITEM_VOCAB_SCHEMA)
-    excluded = evaluate.excluded_items(clean, vocab, cutoff, ["purchase"])
-    assert {r[schema.USER_ID]: list(r[evaluate.EXCLUDE_ITEMS]) for r in excluded.collect()} == {"u1": [2], "u2": [4]}
+    excluded = exclusions.excluded_items(clean, vocab, cutoff, ["purchase"])
+    assert {r[schema.USER_ID]: list(r[schema.EXCLUDE_ITEMS]) for r in excluded.collect()} == {"u1": [2], "u2": [4]}
 
     test = spark.createDataFrame(eval_rows(), schema.EVAL_SCHEMA)
-    joined = evaluate.with_exclusions(test, excluded)
-    got = {r[schema.USER_ID]: list(r[evaluate.EXCLUDE_ITEMS]) for r in joined.collect()}
+    joined = exclusions.with_exclusions(test, excluded)
+    got = {r[schema.USER_ID]: list(r[schema.EXCLUDE_ITEMS]) for r in joined.collect()}
     assert got == {"u1": [2], "u2": [4], "u3": [], "u4": [], "u5": []}
-    assert evaluate.with_exclusions(test, None) is test
+    assert exclusions.with_exclusions(test, None) is test
 
 
 def test_exclusions_follow_each_users_own_cutoff(spark):
@@ -46,5 +45,5 @@ def test_exclusions_follow_each_users_own_cutoff(spark):
     # leave_last_out: u1's test target on day 3, u2's on day 9.
     cutoffs = spark.createDataFrame([("u1", day(2), day(3)), ("u2", day(8), day(9))], schema.USER_SPLIT_SCHEMA)
     joined = clean.join(cutoffs.select(schema.USER_ID, schema.TEST_AT), schema.USER_ID)
-    excluded = evaluate.excluded_items(joined, vocab, F.col(schema.TEST_AT), ["purchase"])
-    assert {r[schema.USER_ID]: list(r[evaluate.EXCLUDE_ITEMS]) for r in excluded.collect()} == {"u1": [2], "u2": [4, 5]}
+    excluded = exclusions.excluded_items(joined, vocab, F.col(schema.TEST_AT), ["purchase"])
+    assert {r[schema.USER_ID]: list(r[schema.EXCLUDE_ITEMS]) for r in excluded.collect()} == {"u1": [2], "u2": [4, 5]}

@@ -11,8 +11,8 @@ import torch
 from recsys_spark import schema
 from recsys_spark.config import ScoreConfig
 from recsys_spark.errors import ConfigError
+from recsys_spark.schema import EXCLUDE_PRODUCTS, USER_CATEGORY, USER_KEY, USER_VECTOR
 from recsys_spark.scoring import policies, topk
-from recsys_spark.scoring.recommender import EXCLUDE_PRODUCTS, USER_CATEGORY, USER_KEY, USER_VECTOR
 from recsys_spark.scoring.recommender import ItemSpace, ListRules, Recommender, ScoringPlan, VectorEncoder
 
 pytestmark = pytest.mark.unit

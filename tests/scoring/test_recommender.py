@@ -11,16 +11,9 @@ import torch
 
 from recsys_spark import schema
 from recsys_spark.config import ScoreConfig
+from recsys_spark.schema import EXCLUDE_PRODUCTS, USER_CATEGORY, USER_KEY
 from recsys_spark.scoring import inputs
-from recsys_spark.scoring.recommender import (
-    EXCLUDE_PRODUCTS,
-    USER_CATEGORY,
-    USER_KEY,
-    ItemSpace,
-    Recommender,
-    UserBatch,
-    category_codes,
-)
+from recsys_spark.scoring.recommender import ItemSpace, Recommender, UserBatch, category_codes
 from recsys_spark.scoring.score import RANKED_SCHEMA, build_plan, vocab_remap
 
 from tests.scoring.tiny import (

@@ -11,8 +11,8 @@ from recsys_spark import io
 from recsys_spark import schema
 from recsys_spark.config import from_dict
 from recsys_spark.errors import ConfigError, DataQualityError, InputError
+from recsys_spark.schema import EXCLUDE_PRODUCTS, USER_CATEGORY
 from recsys_spark.scoring import inputs, policies, score
-from recsys_spark.scoring.recommender import EXCLUDE_PRODUCTS, USER_CATEGORY
 
 from tests.scoring.tiny import END, STATS, USERS, best, fallback_score, model_scores, tiny_bundle
 

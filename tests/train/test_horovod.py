@@ -13,8 +13,9 @@ from mlflow import MlflowClient
 from recsys_spark import schema
 from recsys_spark.config import load_config
 from recsys_spark.errors import InputError
-from recsys_spark.models.pyfunc import ITEM_IDS, SCORES, RecommenderPyfunc
+from recsys_spark.models.pyfunc import RecommenderPyfunc
 from recsys_spark.models.registry import load_bundle
+from recsys_spark.schema import ITEM_IDS, SCORES
 from recsys_spark.train import runner
 from recsys_spark.train.checkpoint import state_checksum
 
