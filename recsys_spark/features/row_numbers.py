@@ -51,4 +51,7 @@ def row_numbers(df: DataFrame, order: Sequence[Column | str], out: str, start: i
     within = F.col(_ID) - F.shiftleft(F.col(_PART).cast("long"), _RECORD_BITS)
     offset = literal_map({int(p): int(o) for p, o in offsets.items()})[F.col(_PART)] if offsets else F.lit(0)
     number = (offset.cast("long") + within + F.lit(start)).alias(out)
-    return sorted_rows.select(*[F.col(c) for c in df.columns], number)
+    # Each column re-aliased: the checkpoint keeps the attribute ids of ``df``'s plan, and a join
+    # of the result with a frame of the same lineage (add_price_buckets) then fails Spark's
+    # analysis ("Failure when resolving conflicting references") when adaptive execution is off.
+    return sorted_rows.select(*[F.col(c).alias(c) for c in df.columns], number)

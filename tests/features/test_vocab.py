@@ -28,6 +28,28 @@ def test_row_numbers_follow_the_global_order_across_partitions(spark):
     assert row_numbers(df.where("n > 100"), ["key"], "rank").count() == 0
 
 
+def test_price_buckets_with_adaptive_execution_off(spark, tmp_path):
+    # The numbered prices joined back onto a frame of their own lineage failed Spark's analysis
+    # ("Failure when resolving conflicting references") under spark.sql.adaptive.enabled=false,
+    # on events read from Parquet as featurize reads them.
+    prices = [(1, 10.0), (2, 20.0), (3, 20.0), (4, None), (5, 40.0)]
+    clean_events(spark, [("u", "2024-01-01 10:00:00", VIEW, p, None, None, price) for p, price in prices]
+                 ).write.parquet(str(tmp_path / "clean"))
+    events = schema.conform(spark.read.parquet(str(tmp_path / "clean")), schema.CLEAN_SCHEMA)
+    # As item snapshots build them: counts and side features of the events before a cutoff, joined.
+    past = events.where(F.col(schema.EVENT_TIME) < F.lit("2024-02-01").cast("timestamp"))
+    counts = past.groupBy(schema.PRODUCT_ID).agg(F.count(F.lit(1)).alias("events"))
+    items = counts.join(vocab.item_side_features(past), schema.PRODUCT_ID)
+    adaptive = spark.conf.get("spark.sql.adaptive.enabled")
+    spark.conf.set("spark.sql.adaptive.enabled", "false")
+    try:
+        got = {r[schema.PRODUCT_ID]: r[schema.PRICE_BUCKET] for r in vocab.add_price_buckets(items, 2).collect()}
+    finally:
+        spark.conf.set("spark.sql.adaptive.enabled", adaptive)
+    # Four priced items; k (priced items at or below the price) 1, 3, 3, 4; bucket ceil(2k / 4); no price: 0.
+    assert got == {1: 1, 2: 2, 3: 2, 4: 0, 5: 2}
+
+
 def test_value_vocab_min_count_ties_and_lookup_of_null_rare_and_unseen(spark):
     # Brand training events: b 3, a 2, c 2, d 1 (and one null).
     events = clean_events(spark, [
