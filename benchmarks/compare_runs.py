@@ -6,6 +6,9 @@ Compares ``reports/evaluation.json`` key by key (every value that differs is pri
 path), then ``reports/per_user_metrics`` and ``recommendations`` as frames sorted by their scalar
 columns (``DataFrame.equals``: values and dtypes). Exits 1 when anything but the run's own
 identity (its MLflow run id, notes that name its folder) differs.
+
+The recommendations of two runs compare only for the same run date: exploration is seeded by it.
+Run both on one UTC day, or pin it (``--set score.run_date=YYYY-MM-DD``).
 """
 
 from __future__ import annotations
