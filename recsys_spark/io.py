@@ -205,8 +205,7 @@ def read_quarantine(spark: SparkSession, path: str) -> DataFrame:
     """The quarantine (QUARANTINE_SCHEMA and ``load_date``); a run without a single bad row
     leaves it without files, which reads as an empty table."""
     require_input(spark, path, "paths.quarantine")
-    struct = T.StructType([*schema.QUARANTINE_SCHEMA.fields, T.StructField(schema.LOAD_DATE, T.DateType())])
-    return spark.read.schema(struct).parquet(path)
+    return spark.read.schema(schema.QUARANTINE_TABLE_SCHEMA).parquet(path)
 
 
 def read_feedback(spark: SparkSession, path: str) -> DataFrame | None:

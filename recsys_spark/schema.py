@@ -73,11 +73,6 @@ def typed(dtype: T.DataType, *names: str) -> None:
             raise TypeError(f"column {name!r} is {_TYPES[name].simpleString()}, not {dtype.simpleString()}")
 
 
-def type_of(name: str) -> T.DataType:
-    """The type of column ``name`` in every table that holds it."""
-    return _TYPES[name]
-
-
 def table(*names: str, optional: Iterable[str] = ()) -> T.StructType:
     """A table of ``names``, in order, each of its one type; only the ``optional`` ones nullable."""
     optional = set(optional)
@@ -164,6 +159,9 @@ typed(T.LongType(), PRODUCT_ID, CATEGORY_ID)
 typed(T.TimestampType(), EVENT_TIME)
 typed(T.DoubleType(), PRICE)
 typed(T.DateType(), EVENT_DATE, LOAD_DATE)
+# paths.quarantine as it reads back: QUARANTINE_SCHEMA partitioned by load_date.
+QUARANTINE_TABLE_SCHEMA = table(REASON, RAW_RECORD, SOURCE_FILE, LOAD_DATE,
+                                optional=(RAW_RECORD, SOURCE_FILE, LOAD_DATE))
 
 CLEAN_SCHEMA = table(EVENT_TIME, EVENT_TYPE, PRODUCT_ID, CATEGORY_ID, CATEGORY_CODE, BRAND, PRICE, USER_ID,
                      SESSION_ID, EVENT_DATE, optional=(CATEGORY_ID, CATEGORY_CODE, BRAND, PRICE))
@@ -493,6 +491,15 @@ def conform(df: DataFrame, schema: T.StructType) -> DataFrame:
 RAW_ARROW_SCHEMA = arrow_schema(RAW_TYPED_SCHEMA)
 # The feedback contract's columns, in order, as the simulator's frames hold them (data/feedback_sim.py).
 FEEDBACK_COLUMNS = FEEDBACK_SCHEMA.fieldNames()
-# One run_date partition's file of simulated feedback: FEEDBACK_SCHEMA but run_date, which the
-# partition folder's name holds.
-FEEDBACK_PARTITION_ARROW_SCHEMA = arrow_schema(T.StructType([f for f in FEEDBACK_SCHEMA.fields if f.name != RUN_DATE]))
+
+
+def partition_arrow_schema(struct: T.StructType, id_type: str = ID_INTEGER) -> pa.Schema:
+    """One run_date partition's file of ``struct`` (FEEDBACK_SCHEMA, SERVED_LIST_SCHEMA) written
+    without Spark: its fields but run_date, which the folder's name holds, the product id typed
+    for ``id_type`` (with_product_ids), as Arrow."""
+    fields = with_product_ids(struct, id_type).fields
+    return arrow_schema(T.StructType([f for f in fields if f.name != RUN_DATE]))
+
+
+# One partition's file of simulated feedback (data/feedback_sim.py).
+FEEDBACK_PARTITION_ARROW_SCHEMA = partition_arrow_schema(FEEDBACK_SCHEMA)

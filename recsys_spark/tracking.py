@@ -231,4 +231,4 @@ def _spark_tags() -> dict[str, str]:
 
 def _stage_description(stage: str) -> str | None:
     entry = STAGES.get(stage)
-    return f"`recsys {stage}`: {entry[1]}." if entry else None
+    return f"`recsys {stage}`: {entry.purpose}." if entry else None

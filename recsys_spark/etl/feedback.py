@@ -212,9 +212,14 @@ class FeedbackOutcome:
 
 def feedback_report(outcome: FeedbackOutcome, found: bool, dates: list[str]) -> dict[str, Any]:
     """The feedback part of clean's report and summary (no paths: they are the config's, and a
-    report of the same input elsewhere is the same)."""
-    return {"found": found, "rows_read": outcome.rows_read, "rows_kept": outcome.rows_kept,
-            "quarantined": dict(outcome.quarantined), "dates": list(dates)}
+    report of the same input elsewhere is the same); ``warning`` when rows were read and none kept."""
+    report = {"found": found, "rows_read": outcome.rows_read, "rows_kept": outcome.rows_kept,
+              "quarantined": dict(outcome.quarantined), "dates": list(dates)}
+    if outcome.rows_read and not outcome.rows_kept:
+        reason, rows = max(outcome.quarantined.items(), key=lambda kv: kv[1])
+        report["warning"] = (f"none of the {outcome.rows_read} feedback rows was kept (most: {rows} {reason}; "
+                             "see paths.feedback_quarantine)")
+    return report
 
 
 def feedback_metrics(report: dict[str, Any]) -> dict[str, int]:
@@ -254,12 +259,13 @@ def clean_feedback(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     id_type = cc.id_types[schema.PRODUCT_ID]
     feedback = typed_feedback(raw, source, id_type).where(in_window(window))
     recommendations = io.read_recommendations(spark, cfg.paths.resolve("recommendations"), id_type)
-    if recommendations is None:
-        log.warning("clean: no recommendations at %s: every feedback row is an unknown exposure",
-                    cfg.paths.resolve("recommendations"))
-        recommendations = spark.createDataFrame([], schema.with_product_ids(schema.RECOMMENDATION_SCHEMA, id_type))
     # The service's real-time and fallback lists are served rows too (absent: the batch's alone).
     served_lists = io.read_served_lists(spark, source, id_type)
+    if recommendations is None:
+        if served_lists is None:
+            log.warning("clean: no recommendations at %s and no served lists under %s: every feedback row is "
+                        "an unknown exposure", cfg.paths.resolve("recommendations"), source)
+        recommendations = spark.createDataFrame([], schema.with_product_ids(schema.RECOMMENDATION_SCHEMA, id_type))
     if served_lists is not None:
         served_lists = served_lists.where(in_window(window))
     served = served_exposures(recommendations.where(in_window(window)), served_lists)

@@ -47,7 +47,7 @@ def build_report(outcome: Outcome, dates: list[str], clean_path: str, quarantine
                  rejections: dict[str, Any] | None = None) -> dict[str, Any]:
     """The contents of clean_report.json (and the stage's summary: a warning is printed with it);
     ``feedback``: :func:`feedback.clean_feedback`'s counts, when given; ``rejections``:
-    :func:`rejection_report`'s, when given. ``warning``: the rejections' and the bots' warnings."""
+    :func:`rejection_report`'s, when given. ``warning``: the rejections', the bots' and the feedback's warnings."""
     report = {
         "rows_read": outcome.rows_read,
         "rows_kept": outcome.rows_kept,
@@ -65,7 +65,7 @@ def build_report(outcome: Outcome, dates: list[str], clean_path: str, quarantine
         report["feedback"] = fed_back
     if rejections is not None:
         report["rejections"] = rejections
-    warnings = [w for w in ((rejections or {}).get("warning"), bots["warning"]) if w]
+    warnings = [w for w in ((rejections or {}).get("warning"), bots["warning"], (fed_back or {}).get("warning")) if w]
     if warnings:
         report["warning"] = " | ".join(warnings)
     return report

@@ -47,7 +47,6 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
-from pyspark.sql import types as T
 
 from recsys_spark import schema
 from recsys_spark.config import is_uri
@@ -84,12 +83,6 @@ class Shown(NamedTuple):
     model_version: str | None = None
 
 
-def arrow_schema(id_type: str, struct=schema.FEEDBACK_SCHEMA) -> pa.Schema:
-    """``struct`` (FEEDBACK_SCHEMA) without run_date (the folder names it), item_id typed by ``id_type``."""
-    fields = schema.with_product_ids(struct, id_type).fields
-    return schema.arrow_schema(T.StructType([f for f in fields if f.name != schema.RUN_DATE]))
-
-
 @dataclass(frozen=True)
 class WriterCounts:
     """Exposure rows written (and their files), lost (a failed or interrupted write, or dropped
@@ -123,8 +116,8 @@ class ExposureWriter:
         else:
             local = urlsplit(root).path if root.startswith("file:") else root
             self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(local)
-        self.schema = arrow_schema(id_type)
-        self.served_schema = arrow_schema(id_type, schema.SERVED_LIST_SCHEMA)
+        self.schema = schema.partition_arrow_schema(schema.FEEDBACK_SCHEMA, id_type)
+        self.served_schema = schema.partition_arrow_schema(schema.SERVED_LIST_SCHEMA, id_type)
         self.batch_rows = batch_rows
         self.flush_seconds = flush_seconds
         self.max_pending_rows = max_pending_rows
@@ -277,7 +270,7 @@ def write_atomically(table: pa.Table, path: str, filesystem: pafs.FileSystem) ->
 
 
 def exposure_table(lists: Sequence[Shown], arrow: pa.Schema) -> pa.Table:
-    """The exposures of ``lists`` (one row per item) as a table of ``arrow`` (:func:`arrow_schema`)."""
+    """The exposures of ``lists`` (one row per item) as a table of ``arrow`` (schema.partition_arrow_schema of FEEDBACK_SCHEMA)."""
     sizes = [len(shown.lists) for shown in lists]
     total = sum(sizes)
 
@@ -293,7 +286,7 @@ def exposure_table(lists: Sequence[Shown], arrow: pa.Schema) -> pa.Table:
 
 
 def served_list_table(lists: Sequence[Shown], arrow: pa.Schema) -> pa.Table:
-    """The items of ``lists`` (one row per item) as a table of ``arrow`` (:func:`arrow_schema` of SERVED_LIST_SCHEMA)."""
+    """The items of ``lists`` (one row per item) as a table of ``arrow`` (schema.partition_arrow_schema of SERVED_LIST_SCHEMA)."""
     sizes = [len(shown.lists) for shown in lists]
 
     def each(name: str) -> list:  # a list-level value, once per item

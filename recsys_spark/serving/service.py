@@ -71,12 +71,9 @@ class Answer:
         return {"user_id": self.user_id, "answered_by": self.answered_by, "model_version": self.model_version,
                 "policy": self.policy, "policy_version": self.policy_version, "run_date": self.run_date}
 
-    def body(self) -> dict[str, Any]:
-        return {**self.head(), "items": json.loads(self.lists.items_json()), **self.extra}
-
     def json(self) -> bytes:
-        """:meth:`body` as the response's bytes (compact UTF-8 JSON, as Starlette's JSONResponse);
-        a cached list's items are the stored bytes."""
+        """The response's bytes: :meth:`head`, the items, then ``extra`` (compact UTF-8 JSON, as
+        Starlette's JSONResponse); a cached list's items are the stored bytes."""
         head = json.dumps(self.head(), ensure_ascii=False, separators=(",", ":")).encode()
         extra = json.dumps(self.extra, ensure_ascii=False, separators=(",", ":")).encode()[1:-1]
         return b"".join((head[:-1], b',"items":', self.lists.items_json(), b"," if extra else b"", extra, b"}"))

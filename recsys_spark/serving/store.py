@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import socket
-import ssl
 import threading
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
@@ -224,13 +223,12 @@ class ListReader:
     Args:
         host, port, db, password: the server (``serve.redis_url``; the password from the environment).
         timeout_s, connect_timeout_s: per read or write, per connection attempt.
-        tls: rediss:// (certificates checked as redis-py checks them by default).
     """
 
     def __init__(self, host: str, port: int, db: int, password: str | None, timeout_s: float | None,
-                 connect_timeout_s: float | None, tls: bool = False):
+                 connect_timeout_s: float | None):
         self.address = (host, port)
-        self.db, self.password, self.tls = db, password, tls
+        self.db, self.password = db, password
         self.timeout_s, self.connect_timeout_s = timeout_s, connect_timeout_s
         self._local = threading.local()
         self._sockets: list[socket.socket] = []
@@ -238,15 +236,16 @@ class ListReader:
 
     @classmethod
     def of(cls, client: redis.Redis) -> "ListReader | None":
-        """The reader of a redis-py client's server and bounds; None for a connection it cannot
-        open itself (a Unix socket)."""
+        """The reader of a redis-py client's server and bounds; None (the service then reads
+        through redis-py) for a connection it does not speak: a Unix socket, TLS (rediss://, whose
+        certificate settings are redis-py's) or an ACL user (a username in the URL)."""
         pool = client.connection_pool
         kwargs = pool.connection_kwargs
-        if "host" not in kwargs or "path" in kwargs:
+        if ("host" not in kwargs or "path" in kwargs or kwargs.get("username")
+                or issubclass(pool.connection_class, redis.SSLConnection)):
             return None
         return cls(kwargs["host"], int(kwargs.get("port", 6379)), int(kwargs.get("db", 0) or 0),
-                   kwargs.get("password"), kwargs.get("socket_timeout"), kwargs.get("socket_connect_timeout"),
-                   tls=issubclass(pool.connection_class, redis.SSLConnection))
+                   kwargs.get("password"), kwargs.get("socket_timeout"), kwargs.get("socket_connect_timeout"))
 
     def get(self, current_key: str, user_prefix: str, user_suffix: str) -> list | None:
         """The ``_GET`` script's reply: [version, value] (value None when the user has no list),
@@ -280,8 +279,6 @@ class ListReader:
     def _connect(self) -> "_Connection":
         sock = socket.create_connection(self.address, timeout=self.connect_timeout_s)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.tls:
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.address[0])
         sock.settimeout(self.timeout_s)
         conn = _Connection(sock)
         try:

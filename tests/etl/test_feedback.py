@@ -17,6 +17,7 @@ from recsys_spark import schema
 from recsys_spark.config import load_config
 from recsys_spark.errors import DataQualityError, InputError
 from recsys_spark.etl import clean, feedback
+from recsys_spark.etl.reconciliation import Outcome, build_report
 from recsys_spark.features import featurize
 from recsys_spark.features import feedback as feedback_features
 from recsys_spark.scoring import score
@@ -402,3 +403,17 @@ def test_string_product_ids_stay_strings_through_the_contract_and_the_counts(spa
     keys = spark.createDataFrame([("0035789",), ("SKU-0035789-XL",)], "t string").select(
         product_ids.product_key(F.col("t"))).toPandas().iloc[:, 0].tolist()
     assert sorted(read.values.tolist()) == sorted([[keys[0], 1, 0], [keys[1], 1, 1]])
+
+
+def test_feedback_that_keeps_no_row_warns_in_the_report_and_the_clean_report():
+    counts = {code: 0 for code in schema.FEEDBACK_REASON_CODES}
+    none_kept = feedback.FeedbackOutcome(3, 0, {**counts, schema.FEEDBACK_UNKNOWN_EXPOSURE: 2,
+                                                schema.FEEDBACK_NULL_CLICKED: 1})
+    report = feedback.feedback_report(none_kept, True, ["2019-10-05"])
+    assert report["warning"] == ("none of the 3 feedback rows was kept (most: 2 unknown_exposure; "
+                                 "see paths.feedback_quarantine)")
+    some_kept = feedback.FeedbackOutcome(3, 1, {**counts, schema.FEEDBACK_UNKNOWN_EXPOSURE: 2})
+    assert "warning" not in feedback.feedback_report(some_kept, True, ["2019-10-05"])
+    assert "warning" not in feedback.feedback_report(feedback.FeedbackOutcome(), False, [])
+    # clean's report carries it on (its summary, the clean.warning tag).
+    assert build_report(Outcome(10, 10, 0), [], "c", "q", {"warning": ""}, report)["warning"] == report["warning"]

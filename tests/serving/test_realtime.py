@@ -132,7 +132,6 @@ def test_a_posted_history_gets_the_score_stages_list_and_the_cache_serves_its_pa
 
 def test_the_exposures_come_back_through_cleans_feedback_path(pipeline, spark):
     from recsys_spark.etl.feedback import clean_feedback
-    from recsys_spark.serving.exposures import arrow_schema
 
     cfg, key, service, recs, _ = pipeline
     client = TestClient(create_app(service))
@@ -150,9 +149,9 @@ def test_the_exposures_come_back_through_cleans_feedback_path(pipeline, spark):
     user, served = ids.pseudonym(999, key), new["items"][0]
     forged = [(user, 424242, 0, 1.0), (user, served["item_id"], served["slot"], served["propensity"] / 2)]
     shown = dt.datetime.now(dt.timezone.utc)
-    table = pa.Table.from_pylist([dict(zip(arrow_schema(schema.ID_INTEGER).names, (
+    table = pa.Table.from_pylist([dict(zip(schema.partition_arrow_schema(schema.FEEDBACK_SCHEMA).names, (
         u, item, slot, p, new["policy"], new["policy_version"], shown, False, None))) for u, item, slot, p in forged],
-        schema=arrow_schema(schema.ID_INTEGER))
+        schema=schema.partition_arrow_schema(schema.FEEDBACK_SCHEMA))
     pq.write_table(table, f"{cfg.paths.resolve('feedback')}/run_date={DAY}/part-forged.parquet")
 
     report = clean_feedback(spark, cfg)

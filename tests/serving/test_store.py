@@ -10,7 +10,15 @@ import pytest
 import redis
 
 from recsys_spark.config import ServeConfig
-from recsys_spark.serving.store import CachedList, RecommendationStore, StoredList, StoreError, connect, encode_list
+from recsys_spark.serving.store import (
+    CachedList,
+    ListReader,
+    RecommendationStore,
+    StoredList,
+    StoreError,
+    connect,
+    encode_list,
+)
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
@@ -227,3 +235,16 @@ def test_the_service_reader_survives_a_script_flush_and_reads_both_layouts(store
     assert StoredList(old, k=1).items_json() == encode_list([7], [0.5], [0], ["model"], [0.9])
     with pytest.raises(StoreError, match="a stored list is not the JSON of items"):
         StoredList(b"nonsense")
+
+
+def test_the_fast_reader_takes_plain_tcp_only_and_leaves_tls_acl_users_and_sockets_to_redis_py():
+    # Clients are built without connecting: ListReader.of only reads their settings.
+    def of(url: str):
+        return ListReader.of(redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5))
+
+    plain = of("redis://127.0.0.1:6390/3")
+    assert (plain.address, plain.db, plain.timeout_s) == (("127.0.0.1", 6390), 3, 0.5)
+    assert of("redis://:secret@127.0.0.1:6390/0").password == "secret"
+    assert of("rediss://127.0.0.1:6390/0") is None
+    assert of("redis://alice:secret@127.0.0.1:6390/0") is None
+    assert of("unix:///tmp/redis.sock") is None
